@@ -1,0 +1,515 @@
+/*
+ * mounts.c - the sandbox's mount list: parsing, lookup, forward and reverse
+ * translation, private directories.
+ *
+ * Grammar (one entry per line, fields separated by blanks):
+ *
+ *     prefix  redirect  [mode]
+ *     prefix  mode
+ *
+ *   prefix    an absolute path; it matches itself and everything below it
+ *             (on component boundaries: /tmp matches /tmp/a, not /tmpfoo)
+ *   redirect  an absolute path, DENY (EACCES), ENOENT (absent) or PRIVATE
+ *             (a fresh directory for this run)
+ *   mode      letters from "rwx" ("-" alone: no access); default rwx
+ *
+ * '#' starts a comment when it begins a field.  For a path, the entry with
+ * the longest matching prefix governs; for equal prefixes the later line
+ * wins.  Implicit entries come first: "/ rwx", and "rw" for /dev/null,
+ * /dev/zero, /dev/full, /dev/random, /dev/urandom and /dev/tty.
+ *
+ * bypass/mounts.py is the Python mirror of this parser; keep them in step
+ * (tests/sandbox/test_mounts.py compares the two).
+ */
+#define _GNU_SOURCE
+#include "sandbox.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void set_err(char *err, size_t errsize, const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+static void set_err(char *err, size_t errsize, const char *file, int line, const char *fmt, ...)
+{
+    if (!err || errsize == 0)
+        return;
+    int n = snprintf(err, errsize, "%s:%d: error: ", file, line);
+    if (n < 0 || (size_t)n >= errsize)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err + n, errsize - (size_t)n, fmt, ap);
+    va_end(ap);
+}
+
+int sb_normalise(const char *in, char *out, size_t outsize)
+{
+    if (!in || in[0] != '/')
+        return EINVAL;
+    if (outsize < 2)
+        return ENAMETOOLONG;
+    size_t o = 0;
+    const char *p = in;
+    while (*p) {
+        while (*p == '/')
+            p++;
+        if (!*p)
+            break;
+        const char *s = p;
+        while (*p && *p != '/')
+            p++;
+        size_t len = (size_t)(p - s);
+        if (len == 1 && s[0] == '.')
+            continue;
+        if (len == 2 && s[0] == '.' && s[1] == '.') {
+            while (o > 0 && out[o - 1] != '/')
+                o--;
+            if (o > 0)
+                o--;            /* drop the slash too */
+            continue;
+        }
+        if (o + 1 + len + 1 > outsize)
+            return ENAMETOOLONG;
+        out[o++] = '/';
+        memcpy(out + o, s, len);
+        o += len;
+    }
+    if (o == 0)
+        out[o++] = '/';
+    out[o] = '\0';
+    return 0;
+}
+
+static int is_mode(const char *t)
+{
+    if (!*t)
+        return 0;
+    if (strcmp(t, "-") == 0)
+        return 1;
+    for (const char *c = t; *c; c++)
+        if (*c != 'r' && *c != 'w' && *c != 'x')
+            return 0;
+    return 1;
+}
+
+static int mode_bits(const char *t)
+{
+    int m = 0;
+    for (const char *c = t; *c; c++) {
+        if (*c == 'r') m |= SB_R;
+        else if (*c == 'w') m |= SB_W;
+        else if (*c == 'x') m |= SB_X;
+    }
+    return m;
+}
+
+static int add_entry(struct sb_mounts *m, int *cap, const struct sb_entry *e)
+{
+    if (m->n == *cap) {
+        int nc = *cap ? *cap * 2 : 16;
+        struct sb_entry *ne = realloc(m->e, (size_t)nc * sizeof *ne);
+        if (!ne)
+            return -1;
+        m->e = ne;
+        *cap = nc;
+    }
+    m->e[m->n++] = *e;
+    return 0;
+}
+
+void sb_mounts_free(struct sb_mounts *m)
+{
+    if (!m)
+        return;
+    for (int i = 0; i < m->n; i++) {
+        if (m->e[i].target != m->e[i].prefix)
+            free(m->e[i].target);
+        free(m->e[i].prefix);
+    }
+    free(m->e);
+    m->e = NULL;
+    m->n = 0;
+}
+
+/* Canonical form of a redirect target: the real path if it exists (so that
+ * reverse translation of kernel answers such as getcwd matches), else the
+ * lexically normalised path. */
+static char *canonical_target(const char *norm)
+{
+    char buf[PATH_MAX];
+    if (realpath(norm, buf))
+        return strdup(buf);
+    return strdup(norm);
+}
+
+#define MAX_FIELDS 4
+
+int sb_mounts_parse(struct sb_mounts *m, const char *text, const char *file,
+                    char *err, size_t errsize)
+{
+    memset(m, 0, sizeof *m);
+    snprintf(m->file, sizeof m->file, "%s", file ? file : "<mounts>");
+    file = m->file;
+    int cap = 0;
+    struct sb_entry root = { strdup("/"), 1, NULL, 1, SB_IDENTITY, SB_R | SB_W | SB_X, 0 };
+    if (!root.prefix || add_entry(m, &cap, &root) < 0) {
+        set_err(err, errsize, file, 0, "out of memory");
+        return -1;
+    }
+    m->e[0].target = m->e[0].prefix;
+    /* Devices every program expects to use; a later line can still say
+     * otherwise ("/dev/null DENY"). */
+    static const char *const devices[] = {
+        "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty",
+    };
+    for (size_t i = 0; i < sizeof devices / sizeof devices[0]; i++) {
+        struct sb_entry d = { strdup(devices[i]), strlen(devices[i]), NULL, 0, SB_IDENTITY,
+                              SB_R | SB_W, 0 };
+        d.target = d.prefix;
+        d.tlen = d.plen;
+        if (!d.prefix || add_entry(m, &cap, &d) < 0) {
+            free(d.prefix);
+            set_err(err, errsize, file, 0, "out of memory");
+            goto fail;
+        }
+    }
+
+    int lineno = 0;
+    const char *p = text;
+    while (*p) {
+        lineno++;
+        const char *eol = strchr(p, '\n');
+        size_t len = eol ? (size_t)(eol - p) : strlen(p);
+        char line[PATH_MAX * 2 + 64];
+        if (len >= sizeof line) {
+            set_err(err, errsize, file, lineno, "line too long");
+            goto fail;
+        }
+        memcpy(line, p, len);
+        line[len] = '\0';
+        p = eol ? eol + 1 : p + len;
+
+        char *f[MAX_FIELDS + 1];
+        int nf = 0;
+        char *s = line;
+        for (;;) {
+            while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\v' || *s == '\f')
+                s++;
+            if (!*s || *s == '#')
+                break;
+            if (nf == MAX_FIELDS) {
+                nf++;
+                break;
+            }
+            f[nf++] = s;
+            while (*s && *s != ' ' && *s != '\t' && *s != '\r' && *s != '\v' && *s != '\f')
+                s++;
+            if (*s)
+                *s++ = '\0';
+        }
+        if (nf == 0)
+            continue;
+        if (nf > 3) {
+            set_err(err, errsize, file, lineno,
+                    "too many fields (expected: prefix redirect [mode], or prefix mode)");
+            goto fail;
+        }
+        if (f[0][0] != '/') {
+            set_err(err, errsize, file, lineno,
+                    "relative prefix '%s' (prefixes must be absolute paths)", f[0]);
+            goto fail;
+        }
+        if (nf == 1) {
+            set_err(err, errsize, file, lineno,
+                    "missing redirect or mode after prefix '%s'", f[0]);
+            goto fail;
+        }
+        struct sb_entry e = { 0 };
+        e.line = lineno;
+        e.mode = SB_R | SB_W | SB_X;
+        char norm[PATH_MAX];
+        if (sb_normalise(f[0], norm, sizeof norm)) {
+            set_err(err, errsize, file, lineno, "prefix too long");
+            goto fail;
+        }
+        const char *what = f[1];
+        char tnorm[PATH_MAX];
+        if (what[0] == '/') {
+            e.kind = SB_REDIRECT;
+            if (sb_normalise(what, tnorm, sizeof tnorm)) {
+                set_err(err, errsize, file, lineno, "redirect path too long");
+                goto fail;
+            }
+        } else if (strcmp(what, "DENY") == 0) {
+            e.kind = SB_DENY;
+            e.mode = 0;
+        } else if (strcmp(what, "ENOENT") == 0) {
+            e.kind = SB_ENOENT;
+            e.mode = 0;
+        } else if (strcmp(what, "PRIVATE") == 0) {
+            e.kind = SB_PRIVATE;
+        } else if (is_mode(what)) {
+            e.kind = SB_IDENTITY;
+            e.mode = mode_bits(what);
+            if (nf == 3) {
+                set_err(err, errsize, file, lineno,
+                        "unexpected '%s' after mode '%s'", f[2], what);
+                goto fail;
+            }
+        } else if (strchr(what, '/') || what[0] == '.' || what[0] == '~') {
+            set_err(err, errsize, file, lineno,
+                    "relative redirect '%s' (redirects must be absolute paths)", what);
+            goto fail;
+        } else {
+            set_err(err, errsize, file, lineno,
+                    "unknown keyword '%s' (expected an absolute path, DENY, ENOENT, "
+                    "PRIVATE or a mode from rwx)", what);
+            goto fail;
+        }
+        if (nf == 3) {
+            if (e.kind == SB_DENY || e.kind == SB_ENOENT) {
+                set_err(err, errsize, file, lineno, "%s takes no mode (got '%s')", what, f[2]);
+                goto fail;
+            }
+            if (!is_mode(f[2])) {
+                set_err(err, errsize, file, lineno,
+                        "bad mode '%s' (use letters from rwx, or '-')", f[2]);
+                goto fail;
+            }
+            e.mode = mode_bits(f[2]);
+        }
+        e.prefix = strdup(norm);
+        if (!e.prefix) {
+            set_err(err, errsize, file, lineno, "out of memory");
+            goto fail;
+        }
+        e.plen = strlen(e.prefix);
+        if (e.kind == SB_IDENTITY) {
+            e.target = e.prefix;
+        } else if (e.kind == SB_REDIRECT) {
+            e.target = canonical_target(tnorm);
+            if (!e.target) {
+                free(e.prefix);
+                set_err(err, errsize, file, lineno, "out of memory");
+                goto fail;
+            }
+        }
+        e.tlen = e.target ? strlen(e.target) : 0;
+        if (add_entry(m, &cap, &e) < 0) {
+            if (e.target != e.prefix)
+                free(e.target);
+            free(e.prefix);
+            set_err(err, errsize, file, lineno, "out of memory");
+            goto fail;
+        }
+    }
+    return 0;
+fail:
+    sb_mounts_free(m);
+    return -1;
+}
+
+int sb_mounts_load(struct sb_mounts *m, const char *file, char *err, size_t errsize)
+{
+    memset(m, 0, sizeof *m);
+    int fd = open(file, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        set_err(err, errsize, file, 0, "cannot read mount list: %s", strerror(errno));
+        return -1;
+    }
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (!buf) {
+            close(fd);
+            set_err(err, errsize, file, 0, "out of memory");
+            return -1;
+        }
+        if (len + 1 >= cap) {
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+                continue;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        ssize_t k = read(fd, buf + len, cap - len - 1);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0) {
+            int e = errno;
+            free(buf);
+            close(fd);
+            set_err(err, errsize, file, 0, "cannot read mount list: %s", strerror(e));
+            return -1;
+        }
+        if (k == 0)
+            break;
+        len += (size_t)k;
+    }
+    close(fd);
+    buf[len] = '\0';
+    if (memchr(buf, '\0', len)) {
+        free(buf);
+        set_err(err, errsize, file, 0, "cannot read mount list: binary data (NUL byte)");
+        return -1;
+    }
+    int rc = sb_mounts_parse(m, buf, file, err, errsize);
+    free(buf);
+    return rc;
+}
+
+static inline int prefix_match(const char *prefix, size_t plen, const char *path)
+{
+    if (plen == 1)                      /* "/" */
+        return 1;
+    return strncmp(path, prefix, plen) == 0 && (path[plen] == '/' || path[plen] == '\0');
+}
+
+const struct sb_entry *sb_lookup(const struct sb_mounts *m, const char *vpath)
+{
+    const struct sb_entry *best = NULL;
+    for (int i = 0; i < m->n; i++) {
+        const struct sb_entry *e = &m->e[i];
+        if ((!best || e->plen >= best->plen) && prefix_match(e->prefix, e->plen, vpath))
+            best = e;
+    }
+    return best;
+}
+
+/* out = base + rest, where rest is "" or starts with '/'. */
+static int join(const char *base, size_t blen, const char *rest, char *out, size_t outsize)
+{
+    size_t rlen = strlen(rest);
+    if (blen == 1 && base[0] == '/') {
+        if (rlen == 0) {
+            if (outsize < 2)
+                return ENAMETOOLONG;
+            out[0] = '/';
+            out[1] = '\0';
+            return 0;
+        }
+        blen = 0;
+    }
+    if (blen + rlen + 1 > outsize)
+        return ENAMETOOLONG;
+    memmove(out + blen, rest, rlen + 1);   /* rest may alias out */
+    memcpy(out, base, blen);
+    return 0;
+}
+
+int sb_translate(const struct sb_entry *e, const char *vpath, char *out, size_t outsize)
+{
+    if (e->kind == SB_IDENTITY || !e->target) {
+        size_t l = strlen(vpath);
+        if (l + 1 > outsize)
+            return ENAMETOOLONG;
+        if (out != vpath)
+            memmove(out, vpath, l + 1);
+        return 0;
+    }
+    const char *rest = e->plen == 1 ? (vpath[1] ? vpath : "") : vpath + e->plen;
+    char tmp[PATH_MAX];
+    size_t rl = strlen(rest);
+    if (rl + 1 > sizeof tmp)
+        return ENAMETOOLONG;
+    memcpy(tmp, rest, rl + 1);
+    return join(e->target, e->tlen, tmp, out, outsize);
+}
+
+int sb_reverse(const struct sb_mounts *m, const char *real, char *out, size_t outsize)
+{
+    const struct sb_entry *best = NULL;
+    char cand[PATH_MAX];
+    for (int i = 0; i < m->n; i++) {
+        const struct sb_entry *e = &m->e[i];
+        if (!e->target || e->kind == SB_DENY || e->kind == SB_ENOENT)
+            continue;
+        if (best && e->tlen < best->tlen)
+            continue;
+        if (!prefix_match(e->target, e->tlen, real))
+            continue;
+        const char *rest = e->tlen == 1 ? (real[1] ? real : "") : real + e->tlen;
+        if (join(e->prefix, e->plen, rest, cand, sizeof cand))
+            continue;
+        if (sb_lookup(m, cand) != e)    /* hidden behind a more specific entry */
+            continue;
+        best = e;
+    }
+    if (!best) {
+        size_t l = strlen(real);
+        if (l + 1 > outsize)
+            return 0;
+        memmove(out, real, l + 1);
+        return 0;
+    }
+    const char *rest = best->tlen == 1 ? (real[1] ? real : "") : real + best->tlen;
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s", rest);
+    if (join(best->prefix, best->plen, tmp, out, outsize))
+        return 0;
+    return 1;
+}
+
+static int mkdir_p(const char *path, mode_t mode)
+{
+    char buf[PATH_MAX];
+    size_t l = strlen(path);
+    if (l + 1 > sizeof buf)
+        return ENAMETOOLONG;
+    memcpy(buf, path, l + 1);
+    for (char *c = buf + 1; ; c++) {
+        if (*c == '/' || *c == '\0') {
+            char save = *c;
+            *c = '\0';
+            if (mkdir(buf, mode) < 0 && errno != EEXIST)
+                return errno;
+            *c = save;
+            if (!save)
+                break;
+        }
+    }
+    return 0;
+}
+
+int sb_private_attach(struct sb_mounts *m, const char *dir, char *err, size_t errsize)
+{
+    char base[PATH_MAX];
+    if (!realpath(dir, base)) {
+        set_err(err, errsize, m->file, 0, "private directory %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    for (int i = 0; i < m->n; i++) {
+        struct sb_entry *e = &m->e[i];
+        if (e->kind != SB_PRIVATE)
+            continue;
+        char t[PATH_MAX];
+        if (join(base, strlen(base), e->plen == 1 ? "" : e->prefix, t, sizeof t)) {
+            set_err(err, errsize, m->file, e->line, "private directory path too long");
+            return -1;
+        }
+        int rc = mkdir_p(t, 0700);
+        if (rc) {
+            set_err(err, errsize, m->file, e->line, "cannot make private directory %s: %s",
+                    t, strerror(rc));
+            return -1;
+        }
+        free(e->target);
+        e->target = strdup(t);
+        e->tlen = e->target ? strlen(e->target) : 0;
+        if (!e->target) {
+            set_err(err, errsize, m->file, e->line, "out of memory");
+            return -1;
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,1166 @@
+/*
+ * resolve.c - path resolution for the sandbox agent.
+ *
+ * sb_resolve() turns (dirfd, path) into an absolute virtual path, walking
+ * it component by component the way the kernel would: "." and ".." are
+ * applied to the path resolved so far, and every symlink met on the way is
+ * read and followed *in the virtual namespace* (an absolute link target is
+ * a virtual path, subject to the mount list like any other).  The real path
+ * handed to the kernel therefore contains no symlink the kernel could follow
+ * into a place the mount list forbids, except in the last component when the
+ * caller asked not to follow it (the actions then use O_NOFOLLOW /
+ * AT_SYMLINK_NOFOLLOW and come back here when the kernel reports a link).
+ *
+ * Cost control (the hot path must stay close to a plain syscall):
+ *   - the entry governing the path only changes when the walk reaches an
+ *     entry's exact prefix, so there is no lookup per component;
+ *   - real directories seen by lstat are remembered in a small hash set
+ *     keyed by real path; a hit means "a directory, not a symlink" and saves
+ *     the lstat.  The set is flushed by every rename/rmdir/symlink/unlink done
+ *     through the agent (sb_cache_flush) and can be switched off with
+ *     BYPASS_SANDBOX_CACHE=0.  See README.md for what that leaves open.
+ *   - the virtual cwd and descriptors opened through the agent are known to
+ *     be resolved already, so relative paths only walk their own components.
+ */
+#define _GNU_SOURCE
+#include "sandbox.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Hooks into the Bypass runtime when linked into an agent; absent (NULL) in
+ * unit tests that load this library on its own. */
+extern void bypass_guard_enter(void) __attribute__((weak));
+extern void bypass_guard_leave(void) __attribute__((weak));
+
+static struct sb_mounts g_m;
+static int g_active;
+static int g_cache_on = 1;
+static int g_erofs;
+static int g_allow_static;
+static int g_quiet;
+static int g_cleanup;
+static pid_t g_private_owner;
+static char g_private[PATH_MAX];
+
+static struct sb_stats g_stats;
+#define STAT_INC(f) __atomic_add_fetch(&g_stats.f, 1, __ATOMIC_RELAXED)
+
+static void sb_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void sb_msg(const char *fmt, ...)
+{
+    char buf[PATH_MAX + 512];
+    int n = snprintf(buf, sizeof buf, "bypass sandbox: ");
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(buf + n, sizeof buf - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    if (k < 0)
+        return;
+    n += k;
+    if ((size_t)n > sizeof buf - 2)
+        n = (int)sizeof buf - 2;
+    buf[n++] = '\n';
+    ssize_t w = write(2, buf, (size_t)n);
+    (void)w;
+}
+
+/* ---- directory cache ------------------------------------------------------ */
+
+#define CACHE_SLOTS 16384u
+#define CACHE_PROBE 8
+#define CACHE_ARENA (4u << 20)
+
+struct cslot {
+    uint64_t h;
+    uint32_t gen;
+    uint32_t off;
+    uint32_t len;
+};
+
+static struct cslot *g_slots;
+static char *g_arena;
+static uint32_t g_arena_used, g_arena_gen, g_cache_count;
+static uint32_t g_gen = 1;
+static int g_cache_lock;
+
+static inline uint64_t fnv_add(uint64_t h, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+#define FNV_INIT 0xcbf29ce484222325ULL
+
+static inline int cache_trylock(void)
+{
+    return !__atomic_test_and_set(&g_cache_lock, __ATOMIC_ACQUIRE);
+}
+static inline void cache_unlock(void)
+{
+    __atomic_clear(&g_cache_lock, __ATOMIC_RELEASE);
+}
+
+static int cache_has(uint64_t h, const char *r, size_t rl)
+{
+    if (!g_cache_on || !g_slots || !cache_trylock())
+        return 0;
+    uint32_t gen = __atomic_load_n(&g_gen, __ATOMIC_ACQUIRE);
+    int hit = 0;
+    for (unsigned i = 0; i < CACHE_PROBE; i++) {
+        struct cslot *s = &g_slots[(h + i) & (CACHE_SLOTS - 1)];
+        if (s->gen != gen)
+            break;
+        if (s->h == h && s->len == rl && memcmp(g_arena + s->off, r, rl) == 0) {
+            hit = 1;
+            break;
+        }
+    }
+    cache_unlock();
+    return hit;
+}
+
+static void cache_add(uint64_t h, const char *r, size_t rl)
+{
+    if (!g_cache_on || !cache_trylock())
+        return;
+    if (!g_slots) {
+        void *a = mmap(NULL, CACHE_SLOTS * sizeof(struct cslot), PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        void *b = mmap(NULL, CACHE_ARENA, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (a == MAP_FAILED || b == MAP_FAILED) {
+            if (a != MAP_FAILED) munmap(a, CACHE_SLOTS * sizeof(struct cslot));
+            if (b != MAP_FAILED) munmap(b, CACHE_ARENA);
+            g_cache_on = 0;
+            cache_unlock();
+            return;
+        }
+        g_slots = a;
+        g_arena = b;
+    }
+    uint32_t gen = __atomic_load_n(&g_gen, __ATOMIC_ACQUIRE);
+    if (g_arena_gen != gen) {
+        g_arena_gen = gen;
+        g_arena_used = 0;
+        g_cache_count = 0;
+    }
+    if (g_arena_used + rl > CACHE_ARENA || g_cache_count >= CACHE_SLOTS / 2) {
+        /* full: start over */
+        gen = __atomic_add_fetch(&g_gen, 1, __ATOMIC_ACQ_REL);
+        g_arena_gen = gen;
+        g_arena_used = 0;
+        g_cache_count = 0;
+    }
+    for (unsigned i = 0; i < CACHE_PROBE; i++) {
+        struct cslot *s = &g_slots[(h + i) & (CACHE_SLOTS - 1)];
+        if (s->gen == gen) {
+            if (s->h == h && s->len == rl && memcmp(g_arena + s->off, r, rl) == 0)
+                break;
+            continue;
+        }
+        memcpy(g_arena + g_arena_used, r, rl);
+        s->h = h;
+        s->off = g_arena_used;
+        s->len = (uint32_t)rl;
+        s->gen = gen;
+        g_arena_used += (uint32_t)rl;
+        g_cache_count++;
+        break;
+    }
+    cache_unlock();
+}
+
+void sb_cache_flush(void)
+{
+    __atomic_add_fetch(&g_gen, 1, __ATOMIC_ACQ_REL);
+}
+
+void sb_set_cache(int on)
+{
+    g_cache_on = on;
+    sb_cache_flush();
+}
+
+/* ---- virtual cwd ------------------------------------------------------------ */
+
+static char g_cwdbuf[2][PATH_MAX];
+static unsigned g_cwd_seq;   /* (seq / 2) & 1 is the current buffer */
+
+void sb_set_cwd(const char *vpath)
+{
+    unsigned s = __atomic_load_n(&g_cwd_seq, __ATOMIC_ACQUIRE);
+    unsigned idx = ((s / 2) + 1) & 1;
+    snprintf(g_cwdbuf[idx], PATH_MAX, "%s", vpath);
+    __atomic_store_n(&g_cwd_seq, s + 2, __ATOMIC_RELEASE);
+}
+
+static int real_cwd_virtual(char *out, size_t size)
+{
+    char real[PATH_MAX];
+    if (!getcwd(real, sizeof real))
+        return errno;
+    if (g_active)
+        sb_reverse(&g_m, real, real, sizeof real);
+    if (strlen(real) + 1 > size)
+        return ERANGE;
+    strcpy(out, real);
+    return 0;
+}
+
+int sb_getcwd(char *buf, size_t size)
+{
+    for (int tries = 0; tries < 8; tries++) {
+        unsigned s = __atomic_load_n(&g_cwd_seq, __ATOMIC_ACQUIRE);
+        const char *c = g_cwdbuf[(s / 2) & 1];
+        size_t l = strnlen(c, PATH_MAX);
+        if (l == 0)
+            break;
+        if (l + 1 > size)
+            return ERANGE;
+        memcpy(buf, c, l);
+        buf[l] = '\0';
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&g_cwd_seq, __ATOMIC_ACQUIRE) == s)
+            return 0;
+    }
+    return real_cwd_virtual(buf, size);
+}
+
+/* ---- descriptor table ----------------------------------------------------- */
+
+#define FD_MAX 1024
+
+struct fdslot {
+    unsigned seq;
+    unsigned len;
+};
+static struct fdslot g_fds[FD_MAX];
+static char *g_fdpaths;        /* FD_MAX * PATH_MAX, mapped on first use */
+
+void sb_fd_note(int fd, const char *vpath)
+{
+    if (fd < 0 || fd >= FD_MAX || !vpath)
+        return;
+    if (!g_fdpaths) {
+        void *a = mmap(NULL, (size_t)FD_MAX * PATH_MAX, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (a == MAP_FAILED)
+            return;
+        char *expected = NULL;
+        if (!__atomic_compare_exchange_n(&g_fdpaths, &expected, (char *)a, 0,
+                                         __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            munmap(a, (size_t)FD_MAX * PATH_MAX);
+    }
+    size_t l = strlen(vpath);
+    struct fdslot *s = &g_fds[fd];
+    __atomic_add_fetch(&s->seq, 1, __ATOMIC_ACQ_REL);
+    if (l + 1 <= PATH_MAX) {
+        memcpy(g_fdpaths + (size_t)fd * PATH_MAX, vpath, l + 1);
+        s->len = (unsigned)l;
+    } else {
+        s->len = 0;
+    }
+    __atomic_add_fetch(&s->seq, 1, __ATOMIC_ACQ_REL);
+}
+
+void sb_fd_forget(int fd)
+{
+    if (fd < 0 || fd >= FD_MAX)
+        return;
+    struct fdslot *s = &g_fds[fd];
+    if (s->len == 0)
+        return;
+    __atomic_add_fetch(&s->seq, 1, __ATOMIC_ACQ_REL);
+    s->len = 0;
+    __atomic_add_fetch(&s->seq, 1, __ATOMIC_ACQ_REL);
+}
+
+void sb_fd_forget_range(unsigned int lo, unsigned int hi)
+{
+    for (unsigned int fd = lo; fd <= hi && fd < FD_MAX; fd++)
+        sb_fd_forget((int)fd);
+}
+
+static int fd_table_get(int fd, char *out, size_t outsize)
+{
+    if (fd < 0 || fd >= FD_MAX || !g_fdpaths)
+        return 0;
+    struct fdslot *s = &g_fds[fd];
+    unsigned s1 = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
+    if (s1 & 1)
+        return 0;
+    unsigned l = s->len;
+    if (l == 0 || l + 1 > outsize)
+        return 0;
+    memcpy(out, g_fdpaths + (size_t)fd * PATH_MAX, l);
+    out[l] = '\0';
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    return __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE) == s1;
+}
+
+void sb_fd_dup(int oldfd, int newfd)
+{
+    char buf[PATH_MAX];
+    if (oldfd == newfd)
+        return;
+    if (fd_table_get(oldfd, buf, sizeof buf))
+        sb_fd_note(newfd, buf);
+    else
+        sb_fd_forget(newfd);
+}
+
+/* Real path behind a descriptor, from the kernel.  0 or errno. */
+static int proc_fd_real(pid_t pid, int fd, char *out, size_t outsize)
+{
+    char link[64];
+    if (pid)
+        snprintf(link, sizeof link, "/proc/%d/fd/%d", (int)pid, fd);
+    else
+        snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    STAT_INC(readlinks);
+    ssize_t n = readlink(link, out, outsize - 1);
+    if (n < 0)
+        return errno == ENOENT ? EBADF : errno;
+    out[n] = '\0';
+    return 0;
+}
+
+int sb_fd_path(int fd, char *out, size_t outsize)
+{
+    if (fd_table_get(fd, out, outsize)) {
+        STAT_INC(fd_hits);
+        return 0;
+    }
+    STAT_INC(fd_misses);
+    char real[PATH_MAX];
+    int rc = proc_fd_real(0, fd, real, sizeof real);
+    if (rc)
+        return rc;
+    if (real[0] != '/')
+        return ENOTDIR;
+    if (g_active)
+        sb_reverse(&g_m, real, out, outsize);
+    else
+        snprintf(out, outsize, "%s", real);
+    return 0;
+}
+
+int sb_fchdir_done(int fd)
+{
+    char v[PATH_MAX];
+    int rc = sb_fd_path(fd, v, sizeof v);
+    if (rc == 0)
+        sb_set_cwd(v);
+    return rc;
+}
+
+/* ---- install / configuration --------------------------------------------- */
+
+static int env_true(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v && strcmp(v, "0") != 0 && strcasecmp(v, "no") != 0 &&
+           strcasecmp(v, "false") != 0;
+}
+
+void sb_install(struct sb_mounts *m, const char *cwd)
+{
+    if (g_active)
+        sb_mounts_free(&g_m);
+    g_m = *m;
+    memset(m, 0, sizeof *m);
+    g_active = 1;
+    sb_cache_flush();
+    for (int i = 0; i < FD_MAX; i++)
+        sb_fd_forget(i);
+    char c[PATH_MAX];
+    if (cwd)
+        snprintf(c, sizeof c, "%s", cwd);
+    else if (real_cwd_virtual(c, sizeof c))
+        strcpy(c, "/");
+    sb_set_cwd(c);
+    const char *cv = getenv(SB_ENV_CACHE);
+    g_cache_on = !(cv && strcmp(cv, "0") == 0);
+    g_erofs = env_true(SB_ENV_ROFS);
+    g_allow_static = env_true(SB_ENV_ALLOW_STATIC);
+    g_quiet = env_true(SB_ENV_QUIET);
+    g_cleanup = env_true(SB_ENV_CLEANUP);
+}
+
+void sb_uninstall(void)
+{
+    if (g_active)
+        sb_mounts_free(&g_m);
+    g_active = 0;
+    sb_cache_flush();
+}
+
+int sb_active(void)
+{
+    return g_active;
+}
+
+const struct sb_mounts *sb_current(void)
+{
+    return g_active ? &g_m : NULL;
+}
+
+const char *sb_private_dir(void)
+{
+    return g_private[0] ? g_private : NULL;
+}
+
+static int rm_tree(const char *path)
+{
+    /* Depth-first removal that never follows a symlink. */
+    struct stat st;
+    if (lstat(path, &st) < 0)
+        return errno;
+    if (!S_ISDIR(st.st_mode))
+        return unlink(path) < 0 ? errno : 0;
+    DIR *d = opendir(path);
+    if (!d)
+        return errno;
+    int rc = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        char child[PATH_MAX];
+        if ((size_t)snprintf(child, sizeof child, "%s/%s", path, de->d_name) >= sizeof child) {
+            rc = ENAMETOOLONG;
+            continue;
+        }
+        int r = rm_tree(child);
+        if (r && !rc)
+            rc = r;
+    }
+    closedir(d);
+    if (rmdir(path) < 0 && !rc)
+        rc = errno;
+    return rc;
+}
+
+void sb_atexit_report(void)
+{
+    if (!g_private[0] || getpid() != g_private_owner)
+        return;
+    if (bypass_guard_enter)
+        bypass_guard_enter();
+    if (g_cleanup) {
+        int rc = rm_tree(g_private);
+        if (rc)
+            sb_msg("could not remove private directory %s: %s", g_private, strerror(rc));
+    } else if (!g_quiet) {
+        sb_msg("private directory kept: %s", g_private);
+    }
+    if (bypass_guard_leave)
+        bypass_guard_leave();
+}
+
+int sb_init_from_env(char *err, size_t errsize)
+{
+    const char *file = getenv(SB_ENV_MOUNTS);
+    if (!file || !*file)
+        return 0;
+    struct sb_mounts m;
+    if (sb_mounts_load(&m, file, err, errsize) < 0)
+        return -1;
+    int has_private = 0;
+    for (int i = 0; i < m.n; i++)
+        if (m.e[i].kind == SB_PRIVATE)
+            has_private = 1;
+    if (has_private) {
+        const char *dir = getenv(SB_ENV_PRIVATE);
+        if (dir && *dir) {
+            snprintf(g_private, sizeof g_private, "%s", dir);
+        } else {
+            const char *base = getenv(SB_ENV_PRIVATE_BASE);
+            if (!base || !*base)
+                base = "/var/tmp";
+            snprintf(g_private, sizeof g_private, "%s/bypass-private-XXXXXX", base);
+            if (!mkdtemp(g_private)) {
+                snprintf(err, errsize, "%s:0: error: cannot make a private directory in %s: %s",
+                         file, base, strerror(errno));
+                g_private[0] = '\0';
+                sb_mounts_free(&m);
+                return -1;
+            }
+            char canon[PATH_MAX];
+            if (realpath(g_private, canon))
+                snprintf(g_private, sizeof g_private, "%s", canon);
+            setenv(SB_ENV_PRIVATE, g_private, 1);
+            g_private_owner = getpid();
+            atexit(sb_atexit_report);
+        }
+        if (sb_private_attach(&m, g_private, err, errsize) < 0) {
+            sb_mounts_free(&m);
+            return -1;
+        }
+    }
+    sb_install(&m, NULL);
+    return 0;
+}
+
+void sb_get_stats(struct sb_stats *s)
+{
+    *s = g_stats;
+}
+
+/* ---- permission check ------------------------------------------------------ */
+
+int sb_check(const struct sb_entry *e, int op)
+{
+    if (!e)
+        return 0;
+    if (e->kind == SB_DENY)
+        return EACCES;
+    if (e->kind == SB_ENOENT)
+        return ENOENT;
+    if (e->kind == SB_PRIVATE && !e->target)
+        return EACCES;
+    int need;
+    switch (op) {
+    case SB_OP_READ:   need = SB_R; break;
+    case SB_OP_WRITE:
+    case SB_OP_CREATE:
+    case SB_OP_DELETE: need = SB_W; break;
+    case SB_OP_EXEC:   need = SB_X; break;
+    default:           need = SB_R | SB_W | SB_X; /* any of them */
+        return (e->mode & need) ? 0 : EACCES;
+    }
+    if (e->mode & need)
+        return 0;
+    if (need == SB_W && g_erofs)
+        return EROFS;
+    return EACCES;
+}
+
+/* ---- the walk ------------------------------------------------------------- */
+
+struct walk {
+    char v[PATH_MAX];      /* virtual prefix resolved so far; "" is the root */
+    size_t vl;
+    char r[PATH_MAX];      /* its real path; "" is the real root */
+    size_t rl;
+    const struct sb_entry *e;
+    uint64_t h;            /* fnv hash of r[0..rl) */
+};
+
+/* Latest entry whose prefix is exactly v[0..vl) ("" = "/"). */
+static const struct sb_entry *exact_entry(const char *v, size_t vl)
+{
+    const struct sb_entry *best = NULL;
+    size_t want = vl ? vl : 1;
+    for (int i = 0; i < g_m.n; i++) {
+        const struct sb_entry *e = &g_m.e[i];
+        if (e->plen != want)
+            continue;
+        if (vl == 0 ? e->prefix[0] == '/' : memcmp(e->prefix, v, vl) == 0)
+            best = e;
+    }
+    return best;
+}
+
+/* Is there an entry strictly below v? */
+static int has_nested(const char *v, size_t vl)
+{
+    for (int i = 0; i < g_m.n; i++) {
+        const struct sb_entry *e = &g_m.e[i];
+        if (e->plen > vl && (vl == 0 || (memcmp(e->prefix, v, vl) == 0 && e->prefix[vl] == '/')))
+            return 1;
+    }
+    return 0;
+}
+
+static int entry_hides(const struct sb_entry *e)
+{
+    return e->kind == SB_DENY || e->kind == SB_ENOENT || !e->target;
+}
+
+/* Recompute r, e, h from v (after "..", a reset, or a new entry). */
+static int walk_refresh(struct walk *w)
+{
+    w->v[w->vl] = '\0';
+    const char *vp = w->vl ? w->v : "/";
+    w->e = sb_lookup(&g_m, vp);
+    if (entry_hides(w->e)) {
+        memcpy(w->r, w->v, w->vl + 1);         /* identity, only for lstat */
+        w->rl = w->vl;
+    } else {
+        if (sb_translate(w->e, vp, w->r, sizeof w->r))
+            return ENAMETOOLONG;
+        w->rl = strlen(w->r);
+        if (w->rl == 1 && w->r[0] == '/')
+            w->rl = 0;
+        w->r[w->rl] = '\0';
+    }
+    w->h = fnv_add(FNV_INIT, w->r, w->rl);
+    return 0;
+}
+
+static int walk_set(struct walk *w, const char *vpath)
+{
+    if (strcmp(vpath, "/") == 0) {
+        w->vl = 0;
+    } else {
+        size_t l = strlen(vpath);
+        if (l + 1 > sizeof w->v)
+            return ENAMETOOLONG;
+        memcpy(w->v, vpath, l + 1);
+        while (l > 0 && w->v[l - 1] == '/')
+            l--;
+        w->vl = l;
+    }
+    return walk_refresh(w);
+}
+
+static int walk_push(struct walk *w, const char *c, size_t cl)
+{
+    if (w->vl + 1 + cl + 1 > sizeof w->v || w->rl + 1 + cl + 1 > sizeof w->r)
+        return ENAMETOOLONG;
+    w->v[w->vl++] = '/';
+    memcpy(w->v + w->vl, c, cl);
+    w->vl += cl;
+    w->v[w->vl] = '\0';
+    const struct sb_entry *x = exact_entry(w->v, w->vl);
+    if (x)
+        return walk_refresh(w);
+    if (entry_hides(w->e)) {
+        memcpy(w->r, w->v, w->vl + 1);
+        w->rl = w->vl;
+        w->h = fnv_add(FNV_INIT, w->r, w->rl);
+        return 0;
+    }
+    w->r[w->rl++] = '/';
+    memcpy(w->r + w->rl, c, cl);
+    w->rl += cl;
+    w->r[w->rl] = '\0';
+    w->h = fnv_add(fnv_add(w->h, "/", 1), c, cl);
+    return 0;
+}
+
+static int walk_pop(struct walk *w)
+{
+    while (w->vl > 0 && w->v[w->vl - 1] != '/')
+        w->vl--;
+    if (w->vl > 0)
+        w->vl--;
+    return walk_refresh(w);
+}
+
+static int is_digits(const char *s, size_t n)
+{
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isdigit((unsigned char)s[i]))
+            return 0;
+    return 1;
+}
+
+/* Classify a real path under /proc as a per-process magic link.
+ * Returns 0 if not magic; else 1 and sets *pid, *kind ('c' cwd, 'r' root,
+ * 'f' fd (with *fd), 'o' other: exe, map_files, ...). */
+static int proc_magic(const char *r, pid_t *pid, int *kind, int *fd)
+{
+    if (strncmp(r, "/proc/", 6) != 0)
+        return 0;
+    const char *p = r + 6;
+    const char *q = strchr(p, '/');
+    if (!q || !is_digits(p, (size_t)(q - p)))
+        return 0;
+    *pid = (pid_t)atoi(p);
+    p = q + 1;
+    if (strncmp(p, "task/", 5) == 0) {         /* /proc/<pid>/task/<tid>/... */
+        p += 5;
+        q = strchr(p, '/');
+        if (!q || !is_digits(p, (size_t)(q - p)))
+            return 0;
+        p = q + 1;
+    }
+    if (strcmp(p, "cwd") == 0) { *kind = 'c'; return 1; }
+    if (strcmp(p, "root") == 0) { *kind = 'r'; return 1; }
+    if (strncmp(p, "fd/", 3) == 0 && is_digits(p + 3, strlen(p + 3))) {
+        *kind = 'f';
+        *fd = atoi(p + 3);
+        return 1;
+    }
+    if (strcmp(p, "exe") == 0 || strncmp(p, "map_files/", 10) == 0) {
+        *kind = 'o';
+        return 1;
+    }
+    return 0;
+}
+
+static int access_covers(int fl, int op)
+{
+    int acc = fl & O_ACCMODE;
+    switch (op) {
+    case SB_OP_LOOKUP:
+    case SB_OP_CHDIR:
+        return 1;
+    case SB_OP_READ:
+        return acc == O_RDONLY || acc == O_RDWR;
+    case SB_OP_WRITE:
+    case SB_OP_CREATE:
+        return acc == O_WRONLY || acc == O_RDWR;
+    default:
+        return 0;
+    }
+}
+
+/* Virtual target of a /proc magic link.  Returns:
+ *   0  out holds an absolute virtual path to continue with
+ *   1  pass the /proc path itself to the kernel (a pipe, socket, deleted
+ *      file or a descriptor the process already holds with enough access)
+ *  <0  -errno */
+static int magic_target(const char *r, int op, int last, char *out, size_t outsize)
+{
+    pid_t pid;
+    int kind, fd = -1;
+    if (!proc_magic(r, &pid, &kind, &fd))
+        return -EINVAL;
+    int self = pid == getpid();
+    if (kind == 'r') {
+        snprintf(out, outsize, "/");
+        return 0;
+    }
+    if (kind == 'c' && self) {
+        int rc = sb_getcwd(out, outsize);
+        return rc ? -rc : 0;
+    }
+    if (kind == 'f' && self && last) {
+        int fl = fcntl(fd, F_GETFL);
+        if (fl >= 0 && access_covers(fl, op))
+            return 1;
+    }
+    char real[PATH_MAX];
+    STAT_INC(readlinks);
+    ssize_t n = readlink(r, real, sizeof real - 1);
+    if (n < 0)
+        return -errno;
+    real[n] = '\0';
+    size_t dl = strlen(" (deleted)");
+    int deleted = (size_t)n > dl && strcmp(real + n - dl, " (deleted)") == 0;
+    if (real[0] != '/' || deleted) {
+        /* not a path: only someone already holding it may use it */
+        return (last && op == SB_OP_LOOKUP) ? 1 : -EACCES;
+    }
+    sb_reverse(&g_m, real, out, outsize);
+    return 0;
+}
+
+#define MAX_LINKS 40
+
+int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result *res)
+{
+    STAT_INC(resolves);
+    res->err = 0;
+    res->entry = NULL;
+    res->magic = 0;
+    res->is_link = 0;
+    res->vpath[0] = res->rpath[0] = '\0';
+    if (!path) {
+        res->err = EFAULT;
+        return EFAULT;
+    }
+    if (!g_active) {
+        snprintf(res->rpath, sizeof res->rpath, "%s", path);
+        snprintf(res->vpath, sizeof res->vpath, "%s", path);
+        return 0;
+    }
+
+    struct walk w;
+    int rc;
+    if (path[0] == '/') {
+        w.vl = 0;
+        rc = walk_refresh(&w);
+    } else {
+        char base[PATH_MAX];
+        if (dirfd == AT_FDCWD)
+            rc = sb_getcwd(base, sizeof base);
+        else
+            rc = sb_fd_path(dirfd, base, sizeof base);
+        if (rc == 0 && path[0] == '\0' && !(flags & SB_EMPTY_OK))
+            rc = ENOENT;
+        if (rc == 0)
+            rc = base[0] == '/' ? walk_set(&w, base) : ENOTDIR;
+    }
+    if (rc)
+        goto out;
+
+    char rem[PATH_MAX];
+    size_t plen = strlen(path);
+    if (plen + 1 > sizeof rem) {
+        rc = ENAMETOOLONG;
+        goto out;
+    }
+    memcpy(rem, path, plen + 1);
+    int trailing = plen > 0 && path[plen - 1] == '/';
+    int links = 0;
+    char *p = rem;
+
+    for (;;) {
+        while (*p == '/')
+            p++;
+        if (!*p)
+            break;
+        char *c = p;
+        while (*p && *p != '/')
+            p++;
+        size_t cl = (size_t)(p - c);
+        char *after = p;
+        while (*after == '/')
+            after++;
+        int last = *after == '\0';
+        if (cl == 1 && c[0] == '.')
+            continue;
+        if (cl == 2 && c[0] == '.' && c[1] == '.') {
+            if ((rc = walk_pop(&w)))
+                goto out;
+            continue;
+        }
+        size_t parent_vl = w.vl;
+        if ((rc = walk_push(&w, c, cl)))
+            goto out;
+
+        int follow = !last || trailing || !(flags & SB_NOFOLLOW);
+        if (entry_hides(w.e) && !has_nested(w.v, w.vl))
+            continue;                   /* nothing to see below: stay lexical */
+        if (!follow && !(flags & SB_STRICT))
+            continue;
+        if (!last && cache_has(w.h, w.r, w.rl)) {
+            STAT_INC(cache_hits);
+            continue;
+        }
+        struct stat st;
+        STAT_INC(lstats);
+        if (lstat(w.rl ? w.r : "/", &st) < 0) {
+            int e = errno;
+            if (entry_hides(w.e))
+                continue;               /* do not reveal what is behind */
+            if (last && !(flags & SB_STRICT) && e == ENOENT)
+                break;                  /* may be created */
+            rc = e;
+            goto out;
+        }
+        if (S_ISDIR(st.st_mode)) {
+            if (!entry_hides(w.e))
+                cache_add(w.h, w.r, w.rl);
+            continue;
+        }
+        if (!S_ISLNK(st.st_mode)) {
+            if (!last) {
+                rc = ENOTDIR;
+                goto out;
+            }
+            continue;
+        }
+        if (!follow) {
+            res->is_link = 1;
+            continue;
+        }
+        /* a symlink to follow */
+        if (++links > MAX_LINKS) {
+            rc = ELOOP;
+            goto out;
+        }
+        char target[PATH_MAX];
+        int m = -EINVAL;
+        if (w.rl > 6 && !entry_hides(w.e) && strncmp(w.r, "/proc/", 6) == 0)
+            m = magic_target(w.r, op, last, target, sizeof target);
+        if (m == 1) {
+            if (!last) {
+                rc = ENOTDIR;
+                goto out;
+            }
+            res->magic = 1;
+            break;
+        }
+        if (m < 0 && m != -EINVAL) {
+            rc = -m;
+            goto out;
+        }
+        if (m == -EINVAL) {
+            STAT_INC(readlinks);
+            ssize_t n = readlink(w.r, target, sizeof target - 1);
+            if (n < 0) {
+                rc = errno;
+                goto out;
+            }
+            target[n] = '\0';
+        }
+        /* rem = target + "/" + rest */
+        size_t tl = strlen(target), rl = strlen(after);
+        if (tl + 1 + rl + (trailing ? 1 : 0) + 1 > sizeof rem) {
+            rc = ENAMETOOLONG;
+            goto out;
+        }
+        char tmp[PATH_MAX];
+        memcpy(tmp, after, rl + 1);
+        memcpy(rem, target, tl);
+        size_t o = tl;
+        if (rl) {
+            rem[o++] = '/';
+            memcpy(rem + o, tmp, rl);
+            o += rl;
+        }
+        rem[o] = '\0';
+        p = rem;
+        if (target[0] == '/') {
+            w.vl = 0;
+        } else {
+            w.vl = parent_vl;
+        }
+        if ((rc = walk_refresh(&w)))
+            goto out;
+    }
+
+    if (res->magic) {
+        /* the walked virtual path is the /proc path; keep it as both */
+        memcpy(res->vpath, w.vl ? w.v : "/", (w.vl ? w.vl : 1) + 1);
+        memcpy(res->rpath, w.r, w.rl + 1);
+        res->entry = w.e;
+        rc = 0;
+        goto out;
+    }
+    res->entry = w.e;
+    if (w.vl)
+        memcpy(res->vpath, w.v, w.vl + 1);
+    else
+        strcpy(res->vpath, "/");
+    if (w.rl)
+        memcpy(res->rpath, w.r, w.rl + 1);
+    else
+        strcpy(res->rpath, "/");
+    if (trailing && w.rl && w.rl + 2 <= sizeof res->rpath) {
+        res->rpath[w.rl] = '/';
+        res->rpath[w.rl + 1] = '\0';
+    }
+    rc = sb_check(w.e, op);
+out:
+    res->err = rc;
+    return rc;
+}
+
+/* Different "mounts": entries that are not the same and at least one of
+ * them redirects (or both identity entries sit on different filesystems,
+ * which the kernel reports itself). */
+static int crosses(const struct sb_entry *a, const struct sb_entry *b)
+{
+    if (a == b)
+        return 0;
+    if (a->kind == SB_IDENTITY && b->kind == SB_IDENTITY)
+        return 0;
+    return 1;
+}
+
+int sb_resolve_rename(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
+                      struct sb_result *ro, struct sb_result *rn)
+{
+    int rc = sb_resolve(SB_OP_DELETE, olddirfd, oldpath, SB_NOFOLLOW, ro);
+    if (rc)
+        return rc;
+    rc = sb_resolve(SB_OP_CREATE, newdirfd, newpath, SB_NOFOLLOW, rn);
+    if (rc)
+        return rc;
+    if (g_active && crosses(ro->entry, rn->entry))
+        return rn->err = EXDEV;
+    sb_cache_flush();
+    return 0;
+}
+
+int sb_resolve_link(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
+                    int follow, struct sb_result *ro, struct sb_result *rn)
+{
+    /* Linking gives a second name with the same permissions: the source must
+     * be writable, or a read-only file could be written through the link. */
+    int rc = sb_resolve(SB_OP_WRITE, olddirfd, oldpath, follow ? 0 : SB_NOFOLLOW, ro);
+    if (rc)
+        return rc;
+    rc = sb_resolve(SB_OP_CREATE, newdirfd, newpath, SB_NOFOLLOW, rn);
+    if (rc)
+        return rc;
+    if (g_active && crosses(ro->entry, rn->entry))
+        return rn->err = EXDEV;
+    return 0;
+}
+
+int sb_reverse_inplace(char *buf, size_t size)
+{
+    if (!g_active || buf[0] != '/')
+        return 0;
+    char tmp[PATH_MAX];
+    sb_reverse(&g_m, buf, tmp, sizeof tmp);
+    size_t l = strlen(tmp);
+    if (l + 1 > size)
+        return ERANGE;
+    memcpy(buf, tmp, l + 1);
+    return 0;
+}
+
+ssize_t sb_readlink(const struct sb_result *r, char *buf, size_t size)
+{
+    char out[PATH_MAX];
+    if (g_active && strncmp(r->rpath, "/proc/", 6) == 0) {
+        pid_t pid;
+        int kind, fd;
+        if (proc_magic(r->rpath, &pid, &kind, &fd)) {
+            int m = magic_target(r->rpath, SB_OP_LOOKUP, 1, out, sizeof out);
+            if (m < 0)
+                return m;
+            if (m == 1) {
+                ssize_t n = readlink(r->rpath, out, sizeof out - 1);
+                if (n < 0)
+                    return -errno;
+                out[n] = '\0';
+            }
+            size_t l = strlen(out);
+            if (l > size)
+                l = size;
+            memcpy(buf, out, l);
+            return (ssize_t)l;
+        }
+    }
+    ssize_t n = readlink(r->rpath, buf, size);
+    return n < 0 ? -errno : n;
+}
+
+/* ---- exec: static executables ---------------------------------------------- */
+
+static int read_at(int fd, void *buf, size_t n, off_t off)
+{
+    ssize_t k = pread(fd, buf, n, off);
+    return k == (ssize_t)n ? 0 : -1;
+}
+
+static int elf_static_fd(int fd)
+{
+    unsigned char id[EI_NIDENT];
+    if (read_at(fd, id, sizeof id, 0) < 0 || memcmp(id, ELFMAG, SELFMAG) != 0)
+        return 0;
+    uint64_t phoff;
+    unsigned phnum, phentsize;
+    if (id[EI_CLASS] == ELFCLASS64) {
+        Elf64_Ehdr eh;
+        if (read_at(fd, &eh, sizeof eh, 0) < 0)
+            return -1;
+        if (eh.e_type != ET_EXEC && eh.e_type != ET_DYN)
+            return 0;
+        phoff = eh.e_phoff;
+        phnum = eh.e_phnum;
+        phentsize = eh.e_phentsize;
+        if (phentsize < sizeof(Elf64_Phdr))
+            return -1;
+        for (unsigned i = 0; i < phnum && i < 4096; i++) {
+            Elf64_Phdr ph;
+            if (read_at(fd, &ph, sizeof ph, (off_t)(phoff + (uint64_t)i * phentsize)) < 0)
+                return -1;
+            if (ph.p_type == PT_INTERP)
+                return 0;
+        }
+        return 1;
+    } else if (id[EI_CLASS] == ELFCLASS32) {
+        Elf32_Ehdr eh;
+        if (read_at(fd, &eh, sizeof eh, 0) < 0)
+            return -1;
+        if (eh.e_type != ET_EXEC && eh.e_type != ET_DYN)
+            return 0;
+        phoff = eh.e_phoff;
+        phnum = eh.e_phnum;
+        phentsize = eh.e_phentsize;
+        if (phentsize < sizeof(Elf32_Phdr))
+            return -1;
+        for (unsigned i = 0; i < phnum && i < 4096; i++) {
+            Elf32_Phdr ph;
+            if (read_at(fd, &ph, sizeof ph, (off_t)(phoff + (uint64_t)i * phentsize)) < 0)
+                return -1;
+            if (ph.p_type == PT_INTERP)
+                return 0;
+        }
+        return 1;
+    }
+    return 0;
+}
+
+static int is_loader_name(const char *path)
+{
+    const char *b = strrchr(path, '/');
+    b = b ? b + 1 : path;
+    return strncmp(b, "ld-linux", 8) == 0 || strncmp(b, "ld.so", 5) == 0 ||
+           strncmp(b, "ld64.so", 7) == 0 || strncmp(b, "ld-musl", 7) == 0;
+}
+
+static int elf_is_static_depth(const char *path, int depth, char *why, size_t whysize)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    char head[256];
+    ssize_t n = pread(fd, head, sizeof head - 1, 0);
+    if (n >= 2 && head[0] == '#' && head[1] == '!' && depth < 4) {
+        close(fd);
+        head[n] = '\0';
+        char *s = head + 2;
+        while (*s == ' ' || *s == '\t')
+            s++;
+        char *e = s;
+        while (*e && *e != ' ' && *e != '\t' && *e != '\n' && *e != '\r')
+            e++;
+        *e = '\0';
+        if (*s != '/')
+            return 0;
+        /* the kernel runs the interpreter by its real path */
+        struct sb_result r;
+        if (g_active && sb_resolve(SB_OP_EXEC, AT_FDCWD, s, 0, &r) == 0)
+            s = r.rpath;
+        int st = elf_is_static_depth(s, depth + 1, why, whysize);
+        if (st == 1 && why && why[0] == '\0')
+            snprintf(why, whysize, "%s", s);
+        return st;
+    }
+    int st = elf_static_fd(fd);
+    close(fd);
+    if (st == 1 && is_loader_name(path))
+        st = 0;
+    return st;
+}
+
+int sb_elf_is_static(const char *realpath_)
+{
+    return elf_is_static_depth(realpath_, 0, NULL, 0);
+}
+
+int sb_exec_check(const char *realpath_, const char *vpath)
+{
+    if (g_allow_static || env_true(SB_ENV_ALLOW_STATIC))
+        return 0;
+    char why[PATH_MAX];
+    why[0] = '\0';
+    if (elf_is_static_depth(realpath_, 0, why, sizeof why) != 1)
+        return 0;
+    if (why[0])
+        sb_msg("refusing to run %s: its interpreter %s is statically linked, so this "
+               "LD_PRELOAD sandbox could not see its calls (set %s=1 to run it anyway)",
+               vpath ? vpath : realpath_, why, SB_ENV_ALLOW_STATIC);
+    else
+        sb_msg("refusing to run %s: statically linked, so this LD_PRELOAD sandbox could "
+               "not see its calls (set %s=1 to run it anyway)",
+               vpath ? vpath : realpath_, SB_ENV_ALLOW_STATIC);
+    return EACCES;
+}

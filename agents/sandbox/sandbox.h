@@ -1,0 +1,200 @@
+/*
+ * sandbox.h - support library of the Bypass sandbox agent.
+ *
+ * The agent's actions (sandbox.bypass) ask this library one question per
+ * path-taking call: "for this operation on this path, what does the mount
+ * list say?"  The answer is either a real path to hand to the kernel or an
+ * errno value.  The library keeps the state that answer needs: the parsed
+ * mount list, the virtual current directory, a table of descriptors opened
+ * through the agent, and a cache of directories known not to be symlinks.
+ *
+ * Vocabulary
+ *   virtual path  the path as the program sees it ("/tmp/a")
+ *   real path     the path the kernel gets ("/var/tmp/bypass-x1y2/tmp/a")
+ *   entry         one line of the mount list: prefix -> redirect, mode
+ *
+ * Nothing here is a security boundary: a static program or a raw syscall
+ * never reaches this code.  See README.md.
+ */
+#ifndef BYPASS_SANDBOX_H
+#define BYPASS_SANDBOX_H
+
+#include <limits.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Environment variables (documented in README.md). */
+#define SB_ENV_MOUNTS        "BYPASS_MOUNTS"             /* mount list file */
+#define SB_ENV_PRIVATE       "BYPASS_SANDBOX_PRIVATE"    /* private dir of this run (set by the first process) */
+#define SB_ENV_PRIVATE_BASE  "BYPASS_SANDBOX_PRIVATE_BASE" /* where private dirs are made (default /var/tmp) */
+#define SB_ENV_CLEANUP       "BYPASS_SANDBOX_CLEANUP"    /* 1: remove the private dir at exit */
+#define SB_ENV_ALLOW_STATIC  "BYPASS_SANDBOX_ALLOW_STATIC" /* 1: let static executables run */
+#define SB_ENV_ROFS          "BYPASS_SANDBOX_EROFS"      /* 1: writes in read-only places give EROFS, not EACCES */
+#define SB_ENV_CACHE         "BYPASS_SANDBOX_CACHE"      /* 0: no directory cache (see README) */
+#define SB_ENV_QUIET         "BYPASS_SANDBOX_QUIET"      /* 1: do not print the private dir at exit */
+
+/* Kinds of mount-list entry. */
+enum sb_kind {
+    SB_IDENTITY = 0,  /* "prefix mode": the path is itself, with that mode */
+    SB_REDIRECT,      /* "prefix /other/path [mode]" */
+    SB_DENY,          /* "prefix DENY": EACCES */
+    SB_ENOENT,        /* "prefix ENOENT": the path does not exist */
+    SB_PRIVATE        /* "prefix PRIVATE [mode]": fresh directory per run */
+};
+
+/* Mode bits of an entry. */
+#define SB_R 4
+#define SB_W 2
+#define SB_X 1
+
+struct sb_entry {
+    char *prefix;       /* normalised absolute virtual prefix, "/" or no trailing slash */
+    size_t plen;
+    char *target;       /* real path for IDENTITY/REDIRECT/PRIVATE, NULL otherwise */
+    size_t tlen;
+    int kind;
+    int mode;           /* SB_R|SB_W|SB_X */
+    int line;           /* line in the mount list (0: implicit) */
+};
+
+struct sb_mounts {
+    struct sb_entry *e;
+    int n;
+    char file[PATH_MAX];
+};
+
+/* ---- mount list (mounts.c) ------------------------------------------------ */
+
+/* Parse a mount list.  On error returns -1 and writes "file:line: error: msg"
+ * into err.  `private_dir` is the directory under which PRIVATE entries
+ * live (NULL: PRIVATE entries get no target yet; see sb_private_setup). */
+int sb_mounts_parse(struct sb_mounts *m, const char *text, const char *file,
+                    char *err, size_t errsize);
+int sb_mounts_load(struct sb_mounts *m, const char *file, char *err, size_t errsize);
+void sb_mounts_free(struct sb_mounts *m);
+
+/* The entry that governs an absolute, normalised virtual path (longest
+ * matching prefix; for equal prefixes the later line).  Never NULL once
+ * a list is installed: an implicit "/ rwx" entry backs every list. */
+const struct sb_entry *sb_lookup(const struct sb_mounts *m, const char *vpath);
+
+/* Real path for a virtual path under entry e.  Returns 0 or ENAMETOOLONG. */
+int sb_translate(const struct sb_entry *e, const char *vpath, char *out, size_t outsize);
+
+/* Virtual path under which a real path is visible.  Returns 1 if found,
+ * 0 if the real path is not visible through any entry (out = real path). */
+int sb_reverse(const struct sb_mounts *m, const char *real, char *out, size_t outsize);
+
+/* Give PRIVATE entries their directories under dir (made if missing). */
+int sb_private_attach(struct sb_mounts *m, const char *dir, char *err, size_t errsize);
+
+/* Lexically normalise an absolute path: collapse "//", ".", ".." and the
+ * trailing slash.  Returns 0 or ENAMETOOLONG/EINVAL. */
+int sb_normalise(const char *in, char *out, size_t outsize);
+
+/* ---- global state and operations (resolve.c) ------------------------------ */
+
+/* Operations, i.e. what the call will do to the final path. */
+enum sb_op {
+    SB_OP_LOOKUP = 0, /* stat, access(F_OK), readlink, getxattr: any mode */
+    SB_OP_READ,       /* open for reading, opendir, listxattr: r */
+    SB_OP_WRITE,      /* open for writing, truncate, chmod, chown, utime, setxattr: w */
+    SB_OP_CREATE,     /* O_CREAT, mkdir, mknod, symlink, link/rename destination: w */
+    SB_OP_DELETE,     /* unlink, rmdir, rename source: w */
+    SB_OP_EXEC,       /* execve, posix_spawn: x */
+    SB_OP_CHDIR       /* chdir: any mode */
+};
+
+/* Flags for sb_resolve. */
+#define SB_NOFOLLOW   1   /* do not follow a symlink in the last component */
+#define SB_STRICT     2   /* every component must exist (realpath) */
+#define SB_EMPTY_OK   4   /* "" means the dirfd itself (AT_EMPTY_PATH) */
+
+struct sb_result {
+    int err;                       /* 0 or the errno the call must fail with */
+    const struct sb_entry *entry;  /* entry of the final path */
+    int magic;                     /* real path is a /proc magic link or a non-path fd object */
+    int is_link;                   /* last component known to be a symlink (SB_NOFOLLOW) */
+    char vpath[PATH_MAX];          /* virtual absolute path, symlinks resolved */
+    char rpath[PATH_MAX];          /* real path for the kernel */
+};
+
+/* Install the mount list named by $BYPASS_MOUNTS (called once, from the
+ * agent's constructor).  Returns 0 (also when the variable is unset: the
+ * sandbox is then inactive), or -1 with err filled. */
+int sb_init_from_env(char *err, size_t errsize);
+
+/* Install an already parsed list (tests, and sb_init_from_env).  The list
+ * is owned by the library afterwards.  cwd: the initial virtual cwd (NULL:
+ * derived from the real cwd). */
+void sb_install(struct sb_mounts *m, const char *cwd);
+void sb_uninstall(void);
+int sb_active(void);
+const struct sb_mounts *sb_current(void);
+
+/* The core question.  Returns 0 (r->rpath is the path to use) or an errno
+ * (also stored in r->err). dirfd may be AT_FDCWD. */
+int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result *r);
+
+/* Permission check of an entry for an op: 0 or errno. */
+int sb_check(const struct sb_entry *e, int op);
+
+/* Two-path calls.  rename/link: both sides resolved and checked, EXDEV when
+ * they fall in different redirected entries.  Hard links need write access
+ * to the source too (a read-only file cannot be linked into a writable
+ * place).  Returns 0 or errno. */
+int sb_resolve_rename(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
+                      struct sb_result *ro, struct sb_result *rn);
+int sb_resolve_link(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
+                    int follow, struct sb_result *ro, struct sb_result *rn);
+
+/* Virtual cwd. */
+int sb_getcwd(char *buf, size_t size);     /* 0 or ERANGE */
+void sb_set_cwd(const char *vpath);        /* after a successful real chdir */
+int sb_fchdir_done(int fd);                /* after a successful real fchdir */
+
+/* Descriptor table: remember the virtual path of descriptors opened through
+ * the agent (validated by dev/ino before use).  */
+void sb_fd_note(int fd, const char *vpath);
+void sb_fd_forget(int fd);
+void sb_fd_forget_range(unsigned int lo, unsigned int hi);
+void sb_fd_dup(int oldfd, int newfd);
+/* Virtual path of an open descriptor: 0 or errno. */
+int sb_fd_path(int fd, char *out, size_t outsize);
+
+/* Reverse translation of a result buffer produced by the kernel (getcwd,
+ * readlink of /proc magic links): rewrites buf in place. */
+int sb_reverse_inplace(char *buf, size_t size);
+
+/* readlink support: virtual contents of the link at a resolved path.
+ * Returns length or -errno. */
+ssize_t sb_readlink(const struct sb_result *r, char *buf, size_t size);
+
+/* Directory cache invalidation (after rename/rmdir/... in this process). */
+void sb_cache_flush(void);
+
+/* Exec: refuse static executables unless allowed.  Returns 0 or errno
+ * (printing a message when refusing). */
+int sb_exec_check(const char *realpath_, const char *vpath);
+/* 1 static ELF, 0 dynamic or not ELF, -1 unreadable. Follows "#!" once. */
+int sb_elf_is_static(const char *realpath_);
+
+/* Private directory. */
+const char *sb_private_dir(void);
+void sb_atexit_report(void);
+
+/* Counters for tests and benchmarks. */
+struct sb_stats {
+    unsigned long resolves, lstats, cache_hits, readlinks, fd_hits, fd_misses;
+};
+void sb_get_stats(struct sb_stats *s);
+void sb_set_cache(int on);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

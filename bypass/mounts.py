@@ -1,0 +1,186 @@
+"""Mount lists for the sandbox agent (Parrot style), checked before a program starts.
+
+This is the Python mirror of the parser in ``agents/sandbox/mounts.c``: the agent parses the
+list again when it starts (it must not trust its environment), but ``bypass run -m`` calls
+:func:`load` first so that a bad list is reported before anything runs.  Keep the two in
+step; ``tests/sandbox/test_mounts.py`` feeds the same inputs to both.
+
+Grammar, one entry per line::
+
+    prefix  redirect  [mode]
+    prefix  mode
+
+* ``prefix``: an absolute path; it covers itself and everything below it, on path-component
+  boundaries (``/tmp`` covers ``/tmp/a``, not ``/tmpfoo``).
+* ``redirect``: an absolute path, ``DENY`` (EACCES), ``ENOENT`` (absent) or ``PRIVATE`` (a fresh
+  directory for this run).
+* ``mode``: letters from ``rwx`` (``-`` alone: no access); default ``rwx``.
+* ``#`` starts a comment where a field could start.
+
+For a path, the entry with the longest matching prefix governs; for equal prefixes the later
+line wins.  Implicit entries come first (line 0): ``/ rwx`` and ``rw`` for a few devices every
+program uses (:data:`IMPLICIT_DEVICES`).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass
+
+__all__ = [
+    "MountListError",
+    "Entry",
+    "IMPLICIT_DEVICES",
+    "parse",
+    "load",
+    "lookup",
+    "translate",
+]
+
+IDENTITY, REDIRECT, DENY, ENOENT, PRIVATE = "identity", "redirect", "DENY", "ENOENT", "PRIVATE"
+KEYWORDS = (DENY, ENOENT, PRIVATE)
+IMPLICIT_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty")
+_BLANKS = " \t\r\v\f"
+
+
+class MountListError(Exception):
+    """A mount list that cannot be used.  ``str(err)`` is ``file:line: error: message``."""
+
+    def __init__(self, file: str, line: int, message: str):
+        self.file, self.line, self.message = file, line, message
+        super().__init__(f"{file}:{line}: error: {message}")
+
+
+@dataclass(frozen=True)
+class Entry:
+    prefix: str
+    kind: str              # identity | redirect | DENY | ENOENT | PRIVATE
+    target: str | None     # real path (identity: the prefix; PRIVATE: None until attached)
+    mode: str              # subset of "rwx" in that order, "" for none
+    line: int              # 0 for implicit entries
+
+
+def normalise(path: str) -> str:
+    """Lexical normalisation of an absolute path, as sb_normalise() does it."""
+    out: list[str] = []
+    for comp in path.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(comp)
+    return "/" + "/".join(out)
+
+
+def _is_mode(tok: str) -> bool:
+    return tok == "-" or (tok != "" and all(c in "rwx" for c in tok))
+
+
+def _mode(tok: str) -> str:
+    return "".join(c for c in "rwx" if c in tok)
+
+
+def _fields(line: str) -> list[str]:
+    out: list[str] = []
+    i, n = 0, len(line)
+    while True:
+        while i < n and line[i] in _BLANKS:
+            i += 1
+        if i >= n or line[i] == "#":
+            return out
+        j = i
+        while j < n and line[j] not in _BLANKS:
+            j += 1
+        out.append(line[i:j])
+        i = j
+
+
+def parse(text: str, file: str = "<mounts>") -> list[Entry]:
+    """Parse mount-list text; raise :class:`MountListError` on the first bad line."""
+    entries = [Entry("/", IDENTITY, "/", "rwx", 0)]
+    entries += [Entry(d, IDENTITY, d, "rw", 0) for d in IMPLICIT_DEVICES]
+    if "\0" in text:
+        raise MountListError(file, 0, "cannot read mount list: binary data (NUL byte)")
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        f = _fields(line)
+        if not f:
+            continue
+        if len(f) > 3:
+            raise MountListError(
+                file, lineno, "too many fields (expected: prefix redirect [mode], or prefix mode)")
+        if not f[0].startswith("/"):
+            raise MountListError(
+                file, lineno, f"relative prefix '{f[0]}' (prefixes must be absolute paths)")
+        if len(f) == 1:
+            raise MountListError(file, lineno, f"missing redirect or mode after prefix '{f[0]}'")
+        prefix = normalise(f[0])
+        what = f[1]
+        mode = "rwx"
+        target: str | None = None
+        if what.startswith("/"):
+            kind, target = REDIRECT, normalise(what)
+        elif what in KEYWORDS:
+            kind = what
+            if kind in (DENY, ENOENT):
+                mode = ""
+        elif _is_mode(what):
+            kind, target, mode = IDENTITY, prefix, _mode(what)
+            if len(f) == 3:
+                raise MountListError(file, lineno, f"unexpected '{f[2]}' after mode '{what}'")
+        elif "/" in what or what.startswith((".", "~")):
+            raise MountListError(
+                file, lineno, f"relative redirect '{what}' (redirects must be absolute paths)")
+        else:
+            raise MountListError(
+                file, lineno,
+                f"unknown keyword '{what}' (expected an absolute path, DENY, ENOENT, PRIVATE "
+                "or a mode from rwx)")
+        if len(f) == 3:
+            if kind in (DENY, ENOENT):
+                raise MountListError(file, lineno, f"{kind} takes no mode (got '{f[2]}')")
+            if not _is_mode(f[2]):
+                raise MountListError(file, lineno, f"bad mode '{f[2]}' (use letters from rwx, or '-')")
+            mode = _mode(f[2])
+        entries.append(Entry(prefix, kind, target, mode, lineno))
+    return entries
+
+
+def load(path: str | os.PathLike[str]) -> list[Entry]:
+    """Read and parse a mount-list file; unreadable files raise :class:`MountListError` too."""
+    file = os.fspath(path)
+    try:
+        with open(file, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise MountListError(file, 0, f"cannot read mount list: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8", errors="surrogateescape")
+    except Exception:  # pragma: no cover - surrogateescape does not fail
+        raise MountListError(file, 0, "cannot read mount list: undecodable") from None
+    return parse(text, file)
+
+
+def _matches(prefix: str, path: str) -> bool:
+    return prefix == "/" or path == prefix or path.startswith(prefix + "/")
+
+
+def lookup(entries: list[Entry], vpath: str) -> Entry:
+    """The entry governing an absolute normalised virtual path (longest prefix, later line)."""
+    best = entries[0]
+    for e in entries:
+        if len(e.prefix) >= len(best.prefix) and _matches(e.prefix, vpath):
+            best = e
+    return best
+
+
+def translate(entry: Entry, vpath: str) -> str | None:
+    """The real path of ``vpath`` under ``entry`` (None for DENY/ENOENT/unattached PRIVATE)."""
+    if entry.target is None:
+        return None
+    if entry.kind == IDENTITY:
+        return vpath
+    rest = vpath[len(entry.prefix):] if entry.prefix != "/" else (vpath if vpath != "/" else "")
+    return posixpath.join(entry.target, rest.lstrip("/")) if rest else entry.target
