@@ -1,0 +1,645 @@
+/*
+ * gass_files.c -- the file operations the gass agent's actions call for URLs, and the table of
+ * descriptors gass handed out.
+ *
+ * The table is keyed by the (st_dev, st_ino) of the local file behind a descriptor, not by the
+ * descriptor number: dup(), dup2(), fcntl(F_DUPFD) and freopen() all make new descriptors of
+ * the same file without gass seeing them, and an inode key follows them for free. A staged
+ * write is uploaded when a descriptor of it is closed and no other descriptor of this process
+ * refers to it any more (checked in /proc/self/fd, only when such a file is closed).
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include "gass_internal.h"
+
+/* Guard functions of the agent runtime: code running outside an agent action (our exit
+ * handler) must bracket its libc calls with them. Weak, so tests link this without the runtime. */
+extern void bypass_guard_enter(void) __attribute__((weak));
+extern void bypass_guard_leave(void) __attribute__((weak));
+
+struct open_url {
+    int writing;               /* 1: staged for upload; 0: a cached copy opened for reading */
+    pid_t pid;                 /* only the process that opened it uploads it */
+    dev_t dev;                 /* the local file behind the descriptors */
+    ino_t ino;
+    unsigned long long fake_ino;
+    /* writing only */
+    struct gass_url *url;
+    char staging[PATH_MAX];
+    int always_upload;         /* new or truncated: upload even if nothing was written */
+    struct stat snapshot;      /* staging file right after it was filled */
+    char source[PATH_MAX];     /* the cached copy it was filled from, to detect "unchanged" */
+    dev_t source_dev;
+    ino_t source_ino;
+};
+
+/* Read entries only serve fstat(): a bounded ring is enough, the oldest is forgotten. */
+#define MAX_READ_ENTRIES 512
+
+static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct open_url read_entries[MAX_READ_ENTRIES];
+static int read_next, read_count;
+static struct open_url **writes;
+static int write_count, write_cap;
+/* Read without the lock on every close(): no pending write means nothing to do. */
+static volatile int pending_writes;
+
+static void remember_read(const struct stat *st, const struct gass_url *u)
+{
+    pthread_mutex_lock(&table_lock);
+    struct open_url *e = &read_entries[read_next];
+    read_next = (read_next + 1) % MAX_READ_ENTRIES;
+    if (read_count < MAX_READ_ENTRIES)
+        read_count++;
+    memset(e, 0, sizeof *e);
+    e->pid = getpid();
+    e->dev = st->st_dev;
+    e->ino = st->st_ino;
+    e->fake_ino = u->ino;
+    pthread_mutex_unlock(&table_lock);
+}
+
+static int add_write(struct open_url *e)
+{
+    pthread_mutex_lock(&table_lock);
+    if (write_count == write_cap) {
+        int cap = write_cap ? write_cap * 2 : 8;
+        struct open_url **bigger = realloc(writes, (size_t)cap * sizeof *writes);
+        if (bigger == NULL) {
+            pthread_mutex_unlock(&table_lock);
+            errno = ENOMEM;
+            return -1;
+        }
+        writes = bigger;
+        write_cap = cap;
+    }
+    writes[write_count++] = e;
+    pending_writes = write_count;
+    pthread_mutex_unlock(&table_lock);
+    return 0;
+}
+
+/* Find (and with `take`, remove) this process's write entry for a local file. Caller holds the
+ * lock. */
+static struct open_url *find_write(dev_t dev, ino_t ino, int take)
+{
+    pid_t pid = getpid();
+    for (int i = 0; i < write_count; i++) {
+        struct open_url *e = writes[i];
+        if (e->dev == dev && e->ino == ino && e->pid == pid) {
+            if (take) {
+                writes[i] = writes[--write_count];
+                pending_writes = write_count;
+            }
+            return e;
+        }
+    }
+    return NULL;
+}
+
+static void free_write(struct open_url *e)
+{
+    free(e->url);
+    free(e);
+}
+
+/* ---- stat ---------------------------------------------------------------------------------- */
+
+static void fill_stat(struct stat *st, const struct gass_url *u, long long size, long long mtime)
+{
+    memset(st, 0, sizeof *st);
+    st->st_dev = makedev(GASS_FAKE_DEV_MAJOR, GASS_FAKE_DEV_MINOR);
+    st->st_ino = (ino_t)u->ino;
+    st->st_mode = S_IFREG | 0644;
+    st->st_nlink = 1;
+    st->st_uid = geteuid();
+    st->st_gid = getegid();
+    st->st_size = size;
+    st->st_blksize = 65536; /* invites large reads */
+    st->st_blocks = (size + 511) / 512;
+    st->st_atim.tv_sec = st->st_mtim.tv_sec = st->st_ctim.tv_sec = mtime;
+}
+
+int gass_stat(const char *text, struct stat *st)
+{
+    struct gass_url u;
+    struct gass_response r;
+    if (gass_url_parse(text, &u) < 0 || gass_http_head(&u, &r) < 0)
+        return -1;
+    if (r.length < 0 || r.mtime < 0) {
+        /* The server does not say (chunked replies, dynamic pages): the true size is only known
+         * by fetching, which also makes the cached copy current for the open that follows. */
+        char path[PATH_MAX];
+        int fd = gass_cache_open(&u, 0, &r, path, sizeof path);
+        if (fd < 0)
+            return -1;
+        struct stat local;
+        int rc = fstat(fd, &local);
+        close(fd);
+        if (rc < 0)
+            return -1;
+        fill_stat(st, &u, local.st_size, local.st_mtim.tv_sec);
+        return 0;
+    }
+    fill_stat(st, &u, r.length, r.mtime);
+    return 0;
+}
+
+/* Replace the local identity of a gass descriptor by the URL's, matching gass_stat. */
+static int fixup_identity(dev_t dev, ino_t ino, unsigned long long *fake)
+{
+    int found = 0;
+    pthread_mutex_lock(&table_lock);
+    for (int i = 0; i < write_count && !found; i++)
+        if (writes[i]->dev == dev && writes[i]->ino == ino) {
+            *fake = writes[i]->fake_ino;
+            found = 1;
+        }
+    for (int i = 0; i < read_count && !found; i++)
+        if (read_entries[i].dev == dev && read_entries[i].ino == ino) {
+            *fake = read_entries[i].fake_ino;
+            found = 1;
+        }
+    pthread_mutex_unlock(&table_lock);
+    return found;
+}
+
+void gass_fstat_fixup(struct stat *st)
+{
+    unsigned long long fake;
+    if ((read_count || pending_writes) && fixup_identity(st->st_dev, st->st_ino, &fake)) {
+        st->st_dev = makedev(GASS_FAKE_DEV_MAJOR, GASS_FAKE_DEV_MINOR);
+        st->st_ino = (ino_t)fake;
+    }
+}
+
+int gass_statx(const char *text, unsigned int mask, void *buf)
+{
+    (void)mask; /* we fill what we know whatever was asked, as the kernel may */
+    struct stat st;
+    if (gass_stat(text, &st) < 0)
+        return -1;
+    struct statx *stx = buf;
+    memset(stx, 0, sizeof *stx);
+    stx->stx_mask = STATX_TYPE | STATX_MODE | STATX_NLINK | STATX_UID | STATX_GID |
+                    STATX_ATIME | STATX_MTIME | STATX_CTIME | STATX_INO | STATX_SIZE |
+                    STATX_BLOCKS;
+    stx->stx_blksize = (unsigned)st.st_blksize;
+    stx->stx_nlink = (unsigned)st.st_nlink;
+    stx->stx_uid = st.st_uid;
+    stx->stx_gid = st.st_gid;
+    stx->stx_mode = (unsigned short)st.st_mode;
+    stx->stx_ino = st.st_ino;
+    stx->stx_size = (unsigned long long)st.st_size;
+    stx->stx_blocks = (unsigned long long)st.st_blocks;
+    stx->stx_atime.tv_sec = stx->stx_mtime.tv_sec = stx->stx_ctime.tv_sec = st.st_mtim.tv_sec;
+    stx->stx_dev_major = GASS_FAKE_DEV_MAJOR;
+    stx->stx_dev_minor = GASS_FAKE_DEV_MINOR;
+    return 0;
+}
+
+void gass_statx_fixup(void *buf)
+{
+    struct statx *stx = buf;
+    unsigned long long fake;
+    if ((read_count || pending_writes) &&
+        fixup_identity(makedev(stx->stx_dev_major, stx->stx_dev_minor), stx->stx_ino, &fake)) {
+        stx->stx_dev_major = GASS_FAKE_DEV_MAJOR;
+        stx->stx_dev_minor = GASS_FAKE_DEV_MINOR;
+        stx->stx_ino = fake;
+    }
+}
+
+int gass_access(const char *text, int amode)
+{
+    struct gass_url u;
+    struct gass_response r;
+    if (gass_url_parse(text, &u) < 0)
+        return -1;
+    if (amode & X_OK) {
+        errno = EACCES;
+        return -1;
+    }
+    /* F_OK/R_OK: the server must have it. W_OK alone on a missing URL is ENOENT too, as for a
+     * missing local file; whether a write is allowed is the server's decision at upload. */
+    return gass_http_head(&u, &r) < 0 ? -1 : 0;
+}
+
+/* ---- open ---------------------------------------------------------------------------------- */
+
+static int copy_fd(int from, int to)
+{
+    char buf[65536];
+    for (;;) {
+        ssize_t n = read(from, buf, sizeof buf);
+        if (n == 0)
+            return 0;
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        for (ssize_t done = 0; done < n;) {
+            ssize_t w = write(to, buf + done, (size_t)(n - done));
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0)
+                return -1;
+            done += w;
+        }
+    }
+}
+
+static int open_for_reading(const struct gass_url *u, int flags)
+{
+    struct gass_response r;
+    char path[PATH_MAX];
+    int fd = gass_cache_open(u, flags & (O_CLOEXEC | O_NONBLOCK | O_NOCTTY), &r, path, sizeof path);
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0)
+        remember_read(&st, u);
+    return fd;
+}
+
+static int open_for_writing(const struct gass_url *u, int flags)
+{
+    struct gass_response r;
+    struct open_url *e = calloc(1, sizeof *e);
+    if (e == NULL || (e->url = malloc(sizeof *u)) == NULL) {
+        free(e);
+        errno = ENOMEM;
+        return -1;
+    }
+    memcpy(e->url, u, sizeof *u);
+    e->writing = 1;
+    e->pid = getpid();
+    e->fake_ino = u->ino;
+
+    if ((flags & O_CREAT) && (flags & O_EXCL)) {
+        if (gass_http_head(u, &r) == 0) {
+            errno = EEXIST;
+            goto fail;
+        }
+        if (errno != ENOENT)
+            goto fail;
+    }
+
+    int stage = gass_cache_stage_path(e->staging, sizeof e->staging);
+    if (stage < 0)
+        goto fail;
+
+    if (flags & (O_TRUNC | O_EXCL)) {
+        e->always_upload = 1; /* starts empty: the result must reach the server as is */
+    } else {
+        /* Keep the server's content, as open() without O_TRUNC keeps a file's. */
+        int cached = gass_cache_open(u, 0, &r, e->source, sizeof e->source);
+        if (cached >= 0) {
+            struct stat src;
+            int rc = fstat(cached, &src) == 0 ? copy_fd(cached, stage) : -1;
+            int saved = errno;
+            close(cached);
+            if (rc < 0) {
+                errno = saved;
+                goto fail_stage;
+            }
+            e->source_dev = src.st_dev;
+            e->source_ino = src.st_ino;
+        } else if (errno == ENOENT && (flags & O_CREAT)) {
+            e->always_upload = 1;
+        } else {
+            goto fail_stage;
+        }
+    }
+    if (fstat(stage, &e->snapshot) < 0)
+        goto fail_stage;
+    close(stage);
+    e->dev = e->snapshot.st_dev;
+    e->ino = e->snapshot.st_ino;
+
+    /* The program's descriptor, with its own access mode and flags (O_APPEND, O_CLOEXEC...). */
+    int fd = open(e->staging, flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_DIRECTORY));
+    if (fd < 0 || add_write(e) < 0) {
+        int saved = errno;
+        if (fd >= 0)
+            close(fd);
+        unlink(e->staging);
+        free_write(e);
+        errno = saved;
+        return -1;
+    }
+    if (gass_debug())
+        gass_log("staging %s for upload%s", u->logname, e->always_upload ? "" : " (if changed)");
+    return fd;
+
+fail_stage:;
+    int saved = errno;
+    close(stage);
+    unlink(e->staging);
+    errno = saved;
+fail:
+    saved = errno;
+    free_write(e);
+    errno = saved;
+    return -1;
+}
+
+int gass_open(const char *text, int flags, mode_t mode)
+{
+    (void)mode; /* the server decides permissions; the staging file is private (0600) */
+    struct gass_url u;
+    if (gass_url_parse(text, &u) < 0)
+        return -1;
+    if (flags & O_DIRECTORY) {
+        errno = ENOTDIR;
+        return -1;
+    }
+    if ((flags & O_ACCMODE) == O_RDONLY && !(flags & O_TRUNC))
+        return open_for_reading(&u, flags);
+    return open_for_writing(&u, flags);
+}
+
+static int mode_flags(const char *mode)
+{
+    int flags;
+    switch (mode[0]) {
+    case 'r': flags = 0; break;
+    case 'w': flags = O_CREAT | O_TRUNC; break;
+    case 'a': flags = O_CREAT | O_APPEND; break;
+    default: errno = EINVAL; return -1;
+    }
+    int plus = 0;
+    for (const char *p = mode + 1; *p && *p != ','; p++) {
+        if (*p == '+')
+            plus = 1;
+        else if (*p == 'x')
+            flags |= O_EXCL;
+        else if (*p == 'e')
+            flags |= O_CLOEXEC;
+    }
+    if (plus)
+        flags |= O_RDWR;
+    else
+        flags |= mode[0] == 'r' ? O_RDONLY : O_WRONLY;
+    return flags;
+}
+
+/* Forget a write entry without uploading (the FILE could not be made). */
+static void discard(int fd)
+{
+    struct stat st;
+    struct open_url *e = NULL;
+    if (fstat(fd, &st) == 0) {
+        pthread_mutex_lock(&table_lock);
+        e = find_write(st.st_dev, st.st_ino, 1);
+        pthread_mutex_unlock(&table_lock);
+    }
+    close(fd);
+    if (e) {
+        unlink(e->staging);
+        free_write(e);
+    }
+}
+
+FILE *gass_fopen(const char *url, const char *mode)
+{
+    int flags = mode_flags(mode);
+    if (flags < 0)
+        return NULL;
+    int fd = gass_open(url, flags, 0666);
+    if (fd < 0)
+        return NULL;
+    FILE *fp = fdopen(fd, mode);
+    if (fp == NULL) {
+        int saved = errno;
+        discard(fd);
+        errno = saved;
+    }
+    return fp;
+}
+
+FILE *gass_freopen(const char *url, const char *mode, FILE *stream)
+{
+    int flags = mode_flags(mode);
+    if (flags < 0)
+        return NULL;
+    int fd = gass_open(url, flags, 0666);
+    if (fd < 0)
+        return NULL;
+    /* Reopen the stream on our file through /proc, keeping the FILE the program holds;
+     * 'x' would refuse the existing staging file, so it is dropped (checked above). */
+    char path[64], plain[16];
+    size_t n = 0;
+    for (const char *p = mode; *p && *p != ',' && n < sizeof plain - 1; p++)
+        if (*p != 'x')
+            plain[n++] = *p;
+    plain[n] = '\0';
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    FILE *fp = freopen(path, plain, stream);
+    int saved = errno;
+    if (fp == NULL)
+        discard(fd);
+    else
+        close(fd); /* the stream has its own descriptor of the same file now */
+    errno = saved;
+    return fp;
+}
+
+/* ---- close and write-back ------------------------------------------------------------------ */
+
+/* Does any descriptor of this process still refer to the entry's file? */
+static int still_open(const struct open_url *e)
+{
+    DIR *dir = opendir("/proc/self/fd");
+    if (dir == NULL)
+        return 0;
+    int found = 0;
+    struct dirent *d;
+    while (!found && (d = readdir(dir)) != NULL) {
+        if (d->d_name[0] == '.')
+            continue;
+        int fd = atoi(d->d_name);
+        struct stat st;
+        if (fd != dirfd(dir) && fstat(fd, &st) == 0 && st.st_dev == e->dev && st.st_ino == e->ino)
+            found = 1;
+    }
+    closedir(dir);
+    return found;
+}
+
+static int same_content(const char *a, const char *b)
+{
+    int fa = open(a, O_RDONLY | O_CLOEXEC), fb = open(b, O_RDONLY | O_CLOEXEC);
+    int same = fa >= 0 && fb >= 0;
+    static __thread char ba[65536], bb[65536];
+    while (same) {
+        ssize_t na = read(fa, ba, sizeof ba), nb = read(fb, bb, sizeof bb);
+        if (na != nb || na < 0 || memcmp(ba, bb, (size_t)na) != 0)
+            same = 0;
+        else if (na == 0)
+            break;
+    }
+    if (fa >= 0)
+        close(fa);
+    if (fb >= 0)
+        close(fb);
+    return same;
+}
+
+/* Was the staged copy of a server file changed? Timestamps can miss a write made within the
+ * same clock tick as the copy, so equal metadata is confirmed by comparing the bytes. */
+static int changed(const struct open_url *e, const struct stat *now)
+{
+    if (e->always_upload)
+        return 1;
+    if (now->st_size != e->snapshot.st_size ||
+        now->st_mtim.tv_sec != e->snapshot.st_mtim.tv_sec ||
+        now->st_mtim.tv_nsec != e->snapshot.st_mtim.tv_nsec ||
+        now->st_ctim.tv_sec != e->snapshot.st_ctim.tv_sec ||
+        now->st_ctim.tv_nsec != e->snapshot.st_ctim.tv_nsec)
+        return 1;
+    struct stat src;
+    if (stat(e->source, &src) < 0 || src.st_dev != e->source_dev || src.st_ino != e->source_ino)
+        return 1; /* the copy it came from is gone: cannot tell, upload to be safe */
+    return !same_content(e->staging, e->source);
+}
+
+/* Send a finished staging file to the server and drop it. 0, or -1 with errno. */
+static int upload(struct open_url *e)
+{
+    int rc = 0, saved = 0;
+    int fd = open(e->staging, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        rc = -1;
+        saved = errno;
+    } else if (!changed(e, &st)) {
+        if (gass_debug())
+            gass_log("%s unchanged, not uploaded", e->url->logname);
+    } else {
+        struct gass_response r;
+        rc = gass_http_put(e->url, fd, st.st_size, &r);
+        saved = errno;
+        if (rc < 0)
+            gass_log("upload of %s failed (HTTP %ld): %s", e->url->logname, r.status,
+                     strerror(saved));
+        /* Either way our cached copy (if any) no longer describes the server's file. */
+        gass_cache_forget(e->url);
+    }
+    if (fd >= 0)
+        close(fd);
+    unlink(e->staging);
+    free_write(e);
+    errno = saved;
+    return rc;
+}
+
+/* After a descriptor of (dev, ino) was closed with result `rc`/`err`: upload if it was the last
+ * one of a staged write, and fold the upload's error into the result. */
+static int finish_close(dev_t dev, ino_t ino, int rc, int err)
+{
+    pthread_mutex_lock(&table_lock);
+    struct open_url *e = find_write(dev, ino, 0);
+    if (e != NULL && still_open(e))
+        e = NULL;
+    if (e != NULL)
+        find_write(dev, ino, 1); /* ours to upload: no other thread will try too */
+    pthread_mutex_unlock(&table_lock);
+    if (e != NULL && upload(e) < 0 && rc == 0) {
+        rc = -1;
+        err = errno;
+    }
+    errno = err;
+    return rc;
+}
+
+int gass_close(int fd)
+{
+    struct stat st;
+    if (!pending_writes || fstat(fd, &st) < 0)
+        return close(fd);
+    int rc = close(fd);
+    return finish_close(st.st_dev, st.st_ino, rc, errno);
+}
+
+int gass_fclose(FILE *fp)
+{
+    struct stat st;
+    int fd;
+    if (!pending_writes || fp == NULL || (fd = fileno(fp)) < 0 || fstat(fd, &st) < 0)
+        return fclose(fp);
+    int rc = fclose(fp);
+    return finish_close(st.st_dev, st.st_ino, rc, errno) == 0 ? 0 : EOF;
+}
+
+int gass_sync_all(void)
+{
+    int rc = 0, err = 0;
+    pid_t pid = getpid();
+    for (;;) {
+        struct open_url *e = NULL;
+        pthread_mutex_lock(&table_lock);
+        for (int i = 0; i < write_count && e == NULL; i++)
+            if (writes[i]->pid == pid) {
+                e = writes[i];
+                writes[i] = writes[--write_count];
+                pending_writes = write_count;
+            }
+        pthread_mutex_unlock(&table_lock);
+        if (e == NULL)
+            break;
+        if (upload(e) < 0) {
+            rc = -1;
+            err = errno;
+        }
+    }
+    errno = err;
+    return rc;
+}
+
+/* At exit, files the program never closed (or closed inside libc, e.g. stdout by exit()) are
+ * still pending. Registered from a constructor, i.e. before main() registers its own handlers,
+ * so it runs after them (atexit is last-in first-out): gnulib's close_stdout has closed stdout
+ * through fclose() -- and had the upload error reported -- by then. */
+static void at_exit(void)
+{
+    if (!pending_writes)
+        return;
+    if (bypass_guard_enter)
+        bypass_guard_enter();
+    fflush(NULL); /* stdio buffers are flushed after atexit handlers: do it now */
+    if (gass_sync_all() < 0) {
+        gass_log("write-back failed at exit: %s", strerror(errno));
+        _exit(1); /* the program's output is lost: it must not look successful */
+    }
+    if (bypass_guard_leave)
+        bypass_guard_leave();
+}
+
+__attribute__((constructor)) static void gass_init(void)
+{
+    atexit(at_exit);
+}
+
+int gass_unlink(const char *text)
+{
+    struct gass_url u;
+    struct gass_response r;
+    if (gass_url_parse(text, &u) < 0)
+        return -1;
+    int rc = gass_http_delete(&u, &r);
+    int saved = errno;
+    gass_cache_forget(&u);
+    errno = saved;
+    return rc;
+}

@@ -1,0 +1,69 @@
+/*
+ * gass_internal.h -- what the gass support files share with each other (not part of the
+ * interface the spec's actions use; that is gass.h).
+ */
+#ifndef BYPASS_GASS_INTERNAL_H
+#define BYPASS_GASS_INTERNAL_H
+
+#include <stddef.h>
+#include <sys/types.h>
+#include <time.h>
+
+#include "gass.h"
+
+#define GASS_URL_MAX 4096
+
+/* Descriptors from gass_open are reported by fstat with this st_dev and an inode number derived
+ * from the URL, the same values gass_stat gives the URL itself. */
+#define GASS_FAKE_DEV_MAJOR 0x6761u /* "ga" */
+#define GASS_FAKE_DEV_MINOR 0x7373u /* "ss" */
+
+/* A URL split into the forms gass needs. Credentials only ever live in `full`, which goes to
+ * libcurl and nowhere else. */
+struct gass_url {
+    int https;
+    char full[GASS_URL_MAX];     /* what libcurl gets: the text minus any #fragment */
+    char redacted[GASS_URL_MAX]; /* scheme://host[:port]/path?query without user:pass@ */
+    char logname[GASS_URL_MAX];  /* redacted, query elided (signed URLs carry tokens there) */
+    char user[128];              /* user name only: part of the cache key, never a path */
+    char key[17];                /* 16 hex digits naming the URL's cache files */
+    unsigned long long ino;      /* synthetic inode number for stat */
+};
+
+/* gass_url.c */
+int gass_url_parse(const char *text, struct gass_url *u); /* 0, or -1 with EINVAL/ENAMETOOLONG */
+unsigned long long gass_hash64(const void *data, size_t len, unsigned long long seed);
+const char *gass_env(const char *name);
+long long gass_env_number(const char *name, long long fallback); /* K/M/G suffixes allowed */
+int gass_debug(void);
+void gass_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int gass_status_errno(long status);
+double gass_now(void); /* CLOCK_MONOTONIC seconds, for progress and rates */
+
+/* gass_http.c */
+struct gass_response {
+    long status;              /* final HTTP status after redirects, 0 if none */
+    long long length;         /* Content-Length, -1 if unknown */
+    long long mtime;          /* Last-Modified as a Unix time, -1 if unknown */
+    char etag[256];           /* ETag of the final response, "" if none */
+    char last_modified[128];  /* the Last-Modified header text, for If-Modified-Since */
+};
+/* Each returns 0 for a 2xx (or 304 for a conditional GET) and -1 with errno otherwise; `r` is
+ * filled in either case as far as the exchange went. */
+int gass_http_head(const struct gass_url *u, struct gass_response *r);
+int gass_http_get(const struct gass_url *u, int out_fd, const char *if_none_match,
+                  const char *if_modified_since, struct gass_response *r);
+int gass_http_put(const struct gass_url *u, int in_fd, long long size, struct gass_response *r);
+int gass_http_delete(const struct gass_url *u, struct gass_response *r);
+
+/* gass_cache.c */
+int gass_cache_ensure_dirs(char *root, size_t size); /* root of the cache, created 0700 */
+/* Make the cache copy of `u` current (one download even with concurrent processes) and open it
+ * with O_RDONLY | extra_flags. Fills *r with what the server said (status 200 or 304; or 0 when
+ * the entry was trusted under BYPASS_GASS_MAX_AGE) and `data_path` with the cached file. */
+int gass_cache_open(const struct gass_url *u, int extra_flags, struct gass_response *r,
+                    char *data_path, size_t path_size);
+void gass_cache_forget(const struct gass_url *u);  /* after PUT/DELETE: next open refetches */
+int gass_cache_stage_path(char *path, size_t size); /* mkstemp in the cache's tmp dir; fd */
+
+#endif

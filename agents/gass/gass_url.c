@@ -1,0 +1,268 @@
+/*
+ * gass_url.c -- recognising and splitting URLs, and the small helpers every gass file uses
+ * (environment, logging, status -> errno).
+ */
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "gass_internal.h"
+
+/* When linked into an agent, the runtime keeps the environment the program started with
+ * (programs may scrub their own); standalone (tests) we fall back to getenv. Weak, so this file
+ * builds and runs without the runtime. */
+extern char *bypass_getenv(const char *name) __attribute__((weak));
+
+int gass_is_url(const char *path)
+{
+    /* Called for every path of every trapped call: test the first byte before anything else. */
+    if (path == NULL || (path[0] != 'h' && path[0] != 'H'))
+        return 0;
+    if (strncasecmp(path, "http://", 7) == 0 || strncasecmp(path, "https://", 8) == 0)
+        return 1;
+    return 0;
+}
+
+unsigned long long gass_hash64(const void *data, size_t len, unsigned long long seed)
+{
+    /* FNV-1a: enough to name cache files; the cache also stores the URL and checks it, so a
+     * collision costs a refetch, never wrong data. */
+    const unsigned char *p = data;
+    unsigned long long h = 0xcbf29ce484222325ULL ^ seed;
+    for (size_t i = 0; i < len; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+static int is_unreserved_or_sub(int c)
+{
+    /* RFC 3986 characters allowed in a host name (reg-name) besides pct-encoding. */
+    return isalnum(c) || strchr("-._~!$&'()*+,;=", c) != NULL;
+}
+
+static int append(char *dst, size_t size, size_t *len, const char *src, size_t n)
+{
+    if (*len + n + 1 > size) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(dst + *len, src, n);
+    *len += n;
+    dst[*len] = '\0';
+    return 0;
+}
+
+int gass_url_parse(const char *text, struct gass_url *u)
+{
+    memset(u, 0, sizeof *u);
+    if (!gass_is_url(text)) {
+        errno = EINVAL;
+        return -1;
+    }
+    size_t total = strlen(text);
+    if (total >= GASS_URL_MAX) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    /* Control characters, spaces and stray '%' make a URL malformed; reject them here rather
+     * than let libcurl guess. */
+    for (size_t i = 0; i < total; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (c <= 0x20 || c == 0x7f)
+            goto malformed;
+        if (c == '%' && !(isxdigit((unsigned char)text[i + 1]) && isxdigit((unsigned char)text[i + 2])))
+            goto malformed;
+    }
+
+    u->https = (text[4] == 's' || text[4] == 'S');
+    const char *scheme = u->https ? "https" : "http";
+    const char *auth = text + (u->https ? 8 : 7);
+    size_t auth_len = strcspn(auth, "/?#");
+    const char *rest = auth + auth_len;            /* path, query, fragment */
+    size_t rest_len = strcspn(rest, "#");          /* the fragment never leaves the client */
+
+    /* userinfo is everything up to the last '@' of the authority. */
+    const char *host = auth;
+    size_t host_len = auth_len;
+    const char *at = NULL;
+    for (const char *p = auth; p < auth + auth_len; p++)
+        if (*p == '@')
+            at = p;
+    if (at != NULL) {
+        size_t user_len = strcspn(auth, ":@");
+        if (user_len >= sizeof u->user)
+            goto malformed;
+        memcpy(u->user, auth, user_len);
+        host = at + 1;
+        host_len = (size_t)(auth + auth_len - host);
+    }
+
+    /* host [":" port], host is a reg-name or an [IPv6] literal. */
+    const char *port = NULL;
+    size_t name_len = host_len;
+    if (host_len > 0 && host[0] == '[') {
+        const char *close = memchr(host, ']', host_len);
+        if (close == NULL)
+            goto malformed;
+        for (const char *p = host + 1; p < close; p++)
+            if (!isxdigit((unsigned char)*p) && *p != ':' && *p != '.')
+                goto malformed;
+        name_len = (size_t)(close + 1 - host);
+        if (name_len < host_len) {
+            if (host[name_len] != ':')
+                goto malformed;
+            port = host + name_len + 1;
+        }
+    } else {
+        const char *colon = memchr(host, ':', host_len);
+        if (colon != NULL) {
+            name_len = (size_t)(colon - host);
+            port = colon + 1;
+        }
+        for (size_t i = 0; i < name_len; i++)
+            if (!is_unreserved_or_sub((unsigned char)host[i]) && host[i] != '%')
+                goto malformed;
+    }
+    if (name_len == 0 || name_len > 255)
+        goto malformed;
+    if (port != NULL) {
+        size_t port_len = (size_t)(host + host_len - port);
+        long value = 0;
+        if (port_len == 0 || port_len > 5)
+            goto malformed;
+        for (size_t i = 0; i < port_len; i++) {
+            if (!isdigit((unsigned char)port[i]))
+                goto malformed;
+            value = value * 10 + (port[i] - '0');
+        }
+        if (value < 1 || value > 65535)
+            goto malformed;
+    }
+
+    /* full: the original text without the fragment. */
+    size_t len = 0;
+    if (append(u->full, sizeof u->full, &len, text, (size_t)(rest + rest_len - text)) < 0)
+        return -1;
+
+    /* redacted: lower-case scheme and host, no userinfo, path "/" when empty (as libcurl
+     * would send it), so "http://h" and "http://h/" share a cache entry. */
+    len = 0;
+    char lowered[300];
+    for (size_t i = 0; i < name_len; i++)
+        lowered[i] = (char)tolower((unsigned char)host[i]);
+    if (append(u->redacted, sizeof u->redacted, &len, scheme, strlen(scheme)) < 0 ||
+        append(u->redacted, sizeof u->redacted, &len, "://", 3) < 0 ||
+        append(u->redacted, sizeof u->redacted, &len, lowered, name_len) < 0 ||
+        append(u->redacted, sizeof u->redacted, &len, host + name_len, host_len - name_len) < 0)
+        return -1;
+    if ((rest_len == 0 || rest[0] != '/') && append(u->redacted, sizeof u->redacted, &len, "/", 1) < 0)
+        return -1;
+    if (append(u->redacted, sizeof u->redacted, &len, rest, rest_len) < 0)
+        return -1;
+
+    /* logname: redacted with the query's value replaced, tokens must not reach a log. */
+    size_t query = strcspn(u->redacted, "?");
+    memcpy(u->logname, u->redacted, query);
+    u->logname[query] = '\0';
+    if (u->redacted[query] == '?')
+        strcat(u->logname, "?...");
+
+    /* Cache key: URL identity plus the user name (different users may be served different
+     * content); never the password. */
+    char keytext[GASS_URL_MAX + sizeof u->user + 2];
+    int n = snprintf(keytext, sizeof keytext, "%s\n%s", u->redacted, u->user);
+    unsigned long long h = gass_hash64(keytext, (size_t)n, 0);
+    snprintf(u->key, sizeof u->key, "%016llx", h);
+    /* A different seed for the inode: st_ino must not be 0, which some programs treat as
+     * "unknown". */
+    u->ino = gass_hash64(u->redacted, strlen(u->redacted), 0x9e3779b97f4a7c15ULL) | 1;
+    return 0;
+
+malformed:
+    errno = EINVAL;
+    return -1;
+}
+
+const char *gass_env(const char *name)
+{
+    const char *value = bypass_getenv ? bypass_getenv(name) : getenv(name);
+    return (value != NULL && value[0] != '\0') ? value : NULL;
+}
+
+long long gass_env_number(const char *name, long long fallback)
+{
+    const char *text = gass_env(name);
+    if (text == NULL)
+        return fallback;
+    char *end = NULL;
+    errno = 0;
+    double value = strtod(text, &end);
+    if (end == text || errno != 0 || value < 0)
+        return fallback;
+    switch (*end) {
+    case 'k': case 'K': value *= 1024.0; break;
+    case 'm': case 'M': value *= 1024.0 * 1024.0; break;
+    case 'g': case 'G': value *= 1024.0 * 1024.0 * 1024.0; break;
+    case 't': case 'T': value *= 1024.0 * 1024.0 * 1024.0 * 1024.0; break;
+    default: break;
+    }
+    return (long long)value;
+}
+
+int gass_debug(void)
+{
+    return (int)gass_env_number("BYPASS_GASS_DEBUG", 0);
+}
+
+void gass_log(const char *fmt, ...)
+{
+    /* One write() per line so lines from concurrent processes do not interleave; a fixed buffer
+     * because this may run where allocating is unwelcome. */
+    char line[1024];
+    int n = snprintf(line, sizeof line, "gass[%d]: ", (int)getpid());
+    va_list ap;
+    va_start(ap, fmt);
+    int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
+    if (len > sizeof line - 2)
+        len = sizeof line - 2;
+    line[len++] = '\n';
+    int saved = errno;
+    ssize_t ignored = write(2, line, len);
+    (void)ignored;
+    errno = saved;
+}
+
+int gass_status_errno(long status)
+{
+    switch (status) {
+    case 400: return EINVAL;
+    case 401: case 403: case 407: return EACCES;
+    case 404: case 410: return ENOENT;
+    case 405: case 501: return EROFS;   /* the server does not take this method here */
+    case 408: case 504: return ETIMEDOUT;
+    case 409: case 412: return EEXIST;
+    case 411: case 417: return EIO;
+    case 413: return EFBIG;
+    case 414: return ENAMETOOLONG;
+    case 507: return ENOSPC;
+    default: return EIO;
+    }
+}
+
+double gass_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
