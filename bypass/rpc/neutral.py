@@ -1,0 +1,275 @@
+"""Local <-> neutral conversion on the Python (shadow) side.
+
+The neutral numbers come from `neutral.toml` (next to this file), the one source of truth
+shared with the C generator `neutral_c.py`.  Local values come from the running platform's
+Python modules (os, errno, fcntl, stat), so this module is correct on whatever machine the
+shadow runs on.
+
+    from bypass.rpc import neutral
+    flags = neutral.SETS["open_flags"].to_local(wire_flags)
+    neutral.errno_to_neutral(e.errno)
+    neutral.stat_to_neutral(os.stat(path))      # list of 16 ints, in STAT_FIELDS order
+"""
+from __future__ import annotations
+
+import errno as _errno
+import importlib
+import os
+import stat as _stat
+import tomllib
+from collections import namedtuple
+from functools import cached_property
+from pathlib import Path
+
+DATA_FILE = Path(__file__).with_name("neutral.toml")
+
+
+class NeutralError(ValueError):
+    """A value has no translation (and its set has no default)."""
+
+
+def load_data(path: Path = DATA_FILE) -> dict:
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+class NeutralSet:
+    """One named set of flags (kind "bits") or values (kind "enum") from neutral.toml."""
+
+    def __init__(self, name: str, spec: dict):
+        self.name = name
+        self.kind = spec["kind"]
+        if self.kind not in ("bits", "enum"):
+            raise ValueError(f"neutral.toml: [{name}] has unknown kind {self.kind!r}")
+        self.python_modules = list(spec.get("python", []))
+        self.headers = list(spec.get("headers", []))
+        self.aliases: dict[str, str] = dict(spec.get("aliases", {}))
+        self.field = spec.get("field")
+        self.default = spec.get("default")
+        # Zero-valued local bit flags cannot be detected; some enums use 0 for "absent".
+        self.skip_zero = self.kind == "bits" or spec.get("zero_is_absent", False)
+        # name -> neutral value (bits: 1 << bit number; enum: the ID)
+        self.neutral_values: dict[str, int] = {
+            n: (1 << v if self.kind == "bits" else v) for n, v in spec["names"].items()}
+        for alias, target in self.aliases.items():
+            if target not in self.neutral_values:
+                raise ValueError(f"neutral.toml: [{name}] alias {alias} -> unknown {target}")
+        if self.default is not None and self.default not in self.neutral_values:
+            raise ValueError(f"neutral.toml: [{name}] default {self.default} is not a name")
+
+    # -- local values ------------------------------------------------------------------------
+
+    def local_value(self, name: str) -> int | None:
+        """The running platform's value for `name`, or None if it has none."""
+        for modname in self.python_modules:
+            mod = importlib.import_module(modname)
+            v = getattr(mod, name, None)
+            if isinstance(v, int):
+                return v
+        return None
+
+    @cached_property
+    def _pairs(self) -> list[tuple[str, int, int]]:
+        """(name, neutral, local) for names known here; aliases after the real names so
+        the canonical name wins when values coincide.  Zero-valued bit flags are dropped:
+        they cannot be detected (e.g. O_LARGEFILE on 64-bit glibc)."""
+        out = []
+        for name, nv in self.neutral_values.items():
+            lv = self.local_value(name)
+            if lv is not None and not (self.skip_zero and lv == 0):
+                out.append((name, nv, lv))
+        for alias, target in self.aliases.items():
+            lv = self.local_value(alias)
+            if lv is not None and not (self.skip_zero and lv == 0):
+                out.append((alias, self.neutral_values[target], lv))
+        return out
+
+    @cached_property
+    def _field(self):
+        """(local mask, neutral mask, [(neutral, local)]) of the value sub-field, or None."""
+        if not self.field:
+            return None
+        lmask = self.local_value(self.field["mask"])
+        if lmask is None:
+            return None
+        values = []
+        for n, nv in self.field["values"].items():
+            lv = self.local_value(n)
+            if lv is not None:
+                values.append((nv, lv))
+        return lmask, self.field["neutral_mask"], values
+
+    # -- conversion -----------------------------------------------------------------------------
+
+    def to_neutral(self, local: int, strict: bool = False) -> int:
+        """Local value -> neutral.  Bits: unknown local bits are dropped (NeutralError when
+        strict).  Enum: unknown values become the default, else NeutralError."""
+        if self.kind == "enum":
+            for _, nv, lv in self._pairs:
+                if lv == local:
+                    return nv
+            if self.default is not None and not strict:
+                return self.neutral_values[self.default]
+            raise NeutralError(f"{self.name}: local value {local} has no neutral name")
+        out, covered = 0, 0
+        if self._field:
+            lmask, nmask, values = self._field
+            sub = local & lmask
+            for nv, lv in values:
+                if lv == sub:
+                    out |= nv
+                    break
+            else:
+                if strict:
+                    raise NeutralError(f"{self.name}: field value {sub:#o} unknown")
+            covered |= lmask
+        for _, nv, lv in self._pairs:
+            if local & lv == lv:
+                out |= nv
+                covered |= lv
+        if strict and local & ~covered:
+            raise NeutralError(f"{self.name}: local bits {local & ~covered:#o} unknown")
+        return out
+
+    def to_local(self, neutral: int, strict: bool = False) -> int:
+        """Neutral value -> local.  Names this platform lacks are dropped (bits) or become the
+        default (enum); with strict, NeutralError instead."""
+        if self.kind == "enum":
+            for _, nv, lv in self._pairs:
+                if nv == neutral:
+                    return lv
+            if self.default is not None and not strict:
+                lv = self.local_value(self.default)
+                if lv is not None:
+                    return lv
+            raise NeutralError(f"{self.name}: neutral value {neutral} unknown here")
+        out, covered = 0, 0
+        if self._field:
+            lmask, nmask, values = self._field
+            sub = neutral & nmask
+            for nv, lv in values:
+                if nv == sub:
+                    out |= lv
+                    break
+            covered |= nmask
+        for _, nv, lv in self._pairs:
+            if neutral & nv:
+                out |= lv
+                covered |= nv
+        if strict and neutral & ~covered:
+            raise NeutralError(f"{self.name}: neutral bits {self.names(neutral & ~covered)} "
+                               "unsupported here")
+        return out
+
+    # -- names (for platforms that do not expose a local value, e.g. AT_* in Python) --------
+
+    def names(self, neutral: int) -> list[str]:
+        """The neutral names in a neutral value (bits), or the one name (enum)."""
+        if self.kind == "enum":
+            return [n for n, v in self.neutral_values.items() if v == neutral][:1]
+        out = []
+        if self.field:
+            sub = neutral & self.field["neutral_mask"]
+            out += [n for n, v in self.field["values"].items() if v == sub][:1]
+        out += [n for n, v in self.neutral_values.items() if neutral & v]
+        return out
+
+    def neutral(self, *names: str) -> int:
+        """Neutral value of names (OR-ed for bits)."""
+        out = 0
+        for name in names:
+            name = self.aliases.get(name, name)
+            if self.field and name in self.field["values"]:
+                out |= self.field["values"][name]
+            elif name in self.neutral_values:
+                v = self.neutral_values[name]
+                if self.kind == "enum":
+                    return v
+                out |= v
+            else:
+                raise NeutralError(f"{self.name}: no neutral name {name}")
+        return out
+
+
+_DATA = load_data()
+SETS: dict[str, NeutralSet] = {
+    name: NeutralSet(name, spec) for name, spec in _DATA.items() if "kind" in spec}
+STAT_FIELDS: tuple[str, ...] = tuple(f["name"] for f in _DATA["stat"]["fields"])
+
+open_flags = SETS["open_flags"]
+at_flags = SETS["at_flags"]
+fcntl_cmds = SETS["fcntl_cmds"]
+errnos = SETS["errno"]
+file_types = SETS["file_types"]
+
+
+# -- errno -------------------------------------------------------------------------------------
+
+def errno_to_neutral(e: int | None) -> int:
+    return errnos.to_neutral(e) if e else errnos.neutral("EIO")
+
+
+def errno_to_local(n: int) -> int:
+    return errnos.to_local(n)
+
+
+def oserror(neutral_errno: int, message: str | None = None) -> OSError:
+    """An OSError carrying the local errno for a neutral one."""
+    e = errno_to_local(neutral_errno)
+    return OSError(e, message or os.strerror(e))
+
+
+# -- st_mode, device numbers, struct stat ------------------------------------------------------
+
+def mode_to_neutral(mode: int) -> int:
+    ftype = _stat.S_IFMT(mode)
+    try:
+        nt = file_types.to_neutral(ftype, strict=True) if ftype else 0
+    except NeutralError:
+        nt = 0
+    return nt | (mode & 0o7777)
+
+
+def mode_to_local(neutral_mode: int) -> int:
+    nt = neutral_mode & ~0o7777
+    try:
+        lt = file_types.to_local(nt, strict=True) if nt else 0
+    except NeutralError:
+        lt = 0
+    return lt | (neutral_mode & 0o7777)
+
+
+def devnum_to_neutral(dev: int) -> int:
+    return (os.major(dev) << 32) | os.minor(dev)
+
+
+def devnum_to_local(neutral_dev: int) -> int:
+    return os.makedev(neutral_dev >> 32, neutral_dev & 0xFFFFFFFF)
+
+
+NeutralStat = namedtuple("NeutralStat", STAT_FIELDS)
+
+
+def stat_to_neutral(st: os.stat_result) -> list[int]:
+    """An os.stat_result as the wire's list of neutral integers (STAT_FIELDS order)."""
+    a_s, a_ns = divmod(st.st_atime_ns, 10**9)
+    m_s, m_ns = divmod(st.st_mtime_ns, 10**9)
+    c_s, c_ns = divmod(st.st_ctime_ns, 10**9)
+    by_name = {
+        "dev": devnum_to_neutral(st.st_dev), "ino": st.st_ino, "mode": mode_to_neutral(st.st_mode),
+        "nlink": st.st_nlink, "uid": st.st_uid, "gid": st.st_gid,
+        "rdev": devnum_to_neutral(getattr(st, "st_rdev", 0)), "size": st.st_size,
+        "blksize": getattr(st, "st_blksize", 0), "blocks": getattr(st, "st_blocks", 0),
+        "atime_sec": a_s, "atime_nsec": a_ns, "mtime_sec": m_s, "mtime_nsec": m_ns,
+        "ctime_sec": c_s, "ctime_nsec": c_ns,
+    }
+    return [by_name[f] for f in STAT_FIELDS]
+
+
+def stat_from_neutral(fields) -> NeutralStat:
+    """Wire list -> NeutralStat with LOCAL mode and device numbers (times stay sec+nsec)."""
+    if len(fields) != len(STAT_FIELDS):
+        raise NeutralError(f"stat: expected {len(STAT_FIELDS)} fields, got {len(fields)}")
+    st = NeutralStat(*fields)
+    return st._replace(mode=mode_to_local(st.mode), dev=devnum_to_local(st.dev),
+                       rdev=devnum_to_local(st.rdev))
