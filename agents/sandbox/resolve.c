@@ -729,7 +729,7 @@ static int access_covers(int fl, int op)
  *   1  pass the /proc path itself to the kernel (a pipe, socket, deleted
  *      file or a descriptor the process already holds with enough access)
  *  <0  -errno */
-static int magic_target(const char *r, int op, int last, char *out, size_t outsize)
+static int magic_target(const char *r, int op, int last, int may_pass, char *out, size_t outsize)
 {
     pid_t pid;
     int kind, fd = -1;
@@ -744,7 +744,7 @@ static int magic_target(const char *r, int op, int last, char *out, size_t outsi
         int rc = sb_getcwd(out, outsize);
         return rc ? -rc : 0;
     }
-    if (kind == 'f' && self && last) {
+    if (kind == 'f' && self && last && may_pass) {
         int fl = fcntl(fd, F_GETFL);
         if (fl >= 0 && access_covers(fl, op))
             return 1;
@@ -759,7 +759,7 @@ static int magic_target(const char *r, int op, int last, char *out, size_t outsi
     int deleted = (size_t)n > dl && strcmp(real + n - dl, " (deleted)") == 0;
     if (real[0] != '/' || deleted) {
         /* not a path: only someone already holding it may use it */
-        return (last && op == SB_OP_LOOKUP) ? 1 : -EACCES;
+        return (last && (op == SB_OP_LOOKUP || !may_pass)) ? 1 : -EACCES;
     }
     sb_reverse(&g_m, real, out, outsize);
     return 0;
@@ -883,7 +883,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         char target[PATH_MAX];
         int m = -EINVAL;
         if (w.rl > 6 && !entry_hides(w.e) && strncmp(w.r, "/proc/", 6) == 0)
-            m = magic_target(w.r, op, last, target, sizeof target);
+            m = magic_target(w.r, op, last, 1, target, sizeof target);
         if (m == 1) {
             if (!last) {
                 rc = ENOTDIR;
@@ -1021,7 +1021,7 @@ ssize_t sb_readlink(const struct sb_result *r, char *buf, size_t size)
         pid_t pid;
         int kind, fd;
         if (proc_magic(r->rpath, &pid, &kind, &fd)) {
-            int m = magic_target(r->rpath, SB_OP_LOOKUP, 1, out, sizeof out);
+            int m = magic_target(r->rpath, SB_OP_LOOKUP, 1, 0, out, sizeof out);
             if (m < 0)
                 return m;
             if (m == 1) {
