@@ -135,11 +135,12 @@ int main(int argc, char **argv)
         return gass_fclose(fp) == EOF ? fail() : 0;
     }
     if (strcmp(cmd, "freopen") == 0 && arg && text) {
+        int real_stdout = dup(1);
         if (gass_freopen(url, arg, stdout) == NULL)
             return fail();
         fputs(text, stdout);
         if (gass_fclose(stdout) == EOF) {
-            dup2(2, 1); /* stdout is gone; report on a fresh one */
+            dup2(real_stdout, 1); /* stdout now went to the URL; report on the real one */
             FILE *out = fdopen(1, "w");
             fprintf(out, "errno=%s\n", strerrorname_np(errno));
             fclose(out);
