@@ -1,0 +1,139 @@
+"""Render an AgentPlan into agent C source and a Python shadow module (jinja2)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jinja2
+
+from .. import __version__
+from ..cdecl import CType
+from ..plan import AgentPlan, NextCall, PlannedCall, PlannedEntry, Value
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+    )
+    env.filters["basename"] = os.path.basename
+    env.globals.update(
+        next_params=next_params, action_params=action_params, version_expr=version_expr, cast_ret=cast_ret,
+        cast_value_to_canonical=cast_value_to_canonical, entry_action_args=entry_action_args,
+        format_value=format_value, format_result=format_result, version=__version__,
+    )
+    return env
+
+
+def next_params(call: PlannedCall) -> str:
+    parts = [f"const struct bypass_ctx_{call.name} *bypass_ctx"]
+    parts += [v.type.declare(v.name) for v in call.fixed_values]
+    if call.variadic:
+        parts.append("...")
+    return ", ".join(parts)
+
+
+def action_params(call: PlannedCall) -> str:
+    return "".join(f", {v.spec_type.declare(v.spec_name)}" for v in call.values)
+
+
+def version_expr(nxt: NextCall) -> str:
+    """The symbol version to ask dlvsym for, chosen by the compiler for the target architecture."""
+    if not nxt.dlvsym:
+        return "NULL"
+    branches = []
+    for arch, macro in (("x86_64", "__x86_64__"), ("aarch64", "__aarch64__")):
+        if arch in nxt.dlvsym:
+            branches.append((macro, f'"{nxt.dlvsym[arch]}"'))
+    expr = "NULL"
+    for macro, version in reversed(branches):
+        expr = f"BYPASS_ARCH_{macro.strip('_').upper()} ? {version} : ({expr})"
+    return expr
+
+
+def cast_ret(from_type: CType, to_type: CType) -> str:
+    return "" if from_type.text == to_type.text else f"({to_type.text})"
+
+
+def cast_value_to_canonical(value: Value) -> str:
+    if value.spec_type.text == value.type.text:
+        return value.spec_name
+    return f"({value.type.text})({value.spec_name})"
+
+
+def entry_action_args(call: PlannedCall, entry: PlannedEntry) -> list[str]:
+    args = []
+    for value, expr in zip(call.values, entry.canonical_args):
+        args.append(expr if value.spec_type.text == value.type.text else f"({value.spec_type.text})({expr})")
+    return args
+
+
+def _format_expr(ctype: CType, expr: str, at: str, is_string: bool) -> str:
+    if ctype.is_string_array:
+        return f"bypass_fmt_strings(bypass_buf, bypass_size, {at}, {expr})"
+    if is_string:
+        return f"bypass_fmt_string(bypass_buf, bypass_size, {at}, {expr})"
+    if ctype.is_pointer:
+        return f'bypass_fmt(bypass_buf, bypass_size, {at}, "%p", (const void *){expr})'
+    if ctype.is_integer:
+        if ctype.is_unsigned:
+            return f'bypass_fmt(bypass_buf, bypass_size, {at}, "%llu", (unsigned long long){expr})'
+        return f'bypass_fmt(bypass_buf, bypass_size, {at}, "%lld", (long long){expr})'
+    return f'bypass_fmt(bypass_buf, bypass_size, {at}, "<%s>", "{ctype.text}")'
+
+
+_FLAG_NAMES = {"flags", "oflag", "mask"}
+_MODE_NAMES = {"mode"}
+
+
+def format_value(value: Value, first: bool) -> str:
+    """C expression appending one argument: strings quoted, flags in hex, modes in octal."""
+    at = "bypass_at" if first else 'bypass_fmt(bypass_buf, bypass_size, bypass_at, ", ")'
+    ctype, name = value.spec_type, value.spec_name
+    if ctype.is_integer and value.name in _FLAG_NAMES:
+        return f'bypass_fmt(bypass_buf, bypass_size, {at}, "0x%llx", (unsigned long long){name})'
+    if ctype.is_integer and value.name in _MODE_NAMES:
+        return f'bypass_fmt(bypass_buf, bypass_size, {at}, "0%llo", (unsigned long long){name})'
+    is_string = ctype.is_char_pointer and (ctype.is_const_pointee or (value.spec is not None and value.spec.form == "string"
+                                                                     and value.spec.direction != "out"))
+    return _format_expr(ctype, name, at, is_string)
+
+
+def format_result(call: PlannedCall) -> str:
+    ret = call.spec_ret
+    if ret.is_void:
+        return "0"
+    if ret.is_char_pointer:
+        return "bypass_fmt_string(bypass_buf, bypass_size, 0, bypass_result)"
+    return _format_expr(ret, "bypass_result", "0", False)
+
+
+def shadow_forward(call: PlannedCall) -> str:
+    return _environment().get_template("shadow_call.c.j2").module.forward(call)
+
+
+def _reset_line_markers(text: str, output_name: str) -> str:
+    """`#line @@RESET@@` returns compiler positions to the generated file after spec text."""
+    lines = text.split("\n")
+    for index, line in enumerate(lines):
+        if line == "#line @@RESET@@":
+            lines[index] = f'#line {index + 2} "{output_name}"'
+    return "\n".join(lines)
+
+
+def render_agent(plan: AgentPlan, output_name: str) -> str:
+    env = _environment()
+    env.globals["shadow_forward"] = lambda call: env.get_template("shadow_call.c.j2").module.forward(call)
+    text = env.get_template("agent.c.j2").render(plan=plan, spec_file=plan.spec.path)
+    return _reset_line_markers(text, output_name)
+
+
+def render_shadow(plan: AgentPlan) -> str:
+    return _environment().get_template("shadow.py.j2").render(plan=plan, spec_file=plan.spec.path)
