@@ -626,9 +626,35 @@ static void at_exit(void)
         bypass_guard_leave();
 }
 
-__attribute__((constructor)) static void gass_init(void)
+/* GNU tar reads an archive name "host:path" as a file on a remote host reached with rsh, and
+ * "http://h/x.tgz" has a colon before its first slash: tar would run rsh to a host called
+ * "http". When tar is given a URL, add --force-local through TAR_OPTIONS (which tar reads
+ * before its arguments) so the name reaches open() and thus gass. glibc passes argc/argv to
+ * shared-library constructors, which is what makes this check possible before main(). */
+static void tar_force_local(int argc, char **argv)
 {
+    if (argc < 2 || argv == NULL || argv[0] == NULL)
+        return;
+    const char *name = strrchr(argv[0], '/');
+    name = name ? name + 1 : argv[0];
+    if (strcmp(name, "tar") != 0 && strcmp(name, "gtar") != 0)
+        return;
+    int has_url = 0;
+    for (int i = 1; i < argc && !has_url; i++)
+        has_url = argv[i] && (strstr(argv[i], "http://") || strstr(argv[i], "https://"));
+    const char *options = getenv("TAR_OPTIONS");
+    if (!has_url || (options && strstr(options, "--force-local")))
+        return;
+    char value[4096];
+    snprintf(value, sizeof value, "%s%s--force-local", options ? options : "", options ? " " : "");
+    setenv("TAR_OPTIONS", value, 1);
+}
+
+__attribute__((constructor)) static void gass_init(int argc, char **argv, char **envp)
+{
+    (void)envp;
     atexit(at_exit);
+    tar_force_local(argc, argv);
 }
 
 int gass_unlink(const char *text)
