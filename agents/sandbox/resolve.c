@@ -54,8 +54,16 @@ static int g_cleanup;
 static pid_t g_private_owner;
 static char g_private[PATH_MAX];
 
+/* walk state of "/" (see root_prepare) */
+static const struct sb_entry *g_root_e;
+static char g_root_r[PATH_MAX];
+static size_t g_root_rl;
+static uint64_t g_root_h;
+
 static struct sb_stats g_stats;
-#define STAT_INC(f) __atomic_add_fetch(&g_stats.f, 1, __ATOMIC_RELAXED)
+/* Plain increments: the counters are for tests and benchmarks, a lost update
+ * under threads does not matter, a locked instruction per call would. */
+#define STAT_INC(f) (g_stats.f++)
 
 static void sb_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void sb_msg(const char *fmt, ...)
@@ -114,23 +122,28 @@ static inline void cache_unlock(void)
     __atomic_clear(&g_cache_lock, __ATOMIC_RELEASE);
 }
 
+/* Lock-free: slots are only filled while the lock is held, and a slot or the
+ * arena is only reused after the generation moved on, which the reader
+ * checks again after comparing. */
 static int cache_has(uint64_t h, const char *r, size_t rl)
 {
-    if (!g_cache_on || !g_slots || !cache_trylock())
+    if (!g_cache_on)
+        return 0;
+    struct cslot *slots = __atomic_load_n(&g_slots, __ATOMIC_ACQUIRE);
+    if (!slots)
         return 0;
     uint32_t gen = __atomic_load_n(&g_gen, __ATOMIC_ACQUIRE);
-    int hit = 0;
     for (unsigned i = 0; i < CACHE_PROBE; i++) {
-        struct cslot *s = &g_slots[(h + i) & (CACHE_SLOTS - 1)];
-        if (s->gen != gen)
-            break;
+        struct cslot *s = &slots[(h + i) & (CACHE_SLOTS - 1)];
+        if (__atomic_load_n(&s->gen, __ATOMIC_ACQUIRE) != gen)
+            return 0;
         if (s->h == h && s->len == rl && memcmp(g_arena + s->off, r, rl) == 0) {
-            hit = 1;
-            break;
+            __atomic_thread_fence(__ATOMIC_ACQUIRE);
+            return __atomic_load_n(&s->gen, __ATOMIC_RELAXED) == gen &&
+                   __atomic_load_n(&g_gen, __ATOMIC_RELAXED) == gen;
         }
     }
-    cache_unlock();
-    return hit;
+    return 0;
 }
 
 static void cache_add(uint64_t h, const char *r, size_t rl)
@@ -149,8 +162,8 @@ static void cache_add(uint64_t h, const char *r, size_t rl)
             cache_unlock();
             return;
         }
-        g_slots = a;
         g_arena = b;
+        __atomic_store_n(&g_slots, (struct cslot *)a, __ATOMIC_RELEASE);
     }
     uint32_t gen = __atomic_load_n(&g_gen, __ATOMIC_ACQUIRE);
     if (g_arena_gen != gen) {
@@ -173,10 +186,12 @@ static void cache_add(uint64_t h, const char *r, size_t rl)
             continue;
         }
         memcpy(g_arena + g_arena_used, r, rl);
+        s->gen = 0;                     /* invalid while being filled */
+        __atomic_thread_fence(__ATOMIC_RELEASE);
         s->h = h;
         s->off = g_arena_used;
         s->len = (uint32_t)rl;
-        s->gen = gen;
+        __atomic_store_n(&s->gen, gen, __ATOMIC_RELEASE);
         g_arena_used += (uint32_t)rl;
         g_cache_count++;
         break;
@@ -377,6 +392,8 @@ static int env_true(const char *name)
            strcasecmp(v, "false") != 0;
 }
 
+static void root_prepare(void);
+
 void sb_install(struct sb_mounts *m, const char *cwd)
 {
     if (g_active)
@@ -384,6 +401,7 @@ void sb_install(struct sb_mounts *m, const char *cwd)
     g_m = *m;
     memset(m, 0, sizeof *m);
     g_active = 1;
+    root_prepare();
     sb_cache_flush();
     for (int i = 0; i < FD_MAX; i++)
         sb_fd_forget(i);
@@ -403,6 +421,7 @@ void sb_install(struct sb_mounts *m, const char *cwd)
 
 void sb_uninstall(void)
 {
+    g_root_e = NULL;
     if (g_active)
         sb_mounts_free(&g_m);
     g_active = 0;
@@ -595,6 +614,14 @@ static int entry_hides(const struct sb_entry *e)
 /* Recompute r, e, h from v (after "..", a reset, or a new entry). */
 static int walk_refresh(struct walk *w)
 {
+    if (w->vl == 0 && g_root_e) {
+        w->v[0] = '\0';
+        w->e = g_root_e;
+        memcpy(w->r, g_root_r, g_root_rl + 1);
+        w->rl = g_root_rl;
+        w->h = g_root_h;
+        return 0;
+    }
     w->v[w->vl] = '\0';
     const char *vp = w->vl ? w->v : "/";
     w->e = sb_lookup(&g_m, vp);
@@ -613,19 +640,30 @@ static int walk_refresh(struct walk *w)
     return 0;
 }
 
+/* The walk state of "/" only changes with the mount list: computed once. */
+static void root_prepare(void)
+{
+    struct walk w;
+    g_root_e = NULL;
+    w.vl = 0;
+    if (walk_refresh(&w) == 0) {
+        memcpy(g_root_r, w.r, w.rl + 1);
+        g_root_rl = w.rl;
+        g_root_h = w.h;
+        g_root_e = w.e;
+    }
+}
+
 static int walk_set(struct walk *w, const char *vpath)
 {
-    if (strcmp(vpath, "/") == 0) {
-        w->vl = 0;
-    } else {
-        size_t l = strlen(vpath);
-        if (l + 1 > sizeof w->v)
-            return ENAMETOOLONG;
-        memcpy(w->v, vpath, l + 1);
-        while (l > 0 && w->v[l - 1] == '/')
-            l--;
-        w->vl = l;
-    }
+    size_t l = strlen(vpath);
+    if (l + 1 > sizeof w->v)
+        return ENAMETOOLONG;
+    if (vpath != w->v)
+        memmove(w->v, vpath, l + 1);
+    while (l > 0 && w->v[l - 1] == '/')
+        l--;
+    w->vl = l;
     return walk_refresh(w);
 }
 
@@ -767,6 +805,49 @@ static int magic_target(const char *r, int op, int last, int may_pass, char *out
 
 #define MAX_LINKS 40
 
+/* rem = target + "/" + after (after may point into rem). */
+static __attribute__((noinline)) int splice_link(char *rem, size_t remsize, const char *target,
+                                                 const char *after)
+{
+    char tmp[PATH_MAX];
+    size_t tl = strlen(target), al = strlen(after);
+    if (tl + 1 + al + 1 > remsize || al + 1 > sizeof tmp)
+        return ENAMETOOLONG;
+    memcpy(tmp, after, al + 1);
+    memmove(rem, target, tl);
+    size_t o = tl;
+    if (al) {
+        rem[o++] = '/';
+        memcpy(rem + o, tmp, al);
+        o += al;
+    }
+    rem[o] = '\0';
+    return 0;
+}
+
+/* Contents of the symlink at w->r, in the virtual namespace.  0: target
+ * holds the path to continue with; 1: pass the /proc path through; else
+ * errno. */
+static __attribute__((noinline)) int read_link(struct walk *w, int op, int last,
+                                               char *target, size_t size)
+{
+    if (w->rl > 6 && !entry_hides(w->e) && strncmp(w->r, "/proc/", 6) == 0) {
+        int m = magic_target(w->r, op, last, 1, target, size);
+        if (m == 1)
+            return last ? -1 : ENOTDIR;
+        if (m == 0)
+            return 0;
+        if (m != -EINVAL)
+            return -m;
+    }
+    STAT_INC(readlinks);
+    ssize_t n = readlink(w->r, target, size - 1);
+    if (n < 0)
+        return errno;
+    target[n] = '\0';
+    return 0;
+}
+
 int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result *res)
 {
     STAT_INC(resolves);
@@ -774,8 +855,8 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
     res->entry = NULL;
     res->magic = 0;
     res->is_link = 0;
-    res->vpath[0] = res->rpath[0] = '\0';
     if (!path) {
+        res->vpath[0] = res->rpath[0] = '\0';
         res->err = EFAULT;
         return EFAULT;
     }
@@ -791,47 +872,43 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         w.vl = 0;
         rc = walk_refresh(&w);
     } else {
-        char base[PATH_MAX];
         if (dirfd == AT_FDCWD)
-            rc = sb_getcwd(base, sizeof base);
+            rc = sb_getcwd(w.v, sizeof w.v);
         else
-            rc = sb_fd_path(dirfd, base, sizeof base);
+            rc = sb_fd_path(dirfd, w.v, sizeof w.v);
         if (rc == 0 && path[0] == '\0' && !(flags & SB_EMPTY_OK))
             rc = ENOENT;
         if (rc == 0)
-            rc = base[0] == '/' ? walk_set(&w, base) : ENOTDIR;
+            rc = w.v[0] == '/' ? walk_set(&w, w.v) : ENOTDIR;
     }
     if (rc)
         goto out;
 
-    char rem[PATH_MAX];
     size_t plen = strlen(path);
-    if (plen + 1 > sizeof rem) {
+    if (plen + 1 > PATH_MAX) {
         rc = ENAMETOOLONG;
         goto out;
     }
-    memcpy(rem, path, plen + 1);
     int trailing = plen > 0 && path[plen - 1] == '/';
     int links = 0;
-    char *p = rem;
+    char rem[PATH_MAX];                 /* used once a symlink was met */
+    const char *p = path;
 
     for (;;) {
         while (*p == '/')
             p++;
         if (!*p)
             break;
-        char *c = p;
+        const char *c = p;
         while (*p && *p != '/')
             p++;
         size_t cl = (size_t)(p - c);
-        char *after = p;
+        const char *after = p;
         while (*after == '/')
             after++;
         int last = *after == '\0';
-        if (cl == 1 && c[0] == '.')
-            continue;
-        if (cl == 2 && c[0] == '.' && c[1] == '.') {
-            if ((rc = walk_pop(&w)))
+        if (c[0] == '.' && (cl == 1 || (cl == 2 && c[1] == '.'))) {
+            if (cl == 2 && (rc = walk_pop(&w)))
                 goto out;
             continue;
         }
@@ -840,10 +917,10 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
             goto out;
 
         int follow = !last || trailing || !(flags & SB_NOFOLLOW);
-        if (entry_hides(w.e) && !has_nested(w.v, w.vl))
-            continue;                   /* nothing to see below: stay lexical */
         if (!follow && !(flags & SB_STRICT))
             continue;
+        if (entry_hides(w.e) && !has_nested(w.v, w.vl))
+            continue;                   /* nothing to see below: stay lexical */
         if (!last && cache_has(w.h, w.r, w.rl)) {
             STAT_INC(cache_hits);
             continue;
@@ -875,70 +952,25 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
             res->is_link = 1;
             continue;
         }
-        /* a symlink to follow */
         if (++links > MAX_LINKS) {
             rc = ELOOP;
             goto out;
         }
         char target[PATH_MAX];
-        int m = -EINVAL;
-        if (w.rl > 6 && !entry_hides(w.e) && strncmp(w.r, "/proc/", 6) == 0)
-            m = magic_target(w.r, op, last, 1, target, sizeof target);
-        if (m == 1) {
-            if (!last) {
-                rc = ENOTDIR;
-                goto out;
-            }
+        rc = read_link(&w, op, last, target, sizeof target);
+        if (rc == -1) {                 /* a /proc link to pass through as it is */
             res->magic = 1;
+            rc = 0;
             break;
         }
-        if (m < 0 && m != -EINVAL) {
-            rc = -m;
+        if (rc || (rc = splice_link(rem, sizeof rem, target, after)))
             goto out;
-        }
-        if (m == -EINVAL) {
-            STAT_INC(readlinks);
-            ssize_t n = readlink(w.r, target, sizeof target - 1);
-            if (n < 0) {
-                rc = errno;
-                goto out;
-            }
-            target[n] = '\0';
-        }
-        /* rem = target + "/" + rest */
-        size_t tl = strlen(target), rl = strlen(after);
-        if (tl + 1 + rl + (trailing ? 1 : 0) + 1 > sizeof rem) {
-            rc = ENAMETOOLONG;
-            goto out;
-        }
-        char tmp[PATH_MAX];
-        memcpy(tmp, after, rl + 1);
-        memcpy(rem, target, tl);
-        size_t o = tl;
-        if (rl) {
-            rem[o++] = '/';
-            memcpy(rem + o, tmp, rl);
-            o += rl;
-        }
-        rem[o] = '\0';
         p = rem;
-        if (target[0] == '/') {
-            w.vl = 0;
-        } else {
-            w.vl = parent_vl;
-        }
+        w.vl = target[0] == '/' ? 0 : parent_vl;
         if ((rc = walk_refresh(&w)))
             goto out;
     }
 
-    if (res->magic) {
-        /* the walked virtual path is the /proc path; keep it as both */
-        memcpy(res->vpath, w.vl ? w.v : "/", (w.vl ? w.vl : 1) + 1);
-        memcpy(res->rpath, w.r, w.rl + 1);
-        res->entry = w.e;
-        rc = 0;
-        goto out;
-    }
     res->entry = w.e;
     if (w.vl)
         memcpy(res->vpath, w.v, w.vl + 1);
@@ -948,12 +980,17 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         memcpy(res->rpath, w.r, w.rl + 1);
     else
         strcpy(res->rpath, "/");
+    if (res->magic)
+        goto out;                       /* the descriptor already grants the access */
     if (trailing && w.rl && w.rl + 2 <= sizeof res->rpath) {
         res->rpath[w.rl] = '/';
         res->rpath[w.rl + 1] = '\0';
     }
     rc = sb_check(w.e, op);
 out:
+    if (rc) {
+        res->vpath[0] = res->rpath[0] = '\0';
+    }
     res->err = rc;
     return rc;
 }
