@@ -28,12 +28,15 @@ import os
 import posixpath
 from dataclasses import dataclass
 
+from .errors import BypassError
+
 __all__ = [
     "MountListError",
     "Entry",
     "IMPLICIT_DEVICES",
     "parse",
     "load",
+    "load_mounts",
     "lookup",
     "translate",
 ]
@@ -44,7 +47,7 @@ IMPLICIT_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/
 _BLANKS = " \t\r\v\f"
 
 
-class MountListError(Exception):
+class MountListError(BypassError):
     """A mount list that cannot be used.  ``str(err)`` is ``file:line: error: message``."""
 
     def __init__(self, file: str, line: int, message: str):
@@ -184,3 +187,6 @@ def translate(entry: Entry, vpath: str) -> str | None:
         return vpath
     rest = vpath[len(entry.prefix):] if entry.prefix != "/" else (vpath if vpath != "/" else "")
     return posixpath.join(entry.target, rest.lstrip("/")) if rest else entry.target
+
+
+load_mounts = load
