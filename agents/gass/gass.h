@@ -65,9 +65,24 @@ void gass_statx_fixup(void *stx);
  * X_OK is refused with EACCES. */
 int gass_access(const char *url, int amode);
 
-/* close()/fclose() replacements: close, then upload if this was the last descriptor of a
- * write-staged URL; an upload failure returns -1 (EOF for fclose) with errno. Cheap when no
- * URL is open for writing. */
+/* Closing with write-back, in two halves around the real close so that an agent action can
+ * call the next layer itself:
+ *     struct gass_closing c;
+ *     gass_close_prepare(fd, &c);          (or gass_fclose_prepare(stream, &c))
+ *     int rc = close(fd);
+ *     return gass_close_finish(&c, rc);    (uses errno as close() left it)
+ * finish uploads if that was the last descriptor of a write-staged URL and folds an upload
+ * failure into the result (-1 with errno). Both are two loads when no URL is open for writing. */
+struct gass_closing {
+    int staged; /* 1: the descriptor may belong to a staged write */
+    dev_t dev;
+    ino_t ino;
+};
+void gass_close_prepare(int fd, struct gass_closing *c);
+void gass_fclose_prepare(FILE *stream, struct gass_closing *c);
+int gass_close_finish(const struct gass_closing *c, int rc);
+
+/* The same, for code that is not an agent action: close()/fclose() plus write-back. */
 int gass_close(int fd);
 int gass_fclose(FILE *fp);
 
@@ -77,6 +92,9 @@ int gass_sync_all(void);
 /* unlink(URL) sends DELETE. rename() involving a URL fails with EXDEV, so mv falls back to
  * copy + unlink, which gass supports. */
 int gass_unlink(const char *url);
+
+/* truncate(URL, length): staged, truncated, uploaded. */
+int gass_truncate(const char *url, off_t length);
 
 /* Cache maintenance, also used by tests and the `bypass gass cache` command. */
 const char *gass_cache_dir(char *buf, size_t size);

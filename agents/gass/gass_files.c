@@ -563,23 +563,45 @@ static int finish_close(dev_t dev, ino_t ino, int rc, int err)
     return rc;
 }
 
-int gass_close(int fd)
+void gass_close_prepare(int fd, struct gass_closing *c)
 {
     struct stat st;
-    if (!pending_writes || fstat(fd, &st) < 0)
-        return close(fd);
+    c->staged = pending_writes && fstat(fd, &st) == 0;
+    if (c->staged) {
+        c->dev = st.st_dev;
+        c->ino = st.st_ino;
+    }
+}
+
+void gass_fclose_prepare(FILE *stream, struct gass_closing *c)
+{
+    int fd;
+    c->staged = 0;
+    if (pending_writes && stream != NULL && (fd = fileno(stream)) >= 0)
+        gass_close_prepare(fd, c);
+}
+
+int gass_close_finish(const struct gass_closing *c, int rc)
+{
+    if (!c->staged)
+        return rc;
+    return finish_close(c->dev, c->ino, rc, errno);
+}
+
+int gass_close(int fd)
+{
+    struct gass_closing c;
+    gass_close_prepare(fd, &c);
     int rc = close(fd);
-    return finish_close(st.st_dev, st.st_ino, rc, errno);
+    return gass_close_finish(&c, rc);
 }
 
 int gass_fclose(FILE *fp)
 {
-    struct stat st;
-    int fd;
-    if (!pending_writes || fp == NULL || (fd = fileno(fp)) < 0 || fstat(fd, &st) < 0)
-        return fclose(fp);
+    struct gass_closing c;
+    gass_fclose_prepare(fp, &c);
     int rc = fclose(fp);
-    return finish_close(st.st_dev, st.st_ino, rc, errno) == 0 ? 0 : EOF;
+    return gass_close_finish(&c, rc) == 0 ? 0 : EOF;
 }
 
 int gass_sync_all(void)
@@ -668,4 +690,18 @@ int gass_unlink(const char *text)
     gass_cache_forget(&u);
     errno = saved;
     return rc;
+}
+
+int gass_truncate(const char *text, off_t length)
+{
+    int fd = gass_open(text, O_WRONLY, 0);
+    if (fd < 0)
+        return -1;
+    if (ftruncate(fd, length) < 0) {
+        int saved = errno;
+        discard(fd);
+        errno = saved;
+        return -1;
+    }
+    return gass_close(fd);
 }

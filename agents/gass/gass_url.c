@@ -15,10 +15,10 @@
 
 #include "gass_internal.h"
 
-/* When linked into an agent, the runtime keeps the environment the program started with
- * (programs may scrub their own); standalone (tests) we fall back to getenv. Weak, so this file
- * builds and runs without the runtime. */
-extern char *bypass_getenv(const char *name) __attribute__((weak));
+/* When linked into an agent, the runtime keeps the BYPASS_* settings the program started with
+ * (programs may scrub their environment); standalone (tests) there is only getenv. Weak, so
+ * this file builds and runs without the runtime. */
+extern const char *bypass_getenv(const char *name) __attribute__((weak));
 
 int gass_is_url(const char *path)
 {
@@ -194,7 +194,13 @@ malformed:
 
 const char *gass_env(const char *name)
 {
-    const char *value = bypass_getenv ? bypass_getenv(name) : getenv(name);
+    /* The runtime keeps only BYPASS_* settings; HOME and XDG_CACHE_HOME come from the
+     * program's environment. */
+    const char *value = NULL;
+    if (bypass_getenv && strncmp(name, "BYPASS_", 7) == 0)
+        value = bypass_getenv(name);
+    if (value == NULL)
+        value = getenv(name);
     return (value != NULL && value[0] != '\0') ? value : NULL;
 }
 
