@@ -27,7 +27,7 @@ def _environment() -> jinja2.Environment:
     env.globals.update(
         next_params=next_params, action_params=action_params, version_expr=version_expr, cast_ret=cast_ret,
         cast_value_to_canonical=cast_value_to_canonical, entry_action_args=entry_action_args,
-        format_value=format_value, format_result=format_result, version=__version__,
+        format_value=format_value, format_result=format_result, version=__version__, failed_test=failed_test,
     )
     return env
 
@@ -86,7 +86,9 @@ def _format_expr(ctype: CType, expr: str, at: str, is_string: bool) -> str:
         if ctype.is_unsigned:
             return f'bypass_fmt(bypass_buf, bypass_size, {at}, "%llu", (unsigned long long){expr})'
         return f'bypass_fmt(bypass_buf, bypass_size, {at}, "%lld", (long long){expr})'
-    return f'bypass_fmt(bypass_buf, bypass_size, {at}, "<%s>", "{ctype.text}")'
+    if ctype.text.endswith("_func_t") or ctype.text.endswith("_fn_t"):
+        return f'bypass_fmt(bypass_buf, bypass_size, {at}, "%p", (const void *){expr})'
+    return f'((void)({expr}), bypass_fmt(bypass_buf, bypass_size, {at}, "<%s>", "{ctype.text}"))'
 
 
 _FLAG_NAMES = {"flags", "oflag", "mask"}
@@ -115,8 +117,13 @@ def format_result(call: PlannedCall) -> str:
     return _format_expr(ret, "bypass_result", "0", False)
 
 
-def shadow_forward(call: PlannedCall) -> str:
-    return _environment().get_template("shadow_call.c.j2").module.forward(call)
+def failed_test(call: PlannedCall, result: str) -> str:
+    """C test for "this result means the call failed" (posix_spawn returns an error number)."""
+    if call.spec_ret.is_void:
+        return "0"
+    if call.failure_value == "errno":
+        return f"{result} != 0"
+    return f"{result} == {call.failure_value}"
 
 
 def _reset_line_markers(text: str, output_name: str) -> str:

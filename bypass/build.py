@@ -1,0 +1,124 @@
+"""Generate an agent from a spec and compile it into a shared object with the system C compiler."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+from .codegen.render import TEMPLATES, render_agent, render_shadow
+from .errors import BuildError, SpecError
+from .knowledge.loader import KNOWLEDGE_DIR, load_knowledge
+from .plan import AgentPlan, make_plan
+from .spec.parser import load_spec
+
+RUNTIME_DIR = Path(__file__).parent / "rpc" / "c"
+# The C runtime files every agent links (the RPC client joins them when it lands).
+RUNTIME_SOURCES = ["runtime.c"]
+CFLAGS = ["-shared", "-fPIC", "-O2", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
+          "-fvisibility=hidden", "-U_FORTIFY_SOURCE"]
+LIBS = ["-ldl", "-lpthread"]
+
+
+@dataclass
+class Generated:
+    plan: AgentPlan
+    agent_c: str
+    shadow_py: str
+
+
+def generate(spec_path: str | Path, agent_name: str | None = None) -> Generated:
+    spec = load_spec(spec_path)
+    plan = make_plan(spec, load_knowledge())
+    name = agent_name or f"{spec.name}_agent.c"
+    return Generated(plan, render_agent(plan, name), render_shadow(plan))
+
+
+def find_compiler() -> str:
+    for candidate in filter(None, [os.environ.get("CC"), "cc", "gcc", "clang"]):
+        found = shutil.which(candidate)
+        if found:
+            return found
+    raise BuildError("no C compiler found: install gcc (Debian: apt-get install gcc libc6-dev) or set CC")
+
+
+def _spec_sources(plan: AgentPlan) -> list[Path]:
+    base = Path(plan.spec.path).resolve().parent
+    sources = []
+    for name in plan.spec.sources:
+        path = (base / name).resolve()
+        if not path.is_file():
+            raise SpecError(plan.spec.path, 1, 1, f"@source \"{name}\": no such file ({path})", plan.spec.source)
+        sources.append(path)
+    return sources
+
+
+def _support_files(plan: AgentPlan) -> list[Path]:
+    """Files whose change makes a cached agent stale (besides the spec itself)."""
+    base = Path(plan.spec.path).resolve().parent
+    files = sorted(KNOWLEDGE_DIR.rglob("*.toml")) + sorted(TEMPLATES.glob("*.j2")) + sorted(RUNTIME_DIR.glob("*.[ch]"))
+    files += _spec_sources(plan) + sorted(base.glob("*.h"))
+    return files
+
+
+def fingerprint(spec_path: str | Path) -> str:
+    spec_path = Path(spec_path)
+    digest = hashlib.sha256(f"bypass {__version__} {CFLAGS} {os.environ.get('CC', '')}\n".encode())
+    digest.update(spec_path.read_bytes())
+    plan = make_plan(load_spec(spec_path), load_knowledge())
+    for path in _support_files(plan):
+        digest.update(str(path).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:20]
+
+
+def compile_agent(generated: Generated, output: Path, workdir: Path) -> Path:
+    compiler = find_compiler()
+    c_file = workdir / f"{generated.plan.name}_agent.c"
+    c_file.write_text(generated.agent_c)
+    spec_dir = Path(generated.plan.spec.path).resolve().parent
+    sources = [str(c_file)] + [str(RUNTIME_DIR / s) for s in RUNTIME_SOURCES]
+    sources += [str(p) for p in _spec_sources(generated.plan)]
+    tmp_output = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    command = [compiler, *CFLAGS, f"-I{RUNTIME_DIR}", f"-I{spec_dir}", "-o", str(tmp_output), *sources, *LIBS]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True)
+    except OSError as exc:
+        raise BuildError(f"cannot run the C compiler {compiler}: {exc.strerror}") from None
+    if done.returncode != 0:
+        tmp_output.unlink(missing_ok=True)
+        raise BuildError(f"the C compiler rejected the agent for {generated.plan.spec.path} "
+                         f"(errors in the spec's C code point at the spec's lines):\n{done.stderr.strip()}")
+    os.replace(tmp_output, output)      # atomic: a concurrent `bypass run` never sees half a file
+    return output
+
+
+def build(spec_path: str | Path, output: str | Path, keep_c: str | Path | None = None) -> Path:
+    output = Path(output).resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    generated = generate(spec_path)
+    if keep_c:
+        workdir = Path(keep_c)
+        workdir.mkdir(parents=True, exist_ok=True)
+        return compile_agent(generated, output, workdir)
+    with tempfile.TemporaryDirectory(prefix="bypass-build-") as tmp:
+        return compile_agent(generated, output, Path(tmp))
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("BYPASS_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bypass", "agents")
+    return Path(root)
+
+
+def build_cached(spec_path: str | Path) -> Path:
+    """The agent for this spec, rebuilt only when the spec, its sources or Bypass changed."""
+    key = fingerprint(spec_path)
+    output = cache_dir() / f"{Path(spec_path).stem}-{key}.so"
+    if output.exists():
+        return output
+    return build(spec_path, output)

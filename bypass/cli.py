@@ -1,0 +1,187 @@
+"""The `bypass` command.
+
+    bypass -agent SPEC                  write SPEC_agent.c           (the original Bypass interface)
+    bypass -shadow SPEC                 write SPEC_shadow.py
+    bypass -agent -shadow SPEC -o DIR   both, into a folder
+    bypass build SPEC -o AGENT.so       generate and compile
+    bypass run SPEC [options] -- CMD    build if stale, run CMD under the agent, exit with its status
+    bypass knowledge list               what the knowledge base covers
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import BypassError
+
+SUBCOMMANDS = ("build", "run", "knowledge", "shadow", "escapes", "gass")
+
+ENVIRONMENT_HELP = """
+environment read by agents:
+  BYPASS_TRACE=FILE        trace agent: append one line per trapped call to FILE
+  BYPASS_MOUNTS=FILE       sandbox agent: the mount list
+  BYPASS_SHADOW=ADDR       agents with shadow calls: unix:/path or tcp:host:port
+  BYPASS_CACHE_DIR=DIR     where `bypass run` keeps built agents (default ~/.cache/bypass/agents)
+  CC                       the C compiler (default cc)
+"""
+
+
+def _classic(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bypass", description="Compile a Bypass spec into an LD_PRELOAD agent and a Python shadow.",
+        epilog=__doc__ + ENVIRONMENT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-agent", action="store_true", help="write the agent's C source (SPEC_agent.c)")
+    parser.add_argument("-shadow", action="store_true", help="write the shadow's Python source (SPEC_shadow.py)")
+    parser.add_argument("-o", "--output", help="folder (or, with one of -agent/-shadow, file) to write")
+    parser.add_argument("--version", action="version", version=f"bypass {__version__}")
+    parser.add_argument("spec", help="the .bypass specification")
+    args = parser.parse_args(argv)
+    if not (args.agent or args.shadow):
+        parser.error("say what to write: -agent, -shadow, or both (or use `bypass build`)")
+    from .build import generate
+
+    stem = Path(args.spec).stem
+    outputs: dict[str, Path] = {}
+    folder = Path(".")
+    if args.output and (args.agent and args.shadow or args.output.endswith("/") or Path(args.output).is_dir()):
+        folder = Path(args.output)
+    elif args.output:
+        outputs["agent" if args.agent else "shadow"] = Path(args.output)
+    outputs.setdefault("agent", folder / f"{stem}_agent.c")
+    outputs.setdefault("shadow", folder / f"{stem}_shadow.py")
+    generated = generate(args.spec, outputs["agent"].name)     # fails before anything is written
+    folder.mkdir(parents=True, exist_ok=True)
+    if args.agent:
+        outputs["agent"].write_text(generated.agent_c)
+        print(outputs["agent"])
+    if args.shadow:
+        outputs["shadow"].write_text(generated.shadow_py)
+        print(outputs["shadow"])
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from .build import build
+
+    output = args.output or f"{Path(args.spec).stem}.so"
+    print(build(args.spec, output, keep_c=args.keep_c))
+    return 0
+
+
+def _split_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    if "--" in argv:
+        at = argv.index("--")
+        return argv[:at], argv[at + 1:]
+    return argv, []
+
+
+def exit_status(returncode: int) -> int:
+    """A shell's view of a child's status: 128+N when killed by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def run_under_agent(agent: Path, command: list[str], extra_env: dict[str, str]) -> int:
+    env = dict(os.environ)
+    env.update(extra_env)
+    preload = env.get("LD_PRELOAD", "")
+    env["LD_PRELOAD"] = f"{agent} {preload}".strip()
+    try:
+        child = subprocess.Popen(command, env=env)
+    except FileNotFoundError:
+        raise BypassError(f"bypass run: command not found: {command[0]}") from None
+    except PermissionError:
+        raise BypassError(f"bypass run: cannot execute {command[0]}: permission denied") from None
+    # The child gets terminal signals itself; wait for it rather than dying first.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return exit_status(child.wait())
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
+    from .build import build_cached
+
+    if not command:
+        raise BypassError("bypass run: give the command after '--', e.g. bypass run trace.bypass -- ls -l")
+    extra: dict[str, str] = {}
+    for item in args.set or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise BypassError(f"bypass run: --set wants NAME=VALUE, got {item!r}")
+        extra[name] = value
+    if args.trace:
+        extra["BYPASS_TRACE"] = os.path.abspath(args.trace)
+    if args.mounts:
+        from .mounts import load_mounts          # fails before the program starts on a bad list
+        load_mounts(args.mounts)
+        extra["BYPASS_MOUNTS"] = os.path.abspath(args.mounts)
+    agent = Path(args.agent) if args.agent else build_cached(args.spec)
+    return run_under_agent(agent, command, extra)
+
+
+def _cmd_knowledge(args: argparse.Namespace) -> int:
+    from .knowledge.loader import load_knowledge
+
+    knowledge = load_knowledge()
+    if args.action == "list":
+        for family, calls in sorted(knowledge.families().items()):
+            print(f"{family}:")
+            for call in calls:
+                symbols = " ".join(e.symbol + ("(private)" if e.private else "") for e in call.entries)
+                print(f"  {call.name:24} {symbols}")
+        return 0
+    if args.action == "audit":
+        from .knowledge.audit import main as audit_main
+        return audit_main(args.rest)
+    raise BypassError(f"bypass knowledge: unknown action {args.action!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if not argv or argv[0] not in SUBCOMMANDS:
+            return _classic(argv)
+        own, command = _split_command(argv)
+        parser = argparse.ArgumentParser(prog="bypass", epilog=ENVIRONMENT_HELP,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub = parser.add_subparsers(dest="subcommand", required=True)
+        p_build = sub.add_parser("build", help="generate and compile an agent")
+        p_build.add_argument("spec")
+        p_build.add_argument("-o", "--output", help="the agent .so to write (default SPEC.so)")
+        p_build.add_argument("--keep-c", metavar="DIR", help="keep the generated C in DIR")
+        p_run = sub.add_parser("run", help="run a command under an agent (built if stale)",
+                               description="bypass run SPEC [options] -- COMMAND [ARGS...]")
+        p_run.add_argument("spec")
+        p_run.add_argument("--agent", help="use this prebuilt agent .so instead of building")
+        p_run.add_argument("--trace", metavar="FILE", help="set BYPASS_TRACE=FILE (trace agent)")
+        p_run.add_argument("-m", "--mounts", metavar="FILE", help="set BYPASS_MOUNTS=FILE (sandbox agent)")
+        p_run.add_argument("--set", action="append", metavar="NAME=VALUE", help="set an environment variable")
+        p_know = sub.add_parser("knowledge", help="inspect the knowledge base")
+        p_know.add_argument("action", choices=["list", "audit"])
+        p_know.add_argument("rest", nargs=argparse.REMAINDER)
+        args = parser.parse_args(own)
+        if args.subcommand == "build":
+            return _cmd_build(args)
+        if args.subcommand == "run":
+            return _cmd_run(args, command)
+        if args.subcommand == "knowledge":
+            return _cmd_knowledge(args)
+        parser.error(f"{args.subcommand} is not available yet")
+    except BypassError as exc:
+        from .errors import SpecError
+        print(str(exc) if isinstance(exc, SpecError) else f"bypass: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,561 @@
+"""The shadow server: answers the remote calls of many agent processes at once.
+
+    from bypass.rpc.server import ShadowServer
+    server = ShadowServer({0: do_open, 1: do_read}, spec_hash=SPEC_HASH)
+    address = server.listen()            # unix socket in a fresh private directory
+    server.serve_forever()
+
+A dispatch table maps call numbers to `handler(ctx, *args)`; a handler returns the result
+(anything msgpack can carry) or raises OSError, which the agent sees as that errno.  `ctx`
+is the caller's CallContext: `ctx.process` is its ProcessState, whose descriptor table
+survives exec and is copied at fork with the entries sharing their open files, as POSIX does.
+
+One thread per connection (not per call): a synchronous call then costs one recv, the
+handler and one send, with no hand-off between threads.  A connection that breaks the
+protocol is closed and logged; the others keep being served.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import selectors
+import socket
+import stat
+import tempfile
+import threading
+import time
+from typing import Any, Callable, Mapping
+
+from . import auth
+from .framing import FrameReader, new_packer, send_frame
+from .neutral import errno_to_neutral
+from .protocol import (
+    AGENT_MAGIC, CALL_CLOSE_FDS, CALL_FDS, CALL_FORK, CALL_PING, HANDSHAKE_TIMEOUT,
+    MAX_FRAME, MAX_HANDSHAKE_FRAME, NONCE_SIZE, PROTOCOL_VERSION, REFUSED, SHADOW_MAGIC,
+    STATUS_ERRNO, STATUS_FAILURE, STATUS_OK, WELCOME, ProtocolError, boot_id,
+    local_platform, parse_address, process_start_time,
+)
+
+log = logging.getLogger("bypass.shadow")
+
+Handler = Callable[..., Any]
+_ENOSYS = errno_to_neutral(errno.ENOSYS)
+
+
+# ------------------------------------------------------------------------------------------------
+# per-process state
+
+class Shared:
+    """A shadow-side object that several descriptors may refer to: the shadow's analogue of
+    an open file description.  Closed (via `closer`) when the last reference goes."""
+
+    __slots__ = ("obj", "closer", "refs", "lock", "__weakref__")
+
+    def __init__(self, obj, closer: Callable[[Any], None] | None = None):
+        self.obj = obj
+        self.closer = closer
+        self.refs = 0
+        self.lock = threading.Lock()   # for handlers that need atomic multi-step use
+
+    def incref(self) -> "Shared":
+        self.refs += 1
+        return self
+
+    def decref(self) -> None:
+        self.refs -= 1
+        if self.refs == 0 and self.closer is not None:
+            try:
+                self.closer(self.obj)
+            except Exception:
+                log.exception("closing %r", self.obj)
+
+
+class FdEntry:
+    """One slot of a process's descriptor table: the shared object plus per-descriptor
+    metadata (for instance the agent's placeholder identity or close-on-exec)."""
+
+    __slots__ = ("shared", "meta")
+
+    def __init__(self, shared: Shared, meta: dict | None = None):
+        self.shared = shared
+        self.meta = meta or {}
+
+    @property
+    def obj(self):
+        return self.shared.obj
+
+
+class ProcessState:
+    """What the shadow remembers about one agent process.
+
+    `fds` is keyed by the descriptor number the program sees, so that numbering is the
+    agent's business and survives exec; `data` is free per-process state for shadow actions
+    (current directory, counters...).  Both are copied at fork: descriptors share their
+    Shared objects (and so, e.g., the file offset of the shadow's real descriptor)."""
+
+    def __init__(self, key: str, pid: int = 0, platform: str = "", parent: str | None = None):
+        self.key = key
+        self.pid = pid
+        self.platform = platform
+        self.parent = parent
+        self.fds: dict[int, FdEntry] = {}
+        self.data: dict[str, Any] = {}
+        self.lock = threading.RLock()
+        self.attached = 0
+        self.detached_at: float | None = time.monotonic()
+
+    # -- descriptor table ------------------------------------------------------------------------
+
+    def install(self, fd: int, obj, closer: Callable[[Any], None] | None = None, **meta) -> FdEntry:
+        """Put obj (or an existing Shared) at descriptor fd, closing what was there."""
+        shared = obj if isinstance(obj, Shared) else Shared(obj, closer)
+        entry = FdEntry(shared.incref(), meta)
+        with self.lock:
+            old = self.fds.get(fd)
+            self.fds[fd] = entry
+        if old is not None:
+            old.shared.decref()
+        return entry
+
+    def entry(self, fd: int) -> FdEntry:
+        e = self.fds.get(fd)
+        if e is None:
+            raise OSError(errno.EBADF, f"descriptor {fd} is not open in the shadow")
+        return e
+
+    def get(self, fd: int):
+        return self.entry(fd).shared.obj
+
+    def close(self, fd: int) -> None:
+        with self.lock:
+            e = self.fds.pop(fd, None)
+        if e is None:
+            raise OSError(errno.EBADF, f"descriptor {fd} is not open in the shadow")
+        e.shared.decref()
+
+    def dup(self, old: int, new: int, **meta) -> FdEntry:
+        """new refers to the same open file as old (dup2 semantics)."""
+        e = self.entry(old)
+        if old == new:
+            return e
+        return self.install(new, e.shared, **(meta or dict(e.meta)))
+
+    # -- lifetime --------------------------------------------------------------------------------
+
+    def fork_copy(self, key: str) -> "ProcessState":
+        """The state a child starts with: same descriptors sharing the same open files."""
+        child = ProcessState(key, parent=self.key, platform=self.platform)
+        with self.lock:
+            for fd, e in self.fds.items():
+                child.fds[fd] = FdEntry(e.shared.incref(), dict(e.meta))
+            child.data = dict(self.data)
+        return child
+
+    def release(self) -> None:
+        with self.lock:
+            entries = list(self.fds.values())
+            self.fds.clear()
+        for e in entries:
+            e.shared.decref()
+
+    def __repr__(self):
+        return f"<ProcessState {self.key} pid={self.pid} fds={sorted(self.fds)}>"
+
+
+class CallContext:
+    """Passed to every handler; one per connection (reused for each call)."""
+
+    __slots__ = ("server", "process", "peer", "platform", "info")
+
+    def __init__(self, server, process: ProcessState, peer: str, platform: str, info: dict):
+        self.server = server
+        self.process = process
+        self.peer = peer
+        self.platform = platform
+        self.info = info
+
+
+class _Refused(Exception):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------
+# the server
+
+class ShadowServer:
+    def __init__(self, dispatch: Mapping[int, Handler], *, spec_hash: str | None = None,
+                 secret: bytes | str | None = None, max_frame: int = MAX_FRAME,
+                 grace: float = 300.0, ticket_ttl: float = 60.0, max_connections: int = 1024,
+                 name: str = "shadow"):
+        """spec_hash: agents must present the same (None accepts any: tests, tools).
+        secret: required for TCP; when set, Unix-socket clients must authenticate too.
+        grace: how long a detached process's state is kept when we cannot tell whether the
+        process still exists (a remote agent host)."""
+        self.dispatch: dict[int, Handler] = dict(dispatch)
+        self.dispatch.update({CALL_PING: _ping, CALL_FORK: self._fork_ticket,
+                              CALL_FDS: _list_fds, CALL_CLOSE_FDS: _close_fds})
+        self.spec_hash = spec_hash
+        self.secret = secret.encode() if isinstance(secret, str) else secret
+        self.max_frame = max_frame
+        self.grace = grace
+        self.ticket_ttl = ticket_ttl
+        self.max_connections = max_connections
+        self.name = name
+        self.processes: dict[str, ProcessState] = {}
+        self.tickets: dict[int, tuple[ProcessState, float]] = {}
+        self.lock = threading.Lock()
+        self.address: str | None = None
+        self._listener: socket.socket | None = None
+        self._cleanup: list[Callable[[], None]] = []
+        self._wake_r, self._wake_w = os.pipe()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._conns: set[socket.socket] = set()
+        self._boot_id = boot_id()
+
+    # -- listening ---------------------------------------------------------------------------------
+
+    def listen(self, address: str | None = None) -> str:
+        """Bind and listen; returns the address agents should use (BYPASS_SHADOW).
+        None: a Unix socket in a new private (0700) directory."""
+        if address is None:
+            d = tempfile.mkdtemp(prefix="bypass-shadow-")       # created 0700
+            self._cleanup.append(lambda: os.rmdir(d))
+            address = f"unix:{d}/shadow.sock"
+        kind, where = parse_address(address)
+        if kind == "unix":
+            self._listener = self._listen_unix(where)
+            self.address = f"unix:{where}"
+        else:
+            if not self.secret:
+                raise ValueError("a TCP shadow needs a shared secret (BYPASS_SHADOW_SECRET)")
+            host, port = where
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            s = socket.socket(family, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+            s.listen(128)
+            self._listener = s
+            h, p = s.getsockname()[:2]
+            self.address = f"tcp:{h}:{p}" if family == socket.AF_INET else f"tcp:[{h}]:{p}"
+        self._listener.setblocking(False)
+        log.info("%s listening on %s", self.name, self.address)
+        return self.address
+
+    def _listen_unix(self, path: str) -> socket.socket:
+        d = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(d):
+            os.makedirs(d, mode=0o700)
+            self._cleanup.append(lambda: os.rmdir(d))
+        mode = os.stat(d).st_mode
+        if mode & 0o077:
+            log.warning("%s: directory %s is accessible to other users (mode %o); any of them "
+                        "can call the shadow", self.name, d, stat.S_IMODE(mode))
+        if os.path.exists(path):
+            # A stale socket from a dead shadow may be replaced; a live one may not.
+            probe = socket.socket(socket.AF_UNIX)
+            try:
+                probe.connect(path)
+                raise OSError(errno.EADDRINUSE, f"a shadow is already listening on {path}")
+            except (ConnectionRefusedError, FileNotFoundError):
+                os.unlink(path)
+            finally:
+                probe.close()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)             # the socket file itself: owner only
+        try:
+            s.bind(path)
+        finally:
+            os.umask(old)
+        s.listen(128)
+        self._cleanup.insert(0, lambda: os.unlink(path))
+        return s
+
+    # -- serving ---------------------------------------------------------------------------------
+
+    def start(self) -> "ShadowServer":
+        """Serve in a background thread (listening first on a private socket if needed)."""
+        if self._listener is None:
+            self.listen()
+        self._thread = threading.Thread(target=self.serve_forever, name=f"{self.name}-accept",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        if self._listener is None:
+            self.listen()
+        sel = selectors.DefaultSelector()
+        sel.register(self._listener, selectors.EVENT_READ)
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        try:
+            while not self._closing:
+                for key, _ in sel.select(timeout=1.0):
+                    if key.fileobj is self._listener:
+                        self._accept()
+                self._reap()
+        finally:
+            sel.close()
+
+    def _accept(self) -> None:
+        try:
+            sock, addr = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:       # EMFILE and friends: log, keep serving the others
+            log.error("%s: accept failed: %s", self.name, e)
+            time.sleep(0.05)
+            return
+        sock.setblocking(True)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            peer = f"tcp:{addr[0]}:{addr[1]}"
+        else:
+            peer = "unix:" + _unix_peer(sock)
+        with self.lock:
+            if len(self._conns) >= self.max_connections:
+                log.warning("%s: too many connections, refusing %s", self.name, peer)
+                sock.close()
+                return
+            self._conns.add(sock)
+        threading.Thread(target=self._serve, args=(sock, peer), name=f"{self.name} {peer}",
+                         daemon=True).start()
+
+    def _serve(self, sock: socket.socket, peer: str) -> None:
+        process = None
+        try:
+            sock.settimeout(HANDSHAKE_TIMEOUT)
+            reader = FrameReader(sock, self.max_frame, initial=1 << 16)
+            packer = new_packer()
+            ctx = self._handshake(sock, reader, packer, peer)
+            process = ctx.process
+            sock.settimeout(None)
+            self._loop(sock, reader, packer, ctx)
+        except EOFError:
+            pass
+        except _Refused as e:
+            log.warning("%s: refused %s: %s", self.name, peer, e)
+        except ProtocolError as e:
+            log.warning("%s: closing connection %s: %s", self.name, peer, e)
+        except socket.timeout:
+            log.warning("%s: closing connection %s: handshake timed out", self.name, peer)
+        except OSError as e:
+            if not self._closing:
+                log.info("%s: connection %s ended: %s", self.name, peer, e)
+        except Exception:
+            log.exception("%s: connection %s failed", self.name, peer)
+        finally:
+            with self.lock:
+                self._conns.discard(sock)
+            sock.close()
+            if process is not None:
+                self._detach(process)
+
+    def _handshake(self, sock, reader: FrameReader, packer, peer: str) -> CallContext:
+        snonce = auth.nonce()
+        send_frame(sock, packer, [SHADOW_MAGIC, PROTOCOL_VERSION, self.spec_hash or "",
+                                  self.secret is not None, snonce])
+        hello = reader.read(MAX_HANDSHAKE_FRAME)
+        if not (isinstance(hello, list) and len(hello) == 6 and hello[0] == AGENT_MAGIC):
+            raise ProtocolError("not a Bypass agent hello")
+        _, version, spec, info, cnonce, mac = hello
+        if not (isinstance(spec, str) and isinstance(info, dict) and isinstance(cnonce, bytes)
+                and len(cnonce) == NONCE_SIZE):
+            raise ProtocolError("malformed hello")
+
+        def refuse(reason: str):
+            try:
+                send_frame(sock, packer, [REFUSED, reason])
+            finally:
+                raise _Refused(reason)
+
+        if self.secret is not None and not auth.check(
+                auth.agent_proof(self.secret, snonce, cnonce, spec), mac):
+            refuse("authentication failed")
+        if version != PROTOCOL_VERSION:
+            refuse(f"protocol version {version!r} not supported (shadow speaks {PROTOCOL_VERSION})")
+        if self.spec_hash is not None and spec != self.spec_hash:
+            refuse(f"agent and shadow come from different specs ({spec[:12]} vs "
+                   f"{self.spec_hash[:12]})")
+        key, pid = info.get("key"), info.get("pid")
+        if not (isinstance(key, str) and 0 < len(key) <= 200 and isinstance(pid, int)):
+            raise ProtocolError("hello lacks a process key and pid")
+        platform = info.get("platform") if isinstance(info.get("platform"), str) else "?"
+        process = self._attach(info, key, pid, platform)
+        proof = (auth.shadow_proof(self.secret, snonce, cnonce, spec)
+                 if self.secret is not None else None)
+        send_frame(sock, packer, [WELCOME, key, proof,
+                                  {"platform": local_platform(), "pid": os.getpid(),
+                                   "max_frame": self.max_frame, "fds": len(process.fds)}])
+        log.debug("%s: %s is process %s (%s)", self.name, peer, key, platform)
+        return CallContext(self, process, peer, platform, info)
+
+    def _loop(self, sock, reader: FrameReader, packer, ctx: CallContext) -> None:
+        dispatch = self.dispatch
+        read = reader.read
+        while True:
+            msg = read()
+            if type(msg) is not list or len(msg) < 2:
+                raise ProtocolError("request is not an array [call, seq, args...]")
+            call, seq = msg[0], msg[1]
+            if type(call) is not int or type(seq) is not int:
+                raise ProtocolError("request call number and sequence must be integers")
+            fn = dispatch.get(call)
+            if fn is None:
+                reply = [seq, STATUS_ERRNO, _ENOSYS]
+            else:
+                try:
+                    reply = [seq, STATUS_OK, fn(ctx, *msg[2:])]
+                except OSError as e:
+                    reply = [seq, STATUS_ERRNO, errno_to_neutral(e.errno)]
+                except Exception as e:
+                    log.exception("%s: call %d from %s failed", self.name, call, ctx.peer)
+                    reply = [seq, STATUS_FAILURE, f"shadow: {e.__class__.__name__}: {e}"]
+            try:
+                send_frame(sock, packer, reply)
+            except (TypeError, ValueError, OverflowError) as e:   # result msgpack cannot carry
+                packer = new_packer()
+                log.error("%s: call %d returned an unsendable result: %s", self.name, call, e)
+                send_frame(sock, packer, [seq, STATUS_FAILURE, f"shadow: bad result: {e}"])
+
+    # -- process states --------------------------------------------------------------------------
+
+    def _attach(self, info: dict, key: str, pid: int, platform: str) -> ProcessState:
+        parent = info.get("parent") if isinstance(info.get("parent"), str) else None
+        ticket = info.get("ticket") if type(info.get("ticket")) is int else None
+        with self.lock:
+            process = self.processes.get(key)
+            if process is None:
+                snap = self.tickets.pop(ticket, None) if ticket else None
+                if snap is not None:
+                    process = snap[0]          # a snapshot taken by the parent at fork
+                    process.key = key
+                elif parent in self.processes:
+                    # No ticket (vfork, posix_spawn, a parent not connected at fork time):
+                    # the parent's table as it is now.
+                    process = self.processes[parent].fork_copy(key)
+                else:
+                    process = ProcessState(key)
+                process.parent = parent
+                self.processes[key] = process
+            process.pid = pid
+            process.platform = platform
+            process.attached += 1
+            process.detached_at = None
+        return process
+
+    def _detach(self, process: ProcessState) -> None:
+        with self.lock:
+            process.attached -= 1
+            if process.attached > 0:
+                return
+            process.detached_at = time.monotonic()
+            if process.fds or process.data:
+                return      # keep it: the process may be exec-ing and will be back
+            if self.processes.get(process.key) is process:
+                del self.processes[process.key]
+
+    def _process_gone(self, process: ProcessState) -> bool:
+        """True when we can tell the process no longer exists (same host, pid gone/reused)."""
+        boot, _, rest = process.key.partition(":")
+        pid, _, start = rest.partition(":")
+        if boot != self._boot_id or not pid.isdigit():
+            return False
+        return process_start_time(int(pid)) != start
+
+    def _reap(self) -> None:
+        """Drop the state of processes that are gone, and expired fork tickets."""
+        now = time.monotonic()
+        doomed = []
+        with self.lock:
+            for key, p in list(self.processes.items()):
+                if p.attached == 0 and p.detached_at is not None and (
+                        now - p.detached_at > self.grace or self._process_gone(p)):
+                    doomed.append(self.processes.pop(key))
+            for t, (snap, born) in list(self.tickets.items()):
+                if now - born > self.ticket_ttl:
+                    doomed.append(self.tickets.pop(t)[0])
+        for p in doomed:
+            log.debug("%s: releasing state of %s", self.name, p.key)
+            p.release()
+
+    def _fork_ticket(self, ctx: CallContext) -> int:
+        ticket = secrets.randbits(62) or 1
+        snap = ctx.process.fork_copy("(fork ticket)")
+        with self.lock:
+            self.tickets[ticket] = (snap, time.monotonic())
+        return ticket
+
+    # -- shutdown ----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop accepting, close every connection, release all state."""
+        if self._closing:
+            return
+        self._closing = True
+        os.write(self._wake_w, b"x")
+        if self._thread is not None:
+            self._thread.join(5)
+        if self._listener is not None:
+            self._listener.close()
+        with self.lock:
+            conns = list(self._conns)
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for fn in self._cleanup:
+            try:
+                fn()
+            except OSError:
+                pass
+        with self.lock:
+            states = list(self.processes.values()) + [s for s, _ in self.tickets.values()]
+            self.processes.clear()
+            self.tickets.clear()
+        for p in states:
+            p.release()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# -- control calls ---------------------------------------------------------------------------------
+
+def _ping(ctx: CallContext, *args):
+    return list(args)
+
+
+def _list_fds(ctx: CallContext):
+    with ctx.process.lock:
+        return [[fd, e.meta] for fd, e in sorted(ctx.process.fds.items())]
+
+
+def _close_fds(ctx: CallContext, fds):
+    if not isinstance(fds, list):
+        raise OSError(errno.EINVAL, "close_fds wants a list")
+    for fd in fds:
+        try:
+            ctx.process.close(fd)
+        except (OSError, TypeError):
+            pass
+    return None
+
+
+def _unix_peer(sock: socket.socket) -> str:
+    """pid of a Unix-socket peer (SO_PEERCRED), for log lines."""
+    try:
+        import struct
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, _ = struct.unpack("3i", creds)
+        return f"pid {pid} uid {uid}"
+    except (OSError, AttributeError):
+        return "?"
