@@ -4,6 +4,8 @@
  */
 #define _GNU_SOURCE
 #include <ctype.h>
+#include <limits.h>
+#include <sys/stat.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -20,14 +22,39 @@
  * this file builds and runs without the runtime. */
 extern const char *bypass_getenv(const char *name) __attribute__((weak));
 
+/* Some programs make every name absolute before opening it: SQLite turns "http://h/db" into
+ * "<cwd>/http:/h/db" (cwd prepended, "//" collapsed). Recognise exactly that shape -- the
+ * prefix must be the current directory, and the directory must have no real "http:" entry --
+ * and return where the scheme starts, else NULL. */
+static const char *absolutized_url(const char *path)
+{
+    const char *at = strstr(path, "/http");
+    if (at == NULL)
+        return NULL;
+    const char *scheme = at + 1;
+    size_t name = (scheme[4] == 's') ? 6 : 5; /* "https:" or "http:" */
+    if (strncmp(scheme + name - 1, ":/", 2) != 0 || scheme[name + 1] == '\0')
+        return NULL;
+    char cwd[PATH_MAX];
+    size_t prefix = (size_t)(at - path);
+    if (getcwd(cwd, sizeof cwd) == NULL || strlen(cwd) != prefix || strncmp(cwd, path, prefix) != 0)
+        return NULL;
+    char local[PATH_MAX];
+    struct stat st;
+    snprintf(local, sizeof local, "%.*s", (int)(name + prefix + 1), path);
+    if (lstat(local, &st) == 0)
+        return NULL; /* a real directory called "http:" here: this is a local path */
+    return scheme;
+}
+
 int gass_is_url(const char *path)
 {
     /* Called for every path of every trapped call: test the first byte before anything else. */
-    if (path == NULL || (path[0] != 'h' && path[0] != 'H'))
+    if (path == NULL)
         return 0;
-    if (strncasecmp(path, "http://", 7) == 0 || strncasecmp(path, "https://", 8) == 0)
-        return 1;
-    return 0;
+    if (path[0] == 'h' || path[0] == 'H')
+        return strncasecmp(path, "http://", 7) == 0 || strncasecmp(path, "https://", 8) == 0;
+    return path[0] == '/' && absolutized_url(path) != NULL;
 }
 
 unsigned long long gass_hash64(const void *data, size_t len, unsigned long long seed)
@@ -64,6 +91,17 @@ static int append(char *dst, size_t size, size_t *len, const char *src, size_t n
 int gass_url_parse(const char *text, struct gass_url *u)
 {
     memset(u, 0, sizeof *u);
+    char rebuilt[GASS_URL_MAX];
+    const char *found;
+    if (text != NULL && text[0] == '/' && (found = absolutized_url(text)) != NULL) {
+        /* "<cwd>/http:/host/path" -> "http://host/path" */
+        const char *colon = strchr(found, ':');
+        const char *rest = colon + 1;
+        while (*rest == '/')
+            rest++;
+        snprintf(rebuilt, sizeof rebuilt, "%.*s://%s", (int)(colon - found), found, rest);
+        text = rebuilt;
+    }
     if (!gass_is_url(text)) {
         errno = EINVAL;
         return -1;
