@@ -507,6 +507,12 @@ int sb_init_from_env(char *err, size_t errsize)
         const char *dir = getenv(SB_ENV_PRIVATE);
         if (dir && *dir) {
             snprintf(g_private, sizeof g_private, "%s", dir);
+            /* the first process of the run, after an exec: still the owner */
+            const char *owner = getenv(SB_ENV_PRIVATE_OWNER);
+            if (owner && atoi(owner) == (int)getpid()) {
+                g_private_owner = getpid();
+                atexit(sb_atexit_report);
+            }
         } else {
             const char *base = getenv(SB_ENV_PRIVATE_BASE);
             if (!base || !*base)
@@ -523,6 +529,9 @@ int sb_init_from_env(char *err, size_t errsize)
             if (realpath(g_private, canon))
                 snprintf(g_private, sizeof g_private, "%s", canon);
             setenv(SB_ENV_PRIVATE, g_private, 1);
+            char pid[32];
+            snprintf(pid, sizeof pid, "%d", (int)getpid());
+            setenv(SB_ENV_PRIVATE_OWNER, pid, 1);
             g_private_owner = getpid();
             atexit(sb_atexit_report);
         }
@@ -931,6 +940,8 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
             int e = errno;
             if (entry_hides(w.e))
                 continue;               /* do not reveal what is behind */
+            if (e == ENOENT && !last && has_nested(w.v, w.vl))
+                continue;               /* leads to a mount point: exists virtually */
             if (last && !(flags & SB_STRICT) && e == ENOENT)
                 break;                  /* may be created */
             rc = e;
@@ -1200,4 +1211,48 @@ int sb_exec_check(const char *realpath_, const char *vpath)
                "not see its calls (set %s=1 to run it anyway)",
                vpath ? vpath : realpath_, SB_ENV_ALLOW_STATIC);
     return EACCES;
+}
+
+int sb_find_program(const char *file, struct sb_result *r)
+{
+    if (!file || !*file)
+        return ENOENT;
+    if (strchr(file, '/')) {
+        int e = sb_resolve(SB_OP_EXEC, AT_FDCWD, file, 0, r);
+        return e ? e : sb_exec_check(r->rpath, file);
+    }
+    const char *path = getenv("PATH");
+    if (!path)
+        path = "/bin:/usr/bin";
+    size_t fl = strlen(file);
+    int denied = 0;
+    for (const char *p = path;; ) {
+        const char *end = strchr(p, ':');
+        size_t dl = end ? (size_t)(end - p) : strlen(p);
+        char cand[PATH_MAX];
+        if (dl + 1 + fl + 1 <= sizeof cand) {
+            if (dl == 0) {
+                memcpy(cand, file, fl + 1);          /* empty entry: the current directory */
+            } else {
+                memcpy(cand, p, dl);
+                cand[dl] = '/';
+                memcpy(cand + dl + 1, file, fl + 1);
+            }
+            int e = sb_resolve(SB_OP_EXEC, AT_FDCWD, cand, 0, r);
+            if (e == EACCES) {
+                denied = 1;
+            } else if (e == 0) {
+                struct stat st;
+                if (stat(r->rpath, &st) == 0 && S_ISREG(st.st_mode)) {
+                    if (access(r->rpath, X_OK) == 0)
+                        return sb_exec_check(r->rpath, cand);
+                    denied = 1;
+                }
+            }
+        }
+        if (!end)
+            break;
+        p = end + 1;
+    }
+    return denied ? EACCES : ENOENT;
 }

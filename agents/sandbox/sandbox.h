@@ -30,6 +30,7 @@ extern "C" {
 /* Environment variables (documented in README.md). */
 #define SB_ENV_MOUNTS        "BYPASS_MOUNTS"             /* mount list file */
 #define SB_ENV_PRIVATE       "BYPASS_SANDBOX_PRIVATE"    /* private dir of this run (set by the first process) */
+#define SB_ENV_PRIVATE_OWNER "BYPASS_SANDBOX_PRIVATE_OWNER" /* pid of the process that reports it at exit */
 #define SB_ENV_PRIVATE_BASE  "BYPASS_SANDBOX_PRIVATE_BASE" /* where private dirs are made (default /var/tmp) */
 #define SB_ENV_CLEANUP       "BYPASS_SANDBOX_CLEANUP"    /* 1: remove the private dir at exit */
 #define SB_ENV_ALLOW_STATIC  "BYPASS_SANDBOX_ALLOW_STATIC" /* 1: let static executables run */
@@ -182,6 +183,11 @@ void sb_cache_flush(void);
 int sb_exec_check(const char *realpath_, const char *vpath);
 /* 1 static ELF, 0 dynamic or not ELF, -1 unreadable. Follows "#!" once. */
 int sb_elf_is_static(const char *realpath_);
+
+/* execvp/posix_spawnp: find `file` the way execvp would (PATH search when it
+ * has no slash), checking each candidate against the mount list; r->rpath is
+ * the real program to run.  0 or errno. */
+int sb_find_program(const char *file, struct sb_result *r);
 
 /* Private directory. */
 const char *sb_private_dir(void);

@@ -1,0 +1,138 @@
+/*
+ * sandbox_agent.h - small helpers for the actions in sandbox.bypass.
+ *
+ * The actions follow one pattern: ask sb_resolve() about the path, fail
+ * with its errno or replace the path argument by the real path, then call
+ * the next layer (BYPASS_NEXT() passes the action's current arguments).
+ */
+#ifndef BYPASS_SANDBOX_AGENT_H
+#define BYPASS_SANDBOX_AGENT_H
+
+#include "sandbox.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+/* Resolve `var` (a path parameter of the action) for operation `op` and
+ * replace it with the real path; on refusal return `failval` with errno. */
+#define SB_MAP(op, dirfd, var, flags, failval)                                 \
+    struct sb_result sb_r_##var;                                               \
+    do {                                                                       \
+        int sb_e_ = sb_resolve((op), (dirfd), (var), (flags), &sb_r_##var);    \
+        if (sb_e_) {                                                           \
+            errno = sb_e_;                                                     \
+            return failval;                                                    \
+        }                                                                      \
+        (var) = sb_r_##var.rpath;                                              \
+    } while (0)
+
+/* Early exit when no mount list is installed: the agent is a pass-through. */
+#define SB_PASS_IF_INACTIVE()                                                  \
+    do {                                                                       \
+        if (!sb_active())                                                      \
+            return BYPASS_NEXT();                                              \
+    } while (0)
+
+/* What an open() with these flags will do to the file. */
+static inline int sb_open_op(int flags)
+{
+    if ((flags & O_TMPFILE) == O_TMPFILE || (flags & O_CREAT))
+        return SB_OP_CREATE;
+    if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC))
+        return SB_OP_WRITE;
+    if (flags & O_PATH)
+        return SB_OP_LOOKUP;
+    return SB_OP_READ;
+}
+
+/* Same for an fopen() mode string. */
+static inline int sb_fopen_op(const char *mode)
+{
+    if (!mode)
+        return SB_OP_READ;
+    if (mode[0] == 'w' || mode[0] == 'a')
+        return SB_OP_CREATE;
+    if (strchr(mode, '+'))
+        return SB_OP_WRITE;
+    return SB_OP_READ;
+}
+
+/* access() modes map to the operation they ask about. */
+static inline int sb_access_op(int mode)
+{
+    if (mode & W_OK)
+        return SB_OP_WRITE;
+    if (mode & R_OK)
+        return SB_OP_READ;
+    return SB_OP_LOOKUP;
+}
+
+/* The symlink-follow flag of *at() calls. */
+static inline int sb_at_flags(int atflags)
+{
+    return (atflags & AT_SYMLINK_NOFOLLOW) ? SB_NOFOLLOW : 0;
+}
+
+/* An *at() call on the descriptor itself ("" with AT_EMPTY_PATH, or NULL). */
+static inline int sb_on_fd(const char *path, int atflags)
+{
+    return path == NULL || (path[0] == '\0' && (atflags & AT_EMPTY_PATH));
+}
+
+/* Permission check of a call that works on a descriptor's own file. */
+static inline int sb_check_fd(int dirfd, int op)
+{
+    struct sb_result r;
+    return sb_resolve(op, dirfd, "", SB_EMPTY_OK, &r);
+}
+
+/* mkstemp & co. write the generated name into the template: after running
+ * the real call on the translated copy, give the program the same name in
+ * its own template.  The last component is the same in both. */
+static inline void sb_copy_back_name(char *program_template, const char *real_template)
+{
+    const char *rs = strrchr(real_template, '/');
+    char *ps = strrchr(program_template, '/');
+    rs = rs ? rs + 1 : real_template;
+    ps = ps ? ps + 1 : program_template;
+    size_t n = strlen(ps);
+    if (strlen(rs) == n)
+        memcpy(ps, rs, n);
+}
+
+/* Copy a virtual path out the way getcwd/realpath do (buf may be NULL). */
+static inline char *sb_hand_out(const char *v, char *buf, size_t size, int sized)
+{
+    size_t l = strlen(v) + 1;
+    if (!buf) {
+        size_t n = (sized && size) ? size : l;
+        if (n < l) {
+            errno = ERANGE;
+            return NULL;
+        }
+        buf = malloc(n);
+        if (!buf) {
+            errno = ENOMEM;
+            return NULL;
+        }
+    } else if (sized) {
+        if (size == 0) {
+            errno = EINVAL;
+            return NULL;
+        }
+        if (size < l) {
+            errno = ERANGE;
+            return NULL;
+        }
+    }
+    memcpy(buf, v, l);
+    return buf;
+}
+
+/* The agent's start: parse the list, refuse to run on a bad one. */
+void sb_agent_init(void);
+
+#endif
