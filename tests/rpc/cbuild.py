@@ -16,7 +16,8 @@ CFLAGS = ["-std=gnu11", "-O2", "-g", "-fPIC", "-shared", "-Wall", "-Wextra", "-W
           "-D_GNU_SOURCE", "-pthread"]
 
 
-def build(outdir: Path, sources: list, cdef: str, extra_c: str = "", name: str = "t"):
+def build(outdir: Path, sources: list, cdef: str, extra_c: str = "", name: str = "t",
+          include: tuple = ()):
     """Build `sources` (paths or names in bypass/rpc/c) plus `extra_c` text; return (ffi, lib)."""
     outdir.mkdir(parents=True, exist_ok=True)
     paths = [Path(s) if Path(s).is_absolute() else RPC_C / s for s in sources]
@@ -27,7 +28,8 @@ def build(outdir: Path, sources: list, cdef: str, extra_c: str = "", name: str =
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in paths)).hexdigest()[:12]
     so = outdir / f"lib{name}-{digest}.so"
     if not so.exists():
-        cmd = ["gcc", *CFLAGS, f"-I{RPC_C}", "-o", str(so), *map(str, paths)]
+        cmd = ["gcc", *CFLAGS, f"-I{RPC_C}", *[f"-I{d}" for d in include], "-o", str(so),
+               *map(str, paths)]
         subprocess.run(cmd, check=True, capture_output=False)
     ffi = cffi.FFI()
     ffi.cdef(cdef)
