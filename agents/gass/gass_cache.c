@@ -275,15 +275,6 @@ static void evict(const char *root, const char *keep)
     unlock_file(guard);
 }
 
-static time_t parse_http_date(const char *text)
-{
-    struct tm tm;
-    memset(&tm, 0, sizeof tm);
-    if (text[0] && strptime(text, "%a, %d %b %Y %H:%M:%S GMT", &tm) != NULL)
-        return timegm(&tm);
-    return (time_t)-1;
-}
-
 int gass_cache_open(const struct gass_url *u, int extra_flags, struct gass_response *r,
                     char *data_path, size_t path_size)
 {
@@ -335,7 +326,7 @@ int gass_cache_open(const struct gass_url *u, int extra_flags, struct gass_respo
         } else {
             /* A fresh body: give it the server's mtime, then publish it atomically. */
             struct timespec times[2] = {{0, UTIME_NOW}, {0, UTIME_OMIT}};
-            time_t lm = r->mtime >= 0 ? (time_t)r->mtime : parse_http_date(r->last_modified);
+            time_t lm = r->mtime >= 0 ? (time_t)r->mtime : gass_http_date(r->last_modified);
             if (lm != (time_t)-1) {
                 times[1].tv_sec = lm;
                 times[1].tv_nsec = 0;

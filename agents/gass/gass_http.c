@@ -331,6 +331,9 @@ static int exchange_init(struct exchange *x, const struct gass_url *u, const cha
 int gass_http_head(const struct gass_url *u, struct gass_response *r)
 {
     struct exchange x;
+    int rc;
+    if (gass_quick_request(u, "HEAD", NULL, NULL, -1, r, &rc))
+        return rc;
     if (exchange_init(&x, u, "HEAD", r) < 0)
         return -1;
     curl.easy_setopt(x.handle, GASS_CURLOPT_NOBODY, 1L);
@@ -341,6 +344,10 @@ int gass_http_get(const struct gass_url *u, int out_fd, const char *if_none_matc
                   const char *if_modified_since, struct gass_response *r)
 {
     struct exchange x;
+    int quick_rc;
+    /* Plain http without a redirect needs no libcurl (see gass_quick.c). */
+    if (gass_quick_request(u, "GET", if_none_match, if_modified_since, out_fd, r, &quick_rc))
+        return quick_rc;
     if (exchange_init(&x, u, "GET", r) < 0)
         return -1;
     x.out_fd = out_fd;

@@ -22,6 +22,7 @@
  * libcurl and nowhere else. */
 struct gass_url {
     int https;
+    int has_userinfo;            /* user:pass@ given (maybe empty) */
     char full[GASS_URL_MAX];     /* what libcurl gets: the text minus any #fragment */
     char redacted[GASS_URL_MAX]; /* scheme://host[:port]/path?query without user:pass@ */
     char logname[GASS_URL_MAX];  /* redacted, query elided (signed URLs carry tokens there) */
@@ -39,6 +40,13 @@ int gass_debug(void);
 void gass_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int gass_status_errno(long status);
 double gass_now(void); /* CLOCK_MONOTONIC seconds, for progress and rates */
+time_t gass_http_date(const char *text); /* an HTTP date as Unix time, -1 if unreadable */
+
+struct gass_response;
+/* gass_quick.c: 1 if the request was answered without libcurl (*rc and errno as the gass_http_*
+ * functions set them), 0 if the caller must make it with libcurl. */
+int gass_quick_request(const struct gass_url *u, const char *method, const char *if_none_match,
+                       const char *if_modified_since, int out_fd, struct gass_response *r, int *rc);
 
 /* gass_http.c */
 struct gass_response {

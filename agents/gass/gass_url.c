@@ -136,6 +136,7 @@ int gass_url_parse(const char *text, struct gass_url *u)
         if (*p == '@')
             at = p;
     if (at != NULL) {
+        u->has_userinfo = 1;
         size_t user_len = strcspn(auth, ":@");
         if (user_len >= sizeof u->user)
             goto malformed;
@@ -309,4 +310,13 @@ double gass_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+time_t gass_http_date(const char *text)
+{
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    if (text[0] && strptime(text, "%a, %d %b %Y %H:%M:%S GMT", &tm) != NULL)
+        return timegm(&tm);
+    return (time_t)-1;
 }

@@ -238,8 +238,24 @@ def test_redirects(drv, server, site):
 
 def test_missing_libcurl_is_a_clear_error(drv, server, site):
     (site / "a").write_bytes(b"a")
-    p = drv.run("read", server.url("a"), BYPASS_GASS_LIBCURL="libcurl-does-not-exist.so")
+    # plain http is served without libcurl (gass_quick.c); turn that off to need libcurl
+    p = drv.run("read", server.url("a"), BYPASS_GASS_LIBCURL="libcurl-does-not-exist.so",
+                BYPASS_GASS_QUICK="0")
     assert p.returncode == 3 and b"cannot load" in p.stderr
+    assert drv.ok("read", server.url("a"), BYPASS_GASS_LIBCURL="libcurl-does-not-exist.so") == b"a"
+
+
+@pytest.mark.parametrize("quick", ["0", "1"])
+def test_libcurl_and_quick_paths_agree(drv, server, site, quick):
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    (site / "q.bin").write_bytes(data)
+    url = server.url("q.bin")
+    assert drv.ok("read", url, BYPASS_GASS_QUICK=quick) == data
+    assert drv.ok("read", url, BYPASS_GASS_QUICK=quick) == data
+    assert drv.ok("stat", url, BYPASS_GASS_QUICK=quick) == drv.ok("fstat", url, BYPASS_GASS_QUICK=quick)
+    assert drv.errno("read", server.url("none"), BYPASS_GASS_QUICK=quick) == "ENOENT"
+    assert server.count("GET", "/q.bin", 200) == 1
+    assert server.count("GET", "/q.bin", 304) == 2
 
 
 # -- write-back ---------------------------------------------------------------------------------
