@@ -52,6 +52,29 @@ static int g_allow_static;
 static int g_quiet;
 static int g_cleanup;
 static pid_t g_private_owner;
+/* A copy of stderr for the report at exit: programs such as coreutils close
+ * fd 2 in their own exit handlers, which run before ours. */
+static int g_errfd = -1;
+static dev_t g_errdev;
+static ino_t g_errino;
+
+static void keep_stderr(void)
+{
+    struct stat st;
+    g_errfd = fcntl(2, F_DUPFD_CLOEXEC, 900);
+    if (g_errfd >= 0 && fstat(g_errfd, &st) == 0) {
+        g_errdev = st.st_dev;
+        g_errino = st.st_ino;
+    }
+}
+
+static int report_fd(void)
+{
+    struct stat st;
+    if (g_errfd >= 0 && fstat(g_errfd, &st) == 0 && st.st_dev == g_errdev && st.st_ino == g_errino)
+        return g_errfd;
+    return 2;
+}
 static char g_private[PATH_MAX];
 
 /* walk state of "/" (see root_prepare) */
@@ -65,8 +88,9 @@ static struct sb_stats g_stats;
  * under threads does not matter, a locked instruction per call would. */
 #define STAT_INC(f) (g_stats.f++)
 
-static void sb_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void sb_msg(const char *fmt, ...)
+static void sb_msg_to(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define sb_msg(...) sb_msg_to(2, __VA_ARGS__)
+static void sb_msg_to(int fd, const char *fmt, ...)
 {
     char buf[PATH_MAX + 512];
     int n = snprintf(buf, sizeof buf, "bypass sandbox: ");
@@ -80,7 +104,7 @@ static void sb_msg(const char *fmt, ...)
     if ((size_t)n > sizeof buf - 2)
         n = (int)sizeof buf - 2;
     buf[n++] = '\n';
-    ssize_t w = write(2, buf, (size_t)n);
+    ssize_t w = write(fd, buf, (size_t)n);
     (void)w;
 }
 
@@ -394,6 +418,21 @@ static int env_true(const char *name)
 
 static void root_prepare(void);
 
+/* Read every setting at once, before the agent calls setenv(): some
+ * programs (bash) replace getenv/setenv with their own, and after the first
+ * setenv their getenv no longer sees the original environment. */
+static int g_settings_read;
+static void read_settings(void)
+{
+    const char *cv = getenv(SB_ENV_CACHE);
+    g_cache_on = !(cv && strcmp(cv, "0") == 0);
+    g_erofs = env_true(SB_ENV_ROFS);
+    g_allow_static = env_true(SB_ENV_ALLOW_STATIC);
+    g_quiet = env_true(SB_ENV_QUIET);
+    g_cleanup = env_true(SB_ENV_CLEANUP);
+    g_settings_read = 1;
+}
+
 void sb_install(struct sb_mounts *m, const char *cwd)
 {
     if (g_active)
@@ -411,12 +450,9 @@ void sb_install(struct sb_mounts *m, const char *cwd)
     else if (real_cwd_virtual(c, sizeof c))
         strcpy(c, "/");
     sb_set_cwd(c);
-    const char *cv = getenv(SB_ENV_CACHE);
-    g_cache_on = !(cv && strcmp(cv, "0") == 0);
-    g_erofs = env_true(SB_ENV_ROFS);
-    g_allow_static = env_true(SB_ENV_ALLOW_STATIC);
-    g_quiet = env_true(SB_ENV_QUIET);
-    g_cleanup = env_true(SB_ENV_CLEANUP);
+    if (!g_settings_read)
+        read_settings();
+    g_settings_read = 0;
 }
 
 void sb_uninstall(void)
@@ -483,9 +519,10 @@ void sb_atexit_report(void)
     if (g_cleanup) {
         int rc = rm_tree(g_private);
         if (rc)
-            sb_msg("could not remove private directory %s: %s", g_private, strerror(rc));
+            sb_msg_to(report_fd(), "could not remove private directory %s: %s", g_private,
+                      strerror(rc));
     } else if (!g_quiet) {
-        sb_msg("private directory kept: %s", g_private);
+        sb_msg_to(report_fd(), "private directory kept: %s", g_private);
     }
     if (bypass_guard_leave)
         bypass_guard_leave();
@@ -496,6 +533,10 @@ int sb_init_from_env(char *err, size_t errsize)
     const char *file = getenv(SB_ENV_MOUNTS);
     if (!file || !*file)
         return 0;
+    read_settings();
+    const char *private_env = getenv(SB_ENV_PRIVATE);
+    const char *owner = getenv(SB_ENV_PRIVATE_OWNER);
+    const char *base = getenv(SB_ENV_PRIVATE_BASE);
     struct sb_mounts m;
     if (sb_mounts_load(&m, file, err, errsize) < 0)
         return -1;
@@ -504,17 +545,16 @@ int sb_init_from_env(char *err, size_t errsize)
         if (m.e[i].kind == SB_PRIVATE)
             has_private = 1;
     if (has_private) {
-        const char *dir = getenv(SB_ENV_PRIVATE);
+        const char *dir = private_env;
         if (dir && *dir) {
             snprintf(g_private, sizeof g_private, "%s", dir);
             /* the first process of the run, after an exec: still the owner */
-            const char *owner = getenv(SB_ENV_PRIVATE_OWNER);
             if (owner && atoi(owner) == (int)getpid()) {
                 g_private_owner = getpid();
+                keep_stderr();
                 atexit(sb_atexit_report);
             }
         } else {
-            const char *base = getenv(SB_ENV_PRIVATE_BASE);
             if (!base || !*base)
                 base = "/var/tmp";
             snprintf(g_private, sizeof g_private, "%s/bypass-private-XXXXXX", base);
@@ -533,6 +573,7 @@ int sb_init_from_env(char *err, size_t errsize)
             snprintf(pid, sizeof pid, "%d", (int)getpid());
             setenv(SB_ENV_PRIVATE_OWNER, pid, 1);
             g_private_owner = getpid();
+            keep_stderr();
             atexit(sb_atexit_report);
         }
         if (sb_private_attach(&m, g_private, err, errsize) < 0) {
@@ -1196,7 +1237,7 @@ int sb_elf_is_static(const char *realpath_)
 
 int sb_exec_check(const char *realpath_, const char *vpath)
 {
-    if (g_allow_static || env_true(SB_ENV_ALLOW_STATIC))
+    if (g_allow_static)
         return 0;
     char why[PATH_MAX];
     why[0] = '\0';

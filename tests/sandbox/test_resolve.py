@@ -319,11 +319,13 @@ def test_static_executable_detection(sb, tmp_path, static_bin, capfd, monkeypatc
     (tmp_path / "shell").write_text("#!/bin/sh\necho hi\n")
     assert sb.lib.sb_elf_is_static(str(tmp_path / "shell").encode()) == 0
     monkeypatch.delenv("BYPASS_SANDBOX_ALLOW_STATIC", raising=False)
+    sb.install("/ rx\n")
     assert sb.lib.sb_exec_check(str(static_bin).encode(), b"/virtual/s") == errno.EACCES
     err = capfd.readouterr().err
     assert "refusing to run /virtual/s: statically linked" in err
     assert "BYPASS_SANDBOX_ALLOW_STATIC=1" in err
     monkeypatch.setenv("BYPASS_SANDBOX_ALLOW_STATIC", "1")
+    sb.install("/ rx\n")                         # settings are read when the list is installed
     assert sb.lib.sb_exec_check(str(static_bin).encode(), b"/virtual/s") == 0
     loader = "/lib64/ld-linux-x86-64.so.2"
     if os.path.exists(loader):

@@ -1,0 +1,357 @@
+"""The sandbox agent end to end: real programs under a mount list.
+
+Each test runs real tools (bash, coreutils, python, gcc, make, sqlite3, find, grep) with the agent
+preloaded and checks what they saw and, with the real file system, what they did.  The work area
+lives under /var/tmp (the mount lists make /tmp private, so the test's own files cannot be there).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = ROOT / "agents" / "sandbox" / "sandbox.bypass"
+PY = os.path.realpath(sys.executable)
+
+
+@pytest.fixture(scope="session")
+def agent(tmp_path_factory) -> Path:
+    from bypass.build import build
+
+    out = tmp_path_factory.mktemp("sandbox-agent") / "sandbox.so"
+    return Path(build(SPEC, out))
+
+
+@pytest.fixture
+def work():
+    """A work area outside /tmp:  ro/ (read-only), out/ (writable), deny/, gone/, store/, priv/."""
+    w = Path(tempfile.mkdtemp(prefix="bypass-sbtest-", dir="/var/tmp")).resolve()
+    for d in ["ro/sub", "out", "deny/inner", "gone", "store", "priv"]:
+        (w / d).mkdir(parents=True)
+    (w / "ro/f").write_text("original\n")
+    (w / "ro/sub/g").write_text("needle in ro\n")
+    (w / "deny/secret").write_text("needle in secret\n")
+    (w / "deny/inner/deep").write_text("needle deep\n")
+    (w / "gone/hidden").write_text("needle hidden\n")
+    (w / "store/x").write_text("stored\n")
+    (w / "mounts.txt").write_text(textwrap.dedent(f"""\
+        /            rx              # everything read-only by default
+        /tmp         PRIVATE
+        {w}/deny     DENY
+        {w}/gone     ENOENT
+        {w}/out      rwx
+        {w}/data     {w}/store
+        """))
+    yield w
+    shutil.rmtree(w, ignore_errors=True)
+
+
+def sandbox_env(agent: Path, work: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_")}
+    env.update(LD_PRELOAD=str(agent), BYPASS_MOUNTS=str(work / "mounts.txt"),
+               BYPASS_SANDBOX_PRIVATE_BASE=str(work / "priv"), LC_ALL="C")
+    env.update(extra)
+    return env
+
+
+def run(agent, work, cmd, *, cwd=None, check=False, **extra):
+    if isinstance(cmd, str):
+        cmd = ["bash", "-c", cmd]
+    p = subprocess.run(cmd, cwd=cwd or work, env=sandbox_env(agent, work, **extra),
+                       capture_output=True, text=True, timeout=120)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def private_tmp(work: Path) -> Path:
+    runs = list((work / "priv").glob("bypass-private-*"))
+    assert len(runs) == 1, runs
+    return runs[0] / "tmp"
+
+
+def strace_paths(out: str) -> list[str]:
+    return re.findall(r'"(/[^"]*)"', out)
+
+
+# ---------------------------------------------------------------- private /tmp
+
+def test_private_tmp_with_bash(agent, work):
+    tag = f"bypass-sbtest-{uuid.uuid4().hex[:8]}"
+    p = run(agent, work, f"mktemp; echo x > /tmp/{tag}; cat /tmp/{tag}; ls /tmp", check=True)
+    lines = p.stdout.split("\n")
+    made = lines[0]
+    assert made.startswith("/tmp/tmp.")
+    assert lines[1] == "x"
+    assert tag in lines[2:]
+    assert not os.path.exists(f"/tmp/{tag}") and not os.path.exists(made)
+    priv = private_tmp(work)
+    assert (priv / tag).read_text() == "x\n"
+    assert (priv / os.path.basename(made)).exists()
+    assert f"private directory kept: {priv.parent}" in p.stderr
+
+
+def test_private_tmp_with_python_tempfile(agent, work):
+    code = textwrap.dedent("""
+        import os, tempfile
+        f = tempfile.NamedTemporaryFile(delete=False, prefix="sbtest-")
+        f.write(b"data"); f.close()
+        d = tempfile.mkdtemp(prefix="sbtest-")
+        with tempfile.TemporaryFile() as t:
+            t.write(b"anon"); t.seek(0); assert t.read() == b"anon"
+        with open(os.path.join(d, "inside"), "w") as g:
+            g.write("in")
+        print(f.name); print(d); print(tempfile.gettempdir())
+    """)
+    p = run(agent, work, [PY, "-c", code], check=True)
+    name, d, tmpdir = p.stdout.split()
+    assert tmpdir == "/tmp" and name.startswith("/tmp/sbtest-") and d.startswith("/tmp/sbtest-")
+    assert not os.path.exists(name) and not os.path.exists(d)
+    priv = private_tmp(work)
+    assert (priv / os.path.basename(name)).read_bytes() == b"data"
+    assert (priv / os.path.basename(d) / "inside").read_text() == "in"
+
+
+def test_gcc_temporaries_land_in_the_private_tmp(agent, work):
+    (work / "out/hello.c").write_text('#include <stdio.h>\nint main(void){puts("hi");return 0;}\n')
+    p = run(agent, work, ["strace", "-f", "-qq", "-e", "trace=openat,unlink,unlinkat",
+                          "gcc", "-o", str(work / "out/hello"), str(work / "out/hello.c")])
+    assert p.returncode == 0, p.stderr[-2000:]
+    paths = strace_paths(p.stderr)
+    priv = private_tmp(work)
+    temps = [x for x in paths if re.search(r"/cc[A-Za-z0-9]{6}\.", x)]
+    assert temps, "gcc made no temporary files?"
+    assert all(x.startswith(str(priv) + "/") for x in temps), temps
+    assert subprocess.run([str(work / "out/hello")], capture_output=True, text=True).stdout == "hi\n"
+
+
+def test_sqlite_temp_files_land_in_the_private_tmp(agent, work):
+    sql = ("PRAGMA temp_store=FILE; CREATE TEMP TABLE t(x); "
+           "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<20000) "
+           "INSERT INTO t SELECT randomblob(100) FROM c; SELECT count(*) FROM t ORDER BY x;")
+    p = run(agent, work, ["strace", "-f", "-qq", "-e", "trace=openat,unlink",
+                          "sqlite3", str(work / "out/db.sqlite"), sql])
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "20000" in p.stdout
+    priv = private_tmp(work)
+    temps = [x for x in strace_paths(p.stderr) if "etilqs_" in x]
+    assert temps and all(x.startswith(str(priv) + "/") for x in temps), temps
+
+
+# ---------------------------------------------------------------- DENY and ENOENT
+
+def test_denied_and_absent_places_with_coreutils(agent, work):
+    p = run(agent, work, f"ls {work}/deny; cat {work}/deny/secret; ls {work}/gone; "
+                         f"cat {work}/gone/hidden; ls {work}; echo done")
+    assert "deny': Permission denied" in p.stderr
+    assert "secret: Permission denied" in p.stderr
+    assert "gone': No such file or directory" in p.stderr
+    assert "hidden: No such file or directory" in p.stderr
+    assert p.stdout.rstrip().endswith("done")
+    assert "needle" not in p.stdout
+
+
+def test_find_grep_and_os_walk_carry_on(agent, work):
+    strace = ["strace", "-f", "-qq", "-e", "trace=openat,newfstatat,statx,getdents64"]
+    p = run(agent, work, strace + ["find", str(work)])
+    assert p.returncode == 1                       # find reports the denied directory
+    found = set(p.stdout.split())
+    assert f"{work}/ro/sub/g" in found and f"{work}/deny" in found
+    assert f"{work}/deny/secret" not in found and f"{work}/gone/hidden" not in found
+    assert re.search(r"find: .*deny.*Permission denied", p.stderr)
+    touched = strace_paths(p.stderr)
+    assert not any("/deny/" in x or "/gone/" in x for x in touched), "looked behind a DENY/ENOENT"
+
+    p = run(agent, work, ["grep", "-r", "needle", str(work)])
+    assert "needle in ro" in p.stdout and "secret" not in p.stdout and "hidden" not in p.stdout
+    assert "Permission denied" in p.stderr
+
+    code = f"import os\nfor d, ds, fs in os.walk({str(work)!r}):\n    print(d, sorted(fs))"
+    p = run(agent, work, [PY, "-c", code], check=True)
+    assert f"{work}/ro/sub ['g']" in p.stdout
+    assert "secret" not in p.stdout and "deep" not in p.stdout and "hidden" not in p.stdout
+
+
+def test_find_from_the_root_survives(agent, work):
+    p = run(agent, work, f"find / -xdev -maxdepth 3 -name hostname 2>/dev/null; echo rc=$?")
+    assert "/etc/hostname" in p.stdout
+
+
+# ---------------------------------------------------------------- read-only places
+
+def test_read_only_places(agent, work):
+    f = work / "ro/f"
+    before = (f.read_text(), f.stat().st_mtime_ns, sorted(os.listdir(work / "ro")))
+    cmds = [f"touch {f}", f"rm {f}", f"echo more >> {f}", f"echo new > {f}", f"mv {f} {work}/out/",
+            f"cp {work}/out/../ro/sub/g {work}/ro/copy", f"mkdir {work}/ro/d", f"chmod 777 {f}",
+            f"ln -s x {work}/ro/l", f"truncate -s 0 {f}", f"{PY} -c 'open(\"{f}\", \"a\")'"]
+    for c in cmds:
+        p = run(agent, work, c)
+        assert p.returncode != 0, c
+        assert "Permission denied" in p.stderr or "PermissionError" in p.stderr, (c, p.stderr)
+    assert (f.read_text(), f.stat().st_mtime_ns, sorted(os.listdir(work / "ro"))) == before
+    p = run(agent, work, f"echo ok > {work}/out/w && cat {work}/out/w && cp {f} {work}/out/",
+            check=True)
+    assert p.stdout == "ok\n" and (work / "out/f").read_text() == "original\n"
+
+
+def test_erofs_option(agent, work):
+    p = run(agent, work, f"touch {work}/ro/f", BYPASS_SANDBOX_EROFS="1")
+    assert "Read-only file system" in p.stderr
+
+
+# ---------------------------------------------------------------- make: only the outputs it specified
+
+def test_make_writes_only_its_output_directory(agent, work):
+    proj = work / "ro/proj"
+    proj.mkdir()
+    (proj / "main.c").write_text('#include "util.h"\n#include <stdio.h>\n'
+                                 'int main(void){printf("%d\\n", twice(21));return 0;}\n')
+    (proj / "util.c").write_text('#include "util.h"\nint twice(int x){return 2*x;}\n')
+    (proj / "util.h").write_text("int twice(int x);\n")
+    (proj / "Makefile").write_text(textwrap.dedent("""\
+        O ?= out
+        $(O)/app: $(O)/main.o $(O)/util.o
+        \t$(CC) -o $@ $^
+        $(O)/%.o: %.c util.h
+        \t$(CC) -O2 -c -o $@ $<
+        stray:
+        \techo oops > stray.txt
+        """))
+    p = run(agent, work, ["make", "-j2", f"O={work}/out"], cwd=proj)
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = subprocess.run([str(work / "out/app")], capture_output=True, text=True)
+    assert out.stdout == "42\n"
+    p = run(agent, work, ["make", "stray"], cwd=proj)
+    assert p.returncode != 0 and "Permission denied" in p.stderr
+    assert not (proj / "stray.txt").exists()
+    assert sorted(os.listdir(proj)) == ["Makefile", "main.c", "util.c", "util.h"]
+
+
+# ---------------------------------------------------------------- escapes
+
+def test_escapes_are_refused(agent, work):
+    secret = work / "deny/secret"
+    os.symlink(secret, work / "ro/link-to-secret")               # planted in an allowed place
+    cases = {
+        "dotdot": f"cat {work}/out/../deny/secret",
+        "relative dotdot": "cat ../deny/secret",
+        "symlink": f"cat {work}/ro/link-to-secret",
+        "new symlink": f"ln -s {secret} {work}/out/l && cat {work}/out/l",
+        "relative symlink": f"ln -s ../deny {work}/out/d && cat {work}/out/d/secret",
+        "proc root": f"cat /proc/self/root{secret}",
+        "proc cwd": "cd ../out && cat /proc/self/cwd/../deny/secret",
+        "proc pid root": f"cat /proc/$$/root{secret}",
+        "dev fd": f"exec 3<{work}/out; cat /dev/fd/3/../deny/secret",
+        "hard link of read-only": f"ln {work}/ro/f {work}/out/h && echo pwned >> {work}/out/h",
+        "rename into deny": f"echo x > {work}/out/m && mv {work}/out/m {work}/deny/",
+        "cd into deny": f"cd {work}/deny && cat secret",
+    }
+    for name, cmd in cases.items():
+        p = run(agent, work, cmd, cwd=work / "out")
+        assert p.returncode != 0, name
+        assert "needle" not in p.stdout, name
+        assert "pwned" not in (work / "ro/f").read_text(), name
+        assert re.search(r"Permission denied|Invalid cross-device link|cannot move", p.stderr), \
+            (name, p.stderr)
+    assert sorted(os.listdir(work / "deny")) == ["inner", "secret"]
+    assert (work / "ro/f").read_text() == "original\n"
+
+
+# ---------------------------------------------------------------- redirects and reverse translation
+
+def test_redirect_and_reverse_translation(agent, work):
+    code = ("import os; os.chdir('data'); print(os.getcwd()); print(os.path.realpath('x')); "
+            "print(open('x').read().strip()); print(os.readlink('/proc/self/cwd'))")
+    p = run(agent, work, [PY, "-c", code], check=True)
+    assert p.stdout.split() == [f"{work}/data", f"{work}/data/x", "stored", f"{work}/data"]
+    p = run(agent, work, f"cd {work}/data && pwd -P && /bin/pwd && cat x && ls", check=True)
+    assert p.stdout.split() == [f"{work}/data"] * 2 + ["stored", "x"]
+    # rename across entries: EXDEV, and mv copies instead
+    (work / "store/y").write_text("moved\n")
+    p = run(agent, work, f"mv {work}/data/y {work}/out/y && cat {work}/out/y")
+    assert p.returncode == 0 and p.stdout == "moved\n"
+    p = run(agent, work, [PY, "-c", f"import os; os.rename('{work}/out/y', '{work}/data/z')"])
+    assert "Invalid cross-device link" in p.stderr
+
+
+# ---------------------------------------------------------------- exec
+
+@pytest.fixture(scope="module")
+def static_prog(tmp_path_factory):
+    d = Path(tempfile.mkdtemp(prefix="bypass-sbstatic-", dir="/var/tmp"))
+    (d / "s.c").write_text('#include <stdio.h>\nint main(void){puts("static ran");return 0;}\n')
+    r = subprocess.run(["gcc", "-static", "-o", str(d / "s"), str(d / "s.c")], capture_output=True)
+    if r.returncode:
+        shutil.rmtree(d)
+        pytest.skip("cannot build a static program")
+    yield d / "s"
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_static_programs_are_refused(agent, work, static_prog):
+    p = run(agent, work, f"{static_prog}; echo rc=$?")
+    assert "static ran" not in p.stdout
+    assert f"refusing to run {static_prog}: statically linked" in p.stderr
+    p = run(agent, work, [PY, "-c", f"import subprocess; subprocess.run(['{static_prog}'])"])
+    assert p.returncode != 0 and "static ran" not in p.stdout
+    p = run(agent, work, str(static_prog), BYPASS_SANDBOX_ALLOW_STATIC="1")
+    assert p.stdout == "static ran\n"
+
+
+def test_programs_in_places_without_x_do_not_run(agent, work):
+    shutil.copy("/bin/true", work / "out/mytrue")
+    (work / "mounts.txt").write_text((work / "mounts.txt").read_text() + f"{work}/out/mytrue rw\n")
+    p = run(agent, work, f"{work}/out/mytrue; echo rc=$?")
+    assert "Permission denied" in p.stderr and "rc=126" in p.stdout
+
+
+# ---------------------------------------------------------------- bad lists and the CLI
+
+def test_bad_mount_list_stops_the_program(agent, work):
+    (work / "bad.txt").write_text("/ rx\n/tmp PRIVATE\n/home DENNY\n")
+    p = run(agent, work, f"echo should-not-run > {work}/out/ran", BYPASS_MOUNTS=str(work / "bad.txt"))
+    assert p.returncode == 2
+    assert f"{work}/bad.txt:3: error: unknown keyword 'DENNY'" in p.stderr
+    assert not (work / "out/ran").exists()
+    p = run(agent, work, "true", BYPASS_MOUNTS=str(work / "missing.txt"))
+    assert p.returncode == 2 and "missing.txt:0: error: cannot read mount list" in p.stderr
+
+
+def test_bypass_run_with_mount_list(agent, work):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_")}
+    env["BYPASS_SANDBOX_PRIVATE_BASE"] = str(work / "priv")
+    base = [PY, "-m", "bypass.cli", "run", str(SPEC), "--agent", str(agent)]
+    p = subprocess.run(base + ["-m", str(work / "mounts.txt"), "--", "bash", "-c",
+                               f"echo hi > /tmp/x && cat /tmp/x && cat {work}/deny/secret"],
+                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.stdout == "hi\n" and "Permission denied" in p.stderr
+    assert "private directory kept" in p.stderr
+    (work / "bad.txt").write_text("/ rx\nrelative DENY\n")
+    p = subprocess.run(base + ["-m", str(work / "bad.txt"), "--", "touch", str(work / "out/t")],
+                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and f"{work}/bad.txt:2: error: relative prefix 'relative'" in p.stderr
+    assert not (work / "out/t").exists()
+
+
+def test_cleanup_option_removes_the_private_dir(agent, work):
+    p = run(agent, work, "echo x > /tmp/y", check=True, BYPASS_SANDBOX_CLEANUP="1")
+    assert list((work / "priv").iterdir()) == [] and "kept" not in p.stderr
+
+
+def test_inactive_without_a_list(agent, work):
+    env = sandbox_env(agent, work)
+    del env["BYPASS_MOUNTS"]
+    p = subprocess.run(["bash", "-c", f"cat {work}/deny/secret"], env=env, capture_output=True,
+                       text=True)
+    assert p.stdout == "needle in secret\n"
