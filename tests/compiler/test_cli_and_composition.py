@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from bypass.build import build
-from conftest import AGENTS, run
+from agentrun import AGENTS, run
 
 TALK_EXAMPLE = """\
 agent_prologue {{

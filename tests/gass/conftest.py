@@ -10,34 +10,20 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-GASS_SRC = REPO / "agents" / "gass"
-sys.path.insert(0, str(HERE))
-
-from http_server import HttpServer  # noqa: E402
-
-CFLAGS = ["-Wall", "-Wextra", "-Werror", "-O2", "-g"]
+from gassenv import CFLAGS, GASS_SRC, HERE, REPO, HttpServer, _have_libcurl  # noqa: F401
 
 
-def _have_libcurl() -> bool:
-    import ctypes
-
-    try:
-        ctypes.CDLL("libcurl.so.4")
-        return True
-    except OSError:
-        return False
-
-
-requires_libcurl = pytest.mark.skipif(not _have_libcurl(), reason="libcurl.so.4 not installed")
+@pytest.fixture(scope="session")
+def libcurl_present() -> None:
+    if not _have_libcurl():
+        pytest.fail("libcurl.so.4 is missing: apt-get install libcurl4 (listed in .ci/apt-packages.txt)")
 
 
 @pytest.fixture(scope="session")
 def gass_driver(tmp_path_factory) -> Path:
     """tests/gass/gass_driver.c linked with the gass support sources."""
     if shutil.which("gcc") is None:
-        pytest.skip("gcc not available")
+        pytest.fail("gcc is needed (installed by .ci/run)")
     out = tmp_path_factory.mktemp("gass-build") / "gass_driver"
     sources = sorted(str(p) for p in GASS_SRC.glob("gass_*.c"))
     subprocess.run(["gcc", *CFLAGS, f"-I{GASS_SRC}", str(HERE / "gass_driver.c"), *sources,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, requires_libcurl
+from gassenv import REPO, requires_libcurl
 from http_server import free_port, touch_later
 
 pytestmark = requires_libcurl
@@ -141,7 +141,7 @@ def test_python_write_and_missing(run, server, site):
     assert (site / "py/out.txt").read_bytes() == b"from python\n"
 
 
-@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="sqlite3 not installed")
+
 def test_sqlite3_reads_database_by_url(run, server, site):
     db = sqlite3.connect(site / "db.sqlite")
     db.execute("create table t(x integer, name text)")

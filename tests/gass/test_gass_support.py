@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, requires_libcurl
+from gassenv import REPO, requires_libcurl
 from http_server import HttpServer, free_port, touch_later
 
 pytestmark = requires_libcurl

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run
+from agentrun import run
 
 PROGRAM = Path(__file__).parent / "programs" / "fileops.c"
 

@@ -7,7 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from conftest import run
+from agentrun import run
 
 PROGRAM = Path(__file__).parent / "programs" / "procs.c"
 

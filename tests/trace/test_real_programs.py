@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require, run
+from agentrun import require, run
 
 MODES = ["passthrough", "traced"]
 FIXED_GIT_ENV = {
