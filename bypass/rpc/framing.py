@@ -7,6 +7,7 @@ writer sends header and body with one sendmsg, without concatenating.
 from __future__ import annotations
 
 import socket
+import struct
 
 import msgpack
 
@@ -21,73 +22,89 @@ def new_packer() -> msgpack.Packer:
     return msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape")
 
 
+_HEADER = struct.Struct(">I")
+_SMALL = 1 << 16          # frames up to this size go through the persistent Unpacker
+_RECV_SIZE = 1 << 18
+
+
 class FrameReader:
     """Reads frames from one socket.  Raises EOFError at a clean end of stream (between
-    frames), ProtocolError on an oversize or undecodable frame."""
+    frames), ProtocolError on an oversize, truncated or undecodable frame.
 
-    def __init__(self, sock: socket.socket, max_frame: int = MAX_FRAME, initial: int = 1 << 16):
-        self.sock = sock
+    Fast path (this is most of a shadow's per-call cost): one recv usually brings a whole
+    small frame; its body goes through one persistent msgpack.Unpacker (much cheaper per
+    message than msgpack.unpackb), and Unpacker.tell() proves the body held exactly one
+    value.  Big frames are assembled from several recvs and decoded with unpackb."""
+
+    def __init__(self, sock: socket.socket, max_frame: int = MAX_FRAME):
+        self.recv = sock.recv
         self.max_frame = max_frame
-        self.buf = bytearray(initial)
-        self.view = memoryview(self.buf)
-        self.start = 0    # first unread byte
-        self.end = 0      # end of received data
+        self.pending = b""          # received bytes not yet consumed
+        self.unpacker = msgpack.Unpacker(max_buffer_size=_SMALL, **UNPACK_OPTS)
+        self.fed = 0                # bytes fed to the unpacker so far
 
-    def _fill(self, need: int) -> None:
-        """Receive until at least `need` unread bytes are buffered."""
-        if self.start + need > len(self.buf):
-            if need > len(self.buf):
-                # Grow (bounded by max_frame via the caller's check) and keep unread bytes.
-                new = bytearray(max(need, 2 * len(self.buf)))
-                new[: self.end - self.start] = self.view[self.start:self.end]
-                self.view.release()
-                self.buf, self.view = new, memoryview(new)
-            else:
-                self.buf[: self.end - self.start] = self.view[self.start:self.end]
-            self.end -= self.start
-            self.start = 0
-        while self.end - self.start < need:
-            n = self.sock.recv_into(self.view[self.end:])
-            if n == 0:
-                if self.end == self.start:
-                    raise EOFError
-                raise ProtocolError("connection closed inside a frame")
-            self.end += n
+    def _more(self, have: int, want: int) -> bytes:
+        chunk = self.recv(max(_RECV_SIZE, min(want - have, 1 << 20)))
+        if not chunk:
+            if have == 0:
+                raise EOFError
+            raise ProtocolError("connection closed inside a frame")
+        return chunk
 
-    def read_body(self, max_frame: int | None = None) -> memoryview:
-        """The next frame's body (valid until the next read)."""
+    def read_body(self, max_frame: int | None = None):
+        """The next frame's body (bytes or memoryview)."""
         limit = self.max_frame if max_frame is None else max_frame
-        if self.end - self.start < HEADER_SIZE:
-            self._fill(HEADER_SIZE)
-        n = int.from_bytes(self.view[self.start:self.start + HEADER_SIZE], "big")
+        buf = self.pending
+        while len(buf) < HEADER_SIZE:
+            buf += self._more(len(buf), HEADER_SIZE)
+        n = _HEADER.unpack_from(buf)[0]
         if n > limit:
             raise ProtocolError(f"frame of {n} bytes exceeds the limit of {limit}")
-        if self.end - self.start < HEADER_SIZE + n:
-            self._fill(HEADER_SIZE + n)
-        body = self.view[self.start + HEADER_SIZE:self.start + HEADER_SIZE + n]
-        self.start += HEADER_SIZE + n
-        if self.start == self.end:
-            self.start = self.end = 0
-        return body
+        total = HEADER_SIZE + n
+        if len(buf) < total:
+            parts, have = [buf], len(buf)
+            while have < total:
+                chunk = self._more(have, total)
+                parts.append(chunk)
+                have += len(chunk)
+            buf = b"".join(parts)
+        if len(buf) == total:
+            self.pending = b""
+            return memoryview(buf)[HEADER_SIZE:] if n > _SMALL else buf[HEADER_SIZE:]
+        self.pending = buf[total:]
+        return buf[HEADER_SIZE:total]
 
     def read(self, max_frame: int | None = None):
         """The next frame, decoded."""
         body = self.read_body(max_frame)
         try:
-            return msgpack.unpackb(body, **UNPACK_OPTS)
+            if len(body) > _SMALL:
+                return msgpack.unpackb(body, **UNPACK_OPTS)
+            u = self.unpacker
+            u.feed(body)
+            self.fed += len(body)
+            msg = u.unpack()
         except Exception as e:     # any decoding failure is the peer's fault
             raise ProtocolError(f"undecodable frame: {e.__class__.__name__}: {e}") from None
+        if u.tell() != self.fed:
+            raise ProtocolError("frame holds more than one value")
+        return msg
 
 
 def send_frame(sock: socket.socket, packer: msgpack.Packer, obj) -> None:
     body = packer.pack(obj)
-    header = len(body).to_bytes(HEADER_SIZE, "big")
     if len(body) <= 4096:
-        sock.sendall(header + body)       # one small copy beats a second iovec
-        return
+        sock.sendall(_HEADER.pack(len(body)) + body)   # one small copy beats a second iovec
+    else:
+        send_frame_body(sock, body)
+
+
+def send_frame_body(sock: socket.socket, body: bytes) -> None:
+    """Send a frame around an already packed body, without copying the body."""
+    header = _HEADER.pack(len(body))
     sent = sock.sendmsg([header, body])
-    if sent < HEADER_SIZE + len(body):
-        data = memoryview(header + body) if sent < HEADER_SIZE else memoryview(body)[sent - HEADER_SIZE:]
-        if sent < HEADER_SIZE:
-            data = data[sent:]
-        sock.sendall(data)
+    if sent < HEADER_SIZE:
+        sock.sendall(header[sent:])
+        sent = HEADER_SIZE
+    if sent - HEADER_SIZE < len(body):
+        sock.sendall(memoryview(body)[sent - HEADER_SIZE:])

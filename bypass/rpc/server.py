@@ -29,7 +29,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from . import auth
-from .framing import FrameReader, new_packer, send_frame
+from .framing import _HEADER, _RECV_SIZE, _SMALL, FrameReader, new_packer, send_frame, send_frame_body
 from .neutral import errno_to_neutral
 from .protocol import (
     AGENT_MAGIC, CALL_CLOSE_FDS, CALL_FDS, CALL_FORK, CALL_PING, HANDSHAKE_TIMEOUT,
@@ -42,6 +42,7 @@ log = logging.getLogger("bypass.shadow")
 
 Handler = Callable[..., Any]
 _ENOSYS = errno_to_neutral(errno.ENOSYS)
+_NOTHING = object()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -327,7 +328,7 @@ class ShadowServer:
         process = None
         try:
             sock.settimeout(HANDSHAKE_TIMEOUT)
-            reader = FrameReader(sock, self.max_frame, initial=1 << 16)
+            reader = FrameReader(sock, self.max_frame)
             packer = new_packer()
             ctx = self._handshake(sock, reader, packer, peer)
             process = ctx.process
@@ -393,10 +394,36 @@ class ShadowServer:
         return CallContext(self, process, peer, platform, info)
 
     def _loop(self, sock, reader: FrameReader, packer, ctx: CallContext) -> None:
+        """Serve calls until the connection ends.  This loop is the shadow's per-call cost,
+        so the common case (a small request arriving whole in one recv) is inlined with
+        everything bound to locals; anything else goes through FrameReader."""
         dispatch = self.dispatch
-        read = reader.read
+        recv, send = sock.recv, sock.send
+        header_of, header = _HEADER.unpack_from, _HEADER.pack
+        u = reader.unpacker
+        feed, unpack, tell = u.feed, u.unpack, u.tell
+        small = _SMALL
         while True:
-            msg = read()
+            msg = _NOTHING
+            if not reader.pending:
+                data = recv(_RECV_SIZE)
+                n = len(data) - 4
+                if 0 <= n <= small and header_of(data)[0] == n:
+                    try:
+                        feed(data[4:])
+                        reader.fed += n
+                        msg = unpack()
+                    except Exception as e:
+                        raise ProtocolError(f"undecodable frame: {e.__class__.__name__}: {e}") \
+                            from None
+                    if tell() != reader.fed:
+                        raise ProtocolError("frame holds more than one value")
+                elif not data:
+                    raise EOFError
+                else:
+                    reader.pending = data
+            if msg is _NOTHING:
+                msg = reader.read()
             if type(msg) is not list or len(msg) < 2:
                 raise ProtocolError("request is not an array [call, seq, args...]")
             call, seq = msg[0], msg[1]
@@ -414,11 +441,18 @@ class ShadowServer:
                     log.exception("%s: call %d from %s failed", self.name, call, ctx.peer)
                     reply = [seq, STATUS_FAILURE, f"shadow: {e.__class__.__name__}: {e}"]
             try:
-                send_frame(sock, packer, reply)
-            except (TypeError, ValueError, OverflowError) as e:   # result msgpack cannot carry
+                body = packer.pack(reply)
+            except Exception as e:      # a result msgpack cannot carry
                 packer = new_packer()
                 log.error("%s: call %d returned an unsendable result: %s", self.name, call, e)
-                send_frame(sock, packer, [seq, STATUS_FAILURE, f"shadow: bad result: {e}"])
+                body = packer.pack([seq, STATUS_FAILURE, f"shadow: bad result: {e}"])
+            if len(body) <= 4096:
+                frame = header(len(body)) + body
+                sent = send(frame)
+                if sent != len(frame):
+                    sock.sendall(memoryview(frame)[sent:])
+            else:
+                send_frame_body(sock, body)
 
     # -- process states --------------------------------------------------------------------------
 
