@@ -6,6 +6,8 @@
     bypass build SPEC -o AGENT.so       generate and compile
     bypass run SPEC [options] -- CMD    build if stale, run CMD under the agent, exit with its status
     bypass knowledge list               what the knowledge base covers
+    bypass knowledge audit [--libc P]   the knowledge against a libc's symbol table
+    bypass escapes SPEC -- CMD          which file system calls the agent does not see
 """
 
 from __future__ import annotations
@@ -149,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         if not argv or argv[0] not in SUBCOMMANDS:
             return _classic(argv)
         own, command = _split_command(argv)
+        if own[0] == "escapes":                  # its own parser: bypass/escapes/cli.py
+            from .escapes import main as escapes_main
+            return escapes_main(own[1:], command)
         parser = argparse.ArgumentParser(prog="bypass", epilog=ENVIRONMENT_HELP,
                                          formatter_class=argparse.RawDescriptionHelpFormatter)
         sub = parser.add_subparsers(dest="subcommand", required=True)
