@@ -488,6 +488,12 @@ int sb_private_attach(struct sb_mounts *m, const char *dir, char *err, size_t er
         set_err(err, errsize, m->file, 0, "private directory %s: %s", dir, strerror(errno));
         return -1;
     }
+    return sb_private_attach_canonical(m, base, err, errsize);
+}
+
+int sb_private_attach_canonical(struct sb_mounts *m, const char *base, char *err, size_t errsize)
+{
+    struct stat st;
     for (int i = 0; i < m->n; i++) {
         struct sb_entry *e = &m->e[i];
         if (e->kind != SB_PRIVATE)
@@ -497,7 +503,7 @@ int sb_private_attach(struct sb_mounts *m, const char *dir, char *err, size_t er
             set_err(err, errsize, m->file, e->line, "private directory path too long");
             return -1;
         }
-        int rc = mkdir_p(t, 0700);
+        int rc = (stat(t, &st) == 0 && S_ISDIR(st.st_mode)) ? 0 : mkdir_p(t, 0700);
         if (rc) {
             set_err(err, errsize, m->file, e->line, "cannot make private directory %s: %s",
                     t, strerror(rc));

@@ -576,7 +576,8 @@ int sb_init_from_env(char *err, size_t errsize)
             keep_stderr();
             atexit(sb_atexit_report);
         }
-        if (sb_private_attach(&m, g_private, err, errsize) < 0) {
+        /* g_private is canonical: made and resolved here, or by the first process */
+        if (sb_private_attach_canonical(&m, g_private, err, errsize) < 0) {
             sb_mounts_free(&m);
             return -1;
         }
@@ -630,11 +631,25 @@ struct walk {
     uint64_t h;            /* fnv hash of r[0..rl) */
 };
 
+/* Which prefix lengths occur in the list: most components cannot end an
+ * entry's prefix, and this answers that without scanning the list. */
+static uint64_t g_plen_bits[PATH_MAX / 64];
+
+static void plen_bits_prepare(void)
+{
+    memset(g_plen_bits, 0, sizeof g_plen_bits);
+    for (int i = 0; i < g_m.n; i++)
+        if (g_m.e[i].plen < PATH_MAX)
+            g_plen_bits[g_m.e[i].plen / 64] |= 1ULL << (g_m.e[i].plen % 64);
+}
+
 /* Latest entry whose prefix is exactly v[0..vl) ("" = "/"). */
 static const struct sb_entry *exact_entry(const char *v, size_t vl)
 {
     const struct sb_entry *best = NULL;
     size_t want = vl ? vl : 1;
+    if (want >= PATH_MAX || !(g_plen_bits[want / 64] & (1ULL << (want % 64))))
+        return NULL;
     for (int i = 0; i < g_m.n; i++) {
         const struct sb_entry *e = &g_m.e[i];
         if (e->plen != want)
@@ -695,6 +710,7 @@ static void root_prepare(void)
 {
     struct walk w;
     g_root_e = NULL;
+    plen_bits_prepare();
     w.vl = 0;
     if (walk_refresh(&w) == 0) {
         memcpy(g_root_r, w.r, w.rl + 1);

@@ -92,6 +92,8 @@ int sb_reverse(const struct sb_mounts *m, const char *real, char *out, size_t ou
 
 /* Give PRIVATE entries their directories under dir (made if missing). */
 int sb_private_attach(struct sb_mounts *m, const char *dir, char *err, size_t errsize);
+/* Same, for a directory already known to be canonical (no realpath). */
+int sb_private_attach_canonical(struct sb_mounts *m, const char *dir, char *err, size_t errsize);
 
 /* Lexically normalise an absolute path: collapse "//", ".", ".." and the
  * trailing slash.  Returns 0 or ENAMETOOLONG/EINVAL. */
