@@ -15,36 +15,32 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-enum { UNKNOWN = 0, OFF, ON };
-static int state = UNKNOWN;
+int trace_state = TRACE_UNKNOWN;
 static int log_fd = -1;
 
 static int open_log(void)
 {
     const char *path = bypass_getenv("BYPASS_TRACE");
     if (!path || !*path)
-        return OFF;
+        return TRACE_OFF;
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) {
         bypass_log("cannot open trace log %s: %s", path, strerror(errno));
-        return OFF;
+        return TRACE_OFF;
     }
     log_fd = bypass_fd_move_high(fd);
     bypass_fd_register(&log_fd);
-    return ON;
+    return TRACE_ON;
 }
 
-int trace_enabled(void)
+int trace_start(void)
 {
-    int now = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
-    if (BYPASS_LIKELY(now != UNKNOWN))
-        return now == ON;
     static pthread_mutex_t once = PTHREAD_MUTEX_INITIALIZER;
     pthread_mutex_lock(&once);
-    if (state == UNKNOWN)
-        __atomic_store_n(&state, open_log(), __ATOMIC_RELEASE);
+    if (trace_state == TRACE_UNKNOWN)
+        __atomic_store_n(&trace_state, open_log(), __ATOMIC_RELEASE);
     pthread_mutex_unlock(&once);
-    return state == ON;
+    return trace_state == TRACE_ON;
 }
 
 static void emit(const char *line, size_t length)
