@@ -195,6 +195,13 @@ _DATA = load_data()
 SETS: dict[str, NeutralSet] = {
     name: NeutralSet(name, spec) for name, spec in _DATA.items() if "kind" in spec}
 STAT_FIELDS: tuple[str, ...] = tuple(f["name"] for f in _DATA["stat"]["fields"])
+PARAM_SETS: dict[tuple[str, str], str] = {
+    (call, rule["param"]): rule["set"] for rule in _DATA.get("param_sets", []) for call in rule["calls"]}
+
+
+def param_set(call: str, param: str) -> str | None:
+    """The neutral set a call's parameter travels through (None: an ordinary integer)."""
+    return PARAM_SETS.get((call, param))
 
 open_flags = SETS["open_flags"]
 at_flags = SETS["at_flags"]

@@ -215,6 +215,7 @@ class ShadowServer:
         self._thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
         self._boot_id = boot_id()
+        self.export = None        # an ExportRoot when file calls are confined (bypass.rpc.export)
 
     # -- listening ---------------------------------------------------------------------------------
 

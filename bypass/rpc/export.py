@@ -1,0 +1,189 @@
+"""An export root: the part of the shadow's file system agents may touch, with no way out.
+
+Every path from an agent is resolved by the kernel *inside* the root with openat2(2) and
+RESOLVE_IN_ROOT: ".." stops at the root and symlinks (absolute or relative) are interpreted
+as if the root were "/", atomically, with no window for a symlink swapped in mid-resolution.
+Operations on a name (unlink, mkdir, rename...) open the parent directory that way and act
+relative to it, so the last component cannot escape either.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+
+_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}.get(os.uname().machine, 437)
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_IN_ROOT = 0x10
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def _openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> int:
+    how = struct.pack("QQQ", flags, mode, resolve)
+    fd = _libc.syscall(_SYS_OPENAT2, dirfd, path, how, len(how))
+    if fd < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), path.decode(errors="surrogateescape"))
+    return fd
+
+
+class ExportRoot:
+    def __init__(self, root: str):
+        self.root = os.path.realpath(root)
+        self.rootfd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.close(self.open("/", os.O_PATH))
+        except OSError as e:
+            if e.errno == errno.ENOSYS:
+                raise OSError(errno.ENOSYS, "this kernel lacks openat2 (Linux >= 5.6 needed)")
+            raise
+
+    def close(self) -> None:
+        os.close(self.rootfd)
+
+    @staticmethod
+    def _b(path) -> bytes:
+        return os.fsencode(path) if not isinstance(path, bytes) else path
+
+    def open(self, path, flags: int, mode: int = 0o666) -> int:
+        """open(2) inside the root; a real descriptor of the shadow."""
+        p = self._b(path).lstrip(b"/") or b"."
+        tmpfile = getattr(os, "O_TMPFILE", 0)
+        if not flags & os.O_CREAT and not (tmpfile and flags & tmpfile == tmpfile):
+            mode = 0              # openat2 insists on a zero mode without O_CREAT
+        return _openat2(self.rootfd, p, flags | os.O_CLOEXEC, mode,
+                        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+
+    def parent(self, path) -> tuple[int, bytes]:
+        """(descriptor of the parent directory, last component).  The caller closes it."""
+        p = self._b(path).rstrip(b"/")
+        head, _, name = p.rpartition(b"/")
+        if name in (b"", b".", b".."):
+            return self.open(p or b"/", os.O_PATH | os.O_DIRECTORY), b"."
+        return self.open(head or b"/", os.O_PATH | os.O_DIRECTORY), name
+
+    def host_path(self, fd: int) -> str:
+        """Where a descriptor opened through this root is, on the shadow's machine."""
+        return os.readlink(f"/proc/self/fd/{fd}")
+
+    # -- operations on names -------------------------------------------------------------------
+
+    def stat(self, path, follow: bool = True) -> os.stat_result:
+        fd = self.open(path, os.O_PATH | (0 if follow else os.O_NOFOLLOW))
+        try:
+            return os.stat(fd)
+        finally:
+            os.close(fd)
+
+    def access(self, path, mode: int) -> None:
+        fd = self.open(path, os.O_PATH)
+        try:
+            if not os.access(f"/proc/self/fd/{fd}", mode):
+                raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+        finally:
+            os.close(fd)
+
+    def _at(self, path, fn):
+        dfd, name = self.parent(path)
+        try:
+            return fn(dfd, name)
+        finally:
+            os.close(dfd)
+
+    def unlink(self, path) -> None:
+        self._at(path, lambda d, n: os.unlink(n, dir_fd=d))
+
+    def rmdir(self, path) -> None:
+        self._at(path, lambda d, n: os.rmdir(n, dir_fd=d))
+
+    def mkdir(self, path, mode: int) -> None:
+        self._at(path, lambda d, n: os.mkdir(n, mode, dir_fd=d))
+
+    def readlink(self, path) -> bytes:
+        return self._at(path, lambda d, n: os.readlink(n, dir_fd=d))
+
+    def symlink(self, target, path) -> None:
+        self._at(path, lambda d, n: os.symlink(self._b(target), n, dir_fd=d))
+
+    def rename(self, old, new) -> None:
+        od, on = self.parent(old)
+        try:
+            self._at(new, lambda d, n: os.rename(on, n, src_dir_fd=od, dst_dir_fd=d))
+        finally:
+            os.close(od)
+
+    def link(self, old, new) -> None:
+        od, on = self.parent(old)
+        try:
+            self._at(new, lambda d, n: os.link(on, n, src_dir_fd=od, dst_dir_fd=d,
+                                               follow_symlinks=False))
+        finally:
+            os.close(od)
+
+    def chmod(self, path, mode: int) -> None:
+        fd = self.open(path, os.O_PATH)
+        try:
+            os.chmod(f"/proc/self/fd/{fd}", mode)
+        finally:
+            os.close(fd)
+
+    def truncate(self, path, length: int) -> None:
+        fd = self.open(path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, length)
+        finally:
+            os.close(fd)
+
+    def listdir(self, path) -> list:
+        fd = self.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return _entries(fd)
+        finally:
+            os.close(fd)
+
+
+def _entries(fd: int) -> list:
+    """[[name bytes, neutral d_type, ino], ...] of a directory descriptor (its offset untouched
+    for the caller: scandir works on a duplicate)."""
+    from .neutral import SETS
+    dt = SETS["dirent_types"]
+    out = []
+    dup = os.dup(fd)
+    try:
+        with os.scandir(dup) as it:
+            for e in it:
+                try:
+                    mode = e.stat(follow_symlinks=False).st_mode
+                    kind = ("DT_DIR" if _S_ISDIR(mode) else "DT_REG" if _S_ISREG(mode) else
+                            "DT_LNK" if _S_ISLNK(mode) else "DT_UNKNOWN")
+                except OSError:
+                    kind = "DT_UNKNOWN"
+                out.append([os.fsencode(e.name), dt.neutral(kind), e.inode()])
+    finally:
+        try:
+            os.close(dup)
+        except OSError:
+            pass
+    return out
+
+
+def _S_ISDIR(m):
+    import stat
+    return stat.S_ISDIR(m)
+
+
+def _S_ISREG(m):
+    import stat
+    return stat.S_ISREG(m)
+
+
+def _S_ISLNK(m):
+    import stat
+    return stat.S_ISLNK(m)
+
+
+def dir_entries(fd: int) -> list:
+    return _entries(fd)
