@@ -18,8 +18,12 @@ from .plan import AgentPlan, make_plan
 from .spec.parser import load_spec
 
 RUNTIME_DIR = Path(__file__).parent / "rpc" / "c"
-# The C runtime files every agent links (the RPC client joins them when it lands).
-RUNTIME_SOURCES = ["runtime.c"]
+# The C runtime files every agent links: core runtime, msgpack codec, SHA-256 for the
+# handshake, the shadow RPC client (plus bypass_neutral.c, generated per build from
+# bypass/rpc/neutral.toml against the build machine's headers).
+RUNTIME_SOURCES = ["runtime.c", "msgpack.c", "sha256.c", "rpc_client.c"]
+NEUTRAL_FILES = [Path(__file__).parent / "rpc" / "neutral.toml", Path(__file__).parent / "rpc" / "neutral_c.py",
+                 Path(__file__).parent / "codegen" / "rpc_marshal.py"]
 CFLAGS = ["-shared", "-fPIC", "-O2", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
           "-fvisibility=hidden", "-U_FORTIFY_SOURCE"]
 LIBS = ["-ldl", "-lpthread"]
@@ -62,6 +66,7 @@ def _support_files(plan: AgentPlan) -> list[Path]:
     """Files whose change makes a cached agent stale (besides the spec itself)."""
     base = Path(plan.spec.path).resolve().parent
     files = sorted(KNOWLEDGE_DIR.rglob("*.toml")) + sorted(TEMPLATES.glob("*.j2")) + sorted(RUNTIME_DIR.glob("*.[ch]"))
+    files += NEUTRAL_FILES
     files += _spec_sources(plan) + sorted(base.glob("*.h"))
     return files
 
@@ -81,10 +86,13 @@ def compile_agent(generated: Generated, output: Path, workdir: Path) -> Path:
     c_file = workdir / f"{generated.plan.name}_agent.c"
     c_file.write_text(generated.agent_c)
     spec_dir = Path(generated.plan.spec.path).resolve().parent
-    sources = [str(c_file)] + [str(RUNTIME_DIR / s) for s in RUNTIME_SOURCES]
+    from .rpc.neutral_c import write_sources
+    neutral_c = [p for p in write_sources(workdir) if p.suffix == ".c"]
+    sources = [str(c_file)] + [str(RUNTIME_DIR / s) for s in RUNTIME_SOURCES] + [str(p) for p in neutral_c]
     sources += [str(p) for p in _spec_sources(generated.plan)]
     tmp_output = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    command = [compiler, *CFLAGS, f"-I{RUNTIME_DIR}", f"-I{spec_dir}", "-o", str(tmp_output), *sources, *LIBS]
+    command = [compiler, *CFLAGS, f"-I{RUNTIME_DIR}", f"-I{workdir}", f"-I{spec_dir}", "-o", str(tmp_output),
+               *sources, *LIBS]
     try:
         done = subprocess.run(command, capture_output=True, text=True)
     except OSError as exc:

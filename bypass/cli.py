@@ -29,6 +29,9 @@ environment read by agents:
   BYPASS_TRACE=FILE        trace agent: append one line per trapped call to FILE
   BYPASS_MOUNTS=FILE       sandbox agent: the mount list
   BYPASS_SHADOW=ADDR       agents with shadow calls: unix:/path or tcp:host:port
+  BYPASS_SHADOW_SECRET=S   shared secret for a TCP shadow (or BYPASS_SHADOW_SECRET_FILE=FILE)
+  BYPASS_SHADOW_TIMEOUT=N  seconds a shadow call may take (default 60); then it fails with EIO
+  BYPASS_REMOTE_PREFIX=P   remote agent: paths under P go to the shadow (default /job)
   BYPASS_CACHE_DIR=DIR     where `bypass run` keeps built agents (default ~/.cache/bypass/agents)
   CC                       the C compiler (default cc)
 """
@@ -125,6 +128,10 @@ def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
         load_mounts(args.mounts)
         extra["BYPASS_MOUNTS"] = os.path.abspath(args.mounts)
     agent = Path(args.agent) if args.agent else build_cached(args.spec)
+    if args.export or args.listen:
+        from .rpc.shadow_cli import run_with_shadow   # the spec's shadow, served by this process
+        return run_with_shadow(args.spec, args.export, args.listen,
+                               lambda env: run_under_agent(agent, command, {**extra, **env}))
     return run_under_agent(agent, command, extra)
 
 
@@ -168,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
         p_run.add_argument("--trace", metavar="FILE", help="set BYPASS_TRACE=FILE (trace agent)")
         p_run.add_argument("-m", "--mounts", metavar="FILE", help="set BYPASS_MOUNTS=FILE (sandbox agent)")
         p_run.add_argument("--set", action="append", metavar="NAME=VALUE", help="set an environment variable")
+        p_run.add_argument("--export", metavar="DIR",
+                           help="serve the spec's shadow from this process, its file calls inside DIR")
+        p_run.add_argument("--listen", metavar="ADDR", help="with --export: where the shadow listens")
+        p_shadow = sub.add_parser("shadow", help="serve a spec's shadow (split execution)",
+                                  description="bypass shadow SPEC [--export DIR] [--listen ADDR]")
+        from .rpc.shadow_cli import add_arguments as shadow_arguments
+        shadow_arguments(p_shadow)
         p_know = sub.add_parser("knowledge", help="inspect the knowledge base")
         p_know.add_argument("action", choices=["list", "audit"])
         p_know.add_argument("rest", nargs=argparse.REMAINDER)
@@ -178,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_run(args, command)
         if args.subcommand == "knowledge":
             return _cmd_knowledge(args)
+        if args.subcommand == "shadow":
+            from .rpc.shadow_cli import cmd_shadow
+            return cmd_shadow(args)
         parser.error(f"{args.subcommand} is not available yet")
     except BypassError as exc:
         from .errors import SpecError

@@ -10,6 +10,7 @@ import jinja2
 from .. import __version__
 from ..cdecl import CType
 from ..plan import AgentPlan, NextCall, PlannedCall, PlannedEntry, Value
+from . import rpc_marshal
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -29,6 +30,13 @@ def _environment() -> jinja2.Environment:
         cast_value_to_canonical=cast_value_to_canonical, entry_action_args=entry_action_args,
         format_value=format_value, format_result=format_result, version=__version__, failed_test=failed_test,
     )
+    # agent <-> shadow calls (docs/protocol.md): both sides from one classification
+    env.globals.update(
+        shadow_function=rpc_marshal.c_shadow_function, shadow_forward_body=rpc_marshal.c_forward,
+        py_params=rpc_marshal.py_params, py_conversions=rpc_marshal.py_conversions,
+        py_out_forms=rpc_marshal.py_out_forms,
+    )
+    env.filters["py_block"] = rpc_marshal.py_block
     return env
 
 
