@@ -23,6 +23,9 @@ from .trace_log import Trapped
 HELPER_FAMILIES = {"cwd", "dir", "exec", "spawn", "tempfile"}   # calls that walk or search inside libc
 STREAM_OPENERS = {"fopen", "freopen", "fdopen", "opendir", "fdopendir", "tmpfile"}
 STREAM_USERS = {"readdir", "readdir_r", "closedir", "scandir", "scandirat", "fclose"}
+# Trapped calls whose operand is a stream, not a path or descriptor, and the syscalls they make.
+NO_OPERAND = {"getdents64": {"readdir", "readdir_r"}, "lseek": {"readdir", "readdir_r"},
+              "close": {"fclose", "closedir"}, "openat": {"tmpfile"}, "open": {"tmpfile"}}
 NOT_A_FILE = re.compile(r"^(socket|pipe|anon_inode|net|mnt|user|pid|uts|ipc|cgroup|time):")
 
 
@@ -110,6 +113,58 @@ def _template_match(path: str, template: str) -> bool:
         os.path.dirname(path) == os.path.dirname(template)
 
 
+def _pair_log_writes(syscalls: list[Syscall], trapped: list[Trapped], log_files: set[str]) -> dict[int, Trapped]:
+    """Which strace `write` put which trace line in the log (syscall number → trapped call).
+
+    The k-th write of a process to the log wrote its k-th line; the byte count the write returned
+    must equal the line's length, which re-synchronises the pairing when threads interleave."""
+    lines: dict[int, list[Trapped]] = defaultdict(list)
+    for call in trapped:
+        lines[call.pid].append(call)
+    cursor: dict[int, int] = defaultdict(int)
+    paired = {}
+    for syscall in syscalls:
+        if syscall.name != "write" or syscall.failed:
+            continue
+        _, path = syscall.fd(0)
+        if path is None or os.path.realpath(path) not in log_files:
+            continue
+        queue, start = lines.get(syscall.tgid, []), cursor[syscall.tgid]
+        pick = next((i for i in range(start, min(start + 16, len(queue))) if queue[i].length == syscall.ret), None)
+        if pick is None:
+            pick = start if start < len(queue) else None
+        if pick is None:
+            continue
+        if pick == start:
+            cursor[syscall.tgid] = start + 1
+            while cursor[syscall.tgid] < len(queue) and id(queue[cursor[syscall.tgid]]) in paired.get("_used", set()):
+                cursor[syscall.tgid] += 1
+        paired.setdefault("_used", set()).add(id(queue[pick]))
+        paired[syscall.number] = queue[pick]
+    paired.pop("_used", None)
+    return paired
+
+
+def _windows(syscalls: list[Syscall], paired: dict[int, Trapped]) -> dict[int, tuple[Trapped | None, Trapped | None]]:
+    """For each system call, the trapped calls logged just before and just after it by its thread.
+
+    The trace agent writes its line after the call returns, so the syscalls a trapped call made
+    sit right before that call's log write (exec writes a line before it runs, hence `before`)."""
+    before: dict[int, Trapped] = {}
+    previous: dict[int, Trapped | None] = {}
+    for syscall in syscalls:
+        previous[syscall.number] = before.get(syscall.tid)
+        if syscall.number in paired:
+            before[syscall.tid] = paired[syscall.number]
+    after: dict[int, Trapped] = {}
+    windows = {}
+    for syscall in reversed(syscalls):
+        if syscall.number in paired:
+            after[syscall.tid] = paired[syscall.number]
+        windows[syscall.number] = (previous[syscall.number], after.get(syscall.tid))
+    return windows
+
+
 class Analyser:
     def __init__(self, syscalls: list[Syscall], processes: Processes, trapped: list[Trapped],
                  agent_files: set[str]):
@@ -125,6 +180,9 @@ class Analyser:
         self.cwd: dict[int, str] = {}
         self.image: dict[int, Program | None] = {}
         self.result = Analysis()
+        paired = _pair_log_writes(syscalls, trapped, self.agent_files)
+        self.windows = _windows(syscalls, paired)
+        self.windowed = {call.pid for call in paired.values()}   # processes whose log writes were paired
 
     # --- per-process state ---------------------------------------------------------------
 
@@ -231,7 +289,48 @@ class Analyser:
             return fd, origin
         return None
 
+    def _window_calls(self, syscall: Syscall) -> list[Trapped]:
+        before, after = self.windows.get(syscall.number, (None, None))
+        calls = [after] if after else []
+        if syscall.name.startswith("exec") and before is not None and before.started:
+            calls.append(before)
+        return calls
+
     def _explain(self, syscall, shape, view, path_info, fd_info) -> str | None:
+        if syscall.tgid in self.windowed:
+            return self._explain_in_window(syscall, shape, path_info, fd_info)
+        return self._explain_anywhere(syscall, shape, view, path_info, fd_info)
+
+    def _explain_in_window(self, syscall, shape, path_info, fd_info) -> str | None:
+        """Explained by the trapped call this very thread was inside when it made the syscall."""
+        for call in self._window_calls(syscall):
+            if call.family not in shape.families:
+                continue
+            if call.name in NO_OPERAND.get(syscall.name, ()) and self._stream_fd(fd_info):
+                return call.name              # readdir(DIR*), fclose(FILE*), tmpfile(): no operand to compare
+            if path_info:
+                raw, absolute = path_info
+                base = self.cwd.get(syscall.tgid)
+                if raw in call.paths or any(_absolute(p, base) == absolute for p in call.paths):
+                    return call.name
+                if call.family == "tempfile" and any(_template_match(absolute or raw, p) for p in call.paths):
+                    return call.name
+            elif fd_info and fd_info[0] in call.fds:
+                return call.name
+        if path_info and syscall.name in ("execve", "execveat"):
+            return self._explained_by_parent(syscall.tgid, *path_info)
+        return None
+
+    @staticmethod
+    def _stream_fd(fd_info: tuple[int, Origin] | None) -> bool:
+        """The descriptor belongs to a stream the agent saw open (or is stdin/stdout/stderr)."""
+        if fd_info is None:
+            return True                      # tmpfile's openat: no descriptor operand yet
+        fd, origin = fd_info
+        return origin.trapped_name in STREAM_OPENERS or (fd <= 2 and origin.cause is None)
+
+    def _explain_anywhere(self, syscall, shape, view, path_info, fd_info) -> str | None:
+        """No log writes to pair (an old log, a lost line): any call of the process will do."""
         if path_info:
             raw, absolute = path_info
             found = view.explains_path(shape.families, raw, absolute)
@@ -280,6 +379,8 @@ class Analyser:
         by_path = cause_of_path(path)
         if by_path:
             return by_path
+        if not shape.families:
+            return "not_covered"
         if path_info and self._helper(syscall, view, path):
             return "libc_helper"
         if fd_info:
@@ -296,6 +397,11 @@ class Analyser:
         return "other"
 
     def _helper(self, syscall: Syscall, view: _ProcessView, path: str) -> bool:
+        if syscall.tgid in self.windowed:
+            if any(call.family in HELPER_FAMILIES for call in self._window_calls(syscall)):
+                return True
+            if not syscall.name.startswith("exec"):
+                return False
         views = [view]
         if syscall.name in ("execve", "execveat") and syscall.tgid in self.processes.parent:
             views.append(self._view(self.processes.parent[syscall.tgid]))

@@ -70,7 +70,7 @@ def collect(spec: Path, command: list[str], extra_env: dict[str, str], workdir: 
     if not strace_log.exists() or not strace_log.stat().st_size:
         raise EscapesError(f"strace recorded nothing (exit status {completed.returncode}); "
                            f"is ptrace allowed here, and does '{command[0]}' exist?")
-    return {"strace": strace_log.read_text(errors="replace"), "trace": trace_log.read_text(errors="replace"),
+    return {"strace": strace_log.read_text(errors="replace"), "trace": trace_log.read_text(errors="surrogateescape"),
             "status": completed.returncode, "agents": agents, "wrapped": wrapped, "trace_log": str(trace_log)}
 
 

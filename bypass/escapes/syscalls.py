@@ -70,7 +70,7 @@ SHAPES: dict[str, Shape] = {
     "writev": _s(fds=[0], families=["write"]), "pwritev": _s(fds=[0], families=["write"]),
     "pwritev2": _s(fds=[0], families=["write"]),
     "lseek": _s(fds=[0], families=["seek"]),
-    "close": _s(fds=[0], families=["close"]),
+    "close": _s(fds=[0], families=["close", "stdio", "dir"]),     # fclose, closedir
     "dup": _s(fds=[0], families=["dup"], opens=True), "dup2": _s(fds=[0], families=["dup"], opens=True),
     "dup3": _s(fds=[0], families=["dup"], opens=True),
     "fcntl": _s(fds=[0], families=["fcntl"], opens=True),

@@ -25,6 +25,8 @@ class Trapped:
     paths: tuple[str, ...]
     fds: tuple[int, ...]
     args: tuple[str, ...]
+    length: int = 0       # bytes of the log line, newline included: strace shows the write's size
+    started: bool = False # the `...` line an exec writes before it runs
 
 
 def parse_trace(text: str, knowledge: Knowledge) -> list[Trapped]:
@@ -33,16 +35,17 @@ def parse_trace(text: str, knowledge: Knowledge) -> list[Trapped]:
         match = _LINE.match(raw)
         if not match:
             continue
-        pid, name, args_text, _result, entry = match.groups()
+        pid, name, args_text, result, entry = match.groups()
         call = knowledge.calls.get(name)
         args = split_args(args_text)
+        length = len(raw.encode("utf-8", "surrogateescape")) + 1
         if call is None:
-            trapped.append(Trapped(int(pid), name, entry, "?", (), (), tuple(args)))
+            trapped.append(Trapped(int(pid), name, entry, "?", (), (), tuple(args), length, result is None))
             continue
         params = call.canonical_params
         by_name = dict(zip(params, args))
         paths = tuple(p for p in (unquote(by_name.get(n, "")) for n in call.path_args) if p is not None)
         fd_names = list(call.fd_args) + [dirfd for dirfd, _ in call.at_pairs]
         fds = tuple(fd for fd in (parse_int(by_name.get(n, "")) for n in fd_names) if fd is not None)
-        trapped.append(Trapped(int(pid), name, entry, call.family, paths, fds, tuple(args)))
+        trapped.append(Trapped(int(pid), name, entry, call.family, paths, fds, tuple(args), length, result is None))
     return trapped
