@@ -12,7 +12,9 @@ Workloads (all in a work directory under /var/tmp, writable in the sandbox's mou
 * cp -r      - copy the tree;
 * build      - make -j2 of a generated 48-file C project.
 
-Each tool runs each workload `--reps` times; the table shows the median and the ratio to native.
+Each workload runs `--reps` rounds (every tool once per round, after one warm-up run each); the
+table shows medians of wall time and of CPU time (user+sys of all processes), and the ratio to
+native.  CPU time is the steadier figure on a busy machine.
 The sandbox runs with a realistic mount list: `/ rx`, a PRIVATE /tmp, a DENY'd /home and the work
 directory writable.  fakechroot runs as `fakechroot chroot /` (so that it translates every path)
 and proot as `proot -r /`.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -67,11 +70,11 @@ def sh(cmd: str, **kw) -> subprocess.CompletedProcess:
 
 
 class Bench:
-    def __init__(self, work: Path, reps: int, quick: bool):
+    def __init__(self, work: Path, reps: int, quick: bool, agent: str | None = None):
         self.w = work
         self.reps = reps
         self.quick = quick
-        self.agent: Path | None = None
+        self.agent: Path | None = Path(agent).resolve() if agent else None
 
     # ------------------------------------------------------------ setup
     def setup(self, tools: list[str]) -> None:
@@ -112,7 +115,7 @@ class Bench:
             /home      DENY
             {w}        rwx
             """))
-        if "sandbox" in tools:
+        if "sandbox" in tools and self.agent is None:
             from bypass.build import build
             self.agent = Path(build(ROOT / "agents" / "sandbox" / "sandbox.bypass", w / "sandbox.so"))
         for tool in tools:
@@ -134,10 +137,14 @@ class Bench:
         return argv, env
 
     def run(self, tool: str, script: str) -> tuple[float, str]:
+        """Wall time of the command; self.last_cpu gets its CPU time (user+sys, all processes)."""
         argv, env = self.command(tool, script)
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         p = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=self.w)
         t = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.last_cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
         if p.returncode != 0:
             raise RuntimeError(f"{tool}: {script!r} failed ({p.returncode}): {p.stderr[-800:]}")
         return t, p.stdout
@@ -173,18 +180,22 @@ class Bench:
             results.setdefault("open+close (ns/call)", {})[tool] = statistics.median(o for _, o in stats)
             print(f"  {tool:10} stat loop done", file=sys.stderr)
         for name, prepare, script in real:
-            for tool in tools:
-                times = []
-                # interleave nothing between tools: each tool gets its repetitions back to back,
-                # after one warm-up run that fills the page cache and the agent's build cache
+            times: dict[str, list[float]] = {t: [] for t in tools}
+            cpus: dict[str, list[float]] = {t: [] for t in tools}
+            for tool in tools:                      # one warm-up run each (page cache)
                 prepare()
                 self.run(tool, script)
-                for _ in range(self.reps):
+            for _ in range(self.reps):              # rounds: every tool once per round
+                for tool in tools:
                     prepare()
                     t, _ = self.run(tool, script)
-                    times.append(t)
-                results.setdefault(f"{name} (s)", {})[tool] = statistics.median(times)
-                print(f"  {tool:10} {name} {statistics.median(times):.3f}s", file=sys.stderr)
+                    times[tool].append(t)
+                    cpus[tool].append(self.last_cpu)
+            for tool in tools:
+                results.setdefault(f"{name} (s)", {})[tool] = statistics.median(times[tool])
+                results.setdefault(f"{name} (cpu s)", {})[tool] = statistics.median(cpus[tool])
+                print(f"  {tool:10} {name} {statistics.median(times[tool]):.3f}s "
+                      f"cpu {statistics.median(cpus[tool]):.3f}s", file=sys.stderr)
         return results
 
 
@@ -203,15 +214,18 @@ def table(results: dict, tools: list[str]) -> str:
             else:
                 cells.append(f"{v:>20.3f}")
         lines.append(f"{name:22}" + "".join(cells))
-    real = [n for n in results if n.endswith("(s)")]
-    if "native" in tools and real:
+    for unit, label in (("(s)", "wall"), ("(cpu s)", "cpu")):
+        real = [n for n in results if n.endswith(unit)]
+        if "native" not in tools or not real:
+            continue
         lines.append("")
         for t in tools:
             if t == "native":
                 continue
             ratios = [results[n][t] / results[n]["native"] for n in real]
             gm = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-            lines.append(f"{t:10} real work: geometric mean {gm:.2f}x native, worst {max(ratios):.2f}x")
+            lines.append(f"{t:10} real work ({label}): geometric mean {gm:.2f}x native, "
+                         f"worst {max(ratios):.2f}x")
     return "\n".join(lines)
 
 
@@ -221,11 +235,12 @@ def main(argv=None) -> int:
     ap.add_argument("--only", help="comma-separated tools (default: all of %s)" % ", ".join(TOOLS))
     ap.add_argument("--quick", action="store_true", help="smaller inputs (a smoke run)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--agent", help="use this prebuilt sandbox agent instead of building one")
     args = ap.parse_args(argv)
     tools = args.only.split(",") if args.only else list(TOOLS)
     work = Path(tempfile.mkdtemp(prefix="bypass-bench-sandbox-", dir="/var/tmp")).resolve()
     try:
-        bench = Bench(work, args.reps, args.quick)
+        bench = Bench(work, args.reps, args.quick, args.agent)
         bench.setup(tools)
         results = bench.measure(tools)
         print(table(results, tools))

@@ -417,6 +417,7 @@ static int env_true(const char *name)
 }
 
 static void root_prepare(void);
+static int g_hides_names;
 
 /* Read every setting at once, before the agent calls setenv(): some
  * programs (bash) replace getenv/setenv with their own, and after the first
@@ -711,6 +712,10 @@ static void root_prepare(void)
     struct walk w;
     g_root_e = NULL;
     plen_bits_prepare();
+    g_hides_names = 0;
+    for (int i = 0; i < g_m.n; i++)
+        if (g_m.e[i].kind == SB_ENOENT)
+            g_hides_names = 1;
     w.vl = 0;
     if (walk_refresh(&w) == 0) {
         memcpy(g_root_r, w.r, w.rl + 1);
@@ -1312,4 +1317,31 @@ int sb_find_program(const char *file, struct sb_result *r)
         p = end + 1;
     }
     return denied ? EACCES : ENOENT;
+}
+
+/* ---- listings ---------------------------------------------------------- */
+
+
+int sb_hides_names(void)
+{
+    return g_active && g_hides_names;
+}
+
+int sb_name_hidden(int fd, const char *name)
+{
+    if (!sb_hides_names() || (name[0] == '.' && (!name[1] || (name[1] == '.' && !name[2]))))
+        return 0;
+    char dir[PATH_MAX];
+    if (sb_fd_path(fd, dir, sizeof dir))
+        return 0;
+    size_t dl = strcmp(dir, "/") == 0 ? 0 : strlen(dir);
+    size_t nl = strlen(name);
+    for (int i = g_m.n - 1; i >= 0; i--) {
+        const struct sb_entry *e = &g_m.e[i];
+        if (e->plen != dl + 1 + nl || memcmp(e->prefix, dir, dl) != 0 || e->prefix[dl] != '/' ||
+            memcmp(e->prefix + dl + 1, name, nl) != 0)
+            continue;
+        return e->kind == SB_ENOENT;    /* the latest line for this prefix decides */
+    }
+    return 0;
 }

@@ -177,6 +177,11 @@ int sb_reverse_inplace(char *buf, size_t size);
  * Returns length or -errno. */
 ssize_t sb_readlink(const struct sb_result *r, char *buf, size_t size);
 
+/* Listings: is `name` in the directory open on `fd` hidden by an ENOENT
+ * entry?  sb_hides_names() says whether the list has such entries at all. */
+int sb_hides_names(void);
+int sb_name_hidden(int fd, const char *name);
+
 /* Directory cache invalidation (after rename/rmdir/... in this process). */
 void sb_cache_flush(void);
 

@@ -159,6 +159,8 @@ def test_denied_and_absent_places_with_coreutils(agent, work):
     assert "hidden: No such file or directory" in p.stderr
     assert p.stdout.rstrip().endswith("done")
     assert "needle" not in p.stdout
+    listing = p.stdout.split()
+    assert "deny" in listing and "gone" not in listing      # ENOENT: absent from listings too
 
 
 def test_find_grep_and_os_walk_carry_on(agent, work):
@@ -168,6 +170,7 @@ def test_find_grep_and_os_walk_carry_on(agent, work):
     found = set(p.stdout.split())
     assert f"{work}/ro/sub/g" in found and f"{work}/deny" in found
     assert f"{work}/deny/secret" not in found and f"{work}/gone/hidden" not in found
+    assert f"{work}/gone" not in found
     assert re.search(r"find: .*deny.*Permission denied", p.stderr)
     touched = strace_paths(p.stderr)
     assert not any("/deny/" in x or "/gone/" in x for x in touched), "looked behind a DENY/ENOENT"
@@ -180,6 +183,7 @@ def test_find_grep_and_os_walk_carry_on(agent, work):
     p = run(agent, work, [PY, "-c", code], check=True)
     assert f"{work}/ro/sub ['g']" in p.stdout
     assert "secret" not in p.stdout and "deep" not in p.stdout and "hidden" not in p.stdout
+    assert f"{work}/gone" not in p.stdout
 
 
 def test_find_from_the_root_survives(agent, work):
