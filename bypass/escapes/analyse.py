@@ -20,7 +20,7 @@ from .strace_log import AT_FDCWD, Processes, Syscall
 from .syscalls import SHAPES, Shape
 from .trace_log import Trapped
 
-HELPER_FAMILIES = {"cwd", "dir", "exec", "spawn", "tempfile"}   # calls that walk or search inside libc
+HELPER_FAMILIES = {"cwd", "dir", "exec", "spawn", "tempfile", "access"}   # calls that walk, search or stat inside libc (euidaccess stats first)
 STREAM_OPENERS = {"fopen", "freopen", "fdopen", "opendir", "fdopendir", "tmpfile"}
 STREAM_USERS = {"readdir", "readdir_r", "closedir", "scandir", "scandirat", "fclose"}
 # Trapped calls whose operand is a stream, not a path or descriptor, and the syscalls they make.
