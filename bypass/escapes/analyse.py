@@ -252,8 +252,9 @@ class Analyser:
             self.fds[pid][syscall.ret] = inherited or Origin(syscall.ret_path, family, explained_by)
         if syscall.name == "close" and fd_info and not syscall.failed:
             self.fds[pid].pop(fd_info[0], None)
-        if syscall.name in ("execve", "execveat"):
-            self._exec(syscall, path_info[1] if path_info else None)
+        if syscall.name in ("execve", "execveat") and path_info:
+            # The first exec runs before any cwd is known: it runs in ours (bypass started it here).
+            self._exec(syscall, path_info[1] or os.path.abspath(path_info[0]))
 
     def _path_operand(self, syscall: Syscall, shape: Shape) -> tuple[str, str | None] | None:
         """(raw path, absolute path) of the first path operand; None for fd-style calls."""
