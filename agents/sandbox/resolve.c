@@ -25,6 +25,7 @@
 #define _GNU_SOURCE
 #include "sandbox.h"
 
+#include <alloca.h>
 #include <ctype.h>
 #include <dirent.h>
 #include <elf.h>
@@ -127,15 +128,26 @@ static uint32_t g_arena_used, g_arena_gen, g_cache_count;
 static uint32_t g_gen = 1;
 static int g_cache_lock;
 
+/* Incremental string hash: cheap per byte (no multiply chain); mixed once
+ * with fmix64 where a slot index is taken.  Hits are confirmed by comparing
+ * the strings, so the hash only spreads the probes. */
 static inline uint64_t fnv_add(uint64_t h, const char *s, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 0x100000001b3ULL;
-    }
+    for (size_t i = 0; i < n; i++)
+        h = ((h << 7) | (h >> 57)) ^ (unsigned char)s[i];
     return h;
 }
-#define FNV_INIT 0xcbf29ce484222325ULL
+
+static inline uint64_t fmix64(uint64_t k)
+{
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdULL;
+    k ^= k >> 33;
+    k *= 0xc4ceb9fe1a85ec53ULL;
+    k ^= k >> 33;
+    return k;
+}
+#define FNV_INIT 0x9e3779b97f4a7c15ULL
 
 static inline int cache_trylock(void)
 {
@@ -157,6 +169,7 @@ static int cache_has(uint64_t h, const char *r, size_t rl)
     if (!slots)
         return 0;
     uint32_t gen = __atomic_load_n(&g_gen, __ATOMIC_ACQUIRE);
+    h = fmix64(h);
     for (unsigned i = 0; i < CACHE_PROBE; i++) {
         struct cslot *s = &slots[(h + i) & (CACHE_SLOTS - 1)];
         if (__atomic_load_n(&s->gen, __ATOMIC_ACQUIRE) != gen)
@@ -202,6 +215,7 @@ static void cache_add(uint64_t h, const char *r, size_t rl)
         g_arena_used = 0;
         g_cache_count = 0;
     }
+    h = fmix64(h);
     for (unsigned i = 0; i < CACHE_PROBE; i++) {
         struct cslot *s = &g_slots[(h + i) & (CACHE_SLOTS - 1)];
         if (s->gen == gen) {
@@ -234,9 +248,25 @@ void sb_set_cache(int on)
     sb_cache_flush();
 }
 
+/* ---- resolved bases: the virtual cwd and directory descriptors ------------- */
+
+/* A base is a virtual directory path already resolved, kept with what the
+ * walk needs to continue from it (its real path, entry and hash), so that
+ * a relative path only costs its own components. */
+struct base {
+    unsigned vl, rl, hl;
+    const struct sb_entry *e;   /* NULL: only v is known */
+    uint64_t h;
+};
+
+/* Fill (r, rl, e, h) for the virtual path v (defined with the walk below). */
+static int base_compute(const char *v, size_t vl, char *r, struct base *b);
+
 /* ---- virtual cwd ------------------------------------------------------------ */
 
 static char g_cwdbuf[2][PATH_MAX];
+static char g_cwdreal[2][PATH_MAX];
+static struct base g_cwdbase[2];
 static unsigned g_cwd_seq;   /* (seq / 2) & 1 is the current buffer */
 
 void sb_set_cwd(const char *vpath)
@@ -244,6 +274,11 @@ void sb_set_cwd(const char *vpath)
     unsigned s = __atomic_load_n(&g_cwd_seq, __ATOMIC_ACQUIRE);
     unsigned idx = ((s / 2) + 1) & 1;
     snprintf(g_cwdbuf[idx], PATH_MAX, "%s", vpath);
+    struct base *b = &g_cwdbase[idx];
+    b->vl = (unsigned)strlen(g_cwdbuf[idx]);
+    b->e = NULL;
+    if (g_active && vpath[0] == '/' && base_compute(g_cwdbuf[idx], b->vl, g_cwdreal[idx], b) != 0)
+        b->e = NULL;
     __atomic_store_n(&g_cwd_seq, s + 2, __ATOMIC_RELEASE);
 }
 
@@ -260,11 +295,13 @@ static int real_cwd_virtual(char *out, size_t size)
     return 0;
 }
 
-int sb_getcwd(char *buf, size_t size)
+/* Copy the cwd (and, when r is not NULL and known, its base) out. */
+static int cwd_get(char *buf, size_t size, char *r, struct base *b)
 {
     for (int tries = 0; tries < 8; tries++) {
         unsigned s = __atomic_load_n(&g_cwd_seq, __ATOMIC_ACQUIRE);
-        const char *c = g_cwdbuf[(s / 2) & 1];
+        unsigned idx = (s / 2) & 1;
+        const char *c = g_cwdbuf[idx];
         size_t l = strnlen(c, PATH_MAX);
         if (l == 0)
             break;
@@ -272,11 +309,25 @@ int sb_getcwd(char *buf, size_t size)
             return ERANGE;
         memcpy(buf, c, l);
         buf[l] = '\0';
+        if (b) {
+            *b = g_cwdbase[idx];
+            if (b->e && b->vl == l)
+                memcpy(r, g_cwdreal[idx], b->rl + 1);
+            else
+                b->e = NULL;
+        }
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
         if (__atomic_load_n(&g_cwd_seq, __ATOMIC_ACQUIRE) == s)
             return 0;
     }
+    if (b)
+        b->e = NULL;
     return real_cwd_virtual(buf, size);
+}
+
+int sb_getcwd(char *buf, size_t size)
+{
+    return cwd_get(buf, size, NULL, NULL);
 }
 
 /* ---- descriptor table ----------------------------------------------------- */
@@ -286,30 +337,38 @@ int sb_getcwd(char *buf, size_t size)
 struct fdslot {
     unsigned seq;
     unsigned len;
+    struct base b;
 };
 static struct fdslot g_fds[FD_MAX];
-static char *g_fdpaths;        /* FD_MAX * PATH_MAX, mapped on first use */
+static char *g_fdpaths;        /* FD_MAX * 2 * PATH_MAX (virtual, real), mapped on first use */
+
+static inline char *fd_vbuf(int fd) { return g_fdpaths + (size_t)fd * 2 * PATH_MAX; }
+static inline char *fd_rbuf(int fd) { return fd_vbuf(fd) + PATH_MAX; }
 
 void sb_fd_note(int fd, const char *vpath)
 {
     if (fd < 0 || fd >= FD_MAX || !vpath)
         return;
     if (!g_fdpaths) {
-        void *a = mmap(NULL, (size_t)FD_MAX * PATH_MAX, PROT_READ | PROT_WRITE,
+        void *a = mmap(NULL, (size_t)FD_MAX * 2 * PATH_MAX, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (a == MAP_FAILED)
             return;
         char *expected = NULL;
         if (!__atomic_compare_exchange_n(&g_fdpaths, &expected, (char *)a, 0,
                                          __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-            munmap(a, (size_t)FD_MAX * PATH_MAX);
+            munmap(a, (size_t)FD_MAX * 2 * PATH_MAX);
     }
     size_t l = strlen(vpath);
     struct fdslot *s = &g_fds[fd];
     __atomic_add_fetch(&s->seq, 1, __ATOMIC_ACQ_REL);
-    if (l + 1 <= PATH_MAX) {
-        memcpy(g_fdpaths + (size_t)fd * PATH_MAX, vpath, l + 1);
+    if (l + 1 <= PATH_MAX && vpath[0] == '/') {
+        memcpy(fd_vbuf(fd), vpath, l + 1);
         s->len = (unsigned)l;
+        s->b.vl = (unsigned)l;
+        s->b.e = NULL;
+        if (g_active && base_compute(fd_vbuf(fd), l, fd_rbuf(fd), &s->b) != 0)
+            s->b.e = NULL;
     } else {
         s->len = 0;
     }
@@ -334,7 +393,8 @@ void sb_fd_forget_range(unsigned int lo, unsigned int hi)
         sb_fd_forget((int)fd);
 }
 
-static int fd_table_get(int fd, char *out, size_t outsize)
+/* The table's path for fd (and, when r is not NULL, its base).  1 if known. */
+static int fd_table_get(int fd, char *out, size_t outsize, char *r, struct base *b)
 {
     if (fd < 0 || fd >= FD_MAX || !g_fdpaths)
         return 0;
@@ -345,8 +405,13 @@ static int fd_table_get(int fd, char *out, size_t outsize)
     unsigned l = s->len;
     if (l == 0 || l + 1 > outsize)
         return 0;
-    memcpy(out, g_fdpaths + (size_t)fd * PATH_MAX, l);
+    memcpy(out, fd_vbuf(fd), l);
     out[l] = '\0';
+    if (b) {
+        *b = s->b;
+        if (b->e)
+            memcpy(r, fd_rbuf(fd), b->rl + 1);
+    }
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
     return __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE) == s1;
 }
@@ -356,7 +421,7 @@ void sb_fd_dup(int oldfd, int newfd)
     char buf[PATH_MAX];
     if (oldfd == newfd)
         return;
-    if (fd_table_get(oldfd, buf, sizeof buf))
+    if (fd_table_get(oldfd, buf, sizeof buf, NULL, NULL))
         sb_fd_note(newfd, buf);
     else
         sb_fd_forget(newfd);
@@ -380,7 +445,7 @@ static int proc_fd_real(pid_t pid, int fd, char *out, size_t outsize)
 
 int sb_fd_path(int fd, char *out, size_t outsize)
 {
-    if (fd_table_get(fd, out, outsize)) {
+    if (fd_table_get(fd, out, outsize, NULL, NULL)) {
         STAT_INC(fd_hits);
         return 0;
     }
@@ -624,24 +689,40 @@ int sb_check(const struct sb_entry *e, int op)
 /* ---- the walk ------------------------------------------------------------- */
 
 struct walk {
-    char v[PATH_MAX];      /* virtual prefix resolved so far; "" is the root */
+    char *v;               /* virtual prefix resolved so far; "" is the root (PATH_MAX bytes) */
     size_t vl;
-    char r[PATH_MAX];      /* its real path; "" is the real root */
+    char *r;               /* its real path; "" is the real root (PATH_MAX bytes) */
     size_t rl;
     const struct sb_entry *e;
-    uint64_t h;            /* fnv hash of r[0..rl) */
+    uint64_t h;            /* hash of r[0..hl), extended lazily (walk_hash) */
+    size_t hl;
 };
+
+static inline uint64_t walk_hash(struct walk *w)
+{
+    if (w->hl != w->rl) {
+        w->h = fnv_add(w->h, w->r + w->hl, w->rl - w->hl);
+        w->hl = w->rl;
+    }
+    return w->h;
+}
 
 /* Which prefix lengths occur in the list: most components cannot end an
  * entry's prefix, and this answers that without scanning the list. */
-static uint64_t g_plen_bits[PATH_MAX / 64];
+static uint64_t g_plen_bits[64];        /* 4096-bit filter */
+
+static inline unsigned plen_key(const char *p, size_t len)
+{
+    return (unsigned)(len * 31u + (unsigned char)p[len - 1] * 7u + (unsigned char)p[len / 2]) & 4095u;
+}
 
 static void plen_bits_prepare(void)
 {
     memset(g_plen_bits, 0, sizeof g_plen_bits);
-    for (int i = 0; i < g_m.n; i++)
-        if (g_m.e[i].plen < PATH_MAX)
-            g_plen_bits[g_m.e[i].plen / 64] |= 1ULL << (g_m.e[i].plen % 64);
+    for (int i = 0; i < g_m.n; i++) {
+        unsigned k = plen_key(g_m.e[i].prefix, g_m.e[i].plen);
+        g_plen_bits[k / 64] |= 1ULL << (k % 64);
+    }
 }
 
 /* Latest entry whose prefix is exactly v[0..vl) ("" = "/"). */
@@ -649,8 +730,11 @@ static const struct sb_entry *exact_entry(const char *v, size_t vl)
 {
     const struct sb_entry *best = NULL;
     size_t want = vl ? vl : 1;
-    if (want >= PATH_MAX || !(g_plen_bits[want / 64] & (1ULL << (want % 64))))
-        return NULL;
+    if (vl) {
+        unsigned k = plen_key(v, vl);
+        if (!(g_plen_bits[k / 64] & (1ULL << (k % 64))))
+            return NULL;
+    }
     for (int i = 0; i < g_m.n; i++) {
         const struct sb_entry *e = &g_m.e[i];
         if (e->plen != want)
@@ -685,7 +769,8 @@ static int walk_refresh(struct walk *w)
         w->e = g_root_e;
         memcpy(w->r, g_root_r, g_root_rl + 1);
         w->rl = g_root_rl;
-        w->h = g_root_h;
+        w->h = FNV_INIT;
+        w->hl = 0;
         return 0;
     }
     w->v[w->vl] = '\0';
@@ -695,14 +780,15 @@ static int walk_refresh(struct walk *w)
         memcpy(w->r, w->v, w->vl + 1);         /* identity, only for lstat */
         w->rl = w->vl;
     } else {
-        if (sb_translate(w->e, vp, w->r, sizeof w->r))
+        if (sb_translate(w->e, vp, w->r, PATH_MAX))
             return ENAMETOOLONG;
         w->rl = strlen(w->r);
         if (w->rl == 1 && w->r[0] == '/')
             w->rl = 0;
         w->r[w->rl] = '\0';
     }
-    w->h = fnv_add(FNV_INIT, w->r, w->rl);
+    w->h = FNV_INIT;
+    w->hl = 0;
     return 0;
 }
 
@@ -710,6 +796,9 @@ static int walk_refresh(struct walk *w)
 static void root_prepare(void)
 {
     struct walk w;
+    char wv[PATH_MAX], wr[PATH_MAX];
+    w.v = wv;
+    w.r = wr;
     g_root_e = NULL;
     plen_bits_prepare();
     g_hides_names = 0;
@@ -721,6 +810,7 @@ static void root_prepare(void)
         memcpy(g_root_r, w.r, w.rl + 1);
         g_root_rl = w.rl;
         g_root_h = w.h;
+        (void)g_root_h;
         g_root_e = w.e;
     }
 }
@@ -728,7 +818,7 @@ static void root_prepare(void)
 static int walk_set(struct walk *w, const char *vpath)
 {
     size_t l = strlen(vpath);
-    if (l + 1 > sizeof w->v)
+    if (l + 1 > PATH_MAX)
         return ENAMETOOLONG;
     if (vpath != w->v)
         memmove(w->v, vpath, l + 1);
@@ -738,9 +828,58 @@ static int walk_set(struct walk *w, const char *vpath)
     return walk_refresh(w);
 }
 
+static int base_compute(const char *v, size_t vl, char *r, struct base *b)
+{
+    struct walk w;
+    char wv[PATH_MAX];
+    if (vl + 1 > sizeof wv)
+        return ENAMETOOLONG;
+    memcpy(wv, v, vl + 1);
+    w.v = wv;
+    w.r = r;
+    int rc = walk_set(&w, wv);
+    if (rc)
+        return rc;
+    b->vl = (unsigned)w.vl;
+    b->rl = (unsigned)w.rl;
+    b->e = w.e;
+    b->h = walk_hash(&w);
+    b->hl = (unsigned)w.hl;
+    return 0;
+}
+
+/* Start a walk at a resolved base (cwd or a directory descriptor). */
+static int walk_from_base(struct walk *w, int dirfd)
+{
+    struct base b;
+    int rc;
+    if (dirfd == AT_FDCWD) {
+        rc = cwd_get(w->v, PATH_MAX, w->r, &b);
+    } else if (fd_table_get(dirfd, w->v, PATH_MAX, w->r, &b)) {
+        STAT_INC(fd_hits);
+        rc = 0;
+    } else {
+        b.e = NULL;
+        rc = sb_fd_path(dirfd, w->v, PATH_MAX);
+    }
+    if (rc)
+        return rc;
+    if (w->v[0] != '/')
+        return ENOTDIR;
+    if (b.e) {                          /* known: no lookup, translation or hashing */
+        w->vl = b.vl;
+        w->rl = b.rl;
+        w->e = b.e;
+        w->h = b.h;
+        w->hl = b.hl;
+        return 0;
+    }
+    return walk_set(w, w->v);
+}
+
 static int walk_push(struct walk *w, const char *c, size_t cl)
 {
-    if (w->vl + 1 + cl + 1 > sizeof w->v || w->rl + 1 + cl + 1 > sizeof w->r)
+    if (w->vl + 1 + cl + 1 > PATH_MAX || w->rl + 1 + cl + 1 > PATH_MAX)
         return ENAMETOOLONG;
     w->v[w->vl++] = '/';
     memcpy(w->v + w->vl, c, cl);
@@ -752,14 +891,14 @@ static int walk_push(struct walk *w, const char *c, size_t cl)
     if (entry_hides(w->e)) {
         memcpy(w->r, w->v, w->vl + 1);
         w->rl = w->vl;
-        w->h = fnv_add(FNV_INIT, w->r, w->rl);
+        w->h = FNV_INIT;
+        w->hl = 0;
         return 0;
     }
     w->r[w->rl++] = '/';
     memcpy(w->r + w->rl, c, cl);
     w->rl += cl;
     w->r[w->rl] = '\0';
-    w->h = fnv_add(fnv_add(w->h, "/", 1), c, cl);
     return 0;
 }
 
@@ -919,6 +1058,22 @@ static __attribute__((noinline)) int read_link(struct walk *w, int op, int last,
     return 0;
 }
 
+/* Follow the symlink the walk stands on: rem becomes target + rest. */
+static __attribute__((noinline)) int follow_link(struct walk *w, int op, int last, const char *after,
+                                                 char *rem, size_t parent_vl, int *magic)
+{
+    char target[PATH_MAX];
+    int rc = read_link(w, op, last, target, sizeof target);
+    if (rc == -1) {                     /* a /proc link to pass through as it is */
+        *magic = 1;
+        return 0;
+    }
+    if (rc || (rc = splice_link(rem, PATH_MAX, target, after)))
+        return rc;
+    w->vl = target[0] == '/' ? 0 : parent_vl;
+    return walk_refresh(w);
+}
+
 int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result *res)
 {
     STAT_INC(resolves);
@@ -938,19 +1093,16 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
     }
 
     struct walk w;
+    w.v = res->vpath;                   /* the walk builds the answer in place */
+    w.r = res->rpath;
     int rc;
     if (path[0] == '/') {
         w.vl = 0;
         rc = walk_refresh(&w);
+    } else if (path[0] == '\0' && !(flags & SB_EMPTY_OK)) {
+        rc = ENOENT;
     } else {
-        if (dirfd == AT_FDCWD)
-            rc = sb_getcwd(w.v, sizeof w.v);
-        else
-            rc = sb_fd_path(dirfd, w.v, sizeof w.v);
-        if (rc == 0 && path[0] == '\0' && !(flags & SB_EMPTY_OK))
-            rc = ENOENT;
-        if (rc == 0)
-            rc = w.v[0] == '/' ? walk_set(&w, w.v) : ENOTDIR;
+        rc = walk_from_base(&w, dirfd);
     }
     if (rc)
         goto out;
@@ -962,7 +1114,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
     }
     int trailing = plen > 0 && path[plen - 1] == '/';
     int links = 0;
-    char rem[PATH_MAX];                 /* used once a symlink was met */
+    char *rem = NULL;                   /* made once a symlink is met */
     const char *p = path;
 
     for (;;) {
@@ -992,7 +1144,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
             continue;
         if (entry_hides(w.e) && !has_nested(w.v, w.vl))
             continue;                   /* nothing to see below: stay lexical */
-        if (!last && cache_has(w.h, w.r, w.rl)) {
+        if (!last && cache_has(walk_hash(&w), w.r, w.rl)) {
             STAT_INC(cache_hits);
             continue;
         }
@@ -1011,7 +1163,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         }
         if (S_ISDIR(st.st_mode)) {
             if (!entry_hides(w.e))
-                cache_add(w.h, w.r, w.rl);
+                cache_add(walk_hash(&w), w.r, w.rl);
             continue;
         }
         if (!S_ISLNK(st.st_mode)) {
@@ -1029,29 +1181,22 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
             rc = ELOOP;
             goto out;
         }
-        char target[PATH_MAX];
-        rc = read_link(&w, op, last, target, sizeof target);
-        if (rc == -1) {                 /* a /proc link to pass through as it is */
+        if (!rem)
+            rem = alloca(PATH_MAX);
+        int magic = 0;
+        if ((rc = follow_link(&w, op, last, after, rem, parent_vl, &magic)))
+            goto out;
+        if (magic) {
             res->magic = 1;
-            rc = 0;
             break;
         }
-        if (rc || (rc = splice_link(rem, sizeof rem, target, after)))
-            goto out;
         p = rem;
-        w.vl = target[0] == '/' ? 0 : parent_vl;
-        if ((rc = walk_refresh(&w)))
-            goto out;
     }
 
     res->entry = w.e;
-    if (w.vl)
-        memcpy(res->vpath, w.v, w.vl + 1);
-    else
+    if (w.vl == 0)
         strcpy(res->vpath, "/");
-    if (w.rl)
-        memcpy(res->rpath, w.r, w.rl + 1);
-    else
+    if (w.rl == 0)
         strcpy(res->rpath, "/");
     if (res->magic)
         goto out;                       /* the descriptor already grants the access */
