@@ -42,9 +42,7 @@ def _environment() -> jinja2.Environment:
 
 def next_params(call: PlannedCall) -> str:
     parts = [f"const struct bypass_ctx_{call.name} *bypass_ctx"]
-    parts += [v.type.declare(v.name) for v in call.fixed_values]
-    if call.variadic:
-        parts.append("...")
+    parts += [v.type.declare(v.name) for v in call.values]
     return ", ".join(parts)
 
 

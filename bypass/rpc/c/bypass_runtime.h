@@ -22,6 +22,9 @@
 #define BYPASS_LIKELY(x) __builtin_expect(!!(x), 1)
 #define BYPASS_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define BYPASS_EXPORT __attribute__((visibility("default")))
+/* Actions and next-layer calls are inlined into each entry point, where the entry is a
+ * constant: the dispatch on it then disappears from the hot path. */
+#define BYPASS_INLINE __attribute__((always_inline))
 
 /* Which symbol versions to ask dlvsym for depends on the architecture (see knowledge `since`). */
 #if defined(__x86_64__)

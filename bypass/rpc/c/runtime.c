@@ -143,6 +143,7 @@ const char *bypass_self_path(void)
 
 #define AGENT_FDS_MAX 16
 static int *agent_fds[AGENT_FDS_MAX];
+static int agent_fds_used;       /* slots ever filled: lets close() skip the scan in most agents */
 static pthread_mutex_t agent_fds_lock = PTHREAD_MUTEX_INITIALIZER;
 
 int bypass_fd_register(int *slot)
@@ -151,6 +152,8 @@ int bypass_fd_register(int *slot)
     for (int i = 0; i < AGENT_FDS_MAX; i++) {
         if (agent_fds[i] == NULL || agent_fds[i] == slot) {
             __atomic_store_n(&agent_fds[i], slot, __ATOMIC_RELEASE);
+            if (i + 1 > agent_fds_used)
+                __atomic_store_n(&agent_fds_used, i + 1, __ATOMIC_RELEASE);
             pthread_mutex_unlock(&agent_fds_lock);
             return 0;
         }
@@ -172,7 +175,8 @@ static int *agent_slot_of(int fd)
 {
     if (fd < 0)
         return NULL;
-    for (int i = 0; i < AGENT_FDS_MAX; i++) {
+    int used = __atomic_load_n(&agent_fds_used, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < used; i++) {
         int *slot = __atomic_load_n(&agent_fds[i], __ATOMIC_ACQUIRE);
         if (slot && *slot == fd)
             return slot;
@@ -216,7 +220,8 @@ int bypass_hook_close(int (*real)(int), int fd)
 static int lowest_agent_fd_in(unsigned int first, unsigned int last)
 {
     int lowest = -1;
-    for (int i = 0; i < AGENT_FDS_MAX; i++) {
+    int used = __atomic_load_n(&agent_fds_used, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < used; i++) {
         int *slot = __atomic_load_n(&agent_fds[i], __ATOMIC_ACQUIRE);
         if (!slot || *slot < 0)
             continue;
