@@ -72,6 +72,9 @@ def classify(call: PlannedCall, v: Value) -> Wire:
     returned = direction in ("out", "in out")
     if form == "string":
         return Wire(v, sent, returned, "string", size=size)
+    if form == "array" and pointee is not None and pointee.is_integer:
+        # integers travel as integers (neutral byte order and width), not as raw memory
+        return Wire(v, sent, returned, "int_array", size=size)
     if form in ("opaque", "array"):
         return Wire(v, sent, returned, form, size=size)
     if _is_struct_stat(pointee):
@@ -120,6 +123,13 @@ def _c_write(w: Wire) -> list[str]:
     if w.form == "array":
         return [f"if ({n}) bp_mp_write_bin(bypass_w, {n}, (size_t)({w.size}) * sizeof *({n}));",
                 "else bp_mp_write_nil(bypass_w);"]
+    if w.form == "int_array":
+        return [f"if ({n}) {{",
+                f"    size_t bypass_k = (size_t)({w.size});",
+                "    bp_mp_write_array(bypass_w, (uint32_t)bypass_k);",
+                "    for (size_t bypass_i = 0; bypass_i < bypass_k; bypass_i++)",
+                f"        bp_mp_write_int(bypass_w, (int64_t)({n})[bypass_i]);",
+                "} else bp_mp_write_nil(bypass_w);"]
     if w.form == "stat":
         return [f"if ({n}) {{",
                 "    int64_t bypass_st[BYPASS_STAT_NFIELDS];",
@@ -171,6 +181,16 @@ def _c_read(w: Wire) -> list[str]:
                 f"        bypass_stat_to_local(bypass_st, (struct stat *)({n}));",
                 "    } else if (!bypass_r->error) {",
                 "        bypass_r->error = BP_MP_ETYPE;",
+                "    }"]
+    elif w.form == "int_array":
+        out += ["    uint32_t bypass_k = 0;",
+                "    if (bp_mp_read_array(bypass_r, &bypass_k) == 0) {",
+                "        for (uint32_t bypass_i = 0; bypass_i < bypass_k; bypass_i++) {",
+                "            int64_t bypass_v = 0;",
+                "            bp_mp_read_int(bypass_r, &bypass_v);",
+                f"            if ((size_t)bypass_i < (size_t)({w.size}))",
+                f"                ({n})[bypass_i] = (__typeof__(({n})[0]))bypass_v;",
+                "        }",
                 "    }"]
     elif w.form == "int_ptr":
         out += ["    int64_t bypass_v = 0;",

@@ -20,13 +20,43 @@ from .protocol import ENV_ADDRESS, ENV_SECRET, ENV_SECRET_FILE, parse_address
 log = logging.getLogger("bypass.shadow")
 
 
+def _shadow_cache_key(spec_path: Path) -> str:
+    """Everything the generated shadow depends on, hashed without parsing anything (parsing
+    a big spec takes seconds; a program started under `bypass run` should not wait for it)."""
+    import hashlib
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256(spec_path.read_bytes())
+    for pattern in ("*.py", "*/*.py", "*/*.toml", "*/*/*.toml", "codegen/templates/*.j2"):
+        for f in sorted(package.glob(pattern)):
+            digest.update(str(f).encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()[:20]
+
+
+def shadow_source(spec_path: str | Path) -> str:
+    """The spec's generated shadow module (cached next to built agents)."""
+    from ..build import cache_dir, generate
+    spec_path = Path(spec_path)
+    cached = cache_dir() / "shadows" / f"{spec_path.stem}-{_shadow_cache_key(spec_path)}.py"
+    try:
+        return cached.read_text()
+    except OSError:
+        pass
+    text = generate(spec_path).shadow_py
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, cached)
+    except OSError:
+        pass           # no cache: still works, only slower
+    return text
+
+
 def load_shadow(spec_path: str | Path) -> types.ModuleType:
-    """Generate the spec's shadow module and load it (no file written)."""
-    from ..build import generate
-    generated = generate(spec_path)
-    module = types.ModuleType(f"bypass_shadow_{generated.plan.name}")
+    """Generate (or fetch from the cache) the spec's shadow module and load it."""
+    module = types.ModuleType(f"bypass_shadow_{Path(spec_path).stem}")
     module.__file__ = f"<shadow of {spec_path}>"
-    exec(compile(generated.shadow_py, module.__file__, "exec"), module.__dict__)
+    exec(compile(shadow_source(spec_path), module.__file__, "exec"), module.__dict__)
     return module
 
 

@@ -38,6 +38,10 @@ extern const char *bypass_getenv(const char *name) __attribute__((weak));
 extern void bypass_guard_enter(void) __attribute__((weak));
 extern void bypass_guard_leave(void) __attribute__((weak));
 extern const char bypass_spec_hash[] __attribute__((weak));
+extern int bypass_fd_register(int *slot) __attribute__((weak));
+/* An agent that buffers remote state may define this: it runs before fork, with the
+ * connection still free, so it can settle things with the shadow (see agents/remote). */
+extern void bypass_rpc_before_fork(void) __attribute__((weak));
 
 #define HANDSHAKE_MAX 4096
 #define NONCE_SIZE 32
@@ -645,6 +649,12 @@ static int ensure_connected(void)
     }
     set_timeouts(fd, t);
     S.fd = fd;
+    /* The runtime keeps the program's close/dup2/close_range off registered descriptors. */
+    static int registered;
+    if (!registered && bypass_fd_register) {
+        registered = 1;
+        bypass_fd_register(&S.fd);
+    }
     S.pid = getpid();
     S.connected_before = 1;
     S.ticket = 0;
@@ -674,6 +684,11 @@ static int simple_call_locked(int64_t call_no, int64_t *result);
 
 static void atfork_prepare(void)
 {
+    if (bypass_rpc_before_fork && S.fd >= 0) {
+        guard_enter();
+        bypass_rpc_before_fork();
+        guard_leave();
+    }
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);

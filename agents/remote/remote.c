@@ -1,0 +1,982 @@
+/*
+ * remote.c — remote I/O for the remote agent: placeholders, read-ahead, stdio and directory
+ * streams over shadow calls.  See remote.h for the model and remote.bypass for which calls
+ * come here.
+ *
+ * Everything here runs inside agent actions (or, for stdio cookies and the fork hook, inside
+ * bypass_guard_enter/leave), so libc calls made here reach libc, not this agent again.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/sysmacros.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bypass_runtime.h"
+#include "rpc_client.h"
+#include "bypass_neutral.h"
+#include "remote.h"
+
+/* ---- the shadow calls of remote.bypass (generated as bypass_shadow_<name>) ---- */
+int bypass_shadow_bypass_rx_open(int dslot, const char *path, int flags, mode_t mode, int slot);
+int bypass_shadow_bypass_rx_close(int slot);
+ssize_t bypass_shadow_bypass_rx_read(int slot, void *buf, size_t count);
+ssize_t bypass_shadow_bypass_rx_pread(int slot, void *buf, size_t count, off_t offset);
+ssize_t bypass_shadow_bypass_rx_write(int slot, const void *buf, size_t count);
+ssize_t bypass_shadow_bypass_rx_pwrite(int slot, const void *buf, size_t count, off_t offset);
+off_t bypass_shadow_bypass_rx_lseek(int slot, off_t offset, int whence);
+int bypass_shadow_bypass_rx_fstat(int slot, struct stat *st);
+int bypass_shadow_bypass_rx_stat(int dslot, const char *path, int follow, struct stat *st);
+int bypass_shadow_bypass_rx_access(int dslot, const char *path, int mode);
+int bypass_shadow_bypass_rx_unlink(int dslot, const char *path, int isdir);
+int bypass_shadow_bypass_rx_mkdir(int dslot, const char *path, mode_t mode);
+int bypass_shadow_bypass_rx_rename(int odslot, const char *oldpath, int ndslot, const char *newpath);
+ssize_t bypass_shadow_bypass_rx_readlink(int dslot, const char *path, char *buf, size_t size);
+int bypass_shadow_bypass_rx_symlink(const char *target, int dslot, const char *path);
+int bypass_shadow_bypass_rx_link(int odslot, const char *oldpath, int ndslot, const char *newpath);
+int bypass_shadow_bypass_rx_chmod(int dslot, const char *path, int slot, mode_t mode);
+int bypass_shadow_bypass_rx_chown(int dslot, const char *path, int slot, int uid, int gid, int follow);
+int bypass_shadow_bypass_rx_utimens(int dslot, const char *path, int slot, long asec, long ansec,
+                             long msec, long mnsec, int follow);
+int bypass_shadow_bypass_rx_ftruncate(int slot, off_t length);
+int bypass_shadow_bypass_rx_truncate(int dslot, const char *path, off_t length);
+int bypass_shadow_bypass_rx_fsync(int slot);
+int bypass_shadow_bypass_rx_setfl(int slot, int flags);
+int bypass_shadow_bypass_rx_dup(int oldslot, int newslot);
+ssize_t bypass_shadow_bypass_rx_getdents(int slot, void *buf, size_t size);
+int bypass_shadow_bypass_rx_rewinddir(int slot);
+ssize_t bypass_shadow_bypass_rx_fdpath(int slot, char *buf, size_t size);
+int bypass_shadow_bypass_rx_setcwd(const char *path);
+ssize_t bypass_shadow_bypass_rx_getcwd(char *buf, size_t size);
+int bypass_shadow_bypass_rx_keep(const int *slots, int count);
+
+#define MAX_FDS 4096
+#define RA_FIRST (64 * 1024)              /* read-ahead starts here and doubles... */
+#define RA_MAX (4 * 1024 * 1024)          /* ...up to this, while reads stay sequential */
+#define PLACEHOLDER_NAME "bypass-remote"
+/* While the current directory is remote, the process really sits in this empty local
+ * directory: it marks the state across exec (the remote path is kept by the shadow). */
+#define CWD_MARKER "/tmp/.bypass-remote-cwd"
+
+/* One open file description as this process sees it (dup'ed descriptors share it). */
+struct rfile {
+    int refs;
+    int flags;              /* the open flags, for F_GETFL */
+    int is_dir;
+    char *ra;               /* read-ahead: bytes the shadow sent beyond what was asked */
+    size_t ra_cap, ra_len, ra_pos;
+    size_t ra_next;         /* size of the next refill */
+};
+
+static struct rfile *table[MAX_FDS];
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static char prefix[PATH_MAX] = "/job";
+static size_t prefix_len = 4;
+static char cwd[PATH_MAX];                 /* remote current directory ("" = local) */
+
+static struct rfile *get(int fd)
+{
+    return fd >= 0 && fd < MAX_FDS ? table[fd] : NULL;
+}
+
+int rmt_is_fd(int fd)
+{
+    return get(fd) != NULL;
+}
+
+int rmt_is_cwd_remote(void)
+{
+    return cwd[0] != 0;
+}
+
+/* ---- paths --------------------------------------------------------------------------------- */
+
+static int join(char *out, size_t cap, const char *base, const char *rel)
+{
+    int n = snprintf(out, cap, "%s%s%s", base, base[0] && base[strlen(base) - 1] == '/' ? "" : "/", rel);
+    if (n < 0 || (size_t)n >= cap) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    return 0;
+}
+
+int rmt_where(int dirfd, const char *path, int *dslot, char *rpath, size_t cap)
+{
+    if (!path)
+        return 0;
+    if (path[0] == '/') {
+        if (strncmp(path, prefix, prefix_len) != 0 || (path[prefix_len] != 0 && path[prefix_len] != '/'))
+            return 0;
+        const char *rest = path + prefix_len;
+        if (snprintf(rpath, cap, "%s", *rest ? rest : "/") >= (int)cap) {
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        *dslot = -1;
+        return 1;
+    }
+    if (dirfd == AT_FDCWD) {
+        if (!cwd[0])
+            return 0;
+        *dslot = -1;
+        return join(rpath, cap, cwd, path) < 0 ? -1 : 1;
+    }
+    if (!rmt_is_fd(dirfd))
+        return 0;
+    if (snprintf(rpath, cap, "%s", path) >= (int)cap) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    *dslot = dirfd;
+    return 1;
+}
+
+/* ---- the table ------------------------------------------------------------------------------ */
+
+static struct rfile *new_rfile(int flags)
+{
+    struct rfile *r = calloc(1, sizeof *r);
+    if (r) {
+        r->refs = 1;
+        r->flags = flags;
+        r->ra_next = RA_FIRST;
+    }
+    return r;
+}
+
+static void unref(struct rfile *r)
+{
+    if (r && --r->refs == 0) {
+        free(r->ra);
+        free(r);
+    }
+}
+
+/* Hand unread read-ahead back: move the shared offset to where the program really is. */
+static int give_back(int fd, struct rfile *r)
+{
+    if (r->ra_pos < r->ra_len) {
+        off_t back = (off_t)(r->ra_len - r->ra_pos);
+        r->ra_len = r->ra_pos = 0;
+        if (bypass_shadow_bypass_rx_lseek(fd, -back, SEEK_CUR) < 0)
+            return -1;
+    }
+    r->ra_len = r->ra_pos = 0;
+    return 0;
+}
+
+/* Before fork (called by the RPC client): children share offsets, so settle them now. */
+void bypass_rpc_before_fork(void)
+{
+    pthread_mutex_lock(&lock);
+    for (int fd = 0; fd < MAX_FDS; fd++)
+        if (table[fd] && table[fd]->ra_pos < table[fd]->ra_len)
+            give_back(fd, table[fd]);
+    pthread_mutex_unlock(&lock);
+}
+
+static int placeholder(int cloexec)
+{
+    return memfd_create(PLACEHOLDER_NAME, cloexec ? MFD_CLOEXEC : 0);
+}
+
+int rmt_open(int dslot, const char *rpath, int flags, mode_t mode)
+{
+    int ph = placeholder(flags & O_CLOEXEC);
+    if (ph < 0)
+        return -1;
+    if (ph >= MAX_FDS) {
+        close(ph);
+        errno = EMFILE;
+        return -1;
+    }
+    struct rfile *r = new_rfile(flags);
+    if (!r) {
+        close(ph);
+        errno = ENOMEM;
+        return -1;
+    }
+    pthread_mutex_lock(&lock);
+    int rc = bypass_shadow_bypass_rx_open(dslot, rpath, flags, mode, ph);
+    if (rc < 0) {
+        int e = errno;
+        pthread_mutex_unlock(&lock);
+        free(r);
+        close(ph);
+        errno = e;
+        return -1;
+    }
+    r->is_dir = (flags & O_DIRECTORY) != 0;
+    table[ph] = r;
+    pthread_mutex_unlock(&lock);
+    return ph;
+}
+
+int rmt_close(int fd)
+{
+    pthread_mutex_lock(&lock);
+    struct rfile *r = get(fd);
+    if (!r) {
+        pthread_mutex_unlock(&lock);
+        errno = EBADF;
+        return -1;
+    }
+    if (r->refs == 1)
+        give_back(fd, r);        /* the offset may be shared with other processes */
+    table[fd] = NULL;
+    int rc = bypass_shadow_bypass_rx_close(fd);
+    int e = errno;
+    unref(r);
+    pthread_mutex_unlock(&lock);
+    close(fd);                   /* the placeholder */
+    errno = e;
+    return rc;
+}
+
+void rmt_forget(int fd)
+{
+    pthread_mutex_lock(&lock);
+    struct rfile *r = get(fd);
+    if (r) {
+        table[fd] = NULL;
+        bypass_shadow_bypass_rx_close(fd);
+        unref(r);
+    }
+    pthread_mutex_unlock(&lock);
+}
+
+int rmt_dup_done(int oldfd, int newfd)
+{
+    pthread_mutex_lock(&lock);
+    struct rfile *r = get(oldfd);
+    if (!r || newfd < 0 || newfd >= MAX_FDS) {
+        pthread_mutex_unlock(&lock);
+        return -1;
+    }
+    if (table[newfd] && table[newfd] != r)
+        unref(table[newfd]);
+    int rc = bypass_shadow_bypass_rx_dup(oldfd, newfd);
+    if (rc == 0) {
+        r->refs++;
+        table[newfd] = r;
+    }
+    pthread_mutex_unlock(&lock);
+    return rc;
+}
+
+/* ---- data ------------------------------------------------------------------------------------- */
+
+ssize_t rmt_read(int fd, void *buf, size_t n)
+{
+    pthread_mutex_lock(&lock);
+    struct rfile *r = get(fd);
+    ssize_t got = -1;
+    if (!r) {
+        errno = EBADF;
+    } else if (r->is_dir) {
+        errno = EISDIR;
+    } else if (r->ra_pos < r->ra_len) {
+        size_t k = r->ra_len - r->ra_pos < n ? r->ra_len - r->ra_pos : n;
+        memcpy(buf, r->ra + r->ra_pos, k);
+        r->ra_pos += k;
+        got = (ssize_t)k;
+    } else if (n >= r->ra_next) {
+        /* big reads go straight into the caller's buffer */
+        got = bypass_shadow_bypass_rx_read(fd, buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n);
+    } else {
+        size_t want = r->ra_next;
+        if (r->ra_cap < want) {
+            char *p = realloc(r->ra, want);
+            if (!p) {
+                pthread_mutex_unlock(&lock);
+                errno = ENOMEM;
+                return -1;
+            }
+            r->ra = p;
+            r->ra_cap = want;
+        }
+        ssize_t k = bypass_shadow_bypass_rx_read(fd, r->ra, want);
+        if (k >= 0) {
+            r->ra_len = (size_t)k;
+            r->ra_pos = (size_t)k < n ? (size_t)k : n;
+            memcpy(buf, r->ra, r->ra_pos);
+            got = (ssize_t)r->ra_pos;
+            if (r->ra_next < RA_MAX && (size_t)k == want)
+                r->ra_next *= 2;     /* still streaming: ask for more next time */
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    return got;
+}
+
+ssize_t rmt_write(int fd, const void *buf, size_t n)
+{
+    pthread_mutex_lock(&lock);
+    struct rfile *r = get(fd);
+    ssize_t done = -1;
+    if (!r) {
+        errno = EBADF;
+    } else if (give_back(fd, r) == 0) {
+        r->ra_next = RA_FIRST;
+        /* synchronous: a write is reported done only once the shadow performed it */
+        done = bypass_shadow_bypass_rx_write(fd, buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n);
+    }
+    pthread_mutex_unlock(&lock);
+    return done;
+}
+
+ssize_t rmt_pread(int fd, void *buf, size_t n, off_t off)
+{
+    return bypass_shadow_bypass_rx_pread(fd, buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
+}
+
+ssize_t rmt_pwrite(int fd, const void *buf, size_t n, off_t off)
+{
+    pthread_mutex_lock(&lock);
+    struct rfile *r = get(fd);
+    if (r)
+        give_back(fd, r);         /* the read-ahead may hold the bytes being replaced */
+    pthread_mutex_unlock(&lock);
+    return bypass_shadow_bypass_rx_pwrite(fd, buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
+}
+
+off_t rmt_lseek(int fd, off_t off, int whence)
+{
+    pthread_mutex_lock(&lock);
+    struct rfile *r = get(fd);
+    off_t rc = -1;
+    if (!r) {
+        errno = EBADF;
+    } else {
+        if (whence == SEEK_CUR)
+            off -= (off_t)(r->ra_len - r->ra_pos);   /* the shadow is ahead by the unread part */
+        r->ra_len = r->ra_pos = 0;
+        r->ra_next = RA_FIRST;
+        rc = bypass_shadow_bypass_rx_lseek(fd, off, whence);
+    }
+    pthread_mutex_unlock(&lock);
+    return rc;
+}
+
+int rmt_fstat(int fd, struct stat *st)
+{
+    return bypass_shadow_bypass_rx_fstat(fd, st);
+}
+
+int rmt_stat(int dslot, const char *rpath, struct stat *st, int follow)
+{
+    return bypass_shadow_bypass_rx_stat(dslot, rpath, follow, st);
+}
+
+#ifdef STATX_BASIC_STATS
+static void to_statx_ts(struct statx_timestamp *t, struct timespec ts)
+{
+    t->tv_sec = ts.tv_sec;
+    t->tv_nsec = (uint32_t)ts.tv_nsec;
+}
+#endif
+
+int rmt_statx(int dslot, const char *rpath, int fd, int flags, unsigned mask, void *statxbuf)
+{
+    (void)mask;
+#ifdef STATX_BASIC_STATS
+    struct stat st;
+    int rc = fd >= 0 ? rmt_fstat(fd, &st) : rmt_stat(dslot, rpath, &st, !(flags & AT_SYMLINK_NOFOLLOW));
+    if (rc < 0)
+        return -1;
+    struct statx *sx = statxbuf;
+    memset(sx, 0, sizeof *sx);
+    sx->stx_mask = STATX_BASIC_STATS;
+    sx->stx_blksize = (uint32_t)st.st_blksize;
+    sx->stx_nlink = (uint32_t)st.st_nlink;
+    sx->stx_uid = st.st_uid;
+    sx->stx_gid = st.st_gid;
+    sx->stx_mode = (uint16_t)st.st_mode;
+    sx->stx_ino = st.st_ino;
+    sx->stx_size = (uint64_t)st.st_size;
+    sx->stx_blocks = (uint64_t)st.st_blocks;
+    to_statx_ts(&sx->stx_atime, st.st_atim);
+    to_statx_ts(&sx->stx_mtime, st.st_mtim);
+    to_statx_ts(&sx->stx_ctime, st.st_ctim);
+    sx->stx_rdev_major = major(st.st_rdev);
+    sx->stx_rdev_minor = minor(st.st_rdev);
+    sx->stx_dev_major = major(st.st_dev);
+    sx->stx_dev_minor = minor(st.st_dev);
+    return 0;
+#else
+    (void)dslot; (void)rpath; (void)fd; (void)flags; (void)statxbuf;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int rmt_access(int dslot, const char *rpath, int mode)
+{
+    return bypass_shadow_bypass_rx_access(dslot, rpath, mode);
+}
+
+int rmt_unlink(int dslot, const char *rpath, int isdir)
+{
+    return bypass_shadow_bypass_rx_unlink(dslot, rpath, isdir);
+}
+
+int rmt_mkdir(int dslot, const char *rpath, mode_t mode)
+{
+    return bypass_shadow_bypass_rx_mkdir(dslot, rpath, mode);
+}
+
+int rmt_rename(int od, const char *op, int nd, const char *np)
+{
+    return bypass_shadow_bypass_rx_rename(od, op, nd, np);
+}
+
+ssize_t rmt_readlink(int dslot, const char *rpath, char *buf, size_t size)
+{
+    return bypass_shadow_bypass_rx_readlink(dslot, rpath, buf, size);
+}
+
+int rmt_link(int od, const char *op, int nd, const char *np)
+{
+    return bypass_shadow_bypass_rx_link(od, op, nd, np);
+}
+
+/* Lexical clean-up of an absolute remote path: no "//", ".", or ".." (never above "/"). */
+static void normalize(char *p)
+{
+    char out[PATH_MAX];
+    size_t n = 0;
+    const char *s = p;
+    while (*s) {
+        while (*s == '/')
+            s++;
+        if (!*s)
+            break;
+        const char *e = strchr(s, '/');
+        size_t len = e ? (size_t)(e - s) : strlen(s);
+        if (len == 1 && s[0] == '.') {
+            /* nothing */
+        } else if (len == 2 && s[0] == '.' && s[1] == '.') {
+            while (n > 0 && out[n - 1] != '/')
+                n--;
+            if (n > 0)
+                n--;
+        } else if (n + 1 + len < sizeof out) {
+            out[n++] = '/';
+            memcpy(out + n, s, len);
+            n += len;
+        }
+        s += len;
+    }
+    if (n == 0)
+        out[n++] = '/';
+    out[n] = 0;
+    memcpy(p, out, n + 1);
+}
+
+/* realpath of a remote path: lexical (symlinks are not followed) and it must exist. */
+char *rmt_realpath(int dslot, const char *rpath, char *resolved)
+{
+    char full[PATH_MAX], base[PATH_MAX];
+    if (dslot >= 0) {
+        ssize_t n = bypass_shadow_bypass_rx_fdpath(dslot, base, sizeof base - 1);
+        if (n < 0)
+            return NULL;
+        base[n] = 0;
+        if (join(full, sizeof full, base, rpath) < 0)
+            return NULL;
+    } else {
+        snprintf(full, sizeof full, "%s", rpath);
+    }
+    normalize(full);
+    struct stat st;
+    if (rmt_stat(-1, full, &st, 1) < 0)
+        return NULL;
+    char out[PATH_MAX];
+    int n = snprintf(out, sizeof out, "%s%s", prefix, strcmp(full, "/") == 0 ? "" : full);
+    if (n < 0 || (size_t)n >= sizeof out) {
+        errno = ENAMETOOLONG;
+        return NULL;
+    }
+    if (!resolved)
+        return strdup(out);
+    memcpy(resolved, out, (size_t)n + 1);
+    return resolved;
+}
+
+int rmt_symlink(const char *target, int dslot, const char *rpath)
+{
+    return bypass_shadow_bypass_rx_symlink(target, dslot, rpath);
+}
+
+int rmt_chmod(int dslot, const char *rpath, int fd, mode_t mode)
+{
+    return bypass_shadow_bypass_rx_chmod(dslot, rpath, fd, mode);
+}
+
+int rmt_chown(int dslot, const char *rpath, int fd, uid_t uid, gid_t gid, int follow)
+{
+    return bypass_shadow_bypass_rx_chown(dslot, rpath, fd, (int)uid, (int)gid, follow);
+}
+
+/* UTIME_NOW / UTIME_OMIT travel as -1 / -2 nanoseconds. */
+static long wire_nsec(long ns)
+{
+    return ns == UTIME_NOW ? -1 : ns == UTIME_OMIT ? -2 : ns;
+}
+
+int rmt_utimens(int dslot, const char *rpath, int fd, const struct timespec times[2], int follow)
+{
+    if (!times)
+        return bypass_shadow_bypass_rx_utimens(dslot, rpath, fd, 0, -1, 0, -1, follow);
+    return bypass_shadow_bypass_rx_utimens(dslot, rpath, fd, (long)times[0].tv_sec, wire_nsec(times[0].tv_nsec),
+                                    (long)times[1].tv_sec, wire_nsec(times[1].tv_nsec), follow);
+}
+
+int rmt_ftruncate(int fd, off_t len)
+{
+    pthread_mutex_lock(&lock);
+    struct rfile *r = get(fd);
+    if (r)
+        give_back(fd, r);
+    pthread_mutex_unlock(&lock);
+    return bypass_shadow_bypass_rx_ftruncate(fd, len);
+}
+
+int rmt_truncate(int dslot, const char *rpath, off_t len)
+{
+    return bypass_shadow_bypass_rx_truncate(dslot, rpath, len);
+}
+
+int rmt_fsync(int fd)
+{
+    return bypass_shadow_bypass_rx_fsync(fd);
+}
+
+/* fcntl on a remote descriptor: *handled = 0 leaves the call to the placeholder (F_GETFD...). */
+int rmt_fcntl(int fd, int cmd, long arg, int *handled)
+{
+    struct rfile *r = get(fd);
+    *handled = 1;
+    switch (cmd) {
+    case F_GETFL:
+        return r ? r->flags : -1;
+    case F_SETFL: {
+        int keep = O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+        int flags = (r->flags & keep) | ((int)arg & ~keep);
+        if (bypass_shadow_bypass_rx_setfl(fd, flags) < 0)
+            return -1;
+        r->flags = flags;
+        return 0;
+    }
+    case F_GETLK: {
+        /* Record locks: the shadow is one process for every agent, so real locks would never
+         * conflict between them; report "unlocked" and grant every lock (documented). */
+        struct flock *fl = (struct flock *)arg;
+        if (fl)
+            fl->l_type = F_UNLCK;
+        return 0;
+    }
+    case F_SETLK:
+    case F_SETLKW:
+#ifdef F_OFD_SETLK
+    case F_OFD_SETLK:
+    case F_OFD_SETLKW:
+#endif
+        return 0;
+#ifdef F_OFD_GETLK
+    case F_OFD_GETLK: {
+        struct flock *fl = (struct flock *)arg;
+        if (fl)
+            fl->l_type = F_UNLCK;
+        return 0;
+    }
+#endif
+    default:
+        *handled = 0;
+        return 0;
+    }
+}
+
+/* ---- stdio: a FILE over a remote descriptor (fopencookie) ---------------------------------- */
+
+static ssize_t cookie_read(void *c, char *buf, size_t n)
+{
+    bypass_guard_enter();
+    ssize_t k = rmt_read((int)(intptr_t)c, buf, n);
+    bypass_guard_leave();
+    return k;
+}
+
+static ssize_t cookie_write(void *c, const char *buf, size_t n)
+{
+    bypass_guard_enter();
+    size_t done = 0;
+    while (done < n) {
+        ssize_t k = rmt_write((int)(intptr_t)c, buf + done, n - done);
+        if (k <= 0)
+            break;
+        done += (size_t)k;
+    }
+    bypass_guard_leave();
+    return done ? (ssize_t)done : (n ? -1 : 0);
+}
+
+static int cookie_seek(void *c, off64_t *pos, int whence)
+{
+    bypass_guard_enter();
+    off_t r = rmt_lseek((int)(intptr_t)c, (off_t)*pos, whence);
+    bypass_guard_leave();
+    if (r < 0)
+        return -1;
+    *pos = r;
+    return 0;
+}
+
+static int cookie_close(void *c)
+{
+    bypass_guard_enter();
+    int rc = rmt_close((int)(intptr_t)c);
+    bypass_guard_leave();
+    return rc;
+}
+
+static int mode_flags(const char *mode)
+{
+    int flags;
+    switch (mode[0]) {
+    case 'r': flags = O_RDONLY; break;
+    case 'w': flags = O_WRONLY | O_CREAT | O_TRUNC; break;
+    case 'a': flags = O_WRONLY | O_CREAT | O_APPEND; break;
+    default: errno = EINVAL; return -1;
+    }
+    for (const char *m = mode + 1; *m && *m != ','; m++) {
+        if (*m == '+') flags = (flags & ~O_ACCMODE) | O_RDWR;
+        else if (*m == 'x') flags |= O_EXCL;
+        else if (*m == 'e') flags |= O_CLOEXEC;
+    }
+    return flags;
+}
+
+FILE *rmt_fdopen(int fd, const char *mode)
+{
+    cookie_io_functions_t io = { cookie_read, cookie_write, cookie_seek, cookie_close };
+    FILE *f = fopencookie((void *)(intptr_t)fd, mode, io);
+    if (!f)
+        return NULL;
+    /* glibc leaves a cookie stream's descriptor at -1; programs call fileno() on it (sort
+     * fstat()s its input), so give it the placeholder.  I/O still goes through the cookie. */
+    f->_fileno = fd;
+    if (mode[0] == 'a')
+        fseeko(f, 0, SEEK_END);
+    return f;
+}
+
+FILE *rmt_fopen(int dslot, const char *rpath, const char *mode)
+{
+    int flags = mode ? mode_flags(mode) : -1;
+    if (flags < 0)
+        return NULL;
+    int fd = rmt_open(dslot, rpath, flags, 0666);
+    if (fd < 0)
+        return NULL;
+    FILE *f = rmt_fdopen(fd, mode);
+    if (!f) {
+        int e = errno;
+        rmt_close(fd);
+        errno = e;
+    }
+    return f;
+}
+
+/* The standard streams write through glibc's internal write, which no preload sees: when
+ * descriptor 0, 1 or 2 becomes remote (sort -o dup2s its output onto 1; a shell redirects
+ * into /job before exec), the stream is replaced by one over the remote file. */
+void rmt_rebind_std(int fd)
+{
+    FILE **slot = fd == 0 ? &stdin : fd == 1 ? &stdout : fd == 2 ? &stderr : NULL;
+    if (!slot || !rmt_is_fd(fd))
+        return;
+    if (fd > 0)
+        fflush(*slot);
+    FILE *f = rmt_fdopen(fd, fd == 0 ? "r" : "w");
+    if (!f)
+        return;
+    if (fd == 2)
+        setvbuf(f, NULL, _IONBF, 0);
+    *slot = f;
+}
+
+/* ---- directory streams ------------------------------------------------------------------------ */
+
+#define RDIR_MAGIC 0x52444952u     /* "RDIR" */
+#define RDIR_MAX 256
+
+struct rdir {
+    uint32_t magic;
+    int fd;
+    size_t len, pos;
+    int eof;
+    struct dirent ent;
+    unsigned char buf[32768];
+};
+
+static struct rdir *rdirs[RDIR_MAX];
+static int rdir_count;
+
+int rmt_is_dir_stream(DIR *d)
+{
+    if (!d || __atomic_load_n(&rdir_count, __ATOMIC_ACQUIRE) == 0)
+        return 0;
+    for (int i = 0; i < RDIR_MAX; i++)
+        if (rdirs[i] == (struct rdir *)d)
+            return 1;
+    return 0;
+}
+
+DIR *rmt_fdopendir(int fd)
+{
+    struct stat st;
+    if (rmt_fstat(fd, &st) < 0)
+        return NULL;
+    if (!S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        return NULL;
+    }
+    struct rdir *d = calloc(1, sizeof *d);
+    if (!d) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    d->magic = RDIR_MAGIC;
+    d->fd = fd;
+    pthread_mutex_lock(&lock);
+    int i;
+    for (i = 0; i < RDIR_MAX && rdirs[i]; i++)
+        ;
+    if (i == RDIR_MAX) {
+        pthread_mutex_unlock(&lock);
+        free(d);
+        errno = EMFILE;
+        return NULL;
+    }
+    rdirs[i] = d;
+    __atomic_add_fetch(&rdir_count, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&lock);
+    return (DIR *)d;
+}
+
+DIR *rmt_opendir(int dslot, const char *rpath)
+{
+    int fd = rmt_open(dslot, rpath, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+    if (fd < 0)
+        return NULL;
+    DIR *d = rmt_fdopendir(fd);
+    if (!d) {
+        int e = errno;
+        rmt_close(fd);
+        errno = e;
+    }
+    return d;
+}
+
+/* Records from rx_getdents: ino (u64 BE), neutral d_type (u8), name length (u16 BE), name. */
+struct dirent *rmt_readdir(DIR *dir)
+{
+    struct rdir *d = (struct rdir *)dir;
+    if (d->pos >= d->len) {
+        if (d->eof)
+            return NULL;
+        ssize_t n = bypass_shadow_bypass_rx_getdents(d->fd, d->buf, sizeof d->buf);
+        if (n <= 0) {
+            d->eof = 1;
+            return NULL;        /* errno tells an error from the end */
+        }
+        d->len = (size_t)n;
+        d->pos = 0;
+    }
+    const unsigned char *p = d->buf + d->pos;
+    if (d->len - d->pos < 11) {
+        d->eof = 1;
+        errno = EIO;
+        return NULL;
+    }
+    uint64_t ino = 0;
+    for (int i = 0; i < 8; i++)
+        ino = ino << 8 | p[i];
+    int type = p[8];
+    size_t nlen = (size_t)p[9] << 8 | p[10];
+    if (d->len - d->pos < 11 + nlen || nlen >= sizeof d->ent.d_name) {
+        d->eof = 1;
+        errno = EIO;
+        return NULL;
+    }
+    d->ent.d_ino = ino;
+    d->ent.d_off = 0;
+    d->ent.d_reclen = sizeof d->ent;
+    d->ent.d_type = (unsigned char)bypass_dirent_types_to_local(type, NULL);
+    memcpy(d->ent.d_name, p + 11, nlen);
+    d->ent.d_name[nlen] = 0;
+    d->pos += 11 + nlen;
+    return &d->ent;
+}
+
+int rmt_closedir(DIR *dir)
+{
+    struct rdir *d = (struct rdir *)dir;
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < RDIR_MAX; i++)
+        if (rdirs[i] == d) {
+            rdirs[i] = NULL;
+            __atomic_sub_fetch(&rdir_count, 1, __ATOMIC_RELEASE);
+        }
+    pthread_mutex_unlock(&lock);
+    int rc = rmt_close(d->fd);
+    free(d);
+    return rc;
+}
+
+int rmt_dirfd(DIR *dir)
+{
+    return ((struct rdir *)dir)->fd;
+}
+
+void rmt_rewinddir(DIR *dir)
+{
+    struct rdir *d = (struct rdir *)dir;
+    d->len = d->pos = 0;
+    d->eof = 0;
+    bypass_shadow_bypass_rx_rewinddir(d->fd);
+}
+
+/* ---- current directory ------------------------------------------------------------------------ */
+
+static int set_cwd(const char *full)
+{
+    struct stat st;
+    if (rmt_stat(-1, full, &st, 1) < 0)
+        return -1;
+    if (!S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        return -1;
+    }
+    char next[PATH_MAX];
+    snprintf(next, sizeof next, "%s", full);
+    normalize(next);
+    mkdir(CWD_MARKER, 0755);
+    if (chdir(CWD_MARKER) < 0 || bypass_shadow_bypass_rx_setcwd(next) < 0)
+        return -1;
+    snprintf(cwd, sizeof cwd, "%s", next);
+    return 0;
+}
+
+int rmt_chdir(int dslot, const char *rpath)
+{
+    char full[PATH_MAX], base[PATH_MAX];
+    if (dslot >= 0) {
+        ssize_t n = bypass_shadow_bypass_rx_fdpath(dslot, base, sizeof base);
+        if (n < 0)
+            return -1;
+        base[n < (ssize_t)sizeof base ? n : (ssize_t)sizeof base - 1] = 0;
+        if (join(full, sizeof full, base, rpath) < 0)
+            return -1;
+        return set_cwd(full);
+    }
+    return set_cwd(rpath);
+}
+
+int rmt_fchdir(int fd)
+{
+    return rmt_chdir(fd, ".");
+}
+
+void rmt_chdir_local(void)
+{
+    cwd[0] = 0;
+}
+
+char *rmt_getcwd(char *buf, size_t size)
+{
+    char full[PATH_MAX + 16];
+    int n = snprintf(full, sizeof full, "%s%s", prefix, strcmp(cwd, "/") == 0 ? "" : cwd);
+    if (n < 0 || (size_t)n >= sizeof full) {
+        errno = ENAMETOOLONG;
+        return NULL;
+    }
+    if (!buf) {
+        return strdup(full);
+    }
+    if ((size_t)n >= size) {
+        errno = ERANGE;
+        return NULL;
+    }
+    memcpy(buf, full, (size_t)n + 1);
+    return buf;
+}
+
+/* ---- start-up: settings, and placeholders inherited through exec ------------------------------ */
+
+__attribute__((constructor)) static void remote_init(void)
+{
+    bypass_guard_enter();
+    const char *p = bypass_getenv("BYPASS_REMOTE_PREFIX");
+    if (p && p[0] == '/') {
+        snprintf(prefix, sizeof prefix, "%s", p);
+        prefix_len = strlen(prefix);
+        while (prefix_len > 1 && prefix[prefix_len - 1] == '/')
+            prefix[--prefix_len] = 0;
+    }
+    /* After exec, our placeholders are still open (unless close-on-exec) but this image has
+     * no table: find them by name and tell the shadow which ones survived. */
+    DIR *d = opendir("/proc/self/fd");
+    int kept[256], nkept = 0;
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL) {
+            char link[64], target[128];
+            int fd = atoi(e->d_name);
+            if (e->d_name[0] == '.' || fd == dirfd(d) || fd >= MAX_FDS)
+                continue;
+            snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+            ssize_t n = readlink(link, target, sizeof target - 1);
+            if (n <= 0)
+                continue;
+            target[n] = 0;
+            if (strstr(target, "memfd:" PLACEHOLDER_NAME) && nkept < 256) {
+                kept[nkept++] = fd;
+                int fl = fcntl(fd, F_GETFL);
+                table[fd] = new_rfile(fl < 0 ? O_RDWR : fl);
+            }
+        }
+        closedir(d);
+    }
+    for (int i = 0; i < nkept; i++)
+        if (kept[i] <= 2)
+            rmt_rebind_std(kept[i]);
+    char here[PATH_MAX];
+    if (getcwd(here, sizeof here) && strcmp(here, CWD_MARKER) == 0) {
+        ssize_t n = bypass_shadow_bypass_rx_getcwd(cwd, sizeof cwd - 1);
+        cwd[n > 0 ? n : 0] = 0;
+    }
+    if (nkept > 0) {
+        /* Ask the shadow to keep exactly these (those lost to close-on-exec are dropped). */
+        if (bypass_shadow_bypass_rx_keep(kept, nkept) < 0)
+            bypass_log("remote: the shadow does not know this process's remote files (%s)",
+                       strerror(errno));
+        for (int i = 0; i < nkept; i++) {
+            struct stat st;
+            if (table[kept[i]] && bypass_shadow_bypass_rx_fstat(kept[i], &st) == 0)
+                table[kept[i]]->is_dir = S_ISDIR(st.st_mode);
+        }
+    }
+    bypass_guard_leave();
+}

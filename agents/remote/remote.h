@@ -1,0 +1,73 @@
+/*
+ * remote.h — the C side of the remote agent (Condor-style remote I/O; see remote.bypass).
+ *
+ * Paths under the remote prefix (BYPASS_REMOTE_PREFIX, default /job) belong to the shadow:
+ * "/job/data/in.txt" is "/data/in.txt" under the shadow's export root.  A remote file opened
+ * by the program is represented in it by a *placeholder*: a real descriptor (an empty memfd)
+ * with the number the program sees, so numbers never collide with local files and survive
+ * fork and exec like any descriptor.  The shadow keeps the real file under that number.
+ */
+#ifndef REMOTE_H
+#define REMOTE_H
+
+#include <dirent.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+/* ---- where does a (dirfd, path) pair live? ---------------------------------------------- */
+/* 1: remote; *dslot is -1 (rpath is absolute in the remote namespace) or the remote directory
+ * descriptor rpath is relative to.  0: local.  -1: error (errno set, e.g. ENAMETOOLONG). */
+int rmt_where(int dirfd, const char *path, int *dslot, char *rpath, size_t cap);
+int rmt_is_fd(int fd);
+int rmt_is_dir_stream(DIR *d);
+int rmt_is_cwd_remote(void);
+
+/* ---- operations on remote objects (errno set on failure, like the calls they stand for) -- */
+int rmt_open(int dslot, const char *rpath, int flags, mode_t mode);
+int rmt_close(int fd);
+ssize_t rmt_read(int fd, void *buf, size_t n);
+ssize_t rmt_write(int fd, const void *buf, size_t n);
+ssize_t rmt_pread(int fd, void *buf, size_t n, off_t off);
+ssize_t rmt_pwrite(int fd, const void *buf, size_t n, off_t off);
+off_t rmt_lseek(int fd, off_t off, int whence);
+int rmt_fstat(int fd, struct stat *st);
+int rmt_stat(int dslot, const char *rpath, struct stat *st, int follow);
+int rmt_statx(int dslot, const char *rpath, int fd, int flags, unsigned mask, void *statxbuf);
+int rmt_access(int dslot, const char *rpath, int mode);
+int rmt_unlink(int dslot, const char *rpath, int isdir);
+int rmt_mkdir(int dslot, const char *rpath, mode_t mode);
+int rmt_rename(int od, const char *op, int nd, const char *np);
+ssize_t rmt_readlink(int dslot, const char *rpath, char *buf, size_t size);
+int rmt_link(int od, const char *op, int nd, const char *np);
+char *rmt_realpath(int dslot, const char *rpath, char *resolved);
+int rmt_symlink(const char *target, int dslot, const char *rpath);
+int rmt_chmod(int dslot, const char *rpath, int fd, mode_t mode);
+int rmt_chown(int dslot, const char *rpath, int fd, uid_t uid, gid_t gid, int follow);
+int rmt_utimens(int dslot, const char *rpath, int fd, const struct timespec times[2], int follow);
+int rmt_ftruncate(int fd, off_t len);
+int rmt_truncate(int dslot, const char *rpath, off_t len);
+int rmt_fsync(int fd);
+int rmt_fcntl(int fd, int cmd, long arg, int *handled);
+/* after the local dup/dup2/dup3 made newfd a copy of remote oldfd */
+int rmt_dup_done(int oldfd, int newfd);
+/* newfd (a remote placeholder) was closed behind our back (dup2 onto it): forget it */
+void rmt_forget(int fd);
+/* fd (0, 1 or 2) became remote: point stdin/stdout/stderr at it */
+void rmt_rebind_std(int fd);
+
+FILE *rmt_fopen(int dslot, const char *rpath, const char *mode);
+FILE *rmt_fdopen(int fd, const char *mode);
+DIR *rmt_opendir(int dslot, const char *rpath);
+DIR *rmt_fdopendir(int fd);
+struct dirent *rmt_readdir(DIR *d);
+int rmt_closedir(DIR *d);
+int rmt_dirfd(DIR *d);
+void rmt_rewinddir(DIR *d);
+
+int rmt_chdir(int dslot, const char *rpath);
+int rmt_fchdir(int fd);
+void rmt_chdir_local(void);
+char *rmt_getcwd(char *buf, size_t size);
+
+#endif
