@@ -1058,6 +1058,68 @@ static __attribute__((noinline)) int read_link(struct walk *w, int op, int last,
     return 0;
 }
 
+/* ---- parent memo ------------------------------------------------------------
+ * Programs work on many files of one directory in a row (cp, tar, gcc's
+ * includes).  The walk of an absolute path's parent is remembered, keyed by
+ * the parent's text, and reused while the directory cache generation is the
+ * same: it depends on nothing else (no symlink may have been followed, every
+ * directory on the way is one the cache vouches for, and everything that
+ * could change those facts in this process flushes the cache). */
+
+#define MEMO_MAX 512
+
+static struct {
+    unsigned seq;                       /* odd while written */
+    uint32_t gen;
+    unsigned klen, vl, rl, hl;
+    const struct sb_entry *e;
+    uint64_t h;
+    char key[MEMO_MAX], v[MEMO_MAX], r[MEMO_MAX];
+} g_memo;
+static int g_memo_lock;
+
+static int memo_get(const char *path, size_t klen, struct walk *w)
+{
+    unsigned s1 = __atomic_load_n(&g_memo.seq, __ATOMIC_ACQUIRE);
+    if ((s1 & 1) || g_memo.klen != klen || g_memo.gen != __atomic_load_n(&g_gen, __ATOMIC_ACQUIRE) ||
+        memcmp(g_memo.key, path, klen) != 0)
+        return 0;
+    unsigned vl = g_memo.vl, rl = g_memo.rl;
+    if (vl >= MEMO_MAX || rl >= MEMO_MAX)
+        return 0;
+    memcpy(w->v, g_memo.v, vl + 1);
+    memcpy(w->r, g_memo.r, rl + 1);
+    w->vl = vl;
+    w->rl = rl;
+    w->hl = g_memo.hl;
+    w->h = g_memo.h;
+    w->e = g_memo.e;
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    return __atomic_load_n(&g_memo.seq, __ATOMIC_ACQUIRE) == s1;
+}
+
+static void memo_put(const char *path, size_t klen, uint32_t gen, const struct walk *w)
+{
+    if (klen >= MEMO_MAX || w->vl >= MEMO_MAX || w->rl >= MEMO_MAX ||
+        __atomic_test_and_set(&g_memo_lock, __ATOMIC_ACQUIRE))
+        return;
+    __atomic_add_fetch(&g_memo.seq, 1, __ATOMIC_ACQ_REL);
+    g_memo.gen = gen;
+    g_memo.klen = (unsigned)klen;
+    memcpy(g_memo.key, path, klen);
+    memcpy(g_memo.v, w->v, w->vl);
+    g_memo.v[w->vl] = '\0';
+    memcpy(g_memo.r, w->r, w->rl);
+    g_memo.r[w->rl] = '\0';
+    g_memo.vl = (unsigned)w->vl;
+    g_memo.rl = (unsigned)w->rl;
+    g_memo.hl = (unsigned)w->hl;
+    g_memo.h = w->h;
+    g_memo.e = w->e;
+    __atomic_add_fetch(&g_memo.seq, 1, __ATOMIC_ACQ_REL);
+    __atomic_clear(&g_memo_lock, __ATOMIC_RELEASE);
+}
+
 /* Follow the symlink the walk stands on: rem becomes target + rest. */
 static __attribute__((noinline)) int follow_link(struct walk *w, int op, int last, const char *after,
                                                  char *rem, size_t parent_vl, int *magic)
@@ -1117,6 +1179,21 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
     char *rem = NULL;                   /* made once a symlink is met */
     const char *p = path;
 
+    /* the parent memo: absolute paths "/dir/.../name" without a trailing slash */
+    size_t klen = 0;
+    uint32_t gen0 = __atomic_load_n(&g_gen, __ATOMIC_ACQUIRE);
+    int memo = path[0] == '/' && !trailing && g_cache_on;
+    if (memo) {
+        const char *last_slash = strrchr(path, '/');
+        klen = (size_t)(last_slash - path);
+        memo = klen > 0;
+        if (memo && memo_get(path, klen, &w)) {
+            STAT_INC(memo_hits);
+            p = path + klen;
+            memo = 0;                   /* nothing new to remember */
+        }
+    }
+
     for (;;) {
         while (*p == '/')
             p++;
@@ -1134,6 +1211,12 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
             if (cl == 2 && (rc = walk_pop(&w)))
                 goto out;
             continue;
+        }
+        if (memo && last) {
+            /* w is the parent, walked from the path's own text without symlinks */
+            if (!rem && (size_t)(c - path) == klen + 1)
+                memo_put(path, klen, gen0, &w);
+            memo = 0;
         }
         size_t parent_vl = w.vl;
         if ((rc = walk_push(&w, c, cl)))

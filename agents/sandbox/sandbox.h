@@ -202,7 +202,7 @@ void sb_atexit_report(void);
 
 /* Counters for tests and benchmarks. */
 struct sb_stats {
-    unsigned long resolves, lstats, cache_hits, readlinks, fd_hits, fd_misses;
+    unsigned long resolves, lstats, cache_hits, readlinks, fd_hits, fd_misses, memo_hits;
 };
 void sb_get_stats(struct sb_stats *s);
 void sb_set_cache(int on);

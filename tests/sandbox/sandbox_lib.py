@@ -15,7 +15,7 @@ struct sb_entry { char *prefix; size_t plen; char *target; size_t tlen; int kind
 struct sb_mounts { struct sb_entry *e; int n; char file[4096]; };
 struct sb_result { int err; const struct sb_entry *entry; int magic; int is_link;
                    char vpath[4096]; char rpath[4096]; };
-struct sb_stats { unsigned long resolves, lstats, cache_hits, readlinks, fd_hits, fd_misses; };
+struct sb_stats { unsigned long resolves, lstats, cache_hits, readlinks, fd_hits, fd_misses, memo_hits; };
 int sb_mounts_parse(struct sb_mounts *m, const char *text, const char *file, char *err, size_t errsize);
 int sb_mounts_load(struct sb_mounts *m, const char *file, char *err, size_t errsize);
 void sb_mounts_free(struct sb_mounts *m);
@@ -140,6 +140,6 @@ class Sandbox:
         s = self.ffi.new("struct sb_stats *")
         self.lib.sb_get_stats(s)
         return {k: getattr(s, k) for k in
-                ("resolves", "lstats", "cache_hits", "readlinks", "fd_hits", "fd_misses")}
+                ("resolves", "lstats", "cache_hits", "readlinks", "fd_hits", "fd_misses", "memo_hits")}
 
 

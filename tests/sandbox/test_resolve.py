@@ -277,12 +277,22 @@ def test_directory_cache_saves_lstats_and_is_flushed(world):
         assert sb.real("read", f"{deep}/f") == f"{deep}/f"
     s2 = sb.stats()
     assert s2["lstats"] - s1["lstats"] == 10            # only the last component, once a call
-    assert s2["cache_hits"] > s1["cache_hits"]
+    assert s2["memo_hits"] - s1["memo_hits"] == 10      # the parent's walk is remembered
+    sb.real("read", f"{deep}/../c/f")                   # another text: walked, from the cache
+    assert sb.stats()["cache_hits"] > s2["cache_hits"]
     # replace a directory by a symlink into a denied place; the agent flushes on rename
     os.rename(t / "rw/a/b", t / "rw/a/old")
     os.symlink(f"{t}/deny", t / "rw/a/b")
     sb.lib.sb_cache_flush()
     assert sb.real("read", f"{t}/rw/a/b/secret") == errno.EACCES
+    # a missing name that becomes a symlink (symlink() flushes in the agent)
+    assert sb.real("create", f"{t}/rw/a/new/f") == errno.ENOENT
+    (t / "rw/a/x").mkdir()
+    assert sb.real("create", f"{t}/rw/a/x/f") == f"{t}/rw/a/x/f"
+    os.rmdir(t / "rw/a/x")
+    os.symlink(f"{t}/deny", t / "rw/a/x")
+    sb.lib.sb_cache_flush()
+    assert sb.real("create", f"{t}/rw/a/x/f") == errno.EACCES
     # with the cache off every component is checked
     sb.lib.sb_set_cache(0)
     s3 = sb.stats()
