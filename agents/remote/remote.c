@@ -29,7 +29,7 @@
 /* ---- the shadow calls of remote.bypass (generated as bypass_shadow_<name>) ---- */
 int bypass_shadow_bypass_rx_open(int dslot, const char *path, int flags, mode_t mode, int slot);
 int bypass_shadow_bypass_rx_close(int slot);
-ssize_t bypass_shadow_bypass_rx_read(int slot, void *buf, size_t count);
+ssize_t bypass_shadow_bypass_rx_read(int slot, void *buf, size_t count, size_t want);
 ssize_t bypass_shadow_bypass_rx_pread(int slot, void *buf, size_t count, off_t offset);
 ssize_t bypass_shadow_bypass_rx_write(int slot, const void *buf, size_t count);
 ssize_t bypass_shadow_bypass_rx_pwrite(int slot, const void *buf, size_t count, off_t offset);
@@ -292,7 +292,8 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
         got = (ssize_t)k;
     } else if (n >= r->ra_next) {
         /* big reads go straight into the caller's buffer */
-        got = bypass_shadow_bypass_rx_read(fd, buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n);
+        size_t k = n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n;
+        got = bypass_shadow_bypass_rx_read(fd, buf, k, k);
     } else {
         size_t want = r->ra_next;
         if (r->ra_cap < want) {
@@ -305,7 +306,8 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
             r->ra = p;
             r->ra_cap = want;
         }
-        ssize_t k = bypass_shadow_bypass_rx_read(fd, r->ra, want);
+        /* the shadow sends `want` bytes, or only `n` when the offset is shared */
+        ssize_t k = bypass_shadow_bypass_rx_read(fd, r->ra, n, want);
         if (k >= 0) {
             r->ra_len = (size_t)k;
             r->ra_pos = (size_t)k < n ? (size_t)k : n;

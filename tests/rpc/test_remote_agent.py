@@ -1,0 +1,222 @@
+"""The remote agent end to end: real programs read and write files through the shadow."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from bypass.build import build
+from bypass.rpc.shadow_cli import make_server
+
+SPEC = Path(__file__).resolve().parents[2] / "agents" / "remote" / "remote.bypass"
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory):
+    return build(SPEC, tmp_path_factory.mktemp("remote") / "remote.so")
+
+
+@pytest.fixture
+def export(tmp_path):
+    root = tmp_path / "export"
+    (root / "data" / "sub").mkdir(parents=True)
+    (root / "data" / "input.txt").write_text("".join(f"line {i:05d}\n" for i in range(3000)))
+    (root / "data" / "sub" / "a.txt").write_text("needle in a\n")
+    (root / "data" / "sub" / "b.txt").write_text("nothing\n")
+    return root
+
+
+@pytest.fixture
+def shadow(export):
+    server = make_server(SPEC, str(export))
+    server.listen()
+    server.start()
+    yield server
+    server.close()
+
+
+def run(agent, shadow, *cmd, timeout=60, env=None, **kw):
+    e = dict(os.environ, LD_PRELOAD=str(agent), BYPASS_SHADOW=shadow.address,
+             BYPASS_SHADOW_TIMEOUT="10")
+    e.update(env or {})
+    return subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def sh(agent, shadow, script, **kw):
+    return run(agent, shadow, "sh", "-c", script, **kw)
+
+
+def test_cat_cp_sort_grep(agent, shadow, export):
+    p = sh(agent, shadow, "cat /job/data/input.txt | tail -1; cp /job/data/input.txt /job/copy.txt; "
+                          "sort -r -o /job/sorted.txt /job/data/input.txt; grep -r needle /job/data")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["line 02999", "/job/data/sub/a.txt:needle in a"]
+    src = (export / "data" / "input.txt").read_text()
+    assert (export / "copy.txt").read_text() == src
+    assert (export / "sorted.txt").read_text() == "".join(sorted(src.splitlines(True), reverse=True))
+
+
+def test_ls_stat_and_directories(agent, shadow, export):
+    p = sh(agent, shadow, "ls /job/data; ls -l /job/data/sub | wc -l; stat -c '%s %F' /job/data/input.txt; "
+                          "find /job/data -name '*.txt' | sort; mkdir /job/new; rmdir /job/new; "
+                          "mv /job/data/sub/b.txt /job/data/b2.txt; rm /job/data/b2.txt; ls /job/data/sub")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == [
+        "input.txt", "sub", "3", f"{(export / 'data' / 'input.txt').stat().st_size} regular file",
+        "/job/data/input.txt", "/job/data/sub/a.txt", "/job/data/sub/b.txt", "a.txt"]
+    assert not (export / "data" / "b2.txt").exists() and not (export / "new").exists()
+
+
+def test_shell_redirection_and_cwd(agent, shadow, export):
+    p = sh(agent, shadow, "cd /job/data && pwd && cat sub/a.txt && echo hi > out.txt && "
+                          "sort input.txt > sorted.txt && ls sub")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["/job/data", "needle in a", "a.txt", "b.txt"]
+    assert (export / "data" / "out.txt").read_text() == "hi\n"
+    assert (export / "data" / "sorted.txt").read_text() == (export / "data" / "input.txt").read_text()
+
+
+def test_python_reads_and_writes(agent, shadow, export):
+    code = ("import os\n"
+            "data = open('/job/data/input.txt').read()\n"
+            "with open('/job/py.txt', 'w') as f: f.write(data.upper())\n"
+            "with open('/job/py.txt', 'r+b') as f:\n"
+            "    f.seek(5); f.write(b'#'); f.seek(0); print(f.read(10))\n"
+            "print(sorted(os.listdir('/job/data')), os.path.getsize('/job/py.txt'))\n")
+    p = run(agent, shadow, sys.executable, "-c", code)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["b'LINE #0000'", f"['input.txt', 'sub'] {3000 * 11}"]
+    assert (export / "py.txt").read_text().startswith("LINE #0000\nLINE 00001")
+
+
+def test_sqlite3(agent, shadow, export):
+    if not shutil.which("sqlite3"):
+        pytest.fail("sqlite3 is not installed (Debian package sqlite3)")
+    p = sh(agent, shadow, "sqlite3 /job/db.sqlite 'create table t(x); insert into t values (1),(2),(3);' && "
+                          "sqlite3 /job/db.sqlite 'select sum(x) from t'")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "6"
+    with sqlite3.connect(export / "db.sqlite") as db:
+        assert db.execute("select count(*) from t").fetchone() == (3,)
+
+
+def test_tar_extracts_into_the_remote_tree(agent, shadow, export, tmp_path):
+    src = tmp_path / "src"
+    (src / "d" / "e").mkdir(parents=True)
+    (src / "d" / "one.txt").write_text("one\n")
+    (src / "d" / "e" / "two.txt").write_text("two\n")
+    os.chmod(src / "d" / "one.txt", 0o640)
+    (src / "d" / "link").symlink_to("one.txt")
+    with tarfile.open(tmp_path / "a.tar", "w") as t:
+        t.add(src / "d", arcname="d")
+    p = sh(agent, shadow, f"mkdir /job/out && tar xf {tmp_path}/a.tar -C /job/out")
+    assert p.returncode == 0, p.stderr
+    out = export / "out" / "d"
+    assert (out / "one.txt").read_text() == "one\n" and (out / "e" / "two.txt").read_text() == "two\n"
+    assert os.readlink(out / "link") == "one.txt"
+    assert (out / "one.txt").stat().st_mode & 0o777 == 0o640
+    assert (out / "one.txt").stat().st_mtime == pytest.approx((src / "d" / "one.txt").stat().st_mtime, abs=1)
+
+
+def test_no_escape_from_the_export_root(agent, shadow, export):
+    (export / "data" / "evil").symlink_to("/etc/passwd")
+    p = sh(agent, shadow, "cat /job/../../../etc/passwd; cat /job/data/evil; cat /job/data/../../etc/hostname")
+    assert p.returncode != 0
+    assert p.stdout == ""
+    assert p.stderr.count("No such file or directory") == 3, p.stderr
+
+
+def test_fork_shares_the_offset_and_exec_keeps_descriptors(agent, shadow, export):
+    (export / "f.txt").write_bytes(b"0123456789abcdefghij")
+    code = ("import os, sys\n"
+            "fd = os.open('/job/f.txt', os.O_RDONLY)\n"
+            "print('parent', os.read(fd, 5), flush=True)\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    print('child', os.read(fd, 5), flush=True)\n"
+            "    os._exit(0)\n"
+            "os.waitpid(pid, 0)\n"
+            "print('parent', os.read(fd, 3), flush=True)\n"
+            "os.set_inheritable(fd, True)\n"
+            "os.execv(sys.executable, [sys.executable, '-c', "
+            "f'import os; print(\"exec\", os.read({fd}, 4), os.fstat({fd}).st_size)'])\n")
+    p = run(agent, shadow, sys.executable, "-c", code)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["parent b'01234'", "child b'56789'", "parent b'abc'",
+                                     "exec b'defg' 20"]
+
+
+def test_threads(agent, shadow, export):
+    code = ("import threading\n"
+            "res = {}\n"
+            "def work(i):\n"
+            "    with open(f'/job/t{i}.txt', 'w') as f: f.write(str(i) * 1000)\n"
+            "    res[i] = open(f'/job/t{i}.txt').read() == str(i) * 1000\n"
+            "ts = [threading.Thread(target=work, args=(i,)) for i in range(8)]\n"
+            "[t.start() for t in ts]; [t.join() for t in ts]\n"
+            "print(all(res.values()), len(res))\n")
+    p = run(agent, shadow, sys.executable, "-c", code)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "True 8"
+
+
+def test_in_a_mount_namespace_with_the_export_hidden(agent, shadow, export, tmp_path):
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1)")
+    # Inside the namespace the export directory is covered by an empty tmpfs: the program can
+    # only reach its files through the shadow.
+    script = (f"mount -t tmpfs none {export} && test ! -e {export}/data && "
+              f"LD_PRELOAD={agent} cat /job/data/sub/a.txt && "
+              f"LD_PRELOAD={agent} cp /job/data/input.txt /job/ns-copy.txt && "
+              f"LD_PRELOAD={agent} {sys.executable} -c \"open('/job/ns.txt','w').write('ns')\"")
+    p = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, BYPASS_SHADOW=shadow.address))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "needle in a\n"
+    assert (export / "ns-copy.txt").read_text() == (export / "data" / "input.txt").read_text()
+    assert (export / "ns.txt").read_text() == "ns"
+
+
+def test_killing_the_shadow_mid_run(agent, export, tmp_path):
+    # The shadow in its own process, killed while a program writes through it.
+    proc = subprocess.Popen([sys.executable, "-m", "bypass.cli", "shadow", str(SPEC), "--export", str(export)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        address = proc.stdout.readline().strip().split("=", 1)[1]
+        code = ("import os, time, sys\n"
+                "fd = os.open('/job/log.txt', os.O_WRONLY | os.O_CREAT, 0o644)\n"
+                "n = 0\n"
+                "try:\n"
+                "    while True:\n"
+                "        os.write(fd, b'line %d\\n' % n); n += 1\n"
+                "        print(n, flush=True); time.sleep(0.01)\n"
+                "except OSError as e:\n"
+                "    print('error', e.errno, flush=True); sys.exit(3)\n")
+        env = dict(os.environ, LD_PRELOAD=str(agent), BYPASS_SHADOW=address, BYPASS_SHADOW_TIMEOUT="5")
+        prog = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        acknowledged = 0
+        while acknowledged < 20:
+            acknowledged = int(prog.stdout.readline())
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        t = time.monotonic()
+        out, err = prog.communicate(timeout=15)
+        assert time.monotonic() - t < 10
+        assert prog.returncode == 3 and out.splitlines()[-1] == "error 5", (out, err)
+        assert "shadow lost" in err and len(err.strip().splitlines()) == 1, err   # one message
+        written = (export / "log.txt").read_text().splitlines()
+        acked = int(out.splitlines()[-2]) if len(out.splitlines()) > 1 else acknowledged
+        assert len(written) >= acked        # everything acknowledged is on disk
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
