@@ -21,7 +21,7 @@ CAUSES: dict[str, str] = {
     "sysinfo": "libc reading system information (/proc, /sys for sysconf, nprocs, ttyname…)",
     "stdio_dir": "stdio/dir internals: I/O on a FILE* or DIR* through hidden __read/__getdents64/__close",
     "libc_helper": "inside a trapped call: realpath/nftw components, execvp PATH search, tmpfile/mkstemp",
-    "not_covered": "a call the knowledge does not cover (xattrs, statfs, mmap, copy_file_range…)",
+    "not_covered": "a call the knowledge does not cover (statfs, mmap, fsync…)",
     "agent": "the agents themselves: loading the agent .so files, writing the trace log",
     "launcher": "the exec that starts the command (made before any agent is loaded)",
     "static": "static binary: no dynamic loader, so no LD_PRELOAD agent — wholly invisible",
