@@ -29,7 +29,6 @@
 /* ---- the shadow calls of remote.bypass (generated as bypass_shadow_<name>) ---- */
 int bypass_shadow_bypass_rx_open(int dslot, const char *path, int flags, mode_t mode, int slot);
 int bypass_shadow_bypass_rx_close(int slot);
-ssize_t bypass_shadow_bypass_rx_read(int slot, void *buf, size_t count, size_t want);
 ssize_t bypass_shadow_bypass_rx_pread(int slot, void *buf, size_t count, off_t offset);
 ssize_t bypass_shadow_bypass_rx_write(int slot, const void *buf, size_t count);
 ssize_t bypass_shadow_bypass_rx_pwrite(int slot, const void *buf, size_t count, off_t offset);
@@ -59,9 +58,29 @@ int bypass_shadow_bypass_rx_setcwd(const char *path);
 ssize_t bypass_shadow_bypass_rx_getcwd(char *buf, size_t size);
 int bypass_shadow_bypass_rx_keep(const int *slots, int count);
 
+int remote_call_read(void);     /* in remote.bypass: the generated call number */
+
+/* bypass_rx_read(slot, count, want) with the data received straight into dst. */
+static ssize_t rx_read_into(int fd, void *dst, size_t count, size_t want)
+{
+    bp_mp_writer *w;
+    size_t got = 0;
+    if (bypass_rpc_begin(remote_call_read(), 3, &w) < 0)
+        return -1;
+    bp_mp_write_int(w, fd);
+    bp_mp_write_uint(w, count);
+    bp_mp_write_uint(w, want);
+    ssize_t n = bypass_rpc_finish_into(dst, want, &got);
+    bypass_rpc_end();
+    return n < 0 ? -1 : (ssize_t)got;
+}
+
 #define MAX_FDS 4096
 #define RA_FIRST (64 * 1024)              /* read-ahead starts here and doubles... */
-#define RA_MAX (4 * 1024 * 1024)          /* ...up to this, while reads stay sequential */
+#define RA_MAX_DEFAULT (1024 * 1024)      /* ...up to this (BYPASS_REMOTE_READAHEAD), while reads
+                                            stay sequential: big enough to amortize a round
+                                            trip, small enough to stay in the CPU caches */
+static size_t ra_max = RA_MAX_DEFAULT;
 #define PLACEHOLDER_NAME "bypass-remote"
 /* While the current directory is remote, the process really sits in this empty local
  * directory: it marks the state across exec (the remote path is kept by the shadow). */
@@ -290,12 +309,12 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
         memcpy(buf, r->ra + r->ra_pos, k);
         r->ra_pos += k;
         got = (ssize_t)k;
-    } else if (n >= r->ra_next) {
+    } else if (n >= ra_max) {
         /* big reads go straight into the caller's buffer */
         size_t k = n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n;
-        got = bypass_shadow_bypass_rx_read(fd, buf, k, k);
+        got = rx_read_into(fd, buf, k, k);
     } else {
-        size_t want = r->ra_next;
+        size_t want = r->ra_next > n ? r->ra_next : n;
         if (r->ra_cap < want) {
             char *p = realloc(r->ra, want);
             if (!p) {
@@ -307,13 +326,13 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
             r->ra_cap = want;
         }
         /* the shadow sends `want` bytes, or only `n` when the offset is shared */
-        ssize_t k = bypass_shadow_bypass_rx_read(fd, r->ra, n, want);
+        ssize_t k = rx_read_into(fd, r->ra, n, want);
         if (k >= 0) {
             r->ra_len = (size_t)k;
             r->ra_pos = (size_t)k < n ? (size_t)k : n;
             memcpy(buf, r->ra, r->ra_pos);
             got = (ssize_t)r->ra_pos;
-            if (r->ra_next < RA_MAX && (size_t)k == want)
+            if (r->ra_next < ra_max && (size_t)k == want)
                 r->ra_next *= 2;     /* still streaming: ask for more next time */
         }
     }
@@ -937,6 +956,9 @@ __attribute__((constructor)) static void remote_init(void)
         while (prefix_len > 1 && prefix[prefix_len - 1] == '/')
             prefix[--prefix_len] = 0;
     }
+    const char *ra = bypass_getenv("BYPASS_REMOTE_READAHEAD");
+    if (ra && atol(ra) >= RA_FIRST)
+        ra_max = (size_t)atol(ra);
     /* After exec, our placeholders are still open (unless close-on-exec) but this image has
      * no table: find them by name and tell the shadow which ones survived. */
     DIR *d = opendir("/proc/self/fd");

@@ -24,7 +24,7 @@ def new_packer() -> msgpack.Packer:
 
 _HEADER = struct.Struct(">I")
 _SMALL = 1 << 16          # frames up to this size go through the persistent Unpacker
-_RECV_SIZE = 1 << 18
+_RECV_SIZE = 1 << 16          # under malloc's mmap threshold: a recv buffer costs no mmap/munmap
 
 
 class FrameReader:

@@ -34,8 +34,8 @@ def _encode(form: str, v):
     enc = _ENCODERS.get(form)
     if enc is not None:
         return enc(v)
-    if isinstance(v, (bytearray, memoryview)):
-        return bytes(v)
+    # bytes, bytearray and memoryview all travel as bin; a memoryview of a reused buffer is
+    # sent without a copy (the server sends each reply before it reads the next request).
     return v
 
 

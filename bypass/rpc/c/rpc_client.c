@@ -741,7 +741,7 @@ static void start_request(int64_t call_no, uint32_t nargs)
 
 /* Send the request in S.buf and receive the reply into it; decode the reply's envelope.
  * 0: S.r is at the result.  -1: errno set (the shadow's errno, or failure_errno). */
-static int transact(void)
+static int send_request(void)
 {
     if (S.w.error) {
         /* too large for a frame: the caller should have split it; nothing was sent */
@@ -768,16 +768,12 @@ static int transact(void)
             return -1;
         }
     }
-    uint8_t *buf = S.buf;
-    size_t cap = S.cap;
-    ssize_t len = recv_frame(S.fd, &buf, &cap, BYPASS_RPC_MAX_FRAME, 1);
-    if (len < 0) {
-        /* The request may or may not have been performed: report failure, never success. */
-        declare_dead(errno == ETIMEDOUT ? "not answering" : "lost", strerror(errno));
-        errno = S.failure_errno;
-        return -1;
-    }
-    bp_mp_reader_init(&S.r, S.buf + 4, (size_t)len);
+    return 0;
+}
+
+static int decode_envelope(size_t len)
+{
+    bp_mp_reader_init(&S.r, S.buf + 4, len);
     uint32_t n;
     uint64_t seq;
     int64_t status;
@@ -807,6 +803,130 @@ static int transact(void)
     }
     errno = S.failure_errno;
     return -1;
+}
+
+static int transact(void)
+{
+    if (send_request() < 0)
+        return -1;
+    uint8_t *buf = S.buf;
+    size_t cap = S.cap;
+    ssize_t len = recv_frame(S.fd, &buf, &cap, BYPASS_RPC_MAX_FRAME, 1);
+    if (len < 0) {
+        /* The request may or may not have been performed: report failure, never success. */
+        declare_dead(errno == ETIMEDOUT ? "not answering" : "lost", strerror(errno));
+        errno = S.failure_errno;
+        return -1;
+    }
+    return decode_envelope((size_t)len);
+}
+
+/* recv at most n bytes into p (at least 1); -1 with errno on error, timeout or end. */
+static ssize_t recv_some(void *p, size_t n)
+{
+    for (;;) {
+        ssize_t k = recv(S.fd, p, n, 0);
+        if (k > 0)
+            return k;
+        if (k == 0)
+            errno = ECONNRESET;
+        else if (errno == EINTR)
+            continue;
+        else if (errno == EAGAIN || errno == EWOULDBLOCK)
+            errno = ETIMEDOUT;
+        return -1;
+    }
+}
+
+static ssize_t lost_reply(void)
+{
+    declare_dead(errno == ETIMEDOUT ? "not answering" : "lost", strerror(errno));
+    errno = S.failure_errno;
+    return -1;
+}
+
+/*
+ * Like bypass_rpc_finish for calls whose reply is [n, bin] (reads): the bin's bytes are
+ * received straight into dst (at most cap), not copied through the connection's buffer, so a
+ * big read costs one copy out of the kernel.  Any other reply (an errno) is handled as usual.
+ */
+ssize_t bypass_rpc_finish_into(void *dst, size_t cap, size_t *got)
+{
+    if (send_request() < 0)
+        return -1;
+    /* The envelope before the payload is at most ~30 bytes: take 64 (never past the frame). */
+    size_t have = 0, total = 4;
+    while (have < total && have < 64) {
+        ssize_t k = recv_some(S.buf + have, (total < 64 ? total : 64) - have);
+        if (k < 0)
+            return lost_reply();
+        have += (size_t)k;
+        if (total == 4 && have >= 4) {
+            size_t flen = ((size_t)S.buf[0] << 24) | ((size_t)S.buf[1] << 16) |
+                          ((size_t)S.buf[2] << 8) | S.buf[3];
+            if (flen > BYPASS_RPC_MAX_FRAME) {
+                errno = EMSGSIZE;
+                return lost_reply();
+            }
+            total = 4 + flen;
+        }
+    }
+    bp_mp_reader r;
+    bp_mp_reader_init(&r, S.buf + 4, have - 4);
+    uint32_t n, n2, blen = 0;
+    uint64_t seq;
+    int64_t status, result;
+    if (bp_mp_read_array(&r, &n) || n != 3 || bp_mp_read_uint(&r, &seq) || seq != S.seq ||
+        bp_mp_read_int(&r, &status)) {
+        declare_dead("sent a malformed reply", "protocol error");
+        errno = S.failure_errno;
+        return -1;
+    }
+    if (status != 0 || bp_mp_read_array(&r, &n2) || n2 != 2 || bp_mp_read_int(&r, &result) ||
+        r.pos >= r.len) {
+        /* not a data reply: read the whole (small) frame and decode it the usual way */
+        if (total > S.cap && grow_to(total) < 0) {
+            errno = EMSGSIZE;
+            return lost_reply();
+        }
+        while (have < total) {
+            ssize_t k = recv_some(S.buf + have, total - have);
+            if (k < 0)
+                return lost_reply();
+            have += (size_t)k;
+        }
+        if (decode_envelope(total - 4) < 0)
+            return -1;
+        errno = EIO;           /* status 0 but not [n, bin]: this call cannot be read so */
+        return -1;
+    }
+    /* bin header: c4 (u8 length), c5 (u16), c6 (u32) */
+    const uint8_t *b = r.buf + r.pos;
+    size_t avail = r.len - r.pos, hl;
+    if (b[0] == 0xc4 && avail >= 2) { blen = b[1]; hl = 2; }
+    else if (b[0] == 0xc5 && avail >= 3) { blen = (uint32_t)(b[1] << 8 | b[2]); hl = 3; }
+    else if (b[0] == 0xc6 && avail >= 5) { blen = (uint32_t)b[1] << 24 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 8 | b[4]; hl = 5; }
+    else {
+        declare_dead("sent a malformed reply", "protocol error");
+        errno = S.failure_errno;
+        return -1;
+    }
+    size_t start = 4 + r.pos + hl;       /* payload offset in the frame */
+    if (start + blen != total || blen > cap) {
+        declare_dead("sent a malformed reply", "protocol error");
+        errno = S.failure_errno;
+        return -1;
+    }
+    size_t already = have > start ? have - start : 0;
+    memcpy(dst, S.buf + start, already);
+    while (already < blen) {
+        ssize_t k = recv_some((uint8_t *)dst + already, blen - already);
+        if (k < 0)
+            return lost_reply();
+        already += (size_t)k;
+    }
+    *got = blen;
+    return (ssize_t)result;
 }
 
 static int simple_call_locked(int64_t call_no, int64_t *result)

@@ -33,6 +33,7 @@
 #define BYPASS_RPC_CLIENT_H
 
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "msgpack.h"
 
@@ -53,6 +54,10 @@ extern "C" {
 int bypass_rpc_begin(int64_t call_no, uint32_t nargs, bp_mp_writer **w);
 int bypass_rpc_finish(bp_mp_reader **r);
 void bypass_rpc_end(void);
+/* Instead of bypass_rpc_finish, for calls answering [n, bin] (reads): the bytes land in dst
+ * (at most cap; *got says how many) without an intermediate copy.  Returns n, or -1 with
+ * errno.  bypass_rpc_end still follows. */
+ssize_t bypass_rpc_finish_into(void *dst, size_t cap, size_t *got);
 
 /* A round trip with no work (liveness, benchmarks).  0 or -1 with errno. */
 int bypass_rpc_ping(void);
