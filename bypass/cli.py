@@ -115,18 +115,11 @@ def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
 
     if not command:
         raise BypassError("bypass run: give the command after '--', e.g. bypass run trace.bypass -- ls -l")
-    extra: dict[str, str] = {}
-    for item in args.set or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise BypassError(f"bypass run: --set wants NAME=VALUE, got {item!r}")
-        extra[name] = value
+    from .settings import agent_settings
+
+    extra = agent_settings(args.set, args.mounts)
     if args.trace:
         extra["BYPASS_TRACE"] = os.path.abspath(args.trace)
-    if args.mounts:
-        from .mounts import load_mounts          # fails before the program starts on a bad list
-        load_mounts(args.mounts)
-        extra["BYPASS_MOUNTS"] = os.path.abspath(args.mounts)
     agent = Path(args.agent) if args.agent else build_cached(args.spec)
     if args.export or args.listen:
         from .rpc.shadow_cli import run_with_shadow   # the spec's shadow, served by this process

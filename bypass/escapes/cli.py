@@ -14,8 +14,8 @@ from pathlib import Path
 from ..errors import BypassError
 from ..knowledge.elfsyms import read_program
 from ..knowledge.loader import load_knowledge
+from ..settings import agent_settings
 from .analyse import Analyser, summarise
-from .causes import CAUSES
 from .strace_log import parse_strace
 from .trace_log import parse_trace
 
@@ -102,7 +102,7 @@ def analyse(collected: dict, command: list[str], spec: Path) -> dict:
 def render_text(report: dict) -> str:
     out = [f"bypass escapes: {' '.join(report['command'])}   (exit status {report['exit_status']})",
            f"agents: {' + '.join(Path(a).name for a in report['agents'])}",
-           f"processes: " + (", ".join(f"{Path(p['program']).name}[{p['pid']}]"
+           "processes: " + (", ".join(f"{Path(p['program']).name}[{p['pid']}]"
                                       f"{'' if p['dynamic'] else ' STATIC'}" for p in report["processes"]) or "none"),
            f"file system calls: {report['judged_syscalls']} judged, {report['explained']} explained by "
            f"{report['trapped_calls']} trapped calls, {report['escaped']} escaped", ""]
@@ -150,14 +150,7 @@ def main(argv: list[str], command: list[str] | None = None) -> int:
         spec = Path(args.spec)
         if not spec.is_file():
             raise EscapesError(f"{spec}: no such spec")
-        extra = {}
-        for item in args.set or []:
-            name, sep, value = item.partition("=")
-            if not sep or not name:
-                raise EscapesError(f"--set wants NAME=VALUE, got {item!r}")
-            extra[name] = value
-        if args.mounts:
-            extra["BYPASS_MOUNTS"] = os.path.abspath(args.mounts)
+        extra = agent_settings(args.set, args.mounts)
         program = _resolve_program(command[0])
         if program is None:
             raise EscapesError(f"command not found: {command[0]}")
