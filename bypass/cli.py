@@ -178,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         p_know = sub.add_parser("knowledge", help="inspect the knowledge base")
         p_know.add_argument("action", choices=["list", "audit"])
         p_know.add_argument("rest", nargs=argparse.REMAINDER)
+        from .gass_cache import add_subcommand as add_gass_subcommand
+        add_gass_subcommand(sub)
         args = parser.parse_args(own)
+        if args.subcommand == "gass":
+            return args.func(args)
         if args.subcommand == "build":
             return _cmd_build(args)
         if args.subcommand == "run":

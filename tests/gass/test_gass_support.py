@@ -142,7 +142,7 @@ def test_eviction_keeps_cache_under_limit(drv, server, site, gass_env):
 def test_cache_clear_command(drv, server, site, gass_env):
     (site / "a.txt").write_bytes(b"a")
     drv.ok("read", server.url("a.txt"))
-    out = subprocess.run([sys.executable, str(REPO / "agents/gass/gass_cache_cli.py"), "clear"],
+    out = subprocess.run([sys.executable, "-m", "bypass.cli", "gass", "cache", "clear"],
                          capture_output=True, text=True, env=gass_env, check=True).stdout
     assert "removed 1 entries" in out
     assert not [p for p in cache_files(gass_env) if p.parent.name == "data"]

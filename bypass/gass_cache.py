@@ -5,8 +5,7 @@ data/<key> and data/<key>.meta, locks/<key>.lock, tmp/. Entries are removed only
 lock can be taken, exactly as the agent's own eviction does, so clearing the cache while
 programs use it never pulls a file from under a download in progress.
 
-Hook into the main CLI with `add_subcommand(subparsers)`, or run
-`python3 agents/gass/gass_cache_cli.py {dir,list,clear} [--all]`.
+Reached as `bypass gass cache {dir,list,clear} [--all]` (bypass/cli.py calls add_subcommand).
 """
 
 from __future__ import annotations
@@ -168,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     add_subcommand(sub)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] != ["gass"]:
-        argv = ["gass", "cache"] + argv  # run directly: `gass_cache_cli.py clear`
+        argv = ["gass", "cache"] + argv  # run directly: `python3 -m bypass.gass_cache clear`
     args = parser.parse_args(argv)
     return args.func(args)
 
