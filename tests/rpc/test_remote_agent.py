@@ -220,3 +220,17 @@ def test_killing_the_shadow_mid_run(agent, export, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_big_file_streams_intact(agent, shadow, export):
+    big = export / "big.bin"
+    big.write_bytes(os.urandom(9 << 20) + b"tail")
+    p = sh(agent, shadow, "cat /job/big.bin > /job/big.copy && cmp /job/big.bin /job/big.copy && "
+                          "dd if=/job/big.bin bs=1M skip=3 count=2 status=none | md5sum; "
+                          "tail -c 4 /job/big.bin")
+    assert p.returncode == 0, p.stderr
+    import hashlib
+    lines = p.stdout.split("\n")
+    assert lines[0].split()[0] == hashlib.md5(big.read_bytes()[3 << 20:5 << 20]).hexdigest()
+    assert lines[1] == "tail"
+    assert (export / "big.copy").read_bytes() == big.read_bytes()
