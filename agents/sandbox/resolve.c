@@ -111,7 +111,7 @@ static void sb_msg_to(int fd, const char *fmt, ...)
 
 /* ---- directory cache ------------------------------------------------------ */
 
-#define CACHE_SLOTS 16384u
+#define CACHE_SLOTS 4096u         /* 96 KB: few pages to fault in */
 #define CACHE_PROBE 8
 #define CACHE_ARENA (4u << 20)
 
@@ -340,35 +340,43 @@ struct fdslot {
     struct base b;
 };
 static struct fdslot g_fds[FD_MAX];
-static char *g_fdpaths;        /* FD_MAX * 2 * PATH_MAX (virtual, real), mapped on first use */
+/* FD_MAX * 2 * FD_PATH (virtual, real), mapped on first use.  Kept small so
+ * that a program's few directory descriptors share a page or two; longer
+ * paths are not kept (the kernel is asked through /proc instead). */
+#define FD_PATH 512
+static char *g_fdpaths;
 
-static inline char *fd_vbuf(int fd) { return g_fdpaths + (size_t)fd * 2 * PATH_MAX; }
-static inline char *fd_rbuf(int fd) { return fd_vbuf(fd) + PATH_MAX; }
+static inline char *fd_vbuf(int fd) { return g_fdpaths + (size_t)fd * 2 * FD_PATH; }
+static inline char *fd_rbuf(int fd) { return fd_vbuf(fd) + FD_PATH; }
 
 void sb_fd_note(int fd, const char *vpath)
 {
     if (fd < 0 || fd >= FD_MAX || !vpath)
         return;
     if (!g_fdpaths) {
-        void *a = mmap(NULL, (size_t)FD_MAX * 2 * PATH_MAX, PROT_READ | PROT_WRITE,
+        void *a = mmap(NULL, (size_t)FD_MAX * 2 * FD_PATH, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (a == MAP_FAILED)
             return;
         char *expected = NULL;
         if (!__atomic_compare_exchange_n(&g_fdpaths, &expected, (char *)a, 0,
                                          __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-            munmap(a, (size_t)FD_MAX * 2 * PATH_MAX);
+            munmap(a, (size_t)FD_MAX * 2 * FD_PATH);
     }
     size_t l = strlen(vpath);
     struct fdslot *s = &g_fds[fd];
     __atomic_add_fetch(&s->seq, 1, __ATOMIC_ACQ_REL);
-    if (l + 1 <= PATH_MAX && vpath[0] == '/') {
+    char r[PATH_MAX];
+    struct base b;
+    b.e = NULL;
+    if (l + 1 <= FD_PATH && vpath[0] == '/' &&
+        (!g_active || (base_compute(vpath, l, r, &b) == 0 && b.rl + 1 <= FD_PATH))) {
         memcpy(fd_vbuf(fd), vpath, l + 1);
         s->len = (unsigned)l;
-        s->b.vl = (unsigned)l;
-        s->b.e = NULL;
-        if (g_active && base_compute(fd_vbuf(fd), l, fd_rbuf(fd), &s->b) != 0)
-            s->b.e = NULL;
+        s->b = b;
+        s->b.vl = b.e ? b.vl : (unsigned)l;
+        if (b.e)
+            memcpy(fd_rbuf(fd), r, b.rl + 1);
     } else {
         s->len = 0;
     }
@@ -508,8 +516,9 @@ void sb_install(struct sb_mounts *m, const char *cwd)
     g_active = 1;
     root_prepare();
     sb_cache_flush();
-    for (int i = 0; i < FD_MAX; i++)
-        sb_fd_forget(i);
+    if (g_fdpaths)                      /* a list installed before (tests): start afresh */
+        for (int i = 0; i < FD_MAX; i++)
+            sb_fd_forget(i);
     char c[PATH_MAX];
     if (cwd)
         snprintf(c, sizeof c, "%s", cwd);
