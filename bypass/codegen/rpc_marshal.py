@@ -266,20 +266,27 @@ def c_forward(call: PlannedCall) -> str:
 
 # ---- Python -------------------------------------------------------------------------------------
 
+def py_name(name: str) -> str:
+    """A C parameter name usable in Python: keywords (in, from, lambda...) get a '_'."""
+    import keyword
+    return name + "_" if keyword.iskeyword(name) else name
+
+
 def py_params(call: PlannedCall) -> list[str]:
-    return [w.name for w in sent(call)]
+    return [py_name(w.name) for w in sent(call)]
 
 
 def py_conversions(call: PlannedCall) -> list[str]:
     """Statements turning neutral arguments into this machine's values."""
     out = []
     for w in sent(call):
+        n = py_name(w.name)
         if w.form == "neutral":
-            out.append(f"{w.name} = _neutral.SETS[{w.neutral!r}].to_local({w.name})")
+            out.append(f"{n} = _neutral.SETS[{w.neutral!r}].to_local({n})")
         elif w.form == "mode":
-            out.append(f"{w.name} = _neutral.mode_to_local({w.name})")
+            out.append(f"{n} = _neutral.mode_to_local({n})")
         elif w.form == "stat":
-            out.append(f"{w.name} = None if {w.name} is None else _neutral.stat_from_neutral({w.name})")
+            out.append(f"{n} = None if {n} is None else _neutral.stat_from_neutral({n})")
     return out
 
 

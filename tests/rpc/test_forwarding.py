@@ -48,6 +48,19 @@ int main(int argc, char **argv) {
         rc = greet("agent", buf, sizeof buf);
         printf("greet %d %s\n", rc, buf);
     }
+    int (*bump)(int *, int) = (int (*)(int *, int))dlsym(RTLD_DEFAULT, "bump");
+    long (*total)(const int *, int) = (long (*)(const int *, int))dlsym(RTLD_DEFAULT, "total");
+    int (*squares)(int *, int) = (int (*)(int *, int))dlsym(RTLD_DEFAULT, "squares");
+    int (*echo_bytes)(const void *, void *, int) = (int (*)(const void *, void *, int))dlsym(RTLD_DEFAULT, "echo_bytes");
+    int v = 40, xs[4] = {1, -2, 300000, 4}, sq[5] = {0};
+    char rev[4];
+    rc = bump(&v, 2);
+    printf("bump %d %d\n", rc, v);
+    printf("total %ld\n", total(xs, 4));
+    rc = squares(sq, 5);
+    printf("squares %d %d %d %d %d %d\n", rc, sq[0], sq[1], sq[2], sq[3], sq[4]);
+    rc = echo_bytes("abcd", rev, 4);
+    printf("echo %d %.4s\n", rc, rev);
     return 0;
 }
 """
@@ -76,7 +89,8 @@ def test_forwarded_calls_through_bypass_run(built, tmp_path):
     assert p.stdout.splitlines() == [
         "open ok", "read 5 hello", "lseek 12", "stat 0 12 reg 644",
         "stat missing -1 No such file or directory", "read closed -1 Bad file descriptor",
-        "write 8", "excl -1 File exists", "greet 0 hello agent"]
+        "write 8", "excl -1 File exists", "greet 0 hello agent", "bump 0 42", "total 300003",
+        "squares 5 0 1 4 9 16", "echo 4 dcba"]
     out = export / "out.txt"
     assert out.read_text() == "written\n" and out.stat().st_mode & 0o777 == 0o640
 

@@ -45,7 +45,7 @@ extern "C" {
 #define BYPASS_RPC_MAX_FRAME (16u << 20)     /* largest frame either way */
 #define BYPASS_RPC_MAX_PAYLOAD (8u << 20)    /* callers split buffers above this */
 
-/* Control calls (negative numbers; spec calls are numbered from 0). */
+/* Control calls (negative numbers; spec calls are numbered from 1). */
 #define BYPASS_RPC_CALL_PING (-1)
 #define BYPASS_RPC_CALL_FORK (-2)
 #define BYPASS_RPC_CALL_FDS (-3)
