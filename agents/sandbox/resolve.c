@@ -857,15 +857,19 @@ static int base_compute(const char *v, size_t vl, char *r, struct base *b)
     return 0;
 }
 
-/* Start a walk at a resolved base (cwd or a directory descriptor). */
-static int walk_from_base(struct walk *w, int dirfd)
+/* Start a walk at a resolved base (cwd or a directory descriptor).
+ * *from_fd: the base is a descriptor this agent opened (its real directory
+ * is the one w->r names). */
+static int walk_from_base(struct walk *w, int dirfd, int *from_fd)
 {
     struct base b;
     int rc;
+    *from_fd = 0;
     if (dirfd == AT_FDCWD) {
         rc = cwd_get(w->v, PATH_MAX, w->r, &b);
     } else if (fd_table_get(dirfd, w->v, PATH_MAX, w->r, &b)) {
         STAT_INC(fd_hits);
+        *from_fd = b.e != NULL;
         rc = 0;
     } else {
         b.e = NULL;
@@ -1152,6 +1156,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
     res->entry = NULL;
     res->magic = 0;
     res->is_link = 0;
+    res->rel_ok = 0;
     if (!path) {
         res->vpath[0] = res->rpath[0] = '\0';
         res->err = EFAULT;
@@ -1167,16 +1172,21 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
     w.v = res->vpath;                   /* the walk builds the answer in place */
     w.r = res->rpath;
     int rc;
+    /* relok: the path is relative to a descriptor this agent opened and the
+     * walk stayed plain below it (no "..", no symlink, no other entry), so
+     * the kernel may resolve (dirfd, path) itself: same place, shorter walk */
+    int relok = 0;
     if (path[0] == '/') {
         w.vl = 0;
         rc = walk_refresh(&w);
     } else if (path[0] == '\0' && !(flags & SB_EMPTY_OK)) {
         rc = ENOENT;
     } else {
-        rc = walk_from_base(&w, dirfd);
+        rc = walk_from_base(&w, dirfd, &relok);
     }
     if (rc)
         goto out;
+    const struct sb_entry *base_e = w.e;
 
     size_t plen = strlen(path);
     if (plen + 1 > PATH_MAX) {
@@ -1217,8 +1227,11 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
             after++;
         int last = *after == '\0';
         if (c[0] == '.' && (cl == 1 || (cl == 2 && c[1] == '.'))) {
-            if (cl == 2 && (rc = walk_pop(&w)))
-                goto out;
+            if (cl == 2) {
+                relok = 0;
+                if ((rc = walk_pop(&w)))
+                    goto out;
+            }
             continue;
         }
         if (memo && last) {
@@ -1230,6 +1243,8 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         size_t parent_vl = w.vl;
         if ((rc = walk_push(&w, c, cl)))
             goto out;
+        if (w.e != base_e)
+            relok = 0;
 
         int follow = !last || trailing || !(flags & SB_NOFOLLOW);
         if (!follow && !(flags & SB_STRICT))
@@ -1273,6 +1288,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
             rc = ELOOP;
             goto out;
         }
+        relok = 0;
         if (!rem)
             rem = alloca(PATH_MAX);
         int magic = 0;
@@ -1286,6 +1302,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
     }
 
     res->entry = w.e;
+    res->rel_ok = relok && !res->magic && !entry_hides(w.e);
     if (w.vl == 0)
         strcpy(res->vpath, "/");
     if (w.rl == 0)

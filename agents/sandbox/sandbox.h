@@ -122,6 +122,8 @@ struct sb_result {
     const struct sb_entry *entry;  /* entry of the final path */
     int magic;                     /* real path is a /proc magic link or a non-path fd object */
     int is_link;                   /* last component known to be a symlink (SB_NOFOLLOW) */
+    int rel_ok;                    /* (dirfd, path) as given reach the same place: the kernel
+                                      may resolve it (shorter than rpath) */
     char vpath[PATH_MAX];          /* virtual absolute path, symlinks resolved */
     char rpath[PATH_MAX];          /* real path for the kernel */
 };

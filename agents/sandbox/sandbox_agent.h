@@ -17,7 +17,9 @@
 #include <sys/stat.h>
 
 /* Resolve `var` (a path parameter of the action) for operation `op` and
- * replace it with the real path; on refusal return `failval` with errno. */
+ * replace it with the real path (unless the path, relative to a directory
+ * descriptor the agent opened, already reaches it); on refusal return
+ * `failval` with errno. */
 #define SB_MAP(op, dirfd, var, flags, failval)                                 \
     struct sb_result sb_r_##var;                                               \
     do {                                                                       \
@@ -26,7 +28,8 @@
             errno = sb_e_;                                                     \
             return failval;                                                    \
         }                                                                      \
-        (var) = sb_r_##var.rpath;                                              \
+        if (!sb_r_##var.rel_ok)                                                \
+            (var) = sb_r_##var.rpath;                                          \
     } while (0)
 
 /* Early exit when no mount list is installed: the agent is a pass-through. */

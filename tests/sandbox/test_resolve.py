@@ -204,6 +204,12 @@ def test_dirfd_via_table_and_via_proc(world):
         assert sb.real("read", "../deny/secret", dirfd=fd) == errno.EACCES
         after = sb.stats()
         assert after["fd_hits"] > before["fd_hits"] and after["fd_misses"] > before["fd_misses"]
+        # relative to a descriptor the agent opened, plain names can be left to the kernel
+        assert sb.resolve("read", "x", dirfd=fd)[3].rel_ok == 1
+        assert sb.resolve("read", "../data/x", dirfd=fd)[3].rel_ok == 0
+        os.symlink("x", t / "store/lx")
+        assert sb.resolve("read", "lx", dirfd=fd)[3].rel_ok == 0
+        assert sb.resolve("read", "x")[3].rel_ok == 0          # never for the cwd
         fd2 = os.dup(fd)
         sb.lib.sb_fd_dup(fd, fd2)
         assert sb.fd_path(fd2) == f"{t}/data"
@@ -215,6 +221,11 @@ def test_dirfd_via_table_and_via_proc(world):
     finally:
         os.close(fd)
     assert sb.fd_path(9999) == errno.EBADF
+    fd = os.open(t / "store", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert sb.resolve("read", "x", dirfd=fd)[3].rel_ok == 0  # learnt from /proc: not trusted
+    finally:
+        os.close(fd)
     r, w = os.pipe()
     try:
         assert sb.real("read", "x", dirfd=r) == errno.ENOTDIR
