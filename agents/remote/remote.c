@@ -194,14 +194,49 @@ static int give_back(int fd, struct rfile *r)
     return 0;
 }
 
-/* Before fork (called by the RPC client): children share offsets, so settle them now. */
-void bypass_rpc_before_fork(void)
+void rmt_settle_all(void)
 {
     pthread_mutex_lock(&lock);
     for (int fd = 0; fd < MAX_FDS; fd++)
         if (table[fd] && table[fd]->ra_pos < table[fd]->ra_len)
             give_back(fd, table[fd]);
     pthread_mutex_unlock(&lock);
+}
+
+/* Before fork (called by the RPC client): children share offsets, so settle them now. */
+void bypass_rpc_before_fork(void)
+{
+    rmt_settle_all();
+}
+
+void *rmt_mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
+{
+    if ((flags & MAP_SHARED) && (prot & PROT_WRITE)) {
+        errno = ENODEV;
+        return MAP_FAILED;
+    }
+    /* an anonymous private mapping filled with the file's bytes (MAP_SHARED read-only is
+     * treated the same: later changes of the file are not seen) */
+    int anon = (flags & ~(MAP_SHARED | MAP_SHARED_VALIDATE)) | MAP_PRIVATE | MAP_ANONYMOUS;
+    void *p = mmap(addr, length, prot | PROT_WRITE, anon, -1, 0);
+    if (p == MAP_FAILED)
+        return p;
+    size_t done = 0;
+    while (done < length) {
+        ssize_t k = rmt_pread(fd, (char *)p + done, length - done, offset + (off_t)done);
+        if (k < 0) {
+            int e = errno;
+            munmap(p, length);
+            errno = e;
+            return MAP_FAILED;
+        }
+        if (k == 0)
+            break;               /* past the end of the file: zeros, as a real mapping */
+        done += (size_t)k;
+    }
+    if (!(prot & PROT_WRITE))
+        mprotect(p, length, prot);
+    return p;
 }
 
 static int placeholder(int cloexec)

@@ -55,6 +55,9 @@ int rmt_dup_done(int oldfd, int newfd);
 void rmt_forget(int fd);
 /* fd (0, 1 or 2) became remote: point stdin/stdout/stderr at it */
 void rmt_rebind_std(int fd);
+/* hand all read-ahead back (before fork, exec, spawn) */
+void rmt_settle_all(void);
+void *rmt_mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset);
 
 FILE *rmt_fopen(int dslot, const char *rpath, const char *mode);
 FILE *rmt_fdopen(int fd, const char *mode);

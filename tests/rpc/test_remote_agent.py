@@ -234,3 +234,27 @@ def test_big_file_streams_intact(agent, shadow, export):
     assert lines[0].split()[0] == hashlib.md5(big.read_bytes()[3 << 20:5 << 20]).hexdigest()
     assert lines[1] == "tail"
     assert (export / "big.copy").read_bytes() == big.read_bytes()
+
+
+def test_exec_after_read_ahead_continues_where_the_program_stopped(agent, shadow, export):
+    (export / "g.txt").write_bytes(bytes(range(256)) * 1024)
+    code = ("import os, sys\n"
+            "fd = os.open('/job/g.txt', os.O_RDONLY)\n"
+            "os.read(fd, 3); os.read(fd, 100)\n"        # the agent has read far more ahead
+            "os.set_inheritable(fd, True)\n"
+            "os.execv(sys.executable, [sys.executable, '-c', "
+            "f'import os; print(list(os.read({fd}, 4)))'])\n")
+    p = run(agent, shadow, sys.executable, "-c", code)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[103, 104, 105, 106]"
+
+
+def test_mmap_of_a_remote_file(agent, shadow, export):
+    (export / "m.bin").write_bytes(b"mapped bytes" * 1000)
+    code = ("import mmap\n"
+            "with open('/job/m.bin', 'rb') as f:\n"
+            "    m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)\n"
+            "    print(m[:12], len(m), m[-5:])\n")
+    p = run(agent, shadow, sys.executable, "-c", code)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "b'mapped bytes' 12000 b'bytes'"
