@@ -258,3 +258,41 @@ def test_mmap_of_a_remote_file(agent, shadow, export):
     p = run(agent, shadow, sys.executable, "-c", code)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "b'mapped bytes' 12000 b'bytes'"
+
+
+def test_real_programs_in_a_namespace_match_a_native_run(agent, shadow, export, tmp_path):
+    """The issue's check: in a mount namespace with the export hidden, programs work only
+    through the shadow, and what they leave there is what the same commands leave natively."""
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("sqlite3"):
+        pytest.skip("needs root, unshare(1) and sqlite3")
+    src = tmp_path / "tarsrc"
+    (src / "t" / "u").mkdir(parents=True)
+    (src / "t" / "u" / "f.txt").write_text("in the archive\n")
+    with tarfile.open(tmp_path / "a.tar", "w") as t:
+        t.add(src / "t", arcname="t")
+    native = tmp_path / "native"
+    shutil.copytree(export, native, symlinks=True)
+
+    def script(p):
+        return (f"cat {p}/data/input.txt > {p}/o_cat.txt && cp {p}/data/input.txt {p}/o_cp.txt && "
+                f"sort -r -o {p}/o_sort.txt {p}/data/input.txt && "
+                f"(cd {p}/data && grep -r needle .) > {p}/o_grep.txt && "
+                f"{sys.executable} -c \"d=open('{p}/data/input.txt').read(); "
+                f"open('{p}/o_py.txt','w').write(d[::-1])\" && "
+                f"sqlite3 {p}/o.db 'create table t(a,b); insert into t values (1,2),(3,4);' && "
+                f"sqlite3 {p}/o.db 'select a+b from t' > {p}/o_sql.txt && "
+                f"mkdir {p}/o_tar && tar xf {tmp_path}/a.tar -C {p}/o_tar")
+
+    p = subprocess.run(["sh", "-c", script(native)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    import shlex
+    hidden = (f"mount -t tmpfs none {export} && test ! -e {export}/data && "
+              f"LD_PRELOAD={agent} sh -c {shlex.quote(script('/job'))}")
+    p = subprocess.run(["unshare", "-m", "sh", "-c", hidden], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, BYPASS_SHADOW=shadow.address))
+    assert p.returncode == 0, p.stderr
+    for name in ("o_cat.txt", "o_cp.txt", "o_sort.txt", "o_grep.txt", "o_py.txt", "o_sql.txt",
+                 "o_tar/t/u/f.txt"):
+        assert (export / name).read_bytes() == (native / name).read_bytes(), name
+    with sqlite3.connect(export / "o.db") as db:
+        assert db.execute("select sum(a) from t").fetchone() == (4,)
