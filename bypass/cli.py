@@ -5,6 +5,8 @@
     bypass -agent -shadow SPEC -o DIR   both, into a folder
     bypass build SPEC -o AGENT.so       generate and compile
     bypass run SPEC [options] -- CMD    build if stale, run CMD under the agent, exit with its status
+    bypass run SPEC --export DIR -- CMD   ... with the spec's shadow served meanwhile, inside DIR
+    bypass shadow SPEC [--export DIR] [--listen ADDR]   serve the spec's shadow (split execution)
     bypass knowledge list               what the knowledge base covers
     bypass knowledge audit [--libc P]   the knowledge against a libc's symbol table
     bypass escapes SPEC -- CMD          which file system calls the agent does not see
