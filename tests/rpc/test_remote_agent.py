@@ -296,3 +296,21 @@ def test_real_programs_in_a_namespace_match_a_native_run(agent, shadow, export, 
         assert (export / name).read_bytes() == (native / name).read_bytes(), name
     with sqlite3.connect(export / "o.db") as db:
         assert db.execute("select sum(a) from t").fetchone() == (4,)
+
+
+def test_over_tcp_with_a_secret(agent, export):
+    server = make_server(SPEC, str(export), secret=b"tcp-secret")
+    server.listen("tcp:127.0.0.1:0")
+    server.start()
+    try:
+        env = dict(os.environ, LD_PRELOAD=str(agent), BYPASS_SHADOW=server.address,
+                   BYPASS_SHADOW_SECRET="tcp-secret")
+        p = subprocess.run(["sh", "-c", "cat /job/data/sub/a.txt && cp /job/data/input.txt /job/tcp.txt"],
+                           env=env, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0 and p.stdout == "needle in a\n", p.stderr
+        assert (export / "tcp.txt").read_bytes() == (export / "data" / "input.txt").read_bytes()
+        env["BYPASS_SHADOW_SECRET"] = "wrong"
+        p = subprocess.run(["cat", "/job/data/sub/a.txt"], env=env, capture_output=True, text=True, timeout=60)
+        assert p.returncode != 0 and "authentication failed" in p.stderr
+    finally:
+        server.close()
