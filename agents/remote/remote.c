@@ -194,19 +194,36 @@ static int give_back(int fd, struct rfile *r)
     return 0;
 }
 
-void rmt_settle_all(void)
+static void settle_locked(void)
 {
-    pthread_mutex_lock(&lock);
     for (int fd = 0; fd < MAX_FDS; fd++)
         if (table[fd] && table[fd]->ra_pos < table[fd]->ra_len)
             give_back(fd, table[fd]);
+}
+
+void rmt_settle_all(void)
+{
+    pthread_mutex_lock(&lock);
+    settle_locked();
     pthread_mutex_unlock(&lock);
 }
 
-/* Before fork (called by the RPC client): children share offsets, so settle them now. */
+/* Around fork (called by the RPC client): children share offsets, so settle them now, and
+ * hold the table's lock through the fork so that the child never inherits it taken. */
 void bypass_rpc_before_fork(void)
 {
-    rmt_settle_all();
+    pthread_mutex_lock(&lock);
+    settle_locked();
+}
+
+void bypass_rpc_after_fork(int in_child)
+{
+    if (in_child) {
+        pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+        lock = fresh;
+    } else {
+        pthread_mutex_unlock(&lock);
+    }
 }
 
 void *rmt_mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)

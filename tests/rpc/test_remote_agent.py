@@ -314,3 +314,24 @@ def test_over_tcp_with_a_secret(agent, export):
         assert p.returncode != 0 and "authentication failed" in p.stderr
     finally:
         server.close()
+
+
+def test_fork_while_other_threads_use_the_shadow(agent, shadow, export):
+    # Locks of the agent and of its connection must never reach a child taken.
+    code = ("import os, threading\n"
+            "stop = False\n"
+            "def reader():\n"
+            "    while not stop:\n"
+            "        with open('/job/data/input.txt', 'rb') as f: f.read()\n"
+            "ts = [threading.Thread(target=reader) for _ in range(3)]\n"
+            "[t.start() for t in ts]\n"
+            "for i in range(30):\n"
+            "    pid = os.fork()\n"
+            "    if pid == 0:\n"
+            "        os._exit(0 if open('/job/data/sub/a.txt').read() == 'needle in a\\n' else 1)\n"
+            "    assert os.waitpid(pid, 0)[1] == 0\n"
+            "stop = True\n"
+            "[t.join() for t in ts]\n"
+            "print('ok')\n")
+    p = run(agent, shadow, sys.executable, "-c", code, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr

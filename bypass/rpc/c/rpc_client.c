@@ -39,9 +39,11 @@ extern void bypass_guard_enter(void) __attribute__((weak));
 extern void bypass_guard_leave(void) __attribute__((weak));
 extern const char bypass_spec_hash[] __attribute__((weak));
 extern int bypass_fd_register(int *slot) __attribute__((weak));
-/* An agent that buffers remote state may define this: it runs before fork, with the
- * connection still free, so it can settle things with the shadow (see agents/remote). */
+/* An agent that buffers remote state may define these: before_fork runs before fork with the
+ * connection still free, so it can settle things with the shadow and take its own locks;
+ * after_fork(0 parent / 1 child) runs after it (see agents/remote). */
 extern void bypass_rpc_before_fork(void) __attribute__((weak));
+extern void bypass_rpc_after_fork(int in_child) __attribute__((weak));
 
 #define HANDSHAKE_MAX 4096
 #define NONCE_SIZE 32
@@ -684,7 +686,7 @@ static int simple_call_locked(int64_t call_no, int64_t *result);
 
 static void atfork_prepare(void)
 {
-    if (bypass_rpc_before_fork && S.fd >= 0) {
+    if (bypass_rpc_before_fork) {
         guard_enter();
         bypass_rpc_before_fork();
         guard_leave();
@@ -710,6 +712,8 @@ static void atfork_parent(void)
     sigset_t m = S.fork_mask;
     S.ticket = 0;
     pthread_mutex_unlock(&S.lock);
+    if (bypass_rpc_after_fork)
+        bypass_rpc_after_fork(0);
     guard_leave();
     pthread_sigmask(SIG_SETMASK, &m, NULL);
 }
@@ -718,6 +722,8 @@ static void atfork_child(void)
 {
     sigset_t m = S.fork_mask;
     reset_in_child();
+    if (bypass_rpc_after_fork)
+        bypass_rpc_after_fork(1);
     guard_leave();
     pthread_sigmask(SIG_SETMASK, &m, NULL);
 }
