@@ -1108,7 +1108,12 @@ static int memo_get(const char *path, size_t klen, struct walk *w)
     w->h = g_memo.h;
     w->e = g_memo.e;
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    return __atomic_load_n(&g_memo.seq, __ATOMIC_ACQUIRE) == s1;
+    if (__atomic_load_n(&g_memo.seq, __ATOMIC_ACQUIRE) == s1)
+        return 1;
+    /* torn by a concurrent update: back to the root the caller started from */
+    w->vl = 0;
+    walk_refresh(w);
+    return 0;
 }
 
 static void memo_put(const char *path, size_t klen, uint32_t gen, const struct walk *w)

@@ -359,3 +359,124 @@ def test_inactive_without_a_list(agent, work):
     p = subprocess.run(["bash", "-c", f"cat {work}/deny/secret"], env=env, capture_output=True,
                        text=True)
     assert p.stdout == "needle in secret\n"
+
+
+# ---------------------------------------------------------------- library calls from C, threads
+
+PROBE_C = r"""
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <pthread.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+static const char *W;
+
+static int walker(const char *p, const struct stat *st, int flag, struct FTW *f)
+{ (void)p; (void)st; (void)flag; (void)f; return 0; }
+
+static void *hammer(void *arg)
+{
+    char ok[PATH_MAX], no[PATH_MAX];
+    snprintf(ok, sizeof ok, "%s/ro/f", W);
+    snprintf(no, sizeof no, "%s/deny/secret", W);
+    struct stat st;
+    for (int i = 0; i < 20000; i++) {
+        if (stat(ok, &st) != 0) { *(int *)arg = 1; break; }
+        if (stat(no, &st) == 0 || errno != EACCES) { *(int *)arg = 2; break; }
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    (void)argc;
+    W = argv[1];
+    char buf[PATH_MAX];
+
+    FILE *t = tmpfile();
+    printf("tmpfile %s\n", t && fputs("x", t) >= 0 ? "ok" : strerror(errno));
+
+    char tmpl[] = "/tmp/probeXXXXXX";
+    int fd = mkstemp(tmpl);
+    printf("mkstemp %s %s\n", fd >= 0 ? "ok" : strerror(errno), tmpl);
+    char dtmpl[] = "/tmp/probedXXXXXX";
+    printf("mkdtemp %s\n", mkdtemp(dtmpl) ? dtmpl : strerror(errno));
+
+    snprintf(buf, sizeof buf, "%s/data/x", W);
+    char *rp = realpath(buf, NULL);
+    printf("realpath %s\n", rp ? rp : strerror(errno));
+    snprintf(buf, sizeof buf, "%s/data", W);
+    if (chdir(buf) == 0 && getcwd(buf, sizeof buf))
+        printf("getcwd %s\n", buf);
+    char *cdn = get_current_dir_name();
+    printf("cdn %s\n", cdn ? cdn : "?");
+
+    snprintf(buf, sizeof buf, "%s/deny", W);
+    printf("nftw-deny %s\n", nftw(buf, walker, 4, FTW_PHYS) == 0 ? "ok" : strerror(errno));
+    struct dirent **list;
+    printf("scandir-deny %s\n", scandir(buf, &list, NULL, alphasort) >= 0 ? "ok" : strerror(errno));
+    printf("opendir-deny %s\n", opendir(buf) ? "ok" : strerror(errno));
+
+    /* a program in a denied place, by PATH search and by posix_spawnp */
+    snprintf(buf, sizeof buf, "PATH=%s/deny:/usr/bin:/bin", W);
+    putenv(buf);
+    pid_t pid;
+    char *args[] = {"secret-tool", NULL};
+    int rc = posix_spawnp(&pid, "secret-tool", NULL, NULL, args, environ);
+    printf("spawnp-deny %s\n", rc == 0 ? "ran" : strerror(rc));
+    char *targs[] = {"true", NULL};
+    rc = posix_spawnp(&pid, "true", NULL, NULL, targs, environ);
+    int status = -1;
+    if (rc == 0)
+        waitpid(pid, &status, 0);
+    printf("spawnp-true %s %d\n", rc == 0 ? "ran" : strerror(rc), status);
+
+    int bad[4] = {0};
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++)
+        pthread_create(&th[i], NULL, hammer, &bad[i]);
+    for (int i = 0; i < 4; i++)
+        pthread_join(th[i], NULL);
+    printf("threads %d %d %d %d\n", bad[0], bad[1], bad[2], bad[3]);
+    fflush(stdout);
+    execlp("secret-tool", "secret-tool", (char *)NULL);
+    printf("execlp-deny %s\n", strerror(errno));
+    return 0;
+}
+"""
+
+
+def test_library_calls_and_threads(agent, work):
+    src = work / "out/probe.c"
+    src.write_text(PROBE_C)
+    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(work / "out/probe"), str(src)], check=True)
+    (work / "deny/secret-tool").write_text("#!/bin/sh\necho ran-secret\n")
+    (work / "deny/secret-tool").chmod(0o755)
+    p = run(agent, work, [str(work / "out/probe"), str(work)])
+    out = dict(line.split(" ", 1) for line in p.stdout.splitlines())
+    assert out["tmpfile"] == "ok"
+    st, name = out["mkstemp"].split()
+    assert st == "ok" and name.startswith("/tmp/probe") and "X" not in name
+    assert out["mkdtemp"].startswith("/tmp/probed") and "X" not in out["mkdtemp"]
+    priv = private_tmp(work)
+    assert (priv / os.path.basename(name)).exists() and not os.path.exists(name)
+    assert (priv / os.path.basename(out["mkdtemp"])).is_dir()
+    assert out["realpath"] == f"{work}/data/x"
+    assert out["getcwd"] == f"{work}/data" and out["cdn"] == f"{work}/data"
+    assert out["nftw-deny"] == out["scandir-deny"] == out["opendir-deny"] == "Permission denied"
+    assert out["spawnp-deny"] == "Permission denied"
+    assert out["spawnp-true"].startswith("ran 0")
+    assert out["threads"] == "0 0 0 0"
+    assert out["execlp-deny"] == "Permission denied"
+    assert "ran-secret" not in p.stdout
