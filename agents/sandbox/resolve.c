@@ -1604,3 +1604,27 @@ int sb_name_hidden(int fd, const char *name)
     }
     return 0;
 }
+
+/* ---- environment of children ------------------------------------------------ */
+
+static char g_private_env[PATH_MAX + 32];
+static char g_owner_env[64];
+
+char *const *sb_env_fix(char *const *envp, char **room, size_t n)
+{
+    if (!g_active || !g_private[0] || !envp)
+        return envp;
+    static const char key[] = SB_ENV_PRIVATE "=";
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(envp[i], key, sizeof key - 1) == 0)
+            return envp;
+    snprintf(g_private_env, sizeof g_private_env, "%s%s", key, g_private);
+    memcpy(room, envp, n * sizeof *room);
+    room[n++] = g_private_env;
+    if (g_private_owner == getpid()) {
+        snprintf(g_owner_env, sizeof g_owner_env, "%s=%d", SB_ENV_PRIVATE_OWNER, (int)g_private_owner);
+        room[n++] = g_owner_env;
+    }
+    room[n] = NULL;
+    return room;
+}

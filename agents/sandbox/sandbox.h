@@ -198,6 +198,11 @@ int sb_elf_is_static(const char *realpath_);
  * the real program to run.  0 or errno. */
 int sb_find_program(const char *file, struct sb_result *r);
 
+/* An environment for a child: envp plus the private directory's settings
+ * when envp lacks them (env -i), built in room (n = entries of envp; room
+ * has n + 3 slots).  Returns envp itself when nothing is missing. */
+char *const *sb_env_fix(char *const *envp, char **room, size_t n);
+
 /* Private directory. */
 const char *sb_private_dir(void);
 void sb_atexit_report(void);

@@ -39,6 +39,14 @@
             return BYPASS_NEXT();                                              \
     } while (0)
 
+/* Give a child's explicit environment the private directory (env -i). */
+#define SB_ENV_FIX(envp)                                                       \
+    size_t sb_envn_ = 0;                                                       \
+    while ((envp) && (envp)[sb_envn_])                                         \
+        sb_envn_++;                                                            \
+    char *sb_envroom_[sb_envn_ + 3];                                           \
+    (envp) = sb_env_fix((envp), sb_envroom_, sb_envn_)
+
 /* What an open() with these flags will do to the file. */
 static inline int sb_open_op(int flags)
 {

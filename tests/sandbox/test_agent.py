@@ -353,6 +353,14 @@ def test_cleanup_option_removes_the_private_dir(agent, work):
     assert list((work / "priv").iterdir()) == [] and "kept" not in p.stderr
 
 
+def test_children_with_an_empty_environment_stay_inside(agent, work):
+    p = run(agent, work, f"env -i /bin/sh -c 'echo x > /tmp/envi; cat {work}/deny/secret'; "
+                         "cat /tmp/envi; env -i /bin/sh -c 'exec env' | grep -c BYPASS_SANDBOX_PRIVATE=")
+    assert "Permission denied" in p.stderr and "needle" not in p.stdout
+    assert p.stdout.split() == ["x", "1"]            # same private /tmp in and out
+    assert p.stderr.count("private directory kept") == 1
+
+
 def test_inactive_without_a_list(agent, work):
     env = sandbox_env(agent, work)
     del env["BYPASS_MOUNTS"]
