@@ -209,6 +209,14 @@ def test_read_only_places(agent, work):
     assert p.stdout == "ok\n" and (work / "out/f").read_text() == "original\n"
 
 
+def test_writing_through_links_follows_the_target(agent, work):
+    os.symlink(work / "out/target", work / "ro/to-out")       # read-only place -> writable one
+    p = run(agent, work, f"echo via-link > {work}/ro/to-out && cat {work}/out/target; "
+                         "echo to-stdout > /dev/stdout; echo to-fd >> /dev/fd/1; echo to-null > /dev/null")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["via-link", "to-stdout", "to-fd"]
+
+
 def test_erofs_option(agent, work):
     p = run(agent, work, f"touch {work}/ro/f", BYPASS_SANDBOX_EROFS="1")
     assert "Read-only file system" in p.stderr
