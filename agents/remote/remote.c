@@ -931,6 +931,51 @@ void rmt_rewinddir(DIR *dir)
     bypass_shadow_bypass_rx_rewinddir(d->fd);
 }
 
+/* scandir over a remote directory: entries copied into malloc'ed dirents, as glibc does. */
+int rmt_scandir(int dslot, const char *rpath, struct dirent ***namelist, int (*filter)(const struct dirent *),
+                int (*compar)(const struct dirent **, const struct dirent **))
+{
+    DIR *d = rmt_opendir(dslot, rpath);
+    if (!d)
+        return -1;
+    struct dirent **list = NULL, *e;
+    size_t n = 0, cap = 0;
+    int saved = errno;
+    errno = 0;
+    while ((e = rmt_readdir(d)) != NULL) {
+        if (filter && !filter(e))
+            continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 16;
+            struct dirent **grown = realloc(list, cap * sizeof *list);
+            if (!grown)
+                goto fail;
+            list = grown;
+        }
+        if (!(list[n] = malloc(sizeof *e)))
+            goto fail;
+        memcpy(list[n++], e, sizeof *e);
+    }
+    if (errno)
+        goto fail;
+    rmt_closedir(d);
+    if (compar && n > 1)
+        qsort(list, n, sizeof *list, (int (*)(const void *, const void *))compar);
+    *namelist = list;
+    errno = saved;
+    return (int)n;
+fail:
+    {
+        int err = errno ? errno : ENOMEM;
+        while (n > 0)
+            free(list[--n]);
+        free(list);
+        rmt_closedir(d);
+        errno = err;
+        return -1;
+    }
+}
+
 /* ---- current directory ------------------------------------------------------------------------ */
 
 static int set_cwd(const char *full)

@@ -67,6 +67,8 @@ struct dirent *rmt_readdir(DIR *d);
 int rmt_closedir(DIR *d);
 int rmt_dirfd(DIR *d);
 void rmt_rewinddir(DIR *d);
+int rmt_scandir(int dslot, const char *rpath, struct dirent ***namelist, int (*filter)(const struct dirent *),
+                int (*compar)(const struct dirent **, const struct dirent **));
 
 int rmt_chdir(int dslot, const char *rpath);
 int rmt_fchdir(int fd);

@@ -335,3 +335,37 @@ def test_fork_while_other_threads_use_the_shadow(agent, shadow, export):
             "print('ok')\n")
     p = run(agent, shadow, sys.executable, "-c", code, timeout=120)
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
+
+
+SCANDIR_C = r"""
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+int main(int argc, char **argv) {
+    struct dirent **list;
+    int n = scandir(argv[1], &list, NULL, alphasort);
+    if (n < 0) { perror("scandir"); return 1; }
+    for (int i = 0; i < n; i++) { printf("%s\n", list[i]->d_name); free(list[i]); }
+    free(list);
+    char *c = canonicalize_file_name(argv[2]);
+    printf("canonical %s\n", c ? c : "(null)");
+    DIR *d = opendir(argv[1]);
+    struct dirent ent, *res;
+    int count = 0;
+    while (readdir_r(d, &ent, &res) == 0 && res) count++;
+    closedir(d);
+    printf("readdir_r %d\n", count);
+    return 0;
+}
+"""
+
+
+def test_scandir_readdir_r_canonicalize(agent, shadow, export, tmp_path):
+    src = tmp_path / "scan.c"
+    src.write_text(SCANDIR_C)
+    subprocess.run(["gcc", "-w", "-o", str(tmp_path / "scan"), str(src)], check=True)
+    p = run(agent, shadow, str(tmp_path / "scan"), "/job/data/sub", "/job/data/./sub/../sub/a.txt")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == [".", "..", "a.txt", "b.txt", "canonical /job/data/sub/a.txt",
+                                     "readdir_r 4"]
