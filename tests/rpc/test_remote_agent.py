@@ -369,3 +369,13 @@ def test_scandir_readdir_r_canonicalize(agent, shadow, export, tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == [".", "..", "a.txt", "b.txt", "canonical /job/data/sub/a.txt",
                                      "readdir_r 4"]
+
+
+def test_64_agent_processes_at_once(agent, shadow, export):
+    (export / "shared.txt").write_text("x" * 100000)
+    script = ("for i in $(seq 64); do (cat /job/shared.txt /job/data/sub/a.txt > /job/out$i.txt || "
+              "echo fail $i) & done; wait")
+    p = sh(agent, shadow, script, timeout=180)
+    assert p.returncode == 0 and "fail" not in p.stdout, (p.stdout, p.stderr)
+    want = "x" * 100000 + "needle in a\n"
+    assert all((export / f"out{i}.txt").read_text() == want for i in range(1, 65))
