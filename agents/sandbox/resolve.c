@@ -1494,10 +1494,16 @@ static int elf_is_static_depth(const char *path, int depth, char *why, size_t wh
         *e = '\0';
         if (*s != '/')
             return 0;
-        /* the kernel runs the interpreter by its real path */
+        /* the interpreter must be allowed to run too; the kernel runs it by its real path */
         struct sb_result r;
-        if (g_active && sb_resolve(SB_OP_EXEC, AT_FDCWD, s, 0, &r) == 0)
+        if (g_active) {
+            if (sb_resolve(SB_OP_EXEC, AT_FDCWD, s, 0, &r) != 0) {
+                if (why)
+                    snprintf(why, whysize, "%s", s);
+                return -2;
+            }
             s = r.rpath;
+        }
         int st = elf_is_static_depth(s, depth + 1, why, whysize);
         if (st == 1 && why && why[0] == '\0')
             snprintf(why, whysize, "%s", s);
@@ -1517,11 +1523,15 @@ int sb_elf_is_static(const char *realpath_)
 
 int sb_exec_check(const char *realpath_, const char *vpath)
 {
-    if (g_allow_static)
-        return 0;
     char why[PATH_MAX];
     why[0] = '\0';
-    if (elf_is_static_depth(realpath_, 0, why, sizeof why) != 1)
+    int st = elf_is_static_depth(realpath_, 0, why, sizeof why);
+    if (st == -2) {
+        sb_msg("refusing to run %s: its interpreter %s is not allowed to run here",
+               vpath ? vpath : realpath_, why);
+        return EACCES;
+    }
+    if (st != 1 || g_allow_static)
         return 0;
     if (why[0])
         sb_msg("refusing to run %s: its interpreter %s is statically linked, so this "

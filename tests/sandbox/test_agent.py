@@ -321,6 +321,15 @@ def test_static_programs_are_refused(agent, work, static_prog):
     assert p.stdout == "static ran\n"
 
 
+def test_scripts_with_a_denied_interpreter_do_not_run(agent, work):
+    shutil.copy("/bin/sh", work / "deny/sh")
+    (work / "out/script").write_text(f"#!{work}/deny/sh\necho script-ran\n")
+    (work / "out/script").chmod(0o755)
+    p = run(agent, work, f"{work}/out/script; echo rc=$?")
+    assert "script-ran" not in p.stdout and "rc=126" in p.stdout
+    assert f"its interpreter {work}/deny/sh is not allowed to run here" in p.stderr
+
+
 def test_programs_in_places_without_x_do_not_run(agent, work):
     shutil.copy("/bin/true", work / "out/mytrue")
     (work / "mounts.txt").write_text((work / "mounts.txt").read_text() + f"{work}/out/mytrue rw\n")
