@@ -42,7 +42,12 @@ log = logging.getLogger("bypass.shadow")
 
 Handler = Callable[..., Any]
 _ENOSYS = errno_to_neutral(errno.ENOSYS)
-_NOTHING = object()
+_ERRNO_REPLY = object()       # markers: the handler raised (OSError / anything else)
+_FAILURE_REPLY = object()
+
+
+def _no_such_call(ctx, *args):
+    raise OSError(errno.ENOSYS, "no such call in this shadow")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -399,21 +404,22 @@ class ShadowServer:
         """Serve calls until the connection ends.  This loop is the shadow's per-call cost,
         so the common case (a small request arriving whole in one recv) is inlined with
         everything bound to locals; anything else goes through FrameReader."""
-        dispatch = self.dispatch
+        get = self.dispatch.get
         recv, send = sock.recv, sock.send
         header_of, header = _HEADER.unpack_from, _HEADER.pack
         u = reader.unpacker
         feed, unpack, tell = u.feed, u.unpack, u.tell
         small = _SMALL
         while True:
-            msg = _NOTHING
-            if not reader.pending:
+            if reader.pending:
+                msg = reader.read()
+            else:
                 data = recv(_RECV_SIZE)
                 n = len(data) - 4
                 if 0 <= n <= small and header_of(data)[0] == n:
+                    feed(data[4:])
+                    reader.fed += n
                     try:
-                        feed(data[4:])
-                        reader.fed += n
                         msg = unpack()
                     except Exception as e:
                         raise ProtocolError(f"undecodable frame: {e.__class__.__name__}: {e}") \
@@ -424,35 +430,38 @@ class ShadowServer:
                     raise EOFError
                 else:
                     reader.pending = data
-            if msg is _NOTHING:
-                msg = reader.read()
+                    msg = reader.read()
             if type(msg) is not list or len(msg) < 2:
                 raise ProtocolError("request is not an array [call, seq, args...]")
-            call, seq = msg[0], msg[1]
+            call = msg[0]
+            seq = msg[1]
             if type(call) is not int or type(seq) is not int:
                 raise ProtocolError("request call number and sequence must be integers")
-            fn = dispatch.get(call)
-            if fn is None:
-                reply = [seq, STATUS_ERRNO, _ENOSYS]
+            try:
+                result = get(call, _no_such_call)(ctx, *msg[2:])
+            except OSError as e:
+                result = _ERRNO_REPLY
+                err = errno_to_neutral(e.errno)
+            except Exception as e:
+                log.exception("%s: call %d from %s failed", self.name, call, ctx.peer)
+                result = _FAILURE_REPLY
+                err = f"shadow: {e.__class__.__name__}: {e}"
+            if result is _ERRNO_REPLY:
+                reply = [seq, STATUS_ERRNO, err]
+            elif result is _FAILURE_REPLY:
+                reply = [seq, STATUS_FAILURE, err]
             else:
-                try:
-                    reply = [seq, STATUS_OK, fn(ctx, *msg[2:])]
-                except OSError as e:
-                    reply = [seq, STATUS_ERRNO, errno_to_neutral(e.errno)]
-                except Exception as e:
-                    log.exception("%s: call %d from %s failed", self.name, call, ctx.peer)
-                    reply = [seq, STATUS_FAILURE, f"shadow: {e.__class__.__name__}: {e}"]
-            value = reply[2]
-            if type(value) is list and len(value) == 2 and type(value[0]) is int:
-                data = value[1]
-                if type(data) is FileRegion:
-                    # [n, part of a file] (a read): from the page cache to the socket
-                    _send_file_reply(sock, packer, seq, value[0], data)
-                    continue
-                if type(data) in _BUFFERS and len(data) > small:
-                    # [n, big buffer]: sent as it is, after a hand-made envelope
-                    _send_buffer_reply(sock, packer, seq, value[0], data)
-                    continue
+                if type(result) is list and len(result) == 2 and type(result[0]) is int:
+                    data = result[1]
+                    if type(data) is FileRegion:
+                        # [n, part of a file] (a read): from the page cache to the socket
+                        _send_file_reply(sock, packer, seq, result[0], data)
+                        continue
+                    if type(data) in _BUFFERS and len(data) > small:
+                        # [n, big buffer]: sent as it is, after a hand-made envelope
+                        _send_buffer_reply(sock, packer, seq, result[0], data)
+                        continue
+                reply = [seq, STATUS_OK, result]
             try:
                 body = packer.pack(reply)
             except Exception as e:      # a result msgpack cannot carry
