@@ -122,6 +122,8 @@ def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
     extra = agent_settings(args.set, args.mounts)
     if args.trace:
         extra["BYPASS_TRACE"] = os.path.abspath(args.trace)
+    if args.private_cleanup:
+        extra["BYPASS_SANDBOX_CLEANUP"] = "1"
     agent = Path(args.agent) if args.agent else build_cached(args.spec)
     if args.export or args.listen:
         from .rpc.shadow_cli import run_with_shadow   # the spec's shadow, served by this process
@@ -169,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         p_run.add_argument("--agent", help="use this prebuilt agent .so instead of building")
         p_run.add_argument("--trace", metavar="FILE", help="set BYPASS_TRACE=FILE (trace agent)")
         p_run.add_argument("-m", "--mounts", metavar="FILE", help="set BYPASS_MOUNTS=FILE (sandbox agent)")
+        p_run.add_argument("--private-cleanup", action="store_true",
+                           help="sandbox agent: remove the run's PRIVATE directory at exit instead of keeping it")
         p_run.add_argument("--set", action="append", metavar="NAME=VALUE", help="set an environment variable")
         p_run.add_argument("--export", metavar="DIR",
                            help="serve the spec's shadow from this process, its file calls inside DIR")
