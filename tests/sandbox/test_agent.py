@@ -368,6 +368,14 @@ def test_bypass_run_with_mount_list(agent, work):
 def test_cleanup_option_removes_the_private_dir(agent, work):
     p = run(agent, work, "echo x > /tmp/y", check=True, BYPASS_SANDBOX_CLEANUP="1")
     assert list((work / "priv").iterdir()) == [] and "kept" not in p.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_")}
+    env["BYPASS_SANDBOX_PRIVATE_BASE"] = str(work / "priv")
+    p = subprocess.run([PY, "-m", "bypass.cli", "run", str(SPEC), "--agent", str(agent), "-m",
+                        str(work / "mounts.txt"), "--private-cleanup", "--", "bash", "-c",
+                        "echo x > /tmp/y && cat /tmp/y"],
+                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.stdout == "x\n" and "kept" not in p.stderr
+    assert list((work / "priv").iterdir()) == []
 
 
 def test_children_with_an_empty_environment_stay_inside(agent, work):
