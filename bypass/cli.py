@@ -124,6 +124,9 @@ def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
         extra["BYPASS_TRACE"] = os.path.abspath(args.trace)
     if args.private_cleanup:
         extra["BYPASS_SANDBOX_CLEANUP"] = "1"
+    if args.mounts:
+        from .mounts import check_program          # the agent checks every later exec itself
+        check_program(command, {**os.environ, **extra})
     agent = Path(args.agent) if args.agent else build_cached(args.spec)
     if args.export or args.listen:
         from .rpc.shadow_cli import run_with_shadow   # the spec's shadow, served by this process
