@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shutil
+import struct
 from dataclasses import dataclass
 
 from .errors import BypassError
@@ -39,6 +41,8 @@ __all__ = [
     "load_mounts",
     "lookup",
     "translate",
+    "is_static_executable",
+    "check_program",
 ]
 
 IDENTITY, REDIRECT, DENY, ENOENT, PRIVATE = "identity", "redirect", "DENY", "ENOENT", "PRIVATE"
@@ -190,3 +194,50 @@ def translate(entry: Entry, vpath: str) -> str | None:
 
 
 load_mounts = load
+
+
+def is_static_executable(path: str | os.PathLike[str], _depth: int = 0) -> bool:
+    """True for an ELF executable without a program interpreter (PT_INTERP), or a script whose
+    ``#!`` interpreter is one: an LD_PRELOAD agent cannot see such a program's calls.  The
+    dynamic loader itself (run directly) does not count.  Mirrors sb_elf_is_static()."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+            if head[:2] == b"#!" and _depth < 4:
+                line = (head + fh.read(192)).split(b"\n", 1)[0][2:].strip()
+                interp = line.split()[0].decode(errors="replace") if line else ""
+                return interp.startswith("/") and is_static_executable(interp, _depth + 1)
+            if head[:4] != b"\x7fELF" or len(head) < 64:
+                return False
+            is64, little = head[4] == 2, head[5] == 1
+            end = "<" if little else ">"
+            if is64:
+                e_type, = struct.unpack_from(end + "H", head, 16)
+                phoff, = struct.unpack_from(end + "Q", head, 32)
+                phentsize, phnum = struct.unpack_from(end + "HH", head, 54)
+            else:
+                e_type, = struct.unpack_from(end + "H", head, 16)
+                phoff, = struct.unpack_from(end + "I", head, 28)
+                phentsize, phnum = struct.unpack_from(end + "HH", head, 42)
+            if e_type not in (2, 3):            # ET_EXEC, ET_DYN
+                return False
+            for i in range(min(phnum, 4096)):
+                fh.seek(phoff + i * phentsize)
+                p_type, = struct.unpack(end + "I", fh.read(4))
+                if p_type == 3:                 # PT_INTERP
+                    return False
+    except (OSError, struct.error):
+        return False
+    name = os.path.basename(os.fspath(path))
+    return not name.startswith(("ld-linux", "ld.so", "ld64.so", "ld-musl"))
+
+
+def check_program(command: list[str], env: dict[str, str]) -> None:
+    """Refuse to start a statically linked program under the sandbox (the agent checks every
+    later exec itself; the first program is started by `bypass run`)."""
+    if not command or env.get("BYPASS_SANDBOX_ALLOW_STATIC", "") not in ("", "0"):
+        return
+    found = command[0] if "/" in command[0] else shutil.which(command[0], path=env.get("PATH"))
+    if found and is_static_executable(found):
+        raise BypassError(f"refusing to run {found}: statically linked, so the sandbox could not see "
+                          "its calls (set BYPASS_SANDBOX_ALLOW_STATIC=1 to run it anyway)")

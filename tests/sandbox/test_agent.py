@@ -330,6 +330,20 @@ def test_scripts_with_a_denied_interpreter_do_not_run(agent, work):
     assert f"its interpreter {work}/deny/sh is not allowed to run here" in p.stderr
 
 
+def test_bypass_run_refuses_a_static_first_program(agent, work, static_prog):
+    from bypass.mounts import is_static_executable
+    assert is_static_executable(static_prog)
+    assert not is_static_executable("/bin/ls") and not is_static_executable(PY)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_")}
+    env["BYPASS_SANDBOX_PRIVATE_BASE"] = str(work / "priv")
+    base = [PY, "-m", "bypass.cli", "run", str(SPEC), "--agent", str(agent), "-m", str(work / "mounts.txt")]
+    p = subprocess.run(base + ["--", str(static_prog)], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 2 and "statically linked" in p.stderr and "static ran" not in p.stdout
+    p = subprocess.run(base + ["--set", "BYPASS_SANDBOX_ALLOW_STATIC=1", "--", str(static_prog)],
+                       env=env, cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout == "static ran\n"
+
+
 def test_programs_in_places_without_x_do_not_run(agent, work):
     shutil.copy("/bin/true", work / "out/mytrue")
     (work / "mounts.txt").write_text((work / "mounts.txt").read_text() + f"{work}/out/mytrue rw\n")
