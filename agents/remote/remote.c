@@ -226,6 +226,49 @@ void bypass_rpc_after_fork(int in_child)
     }
 }
 
+int rmt_stage_exec(int dslot, const char *rpath, char *local, size_t cap)
+{
+    struct stat st;
+    if (rmt_stat(dslot, rpath, &st, 1) < 0)
+        return -1;
+    if (S_ISDIR(st.st_mode) || !(st.st_mode & 0111)) {
+        errno = EACCES;
+        return -1;
+    }
+    int src = rmt_open(dslot, rpath, O_RDONLY | O_CLOEXEC, 0);
+    if (src < 0)
+        return -1;
+    /* not close-on-exec: a script's interpreter opens it by this path after the exec */
+    int dst = memfd_create("bypass-exec", 0);
+    int rc = dst < 0 ? -1 : 0;
+    char buf[65536];
+    while (rc == 0) {
+        ssize_t k = rmt_read(src, buf, sizeof buf);
+        if (k <= 0) {
+            rc = (int)k;
+            break;
+        }
+        for (ssize_t off = 0; off < k;) {
+            ssize_t w = write(dst, buf + off, (size_t)(k - off));
+            if (w < 0) {
+                rc = -1;
+                break;
+            }
+            off += w;
+        }
+    }
+    int e = errno;
+    rmt_close(src);
+    if (rc < 0) {
+        if (dst >= 0)
+            close(dst);
+        errno = e;
+        return -1;
+    }
+    snprintf(local, cap, "/proc/self/fd/%d", dst);
+    return 0;
+}
+
 void *rmt_mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
 {
     if ((flags & MAP_SHARED) && (prot & PROT_WRITE)) {

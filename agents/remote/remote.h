@@ -57,6 +57,8 @@ void rmt_forget(int fd);
 void rmt_rebind_std(int fd);
 /* hand all read-ahead back (before fork, exec, spawn) */
 void rmt_settle_all(void);
+/* copy a remote executable into an exec-able local memfd; *local receives its /proc path */
+int rmt_stage_exec(int dslot, const char *rpath, char *local, size_t cap);
 void *rmt_mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset);
 
 FILE *rmt_fopen(int dslot, const char *rpath, const char *mode);

@@ -379,3 +379,14 @@ def test_64_agent_processes_at_once(agent, shadow, export):
     assert p.returncode == 0 and "fail" not in p.stdout, (p.stdout, p.stderr)
     want = "x" * 100000 + "needle in a\n"
     assert all((export / f"out{i}.txt").read_text() == want for i in range(1, 65))
+
+
+def test_running_the_jobs_own_executables(agent, shadow, export):
+    (export / "bin").mkdir()
+    script = export / "bin" / "job.sh"
+    script.write_text("#!/bin/sh\necho \"job got $1\"\ncat /job/data/sub/a.txt\n")
+    script.chmod(0o755)
+    shutil.copy("/bin/echo", export / "bin" / "myecho")
+    p = sh(agent, shadow, "/job/bin/job.sh one && /job/bin/myecho two && cd /job/bin && ./job.sh three")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["job got one", "needle in a", "two", "job got three", "needle in a"]
