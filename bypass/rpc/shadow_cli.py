@@ -64,6 +64,7 @@ def make_server(spec_path, export: str | None = None, secret: bytes | None = Non
     from .export import ExportRoot
     module = load_shadow(spec_path)
     server = module.make_server(secret=secret, **options)
+    server.module = module
     if export is not None:
         if not os.path.isdir(export):
             raise BypassError(f"--export {export}: not a directory")
@@ -96,7 +97,21 @@ def add_arguments(parser) -> None:
     parser.add_argument("--secret-file", metavar="FILE",
                         help=f"shared secret for TCP (default ${ENV_SECRET} or ${ENV_SECRET_FILE}; "
                              "a fresh one is printed when none is set)")
+    parser.add_argument("--summary", action="store_true",
+                        help="at exit, print the per-file I/O summary (specs that keep one)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+
+
+def print_summary(server, out=sys.stderr) -> None:
+    """The shadow module's per-file I/O summary (Condor printed one at the end of a job)."""
+    rows = server.module.summary() if hasattr(server.module, "summary") else None
+    if rows is None:
+        print("bypass shadow: this spec's shadow keeps no I/O summary", file=out)
+        return
+    print(f"{'file':40} {'opens':>5} {'reads':>7} {'bytes read':>12} {'writes':>7} "
+          f"{'bytes written':>13} {'seeks':>6}", file=out)
+    for path, opens, reads, rbytes, writes, wbytes, seeks in rows:
+        print(f"{path:40} {opens:5} {reads:7} {rbytes:12} {writes:7} {wbytes:13} {seeks:6}", file=out)
 
 
 def cmd_shadow(args) -> int:
@@ -114,10 +129,13 @@ def cmd_shadow(args) -> int:
             pass
     finally:
         server.close()
+        if args.summary:
+            print_summary(server)
     return 0
 
 
-def run_with_shadow(spec_path, export: str | None, listen: str | None, run) -> int:
+def run_with_shadow(spec_path, export: str | None, listen: str | None, run,
+                    summary: bool = False) -> int:
     """Serve the shadow in this process while `run(extra_env)` runs the program."""
     logging.basicConfig(level=logging.WARNING, format="bypass shadow: %(message)s")
     secret = auth.secret_from_env()
@@ -132,4 +150,6 @@ def run_with_shadow(spec_path, export: str | None, listen: str | None, run) -> i
     try:
         return run(env)
     finally:
-        server.close()
+        server.close()       # releases every process state: open files get counted
+        if summary:
+            print_summary(server)

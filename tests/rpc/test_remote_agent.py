@@ -390,3 +390,15 @@ def test_running_the_jobs_own_executables(agent, shadow, export):
     p = sh(agent, shadow, "/job/bin/job.sh one && /job/bin/myecho two && cd /job/bin && ./job.sh three")
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == ["job got one", "needle in a", "two", "job got three", "needle in a"]
+
+
+def test_io_summary_at_the_end_of_a_run(agent, export):
+    p = subprocess.run([sys.executable, "-m", "bypass.cli", "run", str(SPEC), "--agent", str(agent),
+                        "--export", str(export), "--summary", "--", "sh", "-c",
+                        "cat /job/data/input.txt > /dev/null; echo hi > /job/s.txt"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in p.stderr.splitlines()[1:]}
+    size = (export / "data" / "input.txt").stat().st_size
+    assert rows["/data/input.txt"][0] == "1" and rows["/data/input.txt"][2] == str(size)
+    assert rows["/s.txt"][3:5] == ["1", "3"]          # one write of 3 bytes
