@@ -131,7 +131,8 @@ def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
     if args.export or args.listen:
         from .rpc.shadow_cli import run_with_shadow   # the spec's shadow, served by this process
         return run_with_shadow(args.spec, args.export, args.listen,
-                               lambda env: run_under_agent(agent, command, {**extra, **env}))
+                               lambda env: run_under_agent(agent, command, {**extra, **env}),
+                               summary=args.summary)
     return run_under_agent(agent, command, extra)
 
 
@@ -180,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         p_run.add_argument("--export", metavar="DIR",
                            help="serve the spec's shadow from this process, its file calls inside DIR")
         p_run.add_argument("--listen", metavar="ADDR", help="with --export: where the shadow listens")
+        p_run.add_argument("--summary", action="store_true",
+                           help="with --export: print the per-file I/O summary at the end")
         p_shadow = sub.add_parser("shadow", help="serve a spec's shadow (split execution)",
                                   description="bypass shadow SPEC [--export DIR] [--listen ADDR]")
         from .rpc.shadow_cli import add_arguments as shadow_arguments
