@@ -13,9 +13,10 @@ Workloads (all in a work directory under /var/tmp, writable in the sandbox's mou
 * build      - make -j2 of a generated 48-file C project.
 
 Each workload runs `--reps` rounds (every tool once per round, after one warm-up run each); the
-table shows medians of wall time and of CPU time (user+sys of all processes), the best CPU time,
-and the ratio to native.  CPU time is the steadier figure on a busy machine; the best of the
-rounds is the least disturbed by other work.
+table shows medians of wall time and of CPU time (user+sys of all processes) and their ratio to
+native; a second table gives, per workload, the median over rounds of the CPU-time ratio within
+each round, which cancels slow changes in the machine's load (the steadiest figure on a busy
+machine).
 The sandbox runs with a realistic mount list: `/ rx`, a PRIVATE /tmp, a DENY'd /home and the work
 directory writable.  fakechroot runs as `fakechroot chroot /` (so that it translates every path)
 and proot as `proot -r /`.
@@ -76,6 +77,7 @@ class Bench:
         self.reps = reps
         self.quick = quick
         self.agent: Path | None = Path(agent).resolve() if agent else None
+        self.paired: dict[str, dict[str, float]] = {}
 
     # ------------------------------------------------------------ setup
     def setup(self, tools: list[str]) -> None:
@@ -201,7 +203,11 @@ class Bench:
             for tool in tools:
                 results.setdefault(f"{name} (s)", {})[tool] = statistics.median(times[tool])
                 results.setdefault(f"{name} (cpu s)", {})[tool] = statistics.median(cpus[tool])
-                results.setdefault(f"{name} (min cpu s)", {})[tool] = min(cpus[tool])
+                if "native" in tools:
+                    # ratio within each round, then the median: slow changes in the machine's
+                    # load (other jobs) cancel out
+                    paired = [c / n for c, n in zip(cpus[tool], cpus["native"]) if n > 0]
+                    self.paired.setdefault(name, {})[tool] = statistics.median(paired)
                 print(f"  {tool:10} {name} {statistics.median(times[tool]):.3f}s "
                       f"cpu {statistics.median(cpus[tool]):.3f}s", file=sys.stderr)
         return results
@@ -222,7 +228,7 @@ def table(results: dict, tools: list[str]) -> str:
             else:
                 cells.append(f"{v:>20.3f}")
         lines.append(f"{name:22}" + "".join(cells))
-    for unit, label in (("(s)", "wall"), ("(cpu s)", "cpu"), ("(min cpu s)", "best-of cpu")):
+    for unit, label in (("(s)", "wall"), ("(cpu s)", "cpu")):
         real = [n for n in results if n.endswith(unit)]
         if "native" not in tools or not real:
             continue
@@ -234,6 +240,18 @@ def table(results: dict, tools: list[str]) -> str:
             gm = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
             lines.append(f"{t:10} real work ({label}): geometric mean {gm:.2f}x native, "
                          f"worst {max(ratios):.2f}x")
+    return "\n".join(lines)
+
+
+def paired_table(paired: dict, tools: list[str]) -> str:
+    others = [t for t in tools if t != "native"]
+    head = f"{'CPU time / native, median of per-round ratios':48}" + "".join(f"{t:>12}" for t in others)
+    lines = [head, "-" * len(head)]
+    for name, row in paired.items():
+        lines.append(f"{name:48}" + "".join(f"{row[t]:>11.2f}x" for t in others))
+    if paired:
+        gm = {t: math.exp(sum(math.log(row[t]) for row in paired.values()) / len(paired)) for t in others}
+        lines.append(f"{'geometric mean':48}" + "".join(f"{gm[t]:>11.2f}x" for t in others))
     return "\n".join(lines)
 
 
@@ -252,6 +270,9 @@ def main(argv=None) -> int:
         bench.setup(tools)
         results = bench.measure(tools)
         print(table(results, tools))
+        if "native" in tools and len(tools) > 1:
+            print()
+            print(paired_table(bench.paired, tools))
     finally:
         if args.keep:
             print(f"work directory kept: {work}", file=sys.stderr)

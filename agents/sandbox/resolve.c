@@ -1080,35 +1080,45 @@ static __attribute__((noinline)) int read_link(struct walk *w, int op, int last,
  * could change those facts in this process flushes the cache). */
 
 #define MEMO_MAX 512
+#define MEMO_SLOTS 8                    /* cp and tar alternate between two directories */
 
-static struct {
+struct memo {
     unsigned seq;                       /* odd while written */
+    int lock;
     uint32_t gen;
     unsigned klen, vl, rl, hl;
     const struct sb_entry *e;
     uint64_t h;
     char key[MEMO_MAX], v[MEMO_MAX], r[MEMO_MAX];
-} g_memo;
-static int g_memo_lock;
+};
+static struct memo g_memo[MEMO_SLOTS];
+
+static inline struct memo *memo_slot(const char *path, size_t klen)
+{
+    unsigned k = (unsigned)klen * 7u + (unsigned char)path[klen - 1] * 31u +
+                 (unsigned char)path[klen / 2] * 13u + (unsigned char)path[klen - 2] * 3u;
+    return &g_memo[k % MEMO_SLOTS];
+}
 
 static int memo_get(const char *path, size_t klen, struct walk *w)
 {
-    unsigned s1 = __atomic_load_n(&g_memo.seq, __ATOMIC_ACQUIRE);
-    if ((s1 & 1) || g_memo.klen != klen || g_memo.gen != __atomic_load_n(&g_gen, __ATOMIC_ACQUIRE) ||
-        memcmp(g_memo.key, path, klen) != 0)
+    struct memo *m = memo_slot(path, klen);
+    unsigned s1 = __atomic_load_n(&m->seq, __ATOMIC_ACQUIRE);
+    if ((s1 & 1) || m->klen != klen || m->gen != __atomic_load_n(&g_gen, __ATOMIC_ACQUIRE) ||
+        memcmp(m->key, path, klen) != 0)
         return 0;
-    unsigned vl = g_memo.vl, rl = g_memo.rl;
+    unsigned vl = m->vl, rl = m->rl;
     if (vl >= MEMO_MAX || rl >= MEMO_MAX)
         return 0;
-    memcpy(w->v, g_memo.v, vl + 1);
-    memcpy(w->r, g_memo.r, rl + 1);
+    memcpy(w->v, m->v, vl + 1);
+    memcpy(w->r, m->r, rl + 1);
     w->vl = vl;
     w->rl = rl;
-    w->hl = g_memo.hl;
-    w->h = g_memo.h;
-    w->e = g_memo.e;
+    w->hl = m->hl;
+    w->h = m->h;
+    w->e = m->e;
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    if (__atomic_load_n(&g_memo.seq, __ATOMIC_ACQUIRE) == s1)
+    if (__atomic_load_n(&m->seq, __ATOMIC_ACQUIRE) == s1)
         return 1;
     /* torn by a concurrent update: back to the root the caller started from */
     w->vl = 0;
@@ -1118,24 +1128,26 @@ static int memo_get(const char *path, size_t klen, struct walk *w)
 
 static void memo_put(const char *path, size_t klen, uint32_t gen, const struct walk *w)
 {
-    if (klen >= MEMO_MAX || w->vl >= MEMO_MAX || w->rl >= MEMO_MAX ||
-        __atomic_test_and_set(&g_memo_lock, __ATOMIC_ACQUIRE))
+    if (klen < 2 || klen >= MEMO_MAX || w->vl >= MEMO_MAX || w->rl >= MEMO_MAX)
         return;
-    __atomic_add_fetch(&g_memo.seq, 1, __ATOMIC_ACQ_REL);
-    g_memo.gen = gen;
-    g_memo.klen = (unsigned)klen;
-    memcpy(g_memo.key, path, klen);
-    memcpy(g_memo.v, w->v, w->vl);
-    g_memo.v[w->vl] = '\0';
-    memcpy(g_memo.r, w->r, w->rl);
-    g_memo.r[w->rl] = '\0';
-    g_memo.vl = (unsigned)w->vl;
-    g_memo.rl = (unsigned)w->rl;
-    g_memo.hl = (unsigned)w->hl;
-    g_memo.h = w->h;
-    g_memo.e = w->e;
-    __atomic_add_fetch(&g_memo.seq, 1, __ATOMIC_ACQ_REL);
-    __atomic_clear(&g_memo_lock, __ATOMIC_RELEASE);
+    struct memo *m = memo_slot(path, klen);
+    if (__atomic_test_and_set(&m->lock, __ATOMIC_ACQUIRE))
+        return;
+    __atomic_add_fetch(&m->seq, 1, __ATOMIC_ACQ_REL);
+    m->gen = gen;
+    m->klen = (unsigned)klen;
+    memcpy(m->key, path, klen);
+    memcpy(m->v, w->v, w->vl);
+    m->v[w->vl] = '\0';
+    memcpy(m->r, w->r, w->rl);
+    m->r[w->rl] = '\0';
+    m->vl = (unsigned)w->vl;
+    m->rl = (unsigned)w->rl;
+    m->hl = (unsigned)w->hl;
+    m->h = w->h;
+    m->e = w->e;
+    __atomic_add_fetch(&m->seq, 1, __ATOMIC_ACQ_REL);
+    __atomic_clear(&m->lock, __ATOMIC_RELEASE);
 }
 
 /* Follow the symlink the walk stands on: rem becomes target + rest. */
@@ -1210,7 +1222,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
     if (memo) {
         const char *last_slash = strrchr(path, '/');
         klen = (size_t)(last_slash - path);
-        memo = klen > 0;
+        memo = klen > 1;
         if (memo && memo_get(path, klen, &w)) {
             STAT_INC(memo_hits);
             p = path + klen;
