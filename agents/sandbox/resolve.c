@@ -20,7 +20,10 @@
  *     through the agent (sb_cache_flush) and can be switched off with
  *     BYPASS_SANDBOX_CACHE=0.  See README.md for what that leaves open.
  *   - the virtual cwd and descriptors opened through the agent are known to
- *     be resolved already, so relative paths only walk their own components.
+ *     be resolved already, so relative paths only walk their own components,
+ *     and a plain path below such a descriptor goes to the kernel unchanged;
+ *   - the walk of an absolute path's directory part is remembered (a few
+ *     slots keyed by its text), valid until the directory cache is flushed.
  */
 #define _GNU_SOURCE
 #include "sandbox.h"

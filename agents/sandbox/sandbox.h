@@ -71,8 +71,7 @@ struct sb_mounts {
 /* ---- mount list (mounts.c) ------------------------------------------------ */
 
 /* Parse a mount list.  On error returns -1 and writes "file:line: error: msg"
- * into err.  `private_dir` is the directory under which PRIVATE entries
- * live (NULL: PRIVATE entries get no target yet; see sb_private_setup). */
+ * into err.  PRIVATE entries get no target yet (see sb_private_attach). */
 int sb_mounts_parse(struct sb_mounts *m, const char *text, const char *file,
                     char *err, size_t errsize);
 int sb_mounts_load(struct sb_mounts *m, const char *file, char *err, size_t errsize);
@@ -163,7 +162,7 @@ void sb_set_cwd(const char *vpath);        /* after a successful real chdir */
 int sb_fchdir_done(int fd);                /* after a successful real fchdir */
 
 /* Descriptor table: remember the virtual path of descriptors opened through
- * the agent (validated by dev/ino before use).  */
+ * the agent, kept up to date by the close/dup/fcntl actions.  */
 void sb_fd_note(int fd, const char *vpath);
 void sb_fd_forget(int fd);
 void sb_fd_forget_range(unsigned int lo, unsigned int hi);
