@@ -189,6 +189,7 @@ def test_killing_the_shadow_mid_run(agent, export, tmp_path):
     # The shadow in its own process, killed while a program writes through it.
     proc = subprocess.Popen([sys.executable, "-m", "bypass.cli", "shadow", str(SPEC), "--export", str(export)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    address = "unix:/nonexistent/x"
     try:
         address = proc.stdout.readline().strip().split("=", 1)[1]
         code = ("import os, time, sys\n"
@@ -220,6 +221,8 @@ def test_killing_the_shadow_mid_run(agent, export, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        # a killed shadow leaves its private socket directory behind
+        shutil.rmtree(os.path.dirname(address.split(":", 1)[1]), ignore_errors=True)
 
 
 def test_big_file_streams_intact(agent, shadow, export):
