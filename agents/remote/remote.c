@@ -102,6 +102,11 @@ static char prefix[PATH_MAX] = "/job";
 static size_t prefix_len = 4;
 static char cwd[PATH_MAX];                 /* remote current directory ("" = local) */
 
+/* the standard streams while their descriptor is remote (see rmt_rebind_std) */
+static FILE *orig_std[3], *our_std[3];
+static FILE **std_slot(int fd);
+static void unbind_std(int fd);
+
 static struct rfile *get(int fd)
 {
     return fd >= 0 && fd < MAX_FDS ? table[fd] : NULL;
@@ -224,6 +229,31 @@ void bypass_rpc_after_fork(int in_child)
     } else {
         pthread_mutex_unlock(&lock);
     }
+}
+
+int rmt_mkstemp(char *tmpl, int dslot, char *rpath, int suffixlen, int flags, int dir)
+{
+    static const char letters[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    size_t tl = strlen(tmpl), rl = strlen(rpath);
+    if (suffixlen < 0 || tl < 6 + (size_t)suffixlen || rl < 6 + (size_t)suffixlen ||
+        memcmp(tmpl + tl - suffixlen - 6, "XXXXXX", 6) != 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    char *t = tmpl + tl - suffixlen - 6, *r = rpath + rl - suffixlen - 6;
+    for (int attempt = 0; attempt < 100; attempt++) {
+        unsigned char rnd[6];
+        if (getentropy(rnd, sizeof rnd) != 0)
+            return -1;
+        for (int i = 0; i < 6; i++)
+            t[i] = r[i] = letters[rnd[i] % (sizeof letters - 1)];
+        int rc = dir ? rmt_mkdir(dslot, rpath, 0700)
+                     : rmt_open(dslot, rpath, O_RDWR | O_CREAT | O_EXCL | (flags & ~O_ACCMODE), 0600);
+        if (rc >= 0 || errno != EEXIST)
+            return rc;
+    }
+    errno = EEXIST;
+    return -1;
 }
 
 int rmt_stage_exec(int dslot, const char *rpath, char *local, size_t cap)
@@ -353,6 +383,12 @@ int rmt_close(int fd)
     unref(r);
     pthread_mutex_unlock(&lock);
     close(fd);                   /* the placeholder */
+    if (fd >= 0 && fd <= 2 && our_std[fd]) {
+        /* no flush here: this may be fclose() of that very stream calling us back */
+        if (*std_slot(fd) == our_std[fd])
+            *std_slot(fd) = orig_std[fd];
+        our_std[fd] = NULL;
+    }
     errno = e;
     return rc;
 }
@@ -367,6 +403,7 @@ void rmt_forget(int fd)
         unref(r);
     }
     pthread_mutex_unlock(&lock);
+    unbind_std(fd);
 }
 
 int rmt_dup_done(int oldfd, int newfd)
@@ -817,9 +854,14 @@ FILE *rmt_fopen(int dslot, const char *rpath, const char *mode)
 /* The standard streams write through glibc's internal write, which no preload sees: when
  * descriptor 0, 1 or 2 becomes remote (sort -o dup2s its output onto 1; a shell redirects
  * into /job before exec), the stream is replaced by one over the remote file. */
+static FILE **std_slot(int fd)
+{
+    return fd == 0 ? &stdin : fd == 1 ? &stdout : fd == 2 ? &stderr : NULL;
+}
+
 void rmt_rebind_std(int fd)
 {
-    FILE **slot = fd == 0 ? &stdin : fd == 1 ? &stdout : fd == 2 ? &stderr : NULL;
+    FILE **slot = std_slot(fd);
     if (!slot || !rmt_is_fd(fd))
         return;
     if (fd > 0)
@@ -829,7 +871,25 @@ void rmt_rebind_std(int fd)
         return;
     if (fd == 2)
         setvbuf(f, NULL, _IONBF, 0);
+    if (!our_std[fd] || *slot != our_std[fd])
+        orig_std[fd] = *slot;
+    our_std[fd] = f;
     *slot = f;
+}
+
+/* fd (0, 1 or 2) is no longer remote (bash restoring its stdout after `echo > file`): give
+ * the program its own stream back.  Our stream is flushed and left alone (closing it would
+ * close the descriptor, which now belongs to someone else). */
+static void unbind_std(int fd)
+{
+    FILE **slot = std_slot(fd);
+    if (!slot || !our_std[fd])
+        return;
+    if (*slot == our_std[fd]) {
+        fflush(our_std[fd]);
+        *slot = orig_std[fd];
+    }
+    our_std[fd] = NULL;
 }
 
 /* ---- directory streams ------------------------------------------------------------------------ */

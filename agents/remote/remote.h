@@ -57,6 +57,9 @@ void rmt_forget(int fd);
 void rmt_rebind_std(int fd);
 /* hand all read-ahead back (before fork, exec, spawn) */
 void rmt_settle_all(void);
+/* mkstemp/mkdtemp on a remote template (tmpl is the program's, rpath the remote copy of it):
+ * the same random letters go into both; returns a descriptor (or 0 for a directory) */
+int rmt_mkstemp(char *tmpl, int dslot, char *rpath, int suffixlen, int flags, int dir);
 /* copy a remote executable into an exec-able local memfd; *local receives its /proc path */
 int rmt_stage_exec(int dslot, const char *rpath, char *local, size_t cap);
 void *rmt_mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset);

@@ -405,3 +405,30 @@ def test_io_summary_at_the_end_of_a_run(agent, export):
     size = (export / "data" / "input.txt").stat().st_size
     assert rows["/data/input.txt"][0] == "1" and rows["/data/input.txt"][2] == str(size)
     assert rows["/s.txt"][3:5] == ["1", "3"]          # one write of 3 bytes
+
+
+def test_everyday_tools(agent, shadow, export):
+    if not shutil.which("git"):
+        pytest.fail("git is not installed")
+    script = r"""
+set -e
+head -1 /job/data/input.txt; wc -l < /job/data/input.txt; du -s /job/data > /dev/null
+touch /job/t1; ln -s data/input.txt /job/lnk; readlink /job/lnk; tail -1 /job/lnk
+cp -r /job/data /job/data2; diff -r /job/data /job/data2; mv /job/data2 /job/data3; rm -r /job/data3
+chmod 600 /job/t1; stat -c %a /job/t1
+gzip -k /job/data/input.txt; gunzip -c /job/data/input.txt.gz | md5sum | cut -c1-8
+md5sum < /job/data/input.txt | cut -c1-8
+tar cf /job/out.tar -C /job data; tar tf /job/out.tar | sort | head -2
+cd /job/data && printf 'all: ; @echo made in $(CURDIR)\n' > Makefile && make
+git init -q /job/repo; cd /job/repo; echo x > x; git add x
+git -c user.email=a@b -c user.name=n commit -qm first; git log --oneline | wc -l
+d=$(mktemp -d /job/tmp.XXXXXX); test -d "$d"; f=$(mktemp /job/f.XXXXXX); test -f "$f"; echo temps
+"""
+    p = run(agent, shadow, "bash", "-c", script, timeout=120)
+    assert p.returncode == 0, p.stderr
+    digest = subprocess.run(["md5sum"], input=(export / "data" / "input.txt").read_bytes(),
+                            capture_output=True).stdout[:8].decode()
+    assert p.stdout.splitlines() == [
+        "line 00000", "3000", "data/input.txt", "line 02999", "600", digest, digest,
+        "data/", "data/input.txt", "made in /job/data", "1", "temps"]
+    assert (export / "repo" / ".git" / "HEAD").exists()
