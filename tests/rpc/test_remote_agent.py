@@ -432,3 +432,15 @@ d=$(mktemp -d /job/tmp.XXXXXX); test -d "$d"; f=$(mktemp /job/f.XXXXXX); test -f
         "line 00000", "3000", "data/input.txt", "line 02999", "600", digest, digest,
         "data/", "data/input.txt", "made in /job/data", "1", "temps"]
     assert (export / "repo" / ".git" / "HEAD").exists()
+
+
+def test_make_and_gcc_in_the_remote_tree(agent, shadow, export):
+    prog = export / "prog"
+    prog.mkdir()
+    (prog / "h.h").write_text("#define VAL 42\n")
+    (prog / "m.c").write_text('#include <stdio.h>\n#include "h.h"\nint main(void) { printf("%d\\n", VAL); return 0; }\n')
+    (prog / "Makefile").write_text("m: m.o\n\tgcc -o m m.o\nm.o: m.c h.h\n\tgcc -c m.c\n")
+    p = sh(agent, shadow, "cd /job/prog && make -s && ./m", timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "42"
+    assert subprocess.run([str(prog / "m")], capture_output=True, text=True).stdout.strip() == "42"
