@@ -15,11 +15,11 @@ from ..errors import BypassError
 from ..knowledge.elfsyms import read_program
 from ..knowledge.loader import load_knowledge
 from ..settings import agent_settings
+from ..shipped import agent_spec
 from .analyse import Analyser, summarise
 from .strace_log import parse_strace
 from .trace_log import parse_trace
 
-TRACE_SPEC = Path(__file__).resolve().parent.parent.parent / "agents" / "trace" / "trace.bypass"
 # %file: every call naming a path; %desc: every call on a descriptor; %process: clone/fork/exec,
 # so threads are mapped to their process and children to their parent.
 STRACE_FILTER = "trace=%file,%desc,%process"
@@ -38,8 +38,9 @@ def _agents(spec: Path) -> tuple[list[Path], set[str] | None]:
     """The LD_PRELOAD stack (spec first, trace under it) and the calls the spec itself wraps."""
     from ..build import build_cached
 
-    trace = build_cached(TRACE_SPEC)
-    if spec.resolve() == TRACE_SPEC:
+    trace_spec = agent_spec("trace")
+    trace = build_cached(trace_spec)
+    if spec.resolve() == trace_spec:
         return [trace], None
     from ..plan import make_plan
     from ..spec.parser import load_spec
