@@ -13,6 +13,8 @@
   many        --procs agent processes calling one shadow at once (C client, ping + 4 KiB reads):
               errors (must be 0) and aggregate calls/s against 1 and 8 processes
               bar: no errors, throughput does not collapse
+  startup     200 starts of /bin/true with the remote agent loaded (no remote files) vs without
+              bar: <= 1 ms extra per process
 
 Measurements are interleaved and the best of --rounds is reported (a shared machine is noisy).
 """
@@ -262,13 +264,26 @@ def bench_many(tools, procs: int, calls: int) -> dict[int, tuple[float, int]]:
     return results
 
 
+def bench_startup(agent: Path, rounds: int, n: int = 200) -> tuple[float, float]:
+    loop = f"i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done"
+    best = [float("inf"), float("inf")]
+    for _ in range(rounds):
+        for k, env in enumerate((dict(os.environ), dict(os.environ, BYPASS_CHILD_PRELOAD=str(agent)))):
+            cmd = ["sh", "-c", loop.replace("/bin/true", "env LD_PRELOAD=$BYPASS_CHILD_PRELOAD /bin/true")
+                   if k else loop.replace("/bin/true", "env /bin/true")]
+            t = time.perf_counter()
+            subprocess.run(cmd, env=env, check=True)
+            best[k] = min(best[k], (time.perf_counter() - t) / n)
+    return best[0], best[1]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=20000)
     ap.add_argument("--size-mib", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--procs", type=int, default=64)
-    ap.add_argument("--only", choices=["sync", "stream", "many"], help="run one benchmark")
+    ap.add_argument("--only", choices=["sync", "stream", "many", "startup"], help="run one benchmark")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-rpc-") as tmp:
         work = Path(tmp)
@@ -282,6 +297,13 @@ def main() -> int:
             print(f"streaming      remote read {s['remote'] / 2**20:6.0f} MiB/s   socket stream "
                   f"{s['socket'] / 2**20:7.0f} MiB/s   ratio {s['remote'] / s['socket']:4.0%}"
                   f"   (local read {s['local'] / 2**20:.0f} MiB/s)   bar >= 70%")
+        if args.only in (None, "startup"):
+            agent = work / "remote.so"
+            if not agent.exists():
+                build(REPO / "agents" / "remote" / "remote.bypass", agent)
+            native, loaded = bench_startup(agent, max(2, args.rounds // 2))
+            print(f"startup        native {native * 1e3:.2f} ms   with the remote agent {loaded * 1e3:.2f} ms"
+                  f"   extra {(loaded - native) * 1e3:.2f} ms per process   bar <= 1 ms")
         if args.only in (None, "many"):
             m = bench_many(tools, args.procs, max(200, args.calls // 20))
             line = "   ".join(f"{n:3d} procs {rate:8.0f} calls/s errors {err}" for n, (rate, err) in m.items())
