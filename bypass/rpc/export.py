@@ -3,6 +3,8 @@
 Every path from an agent is resolved by the kernel *inside* the root with openat2(2) and
 RESOLVE_IN_ROOT: ".." stops at the root and symlinks (absolute or relative) are interpreted
 as if the root were "/", atomically, with no window for a symlink swapped in mid-resolution.
+Without openat2 (Linux < 5.6, or a seccomp filter) the same rules are applied by hand, one
+component at a time with O_NOFOLLOW, so a race can make an open fail but not escape.
 Operations on a name (unlink, mkdir, rename...) open the parent directory that way and act
 relative to it, so the last component cannot escape either.
 """
@@ -30,16 +32,63 @@ def _openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> in
     return fd
 
 
+_MAX_SYMLINKS = 40
+
+
+def _walk_in_root(rootfd: int, path: bytes, flags: int, mode: int) -> int:
+    """RESOLVE_IN_ROOT done by hand, for kernels without openat2 (or seccomp filters that
+    refuse it): one component at a time, never following a symlink implicitly (O_NOFOLLOW
+    everywhere), symlink targets spliced in and interpreted inside the root, ".." stopping at
+    the root.  A symlink swapped in mid-walk makes an open fail (ELOOP/ENOTDIR), never escape."""
+    import stat as _st
+    parts = [c for c in path.split(b"/") if c not in (b"", b".")]
+    stack = [os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=rootfd)]
+    links = 0
+    try:
+        while True:
+            if not parts:
+                # the path named a directory already reached ("/", "a/..")
+                return os.open(".", flags | os.O_CLOEXEC, mode, dir_fd=stack[-1])
+            name = parts.pop(0)
+            if name == b"..":
+                if len(stack) > 1:
+                    os.close(stack.pop())
+                continue
+            last = not parts
+            try:
+                st = os.stat(name, dir_fd=stack[-1], follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            if st is not None and _st.S_ISLNK(st.st_mode) and not (last and flags & os.O_NOFOLLOW):
+                links += 1
+                if links > _MAX_SYMLINKS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+                target = os.readlink(name, dir_fd=stack[-1])
+                if target.startswith(b"/"):
+                    while len(stack) > 1:
+                        os.close(stack.pop())
+                parts = [c for c in target.split(b"/") if c not in (b"", b".")] + parts
+                continue
+            if last:
+                return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=stack[-1])
+            stack.append(os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                 dir_fd=stack[-1]))
+    finally:
+        for fd in stack:
+            os.close(fd)
+
+
 class ExportRoot:
     def __init__(self, root: str):
         self.root = os.path.realpath(root)
         self.rootfd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.kernel_resolve = True
         try:
             os.close(self.open("/", os.O_PATH))
         except OSError as e:
-            if e.errno == errno.ENOSYS:
-                raise OSError(errno.ENOSYS, "this kernel lacks openat2 (Linux >= 5.6 needed)")
-            raise
+            if e.errno not in (errno.ENOSYS, errno.EPERM):
+                raise
+            self.kernel_resolve = False       # no openat2 here: resolve by hand
 
     def close(self) -> None:
         os.close(self.rootfd)
@@ -54,6 +103,8 @@ class ExportRoot:
         tmpfile = getattr(os, "O_TMPFILE", 0)
         if not flags & os.O_CREAT and not (tmpfile and flags & tmpfile == tmpfile):
             mode = 0              # openat2 insists on a zero mode without O_CREAT
+        if not self.kernel_resolve:
+            return _walk_in_root(self.rootfd, p, flags, mode)
         return _openat2(self.rootfd, p, flags | os.O_CLOEXEC, mode,
                         RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
 
