@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from bypass.build import build                     # noqa: E402
 from bypass.rpc import neutral_c                   # noqa: E402
-from bypass.rpc.server import ShadowServer, Shared  # noqa: E402
+from bypass.rpc.server import ShadowServer          # noqa: E402
 from bypass.rpc.shadow_cli import make_server      # noqa: E402
 
 RPC_C = REPO / "bypass" / "rpc" / "c"

@@ -12,7 +12,6 @@ shadow runs on.
 """
 from __future__ import annotations
 
-import errno as _errno
 import importlib
 import os
 import stat as _stat

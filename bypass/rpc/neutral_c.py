@@ -30,7 +30,6 @@ def _banner() -> str:
 
 
 def render_header() -> str:
-    data = load_data()
     out = [_banner(), "#ifndef BYPASS_NEUTRAL_H", "#define BYPASS_NEUTRAL_H", "",
            "#include <stdint.h>", "#include <sys/types.h>", "#include <sys/stat.h>", "",
            f"#define BYPASS_STAT_NFIELDS {len(STAT_FIELDS)}"]

@@ -6,10 +6,8 @@ import hashlib
 import hmac
 import logging
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 
 import msgpack
