@@ -62,21 +62,26 @@ def _spec_sources(plan: AgentPlan) -> list[Path]:
     return sources
 
 
-def _support_files(plan: AgentPlan) -> list[Path]:
-    """Files whose change makes a cached agent stale (besides the spec itself)."""
-    base = Path(plan.spec.path).resolve().parent
-    files = sorted(KNOWLEDGE_DIR.rglob("*.toml")) + sorted(TEMPLATES.glob("*.j2")) + sorted(RUNTIME_DIR.glob("*.[ch]"))
-    files += NEUTRAL_FILES
-    files += _spec_sources(plan) + sorted(base.glob("*.h"))
+def _support_files(spec_path: Path) -> list[Path]:
+    """Files whose change makes a cached agent stale, found without parsing the spec (parsing a
+    large spec takes seconds; `bypass run` with a warm cache must not pay that): the C next to the
+    spec, and everything of Bypass that goes into an agent."""
+    base = spec_path.resolve().parent
+    package = Path(__file__).resolve().parent
+    files = sorted(base.glob("*.[ch]"))
+    files += sorted(KNOWLEDGE_DIR.rglob("*.toml")) + sorted(TEMPLATES.glob("*.j2")) + sorted(RUNTIME_DIR.glob("*.[ch]"))
+    files += list(NEUTRAL_FILES) + sorted(package.rglob("*.py"))
     return files
 
 
 def fingerprint(spec_path: str | Path) -> str:
     spec_path = Path(spec_path)
     digest = hashlib.sha256(f"bypass {__version__} {CFLAGS} {os.environ.get('CC', '')}\n".encode())
-    digest.update(spec_path.read_bytes())
-    plan = make_plan(load_spec(spec_path), load_knowledge())
-    for path in _support_files(plan):
+    try:
+        digest.update(spec_path.read_bytes())
+    except OSError as exc:
+        raise SpecError(str(spec_path), 1, 1, f"cannot read spec: {exc.strerror}") from None
+    for path in _support_files(spec_path):
         digest.update(str(path).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:20]
 

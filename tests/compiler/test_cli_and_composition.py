@@ -159,3 +159,14 @@ def test_run_returns_the_command_status(tmp_path):
     done = subprocess.run([sys.executable, "-m", "bypass.cli", "run", str(spec), "--", "no-such-program-xyz"],
                           capture_output=True, text=True, env={**__import__("os").environ, **env_cache})
     assert done.returncode == 2 and "command not found" in done.stderr
+
+
+def test_ignoring_every_entry_of_a_call_still_builds(tmp_path):
+    spec = tmp_path / "partial.bypass"
+    spec.write_text("int close(int fd) agent_action {{ return close(fd); }};\n"
+                    "int unlink(const char *path) agent_action {{ return unlink(path); }};\n"
+                    'options "unlink" ignore;\n')
+    agent = build(spec, tmp_path / "partial.so")
+    exported = subprocess.run(["nm", "-D", "--defined-only", str(agent)], capture_output=True, text=True).stdout
+    names = {line.split()[-1] for line in exported.splitlines()}
+    assert "close" in names and "unlink" not in names
