@@ -207,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.subcommand} is not available yet")
     except BypassError as exc:
         from .errors import SpecError
-        print(str(exc) if isinstance(exc, SpecError) else f"bypass: {exc}", file=sys.stderr)
+        from .mounts import MountListError
+        located = isinstance(exc, (SpecError, MountListError))      # already file:line: error: …
+        print(str(exc) if located else f"bypass: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
