@@ -35,6 +35,9 @@ environment read by agents:
   BYPASS_SHADOW_TIMEOUT=N  seconds a shadow call may take (default 60); then it fails with EIO
   BYPASS_REMOTE_PREFIX=P   remote agent: paths under P go to the shadow (default /job)
   BYPASS_CACHE_DIR=DIR     where `bypass run` keeps built agents (default ~/.cache/bypass/agents)
+read by the shadow:
+  BYPASS_SHADOW_LOOP=L     auto (default), c or python: the per-connection call loop (the C one
+                           is built on first use and is several µs faster per call)
   CC                       the C compiler (default cc)
 """
 

@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 
 from . import auth
 from .framing import _HEADER, _RECV_SIZE, _SMALL, FrameReader, new_packer, send_frame, send_frame_body
+from .c_loop import c_loop
 from .neutral import errno_to_neutral
 from .protocol import (
     AGENT_MAGIC, CALL_CLOSE_FDS, CALL_FDS, CALL_FORK, CALL_PING, HANDSHAKE_TIMEOUT,
@@ -41,9 +42,6 @@ from .protocol import (
 log = logging.getLogger("bypass.shadow")
 
 Handler = Callable[..., Any]
-_ENOSYS = errno_to_neutral(errno.ENOSYS)
-_ERRNO_REPLY = object()       # markers: the handler raised (OSError / anything else)
-_FAILURE_REPLY = object()
 
 
 def _no_such_call(ctx, *args):
@@ -194,11 +192,13 @@ class ShadowServer:
     def __init__(self, dispatch: Mapping[int, Handler], *, spec_hash: str | None = None,
                  secret: bytes | str | None = None, max_frame: int = MAX_FRAME,
                  grace: float = 300.0, ticket_ttl: float = 60.0, max_connections: int = 1024,
-                 name: str = "shadow"):
+                 name: str = "shadow", loop: str | None = None):
         """spec_hash: agents must present the same (None accepts any: tests, tools).
         secret: required for TCP; when set, Unix-socket clients must authenticate too.
         grace: how long a detached process's state is kept when we cannot tell whether the
-        process still exists (a remote agent host)."""
+        process still exists (a remote agent host).
+        loop: "c", "python" or "auto" (default: BYPASS_SHADOW_LOOP, else auto): which
+        per-connection call loop answers the calls (see bypass.rpc.c_loop)."""
         self.dispatch: dict[int, Handler] = dict(dispatch)
         self.dispatch.update({CALL_PING: _ping, CALL_FORK: self._fork_ticket,
                               CALL_FDS: _list_fds, CALL_CLOSE_FDS: _close_fds})
@@ -221,6 +221,7 @@ class ShadowServer:
         self._conns: set[socket.socket] = set()
         self._boot_id = boot_id()
         self.export = None        # an ExportRoot when file calls are confined (bypass.rpc.export)
+        self._c_loop = c_loop(loop)
 
     # -- listening ---------------------------------------------------------------------------------
 
@@ -401,9 +402,36 @@ class ShadowServer:
         return CallContext(self, process, peer, platform, info)
 
     def _loop(self, sock, reader: FrameReader, packer, ctx: CallContext) -> None:
-        """Serve calls until the connection ends.  This loop is the shadow's per-call cost,
-        so the common case (a small request arriving whole in one recv) is inlined with
-        everything bound to locals; anything else goes through FrameReader."""
+        """Serve calls until the connection ends (EOFError) or breaks the protocol."""
+        if self._c_loop is None:
+            return self._python_loop(sock, reader, packer, ctx)
+        pending, reader.pending = reader.pending, b""
+        self._c_loop.serve(
+            sock.fileno(), ctx, self.dispatch, _no_such_call,
+            lambda call, exc: self._exception_reply(ctx, call, exc),
+            lambda seq, call, result: self._pack_reply(packer, seq, call, result),
+            FileRegion, ProtocolError, self.max_frame, _SMALL, pending)
+
+    def _exception_reply(self, ctx: CallContext, call: int, exc: Exception) -> list:
+        """[status, value] for a handler that raised: its errno, or a failure (logged)."""
+        if isinstance(exc, OSError):
+            return [STATUS_ERRNO, errno_to_neutral(exc.errno)]
+        log.error("%s: call %d from %s failed", self.name, call, ctx.peer, exc_info=exc)
+        return [STATUS_FAILURE, f"shadow: {exc.__class__.__name__}: {exc}"]
+
+    def _pack_reply(self, packer, seq: int, call: int, result) -> bytes:
+        """The body of [seq, STATUS_OK, result], or of a failure when msgpack cannot carry it."""
+        try:
+            return packer.pack([seq, STATUS_OK, result])
+        except Exception as e:          # msgpack clears its buffer after a failed pack
+            log.error("%s: call %d returned an unsendable result: %s", self.name, call, e)
+            return new_packer().pack([seq, STATUS_FAILURE, f"shadow: bad result: {e}"])
+
+    def _python_loop(self, sock, reader: FrameReader, packer, ctx: CallContext) -> None:
+        """The same loop in Python: the fallback when the C loop cannot be built, and the
+        reference for its behaviour.  The common case (a small request arriving whole in one
+        recv) is inlined with everything bound to locals; anything else goes through
+        FrameReader."""
         get = self.dispatch.get
         recv, send = sock.recv, sock.send
         header_of, header = _HEADER.unpack_from, _HEADER.pack
@@ -439,17 +467,9 @@ class ShadowServer:
                 raise ProtocolError("request call number and sequence must be integers")
             try:
                 result = get(call, _no_such_call)(ctx, *msg[2:])
-            except OSError as e:
-                result = _ERRNO_REPLY
-                err = errno_to_neutral(e.errno)
             except Exception as e:
-                log.exception("%s: call %d from %s failed", self.name, call, ctx.peer)
-                result = _FAILURE_REPLY
-                err = f"shadow: {e.__class__.__name__}: {e}"
-            if result is _ERRNO_REPLY:
-                reply = [seq, STATUS_ERRNO, err]
-            elif result is _FAILURE_REPLY:
-                reply = [seq, STATUS_FAILURE, err]
+                status, value = self._exception_reply(ctx, call, e)
+                body = packer.pack([seq, status, value])
             else:
                 if type(result) is list and len(result) == 2 and type(result[0]) is int:
                     data = result[1]
@@ -461,13 +481,7 @@ class ShadowServer:
                         # [n, big buffer]: sent as it is, after a hand-made envelope
                         _send_buffer_reply(sock, packer, seq, result[0], data)
                         continue
-                reply = [seq, STATUS_OK, result]
-            try:
-                body = packer.pack(reply)
-            except Exception as e:      # a result msgpack cannot carry
-                packer = new_packer()
-                log.error("%s: call %d returned an unsendable result: %s", self.name, call, e)
-                body = packer.pack([seq, STATUS_FAILURE, f"shadow: bad result: {e}"])
+                body = self._pack_reply(packer, seq, call, result)
             if len(body) <= 4096:
                 frame = header(len(body)) + body
                 sent = send(frame)

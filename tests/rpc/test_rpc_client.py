@@ -31,9 +31,10 @@ def driver(tmp_path_factory):
     return build_driver(tmp_path_factory.mktemp("driver"))
 
 
-@pytest.fixture
-def server():
-    s = ShadowServer(DISPATCH, spec_hash="spec-1").start()
+@pytest.fixture(params=["c", "python"])
+def server(request):
+    """Every test that talks to a shadow runs against both call loops (bypass.rpc.c_loop)."""
+    s = ShadowServer(DISPATCH, spec_hash="spec-1", loop=request.param).start()
     yield s
     s.close()
 
@@ -357,9 +358,9 @@ def test_hostile_hellos(server, payload, caplog):
     assert any("closing connection" in r.getMessage() for r in caplog.records)
 
 
-@pytest.fixture(scope="module")
-def shared_server():
-    s = ShadowServer(DISPATCH, spec_hash="spec-1").start()
+@pytest.fixture(scope="module", params=["c", "python"])
+def shared_server(request):
+    s = ShadowServer(DISPATCH, spec_hash="spec-1", loop=request.param).start()
     yield s
     s.close()
 
