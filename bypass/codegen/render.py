@@ -33,6 +33,7 @@ def _environment() -> jinja2.Environment:
     # agent <-> shadow calls (docs/protocol.md): both sides from one classification
     env.globals.update(
         shadow_function=rpc_marshal.c_shadow_function, shadow_forward_body=rpc_marshal.c_forward,
+        struct_codecs=rpc_marshal.c_struct_codecs,
         py_params=rpc_marshal.py_params, py_conversions=rpc_marshal.py_conversions,
         py_out_forms=rpc_marshal.py_out_forms,
     )

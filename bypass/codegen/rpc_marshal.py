@@ -8,10 +8,12 @@ classification, so they cannot disagree on what travels, in which order, in whic
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..cdecl import CType
+from ..errors import SpecError
 from ..plan import PlannedCall, Value
-from ..rpc.neutral import param_set
+from ..rpc.neutral import StructLayout, param_set, struct_layout, struct_type
 
 
 @dataclass(frozen=True)
@@ -22,9 +24,16 @@ class Wire:
     value: Value
     sent: bool
     returned: bool
-    form: str            # int uint neutral mode string opaque array stat int_ptr object none
+    form: str            # int uint neutral mode string opaque int_array stat struct struct_array
+                         # int_ptr untransportable none
     neutral: str | None = None
     size: str | None = None
+    struct: str | None = None      # C type of a struct that travels member by member
+
+    @property
+    def codec(self) -> str:
+        """Suffix of the struct's bypass_put_/bypass_get_ functions ("struct flock64": flock64)."""
+        return self.struct.split()[-1]
 
     @property
     def name(self) -> str:
@@ -64,26 +73,34 @@ def classify(call: PlannedCall, v: Value) -> Wire:
             return Wire(v, False, False, "none")
         elif t.is_const_pointee:
             direction = "in"
-        elif _is_struct_stat(pointee) or (pointee.is_integer and not pointee.is_pointer):
+        elif (_is_struct_stat(pointee) or struct_layout(pointee.text)
+              or (pointee.is_integer and not pointee.is_pointer)):
             direction = "out"
         else:
             return Wire(v, False, False, "none")
     sent = direction in ("in", "in out")
     returned = direction in ("out", "in out")
+    layout = struct_layout(pointee.text) if pointee is not None else None
     if form == "string":
         return Wire(v, sent, returned, "string", size=size)
-    if form == "array" and pointee is not None and pointee.is_integer:
-        # integers travel as integers (neutral byte order and width), not as raw memory
-        return Wire(v, sent, returned, "int_array", size=size)
-    if form in ("opaque", "array"):
-        return Wire(v, sent, returned, form, size=size)
+    if form == "opaque":
+        return Wire(v, sent, returned, "opaque", size=size)
+    if form == "array":
+        # integers as integers (neutral byte order and width), structs member by member
+        if pointee is not None and pointee.is_integer and not pointee.is_pointer:
+            return Wire(v, sent, returned, "int_array", size=size)
+        if layout is not None:
+            return Wire(v, sent, returned, "struct_array", size=size, struct=struct_type(pointee.text))
+        return Wire(v, sent, returned, "untransportable", size=size)
     if _is_struct_stat(pointee):
         return Wire(v, sent, returned, "stat")
-    if pointee is not None and pointee.is_integer:
+    if layout is not None:
+        return Wire(v, sent, returned, "struct", struct=struct_type(pointee.text))
+    if pointee is not None and pointee.is_integer and not pointee.is_pointer:
         return Wire(v, sent, returned, "int_ptr")
     if pointee is None or pointee.is_void or t.is_function_pointer:
         return Wire(v, False, False, "none")
-    return Wire(v, sent, returned, "object")
+    return Wire(v, sent, returned, "untransportable")
 
 
 def wires(call: PlannedCall) -> list[Wire]:
@@ -120,9 +137,6 @@ def _c_write(w: Wire) -> list[str]:
     if w.form == "opaque":
         return [f"if ({n}) bp_mp_write_bin(bypass_w, {n}, (size_t)({w.size}));",
                 "else bp_mp_write_nil(bypass_w);"]
-    if w.form == "array":
-        return [f"if ({n}) bp_mp_write_bin(bypass_w, {n}, (size_t)({w.size}) * sizeof *({n}));",
-                "else bp_mp_write_nil(bypass_w);"]
     if w.form == "int_array":
         return [f"if ({n}) {{",
                 f"    size_t bypass_k = (size_t)({w.size});",
@@ -141,9 +155,16 @@ def _c_write(w: Wire) -> list[str]:
     if w.form == "int_ptr":
         return [f"if ({n}) bp_mp_write_int(bypass_w, (int64_t)*({n}));",
                 "else bp_mp_write_nil(bypass_w);"]
-    if w.form == "object":
-        return [f"if ({n}) bp_mp_write_bin(bypass_w, {n}, sizeof *({n}));",
+    if w.form == "struct":
+        return [f"if ({n}) bypass_put_{w.codec}(bypass_w, {n});",
                 "else bp_mp_write_nil(bypass_w);"]
+    if w.form == "struct_array":
+        return [f"if ({n}) {{",
+                f"    size_t bypass_k = (size_t)({w.size});",
+                "    bp_mp_write_array(bypass_w, (uint32_t)bypass_k);",
+                "    for (size_t bypass_i = 0; bypass_i < bypass_k; bypass_i++)",
+                f"        bypass_put_{w.codec}(bypass_w, &({n})[bypass_i]);",
+                "} else bp_mp_write_nil(bypass_w);"]
     return ["bp_mp_write_nil(bypass_w);"]
 
 
@@ -151,10 +172,8 @@ def _c_read(w: Wire) -> list[str]:
     """Decode one returned value into the caller's memory (skipped when the pointer is NULL)."""
     n = w.name
     out = [f"if (!({n})) {{", "    bp_mp_skip(bypass_r);", "} else {"]
-    if w.form in ("opaque", "array", "object", "string"):
+    if w.form in ("opaque", "string"):
         cap = {"opaque": f"(size_t)({w.size})",
-               "array": f"(size_t)({w.size}) * sizeof *({n})",
-               "object": f"sizeof *({n})",
                "string": f"(size_t)({w.size})" if w.size else "0"}[w.form]
         out += ["    const void *bypass_p = NULL;",
                 "    uint32_t bypass_len = 0;",
@@ -192,6 +211,18 @@ def _c_read(w: Wire) -> list[str]:
                 f"                ({n})[bypass_i] = (__typeof__(({n})[0]))bypass_v;",
                 "        }",
                 "    }"]
+    elif w.form == "struct":
+        out += [f"    bypass_get_{w.codec}(bypass_r, {n});"]
+    elif w.form == "struct_array":
+        out += ["    uint32_t bypass_k = 0;",
+                "    if (bp_mp_read_array(bypass_r, &bypass_k) == 0) {",
+                "        for (uint32_t bypass_i = 0; bypass_i < bypass_k; bypass_i++) {",
+                f"            if ((size_t)bypass_i < (size_t)({w.size}))",
+                f"                bypass_get_{w.codec}(bypass_r, &({n})[bypass_i]);",
+                "            else",
+                "                bp_mp_skip(bypass_r);",
+                "        }",
+                "    }"]
     elif w.form == "int_ptr":
         out += ["    int64_t bypass_v = 0;",
                 "    bp_mp_read_int(bypass_r, &bypass_v);",
@@ -215,6 +246,16 @@ def c_shadow_function(call: PlannedCall) -> str:
         lines += ["    /* A pointer result cannot come back from another address space: an",
                   "       agent_action must build it (see agents/remote for FILE * and DIR *). */",
                   "    errno = ENOSYS;", f"    return {fail};", "}"]
+        return "\n".join(lines)
+    stuck = [w for w in wires(call) if w.form == "untransportable"]
+    if stuck:
+        if call.action_kind == "shadow":
+            raise _untransportable(call, stuck[0])
+        lines += [f"    (void){w.name};" for w in wires(call)]
+        lines += [f"    /* {stuck[0].ctype.text} has no neutral layout (bypass/rpc/neutral.toml [structs]):",
+                  "       it cannot travel to the shadow (see the compiler's message for such a call). */",
+                  "    errno = ENOSYS;"]
+        lines += ["    return;" if ret.is_void else f"    return {fail};", "}"]
         return "\n".join(lines)
     for w in wires(call):
         if not w.sent and not w.returned:
@@ -257,6 +298,91 @@ def c_shadow_function(call: PlannedCall) -> str:
     return "\n".join(lines)
 
 
+def _untransportable(call: PlannedCall, w: Wire) -> SpecError:
+    """The error for a forwarded call with a parameter that has no neutral form."""
+    what = w.ctype.pointee.text if w.ctype.pointee is not None else w.ctype.text
+    message = (f"'{w.name}' ({what}) cannot travel to the shadow: only integers, strings, struct stat "
+               f"and the structs listed under [structs] in bypass/rpc/neutral.toml have a neutral form; "
+               f"mark it opaque \"<size>\" to send its bytes as they are (between like machines only), "
+               f"or give '{call.name}' an agent_action")
+    at = w.value.spec.at if w.value.spec is not None and w.value.spec.at else call.function.at
+    try:
+        source = Path(at.path).read_text()
+    except OSError:
+        source = None
+    return SpecError(at.path, at.line, at.col, message, source)
+
+
+def c_struct_codecs(calls: list[PlannedCall]) -> str:
+    """`bypass_put_<s>()` / `bypass_get_<s>()` for each [structs] layout these calls use."""
+    used = sorted({w.struct for c in calls if c.number for w in wires(c) if w.struct})
+    if not used:
+        return ""
+    headers = sorted({struct_layout(t).header for t in used})
+    out = [*(f"#include <{h}>" for h in headers), "",
+           "/* Structs travel as msgpack maps {member: integer} (bypass/rpc/neutral.toml [structs]).",
+           " * A reader ignores members it does not know and leaves missing ones 0. */",
+           "static BYPASS_UNUSED int bypass_read_number(bp_mp_reader *r, int64_t *v)",
+           "{",
+           "    if (bp_mp_peek(r) != BP_MP_UINT)",
+           "        return bp_mp_read_int(r, v);",
+           "    uint64_t u = 0;",
+           "    int rc = bp_mp_read_uint(r, &u);",
+           "    *v = (int64_t)u;",
+           "    return rc;",
+           "}"]
+    for ctype in used:
+        out += ["", *_struct_codec(struct_layout(ctype), ctype)]
+    return "\n".join(out)
+
+
+def _struct_codec(layout: StructLayout, ctype: str) -> list[str]:
+    suffix = ctype.split()[-1]
+    out = [f"static BYPASS_UNUSED void bypass_put_{suffix}(bp_mp_writer *w, const {ctype} *p)",
+           "{",
+           f"    bp_mp_write_map(w, {len(layout.fields)});"]
+    for member, set_name, form in layout.fields:
+        out.append(f'    bp_mp_write_cstr(w, "{member}");')
+        if set_name:
+            out.append(f"    bp_mp_write_int(w, bypass_{set_name}_to_neutral((int64_t)p->{member}, NULL));")
+        elif form == "mode":
+            out.append(f"    bp_mp_write_int(w, bypass_mode_to_neutral((mode_t)p->{member}));")
+        elif form == "uint":
+            out.append(f"    bp_mp_write_uint(w, (uint64_t)p->{member});")
+        else:
+            out.append(f"    bp_mp_write_int(w, (int64_t)p->{member});")
+    out += ["}", "",
+            f"static BYPASS_UNUSED void bypass_get_{suffix}(bp_mp_reader *r, {ctype} *p)",
+            "{",
+            "    uint32_t n = 0;",
+            "    memset(p, 0, sizeof *p);",
+            "    if (bp_mp_read_map(r, &n) < 0)",
+            "        return;",
+            "    for (uint32_t i = 0; i < n && !r->error; i++) {",
+            "        const char *k = NULL;",
+            "        uint32_t klen = 0;",
+            "        int64_t v = 0;",
+            "        if (bp_mp_read_str(r, &k, &klen) < 0)",
+            "            return;"]
+    for i, (member, set_name, form) in enumerate(layout.fields):
+        test = f'klen == {len(member)} && memcmp(k, "{member}", {len(member)}) == 0'
+        if set_name:
+            value = f"bypass_{set_name}_to_local(v, NULL)"
+        elif form == "mode":
+            value = "bypass_mode_to_local(v)"
+        else:
+            value = "v"
+        out += [f"        {'if' if i == 0 else 'else if'} ({test}) {{",
+                "            if (bypass_read_number(r, &v) == 0)",
+                f"                p->{member} = (__typeof__(p->{member})){value};",
+                "        }"]
+    out += ["        else",
+            "            bp_mp_skip(r);     /* a member this machine's struct lacks */",
+            "    }",
+            "}"]
+    return out
+
+
 def c_forward(call: PlannedCall) -> str:
     args = ", ".join(v.spec_name for v in call.values)
     if call.spec_ret.is_void:
@@ -287,11 +413,16 @@ def py_conversions(call: PlannedCall) -> list[str]:
             out.append(f"{n} = _neutral.mode_to_local({n})")
         elif w.form == "stat":
             out.append(f"{n} = None if {n} is None else _neutral.stat_from_neutral({n})")
+        elif w.form == "struct":
+            out.append(f"{n} = None if {n} is None else _neutral.STRUCTS[{struct_layout(w.struct).name!r}].to_local({n})")
+        elif w.form == "struct_array":
+            out.append(f"{n} = None if {n} is None else [_neutral.STRUCTS[{struct_layout(w.struct).name!r}].to_local(x) for x in {n}]")
     return out
 
 
 def py_out_forms(call: PlannedCall) -> list[str]:
-    return [w.form for w in returned(call)]
+    """How the shadow encodes each out parameter (bypass.rpc.shadow._encode)."""
+    return [f"{w.form}:{struct_layout(w.struct).name}" if w.struct else w.form for w in returned(call)]
 
 
 def py_block(text: str, indent: int = 4) -> str:

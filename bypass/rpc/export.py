@@ -129,6 +129,13 @@ class ExportRoot:
         finally:
             os.close(fd)
 
+    def statvfs(self, path) -> os.statvfs_result:
+        fd = self.open(path, os.O_PATH)       # fstatfs works on O_PATH descriptors
+        try:
+            return os.statvfs(fd)
+        finally:
+            os.close(fd)
+
     def access(self, path, mode: int) -> None:
         fd = self.open(path, os.O_PATH)
         try:

@@ -279,3 +279,66 @@ def stat_from_neutral(fields) -> NeutralStat:
     st = NeutralStat(*fields)
     return st._replace(mode=mode_to_local(st.mode), dev=devnum_to_local(st.dev),
                        rdev=devnum_to_local(st.rdev))
+
+
+# -- other structs: maps {member: integer} -------------------------------------------------------
+
+class StructLayout:
+    """A struct that travels member by member ([structs] of neutral.toml)."""
+
+    FORMS = ("int", "uint", "mode")
+
+    def __init__(self, name: str, spec: dict):
+        self.name = name
+        self.header = spec["header"]
+        self.types = tuple(spec["types"])
+        self.fields: tuple[tuple[str, str | None, str], ...] = tuple(
+            (f["name"], f.get("set"), f.get("form", "int")) for f in spec["fields"])
+        for member, set_name, form in self.fields:
+            if set_name is not None and set_name not in SETS:
+                raise ValueError(f"neutral.toml: [structs.{name}] {member}: unknown set {set_name!r}")
+            if form not in self.FORMS:
+                raise ValueError(f"neutral.toml: [structs.{name}] {member}: unknown form {form!r}")
+
+    def to_local(self, wire) -> dict:
+        """A received map -> {member: local value}; absent members are 0, unknown ones ignored."""
+        if not isinstance(wire, dict):
+            raise NeutralError(f"struct {self.name}: expected a map of members, got {type(wire).__name__}")
+        out = {}
+        for member, set_name, form in self.fields:
+            v = wire.get(member, 0)
+            if type(v) is not int:
+                raise NeutralError(f"struct {self.name}: member {member} is not an integer")
+            out[member] = self._member(v, set_name, form, to_local=True)
+        return out
+
+    def to_neutral(self, value) -> dict:
+        """A dict, or any object with the members as attributes (os.statvfs_result), -> map."""
+        get = value.get if isinstance(value, dict) else (lambda m, d: getattr(value, m, d))
+        out = {}
+        for member, set_name, form in self.fields:
+            out[member] = self._member(int(get(member, 0)), set_name, form, to_local=False)
+        return out
+
+    @staticmethod
+    def _member(v: int, set_name: str | None, form: str, to_local: bool) -> int:
+        if set_name is not None:
+            return SETS[set_name].to_local(v) if to_local else SETS[set_name].to_neutral(v)
+        if form == "mode":
+            return mode_to_local(v) if to_local else mode_to_neutral(v)
+        return v
+
+
+STRUCTS: dict[str, StructLayout] = {
+    name: StructLayout(name, spec) for name, spec in _DATA.get("structs", {}).items()}
+_STRUCT_TYPES: dict[str, StructLayout] = {t: s for s in STRUCTS.values() for t in s.types}
+
+
+def struct_type(ctype: str) -> str:
+    """A C type spelling without qualifiers: "const struct timespec" -> "struct timespec"."""
+    return " ".join(w for w in ctype.split() if w not in ("const", "volatile"))
+
+
+def struct_layout(ctype: str) -> StructLayout | None:
+    """The layout for a C type spelling ("const struct timespec"), or None."""
+    return _STRUCT_TYPES.get(struct_type(ctype))

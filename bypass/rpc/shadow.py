@@ -34,6 +34,11 @@ def _encode(form: str, v):
     enc = _ENCODERS.get(form)
     if enc is not None:
         return enc(v)
+    kind, _, struct = form.partition(":")
+    if kind == "struct":          # a dict, or an object with the members (os.statvfs_result)
+        return None if v is None else neutral.STRUCTS[struct].to_neutral(v)
+    if kind == "struct_array":
+        return None if v is None else [neutral.STRUCTS[struct].to_neutral(x) for x in v]
     # bytes, bytearray and memoryview all travel as bin; a memoryview of a reused buffer is
     # sent without a copy (the server sends each reply before it reads the next request).
     return v
@@ -54,14 +59,15 @@ def wrap(fn: Callable, outs: tuple[str, ...]) -> Callable:
 
     def handler_with_outs(ctx, *args):
         r = fn(ctx, *args)
-        if isinstance(r, tuple) and not isinstance(r, os.stat_result):
+        # (result, outs...); a struct sequence (os.stat_result, os.statvfs_result) is one out
+        if isinstance(r, tuple) and not hasattr(r, "n_fields"):
             if len(r) != 1 + len(outs):
                 raise TypeError(f"shadow action returned {len(r)} values, expected {1 + len(outs)}")
             return [_ret(r[0]), *(_encode(f, v) for f, v in zip(outs, r[1:]))]
         if len(outs) == 1:
             if isinstance(r, (bytes, bytearray, memoryview, str)):
                 return [len(r), _encode(outs[0], r)]
-            if isinstance(r, os.stat_result):
+            if isinstance(r, os.stat_result) or (outs[0].startswith("struct:") and r is not None):
                 return [0, _encode(outs[0], r)]
         raise TypeError("a call with out parameters must return a tuple (result, outs...)")
     return handler_with_outs
@@ -82,6 +88,7 @@ class Direct:
         if not os.access(path, mode):
             raise OSError(errno.EACCES, os.strerror(errno.EACCES))
 
+    statvfs = staticmethod(os.statvfs)
     unlink = staticmethod(os.unlink)
     rmdir = staticmethod(os.rmdir)
     readlink = staticmethod(lambda p: os.readlink(os.fsencode(p)))
@@ -168,6 +175,14 @@ def d_stat(ctx, path):
 
 def d_lstat(ctx, path):
     return fs(ctx).stat(path, False)
+
+
+def d_statvfs(ctx, path):
+    return fs(ctx).statvfs(path)
+
+
+def d_fstatvfs(ctx, fd):
+    return os.statvfs(_fd(ctx, fd))
 
 
 def d_access(ctx, path, mode):

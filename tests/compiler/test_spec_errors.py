@@ -32,6 +32,9 @@ BAD_SPECS = {
     "hash_include": ("#include <stdio.h>\n", 1, "preprocessor lines"),
     "bad_string": ('options "open* ignore;\n', 1, "never closed"),
     "garbage": ("\x01\n", 1, "unexpected character"),
+    # forwarded to the shadow, but struct statfs has no neutral layout (never raw memory silently)
+    "struct_without_layout": ("int close(int fd);\nint statfs(in string const char *path,\n"
+                              "           out struct statfs *buf);\n", 3, "cannot travel to the shadow"),
 }
 
 
@@ -52,6 +55,16 @@ def test_malformed_spec_fails_cleanly(name, tmp_path):
     assert needle in first, done.stderr
     assert "^" in done.stderr.splitlines()[-1]
     assert sorted(p.name for p in tmp_path.iterdir()) == [spec.name], "an output file was written"
+
+
+def test_struct_without_layout_is_fine_as_opaque_or_with_an_action(tmp_path):
+    spec = tmp_path / "fs.bypass"
+    spec.write_text("agent_prologue {{\n@include \"sys/vfs.h\"\n}};\n"
+                    "int statfs(in string const char *path, out opaque \"sizeof(struct statfs)\" struct statfs *buf);\n"
+                    "int fstatfs(int fd, struct statfs *buf)\nagent_action {{ return fstatfs(fd, buf); }};\n")
+    done = bypass("build", spec.name, "-o", "fs.so", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "fs.so").exists()
 
 
 def test_build_of_malformed_spec_writes_no_agent(tmp_path):

@@ -21,6 +21,8 @@ PROG = r"""
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 int main(int argc, char **argv) {
     /* greet() is declared by the spec: only the agent has it */
@@ -61,6 +63,21 @@ int main(int argc, char **argv) {
     printf("squares %d %d %d %d %d %d\n", rc, sq[0], sq[1], sq[2], sq[3], sq[4]);
     rc = echo_bytes("abcd", rev, 4);
     printf("echo %d %.4s\n", rc, rev);
+
+    struct statvfs vfs;
+    rc = statvfs(argv[1], &vfs);
+    printf("statvfs %d %lu %lu\n", rc, (unsigned long)vfs.f_bsize, (unsigned long)vfs.f_namemax);
+    int (*now)(struct timespec *) = (int (*)(struct timespec *))dlsym(RTLD_DEFAULT, "now");
+    long (*span_ms)(const struct timespec *, int) = (long (*)(const struct timespec *, int))dlsym(RTLD_DEFAULT, "span_ms");
+    int (*lock_probe)(struct flock *) = (int (*)(struct flock *))dlsym(RTLD_DEFAULT, "lock_probe");
+    struct timespec ts = {0}, two[2] = {{1, 500000000}, {2, 250000000}};
+    rc = now(&ts);
+    printf("now %d %ld %ld\n", rc, (long)ts.tv_sec, ts.tv_nsec);
+    printf("span %ld\n", span_ms(two, 2));
+    struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_END, .l_start = 10, .l_len = 5 };
+    rc = lock_probe(&fl);
+    printf("flock %d %s %d %ld %ld %d\n", rc, fl.l_type == F_UNLCK ? "unlocked" : "?", fl.l_whence == SEEK_END,
+           (long)fl.l_start, (long)fl.l_len, (int)fl.l_pid);
     return 0;
 }
 """
@@ -82,6 +99,7 @@ def test_forwarded_calls_through_bypass_run(built, tmp_path):
     export = tmp_path / "export"
     export.mkdir()
     (export / "in.txt").write_text("hello world\n")
+    vfs = os.statvfs(export)
     p = subprocess.run([sys.executable, "-m", "bypass.cli", "run", str(DATA / "forward.bypass"), "--agent",
                         str(agent), "--export", str(export), "--", str(prog), "/in.txt", "/out.txt"],
                        capture_output=True, text=True, timeout=120, cwd=REPO)
@@ -90,7 +108,9 @@ def test_forwarded_calls_through_bypass_run(built, tmp_path):
         "open ok", "read 5 hello", "lseek 12", "stat 0 12 reg 644",
         "stat missing -1 No such file or directory", "read closed -1 Bad file descriptor",
         "write 8", "excl -1 File exists", "greet 0 hello agent", "bump 0 42", "total 300003",
-        "squares 5 0 1 4 9 16", "echo 4 dcba"]
+        "squares 5 0 1 4 9 16", "echo 4 dcba",
+        f"statvfs 0 {vfs.f_bsize} {vfs.f_namemax}",        # default action, export root confined
+        "now 0 1234567890 987654321", "span 3750", "flock 0 unlocked 1 11 5 4242"]
     out = export / "out.txt"
     assert out.read_text() == "written\n" and out.stat().st_mode & 0o777 == 0o640
 

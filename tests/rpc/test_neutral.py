@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -191,3 +192,37 @@ def test_negative_mtime(tmp_path, nc):
     assert list(out) == py
     assert py[neutral.STAT_FIELDS.index("mtime_sec")] == -2
     assert py[neutral.STAT_FIELDS.index("mtime_nsec")] == 500_000_000
+
+
+# ---- structs other than struct stat ----------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(neutral.STRUCTS))
+def test_struct_layouts_match_this_machines_headers(name, tmp_path):
+    """Every member neutral.toml lists exists in every C type it names, with its header."""
+    layout = neutral.STRUCTS[name]
+    uses = "".join(f"    {{ {t} x; memset(&x, 0, sizeof x);"
+                   + "".join(f" (void)x.{m};" for m, _, _ in layout.fields) + " }\n" for t in layout.types)
+    src = tmp_path / "layout.c"
+    src.write_text(f"#define _GNU_SOURCE\n#define _LARGEFILE64_SOURCE\n#include <string.h>\n"
+                   f"#include <{layout.header}>\nvoid probe(void)\n{{\n{uses}}}\n")
+    done = subprocess.run(["gcc", "-fsyntax-only", "-Wall", "-Werror", str(src)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_struct_values_in_neutral_form():
+    import fcntl
+    flock = neutral.STRUCTS["flock"]
+    wire = flock.to_neutral({"l_type": fcntl.F_WRLCK, "l_whence": os.SEEK_END, "l_start": -3})
+    assert wire == {"l_type": neutral.SETS["lock_types"].neutral("F_WRLCK"),
+                    "l_whence": neutral.SETS["seek_whence"].neutral("SEEK_END"),
+                    "l_start": -3, "l_len": 0, "l_pid": 0}
+    assert flock.to_local(dict(wire, l_extra=99)) == {
+        "l_type": fcntl.F_WRLCK, "l_whence": os.SEEK_END, "l_start": -3, "l_len": 0, "l_pid": 0}
+    vfs = neutral.STRUCTS["statvfs"].to_neutral(os.statvfs("/"))     # attributes, not a dict
+    assert vfs["f_bsize"] == os.statvfs("/").f_bsize and set(vfs) == {m for m, _, _ in neutral.STRUCTS["statvfs"].fields}
+    with pytest.raises(neutral.NeutralError, match="expected a map"):
+        flock.to_local([1, 2])
+    with pytest.raises(neutral.NeutralError, match="l_len is not an integer"):
+        flock.to_local({"l_len": "x"})
+    assert neutral.struct_layout("const struct flock64") is flock
+    assert neutral.struct_layout("struct statfs") is None
