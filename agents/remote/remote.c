@@ -35,6 +35,7 @@ ssize_t bypass_shadow_bypass_rx_pwrite(int slot, const void *buf, size_t count, 
 off_t bypass_shadow_bypass_rx_lseek(int slot, off_t offset, int whence);
 int bypass_shadow_bypass_rx_fstat(int slot, struct stat *st);
 int bypass_shadow_bypass_rx_stat(int dslot, const char *path, int follow, struct stat *st);
+int bypass_shadow_bypass_rx_statvfs(int dslot, const char *path, int slot, struct statvfs *buf);
 int bypass_shadow_bypass_rx_access(int dslot, const char *path, int mode);
 int bypass_shadow_bypass_rx_unlink(int dslot, const char *path, int isdir);
 int bypass_shadow_bypass_rx_mkdir(int dslot, const char *path, mode_t mode);
@@ -529,6 +530,35 @@ int rmt_fstat(int fd, struct stat *st)
 int rmt_stat(int dslot, const char *rpath, struct stat *st, int follow)
 {
     return bypass_shadow_bypass_rx_stat(dslot, rpath, follow, st);
+}
+
+int rmt_statvfs(int dslot, const char *rpath, int fd, struct statvfs *buf)
+{
+    return bypass_shadow_bypass_rx_statvfs(dslot, rpath, fd, buf);
+}
+
+/* statfs from the shadow's statvfs: the same numbers under Linux names.  f_type stays 0
+ * (unknown): the shadow is Python, which cannot ask for a file-system type. */
+int rmt_statfs(int dslot, const char *rpath, int fd, struct statfs *buf)
+{
+    struct statvfs v;
+    if (rmt_statvfs(dslot, rpath, fd, &v) < 0)
+        return -1;
+    memset(buf, 0, sizeof *buf);
+    buf->f_bsize = (__typeof__(buf->f_bsize))v.f_bsize;
+    buf->f_frsize = (__typeof__(buf->f_frsize))v.f_frsize;
+    buf->f_blocks = v.f_blocks;
+    buf->f_bfree = v.f_bfree;
+    buf->f_bavail = v.f_bavail;
+    buf->f_files = v.f_files;
+    buf->f_ffree = v.f_ffree;
+    buf->f_namelen = (__typeof__(buf->f_namelen))v.f_namemax;
+    buf->f_flags = (__typeof__(buf->f_flags))v.f_flag;
+#ifdef ST_VALID
+    buf->f_flags |= ST_VALID;
+#endif
+    memcpy(&buf->f_fsid, &v.f_fsid, sizeof buf->f_fsid < sizeof v.f_fsid ? sizeof buf->f_fsid : sizeof v.f_fsid);
+    return 0;
 }
 
 #ifdef STATX_BASIC_STATS

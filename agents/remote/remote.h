@@ -13,7 +13,9 @@
 #include <dirent.h>
 #include <stdio.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/types.h>
+#include <sys/vfs.h>
 
 /* ---- where does a (dirfd, path) pair live? ---------------------------------------------- */
 /* 1: remote; *dslot is -1 (rpath is absolute in the remote namespace) or the remote directory
@@ -34,6 +36,9 @@ off_t rmt_lseek(int fd, off_t off, int whence);
 int rmt_fstat(int fd, struct stat *st);
 int rmt_stat(int dslot, const char *rpath, struct stat *st, int follow);
 int rmt_statx(int dslot, const char *rpath, int fd, int flags, unsigned mask, void *statxbuf);
+/* The file system of a remote path (dslot/rpath) or descriptor (fd >= 0, rpath NULL). */
+int rmt_statvfs(int dslot, const char *rpath, int fd, struct statvfs *buf);
+int rmt_statfs(int dslot, const char *rpath, int fd, struct statfs *buf);
 int rmt_access(int dslot, const char *rpath, int mode);
 int rmt_unlink(int dslot, const char *rpath, int isdir);
 int rmt_mkdir(int dslot, const char *rpath, mode_t mode);

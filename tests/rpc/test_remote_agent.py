@@ -75,6 +75,18 @@ def test_ls_stat_and_directories(agent, shadow, export):
     assert not (export / "data" / "b2.txt").exists() and not (export / "new").exists()
 
 
+def test_file_system_status_comes_from_the_shadow(agent, shadow, export):
+    # /job does not exist here: every answer below is the export's file system, via the shadow
+    code = ("import os; v = os.statvfs('/job/data'); print(v.f_bsize, v.f_blocks, v.f_namemax); "
+            "f = os.open('/job/data/input.txt', os.O_RDONLY); print(os.fstatvfs(f).f_blocks)")
+    p = sh(agent, shadow, f"python3 -c \"{code}\"; stat -f -c '%S %b %l' /job/data/input.txt; "
+                          "df -k /job/data | tail -1 | wc -w")
+    assert p.returncode == 0, p.stderr
+    v = os.statvfs(export)
+    assert p.stdout.splitlines() == [f"{v.f_bsize} {v.f_blocks} {v.f_namemax}", str(v.f_blocks),
+                                     f"{v.f_frsize} {v.f_blocks} {v.f_namemax}", "6"]
+
+
 def test_shell_redirection_and_cwd(agent, shadow, export):
     p = sh(agent, shadow, "cd /job/data && pwd && cat sub/a.txt && echo hi > out.txt && "
                           "sort input.txt > sorted.txt && ls sub")

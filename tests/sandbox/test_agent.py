@@ -163,6 +163,17 @@ def test_denied_and_absent_places_with_coreutils(agent, work):
     assert "deny" in listing and "gone" not in listing      # ENOENT: absent from listings too
 
 
+def test_file_system_status_of_hidden_places(agent, work):
+    # df (statfs), stat -f (statfs), python's os.statvfs and os.pathconf: lookups like stat
+    p = run(agent, work, f"df {work}/deny/inner; stat -f {work}/gone; df {work}/out && echo df-ok; "
+                         f"{PY} -c 'import os; print(os.statvfs(\"{work}/ro\").f_bsize > 0); "
+                         f"os.pathconf(\"{work}/deny/inner\", \"PC_NAME_MAX\")'")
+    assert "deny/inner: Permission denied" in p.stderr, p.stderr
+    assert "gone': No such file or directory" in p.stderr, p.stderr
+    assert "df-ok" in p.stdout and "True" in p.stdout
+    assert "PermissionError" in p.stderr
+
+
 def test_find_grep_and_os_walk_carry_on(agent, work):
     strace = ["strace", "-f", "-qq", "-e", "trace=openat,newfstatat,statx,getdents64"]
     p = run(agent, work, strace + ["find", str(work)])

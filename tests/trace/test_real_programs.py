@@ -240,3 +240,16 @@ def test_sqlite3_cli(trace_agent, agent_env, tmp_path):
     assert check.stdout == b"2\n"
     if extra:
         assert "db.sqlite" in log.read_text()
+
+
+def test_file_system_status_is_traced(trace_agent, tmp_path):
+    # df asks statvfs, `stat -f` statfs, python's os.pathconf pathconf: all in the knowledge
+    log = tmp_path / "trace.log"
+    p = run(f"df -k {tmp_path} > /dev/null && stat -f -c %S {tmp_path} && "
+            f"python3 -c 'import os; print(os.pathconf(\"{tmp_path}\", \"PC_NAME_MAX\"))'",
+            shell=True, env={"BYPASS_TRACE": str(log)}, agent=trace_agent)
+    assert p.returncode == 0, p.stderr.decode()
+    assert p.stdout.decode().split() == [str(os.statvfs(tmp_path).f_bsize), str(os.pathconf(tmp_path, "PC_NAME_MAX"))]
+    text = log.read_text()
+    for call in ("statvfs", "statfs", "pathconf"):
+        assert f' {call}("{tmp_path}", ' in text, f"{call} not traced:\n{text[-2000:]}"
