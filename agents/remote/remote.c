@@ -51,6 +51,7 @@ int bypass_shadow_bypass_rx_ftruncate(int slot, off_t length);
 int bypass_shadow_bypass_rx_truncate(int dslot, const char *path, off_t length);
 int bypass_shadow_bypass_rx_fsync(int slot);
 int bypass_shadow_bypass_rx_setfl(int slot, int flags);
+int bypass_shadow_bypass_rx_lock(int slot, int set, struct flock *fl);
 int bypass_shadow_bypass_rx_dup(int oldslot, int newslot);
 ssize_t bypass_shadow_bypass_rx_getdents(int slot, void *buf, size_t size);
 int bypass_shadow_bypass_rx_rewinddir(int slot);
@@ -745,6 +746,52 @@ int rmt_fsync(int fd)
     return bypass_shadow_bypass_rx_fsync(fd);
 }
 
+static int is_getlk(int cmd)
+{
+#ifdef F_OFD_GETLK
+    if (cmd == F_OFD_GETLK)
+        return 1;
+#endif
+    return cmd == F_GETLK;
+}
+
+static int is_setlkw(int cmd)
+{
+#ifdef F_OFD_SETLKW
+    if (cmd == F_OFD_SETLKW)
+        return 1;
+#endif
+    return cmd == F_SETLKW;
+}
+
+/* Record locks live on the shadow's descriptor (open-file-description locks there: agents
+ * conflict with each other).  F_SETLKW polls with a growing pause instead of blocking in the
+ * shadow, where the wait would hold a server thread and run into the call timeout. */
+static int record_lock(int fd, int cmd, struct flock *fl)
+{
+    if (!fl) {
+        errno = EFAULT;
+        return -1;
+    }
+    struct flock wire = *fl;
+    pthread_mutex_lock(&lock);
+    struct rfile *r = get(fd);
+    if (r && wire.l_whence == SEEK_CUR)
+        wire.l_start -= (off_t)(r->ra_len - r->ra_pos);   /* the shadow's offset is ahead */
+    pthread_mutex_unlock(&lock);
+    for (useconds_t pause = 1000;; pause = pause < 100000 ? pause * 2 : pause) {
+        struct flock reply = wire;
+        if (bypass_shadow_bypass_rx_lock(fd, !is_getlk(cmd), &reply) == 0) {
+            if (is_getlk(cmd))
+                *fl = reply;
+            return 0;
+        }
+        if (!is_setlkw(cmd) || (errno != EAGAIN && errno != EACCES))
+            return -1;
+        usleep(pause);
+    }
+}
+
 /* fcntl on a remote descriptor: *handled = 0 leaves the call to the placeholder (F_GETFD...). */
 int rmt_fcntl(int fd, int cmd, long arg, int *handled)
 {
@@ -761,29 +808,15 @@ int rmt_fcntl(int fd, int cmd, long arg, int *handled)
         r->flags = flags;
         return 0;
     }
-    case F_GETLK: {
-        /* Record locks: the shadow is one process for every agent, so real locks would never
-         * conflict between them; report "unlocked" and grant every lock (documented). */
-        struct flock *fl = (struct flock *)arg;
-        if (fl)
-            fl->l_type = F_UNLCK;
-        return 0;
-    }
+    case F_GETLK:
     case F_SETLK:
     case F_SETLKW:
 #ifdef F_OFD_SETLK
+    case F_OFD_GETLK:
     case F_OFD_SETLK:
     case F_OFD_SETLKW:
 #endif
-        return 0;
-#ifdef F_OFD_GETLK
-    case F_OFD_GETLK: {
-        struct flock *fl = (struct flock *)arg;
-        if (fl)
-            fl->l_type = F_UNLCK;
-        return 0;
-    }
-#endif
+        return record_lock(fd, cmd, (struct flock *)arg);
     default:
         *handled = 0;
         return 0;

@@ -87,6 +87,35 @@ def test_file_system_status_comes_from_the_shadow(agent, shadow, export):
                                      f"{v.f_frsize} {v.f_blocks} {v.f_namemax}", "6"]
 
 
+LOCKER = """
+import fcntl, os, struct, sys, time
+fd = os.open('/job/lockme', os.O_RDWR | os.O_CREAT, 0o644)
+if sys.argv[1] == 'hold':
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    print('A locked', flush=True)
+    time.sleep(2)
+    sys.exit(0)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    print('B locked at once')
+except OSError as e:
+    print('B busy', e.errno == 11)
+got = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack('hhqqi4x', fcntl.F_WRLCK, 0, 0, 0, 0))
+print('B sees a write lock', struct.unpack('hhqqi4x', got)[0] == fcntl.F_WRLCK)
+t = time.time()
+fcntl.lockf(fd, fcntl.LOCK_EX)                 # F_SETLKW: waits for A to exit
+print('B locked after waiting', time.time() - t > 0.3)
+"""
+
+
+def test_record_locks_conflict_between_agent_processes(agent, shadow, export, tmp_path):
+    (tmp_path / "locker.py").write_text(LOCKER)
+    p = sh(agent, shadow, f"python3 {tmp_path}/locker.py hold & sleep 1; python3 {tmp_path}/locker.py try; wait")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["A locked", "B busy True", "B sees a write lock True",
+                                     "B locked after waiting True"]
+
+
 def test_shell_redirection_and_cwd(agent, shadow, export):
     p = sh(agent, shadow, "cd /job/data && pwd && cat sub/a.txt && echo hi > out.txt && "
                           "sort input.txt > sorted.txt && ls sub")
