@@ -32,8 +32,12 @@ class Wire:
 
     @property
     def codec(self) -> str:
-        """Suffix of the struct's bypass_put_/bypass_get_ functions ("struct flock64": flock64)."""
-        return self.struct.split()[-1]
+        """Suffix of the struct's bypass_put_/bypass_get_ functions."""
+        return _codec_suffix(self.struct)
+
+    @property
+    def layout(self) -> StructLayout:
+        return struct_layout(self.struct)
 
     @property
     def name(self) -> str:
@@ -42,6 +46,11 @@ class Wire:
     @property
     def ctype(self) -> CType:
         return self.value.spec_type
+
+
+def _codec_suffix(ctype: str) -> str:
+    """"struct flock64" -> "flock64": names bypass_put_/bypass_get_ for that C type."""
+    return ctype.split()[-1]
 
 
 def _is_struct_stat(t: CType | None) -> bool:
@@ -64,6 +73,7 @@ def classify(call: PlannedCall, v: Value) -> Wire:
             return Wire(v, True, False, "uint" if t.is_unsigned else "int")
         return Wire(v, False, False, "none")
     pointee = t.pointee
+    layout = struct_layout(pointee.text) if pointee is not None else None
     if direction is None:
         # Unannotated pointers: a const C string is an input string; a non-const pointer to
         # one object (struct stat *buf) is an output; anything else cannot travel.
@@ -73,14 +83,12 @@ def classify(call: PlannedCall, v: Value) -> Wire:
             return Wire(v, False, False, "none")
         elif t.is_const_pointee:
             direction = "in"
-        elif (_is_struct_stat(pointee) or struct_layout(pointee.text)
-              or (pointee.is_integer and not pointee.is_pointer)):
+        elif _is_struct_stat(pointee) or layout or (pointee.is_integer and not pointee.is_pointer):
             direction = "out"
         else:
             return Wire(v, False, False, "none")
     sent = direction in ("in", "in out")
     returned = direction in ("out", "in out")
-    layout = struct_layout(pointee.text) if pointee is not None else None
     if form == "string":
         return Wire(v, sent, returned, "string", size=size)
     if form == "opaque":
@@ -241,22 +249,21 @@ def c_shadow_function(call: PlannedCall) -> str:
     head = f"BYPASS_UNUSED __attribute__((visibility(\"hidden\"))) {ret.declare(f'bypass_shadow_{call.name}({params})')}"
     fail = call.failure_value
     lines = [f"/* {call.name}: performed by the shadow (call number {call.number}). */", head, "{"]
+
+    def refused(why: list[str]) -> str:
+        """A body that only fails: this call cannot go to the shadow (why: a C comment)."""
+        return "\n".join([*lines, *(f"    (void){w.name};" for w in wires(call)), *why, "    errno = ENOSYS;",
+                          "    return;" if ret.is_void else f"    return {fail};", "}"])
+
     if not forwardable(call):
-        lines += [f"    (void){w.name};" for w in wires(call)]
-        lines += ["    /* A pointer result cannot come back from another address space: an",
-                  "       agent_action must build it (see agents/remote for FILE * and DIR *). */",
-                  "    errno = ENOSYS;", f"    return {fail};", "}"]
-        return "\n".join(lines)
+        return refused(["    /* A pointer result cannot come back from another address space: an",
+                        "       agent_action must build it (see agents/remote for FILE * and DIR *). */"])
     stuck = [w for w in wires(call) if w.form == "untransportable"]
     if stuck:
         if call.action_kind == "shadow":
             raise _untransportable(call, stuck[0])
-        lines += [f"    (void){w.name};" for w in wires(call)]
-        lines += [f"    /* {stuck[0].ctype.text} has no neutral layout (bypass/rpc/neutral.toml [structs]):",
-                  "       it cannot travel to the shadow (see the compiler's message for such a call). */",
-                  "    errno = ENOSYS;"]
-        lines += ["    return;" if ret.is_void else f"    return {fail};", "}"]
-        return "\n".join(lines)
+        return refused([f"    /* {stuck[0].ctype.text} has no neutral layout (bypass/rpc/neutral.toml [structs]):",
+                        "       it cannot travel to the shadow (see the compiler's message for such a call). */"])
     for w in wires(call):
         if not w.sent and not w.returned:
             lines.append(f"    (void){w.name};")
@@ -337,7 +344,7 @@ def c_struct_codecs(calls: list[PlannedCall]) -> str:
 
 
 def _struct_codec(layout: StructLayout, ctype: str) -> list[str]:
-    suffix = ctype.split()[-1]
+    suffix = _codec_suffix(ctype)
     out = [f"static BYPASS_UNUSED void bypass_put_{suffix}(bp_mp_writer *w, const {ctype} *p)",
            "{",
            f"    bp_mp_write_map(w, {len(layout.fields)});"]
@@ -414,15 +421,15 @@ def py_conversions(call: PlannedCall) -> list[str]:
         elif w.form == "stat":
             out.append(f"{n} = None if {n} is None else _neutral.stat_from_neutral({n})")
         elif w.form == "struct":
-            out.append(f"{n} = None if {n} is None else _neutral.STRUCTS[{struct_layout(w.struct).name!r}].to_local({n})")
+            out.append(f"{n} = None if {n} is None else _neutral.STRUCTS[{w.layout.name!r}].to_local({n})")
         elif w.form == "struct_array":
-            out.append(f"{n} = None if {n} is None else [_neutral.STRUCTS[{struct_layout(w.struct).name!r}].to_local(x) for x in {n}]")
+            out.append(f"{n} = None if {n} is None else [_neutral.STRUCTS[{w.layout.name!r}].to_local(x) for x in {n}]")
     return out
 
 
 def py_out_forms(call: PlannedCall) -> list[str]:
     """How the shadow encodes each out parameter (bypass.rpc.shadow._encode)."""
-    return [f"{w.form}:{struct_layout(w.struct).name}" if w.struct else w.form for w in returned(call)]
+    return [f"{w.form}:{w.layout.name}" if w.struct else w.form for w in returned(call)]
 
 
 def py_block(text: str, indent: int = 4) -> str:

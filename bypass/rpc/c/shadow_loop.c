@@ -394,11 +394,9 @@ static int send_file_reply(conn *c, int64_t seq, int64_t n, PyObject *region)
         PyErr_SetString(PyExc_ValueError, "FileRegion count out of range");
         return -1;
     }
-    struct iovec iov = { c->out.buf, 0 };
     if (envelope(c, seq, n, (uint64_t)count) < 0)
         return -1;
-    iov.iov_base = c->out.buf;
-    iov.iov_len = c->out.len;
+    struct iovec iov = { c->out.buf, c->out.len };
     if (send_iov(c, &iov, 1) < 0)
         return -1;
     off_t off = (off_t)offset;
