@@ -10,6 +10,7 @@
     bypass knowledge list               what the knowledge base covers
     bypass knowledge audit [--libc P]   the knowledge against a libc's symbol table
     bypass escapes SPEC -- CMD          which file system calls the agent does not see
+    bypass conform SPEC [agent options] the agent against the kernel: generated file calls, compared
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from . import __version__
 from .errors import BypassError
 
-SUBCOMMANDS = ("build", "run", "knowledge", "shadow", "escapes", "gass")
+SUBCOMMANDS = ("build", "run", "knowledge", "shadow", "escapes", "gass", "conform")
 
 ENVIRONMENT_HELP = """
 environment read by agents:
@@ -165,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         if own[0] == "escapes":                  # its own parser: bypass/escapes/cli.py
             from .escapes import main as escapes_main
             return escapes_main(own[1:], command)
+        if own[0] == "conform":                  # its own parser: bypass/conform/cli.py
+            from .conform.cli import main as conform_main
+            return conform_main(argv[1:])
         parser = argparse.ArgumentParser(prog="bypass", epilog=ENVIRONMENT_HELP,
                                          formatter_class=argparse.RawDescriptionHelpFormatter)
         sub = parser.add_subparsers(dest="subcommand", required=True)
