@@ -15,7 +15,8 @@
  *              r:HEX         ROOT "/" bytes: an absolute path inside this run's root
  *              R:N:HEX       ROOT, then "./" padding, then "/" bytes, N bytes long in all (paths
  *                            near PATH_MAX have the same length on both sides, whatever ROOT is)
- *              bad           a pointer to an inaccessible page (the kernel answers EFAULT)
+ *              bad           (char *)-1, a pointer into the kernel's half (the kernel answers EFAULT)
+ *              guard         a pointer to a mapped but inaccessible page (EFAULT as well)
  *              null          NULL
  *              #ID           the descriptor step ID returned (-1 if it failed or never ran)
  *              %ID           the directory stream step ID opened
@@ -62,7 +63,7 @@
 extern char **environ;
 
 static char root[PATH_MAX];
-static char *bad_page;
+static char *guard_page;
 static int fds[MAX_IDS];
 static DIR *dirs[MAX_IDS];
 
@@ -159,7 +160,7 @@ static void report(long id, long ret, int err)
 
 struct arg {
     long num;
-    char *str;        /* NULL for numbers; may be NULL or bad_page for null/bad */
+    char *str;        /* NULL for numbers; NULL or an invalid pointer for null/bad/guard */
     size_t len;       /* bytes of str (without the NUL) */
 };
 
@@ -214,7 +215,9 @@ static void parse_arg(int i, const char *tok, struct arg *a)
         a->len = n;
         a->str = s;
     } else if (strcmp(tok, "bad") == 0) {
-        a->str = bad_page;
+        a->str = (char *)-1;
+    } else if (strcmp(tok, "guard") == 0) {
+        a->str = guard_page;
     } else if (strcmp(tok, "null") == 0) {
         a->str = NULL;
     } else if (tok[0] == '#') {
@@ -336,6 +339,8 @@ static long spawn_and_read(const char *prog, char *const argv[], posix_spawn_fil
     ssize_t n;
     while ((n = read(pipe_r, buf, sizeof buf)) > 0)
         put(buf, (size_t)n);
+    if (n < 0)                  /* the alarm: the child is stuck (a FIFO without a peer) */
+        kill(pid, SIGKILL);
     close(pipe_r);
     if (!has_data)
         put("", 0);
@@ -783,7 +788,7 @@ static int conform_init(const char *where)
     if (strlen(where) >= sizeof root - 1)
         return -1;
     strcpy(root, where);
-    bad_page = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    guard_page = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     for (int i = 0; i < MAX_IDS; i++)
         fds[i] = -1;
     /* a step that would block for ever (a FIFO without a peer) is interrupted instead */

@@ -31,13 +31,14 @@ def c_string(data: bytes) -> str:
 @dataclass(frozen=True)
 class Path:
     """A path or string argument. kind: plain bytes, "root" (absolute, inside the run's root),
-    "long" (absolute, padded to `length` bytes), "bad" (inaccessible pointer), "null"."""
+    "long" (absolute, padded to `length` bytes), "bad" ((char *)-1), "guard" (a pointer to an
+    inaccessible page), "null"."""
     data: bytes = b""
     kind: str = "plain"
     length: int = 0
 
     def token(self) -> str:
-        if self.kind == "bad" or self.kind == "null":
+        if self.kind in ("bad", "guard", "null"):
             return self.kind
         if self.kind == "root":
             return "r:" + self.data.hex()
@@ -47,7 +48,9 @@ class Path:
 
     def c(self) -> str:
         if self.kind == "bad":
-            return "(const char *)BAD_POINTER"
+            return "(const char *)-1"
+        if self.kind == "guard":
+            return "(const char *)PROT_NONE_PAGE"
         if self.kind == "null":
             return "NULL"
         if self.kind == "root":
@@ -215,8 +218,12 @@ class Generator:
             return n
         return self.rng.choice(self.names)
 
-    def path(self, fresh_bias: float = 0.3) -> Path:
+    def path(self, fresh_bias: float = 0.3, pointer: bool = True) -> Path:
+        """`pointer=False` for steps whose path is read in user space (a sockaddr, a spawn file
+        action, realpath, opendir): an invalid pointer faults there natively, before any call."""
         r = self.rng.random()
+        if not pointer and 0.92 <= r < 0.96:
+            r = 0.0
         name = self.name(fresh_bias)
         if r < 0.55:
             return Path(name)
@@ -237,7 +244,7 @@ class Generator:
             pad = b"./" * ((length - len(name)) // 2)
             return Path(pad + name)
         if r < 0.96:
-            return Path(kind=self.rng.choice(["bad", "bad", "null"]))
+            return Path(kind=self.rng.choice(["bad", "guard", "null"]))
         return Path(name + b"/" + self.name(0.5))
 
     def fd(self) -> Fd | Num:
@@ -274,7 +281,7 @@ class Generator:
     def data(self) -> Path:
         r = self.rng.random()
         if r < 0.05:
-            return Path(kind="bad")
+            return Path(kind=self.rng.choice(["bad", "guard"]))
         if r < 0.15:
             return Path(bytes(self.rng.randrange(256) for _ in range(self.rng.choice([4096, 9000]))))
         return Path(self.rng.choice([b"hello", b"x", b"0123456789", b"\x00\xff\x00", b"abc\n" * 3]))
@@ -400,8 +407,8 @@ _op("mkfifo", 1)(lambda g: (g.path(0.5), g.mode()))
 _op("mkfifoat", 0.5)(lambda g: (g.dirfd(), g.path(0.5), g.mode()))
 _op("mknod", 1)(lambda g: (g.path(0.5), octal(g.rng.choice([stat.S_IFIFO | 0o644, stat.S_IFREG | 0o600, 0o644]))))
 _op("mknodat", 0.5)(lambda g: (g.dirfd(), g.path(0.5), octal(stat.S_IFIFO | 0o600)))
-_op("bind_unix", 1)(lambda g: (g.path(0.6),))
-_op("connect_unix", 0.5)(lambda g: (g.path(0.1),))
+_op("bind_unix", 1)(lambda g: (g.path(0.6, pointer=False),))
+_op("connect_unix", 0.5)(lambda g: (g.path(0.1, pointer=False),))
 _op("chmod", 2)(lambda g: (g.path(0.1), g.mode()))
 _op("fchmod", 1)(lambda g: (g.fd(), g.mode()))
 _op("fchmodat", 1)(lambda g: (g.dirfd(), g.path(0.1), g.mode(), g.at_flags("AT_SYMLINK_NOFOLLOW")))
@@ -436,18 +443,18 @@ _op("access", 3)(lambda g: (g.path(0.1), flags(g.rng.choice([0, 4, 2, 1, 6]), AC
 _op("faccessat", 2)(lambda g: (g.dirfd(), g.path(0.1), flags(g.rng.choice([0, 4, 2, 1]), ACCESS_MODES),
                                g.at_flags("AT_EACCESS", "AT_SYMLINK_NOFOLLOW")))
 _op("euidaccess", 0.5)(lambda g: (g.path(0.1), flags(g.rng.choice([4, 2]), ACCESS_MODES)))
-_op("opendir", 2)(lambda g: (g.path(0.1),))
+_op("opendir", 2)(lambda g: (g.path(0.1, pointer=False),))
 _op("fdopendir", 0.5)(lambda g: (g.fd(),))
 _op("readdir_all", 2)(lambda g: (g.dirstream(),))
 _op("rewinddir", 0.5)(lambda g: (g.dirstream(),))
 _op("closedir", 1)(lambda g: (g.dirstream(),))
-_op("scandir", 1.5)(lambda g: (g.path(0.1),))
+_op("scandir", 1.5)(lambda g: (g.path(0.1, pointer=False),))
 _op("nftw", 1.5)(lambda g: (Path(g.rng.choice([b".", b"./d", b"d", b"dlnk", b"d/", b"", b"missing"])),
                             flags(g.rng.choice([0, 1, 8, 9]), FTW_FLAGS)))
 _op("getcwd", 2)(lambda g: (Num(g.rng.choice([4096, 0, 1, 10])),))
 _op("chdir", 2)(lambda g: (g.path(0.1),))
 _op("fchdir", 1)(lambda g: (g.fd(),))
-_op("realpath", 2)(lambda g: (g.path(0.1),))
+_op("realpath", 2)(lambda g: (g.path(0.1, pointer=False),))
 _op("copy_file_range", 1)(lambda g: (g.fd(), g.fd(), g.size()))
 _op("sendfile", 1)(lambda g: (g.fd(), g.fd(), g.size()))
 _op("splice_in", 0.7)(lambda g: (g.fd(), g.size()))
@@ -459,8 +466,8 @@ _op("fork_append", 1)(lambda g: (g.path(0.3), Path(b"from child\n")))
 _op("fork_write_fd", 1)(lambda g: (g.fd(), Path(b"child wrote\n")))
 _op("fork_fork_mkdir", 0.7)(lambda g: (g.path(0.8),))
 _op("vfork_chdir_exec", 1)(lambda g: (g.path(0.1),))
-_op("spawn_cat", 1)(lambda g: (g.path(0.1), flags(g.rng.choice([0, 0, os.O_WRONLY | os.O_TRUNC]), O_FLAGS)))
-_op("spawn_pwd", 0.7)(lambda g: (g.path(0.1),))
+_op("spawn_cat", 1)(lambda g: (g.path(0.1, pointer=False), flags(g.rng.choice([0, 0, os.O_WRONLY | os.O_TRUNC]), O_FLAGS)))
+_op("spawn_pwd", 0.7)(lambda g: (g.path(0.1, pointer=False),))
 _op("as_nobody", 1)(lambda g: (g.path(0.2), flags(g.rng.choice([0, os.O_WRONLY, os.O_WRONLY | os.O_CREAT]),
                                                   O_FLAGS)))
 del G

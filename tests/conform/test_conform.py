@@ -1,0 +1,183 @@
+"""`bypass conform`: the differential oracle itself, checked against agents that are wrong on
+purpose, against the pass-through agent (which must be exact), and on the shipped agents'
+known defects (issues 11 and 12: the oracle must find them)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agentrun import AGENTS
+from bypass.build import build
+
+HERE = Path(__file__).resolve().parent
+
+
+def conform(*args, env_extra=None, timeout=900):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_") or k == "BYPASS_CACHE_DIR"}
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "bypass.cli", "conform", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def report(done) -> dict:
+    assert done.returncode in (0, 1), done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def agents(tmp_path_factory):
+    out = tmp_path_factory.mktemp("conform-agents")
+    built = {}
+    for name in ("wrong_unlink", "wrong_stat", "wrong_write"):
+        built[name] = build(HERE / f"{name}.bypass", out / f"{name}.so")
+    for name in ("sandbox", "remote", "gass"):
+        built[name] = build(AGENTS / name / f"{name}.bypass", out / f"{name}.so")
+    return built
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("BYPASS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "conform-cache"))
+
+
+def test_pass_through_agent_is_exact(trace_agent, tmp_path):
+    done = conform(AGENTS / "trace" / "trace.bypass", "--agent", trace_agent, "--seed", 1, "--ops", 2000,
+                   "--json", "--workdir", tmp_path)
+    result = report(done)
+    assert done.returncode == 0, json.dumps(result["items"], indent=1)[:4000]
+    assert result["divergences"] == 0 and result["steps"] == 2000 and result["sequences"] == 80
+    assert list(tmp_path.iterdir()) == []           # both scratch trees removed
+
+
+@pytest.mark.parametrize("name, op, kind", [("wrong_unlink", "unlink", "result"),
+                                            ("wrong_stat", "stat", "result"),
+                                            ("wrong_write", None, None)])
+def test_wrong_agent_is_caught_and_shrunk(agents, name, op, kind, tmp_path):
+    done = conform(HERE / f"{name}.bypass", "--agent", agents[name], "--seed", 3, "--ops", 500, "--json",
+                   "--workdir", tmp_path)
+    result = report(done)
+    assert done.returncode == 1
+    assert result["unexpected"] >= 1
+    items = result["items"]
+    if op is not None:
+        mine = [i for i in items if i["kind"] == kind and i["step"].startswith(op + "(")]
+        assert mine, [i["title"] for i in items]
+        # shrunk: the call itself, perhaps one step that makes its target
+        assert len(mine[0]["sequence"]) <= 2, mine[0]["sequence"]
+    else:
+        # a write that drops its bytes shows in what is read back or in the tree
+        assert any(i["kind"] in ("result", "tree") for i in items)
+        assert min(len(i["sequence"]) for i in items) <= 3
+
+
+def test_reproduction_reproduces(agents, tmp_path):
+    """The C program printed for a divergence shows the same difference when run by hand."""
+    (tmp_path / "w").mkdir()
+    done = conform(HERE / "wrong_unlink.bypass", "--agent", agents["wrong_unlink"], "--seed", 3, "--ops", 500,
+                   "--json", "--workdir", tmp_path / "w")
+    item = next(i for i in report(done)["items"] if i["step"].startswith("unlink("))
+    source = tmp_path / "repro.c"
+    source.write_text(item["reproduction"])
+    subprocess.run(["cc", "-o", tmp_path / "repro", source], check=True)
+    outputs = []
+    for side, env in (("native", {}), ("agent", {"LD_PRELOAD": str(agents["wrong_unlink"])})):
+        (tmp_path / side).mkdir()
+        ran = subprocess.run([tmp_path / "repro"], cwd=tmp_path / side, capture_output=True, text=True,
+                             env={**os.environ, **env}, timeout=60)
+        assert ran.returncode == 0, ran.stderr
+        outputs.append(ran.stdout)
+    assert outputs[0] != outputs[1]
+    last_native, last_agent = outputs[0].splitlines()[-1], outputs[1].splitlines()[-1]
+    assert last_native.split()[1] == "-1" and last_agent.split()[1] == "0"
+
+
+def test_text_report_and_expected_rules(agents, tmp_path):
+    done = conform(HERE / "wrong_unlink.bypass", "--agent", agents["wrong_unlink"], "--seed", 3, "--ops", 300,
+                   "--workdir", tmp_path)
+    assert done.returncode == 1
+    assert "UNEXPECTED result: unlink(" in done.stdout
+    assert "native: -1 " in done.stdout and "agent:  0" in done.stdout
+    assert "reproduction in C:" in done.stdout and "STEP(" in done.stdout
+    rules = tmp_path / "rules.expected"
+    rules.write_text("# this agent means it\nresult: unlink(* | unlink is a no-op on purpose\n")
+    done = conform(HERE / "wrong_unlink.bypass", "--agent", agents["wrong_unlink"], "--seed", 3, "--ops", 300,
+                   "--expected", rules, "--json", "--workdir", tmp_path)
+    result = report(done)
+    unlink_items = [i for i in result["items"] if i["step"] and i["step"].startswith("unlink(")]
+    assert unlink_items and all(i["expected"] and "on purpose" in i["reason"] for i in unlink_items)
+    assert done.returncode == (1 if result["unexpected"] else 0)
+
+
+def test_deterministic_for_a_seed(agents, tmp_path):
+    runs = [report(conform(HERE / "wrong_stat.bypass", "--agent", agents["wrong_stat"], "--seed", 5, "--ops", 200,
+                           "--json", "--workdir", tmp_path)) for _ in range(2)]
+    assert [i["script"] for i in runs[0]["items"]] == [i["script"] for i in runs[1]["items"]]
+    assert runs[0]["sequences"] == runs[1]["sequences"] == 8
+
+
+def test_time_runs_several_seeds(trace_agent, tmp_path):
+    result = report(conform(AGENTS / "trace" / "trace.bypass", "--agent", trace_agent, "--seed", 10, "--ops", 50,
+                            "--time", 3, "--json", "--workdir", tmp_path))
+    assert result["seeds"][1] > 10 and result["divergences"] == 0
+
+
+def test_nothing_outside_the_work_directory_is_touched(trace_agent, tmp_path):
+    """Steps climb with `..` and symlinks to `..`, chdir and fchdir: they stay in the nest."""
+    outer = tmp_path / "outer"
+    work = outer / "work"
+    work.mkdir(parents=True)
+    (outer / "sentinel").write_text("keep")
+    def state():      # the work directory's own mtime changes: conform makes its trees in it
+        return {p.name: (p.stat().st_mode, p.stat().st_uid, p.stat().st_mtime_ns if p != work else 0)
+                for p in [outer, *outer.iterdir()]}
+
+    before = state()
+    report(conform(AGENTS / "trace" / "trace.bypass", "--agent", trace_agent, "--seed", 7, "--ops", 3000,
+                   "--json", "--workdir", work))
+    assert state() == before
+    assert (outer / "sentinel").read_text() == "keep" and list(work.iterdir()) == []
+
+
+def test_sandbox_known_defects_are_found(agents, tmp_path):
+    """Issue 11's one-line repros: with the identity list the sandbox removes `d/.`-style
+    paths by string processing and dies on invalid pointers. The oracle must see both."""
+    mounts = tmp_path / "identity.txt"
+    mounts.write_text("/ rwx\n")
+    (tmp_path / "w").mkdir()
+    done = conform(AGENTS / "sandbox" / "sandbox.bypass", "--agent", agents["sandbox"], "-m", mounts,
+                   "--seed", 1, "--ops", 1500, "--json", "--workdir", tmp_path / "w")
+    result = report(done)
+    assert done.returncode == 1
+    titles = [i["title"] for i in result["items"]]
+    assert any(i["kind"] == "crash" and "(const char *)" in i["step"] for i in result["items"]), titles
+    assert any(("rmdir(" in t or "unlinkat(" in t or "rename" in t) and "/." in t for t in titles), titles
+
+
+def test_remote_known_defects_are_found(agents, tmp_path):
+    """Issue 12: with --export the agent side works below /job; the oracle must find the
+    remote agent's silent failures (here: the ones the issue lists, e.g. no-op lchown)."""
+    export = tmp_path / "export"
+    export.mkdir()
+    done = conform(AGENTS / "remote" / "remote.bypass", "--agent", agents["remote"], "--export", export,
+                   "--seed", 1, "--ops", 1000, "--json")
+    result = report(done)
+    assert done.returncode == 1 and result["unexpected"] >= 3
+    assert list(export.iterdir()) == []               # conform leaves the export as it found it
+
+
+def test_bad_input_is_refused(trace_agent, tmp_path):
+    done = conform(tmp_path / "missing.bypass")
+    assert done.returncode == 2 and "no such spec" in done.stderr and "Traceback" not in done.stderr
+    bad_rules = tmp_path / "bad.expected"
+    bad_rules.write_text("no separator here\n")
+    done = conform(AGENTS / "trace" / "trace.bypass", "--agent", trace_agent, "--expected", bad_rules)
+    assert done.returncode == 2 and f"{bad_rules}:1: error:" in done.stderr
+    done = conform(AGENTS / "trace" / "trace.bypass", "--export", tmp_path / "nowhere")
+    assert done.returncode == 2 and "not a directory" in done.stderr
+    done = conform(AGENTS / "trace" / "trace.bypass", "--ops", "many")
+    assert done.returncode == 2 and "invalid int value" in done.stderr
