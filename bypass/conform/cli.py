@@ -68,6 +68,7 @@ def _sides(args, stack: ExitStack, agent: Path) -> tuple[Side, Side]:
     agent_env = dict(base_env)
     agent_env.update(agent_settings(args.set, args.mounts))
     agent_env.setdefault("BYPASS_SHADOW_TIMEOUT", "10")
+    agent_env.setdefault("BYPASS_SANDBOX_CLEANUP", "1")    # every executor is a run: leave no private dirs
     agent_env["LD_PRELOAD"] = str(agent)
     # Both sides' roots have names of one length, so lengths the program sees (readlink of an
     # absolute link, getcwd into a small buffer, paths near PATH_MAX) agree.
