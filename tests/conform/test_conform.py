@@ -170,6 +170,15 @@ def test_remote_known_defects_are_found(agents, tmp_path):
     assert list(export.iterdir()) == []               # conform leaves the export as it found it
 
 
+def test_gass_is_exact_on_plain_paths(agents, tmp_path):
+    """Without URLs the gass agent must be the kernel, but for what gass.expected gives reasons for."""
+    done = conform(AGENTS / "gass" / "gass.bypass", "--agent", agents["gass"], "--seed", 1, "--ops", 1500,
+                   "--json", "--workdir", tmp_path)
+    result = report(done)
+    assert done.returncode == 0, [i["title"] for i in result["items"] if not i["expected"]]
+    assert all("PROT_NONE_PAGE" in i["title"] for i in result["items"])
+
+
 def test_bad_input_is_refused(trace_agent, tmp_path):
     done = conform(tmp_path / "missing.bypass")
     assert done.returncode == 2 and "no such spec" in done.stderr and "Traceback" not in done.stderr

@@ -11,6 +11,7 @@
 #ifndef BYPASS_RUNTIME_H
 #define BYPASS_RUNTIME_H
 
+#include <stdint.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -45,6 +46,24 @@ extern const char bypass_agent_name[];
 extern __thread int bypass_depth __attribute__((tls_model("initial-exec")));
 
 static inline int bypass_passing_through(void) { return bypass_depth > 0; }
+
+/* A pointer the kernel would answer EFAULT for, without a system call: the first page (NULL
+ * and small offsets from it) and the kernel's half of the address space (e.g. (char *)-1).
+ * An action that reads a path in user space asks first and hands such a pointer to the next
+ * layer untouched, so the program gets EFAULT instead of a crash in the agent.  A pointer to a
+ * mapped but inaccessible page (PROT_NONE) still faults: telling needs a system call (~1 µs),
+ * too much for every path; `bypass conform` lists it among each agent's expected divergences. */
+static inline int bypass_bad_pointer(const void *p)
+{
+    uintptr_t at = (uintptr_t)p;
+#if defined(__x86_64__)
+    return at < 4096 || at >= ((uintptr_t)1 << 47);
+#elif defined(__aarch64__)
+    return at < 4096 || at >= ((uintptr_t)1 << 48);
+#else
+    return at < 4096 || at >= (uintptr_t)-4096;
+#endif
+}
 static inline void bypass_enter(void) { bypass_depth++; }
 static inline void bypass_leave(void) { bypass_depth--; }
 
