@@ -114,7 +114,8 @@ def run(args) -> int:
     as_root = os.geteuid() == 0
     found: dict[tuple, object] = {}
     occurrences: dict[tuple, int] = {}
-    sequences = steps_run = flaky = 0
+    sequences = steps_run = 0
+    flaky: list[str] = []
     started = time.monotonic()
     with ExitStack() as stack:
         native, agent_side = _sides(args, stack, agent)
@@ -133,7 +134,7 @@ def run(args) -> int:
                 steps_run += length
                 done_in_seed += length
                 if div is not None and not _recurs(oracle, steps, div):
-                    flaky += 1          # timing-dependent: said in the summary, not reported as found
+                    flaky.append(div.title())   # timing-dependent: counted, not reported as found
                     div = None
                 if div is not None:
                     div.seed = f"seed {seed}, sequence {index}"
@@ -159,7 +160,8 @@ def run(args) -> int:
         "spec": str(spec), "seeds": [args.seed, seed], "sequences": sequences, "steps": steps_run,
         "seconds": round(time.monotonic() - started, 1), "divergences": len(divergences),
         "unexpected": len(unexpected), "expected": len(divergences) - len(unexpected),
-        "occurrences": sum(occurrences.values()), "not_reproducible": flaky,
+        "occurrences": sum(occurrences.values()), "not_reproducible": len(flaky),
+        "not_reproducible_titles": flaky[:20],
     }
     if args.json:
         summary["items"] = [{**report.as_json(d), "occurrences": occurrences[d.signature()]}
@@ -171,7 +173,7 @@ def run(args) -> int:
               f"{'' if seed == args.seed else f'..{seed}'}), {summary['seconds']} s: "
               f"{len(unexpected)} unexpected, {summary['expected']} expected divergence(s)"
               + ("" if len(found) < args.max_reports else f" (stopped shrinking after {args.max_reports})")
-              + (f"; {flaky} sequence(s) diverged once but not when run again" if flaky else ""))
+              + (f"; {len(flaky)} sequence(s) diverged once but not when run again" if flaky else ""))
     return 1 if unexpected else 0
 
 

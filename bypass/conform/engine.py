@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,20 @@ from .ops import OLD_TIMES, Step
 
 EXECUTOR_SOURCE = Path(__file__).resolve().parent / "executor.c"
 RUN_TIMEOUT = 20.0
+RESULTS_MAX = 64 << 20          # as in executor.c
+
+
+def _read_results(f) -> bytes:
+    """What the executor wrote into its mapping of the file: text up to the first NUL."""
+    f.seek(0)
+    chunks = []
+    while True:
+        chunk = f.read(1 << 16)
+        end = chunk.find(b"\0")
+        if end >= 0 or not chunk:
+            chunks.append(chunk[:end] if end >= 0 else chunk)
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def build_executor() -> Path:
@@ -152,19 +167,22 @@ class Oracle:
         program = tree.nested(os.path.join(side.program_base, tag))
         tree.lay_out(real, program)
         try:
-            child = subprocess.Popen([str(self.executor), os.fsdecode(program)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=side.env,
-                                     start_new_session=True)
-            try:
-                out, err = child.communicate(script, timeout=self.timeout)
-                status: int | str = child.returncode
-            except subprocess.TimeoutExpired:
-                _kill_group(child.pid)
-                out, err = child.communicate()
-                status = "hang"
-            finally:
-                _kill_group(child.pid)      # children a step left behind (a fork blocked on a FIFO)
-            results = _parse(out, program)
+            with tempfile.TemporaryFile(prefix="bypass-conform-results-") as results_file:
+                results_file.truncate(RESULTS_MAX)      # the executor maps it whole
+                fd = results_file.fileno()
+                child = subprocess.Popen([str(self.executor), os.fsdecode(program), str(fd)], pass_fds=(fd,),
+                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE, env=side.env, start_new_session=True)
+                try:
+                    _, err = child.communicate(script, timeout=self.timeout)
+                    status: int | str = child.returncode
+                except subprocess.TimeoutExpired:
+                    _kill_group(child.pid)
+                    _, err = child.communicate()
+                    status = "hang"
+                finally:
+                    _kill_group(child.pid)      # children a step left behind (a fork blocked on a FIFO)
+                results = _parse(_read_results(results_file), program)
             snapshot = tree.snapshot(real, program)
         finally:
             tree.remove(os.path.join(side.real_base, tag))

@@ -1,11 +1,14 @@
 /* The executor of `bypass conform`: one libc call per step, read from a script.
  *
- *   executor ROOT  < script  > results
+ *   executor ROOT RESULTS_FD  < script
  *
  * The same binary runs natively and under the agent; the Python engine compares what the two
- * runs print.  It is a plain C program on purpose: an interpreter would add file calls of its
- * own that the agent also sees.  Its own protocol I/O goes through raw system calls on
- * descriptors 200/201 so the agent never sees it and a step cannot disturb it.
+ * runs report.  It is a plain C program on purpose: an interpreter would add file calls of its
+ * own that the agent also sees.  It reads the whole script before the first step and writes
+ * results into a shared mapping of the results file, through raw system calls the agent never
+ * sees; then descriptors 0 and 1 are /dev/null and nothing of the protocol is open, so a step
+ * (closefrom(3), dup2 onto any number) cannot disturb it, and what a step reported before a
+ * crash is still there.
  *
  * Script line:  ID OP ARG...           (one step; ID is a small integer, unique in the script)
  * Result line:  ID RET ERRNO DATA      (DATA: hex of what the step read or observed, or "-")
@@ -36,6 +39,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -50,12 +55,7 @@
 #include <unistd.h>
 #include <utime.h>
 
-#define PROTO_IN 200
-#ifdef CONFORM_SNIPPET
-#define PROTO_OUT 1
-#else
-#define PROTO_OUT 201
-#endif
+#define RESULTS_MAX (64 << 20)
 #define MAX_ARGS 12
 #define MAX_IDS 4096
 #define OUT_MAX (1 << 16)
@@ -63,45 +63,68 @@
 extern char **environ;
 
 static char root[PATH_MAX];
+static long current_id;         /* the step being run */
 static char *guard_page;
 static int fds[MAX_IDS];
 static DIR *dirs[MAX_IDS];
 
 /* ---- protocol I/O: raw system calls, invisible to any agent ---- */
 
-static char inbuf[1 << 20];
-static size_t in_len, in_pos;
+static char *script;            /* the whole script, read before the first step */
+static size_t script_len, script_pos;
+static char *results;           /* MAP_SHARED on the results file; NULL: write to stdout */
+static size_t results_len;
+
+static __attribute__((unused)) int read_script(void)
+{
+    size_t cap = 1 << 20;
+    script = malloc(cap + 1);
+    for (;;) {
+        if (script_len == cap) {
+            cap *= 2;
+            script = realloc(script, cap + 1);
+        }
+        if (!script)
+            return -1;
+        long n = syscall(SYS_read, 0, script + script_len, cap - script_len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -1;
+        if (n == 0)
+            break;
+        script_len += (size_t)n;
+    }
+    script[script_len] = 0;
+    return 0;
+}
 
 static __attribute__((unused)) char *next_line(void)
 {
-    for (;;) {
-        char *nl = memchr(inbuf + in_pos, '\n', in_len - in_pos);
-        if (nl) {
-            *nl = 0;
-            char *line = inbuf + in_pos;
-            in_pos = (size_t)(nl - inbuf) + 1;
-            return line;
-        }
-        if (in_pos > 0) {
-            memmove(inbuf, inbuf + in_pos, in_len - in_pos);
-            in_len -= in_pos;
-            in_pos = 0;
-        }
-        if (in_len == sizeof inbuf)
-            return NULL;
-        long n = syscall(SYS_read, PROTO_IN, inbuf + in_len, sizeof inbuf - in_len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return NULL;
-        in_len += (size_t)n;
+    if (script_pos >= script_len)
+        return NULL;
+    char *line = script + script_pos;
+    char *nl = memchr(line, '\n', script_len - script_pos);
+    if (nl) {
+        *nl = 0;
+        script_pos = (size_t)(nl - script) + 1;
+    } else {
+        script_pos = script_len;
     }
+    return line;
 }
 
 static void emit(const char *s, size_t n)
 {
+    if (results) {
+        if (n > RESULTS_MAX - 1 - results_len)
+            n = RESULTS_MAX - 1 - results_len;
+        memcpy(results + results_len, s, n);
+        results_len += n;
+        return;
+    }
     while (n > 0) {
-        long w = syscall(SYS_write, PROTO_OUT, s, n);
+        long w = syscall(SYS_write, 1, s, n);
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0)
@@ -300,6 +323,87 @@ static int ftw_visit(const char *path, const struct stat *st, int flag, struct F
     return 0;
 }
 
+#define S(i) (a[i].str)
+#define N(i) (a[i].num)
+#define I(i) ((int)a[i].num)
+
+static int ftw_visit_old(const char *path, const struct stat *st, int flag)
+{
+    putf("%d:%c:", flag, type_char(st->st_mode));
+    put(path, strlen(path));
+    put("\n", 1);
+    return 0;
+}
+
+/* Linux dirent64 records from getdents64 or getdirentries, listed sorted like readdir_all. */
+static void put_records(const char *buf, long n, int is64)
+{
+    char *names[512];
+    int count = 0;
+    for (long at = 0; at < n && count < 512;) {
+        const char *name;
+        unsigned char type;
+        unsigned short reclen;
+        if (is64) {
+            const struct dirent64 *d = (const void *)(buf + at);
+            name = d->d_name, type = d->d_type, reclen = d->d_reclen;
+        } else {
+            const struct dirent *d = (const void *)(buf + at);
+            name = d->d_name, type = d->d_type, reclen = d->d_reclen;
+        }
+        char line[300];
+        snprintf(line, sizeof line, "%s:%d", name, type);
+        names[count++] = strdup(line);
+        at += reclen;
+    }
+    qsort(names, (size_t)count, sizeof names[0], cmp_names);
+    put("", 0);
+    for (int i = 0; i < count; i++) {
+        put(names[i], strlen(names[i]));
+        put("/", 1);
+        free(names[i]);
+    }
+}
+
+/* A temporary file or directory from a template: the step renames it to the template with
+ * the step's id for the random part, so both sides end with the same tree, and reports the name it got
+ * with the random part masked (unchanged X's would show). */
+static long from_template(const char *op, struct arg *a)
+{
+    char t[PATH_MAX];
+    snprintf(t, sizeof t, "%s", S(0));
+    int suffix = (int)N(1), flags = I(2);
+    long r;
+    if (!strcmp(op, "mkdtemp"))
+        r = mkdtemp(t) ? 0 : -1;
+    else if (!strcmp(op, "mkstemp"))
+        r = mkstemp(t);
+    else if (!strcmp(op, "mkostemp"))
+        r = mkostemp(t, flags);
+    else if (!strcmp(op, "mkstemps"))
+        r = mkstemps(t, suffix);
+    else
+        r = mkostemps(t, suffix, flags);
+    if (r < 0)
+        return r;
+    char fixed[PATH_MAX];
+    snprintf(fixed, sizeof fixed, "%s", S(0));
+    size_t len = strlen(t), end = len - (size_t)(suffix > 0 ? suffix : 0);
+    char digits[16];                /* the step's id: unique in the run, the same on both sides */
+    snprintf(digits, sizeof digits, "%06ld", current_id % 1000000);
+    for (size_t i = end >= 6 ? end - 6 : 0, k = 0; i < end; i++, k++)
+        fixed[i] = digits[k];
+    char made[PATH_MAX];
+    memcpy(made, t, len + 1);
+    size_t from = end >= 6 ? end - 6 : 0;
+    if (memcmp(t + from, "XXXXXX", end - from) != 0)     /* changed at all: random, masked */
+        memset(t + from, '?', end - from);
+    put(t, len);
+    rename(made, fixed);
+    errno = 0;
+    return r;
+}
+
 /* ---- process steps ---- */
 
 /* Alarms are not inherited: a child arms its own, so a FIFO without a peer cannot hold it. */
@@ -326,10 +430,12 @@ static void child_exit(long r)
     _exit(r < 0 ? (errno & 0x7f) : 0);
 }
 
-static long spawn_and_read(const char *prog, char *const argv[], posix_spawn_file_actions_t *fa, int pipe_r)
+static long spawn_and_read(const char *prog, char *const argv[], posix_spawn_file_actions_t *fa, int pipe_r,
+                           int search)
 {
     pid_t pid;
-    int err = posix_spawn(&pid, prog, fa, NULL, argv, environ);
+    int err = search ? posix_spawnp(&pid, prog, fa, NULL, argv, environ)
+                     : posix_spawn(&pid, prog, fa, NULL, argv, environ);
     if (err) {
         close(pipe_r);
         errno = err;
@@ -354,9 +460,6 @@ static void on_alarm(int sig)
     (void)sig;
 }
 
-#define S(i) (a[i].str)
-#define N(i) (a[i].num)
-#define I(i) ((int)a[i].num)
 
 static long run_step(const char *op, struct arg *a, int nargs)
 {
@@ -505,8 +608,214 @@ static long run_step(const char *op, struct arg *a, int nargs)
             put(buf, (size_t)r);
         return r;
     }
-    if (!strcmp(op, "removexattr")) return removexattr(S(0), S(1));
+    if (!strcmp(op, "canonicalize_file_name") || !strcmp(op, "get_current_dir_name") || !strcmp(op, "getwd")) {
+        char *p;
+        if (op[0] == 'c')
+            p = canonicalize_file_name(S(0));
+        else if (op[0] == 'g' && op[3] == '_')
+            p = get_current_dir_name();
+        else {
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+            p = getwd(buf);
+#pragma GCC diagnostic pop
+        }
+        if (!p)
+            return -1;
+        put(p, strlen(p));
+        if (p != buf)
+            free(p);
+        return 0;
+    }
+    if (!strcmp(op, "close_range")) return close_range((unsigned)N(0), (unsigned)N(1), I(2));
+    if (!strcmp(op, "closefrom")) {
+        closefrom(I(0));
+        return 0;
+    }
+    if (!strcmp(op, "execve_child") || !strcmp(op, "execv_child") || !strcmp(op, "execvp_child") ||
+        !strcmp(op, "execvpe_child") || !strcmp(op, "execveat_child") || !strcmp(op, "fexecve_child")) {
+        pid_t pid = fork_child();
+        if (pid < 0)
+            return -1;
+        if (pid == 0) {
+            char *argv[] = {"x", NULL};
+            if (!strcmp(op, "execve_child"))
+                execve(S(0), argv, environ);
+            else if (!strcmp(op, "execv_child"))
+                execv(S(0), argv);
+            else if (!strcmp(op, "execvp_child"))
+                execvp(S(0), argv);
+            else if (!strcmp(op, "execvpe_child"))
+                execvpe(S(0), argv, environ);
+            else if (op[0] == 'f')
+                fexecve(I(0), argv, environ);
+            else
+                execveat(I(0), S(1), argv, environ, I(2));
+            _exit(errno & 0x7f);
+        }
+        return child_status(pid);
+    }
+    if (!strcmp(op, "system"))      return system(S(0));
+    if (!strcmp(op, "popen_read")) {
+        FILE *f = popen(S(0), "r");
+        if (!f)
+            return -1;
+        size_t n = fread(buf, 1, sizeof buf, f);
+        put(buf, n);
+        return pclose(f);
+    }
+    if (!strcmp(op, "fopen_read") || !strcmp(op, "freopen_read") || !strcmp(op, "fdopen_read")) {
+        FILE *f;
+        if (op[1] == 'o')
+            f = fopen(S(0), S(1));
+        else if (op[1] == 'r') {
+            FILE *base = fopen("/dev/null", "r");
+            f = base ? freopen(S(0), S(1), base) : NULL;
+        } else
+            f = fdopen(I(0), S(1));
+        if (!f)
+            return -1;
+        size_t n = fread(buf, 1, sizeof buf, f);
+        put(buf, n);
+        if (op[1] == 'd')
+            return ferror(f) ? -1 : 0;     /* the descriptor stays the step's: no fclose */
+        int e = ferror(f) ? EBADF : 0;
+        r = fclose(f);
+        if (e) {
+            errno = e;
+            return -1;
+        }
+        return r;
+    }
+    if (!strcmp(op, "fopen_write")) {
+        FILE *f = fopen(S(0), S(1));
+        if (!f)
+            return -1;
+        size_t w = fwrite(S(2), 1, a[2].len, f);
+        r = fclose(f);
+        return r < 0 ? r : (long)w;
+    }
+    if (!strcmp(op, "tmpfile_rw")) {
+        FILE *f = tmpfile();
+        if (!f)
+            return -1;
+        fwrite(S(0), 1, a[0].len, f);
+        rewind(f);
+        size_t n = fread(buf, 1, sizeof buf, f);
+        put(buf, n);
+        return fclose(f);
+    }
+    if (!strcmp(op, "mkstemp") || !strcmp(op, "mkostemp") || !strcmp(op, "mkstemps") ||
+        !strcmp(op, "mkostemps") || !strcmp(op, "mkdtemp"))
+        return from_template(op, a);
+    if (!strcmp(op, "statfs") || !strcmp(op, "fstatfs")) {
+        struct statfs sf;
+        r = op[0] == 's' ? statfs(S(0), &sf) : fstatfs(I(0), &sf);
+        if (r == 0)
+            putf("type=%lx bsize=%ld namelen=%ld frsize=%ld flags=%lx", (long)sf.f_type, (long)sf.f_bsize,
+                 (long)sf.f_namelen, (long)sf.f_frsize, (long)sf.f_flags);
+        return r;
+    }
+    if (!strcmp(op, "statvfs") || !strcmp(op, "fstatvfs")) {
+        struct statvfs sv;
+        r = op[0] == 's' ? statvfs(S(0), &sv) : fstatvfs(I(0), &sv);
+        if (r == 0)
+            putf("bsize=%lu frsize=%lu namemax=%lu flag=%lx", sv.f_bsize, sv.f_frsize, sv.f_namemax, sv.f_flag);
+        return r;
+    }
+    if (!strcmp(op, "pathconf"))    return pathconf(S(0), I(1));
+    if (!strcmp(op, "fpathconf"))   return fpathconf(I(0), I(1));
+    if (!strcmp(op, "ftw")) {
+        put("", 0);
+        return ftw(S(0), ftw_visit_old, 8);
+    }
+    if (!strcmp(op, "futimes") || !strcmp(op, "futimesat")) {
+        int k = op[6] == 'a' ? 2 : 1;
+        struct timeval tv[2] = {{N(k), 500000}, {N(k + 1), 500000}};
+        return op[6] == 'a' ? futimesat(I(0), S(1), N(k) < 0 ? NULL : tv) : futimes(I(0), N(k) < 0 ? NULL : tv);
+    }
+    if (!strcmp(op, "lchmod"))      return lchmod(S(0), (mode_t)N(1));
+    if (!strcmp(op, "getdents64") || !strcmp(op, "getdirentries")) {
+        off_t base = 0;
+        r = op[3] == 'd' ? getdents64(I(0), buf, sizeof buf) : getdirentries(I(0), buf, sizeof buf, &base);
+        if (r >= 0)
+            put_records(buf, r, op[3] == 'd');
+        return r < 0 ? r : 0;     /* the byte count depends on record padding, not on the tree */
+    }
+    if (!strcmp(op, "readdir_r_all")) {
+        DIR *d = dirs[N(0)];
+        if (!d) {
+            errno = EBADF;
+            return -1;
+        }
+        char *names[512];
+        int n = 0, e = 0;
+        struct dirent entry, *got;
+        for (;;) {
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+            e = readdir_r(d, &entry, &got);
+#pragma GCC diagnostic pop
+            if (e || !got || n >= 512)
+                break;
+            names[n++] = strdup(entry.d_name);
+        }
+        qsort(names, (size_t)n, sizeof names[0], cmp_names);
+        put("", 0);
+        for (int i = 0; i < n; i++) {
+            put(names[i], strlen(names[i]));
+            put("/", 1);
+            free(names[i]);
+        }
+        errno = e;
+        return e ? -1 : 0;
+    }
+    if (!strcmp(op, "scandirat")) {
+        struct dirent **list;
+        int n = scandirat(I(0), S(1), &list, NULL, alphasort);
+        if (n < 0)
+            return -1;
+        put("", 0);
+        for (int i = 0; i < n; i++) {
+            put(list[i]->d_name, strlen(list[i]->d_name));
+            put("/", 1);
+            free(list[i]);
+        }
+        free(list);
+        return n;
+    }
+    if (!strcmp(op, "tee_pipe") || !strcmp(op, "vmsplice_pipe")) {
+        int p[2], q[2];
+        if (pipe(p) < 0)
+            return -1;
+        if (op[0] == 't') {
+            if (pipe(q) < 0 || write(p[1], S(0), a[0].len) < 0)
+                return -1;
+            r = tee(p[0], q[1], a[0].len, SPLICE_F_NONBLOCK);
+            int e = errno;
+            ssize_t n = r > 0 ? read(q[0], buf, (size_t)r) : 0;
+            if (n > 0)
+                put(buf, (size_t)n);
+            close(q[0]);
+            close(q[1]);
+            errno = e;
+        } else {
+            struct iovec iov = {S(0), a[0].len};
+            r = vmsplice(p[1], &iov, 1, 0);
+            int e = errno;
+            ssize_t n = r > 0 ? read(p[0], buf, (size_t)r) : 0;
+            if (n > 0)
+                put(buf, (size_t)n);
+            errno = e;
+        }
+        int e = errno;
+        close(p[0]);
+        close(p[1]);
+        errno = e;
+        return r;
+    }
     if (!strcmp(op, "lremovexattr")) return lremovexattr(S(0), S(1));
+    if (!strcmp(op, "removexattr")) return removexattr(S(0), S(1));
     if (!strcmp(op, "fremovexattr")) return fremovexattr(I(0), S(1));
     if (!strcmp(op, "stat") || !strcmp(op, "lstat") || !strcmp(op, "fstat") || !strcmp(op, "fstatat")) {
         struct stat st;
@@ -708,7 +1017,7 @@ static long run_step(const char *op, struct arg *a, int nargs)
         }
         return child_status(pid);
     }
-    if (!strcmp(op, "spawn_cat")) {
+    if (!strcmp(op, "spawn_cat") || !strcmp(op, "spawnp_cat")) {
         /* posix_spawn with an open file action: cat's stdin is the file, its stdout a pipe */
         int p[2];
         if (pipe(p) < 0)
@@ -719,7 +1028,7 @@ static long run_step(const char *op, struct arg *a, int nargs)
         posix_spawn_file_actions_adddup2(&fa, p[1], 1);
         posix_spawn_file_actions_addclose(&fa, p[0]);
         char *argv[] = {"cat", NULL};
-        r = spawn_and_read("/bin/cat", argv, &fa, (close(p[1]), p[0]));
+        r = spawn_and_read(op[5] == 'p' ? "cat" : "/bin/cat", argv, &fa, (close(p[1]), p[0]), op[5] == 'p');
         posix_spawn_file_actions_destroy(&fa);
         return r;
     }
@@ -733,7 +1042,7 @@ static long run_step(const char *op, struct arg *a, int nargs)
         posix_spawn_file_actions_adddup2(&fa, p[1], 1);
         posix_spawn_file_actions_addclose(&fa, p[0]);
         char *argv[] = {"pwd", "-P", NULL};
-        r = spawn_and_read("/bin/pwd", argv, &fa, (close(p[1]), p[0]));
+        r = spawn_and_read("/bin/pwd", argv, &fa, (close(p[1]), p[0]), 0);
         posix_spawn_file_actions_destroy(&fa);
         return r;
     }
@@ -765,6 +1074,7 @@ static void do_line(char *line)
     if (nt < 2)
         return;
     long id = strtol(tok[0], NULL, 10);
+    current_id = id;
     struct arg a[MAX_ARGS];
     for (int i = 2; i < nt; i++)
         parse_arg(i - 2, tok[i], &a[i - 2]);
@@ -777,7 +1087,7 @@ static void do_line(char *line)
     alarm(0);
     if (r >= 0 && id >= 0 && id < MAX_IDS &&
         (!strcmp(tok[1], "open") || !strcmp(tok[1], "openat") || !strcmp(tok[1], "creat") ||
-         !strncmp(tok[1], "dup", 3) ||
+         !strncmp(tok[1], "dup", 3) || !strncmp(tok[1], "mkstemp", 7) || !strncmp(tok[1], "mkostemp", 8) ||
          (!strcmp(tok[1], "fcntl_int") && (a[1].num == F_DUPFD || a[1].num == F_DUPFD_CLOEXEC))))
         fds[id] = (int)r;
     report(id, r, err);
@@ -809,13 +1119,18 @@ static int conform_init(const char *where)
 #else
 int main(int argc, char **argv)
 {
-    if (argc != 2) {
-        fprintf(stderr, "usage: executor ROOT < script\n");
+    if (argc != 3) {
+        fprintf(stderr, "usage: executor ROOT RESULTS_FD < script\n");
         return 2;
     }
-    /* the protocol moves out of the way of the steps; 0 and 1 become /dev/null */
-    if (syscall(SYS_dup3, 0, PROTO_IN, O_CLOEXEC) < 0 || syscall(SYS_dup3, 1, PROTO_OUT, O_CLOEXEC) < 0)
+    int results_fd = atoi(argv[2]);
+    if (read_script() < 0)
         return 3;
+    results = mmap(NULL, RESULTS_MAX, PROT_READ | PROT_WRITE, MAP_SHARED, results_fd, 0);
+    if (results == MAP_FAILED)
+        return 3;
+    syscall(SYS_close, results_fd);
+    /* the steps start from a program's usual table: 0 and 1 /dev/null, 2 the error pipe */
     int null = (int)syscall(SYS_openat, AT_FDCWD, "/dev/null", O_RDWR);
     if (null >= 0) {
         syscall(SYS_dup3, null, 0, 0);

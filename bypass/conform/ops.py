@@ -139,7 +139,7 @@ class Step:
 
 
 # Steps that return a descriptor (the executor remembers it under the step's id).
-FD_STEPS = {"open", "openat", "creat", "dup", "dup2", "dup3"}
+FD_STEPS = {"open", "openat", "creat", "dup", "dup2", "dup3", "mkstemp", "mkostemp", "mkstemps", "mkostemps"}
 
 O_FLAGS = {name: getattr(os, name) for name in (
     "O_WRONLY", "O_RDWR", "O_CREAT", "O_EXCL", "O_TRUNC", "O_APPEND", "O_NONBLOCK", "O_DIRECTORY",
@@ -168,6 +168,11 @@ MOVES_CWD = {"chdir", "fchdir", "vfork_chdir_exec"}
 MAX_CWD_MOVES = 5
 CLIMB = 3
 NEST = (MAX_CWD_MOVES + 1) * CLIMB + 4
+
+SHELL_COMMANDS = [b"cat f", b"echo hi > n1", b"ls -a d", b"mkdir -p d/q && ls d", b"cat missing 2>&1",
+                  b"cd d && pwd -P | sed 's|.*/||'", b"wc -c < d/f", b"printf x >> e; cat e"]
+STDIO_MODES = [b"r", b"r+", b"w", b"w+", b"a", b"a+", b"rx", b"we", b"re", b"q"]
+PATHCONF = {3: "_PC_NAME_MAX", 4: "_PC_PATH_MAX", 0: "_PC_LINK_MAX", 5: "_PC_PIPE_BUF"}
 
 # Set times are old (before 2001), so the engine can tell them from times the file system
 # stamped during the run: only the former are compared.
@@ -310,6 +315,13 @@ class Generator:
     def owner(self) -> tuple[Num, Num]:
         uid, gid = os.getuid(), os.getgid()
         return (Num(self.rng.choice([-1, uid, 65534, 1])), Num(self.rng.choice([-1, gid, 65534, 1])))
+
+    def exe(self) -> Path:
+        return Path(self.rng.choice([b"x", b"./x", b"d", b"f", b"ro", b"missing", b"lnk", b"d/f", b""]))
+
+    def template(self, suffix: int = 0) -> Path:
+        base = self.rng.choice([b"tmpXXXXXX", b"d/tmpXXXXXX", b"missing/tmpXXXXXX", b"tmpXXX", b"ro/tmpXXXXXX"])
+        return Path(base + (b".c" if suffix else b""))
 
     def xname(self) -> Path:
         return Path(self.rng.choice([b"user.a", b"user.b", b"user.a", b"trusted.x", b"bogus"]))
@@ -470,7 +482,68 @@ _op("spawn_cat", 1)(lambda g: (g.path(0.1, pointer=False), flags(g.rng.choice([0
 _op("spawn_pwd", 0.7)(lambda g: (g.path(0.1, pointer=False),))
 _op("as_nobody", 1)(lambda g: (g.path(0.2), flags(g.rng.choice([0, os.O_WRONLY, os.O_WRONLY | os.O_CREAT]),
                                                   O_FLAGS)))
+_op("canonicalize_file_name", 1)(lambda g: (g.path(0.1, pointer=False),))
+_op("get_current_dir_name", 0.5)(lambda g: ())
+_op("getwd", 0.5)(lambda g: ())
+_op("close_range", 0.5)(lambda g: (Num(g.rng.choice([3, 4, 6])), Num(g.rng.choice([3, 5, 20, 2])),
+                                   flags(g.rng.choice([0, 4]), {"CLOSE_RANGE_CLOEXEC": 4})))
+_op("closefrom", 0.3)(lambda g: (Num(g.rng.choice([3, 5, 10])),))
+_op("execve_child", 1)(lambda g: (g.exe(),))
+_op("execvp_child", 0.5)(lambda g: (g.exe(),))
+_op("execv_child", 0.3)(lambda g: (g.exe(),))
+_op("execvpe_child", 0.3)(lambda g: (g.exe(),))
+_op("execveat_child", 0.5)(lambda g: (g.dirfd(), g.exe(), g.at_flags("AT_SYMLINK_NOFOLLOW", "AT_EMPTY_PATH")))
+_op("fexecve_child", 0.5)(lambda g: (g.fd(),))
+_op("system", 0.7)(lambda g: (Path(g.rng.choice(SHELL_COMMANDS)),))
+_op("popen_read", 0.7)(lambda g: (Path(g.rng.choice(SHELL_COMMANDS)),))
+_op("fopen_read", 1.5)(lambda g: (g.path(0.1, pointer=False), Path(g.rng.choice(STDIO_MODES))))
+_op("fopen_write", 1)(lambda g: (g.path(0.5, pointer=False), Path(g.rng.choice(STDIO_MODES)), g.data()))
+_op("freopen_read", 0.5)(lambda g: (g.path(0.1, pointer=False), Path(g.rng.choice(STDIO_MODES))))
+_op("fdopen_read", 0.5)(lambda g: (g.fd(), Path(g.rng.choice([b"r", b"r+", b"w", b"a"]))))
+_op("tmpfile_rw", 0.3)(lambda g: (g.data(),))
+_op("mkstemp", 0.7)(lambda g: (g.template(), Num(0), Num(0)))
+_op("mkostemp", 0.4)(lambda g: (g.template(), Num(0), flags(g.rng.choice([0, os.O_APPEND, os.O_CLOEXEC]), O_FLAGS)))
+_op("mkstemps", 0.4)(lambda g: (g.template(2), Num(2), Num(0)))
+_op("mkostemps", 0.3)(lambda g: (g.template(2), Num(2), flags(os.O_CLOEXEC, O_FLAGS)))
+_op("mkdtemp", 0.5)(lambda g: (g.template(), Num(0), Num(0)))
+_op("statfs", 0.7)(lambda g: (g.path(0.1),))
+_op("fstatfs", 0.5)(lambda g: (g.fd(),))
+_op("statvfs", 0.7)(lambda g: (g.path(0.1),))
+_op("fstatvfs", 0.5)(lambda g: (g.fd(),))
+_op("pathconf", 0.5)(lambda g: (g.path(0.1), const(c := g.rng.choice(list(PATHCONF)), PATHCONF[c])))
+_op("fpathconf", 0.5)(lambda g: (g.fd(), const(c := g.rng.choice(list(PATHCONF)), PATHCONF[c])))
+_op("ftw", 0.7)(lambda g: (Path(g.rng.choice([b".", b"./d", b"d", b"dlnk", b"", b"missing"])),))
+_op("futimes", 0.5)(lambda g: (g.fd(), Num(g.rng.choice([-1, 86400])), Num(300000000)))
+_op("futimesat", 0.5)(lambda g: (g.dirfd(), g.path(0.1), Num(g.rng.choice([-1, 86400])), Num(300000000)))
+_op("lchmod", 0.7)(lambda g: (g.path(0.1), g.mode()))
+_op("lremovexattr", 0.3)(lambda g: (g.path(0.1), g.xname()))
+_op("getdents64", 0.7)(lambda g: (g.fd(),))
+_op("getdirentries", 0.4)(lambda g: (g.fd(),))
+_op("readdir_r_all", 0.5)(lambda g: (g.dirstream(),))
+_op("scandirat", 0.7)(lambda g: (g.dirfd(), g.path(0.1, pointer=False)))
+_op("tee_pipe", 0.2)(lambda g: (g.data(),))
+_op("vmsplice_pipe", 0.2)(lambda g: (g.data(),))
+_op("spawnp_cat", 0.4)(lambda g: (g.path(0.1, pointer=False), flags(0, O_FLAGS)))
 del G
+
+
+# The knowledge base's calls a composite step makes (a plain step makes the call it is named after).
+EXERCISES = {
+    "fcntl_int": ["fcntl"], "fcntl_lock": ["fcntl"], "readdir_all": ["readdir"], "readdir_r_all": ["readdir_r"],
+    "rewinddir": ["rewinddir"], "splice_in": ["splice"], "splice_out": ["splice"], "tee_pipe": ["tee"],
+    "vmsplice_pipe": ["vmsplice"], "tmpfile_rw": ["tmpfile", "fclose"], "popen_read": ["popen"],
+    "fopen_read": ["fopen", "fclose"], "fopen_write": ["fopen", "fclose"], "freopen_read": ["freopen", "fclose"],
+    "fdopen_read": ["fdopen"], "spawn_cat": ["posix_spawn"], "spawn_pwd": ["posix_spawn"],
+    "spawnp_cat": ["posix_spawnp"], "execve_child": ["execve"], "execv_child": ["execv"],
+    "execvp_child": ["execvp"], "execvpe_child": ["execvpe"], "execveat_child": ["execveat"],
+    "fexecve_child": ["fexecve"], "vfork_chdir_exec": ["chdir", "execve"], "fork_append": ["open", "write"],
+    "fork_write_fd": ["write"], "fork_fork_mkdir": ["mkdir"], "as_nobody": ["open"],
+    "bind_unix": [], "connect_unix": [], "mmap_read": [], "mmap_write": [],
+}
+
+
+def exercised_calls() -> set[str]:
+    return {call for op, _, _ in Generator.CATALOGUE for call in EXERCISES.get(op, [op])}
 
 
 __all__ = ["Step", "Path", "Fd", "DirStream", "Num", "Generator", "INITIAL_TREE", "FD_STEPS", "OLD_TIMES"]

@@ -7,6 +7,7 @@
  * repaired environment on the stack).
  */
 #define _GNU_SOURCE
+#include <linux/close_range.h>
 #include "bypass_runtime.h"
 
 #include <dlfcn.h>
@@ -236,6 +237,9 @@ static int lowest_agent_fd_in(unsigned int first, unsigned int last)
 int bypass_hook_close_range(int (*real)(unsigned int, unsigned int, int), unsigned int first, unsigned int last,
                             int flags)
 {
+    /* what the kernel refuses it refuses whole, before closing anything: let it say so */
+    if (first > last || (flags & ~(CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC)))
+        return real(first, last, flags);
     while (first <= last) {
         int hole = lowest_agent_fd_in(first, last);
         if (hole < 0)
