@@ -770,20 +770,6 @@ static long run_step(const char *op, struct arg *a, int nargs)
         errno = e;
         return e ? -1 : 0;
     }
-    if (!strcmp(op, "scandirat")) {
-        struct dirent **list;
-        int n = scandirat(I(0), S(1), &list, NULL, alphasort);
-        if (n < 0)
-            return -1;
-        put("", 0);
-        for (int i = 0; i < n; i++) {
-            put(list[i]->d_name, strlen(list[i]->d_name));
-            put("/", 1);
-            free(list[i]);
-        }
-        free(list);
-        return n;
-    }
     if (!strcmp(op, "tee_pipe") || !strcmp(op, "vmsplice_pipe")) {
         int p[2], q[2];
         if (pipe(p) < 0)
@@ -873,9 +859,9 @@ static long run_step(const char *op, struct arg *a, int nargs)
             put("", 0);
         return errno ? -1 : 0;
     }
-    if (!strcmp(op, "scandir")) {
+    if (!strcmp(op, "scandir") || !strcmp(op, "scandirat")) {
         struct dirent **list;
-        int n = scandir(S(0), &list, NULL, alphasort);
+        int n = op[7] ? scandirat(I(0), S(1), &list, NULL, alphasort) : scandir(S(0), &list, NULL, alphasort);
         if (n < 0)
             return -1;
         put("", 0);
