@@ -41,6 +41,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <pthread.h>
 #include <unistd.h>
 
 /* Hooks into the Bypass runtime when linked into an agent; absent (NULL) in
@@ -267,6 +268,20 @@ static int base_compute(const char *v, size_t vl, char *r, struct base *b);
 
 /* ---- virtual cwd ------------------------------------------------------------ */
 
+/* A vfork child shares this memory with its parent: a chdir it makes before
+ * exec must not move the parent's virtual cwd.  g_pid is this process (kept
+ * by an atfork handler); a chdir from another pid marks the child in
+ * g_vfork_pid, whose relative paths then use the kernel's cwd, until the
+ * parent, running again, sees a pid not its own there and clears it. */
+static pid_t g_pid;
+static pid_t g_vfork_pid;
+
+static void note_fork_child(void)
+{
+    g_pid = getpid();
+    g_vfork_pid = 0;
+}
+
 static char g_cwdbuf[2][PATH_MAX];
 static char g_cwdreal[2][PATH_MAX];
 static struct base g_cwdbase[2];
@@ -274,6 +289,10 @@ static unsigned g_cwd_seq;   /* (seq / 2) & 1 is the current buffer */
 
 void sb_set_cwd(const char *vpath)
 {
+    if (g_pid && getpid() != g_pid) {
+        __atomic_store_n(&g_vfork_pid, getpid(), __ATOMIC_RELEASE);
+        return;
+    }
     unsigned s = __atomic_load_n(&g_cwd_seq, __ATOMIC_ACQUIRE);
     unsigned idx = ((s / 2) + 1) & 1;
     snprintf(g_cwdbuf[idx], PATH_MAX, "%s", vpath);
@@ -301,6 +320,15 @@ static int real_cwd_virtual(char *out, size_t size)
 /* Copy the cwd (and, when r is not NULL and known, its base) out. */
 static int cwd_get(char *buf, size_t size, char *r, struct base *b)
 {
+    pid_t vf = __atomic_load_n(&g_vfork_pid, __ATOMIC_ACQUIRE);
+    if (__builtin_expect(vf != 0, 0)) {
+        if (getpid() == vf) {
+            if (b)
+                b->e = NULL;
+            return real_cwd_virtual(buf, size);
+        }
+        __atomic_compare_exchange_n(&g_vfork_pid, &vf, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    }
     for (int tries = 0; tries < 8; tries++) {
         unsigned s = __atomic_load_n(&g_cwd_seq, __ATOMIC_ACQUIRE);
         unsigned idx = (s / 2) & 1;
@@ -611,6 +639,8 @@ int sb_init_from_env(char *err, size_t errsize)
     const char *file = getenv(SB_ENV_MOUNTS);
     if (!file || !*file)
         return 0;
+    g_pid = getpid();
+    pthread_atfork(NULL, NULL, note_fork_child);
     read_settings();
     const char *private_env = getenv(SB_ENV_PRIVATE);
     const char *owner = getenv(SB_ENV_PRIVATE_OWNER);
@@ -701,10 +731,11 @@ int sb_check(const struct sb_entry *e, int op)
 /* ---- the walk ------------------------------------------------------------- */
 
 struct walk {
-    char *v;               /* virtual prefix resolved so far; "" is the root (PATH_MAX bytes) */
+    char *v;               /* virtual prefix resolved so far; "" is the root (cap bytes) */
     size_t vl;
-    char *r;               /* its real path; "" is the real root (PATH_MAX bytes) */
+    char *r;               /* its real path; "" is the real root (cap bytes) */
     size_t rl;
+    size_t cap;
     const struct sb_entry *e;
     uint64_t h;            /* hash of r[0..hl), extended lazily (walk_hash) */
     size_t hl;
@@ -792,7 +823,7 @@ static int walk_refresh(struct walk *w)
         memcpy(w->r, w->v, w->vl + 1);         /* identity, only for lstat */
         w->rl = w->vl;
     } else {
-        if (sb_translate(w->e, vp, w->r, PATH_MAX))
+        if (sb_translate(w->e, vp, w->r, w->cap))
             return ENAMETOOLONG;
         w->rl = strlen(w->r);
         if (w->rl == 1 && w->r[0] == '/')
@@ -811,6 +842,7 @@ static void root_prepare(void)
     char wv[PATH_MAX], wr[PATH_MAX];
     w.v = wv;
     w.r = wr;
+    w.cap = PATH_MAX;
     g_root_e = NULL;
     plen_bits_prepare();
     g_hides_names = 0;
@@ -830,7 +862,7 @@ static void root_prepare(void)
 static int walk_set(struct walk *w, const char *vpath)
 {
     size_t l = strlen(vpath);
-    if (l + 1 > PATH_MAX)
+    if (l + 1 > w->cap)
         return ENAMETOOLONG;
     if (vpath != w->v)
         memmove(w->v, vpath, l + 1);
@@ -849,6 +881,7 @@ static int base_compute(const char *v, size_t vl, char *r, struct base *b)
     memcpy(wv, v, vl + 1);
     w.v = wv;
     w.r = r;
+    w.cap = PATH_MAX;
     int rc = walk_set(&w, wv);
     if (rc)
         return rc;
@@ -895,7 +928,7 @@ static int walk_from_base(struct walk *w, int dirfd, int *from_fd)
 
 static int walk_push(struct walk *w, const char *c, size_t cl)
 {
-    if (w->vl + 1 + cl + 1 > PATH_MAX || w->rl + 1 + cl + 1 > PATH_MAX)
+    if (w->vl + 1 + cl + 1 > w->cap || w->rl + 1 + cl + 1 > w->cap)
         return ENAMETOOLONG;
     w->v[w->vl++] = '/';
     memcpy(w->v + w->vl, c, cl);
@@ -1055,14 +1088,16 @@ static __attribute__((noinline)) int splice_link(char *rem, size_t remsize, cons
  * holds the path to continue with; 1: pass the /proc path through; else
  * errno. */
 static __attribute__((noinline)) int read_link(struct walk *w, int op, int last,
-                                               char *target, size_t size)
+                                               char *target, size_t size, int *jumped)
 {
     if (w->rl > 6 && !entry_hides(w->e) && strncmp(w->r, "/proc/", 6) == 0) {
         int m = magic_target(w->r, op, last, 1, target, size);
         if (m == 1)
             return last ? -1 : ENOTDIR;
-        if (m == 0)
+        if (m == 0) {
+            *jumped = 1;
             return 0;
+        }
         if (m != -EINVAL)
             return -m;
     }
@@ -1090,6 +1125,7 @@ struct memo {
     int lock;
     uint32_t gen;
     unsigned klen, vl, rl, hl;
+    int ident;                          /* every entry on the way maps a path to itself */
     const struct sb_entry *e;
     uint64_t h;
     char key[MEMO_MAX], v[MEMO_MAX], r[MEMO_MAX];
@@ -1103,7 +1139,7 @@ static inline struct memo *memo_slot(const char *path, size_t klen)
     return &g_memo[k % MEMO_SLOTS];
 }
 
-static int memo_get(const char *path, size_t klen, struct walk *w)
+static int memo_get(const char *path, size_t klen, struct walk *w, int *ident)
 {
     struct memo *m = memo_slot(path, klen);
     unsigned s1 = __atomic_load_n(&m->seq, __ATOMIC_ACQUIRE);
@@ -1120,6 +1156,7 @@ static int memo_get(const char *path, size_t klen, struct walk *w)
     w->hl = m->hl;
     w->h = m->h;
     w->e = m->e;
+    *ident = m->ident;
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
     if (__atomic_load_n(&m->seq, __ATOMIC_ACQUIRE) == s1)
         return 1;
@@ -1129,7 +1166,7 @@ static int memo_get(const char *path, size_t klen, struct walk *w)
     return 0;
 }
 
-static void memo_put(const char *path, size_t klen, uint32_t gen, const struct walk *w)
+static void memo_put(const char *path, size_t klen, uint32_t gen, const struct walk *w, int ident)
 {
     if (klen < 2 || klen >= MEMO_MAX || w->vl >= MEMO_MAX || w->rl >= MEMO_MAX)
         return;
@@ -1149,16 +1186,17 @@ static void memo_put(const char *path, size_t klen, uint32_t gen, const struct w
     m->hl = (unsigned)w->hl;
     m->h = w->h;
     m->e = w->e;
+    m->ident = ident;
     __atomic_add_fetch(&m->seq, 1, __ATOMIC_ACQ_REL);
     __atomic_clear(&m->lock, __ATOMIC_RELEASE);
 }
 
 /* Follow the symlink the walk stands on: rem becomes target + rest. */
 static __attribute__((noinline)) int follow_link(struct walk *w, int op, int last, const char *after,
-                                                 char *rem, size_t parent_vl, int *magic)
+                                                 char *rem, size_t parent_vl, int *magic, int *jumped)
 {
     char target[PATH_MAX];
-    int rc = read_link(w, op, last, target, sizeof target);
+    int rc = read_link(w, op, last, target, sizeof target, jumped);
     if (rc == -1) {                     /* a /proc link to pass through as it is */
         *magic = 1;
         return 0;
@@ -1167,6 +1205,40 @@ static __attribute__((noinline)) int follow_link(struct walk *w, int op, int las
         return rc;
     w->vl = target[0] == '/' ? 0 : parent_vl;
     return walk_refresh(w);
+}
+
+/* lstat of the program's own (dirfd, path[0..n)): the kernel walks a relative
+ * path from the directory, which may be searchable where an ancestor is not. */
+static __attribute__((noinline)) int lstat_rel(int dirfd, const char *path, size_t n, struct stat *st)
+{
+    char *pre = alloca(n + 1);
+    memcpy(pre, path, n);
+    pre[n] = '\0';
+    return fstatat(dirfd, pre, st, AT_SYMLINK_NOFOLLOW);
+}
+
+/* A name an ENOENT entry hides must answer a change as a truly missing name
+ * beside it would: the parent's refusal, else what the kernel says of a
+ * missing name.  Anything else would tell the program the name is there. */
+static __attribute__((noinline)) int hidden_name_errno(const struct walk *w, int op)
+{
+    if (w->e->kind != SB_ENOENT || w->e->plen != w->vl ||
+        (op != SB_OP_CREATE && op != SB_OP_WRITE && op != SB_OP_DELETE))
+        return ENOENT;
+    char parent[PATH_MAX];
+    size_t pl = w->vl;
+    while (pl > 0 && w->v[pl - 1] != '/')
+        pl--;
+    if (pl > 1)
+        pl--;
+    if (pl + 1 > sizeof parent)
+        return ENOENT;
+    memcpy(parent, w->v, pl);
+    parent[pl] = '\0';
+    int rc = sb_check(sb_lookup(&g_m, parent), op);
+    if (rc)
+        return rc;
+    return op == SB_OP_CREATE ? EACCES : ENOENT;
 }
 
 int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result *res)
@@ -1182,19 +1254,30 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         res->err = EFAULT;
         return EFAULT;
     }
+    res->rel_ok = 1;
+    if (sb_unreadable(path)) {
+        /* only the kernel can tell (EFAULT): the call as given */
+        res->vpath[0] = res->rpath[0] = '\0';
+        return 0;
+    }
     if (!g_active) {
         snprintf(res->rpath, sizeof res->rpath, "%s", path);
         snprintf(res->vpath, sizeof res->vpath, "%s", path);
         return 0;
     }
+    res->rel_ok = 0;
 
     struct walk w;
     w.v = res->vpath;                   /* the walk builds the answer in place */
     w.r = res->rpath;
+    w.cap = SB_PATH_MAX;
     int rc;
     /* relok: the path is relative to a descriptor this agent opened and the
      * walk stayed plain below it (no "..", no symlink, no other entry), so
-     * the kernel may resolve (dirfd, path) itself: same place, shorter walk */
+     * the kernel may resolve (dirfd, path) itself: same place, shorter walk.
+     * ident: every entry met maps paths to themselves, so the kernel's own
+     * walk of the program's string reaches the place checked here, with its
+     * own meaning of ".", "..", trailing slashes and relative paths. */
     int relok = 0;
     if (path[0] == '/') {
         w.vl = 0;
@@ -1207,6 +1290,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
     if (rc)
         goto out;
     const struct sb_entry *base_e = w.e;
+    int ident = w.e->kind == SB_IDENTITY;
 
     size_t plen = strlen(path);
     if (plen + 1 > PATH_MAX) {
@@ -1214,7 +1298,9 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         goto out;
     }
     int trailing = plen > 0 && path[plen - 1] == '/';
+    int dot_tail = path[plen - 1] == '.' && (plen == 1 || path[plen - 2] == '/');
     int links = 0;
+    int land = 0;                       /* a /proc magic link jumped to the final object */
     char *rem = NULL;                   /* made once a symlink is met */
     const char *p = path;
 
@@ -1226,7 +1312,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         const char *last_slash = strrchr(path, '/');
         klen = (size_t)(last_slash - path);
         memo = klen > 1;
-        if (memo && memo_get(path, klen, &w)) {
+        if (memo && memo_get(path, klen, &w, &ident)) {
             STAT_INC(memo_hits);
             p = path + klen;
             memo = 0;                   /* nothing new to remember */
@@ -1251,22 +1337,24 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
                 relok = 0;
                 if ((rc = walk_pop(&w)))
                     goto out;
+                ident &= w.e->kind == SB_IDENTITY;
             }
             continue;
         }
         if (memo && last) {
             /* w is the parent, walked from the path's own text without symlinks */
             if (!rem && (size_t)(c - path) == klen + 1)
-                memo_put(path, klen, gen0, &w);
+                memo_put(path, klen, gen0, &w, ident);
             memo = 0;
         }
         size_t parent_vl = w.vl;
         if ((rc = walk_push(&w, c, cl)))
             goto out;
+        ident &= w.e->kind == SB_IDENTITY;
         if (w.e != base_e)
             relok = 0;
 
-        int follow = !last || trailing || !(flags & SB_NOFOLLOW);
+        int follow = (!last || trailing || !(flags & SB_NOFOLLOW)) && !(land && last);
         if (!follow && !(flags & SB_STRICT))
             continue;
         if (entry_hides(w.e) && !has_nested(w.v, w.vl))
@@ -1277,7 +1365,10 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         }
         struct stat st;
         STAT_INC(lstats);
-        if (lstat(w.rl ? w.r : "/", &st) < 0) {
+        int sr = lstat(w.rl ? w.r : "/", &st);
+        if (sr < 0 && (errno == EACCES || errno == ENAMETOOLONG) && ident && !rem && path[0] != '/')
+            sr = lstat_rel(dirfd, path, (size_t)(p - path), &st);
+        if (sr < 0) {
             int e = errno;
             if (entry_hides(w.e))
                 continue;               /* do not reveal what is behind */
@@ -1294,7 +1385,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
             continue;
         }
         if (!S_ISLNK(st.st_mode)) {
-            if (!last) {
+            if (!last || (trailing && (flags & SB_STRICT))) {
                 rc = ENOTDIR;
                 goto out;
             }
@@ -1311,29 +1402,36 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         relok = 0;
         if (!rem)
             rem = alloca(PATH_MAX);
-        int magic = 0;
-        if ((rc = follow_link(&w, op, last, after, rem, parent_vl, &magic)))
+        int magic = 0, jumped = 0;
+        if ((rc = follow_link(&w, op, last, after, rem, parent_vl, &magic, &jumped)))
             goto out;
+        ident &= w.e->kind == SB_IDENTITY;
         if (magic) {
             res->magic = 1;
             break;
         }
+        land = jumped && last;
         p = rem;
     }
 
     res->entry = w.e;
-    res->rel_ok = relok && !res->magic && !entry_hides(w.e);
+    res->rel_ok = ((relok && !res->magic) || ident) && !entry_hides(w.e);
     if (w.vl == 0)
         strcpy(res->vpath, "/");
     if (w.rl == 0)
         strcpy(res->rpath, "/");
     if (res->magic)
         goto out;                       /* the descriptor already grants the access */
-    if (trailing && w.rl && w.rl + 2 <= sizeof res->rpath) {
-        res->rpath[w.rl] = '/';
-        res->rpath[w.rl + 1] = '\0';
+    if ((trailing || dot_tail) && w.rl && w.rl + 3 <= sizeof res->rpath) {
+        /* the kernel's own answers: ENOTDIR for "file/", EINVAL for rmdir("d/.") */
+        res->rpath[w.rl++] = '/';
+        if (dot_tail)
+            res->rpath[w.rl++] = '.';
+        res->rpath[w.rl] = '\0';
     }
     rc = sb_check(w.e, op);
+    if (rc == ENOENT)
+        rc = hidden_name_errno(&w, op);
 out:
     if (rc) {
         res->vpath[0] = res->rpath[0] = '\0';
@@ -1347,7 +1445,7 @@ out:
  * which the kernel reports itself). */
 static int crosses(const struct sb_entry *a, const struct sb_entry *b)
 {
-    if (a == b)
+    if (a == b || !a || !b)             /* no entry: a path only the kernel can read */
         return 0;
     if (a->kind == SB_IDENTITY && b->kind == SB_IDENTITY)
         return 0;
@@ -1401,6 +1499,8 @@ int sb_reverse_inplace(char *buf, size_t size)
 ssize_t sb_readlink(const struct sb_result *r, char *buf, size_t size)
 {
     char out[PATH_MAX];
+    if (!r->rpath[0])
+        return -EFAULT;                 /* an unreadable path (sb_resolve) */
     if (g_active && strncmp(r->rpath, "/proc/", 6) == 0) {
         pid_t pid;
         int kind, fd;
@@ -1507,9 +1607,10 @@ static int elf_is_static_depth(const char *path, int depth, char *why, size_t wh
         while (*e && *e != ' ' && *e != '\t' && *e != '\n' && *e != '\r')
             e++;
         *e = '\0';
-        if (*s != '/')
+        if (!*s)
             return 0;
-        /* the interpreter must be allowed to run too; the kernel runs it by its real path */
+        /* the interpreter must be allowed to run too (a relative one is found from the
+         * cwd, as the kernel does); the kernel runs it by its real path */
         struct sb_result r;
         if (g_active) {
             if (sb_resolve(SB_OP_EXEC, AT_FDCWD, s, 0, &r) != 0) {
@@ -1538,7 +1639,7 @@ int sb_elf_is_static(const char *realpath_)
 
 int sb_exec_check(const char *realpath_, const char *vpath)
 {
-    char why[PATH_MAX];
+    char why[SB_PATH_MAX];
     why[0] = '\0';
     int st = elf_is_static_depth(realpath_, 0, why, sizeof why);
     if (st == -2) {

@@ -100,6 +100,20 @@ int sb_normalise(const char *in, char *out, size_t outsize);
 
 /* ---- global state and operations (resolve.c) ------------------------------ */
 
+/* Addresses no user-space string can live at.  The kernel answers EFAULT for
+ * them; reading them in the agent would crash the program instead. */
+static inline int sb_unreadable(const void *p)
+{
+    unsigned long a = (unsigned long)p;
+#if defined(__x86_64__)
+    return a < 4096 || a >= (1UL << 47);
+#elif defined(__LP64__)
+    return a < 4096 || a >= (1UL << 52);
+#else
+    return a < 4096;
+#endif
+}
+
 /* Operations, i.e. what the call will do to the final path. */
 enum sb_op {
     SB_OP_LOOKUP = 0, /* stat, access(F_OK), readlink, getxattr: any mode */
@@ -116,15 +130,22 @@ enum sb_op {
 #define SB_STRICT     2   /* every component must exist (realpath) */
 #define SB_EMPTY_OK   4   /* "" means the dirfd itself (AT_EMPTY_PATH) */
 
+/* A relative path below a deep directory may reach further than PATH_MAX
+ * from the root and still be valid for the kernel, which walks it from the
+ * directory: the walk keeps room for a directory of PATH_MAX plus such a path. */
+#define SB_PATH_MAX (2 * PATH_MAX)
+
 struct sb_result {
     int err;                       /* 0 or the errno the call must fail with */
     const struct sb_entry *entry;  /* entry of the final path */
     int magic;                     /* real path is a /proc magic link or a non-path fd object */
     int is_link;                   /* last component known to be a symlink (SB_NOFOLLOW) */
-    int rel_ok;                    /* (dirfd, path) as given reach the same place: the kernel
-                                      may resolve it (shorter than rpath) */
-    char vpath[PATH_MAX];          /* virtual absolute path, symlinks resolved */
-    char rpath[PATH_MAX];          /* real path for the kernel */
+    int rel_ok;                    /* (dirfd, path) exactly as the program gave them reach the
+                                      place checked: hand them to the kernel unchanged, so that
+                                      ".", "..", trailing slashes and relative paths keep the
+                                      kernel's own meaning (and an unreadable pointer its EFAULT) */
+    char vpath[SB_PATH_MAX];       /* virtual absolute path, symlinks resolved */
+    char rpath[SB_PATH_MAX];       /* real path for the kernel */
 };
 
 /* Install the mount list named by $BYPASS_MOUNTS (called once, from the

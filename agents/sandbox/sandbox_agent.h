@@ -32,6 +32,10 @@
             (var) = sb_r_##var.rpath;                                          \
     } while (0)
 
+/* The path to hand the kernel after a check: the program's own wherever it
+ * reaches the place checked (see sb_result.rel_ok), else the real one. */
+#define SB_KPATH(r, asked) ((r).rel_ok ? (asked) : (r).rpath)
+
 /* Early exit when no mount list is installed: the agent is a pass-through. */
 #define SB_PASS_IF_INACTIVE()                                                  \
     do {                                                                       \
@@ -90,7 +94,7 @@ static inline int sb_at_flags(int atflags)
 /* An *at() call on the descriptor itself ("" with AT_EMPTY_PATH, or NULL). */
 static inline int sb_on_fd(const char *path, int atflags)
 {
-    return path == NULL || (path[0] == '\0' && (atflags & AT_EMPTY_PATH));
+    return path == NULL || (!sb_unreadable(path) && path[0] == '\0' && (atflags & AT_EMPTY_PATH));
 }
 
 /* Permission check of a call that works on a descriptor's own file. */

@@ -14,7 +14,7 @@ CDEF = """
 struct sb_entry { char *prefix; size_t plen; char *target; size_t tlen; int kind; int mode; int line; };
 struct sb_mounts { struct sb_entry *e; int n; char file[4096]; };
 struct sb_result { int err; const struct sb_entry *entry; int magic; int is_link; int rel_ok;
-                   char vpath[4096]; char rpath[4096]; };
+                   char vpath[8192]; char rpath[8192]; };
 struct sb_stats { unsigned long resolves, lstats, cache_hits, readlinks, fd_hits, fd_misses, memo_hits; };
 int sb_mounts_parse(struct sb_mounts *m, const char *text, const char *file, char *err, size_t errsize);
 int sb_mounts_load(struct sb_mounts *m, const char *file, char *err, size_t errsize);

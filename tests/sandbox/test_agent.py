@@ -24,14 +24,6 @@ SPEC = ROOT / "agents" / "sandbox" / "sandbox.bypass"
 PY = os.path.realpath(sys.executable)
 
 
-@pytest.fixture(scope="session")
-def agent(tmp_path_factory) -> Path:
-    from bypass.build import build
-
-    out = tmp_path_factory.mktemp("sandbox-agent") / "sandbox.so"
-    return Path(build(SPEC, out))
-
-
 @pytest.fixture
 def work():
     """A work area outside /tmp:  ro/ (read-only), out/ (writable), deny/, gone/, store/, priv/."""
