@@ -316,13 +316,12 @@ fail:
     return -1;
 }
 
-int sb_mounts_load(struct sb_mounts *m, const char *file, char *err, size_t errsize)
+char *sb_mounts_read(const char *file, char *err, size_t errsize)
 {
-    memset(m, 0, sizeof *m);
     int fd = open(file, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         set_err(err, errsize, file, 0, "cannot read mount list: %s", strerror(errno));
-        return -1;
+        return NULL;
     }
     size_t cap = 4096, len = 0;
     char *buf = malloc(cap);
@@ -330,7 +329,7 @@ int sb_mounts_load(struct sb_mounts *m, const char *file, char *err, size_t errs
         if (!buf) {
             close(fd);
             set_err(err, errsize, file, 0, "out of memory");
-            return -1;
+            return NULL;
         }
         if (len + 1 >= cap) {
             char *nb = realloc(buf, cap * 2);
@@ -350,7 +349,7 @@ int sb_mounts_load(struct sb_mounts *m, const char *file, char *err, size_t errs
             free(buf);
             close(fd);
             set_err(err, errsize, file, 0, "cannot read mount list: %s", strerror(e));
-            return -1;
+            return NULL;
         }
         if (k == 0)
             break;
@@ -361,8 +360,17 @@ int sb_mounts_load(struct sb_mounts *m, const char *file, char *err, size_t errs
     if (memchr(buf, '\0', len)) {
         free(buf);
         set_err(err, errsize, file, 0, "cannot read mount list: binary data (NUL byte)");
-        return -1;
+        return NULL;
     }
+    return buf;
+}
+
+int sb_mounts_load(struct sb_mounts *m, const char *file, char *err, size_t errsize)
+{
+    memset(m, 0, sizeof *m);
+    char *buf = sb_mounts_read(file, err, errsize);
+    if (!buf)
+        return -1;
     int rc = sb_mounts_parse(m, buf, file, err, errsize);
     free(buf);
     return rc;
@@ -488,10 +496,11 @@ int sb_private_attach(struct sb_mounts *m, const char *dir, char *err, size_t er
         set_err(err, errsize, m->file, 0, "private directory %s: %s", dir, strerror(errno));
         return -1;
     }
-    return sb_private_attach_canonical(m, base, err, errsize);
+    return sb_private_attach_canonical(m, base, 1, err, errsize);
 }
 
-int sb_private_attach_canonical(struct sb_mounts *m, const char *base, char *err, size_t errsize)
+int sb_private_attach_canonical(struct sb_mounts *m, const char *base, int make, char *err,
+                                size_t errsize)
 {
     struct stat st;
     for (int i = 0; i < m->n; i++) {
@@ -503,7 +512,7 @@ int sb_private_attach_canonical(struct sb_mounts *m, const char *base, char *err
             set_err(err, errsize, m->file, e->line, "private directory path too long");
             return -1;
         }
-        int rc = (stat(t, &st) == 0 && S_ISDIR(st.st_mode)) ? 0 : mkdir_p(t, 0700);
+        int rc = (!make || (stat(t, &st) == 0 && S_ISDIR(st.st_mode))) ? 0 : mkdir_p(t, 0700);
         if (rc) {
             set_err(err, errsize, m->file, e->line, "cannot make private directory %s: %s",
                     t, strerror(rc));

@@ -634,64 +634,277 @@ void sb_atexit_report(void)
         bypass_guard_leave();
 }
 
+/* ---- the sealed policy ------------------------------------------------------
+ * The run's first process reads the mount list and the settings once and keeps
+ * them, as text, in a sealed memfd.  Every process of the run inherits it (the
+ * agent keeps it open across exec and guarded like the runtime's own
+ * descriptors) and reads its policy from there and from nothing else; the
+ * environment only names the descriptor, and every exec puts the run's values
+ * back.  So neither a changed BYPASS_* variable nor a rewritten mount-list file
+ * can loosen the sandbox of a process of the run. */
+
+#define POLICY_MAGIC "bypass-sandbox-policy 1\n"
+#define POLICY_SEALS (F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE)
+#define POLICY_FD_MIN 900
+
+extern int bypass_fd_register(int *slot) __attribute__((weak));
+
+static int g_policy_fd = -1;
+static char g_mounts_file[PATH_MAX];
+static int g_tamper_said;
+static char g_env_policy[64];
+static char g_env_mounts[PATH_MAX + 32];
+static char g_env_private[PATH_MAX + 32];
+
+static void say_tamper(const char *name, const char *value)
+{
+    if (__atomic_exchange_n(&g_tamper_said, 1, __ATOMIC_ACQ_REL))
+        return;
+    sb_msg("a program set %s=%s; the run's sealed policy is kept", name, value);
+}
+
+static int write_all(int fd, const char *s, size_t n)
+{
+    while (n) {
+        ssize_t k = write(fd, s, n);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return -1;
+        s += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+static void policy_keep(int fd)
+{
+    g_policy_fd = fd;
+    if (bypass_fd_register)
+        bypass_fd_register(&g_policy_fd);
+    snprintf(g_env_policy, sizeof g_env_policy, "%s=%d", SB_ENV_POLICY, fd);
+    snprintf(g_env_mounts, sizeof g_env_mounts, "%s=%s", SB_ENV_MOUNTS, g_mounts_file);
+    snprintf(g_env_private, sizeof g_env_private, "%s=%s", SB_ENV_PRIVATE, g_private);
+}
+
+/* Seal the run's policy: header lines, a blank line, the mount list's text. */
+static int policy_make(const char *text, char *err, size_t errsize)
+{
+    char head[2 * PATH_MAX + 256];
+    int hl = snprintf(head, sizeof head,
+                      POLICY_MAGIC "file=%s\nprivate=%s\nowner=%d\nflags=%d%d%d%d%d\n\n",
+                      g_mounts_file, g_private, (int)g_private_owner, g_erofs, g_allow_static,
+                      g_cleanup, g_quiet, g_cache_on);
+    if (hl < 0 || (size_t)hl >= sizeof head || strchr(g_mounts_file, '\n') ||
+        strchr(g_private, '\n')) {
+        snprintf(err, errsize, "%s:0: error: cannot seal the policy: unusual file names",
+                 g_mounts_file);
+        return -1;
+    }
+    int fd = memfd_create("bypass-sandbox-policy", MFD_ALLOW_SEALING);
+    if (fd < 0 || write_all(fd, head, (size_t)hl) < 0 || write_all(fd, text, strlen(text)) < 0 ||
+        fcntl(fd, F_ADD_SEALS, POLICY_SEALS) < 0) {
+        snprintf(err, errsize, "%s:0: error: cannot seal the policy: %s", g_mounts_file,
+                 strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    int hi = fcntl(fd, F_DUPFD, POLICY_FD_MIN);    /* inherited by every exec of the run */
+    if (hi >= 0) {
+        close(fd);
+        fd = hi;
+    }
+    policy_keep(fd);
+    setenv(SB_ENV_POLICY, g_env_policy + sizeof SB_ENV_POLICY, 1);
+    return 0;
+}
+
+/* The policy text behind fd (malloc'd), if fd is a sealed policy. */
+static char *policy_read(int fd)
+{
+    struct stat st;
+    int seals = fcntl(fd, F_GET_SEALS);
+    if (seals < 0 || (seals & POLICY_SEALS) != POLICY_SEALS || fstat(fd, &st) < 0 ||
+        st.st_size < (off_t)sizeof POLICY_MAGIC || st.st_size > (16 << 20))
+        return NULL;
+    char *text = malloc((size_t)st.st_size + 1);
+    if (!text)
+        return NULL;
+    if (pread(fd, text, (size_t)st.st_size, 0) != st.st_size ||
+        memcmp(text, POLICY_MAGIC, sizeof POLICY_MAGIC - 1) != 0 ||
+        memchr(text, '\0', (size_t)st.st_size)) {
+        free(text);
+        return NULL;
+    }
+    text[st.st_size] = '\0';
+    return text;
+}
+
+/* An inherited policy the environment no longer names. */
+static int policy_find(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return -1;
+    int found = -1;
+    struct dirent *de;
+    while (found < 0 && (de = readdir(d)) != NULL) {
+        char link[300], target[128];
+        snprintf(link, sizeof link, "/proc/self/fd/%s", de->d_name);
+        ssize_t n = readlink(link, target, sizeof target - 1);
+        if (n < 0)
+            continue;
+        target[n] = '\0';
+        if (strncmp(target, "/memfd:bypass-sandbox-policy", 28) == 0) {
+            char *text = policy_read(atoi(de->d_name));
+            if (text)
+                found = atoi(de->d_name);
+            free(text);
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+static const char *policy_field(const char *text, const char *key, char *out, size_t size)
+{
+    size_t kl = strlen(key);
+    for (const char *l = text; *l && *l != '\n'; l = strchr(l, '\n') + 1) {
+        const char *e = strchr(l, '\n');
+        if (!e)
+            break;
+        if ((size_t)(e - l) > kl && memcmp(l, key, kl) == 0 && l[kl] == '=') {
+            snprintf(out, size, "%.*s", (int)(e - l - (long)kl - 1), l + kl + 1);
+            return out;
+        }
+    }
+    out[0] = '\0';
+    return out;
+}
+
+/* Install the policy a process of the run inherited. */
+static int policy_install(int fd, char *text, char *err, size_t errsize)
+{
+    char owner[32], flags[16];
+    policy_field(text, "file", g_mounts_file, sizeof g_mounts_file);
+    policy_field(text, "private", g_private, sizeof g_private);
+    policy_field(text, "owner", owner, sizeof owner);
+    policy_field(text, "flags", flags, sizeof flags);
+    if (strlen(flags) == 5) {
+        g_erofs = flags[0] == '1';
+        g_allow_static = flags[1] == '1';
+        g_cleanup = flags[2] == '1';
+        g_quiet = flags[3] == '1';
+        g_cache_on = flags[4] == '1';
+    }
+    g_settings_read = 1;
+    const char *body = strstr(text, "\n\n");
+    struct sb_mounts m;
+    if (!body || sb_mounts_parse(&m, body + 2, g_mounts_file, err, errsize) < 0)
+        return -1;
+    if (g_private[0] && sb_private_attach_canonical(&m, g_private, 0, err, errsize) < 0) {
+        sb_mounts_free(&m);
+        return -1;
+    }
+    g_private_owner = (pid_t)atoi(owner);
+    if (g_private[0] && g_private_owner == getpid()) {
+        keep_stderr();                  /* the first process of the run, after an exec */
+        atexit(sb_atexit_report);
+    }
+    policy_keep(fd);
+    const char *v = getenv(SB_ENV_MOUNTS);
+    if (v && strcmp(v, g_mounts_file) != 0)
+        say_tamper(SB_ENV_MOUNTS, v);
+    v = getenv(SB_ENV_PRIVATE);
+    if (v && g_private[0] && strcmp(v, g_private) != 0)
+        say_tamper(SB_ENV_PRIVATE, v);
+    sb_install(&m, NULL);
+    return 0;
+}
+
 int sb_init_from_env(char *err, size_t errsize)
 {
     const char *file = getenv(SB_ENV_MOUNTS);
-    if (!file || !*file)
+    const char *named = getenv(SB_ENV_POLICY);
+    if ((!file || !*file) && !named)
         return 0;
     g_pid = getpid();
     pthread_atfork(NULL, NULL, note_fork_child);
-    read_settings();
-    const char *private_env = getenv(SB_ENV_PRIVATE);
-    const char *owner = getenv(SB_ENV_PRIVATE_OWNER);
-    const char *base = getenv(SB_ENV_PRIVATE_BASE);
-    struct sb_mounts m;
-    if (sb_mounts_load(&m, file, err, errsize) < 0)
+
+    int fd = -1;
+    char *text = NULL;
+    if (named && *named) {
+        char *end;
+        long n = strtol(named, &end, 10);
+        if (*end == '\0' && n >= 0 && n < INT_MAX && (text = policy_read((int)n)) != NULL)
+            fd = (int)n;
+    }
+    if (!text && (fd = policy_find()) >= 0 && (text = policy_read(fd)) != NULL)
+        say_tamper(SB_ENV_POLICY, named ? named : "(nothing)");
+    if (text) {
+        int rc = policy_install(fd, text, err, errsize);
+        free(text);
+        return rc;
+    }
+    if (named) {
+        snprintf(err, errsize, "bypass sandbox: the run's sealed policy (%s=%s) is not open in "
+                 "this process; refusing to run without it", SB_ENV_POLICY, named);
         return -1;
+    }
+
+    /* the first process of the run */
+    read_settings();
+    snprintf(g_mounts_file, sizeof g_mounts_file, "%s", file);
+    const char *private_env = getenv(SB_ENV_PRIVATE);
+    if (private_env && *private_env)
+        say_tamper(SB_ENV_PRIVATE, private_env);   /* only the run makes its private directory */
+    const char *base = getenv(SB_ENV_PRIVATE_BASE);
+    text = sb_mounts_read(file, err, errsize);
+    if (!text)
+        return -1;
+    struct sb_mounts m;
+    if (sb_mounts_parse(&m, text, file, err, errsize) < 0) {
+        free(text);
+        return -1;
+    }
     int has_private = 0;
     for (int i = 0; i < m.n; i++)
         if (m.e[i].kind == SB_PRIVATE)
             has_private = 1;
     if (has_private) {
-        const char *dir = private_env;
-        if (dir && *dir) {
-            snprintf(g_private, sizeof g_private, "%s", dir);
-            /* the first process of the run, after an exec: still the owner */
-            if (owner && atoi(owner) == (int)getpid()) {
-                g_private_owner = getpid();
-                keep_stderr();
-                atexit(sb_atexit_report);
-            }
-        } else {
-            if (!base || !*base)
-                base = "/var/tmp";
-            snprintf(g_private, sizeof g_private, "%s/bypass-private-XXXXXX", base);
-            if (!mkdtemp(g_private)) {
-                snprintf(err, errsize, "%s:0: error: cannot make a private directory in %s: %s",
-                         file, base, strerror(errno));
-                g_private[0] = '\0';
-                sb_mounts_free(&m);
-                return -1;
-            }
-            char canon[PATH_MAX];
-            if (realpath(g_private, canon))
-                snprintf(g_private, sizeof g_private, "%s", canon);
-            setenv(SB_ENV_PRIVATE, g_private, 1);
-            char pid[32];
-            snprintf(pid, sizeof pid, "%d", (int)getpid());
-            setenv(SB_ENV_PRIVATE_OWNER, pid, 1);
-            g_private_owner = getpid();
-            keep_stderr();
-            atexit(sb_atexit_report);
+        if (!base || !*base)
+            base = "/var/tmp";
+        snprintf(g_private, sizeof g_private, "%s/bypass-private-XXXXXX", base);
+        if (!mkdtemp(g_private)) {
+            snprintf(err, errsize, "%s:0: error: cannot make a private directory in %s: %s",
+                     file, base, strerror(errno));
+            g_private[0] = '\0';
+            goto fail;
         }
-        /* g_private is canonical: made and resolved here, or by the first process */
-        if (sb_private_attach_canonical(&m, g_private, err, errsize) < 0) {
-            sb_mounts_free(&m);
-            return -1;
-        }
+        /* children that change their uid must still reach the directories below */
+        chmod(g_private, 0711);
+        char canon[PATH_MAX];
+        if (realpath(g_private, canon))
+            snprintf(g_private, sizeof g_private, "%s", canon);
+        setenv(SB_ENV_PRIVATE, g_private, 1);
+        g_private_owner = getpid();
+        keep_stderr();
+        atexit(sb_atexit_report);
+        if (sb_private_attach_canonical(&m, g_private, 1, err, errsize) < 0)
+            goto fail;
+    } else {
+        unsetenv(SB_ENV_PRIVATE);
     }
+    if (policy_make(text, err, errsize) < 0)
+        goto fail;
+    free(text);
     sb_install(&m, NULL);
     return 0;
+fail:
+    free(text);
+    sb_mounts_free(&m);
+    return -1;
 }
 
 void sb_get_stats(struct sb_stats *s)
@@ -1733,24 +1946,68 @@ int sb_name_hidden(int fd, const char *name)
 
 /* ---- environment of children ------------------------------------------------ */
 
-static char g_private_env[PATH_MAX + 32];
-static char g_owner_env[64];
+/* The run's own "NAME=value" when entry sets one of the variables the run fixes. */
+static const char *forced_entry(const char *entry)
+{
+    const char *fixed[3] = { g_env_policy, g_env_mounts, g_private[0] ? g_env_private : NULL };
+    for (int i = 0; i < 3; i++) {
+        if (!fixed[i])
+            continue;
+        size_t nl = strcspn(fixed[i], "=") + 1;
+        if (strncmp(entry, fixed[i], nl) == 0)
+            return fixed[i];
+    }
+    return NULL;
+}
 
 char *const *sb_env_fix(char *const *envp, char **room, size_t n)
 {
-    if (!g_active || !g_private[0] || !envp)
+    if (!g_active || g_policy_fd < 0)
         return envp;
-    static const char key[] = SB_ENV_PRIVATE "=";
-    for (size_t i = 0; i < n; i++)
-        if (strncmp(envp[i], key, sizeof key - 1) == 0)
-            return envp;
-    snprintf(g_private_env, sizeof g_private_env, "%s%s", key, g_private);
-    memcpy(room, envp, n * sizeof *room);
-    room[n++] = g_private_env;
-    if (g_private_owner == getpid()) {
-        snprintf(g_owner_env, sizeof g_owner_env, "%s=%d", SB_ENV_PRIVATE_OWNER, (int)g_private_owner);
-        room[n++] = g_owner_env;
+    /* whatever the program did to the descriptor's flags, the child inherits it */
+    fcntl(g_policy_fd, F_SETFD, 0);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *f = forced_entry(envp[i]);
+        if (!f) {
+            room[k++] = envp[i];
+            continue;
+        }
+        if (strcmp(f, envp[i]) != 0) {
+            size_t nl = strcspn(f, "=");
+            char name[64];
+            snprintf(name, sizeof name, "%.*s", (int)nl, f);
+            say_tamper(name, envp[i] + nl + 1);
+        }
     }
-    room[n] = NULL;
+    room[k++] = g_env_policy;
+    room[k++] = g_env_mounts;
+    if (g_private[0])
+        room[k++] = g_env_private;
+    room[k] = NULL;
     return room;
+}
+
+void sb_environ_fix(void)
+{
+    if (!g_active || g_policy_fd < 0)
+        return;
+    fcntl(g_policy_fd, F_SETFD, 0);
+    char *fixed[3] = { g_env_policy, g_env_mounts, g_private[0] ? g_env_private : NULL };
+    for (int i = 0; i < 3; i++) {
+        if (!fixed[i])
+            continue;
+        size_t nl = strcspn(fixed[i], "=") + 1;
+        char *const *e = environ;
+        while (e && *e && strncmp(*e, fixed[i], nl) != 0)
+            e++;
+        if (e && *e && strcmp(*e, fixed[i]) == 0)
+            continue;
+        if (e && *e) {
+            char name[64];
+            snprintf(name, sizeof name, "%.*s", (int)nl - 1, fixed[i]);
+            say_tamper(name, *e + nl);
+        }
+        putenv(fixed[i]);
+    }
 }

@@ -30,13 +30,13 @@ extern "C" {
 /* Environment variables (documented in README.md). */
 #define SB_ENV_MOUNTS        "BYPASS_MOUNTS"             /* mount list file */
 #define SB_ENV_PRIVATE       "BYPASS_SANDBOX_PRIVATE"    /* private dir of this run (set by the first process) */
-#define SB_ENV_PRIVATE_OWNER "BYPASS_SANDBOX_PRIVATE_OWNER" /* pid of the process that reports it at exit */
 #define SB_ENV_PRIVATE_BASE  "BYPASS_SANDBOX_PRIVATE_BASE" /* where private dirs are made (default /var/tmp) */
 #define SB_ENV_CLEANUP       "BYPASS_SANDBOX_CLEANUP"    /* 1: remove the private dir at exit */
 #define SB_ENV_ALLOW_STATIC  "BYPASS_SANDBOX_ALLOW_STATIC" /* 1: let static executables run */
 #define SB_ENV_ROFS          "BYPASS_SANDBOX_EROFS"      /* 1: writes in read-only places give EROFS, not EACCES */
 #define SB_ENV_CACHE         "BYPASS_SANDBOX_CACHE"      /* 0: no directory cache (see README) */
 #define SB_ENV_QUIET         "BYPASS_SANDBOX_QUIET"      /* 1: do not print the private dir at exit */
+#define SB_ENV_POLICY        "BYPASS_SANDBOX_POLICY"     /* descriptor of the run's sealed policy */
 
 /* Kinds of mount-list entry. */
 enum sb_kind {
@@ -75,6 +75,8 @@ struct sb_mounts {
 int sb_mounts_parse(struct sb_mounts *m, const char *text, const char *file,
                     char *err, size_t errsize);
 int sb_mounts_load(struct sb_mounts *m, const char *file, char *err, size_t errsize);
+/* The text of a mount list file (malloc'd), or NULL with err filled. */
+char *sb_mounts_read(const char *file, char *err, size_t errsize);
 void sb_mounts_free(struct sb_mounts *m);
 
 /* The entry that governs an absolute, normalised virtual path (longest
@@ -91,8 +93,11 @@ int sb_reverse(const struct sb_mounts *m, const char *real, char *out, size_t ou
 
 /* Give PRIVATE entries their directories under dir (made if missing). */
 int sb_private_attach(struct sb_mounts *m, const char *dir, char *err, size_t errsize);
-/* Same, for a directory already known to be canonical (no realpath). */
-int sb_private_attach_canonical(struct sb_mounts *m, const char *dir, char *err, size_t errsize);
+/* Same, for a directory already known to be canonical (no realpath); make: create missing
+ * subdirectories (the run's first process), else only name them (a child, which may run as
+ * a user who cannot even look into them). */
+int sb_private_attach_canonical(struct sb_mounts *m, const char *dir, int make, char *err,
+                                size_t errsize);
 
 /* Lexically normalise an absolute path: collapse "//", ".", ".." and the
  * trailing slash.  Returns 0 or ENAMETOOLONG/EINVAL. */
@@ -218,10 +223,14 @@ int sb_elf_is_static(const char *realpath_);
  * the real program to run.  0 or errno. */
 int sb_find_program(const char *file, struct sb_result *r);
 
-/* An environment for a child: envp plus the private directory's settings
- * when envp lacks them (env -i), built in room (n = entries of envp; room
- * has n + 3 slots).  Returns envp itself when nothing is missing. */
+/* An environment for a child: envp with the run's own BYPASS_MOUNTS,
+ * BYPASS_SANDBOX_POLICY and BYPASS_SANDBOX_PRIVATE in place of whatever the
+ * program put there (one message when it changed them), built in room
+ * (n = entries of envp; room has n + 4 slots).  Keeps the sealed policy's
+ * descriptor open across the exec. */
 char *const *sb_env_fix(char *const *envp, char **room, size_t n);
+/* The same for `environ` itself (system, popen: their spawn is out of sight). */
+void sb_environ_fix(void);
 
 /* Private directory. */
 const char *sb_private_dir(void);

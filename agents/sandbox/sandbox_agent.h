@@ -43,12 +43,12 @@
             return BYPASS_NEXT();                                              \
     } while (0)
 
-/* Give a child's explicit environment the private directory (env -i). */
+/* Give a child the run's own settings, whatever its environment says. */
 #define SB_ENV_FIX(envp)                                                       \
     size_t sb_envn_ = 0;                                                       \
     while ((envp) && (envp)[sb_envn_])                                         \
         sb_envn_++;                                                            \
-    char *sb_envroom_[sb_envn_ + 3];                                           \
+    char *sb_envroom_[sb_envn_ + 4];                                           \
     (envp) = sb_env_fix((envp), sb_envroom_, sb_envn_)
 
 /* What an open() with these flags will do to the file. */

@@ -403,9 +403,14 @@ def test_init_from_env(tmp_path, sblib):
     assert r.returncode == 0, r.stderr
     priv2 = r.stdout.split()[0]
     assert not os.path.exists(priv2) and "kept" not in r.stderr
-    # children of the run reuse the directory named in the environment
-    r = run_driver(lib, {"BYPASS_MOUNTS": str(good), "BYPASS_SANDBOX_PRIVATE": priv})
-    assert r.stdout.split() == [priv, f"{priv}/tmp/x"] and "kept" not in r.stderr
+    # a directory named in the environment is not joined: only the run's sealed policy names
+    # it, and without one this process starts a run of its own
+    r = run_driver(lib, {"BYPASS_MOUNTS": str(good), "BYPASS_SANDBOX_PRIVATE": priv,
+                         "BYPASS_SANDBOX_PRIVATE_BASE": str(base)})
+    assert r.returncode == 0, r.stderr
+    priv3 = r.stdout.split()[0]
+    assert priv3 != priv and priv3.startswith(f"{base}/bypass-private-")
+    assert f"a program set BYPASS_SANDBOX_PRIVATE={priv}; the run's sealed policy is kept" in r.stderr
     # no list: inactive
     r = run_driver(lib, {})
     assert r.returncode == 0 and r.stdout.split() == ["-", "/tmp/x"]
