@@ -232,12 +232,31 @@ def is_static_executable(path: str | os.PathLike[str], _depth: int = 0) -> bool:
     return not name.startswith(("ld-linux", "ld.so", "ld64.so", "ld-musl"))
 
 
-def check_program(command: list[str], env: dict[str, str]) -> None:
-    """Refuse to start a statically linked program under the sandbox (the agent checks every
-    later exec itself; the first program is started by `bypass run`)."""
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version (0: none)."""
+    import ctypes
+
+    numbers = {"x86_64": 444, "aarch64": 444}
+    number = numbers.get(os.uname().machine)
+    if number is None:
+        return 0
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    version = libc.syscall(ctypes.c_long(number), None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    return max(int(version), 0)
+
+
+def check_program(command: list[str], env: dict[str, str]) -> list[str]:
+    """The command `bypass run` starts.  A statically linked first program would never load the
+    agent: with Landlock it is started through a shell that does (the agent installs the ruleset
+    before the exec, and the kernel holds the static program to the list); without, it is
+    refused (the agent checks every later exec itself)."""
     if not command or env.get("BYPASS_SANDBOX_ALLOW_STATIC", "") not in ("", "0"):
-        return
+        return command
     found = command[0] if "/" in command[0] else shutil.which(command[0], path=env.get("PATH"))
-    if found and is_static_executable(found):
-        raise BypassError(f"refusing to run {found}: statically linked, so the sandbox could not see "
-                          "its calls (set BYPASS_SANDBOX_ALLOW_STATIC=1 to run it anyway)")
+    if not found or not is_static_executable(found):
+        return command
+    if env.get("BYPASS_SANDBOX_KERNEL_ENFORCEMENT", "") != "0" and landlock_abi() > 0:
+        return ["/bin/sh", "-c", 'exec "$@"', "sh", *command]
+    raise BypassError(f"refusing to run {found}: statically linked, so the sandbox could not see "
+                      "its calls (set BYPASS_SANDBOX_ALLOW_STATIC=1 to run it anyway)")

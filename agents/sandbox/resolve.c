@@ -41,7 +41,10 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <poll.h>
 #include <pthread.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* Hooks into the Bypass runtime when linked into an agent; absent (NULL) in
@@ -56,6 +59,8 @@ static int g_erofs;
 static int g_allow_static;
 static int g_quiet;
 static int g_cleanup;
+static int g_landlock;                  /* the run is held by a Landlock ruleset */
+static int g_landlock_wanted;
 static pid_t g_private_owner;
 /* A copy of stderr for the report at exit: programs such as coreutils close
  * fd 2 in their own exit handlers, which run before ours. */
@@ -534,7 +539,12 @@ static void read_settings(void)
     g_erofs = env_true(SB_ENV_ROFS);
     g_allow_static = env_true(SB_ENV_ALLOW_STATIC);
     g_quiet = env_true(SB_ENV_QUIET);
-    g_cleanup = env_true(SB_ENV_CLEANUP);
+    const char *cl = getenv(SB_ENV_CLEANUP);
+    g_cleanup = !env_true(SB_ENV_KEEP_PRIVATE) && !env_true(SB_ENV_QUIET) &&
+                !(cl && strcmp(cl, "0") == 0);
+    const char *kv = getenv(SB_ENV_KERNEL);
+    g_landlock_wanted = !(kv && strcmp(kv, "0") == 0);
+    g_landlock = 0;                     /* until kernel_enforce installs it */
     g_settings_read = 1;
 }
 
@@ -616,12 +626,8 @@ static int rm_tree(const char *path)
     return rc;
 }
 
-void sb_atexit_report(void)
+static void private_end(void)
 {
-    if (!g_private[0] || getpid() != g_private_owner)
-        return;
-    if (bypass_guard_enter)
-        bypass_guard_enter();
     if (g_cleanup) {
         int rc = rm_tree(g_private);
         if (rc)
@@ -630,8 +636,53 @@ void sb_atexit_report(void)
     } else if (!g_quiet) {
         sb_msg_to(report_fd(), "private directory kept: %s", g_private);
     }
+}
+
+void sb_atexit_report(void)
+{
+    if (!g_private[0] || getpid() != g_private_owner)
+        return;
+    if (bypass_guard_enter)
+        bypass_guard_enter();
+    private_end();
     if (bypass_guard_leave)
         bypass_guard_leave();
+}
+
+/* The run's first process owns the end of its private directory, however it
+ * ends (_exit, a signal) and although its Landlock domain will not let it
+ * remove the directory: a helper started before the ruleset, in a session of
+ * its own and not a child of the program's (double fork), waits for the
+ * process to exit and then removes or reports the directory.  0 if started. */
+static int start_watcher(void)
+{
+    int pfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+    if (pfd < 0)
+        return -1;
+    pid_t mid = fork();
+    if (mid == 0) {
+        if (fork() != 0)
+            _exit(0);
+        setsid();
+        int ef = g_errfd >= 0 ? g_errfd : pfd;
+        int keep[2] = { pfd < ef ? pfd : ef, pfd < ef ? ef : pfd };
+        if (keep[0] > 0)
+            syscall(SYS_close_range, 0, keep[0] - 1, 0);
+        if (keep[1] > keep[0] + 1)
+            syscall(SYS_close_range, keep[0] + 1, keep[1] - 1, 0);
+        syscall(SYS_close_range, keep[1] + 1, ~0U, 0);
+        struct pollfd pl = { .fd = pfd, .events = POLLIN };
+        while (poll(&pl, 1, -1) < 0 && errno == EINTR)
+            ;
+        private_end();
+        _exit(0);
+    }
+    close(pfd);
+    if (mid < 0)
+        return -1;
+    while (waitpid(mid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    return 0;
 }
 
 /* ---- the sealed policy ------------------------------------------------------
@@ -692,9 +743,9 @@ static int policy_make(const char *text, char *err, size_t errsize)
 {
     char head[2 * PATH_MAX + 256];
     int hl = snprintf(head, sizeof head,
-                      POLICY_MAGIC "file=%s\nprivate=%s\nowner=%d\nflags=%d%d%d%d%d\n\n",
+                      POLICY_MAGIC "file=%s\nprivate=%s\nowner=%d\nflags=%d%d%d%d%d%d\n\n",
                       g_mounts_file, g_private, (int)g_private_owner, g_erofs, g_allow_static,
-                      g_cleanup, g_quiet, g_cache_on);
+                      g_cleanup, g_quiet, g_cache_on, g_landlock);
     if (hl < 0 || (size_t)hl >= sizeof head || strchr(g_mounts_file, '\n') ||
         strchr(g_private, '\n')) {
         snprintf(err, errsize, "%s:0: error: cannot seal the policy: unusual file names",
@@ -791,12 +842,13 @@ static int policy_install(int fd, char *text, char *err, size_t errsize)
     policy_field(text, "private", g_private, sizeof g_private);
     policy_field(text, "owner", owner, sizeof owner);
     policy_field(text, "flags", flags, sizeof flags);
-    if (strlen(flags) == 5) {
+    if (strlen(flags) == 6) {
         g_erofs = flags[0] == '1';
         g_allow_static = flags[1] == '1';
         g_cleanup = flags[2] == '1';
         g_quiet = flags[3] == '1';
         g_cache_on = flags[4] == '1';
+        g_landlock = flags[5] == '1';
     }
     g_settings_read = 1;
     const char *body = strstr(text, "\n\n");
@@ -821,6 +873,24 @@ static int policy_install(int fd, char *text, char *err, size_t errsize)
         say_tamper(SB_ENV_PRIVATE, v);
     sb_install(&m, NULL);
     return 0;
+}
+
+/* Hold the run to the list with Landlock too; say what that cannot do. */
+static void kernel_enforce(const struct sb_mounts *m)
+{
+    char inexact[1024];
+    int rc = sb_landlock_install(m, inexact, sizeof inexact);
+    g_landlock = rc == 0;
+    if (rc == ENOSYS || rc == EOPNOTSUPP)
+        sb_msg("Landlock is not available here (%s): the list is enforced by the preload "
+               "layer only, which raw system calls and static programs bypass", strerror(rc));
+    else if (rc)
+        sb_msg("could not install the Landlock ruleset (%s): the list is enforced by the "
+               "preload layer only", strerror(rc));
+    else if (inexact[0])
+        sb_msg("Landlock holds the list except in %s (a narrower line below): there names "
+               "can be listed, nothing created or removed directly, and entries made later "
+               "get no access", inexact);
 }
 
 int sb_init_from_env(char *err, size_t errsize)
@@ -888,14 +958,18 @@ int sb_init_from_env(char *err, size_t errsize)
         if (realpath(g_private, canon))
             snprintf(g_private, sizeof g_private, "%s", canon);
         setenv(SB_ENV_PRIVATE, g_private, 1);
-        g_private_owner = getpid();
         keep_stderr();
-        atexit(sb_atexit_report);
         if (sb_private_attach_canonical(&m, g_private, 1, err, errsize) < 0)
             goto fail;
+        if (start_watcher() < 0) {
+            g_private_owner = getpid();         /* no helper: the exit handler does what it can */
+            atexit(sb_atexit_report);
+        }
     } else {
         unsetenv(SB_ENV_PRIVATE);
     }
+    if (g_landlock_wanted)
+        kernel_enforce(&m);
     if (policy_make(text, err, errsize) < 0)
         goto fail;
     free(text);
@@ -1862,6 +1936,12 @@ int sb_exec_check(const char *realpath_, const char *vpath)
     }
     if (st != 1 || g_allow_static)
         return 0;
+    if (g_landlock) {
+        /* the kernel holds it to the list's rights; only remapping is lost */
+        sb_msg("%s is statically linked: the Landlock ruleset holds it to the list, but it sees "
+               "real paths (no remapping, no private directory)", vpath ? vpath : realpath_);
+        return 0;
+    }
     if (why[0])
         sb_msg("refusing to run %s: its interpreter %s is statically linked, so this "
                "LD_PRELOAD sandbox could not see its calls (set %s=1 to run it anyway)",

@@ -31,12 +31,14 @@ extern "C" {
 #define SB_ENV_MOUNTS        "BYPASS_MOUNTS"             /* mount list file */
 #define SB_ENV_PRIVATE       "BYPASS_SANDBOX_PRIVATE"    /* private dir of this run (set by the first process) */
 #define SB_ENV_PRIVATE_BASE  "BYPASS_SANDBOX_PRIVATE_BASE" /* where private dirs are made (default /var/tmp) */
-#define SB_ENV_CLEANUP       "BYPASS_SANDBOX_CLEANUP"    /* 1: remove the private dir at exit */
+#define SB_ENV_CLEANUP       "BYPASS_SANDBOX_CLEANUP"    /* 0: keep the private dir (as KEEP_PRIVATE=1) */
+#define SB_ENV_KEEP_PRIVATE  "BYPASS_SANDBOX_KEEP_PRIVATE" /* 1: keep the private dir and say where */
 #define SB_ENV_ALLOW_STATIC  "BYPASS_SANDBOX_ALLOW_STATIC" /* 1: let static executables run */
 #define SB_ENV_ROFS          "BYPASS_SANDBOX_EROFS"      /* 1: writes in read-only places give EROFS, not EACCES */
 #define SB_ENV_CACHE         "BYPASS_SANDBOX_CACHE"      /* 0: no directory cache (see README) */
 #define SB_ENV_QUIET         "BYPASS_SANDBOX_QUIET"      /* 1: do not print the private dir at exit */
 #define SB_ENV_POLICY        "BYPASS_SANDBOX_POLICY"     /* descriptor of the run's sealed policy */
+#define SB_ENV_KERNEL        "BYPASS_SANDBOX_KERNEL_ENFORCEMENT" /* 0: no Landlock ruleset */
 
 /* Kinds of mount-list entry. */
 enum sb_kind {
@@ -102,6 +104,15 @@ int sb_private_attach_canonical(struct sb_mounts *m, const char *dir, int make, 
 /* Lexically normalise an absolute path: collapse "//", ".", ".." and the
  * trailing slash.  Returns 0 or ENAMETOOLONG/EINVAL. */
 int sb_normalise(const char *in, char *out, size_t outsize);
+
+/* ---- kernel enforcement (landlock.c) ---------------------------------------- */
+
+/* Landlock ABI version of the kernel, or -errno. */
+int sb_landlock_abi(void);
+/* Restrict this process and all it starts to the list (real paths, after
+ * sb_private_attach).  0, or an errno.  `inexact` receives the directories
+ * the ruleset could not express exactly (comma separated; "" when none). */
+int sb_landlock_install(const struct sb_mounts *m, char *inexact, size_t inexact_size);
 
 /* ---- global state and operations (resolve.c) ------------------------------ */
 

@@ -58,7 +58,7 @@ AT_FDCWD = -100
 def build_library(out_dir: Path) -> Path:
     lib = out_dir / "libsandbox_test.so"
     cmd = ["gcc", "-Wall", "-Wextra", "-Werror", "-O2", "-g", "-fPIC", "-shared",
-           "-o", str(lib), str(SANDBOX / "mounts.c"), str(SANDBOX / "resolve.c")]
+           "-o", str(lib), str(SANDBOX / "mounts.c"), str(SANDBOX / "resolve.c"), str(SANDBOX / "landlock.c")]
     subprocess.run(cmd, check=True)
     return lib
 
