@@ -193,3 +193,64 @@ def test_bypass_run_starts_a_static_first_program_held(agent, work, escape):
                         str(work / "mounts.txt"), "--", str(escape / "static"), "raw",
                         *raw_args(work)], env=env, capture_output=True, text=True, timeout=60)
     held(work, p)
+
+
+# ---------------------------------------------------------------- through the preload layer
+
+def test_posix_spawn_file_actions_go_through_the_policy(agent, work):
+    code = textwrap.dedent(f"""
+        import os
+        def spawn(path, flags):
+            try:
+                pid = os.posix_spawn("/bin/cat", ["cat"], os.environ,
+                                     file_actions=[(os.POSIX_SPAWN_OPEN, 0, path, flags, 0o644)])
+                os.waitpid(pid, 0)
+                return "spawned"
+            except OSError as e:
+                return e.strerror
+        print(spawn("{work}/deny/secret", os.O_RDONLY))
+        print(spawn("{work}/ro/f", os.O_WRONLY | os.O_TRUNC))
+        pid = os.posix_spawn("/bin/sh", ["sh", "-c", "echo in-private"], os.environ,
+                             file_actions=[(os.POSIX_SPAWN_OPEN, 1, "/tmp/spawned",
+                                            os.O_WRONLY | os.O_CREAT, 0o644)])
+        os.waitpid(pid, 0)
+        print(open("/tmp/spawned").read().strip())
+    """)
+    p = run(agent, work, [PY, "-c", code])
+    assert p.stdout.split("\n")[:3] == ["Permission denied", "Permission denied", "in-private"], \
+        p.stdout + p.stderr
+    assert (work / "ro/f").read_text() == "original\n"
+    assert not os.path.exists("/tmp/spawned")
+
+
+def test_descriptor_metadata_changes_in_read_only_places_are_refused(agent, work):
+    """Landlock has no right for chmod, chown, utimes or xattrs: the preload layer holds them."""
+    code = textwrap.dedent(f"""
+        import os
+        fd = os.open("{work}/ro/f", os.O_RDONLY)
+        out = []
+        for name, call in [("fchmod", lambda: os.chmod(fd, 0o600)),
+                           ("fchown", lambda: os.chown(fd, 0, 0)),
+                           ("futimens", lambda: os.utime(fd, (1, 1))),
+                           ("fsetxattr", lambda: os.setxattr(fd, "user.x", b"1")),
+                           ("fremovexattr", lambda: os.removexattr(fd, "user.x"))]:
+            try:
+                call()
+                out.append(name + " ok")
+            except OSError as e:
+                out.append(name + " " + e.strerror)
+        w = os.open("{work}/out/new", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.chmod(w, 0o600)
+        os.utime(w, (1, 1))
+        r, _ = os.pipe()
+        os.chmod(r, 0o600)                # a pipe is no place: as natively
+        print("; ".join(out))
+    """)
+    before = os.stat(work / "ro/f")
+    p = run(agent, work, [PY, "-c", code])
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "; ".join(
+        f"{n} Permission denied" for n in ("fchmod", "fchown", "futimens", "fsetxattr", "fremovexattr"))
+    after = os.stat(work / "ro/f")
+    assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
+    assert os.stat(work / "out/new").st_mode & 0o777 == 0o600
