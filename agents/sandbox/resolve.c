@@ -1953,6 +1953,39 @@ int sb_exec_check(const char *realpath_, const char *vpath)
     return EACCES;
 }
 
+int sb_loader_check(const char *program, char *const *argv)
+{
+    if (!g_active || !argv || !argv[0] || !is_loader_name(program))
+        return 0;
+    /* ld.so [OPTION]... PROGRAM: the loader maps PROGRAM itself, out of exec's sight (and of
+     * Landlock's EXECUTE right), so PROGRAM needs x here */
+    static const char *const with_value[] = {
+        "--library-path", "--inhibit-rpath", "--audit", "--preload", "--argv0",
+        "--glibc-hwcaps-prepend", "--glibc-hwcaps-mask", NULL,
+    };
+    for (size_t i = 1; argv[i]; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--") == 0)
+            a = argv[++i];
+        else if (strncmp(a, "--", 2) == 0) {
+            for (size_t k = 0; with_value[k]; k++)
+                if (strcmp(a, with_value[k]) == 0 && argv[i + 1])
+                    i++;
+            continue;
+        }
+        if (!a)
+            return 0;
+        struct sb_result r;
+        int e = sb_resolve(SB_OP_EXEC, AT_FDCWD, a, 0, &r);
+        if (!e)
+            e = sb_exec_check(r.rpath, a);
+        if (e)
+            sb_msg("refusing to run %s through the loader %s: %s", a, program, strerror(e));
+        return e;
+    }
+    return 0;
+}
+
 int sb_find_program(const char *file, struct sb_result *r)
 {
     if (!file || !*file)

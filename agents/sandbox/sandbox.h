@@ -229,6 +229,10 @@ int sb_exec_check(const char *realpath_, const char *vpath);
 /* 1 static ELF, 0 dynamic or not ELF, -1 unreadable. Follows "#!" once. */
 int sb_elf_is_static(const char *realpath_);
 
+/* The loader run as a program (ld.so [OPTION]... PROGRAM): PROGRAM must be
+ * allowed to run too.  0 or errno (with a message). */
+int sb_loader_check(const char *program, char *const *argv);
+
 /* execvp/posix_spawnp: find `file` the way execvp would (PATH search when it
  * has no slash), checking each candidate against the mount list; r->rpath is
  * the real program to run.  0 or errno. */

@@ -254,3 +254,26 @@ def test_descriptor_metadata_changes_in_read_only_places_are_refused(agent, work
     after = os.stat(work / "ro/f")
     assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
     assert os.stat(work / "out/new").st_mode & 0o777 == 0o600
+
+
+def test_a_program_run_through_the_loader_needs_x(agent, work):
+    """The loader maps the program itself: neither exec nor Landlock's EXECUTE sees it."""
+    (work / "nox").mkdir()
+    shutil.copy("/bin/cat", work / "nox/cat")
+    (work / "mounts.txt").write_text((work / "mounts.txt").read_text() + f"{work}/nox r\n")
+    p = run(agent, work, f"{LOADER} {work}/nox/cat /etc/hostname; echo rc=$?; "
+                         f"{LOADER} --argv0 x -- {work}/nox/cat /etc/hostname; echo rc=$?; "
+                         f"{work}/nox/cat /etc/hostname; echo rc=$?; "
+                         f"{LOADER} /bin/cat {work}/out/../ro/f")
+    assert p.stdout.split("\n") == ["rc=126", "rc=126", "rc=126", "original", ""], p.stdout + p.stderr
+    assert f"refusing to run {work}/nox/cat through the loader" in p.stderr
+
+
+def test_a_relative_interpreter_is_checked(agent, work):
+    """#!../deny/sh is found from the cwd, as the kernel finds it."""
+    shutil.copy("/bin/sh", work / "deny/sh")
+    (work / "out/script").write_text("#!../deny/sh\necho script-ran\n")
+    (work / "out/script").chmod(0o755)
+    p = run(agent, work, "./script; echo rc=$?", cwd=work / "out")
+    assert "script-ran" not in p.stdout and "rc=126" in p.stdout, p.stdout + p.stderr
+    assert "its interpreter ../deny/sh is not allowed to run here" in p.stderr
