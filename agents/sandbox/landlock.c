@@ -19,6 +19,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <linux/landlock.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -189,11 +190,11 @@ int sb_landlock_install(const struct sb_mounts *m, char *inexact, size_t inexact
     if (abi >= 5)
         handled |= LANDLOCK_ACCESS_FS_IOCTL_DEV;
 
-    struct want w[m->n];
+    struct want *w = NULL;
+    int n = 0, cap = 0, rc = 0, note_inexact_glob = 0;
     char (*reals)[PATH_MAX] = malloc((size_t)m->n * PATH_MAX);
     if (!reals)
         return ENOMEM;
-    int n = 0;
     for (int i = 0; i < m->n; i++) {
         const struct sb_entry *e = &m->e[i];
         const char *real = e->prefix;
@@ -208,7 +209,7 @@ int sb_landlock_install(const struct sb_mounts *m, char *inexact, size_t inexact
                     (!up || o->plen >= up->plen))
                     up = o;
             }
-            if (up && sb_lookup(m, e->prefix) == e &&
+            if (up && !e->glob && sb_lookup(m, e->prefix) == e &&
                 sb_translate(up, e->prefix, reals[i], PATH_MAX) == 0)
                 real = reals[i];
         }
@@ -226,24 +227,51 @@ int sb_landlock_install(const struct sb_mounts *m, char *inexact, size_t inexact
         default:                        /* DENY, ENOENT */
             break;
         }
-        /* later lines for the same real place replace earlier ones */
-        int j = 0;
-        while (j < n && strcmp(w[j].path, real) != 0)
-            j++;
-        w[j].path = real;
-        w[j].len = strlen(real);
-        w[j].rights = r;
-        /* the implicit device lines only add (executing a device is refused anyway) */
-        w[j].restricts = e->line > 0 || e->plen == 1;
-        if (j == n)
-            n++;
+        /* a glob line holds the names that match at the start */
+        glob_t g = { 0 };
+        size_t count = 1;
+        if (e->glob) {
+            if (glob(e->prefix, GLOB_NOSORT, NULL, &g) != 0) {
+                globfree(&g);
+                continue;
+            }
+            count = g.gl_pathc;
+            note_inexact_glob = 1;
+        }
+        for (size_t k = 0; k < count; k++) {
+            const char *place = e->glob ? g.gl_pathv[k] : real;
+            /* later lines for the same real place replace earlier ones */
+            int j = 0;
+            while (j < n && strcmp(w[j].path, place) != 0)
+                j++;
+            if (j == n) {
+                if (n == cap) {
+                    cap = cap ? 2 * cap : 32;
+                    struct want *nw = realloc(w, (size_t)cap * sizeof *w);
+                    if (!nw)
+                        continue;
+                    w = nw;
+                }
+                w[j].path = strdup(place);
+                if (!w[j].path)
+                    continue;
+                n++;
+            }
+            w[j].len = strlen(w[j].path);
+            w[j].rights = r;
+            /* the implicit device lines only add (executing a device is refused anyway) */
+            w[j].restricts = e->line > 0 || e->plen == 1;
+        }
+        if (e->glob)
+            globfree(&g);
     }
+    free(reals);
 
     struct landlock_ruleset_attr attr = { .handled_access_fs = handled };
     int rs = (int)syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0);
     if (rs < 0) {
-        free(reals);
-        return errno;
+        rc = errno;
+        goto out;
     }
     struct ll ll = { rs, handled, w, n, inexact, inexact_size, 0, 0 };
     if (inexact_size)
@@ -252,12 +280,17 @@ int sb_landlock_install(const struct sb_mounts *m, char *inexact, size_t inexact
     for (int i = 0; i < n; i++)
         if (w[i].len > 1 && w[i].rights)
             grant(&ll, w[i].path, w[i].rights, 0);
-    int rc = ll.failed;
+    if (note_inexact_glob)
+        note_inexact(&ll, "names a glob line matches later");
+    rc = ll.failed;
     if (!rc && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         rc = errno;
     if (!rc && syscall(SYS_landlock_restrict_self, rs, 0) < 0)
         rc = errno;
     close(rs);
-    free(reals);
+out:
+    for (int i = 0; i < n; i++)
+        free((char *)w[i].path);
+    free(w);
     return rc;
 }

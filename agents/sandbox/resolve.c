@@ -938,6 +938,10 @@ int sb_init_from_env(char *err, size_t errsize)
         free(text);
         return -1;
     }
+    char differs[1024];
+    if (sb_mounts_parrot_differs(&m, differs, sizeof differs))
+        sb_msg("%s: where Parrot would let a later, shorter line win, the longer prefix decides "
+               "here: %s", file, differs);
     int has_private = 0;
     for (int i = 0; i < m.n; i++)
         if (m.e[i].kind == SB_PRIVATE)
@@ -1055,18 +1059,25 @@ static void plen_bits_prepare(void)
     }
 }
 
-/* Latest entry whose prefix is exactly v[0..vl) ("" = "/"). */
+static int g_has_globs;
+
+/* Latest entry whose prefix is exactly v[0..vl) ("" = "/"; v[vl] is '\0'). */
 static const struct sb_entry *exact_entry(const char *v, size_t vl)
 {
     const struct sb_entry *best = NULL;
     size_t want = vl ? vl : 1;
-    if (vl) {
+    if (vl && !g_has_globs) {
         unsigned k = plen_key(v, vl);
         if (!(g_plen_bits[k / 64] & (1ULL << (k % 64))))
             return NULL;
     }
     for (int i = 0; i < g_m.n; i++) {
         const struct sb_entry *e = &g_m.e[i];
+        if (e->glob) {
+            if (vl && sb_entry_covers(e, v) == vl)
+                best = e;
+            continue;
+        }
         if (e->plen != want)
             continue;
         if (vl == 0 ? e->prefix[0] == '/' : memcmp(e->prefix, v, vl) == 0)
@@ -1080,6 +1091,8 @@ static int has_nested(const char *v, size_t vl)
 {
     for (int i = 0; i < g_m.n; i++) {
         const struct sb_entry *e = &g_m.e[i];
+        if (e->glob)
+            return 1;                   /* may match below: look, do not guess */
         if (e->plen > vl && (vl == 0 || (memcmp(e->prefix, v, vl) == 0 && e->prefix[vl] == '/')))
             return 1;
     }
@@ -1133,9 +1146,13 @@ static void root_prepare(void)
     g_root_e = NULL;
     plen_bits_prepare();
     g_hides_names = 0;
-    for (int i = 0; i < g_m.n; i++)
+    g_has_globs = 0;
+    for (int i = 0; i < g_m.n; i++) {
         if (g_m.e[i].kind == SB_ENOENT)
             g_hides_names = 1;
+        if (g_m.e[i].glob)
+            g_has_globs = 1;
+    }
     w.vl = 0;
     if (walk_refresh(&w) == 0) {
         memcpy(g_root_r, w.r, w.rl + 1);
@@ -2047,6 +2064,11 @@ int sb_name_hidden(int fd, const char *name)
         return 0;
     size_t dl = strcmp(dir, "/") == 0 ? 0 : strlen(dir);
     size_t nl = strlen(name);
+    if (g_has_globs) {
+        char full[PATH_MAX];
+        if ((size_t)snprintf(full, sizeof full, "%.*s/%s", (int)dl, dir, name) < sizeof full)
+            return sb_lookup(&g_m, full)->kind == SB_ENOENT && sb_lookup(&g_m, dir)->kind != SB_ENOENT;
+    }
     for (int i = g_m.n - 1; i >= 0; i--) {
         const struct sb_entry *e = &g_m.e[i];
         if (e->plen != dl + 1 + nl || memcmp(e->prefix, dir, dl) != 0 || e->prefix[dl] != '/' ||

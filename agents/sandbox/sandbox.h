@@ -62,6 +62,8 @@ struct sb_entry {
     int kind;
     int mode;           /* SB_R|SB_W|SB_X */
     int line;           /* line in the mount list (0: implicit) */
+    int glob;           /* prefix has *, ? or [ : matched component by component with
+                           fnmatch, as Parrot does (DENY, ENOENT and modes only) */
 };
 
 struct sb_mounts {
@@ -85,6 +87,15 @@ void sb_mounts_free(struct sb_mounts *m);
  * matching prefix; for equal prefixes the later line).  Never NULL once
  * a list is installed: an implicit "/ rwx" entry backs every list. */
 const struct sb_entry *sb_lookup(const struct sb_mounts *m, const char *vpath);
+
+/* Length of the part of vpath an entry's prefix covers (glob entries match
+ * as many components as they have), or 0 if it does not cover it. */
+size_t sb_entry_covers(const struct sb_entry *e, const char *vpath);
+
+/* Where Parrot, which lets the later of two covering lines win, would decide
+ * differently from the longest prefix: "line 3 (/home) over line 5 (/), ..."
+ * in out ("" when nowhere).  Returns the number of such pairs. */
+int sb_mounts_parrot_differs(const struct sb_mounts *m, char *out, size_t outsize);
 
 /* Real path for a virtual path under entry e.  Returns 0 or ENAMETOOLONG. */
 int sb_translate(const struct sb_entry *e, const char *vpath, char *out, size_t outsize);

@@ -11,7 +11,7 @@ SANDBOX = ROOT / "agents" / "sandbox"
 PATH_MAX = 4096
 
 CDEF = """
-struct sb_entry { char *prefix; size_t plen; char *target; size_t tlen; int kind; int mode; int line; };
+struct sb_entry { char *prefix; size_t plen; char *target; size_t tlen; int kind; int mode; int line; int glob; };
 struct sb_mounts { struct sb_entry *e; int n; char file[4096]; };
 struct sb_result { int err; const struct sb_entry *entry; int magic; int is_link; int rel_ok;
                    char vpath[8192]; char rpath[8192]; };
@@ -20,6 +20,7 @@ int sb_mounts_parse(struct sb_mounts *m, const char *text, const char *file, cha
 int sb_mounts_load(struct sb_mounts *m, const char *file, char *err, size_t errsize);
 void sb_mounts_free(struct sb_mounts *m);
 const struct sb_entry *sb_lookup(const struct sb_mounts *m, const char *vpath);
+int sb_mounts_parrot_differs(const struct sb_mounts *m, char *out, size_t outsize);
 int sb_translate(const struct sb_entry *e, const char *vpath, char *out, size_t outsize);
 int sb_reverse(const struct sb_mounts *m, const char *real, char *out, size_t outsize);
 int sb_private_attach(struct sb_mounts *m, const char *dir, char *err, size_t errsize);

@@ -543,3 +543,25 @@ def test_library_calls_and_threads(agent, work):
     assert out["threads"] == "0 0 0 0"
     assert out["execlp-deny"] == "Permission denied"
     assert "ran-secret" not in p.stdout
+
+
+# ---------------------------------------------------------------- Parrot's mount lists
+
+def test_a_parrot_mount_list_is_read_as_parrot_reads_it(agent, work):
+    """Parrot's manual style (upper-case modes, lower-case keywords) and a glob prefix, which
+    Parrot matches with fnmatch: the DENY holds, for names made later too; where Parrot would
+    let a later line win, the start says so, naming the lines."""
+    (work / "out/secA").write_text("needle A\n")
+    (work / "out/public").write_text("public\n")
+    (work / "parrot.txt").write_text(f"/ RX\n/tmp private\n{work}/deny deny\n{work}/out RWX\n"
+                                     f"{work}/out/sec* DENY\n{work}/out/pub R\n{work} rx\n")
+    p = run(agent, work, f"cat out/secA out/public; echo later > out/secB; cat out/secB; "
+                         f"{PY} -c \"import os; os.read(os.open('out/secA', 0), 9)\"",
+            BYPASS_MOUNTS=str(work / "parrot.txt"))
+    assert "needle" not in p.stdout and "later" not in p.stdout, p.stdout
+    assert p.stdout == "public\n", p.stdout + p.stderr
+    assert not (work / "out/secB").exists()
+    assert p.stderr.count("Permission denied") >= 3, p.stderr
+    assert (f"{work}/parrot.txt: where Parrot would let a later, shorter line win, the longer "
+            f"prefix decides here: line 3 ({work}/deny) over line 7 ({work}), "
+            f"line 4 ({work}/out) over line 7 ({work})") in p.stderr
