@@ -177,7 +177,34 @@ int sb_landlock_abi(void)
     return v < 0 ? -errno : (int)v;
 }
 
-int sb_landlock_install(const struct sb_mounts *m, char *inexact, size_t inexact_size)
+/* Want `place` with rights r; a later want for the same place replaces an earlier one. */
+static void want_put(struct want **w, int *n, int *cap, const char *place, uint64_t r,
+                     int restricts)
+{
+    int j = 0;
+    while (j < *n && strcmp((*w)[j].path, place) != 0)
+        j++;
+    if (j == *n) {
+        if (*n == *cap) {
+            int nc = *cap ? 2 * *cap : 32;
+            struct want *nw = realloc(*w, (size_t)nc * sizeof *nw);
+            if (!nw)
+                return;
+            *w = nw;
+            *cap = nc;
+        }
+        (*w)[j].path = strdup(place);
+        if (!(*w)[j].path)
+            return;
+        (*n)++;
+    }
+    (*w)[j].len = strlen((*w)[j].path);
+    (*w)[j].rights = r;
+    (*w)[j].restricts = restricts;
+}
+
+int sb_landlock_install(const struct sb_mounts *m, const char *private_dir, char *inexact,
+                        size_t inexact_size)
 {
     int abi = sb_landlock_abi();
     if (abi < 0)
@@ -238,34 +265,29 @@ int sb_landlock_install(const struct sb_mounts *m, char *inexact, size_t inexact
             count = g.gl_pathc;
             note_inexact_glob = 1;
         }
-        for (size_t k = 0; k < count; k++) {
-            const char *place = e->glob ? g.gl_pathv[k] : real;
-            /* later lines for the same real place replace earlier ones */
-            int j = 0;
-            while (j < n && strcmp(w[j].path, place) != 0)
-                j++;
-            if (j == n) {
-                if (n == cap) {
-                    cap = cap ? 2 * cap : 32;
-                    struct want *nw = realloc(w, (size_t)cap * sizeof *w);
-                    if (!nw)
-                        continue;
-                    w = nw;
-                }
-                w[j].path = strdup(place);
-                if (!w[j].path)
-                    continue;
-                n++;
-            }
-            w[j].len = strlen(w[j].path);
-            w[j].rights = r;
-            /* the implicit device lines only add (executing a device is refused anyway) */
-            w[j].restricts = e->line > 0 || e->plen == 1;
-        }
+        /* the implicit device lines only add (executing a device is refused anyway) */
+        for (size_t k = 0; k < count; k++)
+            want_put(&w, &n, &cap, e->glob ? g.gl_pathv[k] : real, r, e->line > 0 || e->plen == 1);
         if (e->glob)
             globfree(&g);
     }
     free(reals);
+    if (private_dir && *private_dir) {
+        /* other runs' private directories beside this one's: no access, whatever the list
+         * grants around them (those made later get none anyway: see note_inexact) */
+        char pat[PATH_MAX];
+        const char *slash = strrchr(private_dir, '/');
+        glob_t g = { 0 };
+        if (slash && (size_t)snprintf(pat, sizeof pat, "%.*s/bypass-private-*",
+                                      (int)(slash - private_dir), private_dir) < sizeof pat &&
+            glob(pat, GLOB_NOSORT, NULL, &g) == 0) {
+            for (size_t k = 0; k < g.gl_pathc; k++)
+                if (strcmp(g.gl_pathv[k], private_dir) != 0)
+                    want_put(&w, &n, &cap, g.gl_pathv[k], 0, 1);
+        }
+        globfree(&g);
+        want_put(&w, &n, &cap, private_dir, 0, 1);
+    }
 
     struct landlock_ruleset_attr attr = { .handled_access_fs = handled };
     int rs = (int)syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0);

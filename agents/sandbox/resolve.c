@@ -879,7 +879,7 @@ static int policy_install(int fd, char *text, char *err, size_t errsize)
 static void kernel_enforce(const struct sb_mounts *m)
 {
     char inexact[1024];
-    int rc = sb_landlock_install(m, inexact, sizeof inexact);
+    int rc = sb_landlock_install(m, g_private, inexact, sizeof inexact);
     g_landlock = rc == 0;
     if (rc == ENOSYS || rc == EOPNOTSUPP)
         sb_msg("Landlock is not available here (%s): the list is enforced by the preload "

@@ -121,9 +121,12 @@ int sb_normalise(const char *in, char *out, size_t outsize);
 /* Landlock ABI version of the kernel, or -errno. */
 int sb_landlock_abi(void);
 /* Restrict this process and all it starts to the list (real paths, after
- * sb_private_attach).  0, or an errno.  `inexact` receives the directories
- * the ruleset could not express exactly (comma separated; "" when none). */
-int sb_landlock_install(const struct sb_mounts *m, char *inexact, size_t inexact_size);
+ * sb_private_attach); private_dir (or NULL): this run's, whose sibling
+ * private directories of other runs get no access.  0, or an errno.
+ * `inexact` receives the directories the ruleset could not express exactly
+ * (comma separated; "" when none). */
+int sb_landlock_install(const struct sb_mounts *m, const char *private_dir, char *inexact,
+                        size_t inexact_size);
 
 /* ---- global state and operations (resolve.c) ------------------------------ */
 

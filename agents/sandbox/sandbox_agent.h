@@ -12,9 +12,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 
 /* Resolve `var` (a path parameter of the action) for operation `op` and
  * replace it with the real path (unless the path, relative to a directory
@@ -121,6 +124,40 @@ static inline int sb_check_fd_change(int fd)
             return failval;                                                    \
         }                                                                      \
     } while (0)
+
+/* An AF_UNIX address naming a path (not abstract, not unnamed)? */
+static inline int sb_unix_path(const struct sockaddr *addr, socklen_t len)
+{
+    return addr && len > offsetof(struct sockaddr_un, sun_path) && addr->sa_family == AF_UNIX &&
+           ((const struct sockaddr_un *)addr)->sun_path[0] != '\0';
+}
+
+/* bind/connect: the socket's path through the policy, the address rewritten into `room`
+ * when the path is translated.  0 or errno. */
+static inline int sb_unix_map(int op, const struct sockaddr **addr, socklen_t *len,
+                              struct sockaddr_un *room)
+{
+    const struct sockaddr_un *un = (const struct sockaddr_un *)*addr;
+    size_t max = *len - offsetof(struct sockaddr_un, sun_path);
+    if (max > sizeof un->sun_path)
+        max = sizeof un->sun_path;
+    char path[sizeof un->sun_path + 1];
+    memcpy(path, un->sun_path, max);
+    path[max] = '\0';
+    struct sb_result r;
+    int e = sb_resolve(op, AT_FDCWD, path, SB_NOFOLLOW, &r);
+    if (e || r.rel_ok)
+        return e;
+    size_t rl = strlen(r.rpath);
+    if (rl + 1 > sizeof room->sun_path)
+        return ENAMETOOLONG;
+    memset(room, 0, sizeof *room);
+    room->sun_family = AF_UNIX;
+    memcpy(room->sun_path, r.rpath, rl + 1);
+    *addr = (const struct sockaddr *)room;
+    *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + rl + 1);
+    return 0;
+}
 
 /* mkstemp & co. write the generated name into the template: after running
  * the real call on the translated copy, give the program the same name in

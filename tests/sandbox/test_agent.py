@@ -565,3 +565,12 @@ def test_a_parrot_mount_list_is_read_as_parrot_reads_it(agent, work):
     assert (f"{work}/parrot.txt: where Parrot would let a later, shorter line win, the longer "
             f"prefix decides here: line 3 ({work}/deny) over line 7 ({work}), "
             f"line 4 ({work}/out) over line 7 ({work})") in p.stderr
+
+
+def test_private_works_for_a_child_that_changes_its_uid(agent, work):
+    """The child neither makes nor looks into the private directory at start: it runs."""
+    p = run(agent, work, [PY, "-c", "import subprocess; "
+                          "print(subprocess.run(['/bin/sh', '-c', 'id -u; echo x > /tmp/f'], "
+                          "user=65534, group=65534, capture_output=True, text=True))"])
+    assert "returncode=" in p.stdout and "stdout='65534\\n'" in p.stdout, p.stdout + p.stderr
+    assert "cannot make private directory" not in p.stdout + p.stderr

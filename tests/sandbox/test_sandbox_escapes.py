@@ -11,11 +11,12 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from test_agent import PY, SPEC, run, work  # noqa: F401  (work is a fixture)
+from test_agent import PY, SPEC, private_tmp, run, sandbox_env, work  # noqa: F401  (work is a fixture)
 
 SEALED = "the run's sealed policy is kept"
 
@@ -277,3 +278,48 @@ def test_a_relative_interpreter_is_checked(agent, work):
     p = run(agent, work, "./script; echo rc=$?", cwd=work / "out")
     assert "script-ran" not in p.stdout and "rc=126" in p.stdout, p.stdout + p.stderr
     assert "its interpreter ../deny/sh is not allowed to run here" in p.stderr
+
+
+def test_unix_sockets_go_through_the_policy(agent, work):
+    """bind in a read-only place fails; a socket in the private /tmp works, from bind to
+    connect; a socket in a DENY place cannot be reached."""
+    code = textwrap.dedent(f"""
+        import os, socket
+        def attempt(what, path):
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                getattr(s, what)(path)
+                return "ok"
+            except OSError as e:
+                return e.strerror
+        print(attempt("bind", "{work}/ro/sock"))
+        srv = socket.socket(socket.AF_UNIX)
+        srv.bind("/tmp/sock")
+        srv.listen()
+        print(attempt("connect", "/tmp/sock"))
+        print(attempt("connect", "{work}/deny/sock"))
+    """)
+    p = run(agent, work, [PY, "-c", code])
+    assert p.stdout.split("\n")[:3] == ["Permission denied", "ok", "Permission denied"], \
+        p.stdout + p.stderr
+    assert not (work / "ro/sock").exists() and not os.path.exists("/tmp/sock")
+    assert (private_tmp(work) / "sock").exists()
+
+
+def test_another_runs_private_directory_is_out_of_reach(agent, work, escape):
+    """Two concurrent runs: the second cannot read the first's private /tmp at its real path,
+    not even with raw system calls."""
+    first = subprocess.Popen(["bash", "-c", "echo needle > /tmp/mine; read x"],
+                             env=sandbox_env(agent, work), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):
+            found = list((work / "priv").glob("bypass-private-*/tmp/mine"))
+            if found:
+                break
+            time.sleep(0.05)
+        assert found, "the first run did not start"
+        p = run(agent, work, [str(escape / "dyn"), "raw", str(found[0]), str(found[0])])
+        assert "needle" not in p.stdout and "read Permission denied" in p.stdout, p.stdout
+    finally:
+        first.communicate("\n", timeout=30)
