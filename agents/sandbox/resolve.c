@@ -1206,7 +1206,9 @@ static int walk_from_base(struct walk *w, int dirfd, int *from_fd)
     int rc;
     *from_fd = 0;
     if (dirfd == AT_FDCWD) {
+        /* the real cwd is where the agent's chdir took it: the kernel can walk from there */
         rc = cwd_get(w->v, PATH_MAX, w->r, &b);
+        *from_fd = rc == 0 && b.e != NULL;
     } else if (fd_table_get(dirfd, w->v, PATH_MAX, w->r, &b)) {
         STAT_INC(fd_hits);
         *from_fd = b.e != NULL;
@@ -1605,6 +1607,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
     int dot_tail = path[plen - 1] == '.' && (plen == 1 || path[plen - 2] == '/');
     int links = 0;
     int land = 0;                       /* a /proc magic link jumped to the final object */
+    char land_path[64];                 /* that link: the kernel reaches the object through it */
     char *rem = NULL;                   /* made once a symlink is met */
     const char *p = path;
 
@@ -1707,6 +1710,10 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         if (!rem)
             rem = alloca(PATH_MAX);
         int magic = 0, jumped = 0;
+        char proc[64];
+        int have_proc = last && w.rl < sizeof proc;
+        if (have_proc)
+            memcpy(proc, w.r, w.rl + 1);
         if ((rc = follow_link(&w, op, last, after, rem, parent_vl, &magic, &jumped)))
             goto out;
         ident &= w.e->kind == SB_IDENTITY;
@@ -1714,7 +1721,10 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
             res->magic = 1;
             break;
         }
-        land = jumped && last;
+        if (jumped && have_proc) {
+            land = 1;
+            memcpy(land_path, proc, sizeof proc);
+        }
         p = rem;
     }
 
@@ -1736,6 +1746,8 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
     rc = sb_check(w.e, op);
     if (rc == ENOENT)
         rc = hidden_name_errno(&w, op);
+    if (land && !rc)
+        strcpy(res->rpath, land_path);  /* the object itself, not what a symlink there names */
 out:
     if (rc) {
         res->vpath[0] = res->rpath[0] = '\0';

@@ -120,3 +120,23 @@ def test_a_hidden_name_and_a_missing_one_answer_alike(agent, identity_list):
     hidden, missing = (line.split(" ", 1)[1] for line in p.stdout.splitlines())
     assert hidden == missing, p.stdout
     assert (w / "ro/hidden").is_dir()
+
+
+@pytest.mark.parametrize("case", ["dots", "efault", "nftw", "names"])
+def test_probe_case_through_a_redirect_matches_the_kernel(agent, probe, identity_list, case):
+    """The same calls in a redirected directory (the agent passes real paths there) give what
+    the kernel gives in the real place."""
+    area = identity_list
+    (area / "real").mkdir()
+    (area / "mounts.txt").write_text(f"/ rwx\n{area}/virtual {area}/real\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_")}
+    env["LC_ALL"] = "C"
+    (area / "native").mkdir()
+    native = subprocess.run([str(probe), case], cwd=area / "native", env=env, capture_output=True,
+                            text=True, timeout=60)
+    env.update(LD_PRELOAD=str(agent), BYPASS_MOUNTS=str(area / "mounts.txt"))
+    sandboxed = subprocess.run(["sh", "-c", f'cd {area}/virtual && exec "$0" "$1"', str(probe), case],
+                               env=env, capture_output=True, text=True, timeout=60)
+    assert (sandboxed.returncode, sandboxed.stdout) == (native.returncode, native.stdout), \
+        sandboxed.stderr
+    assert tree(area / "real") == tree(area / "native")
