@@ -144,12 +144,34 @@ def test_raw_system_calls_are_held(agent, work, escape):
     held(work, p)
 
 
+def test_io_uring_is_held(agent, work, escape):
+    p = run(agent, work, [str(escape / "dyn"), "uring", *raw_args(work)])
+    held(work, p)
+
+
+def test_open_by_handle_at_is_held(agent, work, escape):
+    """Handles taken outside the run: the ruleset checks every open, by handle too."""
+    handles = [subprocess.run([str(escape / "dyn"), "name", path], capture_output=True, text=True,
+                              check=True).stdout.strip() for path in raw_args(work)]
+    p = run(agent, work, [str(escape / "dyn"), "handle", str(work), *handles])
+    assert "needle" not in p.stdout and (work / "ro/f").read_text() == "original\n", p.stdout
+    held(work, p)
+    p = subprocess.run([str(escape / "dyn"), "handle", str(work), *handles], capture_output=True,
+                       text=True)
+    assert "read ok needle in secret" in p.stdout     # the control: outside the run it opens
+    (work / "ro/f").write_text("original\n")
+
+
 def test_without_kernel_enforcement_raw_system_calls_get_through(agent, work, escape):
     """The control: the opt-out is what lets them through, so the tests above can fail."""
     p = run(agent, work, [str(escape / "dyn"), "raw", *raw_args(work)],
             BYPASS_SANDBOX_KERNEL_ENFORCEMENT="0")
     assert "read ok needle in secret" in p.stdout
     assert "write ok" in p.stdout
+    (work / "ro/f").write_text("original\n")
+    p = run(agent, work, [str(escape / "dyn"), "uring", *raw_args(work)],
+            BYPASS_SANDBOX_KERNEL_ENFORCEMENT="0")
+    assert "read ok needle in secret" in p.stdout and "write ok" in p.stdout
     (work / "ro/f").write_text("original\n")
 
 
