@@ -1984,7 +1984,8 @@ int sb_exec_check(const char *realpath_, const char *vpath)
 
 int sb_loader_check(const char *program, char *const *argv)
 {
-    if (!g_active || !argv || !argv[0] || !is_loader_name(program))
+    if (!g_active || sb_unreadable(program) || sb_unreadable(argv) || !argv[0] ||
+        !is_loader_name(program))
         return 0;
     /* ld.so [OPTION]... PROGRAM: the loader maps PROGRAM itself, out of exec's sight (and of
      * Landlock's EXECUTE right), so PROGRAM needs x here */

@@ -94,7 +94,10 @@ int main(int argc, char **argv)
         SHOW("truncate", truncate(bad, 0));
         SHOW("readlink", readlink(bad, buf, sizeof buf));
         char *none[] = {NULL};
+        char *args[] = {"x", "y", NULL};
         SHOW("execve", execve(bad, none, none));
+        SHOW("execve argv", execve(bad, args, none));
+        SHOW("execve bad argv", execve("/bin/true", (char **)bad, none));
     } else if (!strcmp(c, "long")) {
         /* a cwd ~2000 characters deep, then relative paths of ~3000: together past
          * PATH_MAX, which the kernel does not mind (it walks from the cwd) */
