@@ -132,6 +132,9 @@ static void add_rule(struct ll *ll, const char *p, uint64_t r)
 static void note_inexact(struct ll *ll, const char *p)
 {
     size_t l = strlen(p);
+    for (const char *at = ll->inexact; (at = strstr(at, p)) != NULL; at += l)
+        if ((at == ll->inexact || at[-1] == ' ') && (at[l] == ',' || at[l] == '\0'))
+            return;                     /* named already */
     if (ll->inexact_len + l + 3 < ll->inexact_size) {
         if (ll->inexact_len) {
             memcpy(ll->inexact + ll->inexact_len, ", ", 2);
