@@ -398,6 +398,13 @@ def test_the_private_dir_is_removed_at_the_end_by_default(agent, work):
                 "echo x > /tmp/y; kill -KILL $$"):
         p = run(agent, work, how, BYPASS_SANDBOX_KEEP_PRIVATE="0")
         assert list((work / "priv").iterdir()) == [] and "kept" not in p.stderr, (how, p.stderr)
+    # kept on request, and said so, even when the first program leaves through _exit (dash)
+    p = subprocess.run(["/bin/sh", "-c", "echo x > /tmp/y"], cwd=work, capture_output=True,
+                       text=True, env=sandbox_env(agent, work), timeout=60)
+    kept = list((work / "priv").iterdir())
+    assert len(kept) == 1 and (kept[0] / "tmp/y").read_text() == "x\n"
+    assert p.stderr.count(f"private directory kept: {kept[0]}") == 1, p.stderr
+    shutil.rmtree(kept[0])
     env = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_")}
     env["BYPASS_SANDBOX_PRIVATE_BASE"] = str(work / "priv")
     p = subprocess.run([PY, "-m", "bypass.cli", "run", str(SPEC), "--agent", str(agent), "-m",
