@@ -1702,6 +1702,12 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
             res->is_link = 1;
             continue;
         }
+        if (last && trailing && op == SB_OP_DELETE && (flags & SB_NOFOLLOW)) {
+            /* rmdir("link/"), unlink("link/"), rename("link/", …) act on the name, which a
+             * slash says must be a directory: the kernel refuses, never touches the target */
+            rc = ENOTDIR;
+            goto out;
+        }
         if (++links > MAX_LINKS) {
             rc = ELOOP;
             goto out;

@@ -148,6 +148,57 @@ int main(int argc, char **argv)
         SHOW("chmod /proc/self/fd/N (O_PATH symlink)", chmod(p, 0600));
         SHOW("stat file", stat("file", &st));
         printf("file mode %o\n", st.st_mode & 0777);
+    } else if (!strcmp(c, "shapes")) {
+        mkdir("d", 0755); close(creat("f", 0644)); symlink("loop2", "loop1"); symlink("loop1", "loop2");
+        symlink("d", "ld"); symlink("missing", "dangling"); symlink("/", "root");
+        SHOW("mkdir n/", mkdir("n/", 0755));
+        SHOW("mkdir n//m//", mkdir("n//m//", 0755));
+        SHOW("rename n/ o", rename("n/", "o"));
+        SHOW("rename f/ g", rename("f/", "g"));
+        SHOW("rename f g/", rename("f", "g/"));
+        SHOW("link f h/", link("f", "h/"));
+        SHOW("unlink d", unlink("d"));
+        SHOW("rmdir f", rmdir("f"));
+        SHOW("access f/", access("f/", F_OK));
+        SHOW("stat loop1", stat("loop1", &st));
+        SHOW("lstat loop1", lstat("loop1", &st));
+        SHOW("open loop1/x", open("loop1/x", O_RDONLY));
+        SHOW("stat dangling", stat("dangling", &st));
+        SHOW("creat dangling", open("dangling", O_CREAT | O_WRONLY, 0644));
+        SHOW("open ld/ O_DIRECTORY", open("ld/", O_RDONLY | O_DIRECTORY));
+        SHOW("rmdir ld/", rmdir("ld/"));
+        SHOW("unlink ld/", unlink("ld/"));
+        SHOW("unlink ld", unlink("ld"));
+        SHOW("stat root/..", stat("root/..", &st));
+        SHOW("stat d/../../..", stat("d/../../..", &st));
+        int dfd = open("d", O_RDONLY | O_DIRECTORY);
+        SHOW("openat d ..", openat(dfd, "..", O_RDONLY | O_DIRECTORY));
+        SHOW("mkdirat d x", mkdirat(dfd, "x", 0755));
+        SHOW("fstatat d '' EMPTY", fstatat(dfd, "", &st, AT_EMPTY_PATH));
+        SHOW("fstatat d ''", fstatat(dfd, "", &st, 0));
+        SHOW("unlinkat d x REMOVEDIR", unlinkat(dfd, "x", AT_REMOVEDIR));
+        SHOW("openat badfd", openat(9999, "x", O_RDONLY));
+        SHOW("openat badfd abs", openat(9999, "/", O_RDONLY));
+        SHOW("openat file-fd rel", openat(open("f", O_RDONLY), "x", O_RDONLY));
+        SHOW("readlink dangling", readlink("dangling", buf, sizeof buf));
+        SHOW("readlink f", readlink("f", buf, sizeof buf));
+        SHOW("readlink ld/", readlink("ld/", buf, sizeof buf));
+        SHOW("symlink x ''", symlink("x", ""));
+        /* where the program started has another name in each run: compare with it */
+        char start[PATH_MAX], other[PATH_MAX + 8];
+        if (!getcwd(start, sizeof start))
+            return 1;
+        symlink("d", "ld2");
+        SHOW("chdir f", chdir("f"));
+        SHOW("chdir ld2", chdir("ld2"));
+        SHOW("getcwd", getcwd(buf, sizeof buf) ? 0 : -1);
+        snprintf(other, sizeof other, "%s/d", start);
+        printf("cwd is start/d: %d\n", strcmp(buf, other) == 0);
+        SHOW("chdir ..", chdir(".."));
+        SHOW("realpath ld2/..", realpath("ld2/..", buf) ? 0 : -1);
+        printf("realpath is start: %d\n", strcmp(buf, start) == 0);
+        SHOW("realpath ld2/.", realpath("ld2/.", buf) ? 0 : -1);
+        printf("realpath is start/d: %d\n", strcmp(buf, other) == 0);
     } else if (!strcmp(c, "unsearchable")) {
         /* the cwd lies below a directory the process may not search: relative paths
          * still work, the kernel walks them from the cwd */
