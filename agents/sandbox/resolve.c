@@ -1641,10 +1641,13 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         int last = *after == '\0';
         if (c[0] == '.' && (cl == 1 || (cl == 2 && c[1] == '.'))) {
             if (cl == 2) {
-                relok = 0;
                 if ((rc = walk_pop(&w)))
                     goto out;
                 ident &= w.e->kind == SB_IDENTITY;
+                /* the kernel's ".." is the same step while it stays inside the entry it
+                 * started in (at its root at most): not across a redirect's root */
+                if (w.e != base_e || w.vl < (w.e->plen == 1 ? 0 : w.e->plen))
+                    relok = 0;
             }
             continue;
         }
@@ -1673,7 +1676,8 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         struct stat st;
         STAT_INC(lstats);
         int sr = lstat(w.rl ? w.r : "/", &st);
-        if (sr < 0 && (errno == EACCES || errno == ENAMETOOLONG) && ident && !rem && path[0] != '/')
+        if (sr < 0 && (errno == EACCES || errno == ENAMETOOLONG) && (ident || relok) && !rem &&
+            path[0] != '/')
             sr = lstat_rel(dirfd, path, (size_t)(p - path), &st);
         if (sr < 0) {
             int e = errno;

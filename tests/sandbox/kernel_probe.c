@@ -203,6 +203,7 @@ int main(int argc, char **argv)
         /* the cwd lies below a directory the process may not search: relative paths
          * still work, the kernel walks them from the cwd */
         mkdir("lock", 0700); mkdir("lock/in", 0777); mkdir("lock/in/d", 0777);
+        chmod("lock/in", 0777); chmod("lock/in/d", 0777);        /* whatever the umask */
         SHOW("chdir", chdir("lock/in"));
         if (setgid(65534) || setuid(65534)) {
             printf("setuid failed: %s\n", ename(errno));

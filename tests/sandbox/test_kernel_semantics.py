@@ -122,7 +122,7 @@ def test_a_hidden_name_and_a_missing_one_answer_alike(agent, identity_list):
     assert (w / "ro/hidden").is_dir()
 
 
-@pytest.mark.parametrize("case", ["dots", "efault", "nftw", "names", "shapes"])
+@pytest.mark.parametrize("case", ["dots", "efault", "long", "nftw", "names", "shapes", "unsearchable"])
 def test_probe_case_through_a_redirect_matches_the_kernel(agent, probe, identity_list, case):
     """The same calls in a redirected directory (the agent passes real paths there) give what
     the kernel gives in the real place."""
