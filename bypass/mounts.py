@@ -49,7 +49,8 @@ __all__ = [
 
 IDENTITY, REDIRECT, DENY, ENOENT, PRIVATE = "identity", "redirect", "DENY", "ENOENT", "PRIVATE"
 KEYWORDS = (DENY, ENOENT, PRIVATE)
-IMPLICIT_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty")
+IMPLICIT_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty",
+                    "/dev/shm")
 _BLANKS = " \t\r\v\f"
 
 

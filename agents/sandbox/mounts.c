@@ -16,7 +16,7 @@
  * '#' starts a comment when it begins a field.  For a path, the entry with
  * the longest matching prefix governs; for equal prefixes the later line
  * wins.  Implicit entries come first: "/ rwx", and "rw" for /dev/null,
- * /dev/zero, /dev/full, /dev/random, /dev/urandom and /dev/tty.
+ * /dev/zero, /dev/full, /dev/random, /dev/urandom, /dev/tty and /dev/shm.
  *
  * bypass/mounts.py is the Python mirror of this parser; keep them in step
  * (tests/sandbox/test_mounts.py compares the two).
@@ -244,10 +244,11 @@ int sb_mounts_parse(struct sb_mounts *m, const char *text, const char *file,
         return -1;
     }
     m->e[0].target = m->e[0].prefix;
-    /* Devices every program expects to use; a later line can still say
-     * otherwise ("/dev/null DENY"). */
+    /* Devices every program expects to use, and /dev/shm, where the C library makes POSIX
+     * semaphores and shared memory (Python's multiprocessing) out of the agent's sight but not
+     * of Landlock's; a later line can still say otherwise ("/dev/null DENY"). */
     static const char *const devices[] = {
-        "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty",
+        "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/shm",
     };
     for (size_t i = 0; i < sizeof devices / sizeof devices[0]; i++) {
         struct sb_entry d = { strdup(devices[i]), strlen(devices[i]), NULL, 0, SB_IDENTITY,

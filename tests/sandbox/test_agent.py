@@ -581,3 +581,10 @@ def test_private_works_for_a_child_that_changes_its_uid(agent, work):
                           "user=65534, group=65534, capture_output=True, text=True))"])
     assert "returncode=" in p.stdout and "stdout='65534\\n'" in p.stdout, p.stdout + p.stderr
     assert "cannot make private directory" not in p.stdout + p.stderr
+
+
+def test_python_multiprocessing_under_a_read_only_root(agent, work):
+    """Its semaphores live in /dev/shm, made inside the C library: Landlock sees them, the
+    implicit /dev/shm line lets them be."""
+    p = run(agent, work, [PY, "-c", "import multiprocessing as m; print(m.Pool(2).map(abs, [-1, -2]))"])
+    assert p.returncode == 0 and p.stdout == "[1, 2]\n", p.stderr
