@@ -126,11 +126,13 @@ def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
     extra = agent_settings(args.set, args.mounts)
     if args.trace:
         extra["BYPASS_TRACE"] = os.path.abspath(args.trace)
-    if args.private_cleanup:
-        extra["BYPASS_SANDBOX_CLEANUP"] = "1"
+    if args.keep_private:
+        extra["BYPASS_SANDBOX_KEEP_PRIVATE"] = "1"
+    if args.no_kernel_enforcement:
+        extra["BYPASS_SANDBOX_KERNEL_ENFORCEMENT"] = "0"
     if args.mounts:
         from .mounts import check_program          # the agent checks every later exec itself
-        check_program(command, {**os.environ, **extra})
+        command = check_program(command, {**os.environ, **extra})
     agent = Path(args.agent) if args.agent else build_cached(args.spec)
     if args.export or args.listen:
         from .rpc.shadow_cli import run_with_shadow   # the spec's shadow, served by this process
@@ -183,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         p_run.add_argument("--trace", metavar="FILE", help="set BYPASS_TRACE=FILE (trace agent)")
         p_run.add_argument("-m", "--mounts", metavar="FILE", help="set BYPASS_MOUNTS=FILE (sandbox agent)")
         p_run.add_argument("--private-cleanup", action="store_true",
-                           help="sandbox agent: remove the run's PRIVATE directory at exit instead of keeping it")
+                           help="sandbox agent: remove the run's PRIVATE directory at the end (the default)")
+        p_run.add_argument("--keep-private", action="store_true",
+                           help="sandbox agent: keep the run's PRIVATE directory and say where it is")
+        p_run.add_argument("--no-kernel-enforcement", action="store_true",
+                           help="sandbox agent: do not also install the mount list as a Landlock ruleset")
         p_run.add_argument("--set", action="append", metavar="NAME=VALUE", help="set an environment variable")
         p_run.add_argument("--export", metavar="DIR",
                            help="serve the spec's shadow from this process, its file calls inside DIR")

@@ -40,6 +40,8 @@ __all__ = [
     "load",
     "load_mounts",
     "lookup",
+    "covers",
+    "parrot_differs",
     "translate",
     "is_static_executable",
     "check_program",
@@ -47,7 +49,8 @@ __all__ = [
 
 IDENTITY, REDIRECT, DENY, ENOENT, PRIVATE = "identity", "redirect", "DENY", "ENOENT", "PRIVATE"
 KEYWORDS = (DENY, ENOENT, PRIVATE)
-IMPLICIT_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty")
+IMPLICIT_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty",
+                    "/dev/shm")
 _BLANKS = " \t\r\v\f"
 
 
@@ -66,6 +69,7 @@ class Entry:
     target: str | None     # real path (identity: the prefix; PRIVATE: None until attached)
     mode: str              # subset of "rwx" in that order, "" for none
     line: int              # 0 for implicit entries
+    glob: bool = False     # prefix with *, ? or [: matched with fnmatch, as Parrot does
 
 
 def normalise(path: str) -> str:
@@ -83,11 +87,16 @@ def normalise(path: str) -> str:
 
 
 def _is_mode(tok: str) -> bool:
-    return tok == "-" or (tok != "" and all(c in "rwx" for c in tok))
+    """Modes and keywords are read as Parrot reads them, in either case ("RX", "deny")."""
+    return tok == "-" or (tok != "" and all(c in "rwxRWX" for c in tok))
 
 
 def _mode(tok: str) -> str:
-    return "".join(c for c in "rwx" if c in tok)
+    return "".join(c for c in "rwx" if c in tok.lower())
+
+
+def _is_glob(prefix: str) -> bool:
+    return any(c in prefix for c in "*?[")
 
 
 def _fields(line: str) -> list[str]:
@@ -129,8 +138,8 @@ def parse(text: str, file: str = "<mounts>") -> list[Entry]:
         target: str | None = None
         if what.startswith("/"):
             kind, target = REDIRECT, normalise(what)
-        elif what in KEYWORDS:
-            kind = what
+        elif what.upper() in KEYWORDS:
+            kind = what.upper()
             if kind in (DENY, ENOENT):
                 mode = ""
         elif _is_mode(what):
@@ -151,7 +160,11 @@ def parse(text: str, file: str = "<mounts>") -> list[Entry]:
             if not _is_mode(f[2]):
                 raise MountListError(file, lineno, f"bad mode '{f[2]}' (use letters from rwx, or '-')")
             mode = _mode(f[2])
-        entries.append(Entry(prefix, kind, target, mode, lineno))
+        glob = _is_glob(prefix)
+        if glob and kind not in (IDENTITY, DENY, ENOENT):
+            raise MountListError(
+                file, lineno, f"glob prefix '{prefix}' can only DENY, hide (ENOENT) or set a mode")
+        entries.append(Entry(prefix, kind, target, mode, lineno, glob))
     return entries
 
 
@@ -170,17 +183,57 @@ def load(path: str | os.PathLike[str]) -> list[Entry]:
     return parse(text, file)
 
 
-def _matches(prefix: str, path: str) -> bool:
-    return prefix == "/" or path == prefix or path.startswith(prefix + "/")
+def covers(entry: Entry, path: str) -> int:
+    """Length of the part of ``path`` the entry covers (0: none); a glob prefix matches as many
+    components as it has, with fnmatch as Parrot does.  Mirrors sb_entry_covers()."""
+    prefix = entry.prefix
+    if not entry.glob:
+        if prefix == "/":
+            return 1
+        return len(prefix) if path == prefix or path.startswith(prefix + "/") else 0
+    k = prefix.count("/")
+    parts = path.split("/")
+    if len(parts) - 1 < k:
+        return 0
+    head = "/".join(parts[:k + 1])
+    return len(head) if _fnmatch_pathname(head, prefix) else 0
+
+
+def _fnmatch_pathname(name: str, pattern: str) -> bool:
+    """fnmatch with FNM_PATHNAME: wildcards never match '/'."""
+    import fnmatch
+    import re
+
+    names, pats = name.split("/"), pattern.split("/")
+    return len(names) == len(pats) and all(
+        re.fullmatch(fnmatch.translate(p), n, re.DOTALL) is not None for n, p in zip(names, pats))
 
 
 def lookup(entries: list[Entry], vpath: str) -> Entry:
     """The entry governing an absolute normalised virtual path (longest prefix, later line)."""
-    best = entries[0]
+    best, best_len = entries[0], 0
     for e in entries:
-        if len(e.prefix) >= len(best.prefix) and _matches(e.prefix, vpath):
-            best = e
+        length = covers(e, vpath)
+        if length and length >= best_len:
+            best, best_len = e, length
     return best
+
+
+def parrot_differs(entries: list[Entry]) -> list[tuple[Entry, Entry]]:
+    """(inner, outer) pairs where Parrot, which lets the later of two covering lines win, would
+    decide differently from the longest prefix.  Mirrors sb_mounts_parrot_differs()."""
+    def effect(e: Entry):
+        return (e.kind, e.mode, e.target if e.kind == REDIRECT else None,
+                e.line if e.kind == PRIVATE else None)
+
+    out = []
+    for i, inner in enumerate(entries):
+        for outer in entries[i + 1:]:
+            if (inner.line and not inner.glob and not outer.glob
+                    and len(outer.prefix) < len(inner.prefix) and covers(outer, inner.prefix)
+                    and effect(inner) != effect(outer)):
+                out.append((inner, outer))
+    return out
 
 
 def translate(entry: Entry, vpath: str) -> str | None:
@@ -232,12 +285,31 @@ def is_static_executable(path: str | os.PathLike[str], _depth: int = 0) -> bool:
     return not name.startswith(("ld-linux", "ld.so", "ld64.so", "ld-musl"))
 
 
-def check_program(command: list[str], env: dict[str, str]) -> None:
-    """Refuse to start a statically linked program under the sandbox (the agent checks every
-    later exec itself; the first program is started by `bypass run`)."""
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version (0: none)."""
+    import ctypes
+
+    numbers = {"x86_64": 444, "aarch64": 444}
+    number = numbers.get(os.uname().machine)
+    if number is None:
+        return 0
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    version = libc.syscall(ctypes.c_long(number), None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    return max(int(version), 0)
+
+
+def check_program(command: list[str], env: dict[str, str]) -> list[str]:
+    """The command `bypass run` starts.  A statically linked first program would never load the
+    agent: with Landlock it is started through a shell that does (the agent installs the ruleset
+    before the exec, and the kernel holds the static program to the list); without, it is
+    refused (the agent checks every later exec itself)."""
     if not command or env.get("BYPASS_SANDBOX_ALLOW_STATIC", "") not in ("", "0"):
-        return
+        return command
     found = command[0] if "/" in command[0] else shutil.which(command[0], path=env.get("PATH"))
-    if found and is_static_executable(found):
-        raise BypassError(f"refusing to run {found}: statically linked, so the sandbox could not see "
-                          "its calls (set BYPASS_SANDBOX_ALLOW_STATIC=1 to run it anyway)")
+    if not found or not is_static_executable(found):
+        return command
+    if env.get("BYPASS_SANDBOX_KERNEL_ENFORCEMENT", "") != "0" and landlock_abi() > 0:
+        return ["/bin/sh", "-c", 'exec "$@"', "sh", *command]
+    raise BypassError(f"refusing to run {found}: statically linked, so the sandbox could not see "
+                      "its calls (set BYPASS_SANDBOX_ALLOW_STATIC=1 to run it anyway)")

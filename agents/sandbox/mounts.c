@@ -16,7 +16,7 @@
  * '#' starts a comment when it begins a field.  For a path, the entry with
  * the longest matching prefix governs; for equal prefixes the later line
  * wins.  Implicit entries come first: "/ rwx", and "rw" for /dev/null,
- * /dev/zero, /dev/full, /dev/random, /dev/urandom and /dev/tty.
+ * /dev/zero, /dev/full, /dev/random, /dev/urandom, /dev/tty and /dev/shm.
  *
  * bypass/mounts.py is the Python mirror of this parser; keep them in step
  * (tests/sandbox/test_mounts.py compares the two).
@@ -24,8 +24,10 @@
 #define _GNU_SOURCE
 #include "sandbox.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <fnmatch.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,6 +89,7 @@ int sb_normalise(const char *in, char *out, size_t outsize)
     return 0;
 }
 
+/* Modes and keywords are read as Parrot reads them: in either case ("RX", "deny"). */
 static int is_mode(const char *t)
 {
     if (!*t)
@@ -94,7 +97,7 @@ static int is_mode(const char *t)
     if (strcmp(t, "-") == 0)
         return 1;
     for (const char *c = t; *c; c++)
-        if (*c != 'r' && *c != 'w' && *c != 'x')
+        if (!strchr("rwxRWX", *c))
             return 0;
     return 1;
 }
@@ -103,11 +106,88 @@ static int mode_bits(const char *t)
 {
     int m = 0;
     for (const char *c = t; *c; c++) {
-        if (*c == 'r') m |= SB_R;
-        else if (*c == 'w') m |= SB_W;
-        else if (*c == 'x') m |= SB_X;
+        int l = tolower((unsigned char)*c);
+        if (l == 'r') m |= SB_R;
+        else if (l == 'w') m |= SB_W;
+        else if (l == 'x') m |= SB_X;
     }
     return m;
+}
+
+static int is_glob(const char *p)
+{
+    return strpbrk(p, "*?[") != NULL;
+}
+
+static size_t components(const char *p)
+{
+    size_t n = 0;
+    for (; *p; p++)
+        if (*p == '/' && p[1] && p[1] != '/')
+            n++;
+    return n;
+}
+
+size_t sb_entry_covers(const struct sb_entry *e, const char *vpath)
+{
+    if (!e->glob) {
+        if (e->plen == 1)
+            return 1;
+        return strncmp(vpath, e->prefix, e->plen) == 0 &&
+                       (vpath[e->plen] == '/' || vpath[e->plen] == '\0')
+                   ? e->plen
+                   : 0;
+    }
+    /* the first k components of vpath against the pattern's k */
+    size_t k = components(e->prefix), seen = 0;
+    const char *p = vpath;
+    while (*p) {
+        if (*p == '/' && ++seen > k)
+            break;
+        p++;
+    }
+    if (seen < k)
+        return 0;
+    size_t l = (size_t)(p - vpath);
+    char head[PATH_MAX];
+    if (l + 1 > sizeof head)
+        return 0;
+    memcpy(head, vpath, l);
+    head[l] = '\0';
+    return fnmatch(e->prefix, head, FNM_PATHNAME) == 0 ? l : 0;
+}
+
+static int same_effect(const struct sb_entry *a, const struct sb_entry *b)
+{
+    if (a->kind != b->kind || a->mode != b->mode)
+        return 0;
+    if (a->kind == SB_REDIRECT)
+        return strcmp(a->target, b->target) == 0;
+    return a->kind != SB_PRIVATE;
+}
+
+int sb_mounts_parrot_differs(const struct sb_mounts *m, char *out, size_t outsize)
+{
+    int n = 0;
+    size_t o = 0;
+    if (outsize)
+        out[0] = '\0';
+    for (int i = 0; i < m->n; i++) {
+        const struct sb_entry *inner = &m->e[i];
+        for (int j = i + 1; j < m->n; j++) {
+            const struct sb_entry *outer = &m->e[j];
+            /* a later line covering an earlier, longer prefix with another effect */
+            if (inner->line == 0 || outer->plen >= inner->plen || outer->glob || inner->glob ||
+                !sb_entry_covers(outer, inner->prefix) || same_effect(inner, outer))
+                continue;
+            n++;
+            int k = snprintf(out + o, outsize > o ? outsize - o : 0, "%sline %d (%s) over line %d (%s)",
+                             o ? ", " : "", inner->line, inner->prefix, outer->line, outer->prefix);
+            if (k > 0 && o + (size_t)k < outsize)
+                o += (size_t)k;
+        }
+    }
+    return n;
 }
 
 static int add_entry(struct sb_mounts *m, int *cap, const struct sb_entry *e)
@@ -158,20 +238,21 @@ int sb_mounts_parse(struct sb_mounts *m, const char *text, const char *file,
     snprintf(m->file, sizeof m->file, "%s", file ? file : "<mounts>");
     file = m->file;
     int cap = 0;
-    struct sb_entry root = { strdup("/"), 1, NULL, 1, SB_IDENTITY, SB_R | SB_W | SB_X, 0 };
+    struct sb_entry root = { strdup("/"), 1, NULL, 1, SB_IDENTITY, SB_R | SB_W | SB_X, 0, 0 };
     if (!root.prefix || add_entry(m, &cap, &root) < 0) {
         set_err(err, errsize, file, 0, "out of memory");
         return -1;
     }
     m->e[0].target = m->e[0].prefix;
-    /* Devices every program expects to use; a later line can still say
-     * otherwise ("/dev/null DENY"). */
+    /* Devices every program expects to use, and /dev/shm, where the C library makes POSIX
+     * semaphores and shared memory (Python's multiprocessing) out of the agent's sight but not
+     * of Landlock's; a later line can still say otherwise ("/dev/null DENY"). */
     static const char *const devices[] = {
-        "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty",
+        "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/shm",
     };
     for (size_t i = 0; i < sizeof devices / sizeof devices[0]; i++) {
         struct sb_entry d = { strdup(devices[i]), strlen(devices[i]), NULL, 0, SB_IDENTITY,
-                              SB_R | SB_W, 0 };
+                              SB_R | SB_W, 0, 0 };
         d.target = d.prefix;
         d.tlen = d.plen;
         if (!d.prefix || add_entry(m, &cap, &d) < 0) {
@@ -247,13 +328,13 @@ int sb_mounts_parse(struct sb_mounts *m, const char *text, const char *file,
                 set_err(err, errsize, file, lineno, "redirect path too long");
                 goto fail;
             }
-        } else if (strcmp(what, "DENY") == 0) {
+        } else if (strcasecmp(what, "DENY") == 0) {
             e.kind = SB_DENY;
             e.mode = 0;
-        } else if (strcmp(what, "ENOENT") == 0) {
+        } else if (strcasecmp(what, "ENOENT") == 0) {
             e.kind = SB_ENOENT;
             e.mode = 0;
-        } else if (strcmp(what, "PRIVATE") == 0) {
+        } else if (strcasecmp(what, "PRIVATE") == 0) {
             e.kind = SB_PRIVATE;
         } else if (is_mode(what)) {
             e.kind = SB_IDENTITY;
@@ -284,6 +365,12 @@ int sb_mounts_parse(struct sb_mounts *m, const char *text, const char *file,
                 goto fail;
             }
             e.mode = mode_bits(f[2]);
+        }
+        e.glob = is_glob(norm);
+        if (e.glob && e.kind != SB_DENY && e.kind != SB_ENOENT && e.kind != SB_IDENTITY) {
+            set_err(err, errsize, file, lineno,
+                    "glob prefix '%s' can only DENY, hide (ENOENT) or set a mode", norm);
+            goto fail;
         }
         e.prefix = strdup(norm);
         if (!e.prefix) {
@@ -316,13 +403,12 @@ fail:
     return -1;
 }
 
-int sb_mounts_load(struct sb_mounts *m, const char *file, char *err, size_t errsize)
+char *sb_mounts_read(const char *file, char *err, size_t errsize)
 {
-    memset(m, 0, sizeof *m);
     int fd = open(file, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         set_err(err, errsize, file, 0, "cannot read mount list: %s", strerror(errno));
-        return -1;
+        return NULL;
     }
     size_t cap = 4096, len = 0;
     char *buf = malloc(cap);
@@ -330,7 +416,7 @@ int sb_mounts_load(struct sb_mounts *m, const char *file, char *err, size_t errs
         if (!buf) {
             close(fd);
             set_err(err, errsize, file, 0, "out of memory");
-            return -1;
+            return NULL;
         }
         if (len + 1 >= cap) {
             char *nb = realloc(buf, cap * 2);
@@ -350,7 +436,7 @@ int sb_mounts_load(struct sb_mounts *m, const char *file, char *err, size_t errs
             free(buf);
             close(fd);
             set_err(err, errsize, file, 0, "cannot read mount list: %s", strerror(e));
-            return -1;
+            return NULL;
         }
         if (k == 0)
             break;
@@ -361,8 +447,17 @@ int sb_mounts_load(struct sb_mounts *m, const char *file, char *err, size_t errs
     if (memchr(buf, '\0', len)) {
         free(buf);
         set_err(err, errsize, file, 0, "cannot read mount list: binary data (NUL byte)");
-        return -1;
+        return NULL;
     }
+    return buf;
+}
+
+int sb_mounts_load(struct sb_mounts *m, const char *file, char *err, size_t errsize)
+{
+    memset(m, 0, sizeof *m);
+    char *buf = sb_mounts_read(file, err, errsize);
+    if (!buf)
+        return -1;
     int rc = sb_mounts_parse(m, buf, file, err, errsize);
     free(buf);
     return rc;
@@ -378,10 +473,19 @@ static inline int prefix_match(const char *prefix, size_t plen, const char *path
 const struct sb_entry *sb_lookup(const struct sb_mounts *m, const char *vpath)
 {
     const struct sb_entry *best = NULL;
+    size_t bl = 0;
     for (int i = 0; i < m->n; i++) {
         const struct sb_entry *e = &m->e[i];
-        if ((!best || e->plen >= best->plen) && prefix_match(e->prefix, e->plen, vpath))
+        if (e->glob) {
+            size_t l = sb_entry_covers(e, vpath);
+            if (l && l >= bl) {
+                best = e;
+                bl = l;
+            }
+        } else if ((!best || e->plen >= bl) && prefix_match(e->prefix, e->plen, vpath)) {
             best = e;
+            bl = e->plen;
+        }
     }
     return best;
 }
@@ -432,7 +536,7 @@ int sb_reverse(const struct sb_mounts *m, const char *real, char *out, size_t ou
     char cand[PATH_MAX];
     for (int i = 0; i < m->n; i++) {
         const struct sb_entry *e = &m->e[i];
-        if (!e->target || e->kind == SB_DENY || e->kind == SB_ENOENT)
+        if (!e->target || e->kind == SB_DENY || e->kind == SB_ENOENT || e->glob)
             continue;
         if (best && e->tlen < best->tlen)
             continue;
@@ -488,10 +592,11 @@ int sb_private_attach(struct sb_mounts *m, const char *dir, char *err, size_t er
         set_err(err, errsize, m->file, 0, "private directory %s: %s", dir, strerror(errno));
         return -1;
     }
-    return sb_private_attach_canonical(m, base, err, errsize);
+    return sb_private_attach_canonical(m, base, 1, err, errsize);
 }
 
-int sb_private_attach_canonical(struct sb_mounts *m, const char *base, char *err, size_t errsize)
+int sb_private_attach_canonical(struct sb_mounts *m, const char *base, int make, char *err,
+                                size_t errsize)
 {
     struct stat st;
     for (int i = 0; i < m->n; i++) {
@@ -503,7 +608,7 @@ int sb_private_attach_canonical(struct sb_mounts *m, const char *base, char *err
             set_err(err, errsize, m->file, e->line, "private directory path too long");
             return -1;
         }
-        int rc = (stat(t, &st) == 0 && S_ISDIR(st.st_mode)) ? 0 : mkdir_p(t, 0700);
+        int rc = (!make || (stat(t, &st) == 0 && S_ISDIR(st.st_mode))) ? 0 : mkdir_p(t, 0700);
         if (rc) {
             set_err(err, errsize, m->file, e->line, "cannot make private directory %s: %s",
                     t, strerror(rc));

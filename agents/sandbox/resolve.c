@@ -41,6 +41,10 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* Hooks into the Bypass runtime when linked into an agent; absent (NULL) in
@@ -55,6 +59,8 @@ static int g_erofs;
 static int g_allow_static;
 static int g_quiet;
 static int g_cleanup;
+static int g_landlock;                  /* the run is held by a Landlock ruleset */
+static int g_landlock_wanted;
 static pid_t g_private_owner;
 /* A copy of stderr for the report at exit: programs such as coreutils close
  * fd 2 in their own exit handlers, which run before ours. */
@@ -267,6 +273,20 @@ static int base_compute(const char *v, size_t vl, char *r, struct base *b);
 
 /* ---- virtual cwd ------------------------------------------------------------ */
 
+/* A vfork child shares this memory with its parent: a chdir it makes before
+ * exec must not move the parent's virtual cwd.  g_pid is this process (kept
+ * by an atfork handler); a chdir from another pid marks the child in
+ * g_vfork_pid, whose relative paths then use the kernel's cwd, until the
+ * parent, running again, sees a pid not its own there and clears it. */
+static pid_t g_pid;
+static pid_t g_vfork_pid;
+
+static void note_fork_child(void)
+{
+    g_pid = getpid();
+    g_vfork_pid = 0;
+}
+
 static char g_cwdbuf[2][PATH_MAX];
 static char g_cwdreal[2][PATH_MAX];
 static struct base g_cwdbase[2];
@@ -274,6 +294,10 @@ static unsigned g_cwd_seq;   /* (seq / 2) & 1 is the current buffer */
 
 void sb_set_cwd(const char *vpath)
 {
+    if (g_pid && getpid() != g_pid) {
+        __atomic_store_n(&g_vfork_pid, getpid(), __ATOMIC_RELEASE);
+        return;
+    }
     unsigned s = __atomic_load_n(&g_cwd_seq, __ATOMIC_ACQUIRE);
     unsigned idx = ((s / 2) + 1) & 1;
     snprintf(g_cwdbuf[idx], PATH_MAX, "%s", vpath);
@@ -301,6 +325,15 @@ static int real_cwd_virtual(char *out, size_t size)
 /* Copy the cwd (and, when r is not NULL and known, its base) out. */
 static int cwd_get(char *buf, size_t size, char *r, struct base *b)
 {
+    pid_t vf = __atomic_load_n(&g_vfork_pid, __ATOMIC_ACQUIRE);
+    if (__builtin_expect(vf != 0, 0)) {
+        if (getpid() == vf) {
+            if (b)
+                b->e = NULL;
+            return real_cwd_virtual(buf, size);
+        }
+        __atomic_compare_exchange_n(&g_vfork_pid, &vf, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    }
     for (int tries = 0; tries < 8; tries++) {
         unsigned s = __atomic_load_n(&g_cwd_seq, __ATOMIC_ACQUIRE);
         unsigned idx = (s / 2) & 1;
@@ -506,7 +539,12 @@ static void read_settings(void)
     g_erofs = env_true(SB_ENV_ROFS);
     g_allow_static = env_true(SB_ENV_ALLOW_STATIC);
     g_quiet = env_true(SB_ENV_QUIET);
-    g_cleanup = env_true(SB_ENV_CLEANUP);
+    const char *cl = getenv(SB_ENV_CLEANUP);
+    g_cleanup = !env_true(SB_ENV_KEEP_PRIVATE) && !env_true(SB_ENV_QUIET) &&
+                !(cl && strcmp(cl, "0") == 0);
+    const char *kv = getenv(SB_ENV_KERNEL);
+    g_landlock_wanted = !(kv && strcmp(kv, "0") == 0);
+    g_landlock = 0;                     /* until kernel_enforce installs it */
     g_settings_read = 1;
 }
 
@@ -588,12 +626,8 @@ static int rm_tree(const char *path)
     return rc;
 }
 
-void sb_atexit_report(void)
+static void private_end(void)
 {
-    if (!g_private[0] || getpid() != g_private_owner)
-        return;
-    if (bypass_guard_enter)
-        bypass_guard_enter();
     if (g_cleanup) {
         int rc = rm_tree(g_private);
         if (rc)
@@ -602,66 +636,353 @@ void sb_atexit_report(void)
     } else if (!g_quiet) {
         sb_msg_to(report_fd(), "private directory kept: %s", g_private);
     }
+}
+
+void sb_atexit_report(void)
+{
+    if (!g_private[0] || getpid() != g_private_owner)
+        return;
+    if (bypass_guard_enter)
+        bypass_guard_enter();
+    private_end();
     if (bypass_guard_leave)
         bypass_guard_leave();
+}
+
+/* The run's first process owns the end of its private directory, however it
+ * ends (_exit, a signal) and although its Landlock domain will not let it
+ * remove the directory: a helper started before the ruleset, in a session of
+ * its own and not a child of the program's (double fork), waits for the
+ * process to exit and then removes or reports the directory.  0 if started. */
+static int start_watcher(void)
+{
+    int pfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+    if (pfd < 0)
+        return -1;
+    pid_t mid = fork();
+    if (mid == 0) {
+        if (fork() != 0)
+            _exit(0);
+        setsid();
+        int ef = g_errfd >= 0 ? g_errfd : pfd;
+        int keep[2] = { pfd < ef ? pfd : ef, pfd < ef ? ef : pfd };
+        if (keep[0] > 0)
+            syscall(SYS_close_range, 0, keep[0] - 1, 0);
+        if (keep[1] > keep[0] + 1)
+            syscall(SYS_close_range, keep[0] + 1, keep[1] - 1, 0);
+        syscall(SYS_close_range, keep[1] + 1, ~0U, 0);
+        struct pollfd pl = { .fd = pfd, .events = POLLIN };
+        while (poll(&pl, 1, -1) < 0 && errno == EINTR)
+            ;
+        private_end();
+        _exit(0);
+    }
+    close(pfd);
+    if (mid < 0)
+        return -1;
+    while (waitpid(mid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    return 0;
+}
+
+/* ---- the sealed policy ------------------------------------------------------
+ * The run's first process reads the mount list and the settings once and keeps
+ * them, as text, in a sealed memfd.  Every process of the run inherits it (the
+ * agent keeps it open across exec and guarded like the runtime's own
+ * descriptors) and reads its policy from there and from nothing else; the
+ * environment only names the descriptor, and every exec puts the run's values
+ * back.  So neither a changed BYPASS_* variable nor a rewritten mount-list file
+ * can loosen the sandbox of a process of the run. */
+
+#define POLICY_MAGIC "bypass-sandbox-policy 1\n"
+#define POLICY_SEALS (F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE)
+#define POLICY_FD_MIN 900
+
+extern int bypass_fd_register(int *slot) __attribute__((weak));
+
+static int g_policy_fd = -1;
+static char g_mounts_file[PATH_MAX];
+static int g_tamper_said;
+static char g_env_policy[64];
+static char g_env_mounts[PATH_MAX + 32];
+static char g_env_private[PATH_MAX + 32];
+
+static void say_tamper(const char *name, const char *value)
+{
+    if (__atomic_exchange_n(&g_tamper_said, 1, __ATOMIC_ACQ_REL))
+        return;
+    sb_msg("a program set %s=%s; the run's sealed policy is kept", name, value);
+}
+
+static int write_all(int fd, const char *s, size_t n)
+{
+    while (n) {
+        ssize_t k = write(fd, s, n);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return -1;
+        s += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+static void policy_keep(int fd)
+{
+    g_policy_fd = fd;
+    if (bypass_fd_register)
+        bypass_fd_register(&g_policy_fd);
+    snprintf(g_env_policy, sizeof g_env_policy, "%s=%d", SB_ENV_POLICY, fd);
+    snprintf(g_env_mounts, sizeof g_env_mounts, "%s=%s", SB_ENV_MOUNTS, g_mounts_file);
+    snprintf(g_env_private, sizeof g_env_private, "%s=%s", SB_ENV_PRIVATE, g_private);
+}
+
+/* Seal the run's policy: header lines, a blank line, the mount list's text. */
+static int policy_make(const char *text, char *err, size_t errsize)
+{
+    char head[2 * PATH_MAX + 256];
+    int hl = snprintf(head, sizeof head,
+                      POLICY_MAGIC "file=%s\nprivate=%s\nowner=%d\nflags=%d%d%d%d%d%d\n\n",
+                      g_mounts_file, g_private, (int)g_private_owner, g_erofs, g_allow_static,
+                      g_cleanup, g_quiet, g_cache_on, g_landlock);
+    if (hl < 0 || (size_t)hl >= sizeof head || strchr(g_mounts_file, '\n') ||
+        strchr(g_private, '\n')) {
+        snprintf(err, errsize, "%s:0: error: cannot seal the policy: unusual file names",
+                 g_mounts_file);
+        return -1;
+    }
+    int fd = memfd_create("bypass-sandbox-policy", MFD_ALLOW_SEALING);
+    if (fd < 0 || write_all(fd, head, (size_t)hl) < 0 || write_all(fd, text, strlen(text)) < 0 ||
+        fcntl(fd, F_ADD_SEALS, POLICY_SEALS) < 0) {
+        snprintf(err, errsize, "%s:0: error: cannot seal the policy: %s", g_mounts_file,
+                 strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    int hi = fcntl(fd, F_DUPFD, POLICY_FD_MIN);    /* inherited by every exec of the run */
+    if (hi >= 0) {
+        close(fd);
+        fd = hi;
+    }
+    policy_keep(fd);
+    setenv(SB_ENV_POLICY, g_env_policy + sizeof SB_ENV_POLICY, 1);
+    return 0;
+}
+
+/* The policy text behind fd (malloc'd), if fd is a sealed policy. */
+static char *policy_read(int fd)
+{
+    struct stat st;
+    int seals = fcntl(fd, F_GET_SEALS);
+    if (seals < 0 || (seals & POLICY_SEALS) != POLICY_SEALS || fstat(fd, &st) < 0 ||
+        st.st_size < (off_t)sizeof POLICY_MAGIC || st.st_size > (16 << 20))
+        return NULL;
+    char *text = malloc((size_t)st.st_size + 1);
+    if (!text)
+        return NULL;
+    if (pread(fd, text, (size_t)st.st_size, 0) != st.st_size ||
+        memcmp(text, POLICY_MAGIC, sizeof POLICY_MAGIC - 1) != 0 ||
+        memchr(text, '\0', (size_t)st.st_size)) {
+        free(text);
+        return NULL;
+    }
+    text[st.st_size] = '\0';
+    return text;
+}
+
+/* An inherited policy the environment no longer names. */
+static int policy_find(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return -1;
+    int found = -1;
+    struct dirent *de;
+    while (found < 0 && (de = readdir(d)) != NULL) {
+        char link[300], target[128];
+        snprintf(link, sizeof link, "/proc/self/fd/%s", de->d_name);
+        ssize_t n = readlink(link, target, sizeof target - 1);
+        if (n < 0)
+            continue;
+        target[n] = '\0';
+        if (strncmp(target, "/memfd:bypass-sandbox-policy", 28) == 0) {
+            char *text = policy_read(atoi(de->d_name));
+            if (text)
+                found = atoi(de->d_name);
+            free(text);
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+static const char *policy_field(const char *text, const char *key, char *out, size_t size)
+{
+    size_t kl = strlen(key);
+    for (const char *l = text; *l && *l != '\n'; l = strchr(l, '\n') + 1) {
+        const char *e = strchr(l, '\n');
+        if (!e)
+            break;
+        if ((size_t)(e - l) > kl && memcmp(l, key, kl) == 0 && l[kl] == '=') {
+            snprintf(out, size, "%.*s", (int)(e - l - (long)kl - 1), l + kl + 1);
+            return out;
+        }
+    }
+    out[0] = '\0';
+    return out;
+}
+
+/* Install the policy a process of the run inherited. */
+static int policy_install(int fd, char *text, char *err, size_t errsize)
+{
+    char owner[32], flags[16];
+    policy_field(text, "file", g_mounts_file, sizeof g_mounts_file);
+    policy_field(text, "private", g_private, sizeof g_private);
+    policy_field(text, "owner", owner, sizeof owner);
+    policy_field(text, "flags", flags, sizeof flags);
+    if (strlen(flags) == 6) {
+        g_erofs = flags[0] == '1';
+        g_allow_static = flags[1] == '1';
+        g_cleanup = flags[2] == '1';
+        g_quiet = flags[3] == '1';
+        g_cache_on = flags[4] == '1';
+        g_landlock = flags[5] == '1';
+    }
+    g_settings_read = 1;
+    const char *body = strstr(text, "\n\n");
+    struct sb_mounts m;
+    if (!body || sb_mounts_parse(&m, body + 2, g_mounts_file, err, errsize) < 0)
+        return -1;
+    if (g_private[0] && sb_private_attach_canonical(&m, g_private, 0, err, errsize) < 0) {
+        sb_mounts_free(&m);
+        return -1;
+    }
+    g_private_owner = (pid_t)atoi(owner);
+    if (g_private[0] && g_private_owner == getpid()) {
+        keep_stderr();                  /* the first process of the run, after an exec */
+        atexit(sb_atexit_report);
+    }
+    policy_keep(fd);
+    const char *v = getenv(SB_ENV_MOUNTS);
+    if (v && strcmp(v, g_mounts_file) != 0)
+        say_tamper(SB_ENV_MOUNTS, v);
+    v = getenv(SB_ENV_PRIVATE);
+    if (v && g_private[0] && strcmp(v, g_private) != 0)
+        say_tamper(SB_ENV_PRIVATE, v);
+    sb_install(&m, NULL);
+    return 0;
+}
+
+/* Hold the run to the list with Landlock too; say what that cannot do. */
+static void kernel_enforce(const struct sb_mounts *m)
+{
+    char inexact[1024];
+    int rc = sb_landlock_install(m, g_private, inexact, sizeof inexact);
+    g_landlock = rc == 0;
+    if (rc == ENOSYS || rc == EOPNOTSUPP)
+        sb_msg("Landlock is not available here (%s): the list is enforced by the preload "
+               "layer only, which raw system calls and static programs bypass", strerror(rc));
+    else if (rc)
+        sb_msg("could not install the Landlock ruleset (%s): the list is enforced by the "
+               "preload layer only", strerror(rc));
+    else if (inexact[0])
+        sb_msg("Landlock holds the list except in %s (a narrower line below): there names "
+               "can be listed, nothing created or removed directly, and entries made later "
+               "get no access", inexact);
 }
 
 int sb_init_from_env(char *err, size_t errsize)
 {
     const char *file = getenv(SB_ENV_MOUNTS);
-    if (!file || !*file)
+    const char *named = getenv(SB_ENV_POLICY);
+    if ((!file || !*file) && !named)
         return 0;
-    read_settings();
-    const char *private_env = getenv(SB_ENV_PRIVATE);
-    const char *owner = getenv(SB_ENV_PRIVATE_OWNER);
-    const char *base = getenv(SB_ENV_PRIVATE_BASE);
-    struct sb_mounts m;
-    if (sb_mounts_load(&m, file, err, errsize) < 0)
+    g_pid = getpid();
+    pthread_atfork(NULL, NULL, note_fork_child);
+
+    int fd = -1;
+    char *text = NULL;
+    if (named && *named) {
+        char *end;
+        long n = strtol(named, &end, 10);
+        if (*end == '\0' && n >= 0 && n < INT_MAX && (text = policy_read((int)n)) != NULL)
+            fd = (int)n;
+    }
+    if (!text && (fd = policy_find()) >= 0 && (text = policy_read(fd)) != NULL)
+        say_tamper(SB_ENV_POLICY, named ? named : "(nothing)");
+    if (text) {
+        int rc = policy_install(fd, text, err, errsize);
+        free(text);
+        return rc;
+    }
+    if (named) {
+        snprintf(err, errsize, "bypass sandbox: the run's sealed policy (%s=%s) is not open in "
+                 "this process; refusing to run without it", SB_ENV_POLICY, named);
         return -1;
+    }
+
+    /* the first process of the run */
+    read_settings();
+    snprintf(g_mounts_file, sizeof g_mounts_file, "%s", file);
+    const char *private_env = getenv(SB_ENV_PRIVATE);
+    if (private_env && *private_env)
+        say_tamper(SB_ENV_PRIVATE, private_env);   /* only the run makes its private directory */
+    const char *base = getenv(SB_ENV_PRIVATE_BASE);
+    text = sb_mounts_read(file, err, errsize);
+    if (!text)
+        return -1;
+    struct sb_mounts m;
+    if (sb_mounts_parse(&m, text, file, err, errsize) < 0) {
+        free(text);
+        return -1;
+    }
+    char differs[1024];
+    if (sb_mounts_parrot_differs(&m, differs, sizeof differs))
+        sb_msg("%s: where Parrot would let a later, shorter line win, the longer prefix decides "
+               "here: %s", file, differs);
     int has_private = 0;
     for (int i = 0; i < m.n; i++)
         if (m.e[i].kind == SB_PRIVATE)
             has_private = 1;
     if (has_private) {
-        const char *dir = private_env;
-        if (dir && *dir) {
-            snprintf(g_private, sizeof g_private, "%s", dir);
-            /* the first process of the run, after an exec: still the owner */
-            if (owner && atoi(owner) == (int)getpid()) {
-                g_private_owner = getpid();
-                keep_stderr();
-                atexit(sb_atexit_report);
-            }
-        } else {
-            if (!base || !*base)
-                base = "/var/tmp";
-            snprintf(g_private, sizeof g_private, "%s/bypass-private-XXXXXX", base);
-            if (!mkdtemp(g_private)) {
-                snprintf(err, errsize, "%s:0: error: cannot make a private directory in %s: %s",
-                         file, base, strerror(errno));
-                g_private[0] = '\0';
-                sb_mounts_free(&m);
-                return -1;
-            }
-            char canon[PATH_MAX];
-            if (realpath(g_private, canon))
-                snprintf(g_private, sizeof g_private, "%s", canon);
-            setenv(SB_ENV_PRIVATE, g_private, 1);
-            char pid[32];
-            snprintf(pid, sizeof pid, "%d", (int)getpid());
-            setenv(SB_ENV_PRIVATE_OWNER, pid, 1);
-            g_private_owner = getpid();
-            keep_stderr();
+        if (!base || !*base)
+            base = "/var/tmp";
+        snprintf(g_private, sizeof g_private, "%s/bypass-private-XXXXXX", base);
+        if (!mkdtemp(g_private)) {
+            snprintf(err, errsize, "%s:0: error: cannot make a private directory in %s: %s",
+                     file, base, strerror(errno));
+            g_private[0] = '\0';
+            goto fail;
+        }
+        /* children that change their uid must still reach the directories below */
+        chmod(g_private, 0711);
+        char canon[PATH_MAX];
+        if (realpath(g_private, canon))
+            snprintf(g_private, sizeof g_private, "%s", canon);
+        setenv(SB_ENV_PRIVATE, g_private, 1);
+        keep_stderr();
+        if (sb_private_attach_canonical(&m, g_private, 1, err, errsize) < 0)
+            goto fail;
+        if (start_watcher() < 0) {
+            g_private_owner = getpid();         /* no helper: the exit handler does what it can */
             atexit(sb_atexit_report);
         }
-        /* g_private is canonical: made and resolved here, or by the first process */
-        if (sb_private_attach_canonical(&m, g_private, err, errsize) < 0) {
-            sb_mounts_free(&m);
-            return -1;
-        }
+    } else {
+        unsetenv(SB_ENV_PRIVATE);
     }
+    if (g_landlock_wanted)
+        kernel_enforce(&m);
+    if (policy_make(text, err, errsize) < 0)
+        goto fail;
+    free(text);
     sb_install(&m, NULL);
     return 0;
+fail:
+    free(text);
+    sb_mounts_free(&m);
+    return -1;
 }
 
 void sb_get_stats(struct sb_stats *s)
@@ -701,10 +1022,11 @@ int sb_check(const struct sb_entry *e, int op)
 /* ---- the walk ------------------------------------------------------------- */
 
 struct walk {
-    char *v;               /* virtual prefix resolved so far; "" is the root (PATH_MAX bytes) */
+    char *v;               /* virtual prefix resolved so far; "" is the root (cap bytes) */
     size_t vl;
-    char *r;               /* its real path; "" is the real root (PATH_MAX bytes) */
+    char *r;               /* its real path; "" is the real root (cap bytes) */
     size_t rl;
+    size_t cap;
     const struct sb_entry *e;
     uint64_t h;            /* hash of r[0..hl), extended lazily (walk_hash) */
     size_t hl;
@@ -737,18 +1059,25 @@ static void plen_bits_prepare(void)
     }
 }
 
-/* Latest entry whose prefix is exactly v[0..vl) ("" = "/"). */
+static int g_has_globs;
+
+/* Latest entry whose prefix is exactly v[0..vl) ("" = "/"; v[vl] is '\0'). */
 static const struct sb_entry *exact_entry(const char *v, size_t vl)
 {
     const struct sb_entry *best = NULL;
     size_t want = vl ? vl : 1;
-    if (vl) {
+    if (vl && !g_has_globs) {
         unsigned k = plen_key(v, vl);
         if (!(g_plen_bits[k / 64] & (1ULL << (k % 64))))
             return NULL;
     }
     for (int i = 0; i < g_m.n; i++) {
         const struct sb_entry *e = &g_m.e[i];
+        if (e->glob) {
+            if (vl && sb_entry_covers(e, v) == vl)
+                best = e;
+            continue;
+        }
         if (e->plen != want)
             continue;
         if (vl == 0 ? e->prefix[0] == '/' : memcmp(e->prefix, v, vl) == 0)
@@ -762,6 +1091,8 @@ static int has_nested(const char *v, size_t vl)
 {
     for (int i = 0; i < g_m.n; i++) {
         const struct sb_entry *e = &g_m.e[i];
+        if (e->glob)
+            return 1;                   /* may match below: look, do not guess */
         if (e->plen > vl && (vl == 0 || (memcmp(e->prefix, v, vl) == 0 && e->prefix[vl] == '/')))
             return 1;
     }
@@ -792,7 +1123,7 @@ static int walk_refresh(struct walk *w)
         memcpy(w->r, w->v, w->vl + 1);         /* identity, only for lstat */
         w->rl = w->vl;
     } else {
-        if (sb_translate(w->e, vp, w->r, PATH_MAX))
+        if (sb_translate(w->e, vp, w->r, w->cap))
             return ENAMETOOLONG;
         w->rl = strlen(w->r);
         if (w->rl == 1 && w->r[0] == '/')
@@ -811,12 +1142,17 @@ static void root_prepare(void)
     char wv[PATH_MAX], wr[PATH_MAX];
     w.v = wv;
     w.r = wr;
+    w.cap = PATH_MAX;
     g_root_e = NULL;
     plen_bits_prepare();
     g_hides_names = 0;
-    for (int i = 0; i < g_m.n; i++)
+    g_has_globs = 0;
+    for (int i = 0; i < g_m.n; i++) {
         if (g_m.e[i].kind == SB_ENOENT)
             g_hides_names = 1;
+        if (g_m.e[i].glob)
+            g_has_globs = 1;
+    }
     w.vl = 0;
     if (walk_refresh(&w) == 0) {
         memcpy(g_root_r, w.r, w.rl + 1);
@@ -830,7 +1166,7 @@ static void root_prepare(void)
 static int walk_set(struct walk *w, const char *vpath)
 {
     size_t l = strlen(vpath);
-    if (l + 1 > PATH_MAX)
+    if (l + 1 > w->cap)
         return ENAMETOOLONG;
     if (vpath != w->v)
         memmove(w->v, vpath, l + 1);
@@ -849,6 +1185,7 @@ static int base_compute(const char *v, size_t vl, char *r, struct base *b)
     memcpy(wv, v, vl + 1);
     w.v = wv;
     w.r = r;
+    w.cap = PATH_MAX;
     int rc = walk_set(&w, wv);
     if (rc)
         return rc;
@@ -869,7 +1206,9 @@ static int walk_from_base(struct walk *w, int dirfd, int *from_fd)
     int rc;
     *from_fd = 0;
     if (dirfd == AT_FDCWD) {
+        /* the real cwd is where the agent's chdir took it: the kernel can walk from there */
         rc = cwd_get(w->v, PATH_MAX, w->r, &b);
+        *from_fd = rc == 0 && b.e != NULL;
     } else if (fd_table_get(dirfd, w->v, PATH_MAX, w->r, &b)) {
         STAT_INC(fd_hits);
         *from_fd = b.e != NULL;
@@ -895,7 +1234,7 @@ static int walk_from_base(struct walk *w, int dirfd, int *from_fd)
 
 static int walk_push(struct walk *w, const char *c, size_t cl)
 {
-    if (w->vl + 1 + cl + 1 > PATH_MAX || w->rl + 1 + cl + 1 > PATH_MAX)
+    if (w->vl + 1 + cl + 1 > w->cap || w->rl + 1 + cl + 1 > w->cap)
         return ENAMETOOLONG;
     w->v[w->vl++] = '/';
     memcpy(w->v + w->vl, c, cl);
@@ -1055,14 +1394,16 @@ static __attribute__((noinline)) int splice_link(char *rem, size_t remsize, cons
  * holds the path to continue with; 1: pass the /proc path through; else
  * errno. */
 static __attribute__((noinline)) int read_link(struct walk *w, int op, int last,
-                                               char *target, size_t size)
+                                               char *target, size_t size, int *jumped)
 {
     if (w->rl > 6 && !entry_hides(w->e) && strncmp(w->r, "/proc/", 6) == 0) {
         int m = magic_target(w->r, op, last, 1, target, size);
         if (m == 1)
             return last ? -1 : ENOTDIR;
-        if (m == 0)
+        if (m == 0) {
+            *jumped = 1;
             return 0;
+        }
         if (m != -EINVAL)
             return -m;
     }
@@ -1090,6 +1431,7 @@ struct memo {
     int lock;
     uint32_t gen;
     unsigned klen, vl, rl, hl;
+    int ident;                          /* every entry on the way maps a path to itself */
     const struct sb_entry *e;
     uint64_t h;
     char key[MEMO_MAX], v[MEMO_MAX], r[MEMO_MAX];
@@ -1103,7 +1445,7 @@ static inline struct memo *memo_slot(const char *path, size_t klen)
     return &g_memo[k % MEMO_SLOTS];
 }
 
-static int memo_get(const char *path, size_t klen, struct walk *w)
+static int memo_get(const char *path, size_t klen, struct walk *w, int *ident)
 {
     struct memo *m = memo_slot(path, klen);
     unsigned s1 = __atomic_load_n(&m->seq, __ATOMIC_ACQUIRE);
@@ -1120,6 +1462,7 @@ static int memo_get(const char *path, size_t klen, struct walk *w)
     w->hl = m->hl;
     w->h = m->h;
     w->e = m->e;
+    *ident = m->ident;
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
     if (__atomic_load_n(&m->seq, __ATOMIC_ACQUIRE) == s1)
         return 1;
@@ -1129,7 +1472,7 @@ static int memo_get(const char *path, size_t klen, struct walk *w)
     return 0;
 }
 
-static void memo_put(const char *path, size_t klen, uint32_t gen, const struct walk *w)
+static void memo_put(const char *path, size_t klen, uint32_t gen, const struct walk *w, int ident)
 {
     if (klen < 2 || klen >= MEMO_MAX || w->vl >= MEMO_MAX || w->rl >= MEMO_MAX)
         return;
@@ -1149,16 +1492,17 @@ static void memo_put(const char *path, size_t klen, uint32_t gen, const struct w
     m->hl = (unsigned)w->hl;
     m->h = w->h;
     m->e = w->e;
+    m->ident = ident;
     __atomic_add_fetch(&m->seq, 1, __ATOMIC_ACQ_REL);
     __atomic_clear(&m->lock, __ATOMIC_RELEASE);
 }
 
 /* Follow the symlink the walk stands on: rem becomes target + rest. */
 static __attribute__((noinline)) int follow_link(struct walk *w, int op, int last, const char *after,
-                                                 char *rem, size_t parent_vl, int *magic)
+                                                 char *rem, size_t parent_vl, int *magic, int *jumped)
 {
     char target[PATH_MAX];
-    int rc = read_link(w, op, last, target, sizeof target);
+    int rc = read_link(w, op, last, target, sizeof target, jumped);
     if (rc == -1) {                     /* a /proc link to pass through as it is */
         *magic = 1;
         return 0;
@@ -1167,6 +1511,40 @@ static __attribute__((noinline)) int follow_link(struct walk *w, int op, int las
         return rc;
     w->vl = target[0] == '/' ? 0 : parent_vl;
     return walk_refresh(w);
+}
+
+/* lstat of the program's own (dirfd, path[0..n)): the kernel walks a relative
+ * path from the directory, which may be searchable where an ancestor is not. */
+static __attribute__((noinline)) int lstat_rel(int dirfd, const char *path, size_t n, struct stat *st)
+{
+    char *pre = alloca(n + 1);
+    memcpy(pre, path, n);
+    pre[n] = '\0';
+    return fstatat(dirfd, pre, st, AT_SYMLINK_NOFOLLOW);
+}
+
+/* A name an ENOENT entry hides must answer a change as a truly missing name
+ * beside it would: the parent's refusal, else what the kernel says of a
+ * missing name.  Anything else would tell the program the name is there. */
+static __attribute__((noinline)) int hidden_name_errno(const struct walk *w, int op)
+{
+    if (w->e->kind != SB_ENOENT || w->e->plen != w->vl ||
+        (op != SB_OP_CREATE && op != SB_OP_WRITE && op != SB_OP_DELETE))
+        return ENOENT;
+    char parent[PATH_MAX];
+    size_t pl = w->vl;
+    while (pl > 0 && w->v[pl - 1] != '/')
+        pl--;
+    if (pl > 1)
+        pl--;
+    if (pl + 1 > sizeof parent)
+        return ENOENT;
+    memcpy(parent, w->v, pl);
+    parent[pl] = '\0';
+    int rc = sb_check(sb_lookup(&g_m, parent), op);
+    if (rc)
+        return rc;
+    return op == SB_OP_CREATE ? EACCES : ENOENT;
 }
 
 int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result *res)
@@ -1182,19 +1560,30 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         res->err = EFAULT;
         return EFAULT;
     }
+    res->rel_ok = 1;
+    if (sb_unreadable(path)) {
+        /* only the kernel can tell (EFAULT): the call as given */
+        res->vpath[0] = res->rpath[0] = '\0';
+        return 0;
+    }
     if (!g_active) {
         snprintf(res->rpath, sizeof res->rpath, "%s", path);
         snprintf(res->vpath, sizeof res->vpath, "%s", path);
         return 0;
     }
+    res->rel_ok = 0;
 
     struct walk w;
     w.v = res->vpath;                   /* the walk builds the answer in place */
     w.r = res->rpath;
+    w.cap = SB_PATH_MAX;
     int rc;
     /* relok: the path is relative to a descriptor this agent opened and the
      * walk stayed plain below it (no "..", no symlink, no other entry), so
-     * the kernel may resolve (dirfd, path) itself: same place, shorter walk */
+     * the kernel may resolve (dirfd, path) itself: same place, shorter walk.
+     * ident: every entry met maps paths to themselves, so the kernel's own
+     * walk of the program's string reaches the place checked here, with its
+     * own meaning of ".", "..", trailing slashes and relative paths. */
     int relok = 0;
     if (path[0] == '/') {
         w.vl = 0;
@@ -1207,6 +1596,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
     if (rc)
         goto out;
     const struct sb_entry *base_e = w.e;
+    int ident = w.e->kind == SB_IDENTITY;
 
     size_t plen = strlen(path);
     if (plen + 1 > PATH_MAX) {
@@ -1214,7 +1604,10 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         goto out;
     }
     int trailing = plen > 0 && path[plen - 1] == '/';
+    int dot_tail = path[plen - 1] == '.' && (plen == 1 || path[plen - 2] == '/');
     int links = 0;
+    int land = 0;                       /* a /proc magic link jumped to the final object */
+    char land_path[64];                 /* that link: the kernel reaches the object through it */
     char *rem = NULL;                   /* made once a symlink is met */
     const char *p = path;
 
@@ -1226,7 +1619,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         const char *last_slash = strrchr(path, '/');
         klen = (size_t)(last_slash - path);
         memo = klen > 1;
-        if (memo && memo_get(path, klen, &w)) {
+        if (memo && memo_get(path, klen, &w, &ident)) {
             STAT_INC(memo_hits);
             p = path + klen;
             memo = 0;                   /* nothing new to remember */
@@ -1248,25 +1641,30 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         int last = *after == '\0';
         if (c[0] == '.' && (cl == 1 || (cl == 2 && c[1] == '.'))) {
             if (cl == 2) {
-                relok = 0;
                 if ((rc = walk_pop(&w)))
                     goto out;
+                ident &= w.e->kind == SB_IDENTITY;
+                /* the kernel's ".." is the same step while it stays inside the entry it
+                 * started in (at its root at most): not across a redirect's root */
+                if (w.e != base_e || w.vl < (w.e->plen == 1 ? 0 : w.e->plen))
+                    relok = 0;
             }
             continue;
         }
         if (memo && last) {
             /* w is the parent, walked from the path's own text without symlinks */
             if (!rem && (size_t)(c - path) == klen + 1)
-                memo_put(path, klen, gen0, &w);
+                memo_put(path, klen, gen0, &w, ident);
             memo = 0;
         }
         size_t parent_vl = w.vl;
         if ((rc = walk_push(&w, c, cl)))
             goto out;
+        ident &= w.e->kind == SB_IDENTITY;
         if (w.e != base_e)
             relok = 0;
 
-        int follow = !last || trailing || !(flags & SB_NOFOLLOW);
+        int follow = (!last || trailing || !(flags & SB_NOFOLLOW)) && !(land && last);
         if (!follow && !(flags & SB_STRICT))
             continue;
         if (entry_hides(w.e) && !has_nested(w.v, w.vl))
@@ -1277,7 +1675,11 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         }
         struct stat st;
         STAT_INC(lstats);
-        if (lstat(w.rl ? w.r : "/", &st) < 0) {
+        int sr = lstat(w.rl ? w.r : "/", &st);
+        if (sr < 0 && (errno == EACCES || errno == ENAMETOOLONG) && (ident || relok) && !rem &&
+            path[0] != '/')
+            sr = lstat_rel(dirfd, path, (size_t)(p - path), &st);
+        if (sr < 0) {
             int e = errno;
             if (entry_hides(w.e))
                 continue;               /* do not reveal what is behind */
@@ -1294,7 +1696,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
             continue;
         }
         if (!S_ISLNK(st.st_mode)) {
-            if (!last) {
+            if (!last || (trailing && (flags & SB_STRICT))) {
                 rc = ENOTDIR;
                 goto out;
             }
@@ -1304,6 +1706,12 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
             res->is_link = 1;
             continue;
         }
+        if (last && trailing && op == SB_OP_DELETE && (flags & SB_NOFOLLOW)) {
+            /* rmdir("link/"), unlink("link/"), rename("link/", …) act on the name, which a
+             * slash says must be a directory: the kernel refuses, never touches the target */
+            rc = ENOTDIR;
+            goto out;
+        }
         if (++links > MAX_LINKS) {
             rc = ELOOP;
             goto out;
@@ -1311,29 +1719,45 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         relok = 0;
         if (!rem)
             rem = alloca(PATH_MAX);
-        int magic = 0;
-        if ((rc = follow_link(&w, op, last, after, rem, parent_vl, &magic)))
+        int magic = 0, jumped = 0;
+        char proc[64];
+        int have_proc = last && w.rl < sizeof proc;
+        if (have_proc)
+            memcpy(proc, w.r, w.rl + 1);
+        if ((rc = follow_link(&w, op, last, after, rem, parent_vl, &magic, &jumped)))
             goto out;
+        ident &= w.e->kind == SB_IDENTITY;
         if (magic) {
             res->magic = 1;
             break;
+        }
+        if (jumped && have_proc) {
+            land = 1;
+            memcpy(land_path, proc, sizeof proc);
         }
         p = rem;
     }
 
     res->entry = w.e;
-    res->rel_ok = relok && !res->magic && !entry_hides(w.e);
+    res->rel_ok = ((relok && !res->magic) || ident) && !entry_hides(w.e);
     if (w.vl == 0)
         strcpy(res->vpath, "/");
     if (w.rl == 0)
         strcpy(res->rpath, "/");
     if (res->magic)
         goto out;                       /* the descriptor already grants the access */
-    if (trailing && w.rl && w.rl + 2 <= sizeof res->rpath) {
-        res->rpath[w.rl] = '/';
-        res->rpath[w.rl + 1] = '\0';
+    if ((trailing || dot_tail) && w.rl && w.rl + 3 <= sizeof res->rpath) {
+        /* the kernel's own answers: ENOTDIR for "file/", EINVAL for rmdir("d/.") */
+        res->rpath[w.rl++] = '/';
+        if (dot_tail)
+            res->rpath[w.rl++] = '.';
+        res->rpath[w.rl] = '\0';
     }
     rc = sb_check(w.e, op);
+    if (rc == ENOENT)
+        rc = hidden_name_errno(&w, op);
+    if (land && !rc)
+        strcpy(res->rpath, land_path);  /* the object itself, not what a symlink there names */
 out:
     if (rc) {
         res->vpath[0] = res->rpath[0] = '\0';
@@ -1347,7 +1771,7 @@ out:
  * which the kernel reports itself). */
 static int crosses(const struct sb_entry *a, const struct sb_entry *b)
 {
-    if (a == b)
+    if (a == b || !a || !b)             /* no entry: a path only the kernel can read */
         return 0;
     if (a->kind == SB_IDENTITY && b->kind == SB_IDENTITY)
         return 0;
@@ -1401,6 +1825,8 @@ int sb_reverse_inplace(char *buf, size_t size)
 ssize_t sb_readlink(const struct sb_result *r, char *buf, size_t size)
 {
     char out[PATH_MAX];
+    if (!r->rpath[0])
+        return -EFAULT;                 /* an unreadable path (sb_resolve) */
     if (g_active && strncmp(r->rpath, "/proc/", 6) == 0) {
         pid_t pid;
         int kind, fd;
@@ -1507,9 +1933,10 @@ static int elf_is_static_depth(const char *path, int depth, char *why, size_t wh
         while (*e && *e != ' ' && *e != '\t' && *e != '\n' && *e != '\r')
             e++;
         *e = '\0';
-        if (*s != '/')
+        if (!*s)
             return 0;
-        /* the interpreter must be allowed to run too; the kernel runs it by its real path */
+        /* the interpreter must be allowed to run too (a relative one is found from the
+         * cwd, as the kernel does); the kernel runs it by its real path */
         struct sb_result r;
         if (g_active) {
             if (sb_resolve(SB_OP_EXEC, AT_FDCWD, s, 0, &r) != 0) {
@@ -1538,7 +1965,7 @@ int sb_elf_is_static(const char *realpath_)
 
 int sb_exec_check(const char *realpath_, const char *vpath)
 {
-    char why[PATH_MAX];
+    char why[SB_PATH_MAX];
     why[0] = '\0';
     int st = elf_is_static_depth(realpath_, 0, why, sizeof why);
     if (st == -2) {
@@ -1548,6 +1975,12 @@ int sb_exec_check(const char *realpath_, const char *vpath)
     }
     if (st != 1 || g_allow_static)
         return 0;
+    if (g_landlock) {
+        /* the kernel holds it to the list's rights; only remapping is lost */
+        sb_msg("%s is statically linked: the Landlock ruleset holds it to the list, but it sees "
+               "real paths (no remapping, no private directory)", vpath ? vpath : realpath_);
+        return 0;
+    }
     if (why[0])
         sb_msg("refusing to run %s: its interpreter %s is statically linked, so this "
                "LD_PRELOAD sandbox could not see its calls (set %s=1 to run it anyway)",
@@ -1557,6 +1990,40 @@ int sb_exec_check(const char *realpath_, const char *vpath)
                "not see its calls (set %s=1 to run it anyway)",
                vpath ? vpath : realpath_, SB_ENV_ALLOW_STATIC);
     return EACCES;
+}
+
+int sb_loader_check(const char *program, char *const *argv)
+{
+    if (!g_active || sb_unreadable(program) || sb_unreadable(argv) || !argv[0] ||
+        !is_loader_name(program))
+        return 0;
+    /* ld.so [OPTION]... PROGRAM: the loader maps PROGRAM itself, out of exec's sight (and of
+     * Landlock's EXECUTE right), so PROGRAM needs x here */
+    static const char *const with_value[] = {
+        "--library-path", "--inhibit-rpath", "--audit", "--preload", "--argv0",
+        "--glibc-hwcaps-prepend", "--glibc-hwcaps-mask", NULL,
+    };
+    for (size_t i = 1; argv[i]; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--") == 0)
+            a = argv[++i];
+        else if (strncmp(a, "--", 2) == 0) {
+            for (size_t k = 0; with_value[k]; k++)
+                if (strcmp(a, with_value[k]) == 0 && argv[i + 1])
+                    i++;
+            continue;
+        }
+        if (!a)
+            return 0;
+        struct sb_result r;
+        int e = sb_resolve(SB_OP_EXEC, AT_FDCWD, a, 0, &r);
+        if (!e)
+            e = sb_exec_check(r.rpath, a);
+        if (e)
+            sb_msg("refusing to run %s through the loader %s: %s", a, program, strerror(e));
+        return e;
+    }
+    return 0;
 }
 
 int sb_find_program(const char *file, struct sb_result *r)
@@ -1620,6 +2087,11 @@ int sb_name_hidden(int fd, const char *name)
         return 0;
     size_t dl = strcmp(dir, "/") == 0 ? 0 : strlen(dir);
     size_t nl = strlen(name);
+    if (g_has_globs) {
+        char full[PATH_MAX];
+        if ((size_t)snprintf(full, sizeof full, "%.*s/%s", (int)dl, dir, name) < sizeof full)
+            return sb_lookup(&g_m, full)->kind == SB_ENOENT && sb_lookup(&g_m, dir)->kind != SB_ENOENT;
+    }
     for (int i = g_m.n - 1; i >= 0; i--) {
         const struct sb_entry *e = &g_m.e[i];
         if (e->plen != dl + 1 + nl || memcmp(e->prefix, dir, dl) != 0 || e->prefix[dl] != '/' ||
@@ -1632,24 +2104,68 @@ int sb_name_hidden(int fd, const char *name)
 
 /* ---- environment of children ------------------------------------------------ */
 
-static char g_private_env[PATH_MAX + 32];
-static char g_owner_env[64];
+/* The run's own "NAME=value" when entry sets one of the variables the run fixes. */
+static const char *forced_entry(const char *entry)
+{
+    const char *fixed[3] = { g_env_policy, g_env_mounts, g_private[0] ? g_env_private : NULL };
+    for (int i = 0; i < 3; i++) {
+        if (!fixed[i])
+            continue;
+        size_t nl = strcspn(fixed[i], "=") + 1;
+        if (strncmp(entry, fixed[i], nl) == 0)
+            return fixed[i];
+    }
+    return NULL;
+}
 
 char *const *sb_env_fix(char *const *envp, char **room, size_t n)
 {
-    if (!g_active || !g_private[0] || !envp)
+    if (!g_active || g_policy_fd < 0)
         return envp;
-    static const char key[] = SB_ENV_PRIVATE "=";
-    for (size_t i = 0; i < n; i++)
-        if (strncmp(envp[i], key, sizeof key - 1) == 0)
-            return envp;
-    snprintf(g_private_env, sizeof g_private_env, "%s%s", key, g_private);
-    memcpy(room, envp, n * sizeof *room);
-    room[n++] = g_private_env;
-    if (g_private_owner == getpid()) {
-        snprintf(g_owner_env, sizeof g_owner_env, "%s=%d", SB_ENV_PRIVATE_OWNER, (int)g_private_owner);
-        room[n++] = g_owner_env;
+    /* whatever the program did to the descriptor's flags, the child inherits it */
+    fcntl(g_policy_fd, F_SETFD, 0);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *f = forced_entry(envp[i]);
+        if (!f) {
+            room[k++] = envp[i];
+            continue;
+        }
+        if (strcmp(f, envp[i]) != 0) {
+            size_t nl = strcspn(f, "=");
+            char name[64];
+            snprintf(name, sizeof name, "%.*s", (int)nl, f);
+            say_tamper(name, envp[i] + nl + 1);
+        }
     }
-    room[n] = NULL;
+    room[k++] = g_env_policy;
+    room[k++] = g_env_mounts;
+    if (g_private[0])
+        room[k++] = g_env_private;
+    room[k] = NULL;
     return room;
+}
+
+void sb_environ_fix(void)
+{
+    if (!g_active || g_policy_fd < 0)
+        return;
+    fcntl(g_policy_fd, F_SETFD, 0);
+    char *fixed[3] = { g_env_policy, g_env_mounts, g_private[0] ? g_env_private : NULL };
+    for (int i = 0; i < 3; i++) {
+        if (!fixed[i])
+            continue;
+        size_t nl = strcspn(fixed[i], "=") + 1;
+        char *const *e = environ;
+        while (e && *e && strncmp(*e, fixed[i], nl) != 0)
+            e++;
+        if (e && *e && strcmp(*e, fixed[i]) == 0)
+            continue;
+        if (e && *e) {
+            char name[64];
+            snprintf(name, sizeof name, "%.*s", (int)nl - 1, fixed[i]);
+            say_tamper(name, *e + nl);
+        }
+        putenv(fixed[i]);
+    }
 }

@@ -30,13 +30,15 @@ extern "C" {
 /* Environment variables (documented in README.md). */
 #define SB_ENV_MOUNTS        "BYPASS_MOUNTS"             /* mount list file */
 #define SB_ENV_PRIVATE       "BYPASS_SANDBOX_PRIVATE"    /* private dir of this run (set by the first process) */
-#define SB_ENV_PRIVATE_OWNER "BYPASS_SANDBOX_PRIVATE_OWNER" /* pid of the process that reports it at exit */
 #define SB_ENV_PRIVATE_BASE  "BYPASS_SANDBOX_PRIVATE_BASE" /* where private dirs are made (default /var/tmp) */
-#define SB_ENV_CLEANUP       "BYPASS_SANDBOX_CLEANUP"    /* 1: remove the private dir at exit */
+#define SB_ENV_CLEANUP       "BYPASS_SANDBOX_CLEANUP"    /* 0: keep the private dir (as KEEP_PRIVATE=1) */
+#define SB_ENV_KEEP_PRIVATE  "BYPASS_SANDBOX_KEEP_PRIVATE" /* 1: keep the private dir and say where */
 #define SB_ENV_ALLOW_STATIC  "BYPASS_SANDBOX_ALLOW_STATIC" /* 1: let static executables run */
 #define SB_ENV_ROFS          "BYPASS_SANDBOX_EROFS"      /* 1: writes in read-only places give EROFS, not EACCES */
 #define SB_ENV_CACHE         "BYPASS_SANDBOX_CACHE"      /* 0: no directory cache (see README) */
 #define SB_ENV_QUIET         "BYPASS_SANDBOX_QUIET"      /* 1: do not print the private dir at exit */
+#define SB_ENV_POLICY        "BYPASS_SANDBOX_POLICY"     /* descriptor of the run's sealed policy */
+#define SB_ENV_KERNEL        "BYPASS_SANDBOX_KERNEL_ENFORCEMENT" /* 0: no Landlock ruleset */
 
 /* Kinds of mount-list entry. */
 enum sb_kind {
@@ -60,6 +62,8 @@ struct sb_entry {
     int kind;
     int mode;           /* SB_R|SB_W|SB_X */
     int line;           /* line in the mount list (0: implicit) */
+    int glob;           /* prefix has *, ? or [ : matched component by component with
+                           fnmatch, as Parrot does (DENY, ENOENT and modes only) */
 };
 
 struct sb_mounts {
@@ -75,12 +79,23 @@ struct sb_mounts {
 int sb_mounts_parse(struct sb_mounts *m, const char *text, const char *file,
                     char *err, size_t errsize);
 int sb_mounts_load(struct sb_mounts *m, const char *file, char *err, size_t errsize);
+/* The text of a mount list file (malloc'd), or NULL with err filled. */
+char *sb_mounts_read(const char *file, char *err, size_t errsize);
 void sb_mounts_free(struct sb_mounts *m);
 
 /* The entry that governs an absolute, normalised virtual path (longest
  * matching prefix; for equal prefixes the later line).  Never NULL once
  * a list is installed: an implicit "/ rwx" entry backs every list. */
 const struct sb_entry *sb_lookup(const struct sb_mounts *m, const char *vpath);
+
+/* Length of the part of vpath an entry's prefix covers (glob entries match
+ * as many components as they have), or 0 if it does not cover it. */
+size_t sb_entry_covers(const struct sb_entry *e, const char *vpath);
+
+/* Where Parrot, which lets the later of two covering lines win, would decide
+ * differently from the longest prefix: "line 3 (/home) over line 5 (/), ..."
+ * in out ("" when nowhere).  Returns the number of such pairs. */
+int sb_mounts_parrot_differs(const struct sb_mounts *m, char *out, size_t outsize);
 
 /* Real path for a virtual path under entry e.  Returns 0 or ENAMETOOLONG. */
 int sb_translate(const struct sb_entry *e, const char *vpath, char *out, size_t outsize);
@@ -91,14 +106,43 @@ int sb_reverse(const struct sb_mounts *m, const char *real, char *out, size_t ou
 
 /* Give PRIVATE entries their directories under dir (made if missing). */
 int sb_private_attach(struct sb_mounts *m, const char *dir, char *err, size_t errsize);
-/* Same, for a directory already known to be canonical (no realpath). */
-int sb_private_attach_canonical(struct sb_mounts *m, const char *dir, char *err, size_t errsize);
+/* Same, for a directory already known to be canonical (no realpath); make: create missing
+ * subdirectories (the run's first process), else only name them (a child, which may run as
+ * a user who cannot even look into them). */
+int sb_private_attach_canonical(struct sb_mounts *m, const char *dir, int make, char *err,
+                                size_t errsize);
 
 /* Lexically normalise an absolute path: collapse "//", ".", ".." and the
  * trailing slash.  Returns 0 or ENAMETOOLONG/EINVAL. */
 int sb_normalise(const char *in, char *out, size_t outsize);
 
+/* ---- kernel enforcement (landlock.c) ---------------------------------------- */
+
+/* Landlock ABI version of the kernel, or -errno. */
+int sb_landlock_abi(void);
+/* Restrict this process and all it starts to the list (real paths, after
+ * sb_private_attach); private_dir (or NULL): this run's, whose sibling
+ * private directories of other runs get no access.  0, or an errno.
+ * `inexact` receives the directories the ruleset could not express exactly
+ * (comma separated; "" when none). */
+int sb_landlock_install(const struct sb_mounts *m, const char *private_dir, char *inexact,
+                        size_t inexact_size);
+
 /* ---- global state and operations (resolve.c) ------------------------------ */
+
+/* Addresses no user-space string can live at.  The kernel answers EFAULT for
+ * them; reading them in the agent would crash the program instead. */
+static inline int sb_unreadable(const void *p)
+{
+    unsigned long a = (unsigned long)p;
+#if defined(__x86_64__)
+    return a < 4096 || a >= (1UL << 47);
+#elif defined(__LP64__)
+    return a < 4096 || a >= (1UL << 52);
+#else
+    return a < 4096;
+#endif
+}
 
 /* Operations, i.e. what the call will do to the final path. */
 enum sb_op {
@@ -116,15 +160,22 @@ enum sb_op {
 #define SB_STRICT     2   /* every component must exist (realpath) */
 #define SB_EMPTY_OK   4   /* "" means the dirfd itself (AT_EMPTY_PATH) */
 
+/* A relative path below a deep directory may reach further than PATH_MAX
+ * from the root and still be valid for the kernel, which walks it from the
+ * directory: the walk keeps room for a directory of PATH_MAX plus such a path. */
+#define SB_PATH_MAX (2 * PATH_MAX)
+
 struct sb_result {
     int err;                       /* 0 or the errno the call must fail with */
     const struct sb_entry *entry;  /* entry of the final path */
     int magic;                     /* real path is a /proc magic link or a non-path fd object */
     int is_link;                   /* last component known to be a symlink (SB_NOFOLLOW) */
-    int rel_ok;                    /* (dirfd, path) as given reach the same place: the kernel
-                                      may resolve it (shorter than rpath) */
-    char vpath[PATH_MAX];          /* virtual absolute path, symlinks resolved */
-    char rpath[PATH_MAX];          /* real path for the kernel */
+    int rel_ok;                    /* (dirfd, path) exactly as the program gave them reach the
+                                      place checked: hand them to the kernel unchanged, so that
+                                      ".", "..", trailing slashes and relative paths keep the
+                                      kernel's own meaning (and an unreadable pointer its EFAULT) */
+    char vpath[SB_PATH_MAX];       /* virtual absolute path, symlinks resolved */
+    char rpath[SB_PATH_MAX];       /* real path for the kernel */
 };
 
 /* Install the mount list named by $BYPASS_MOUNTS (called once, from the
@@ -192,15 +243,23 @@ int sb_exec_check(const char *realpath_, const char *vpath);
 /* 1 static ELF, 0 dynamic or not ELF, -1 unreadable. Follows "#!" once. */
 int sb_elf_is_static(const char *realpath_);
 
+/* The loader run as a program (ld.so [OPTION]... PROGRAM): PROGRAM must be
+ * allowed to run too.  0 or errno (with a message). */
+int sb_loader_check(const char *program, char *const *argv);
+
 /* execvp/posix_spawnp: find `file` the way execvp would (PATH search when it
  * has no slash), checking each candidate against the mount list; r->rpath is
  * the real program to run.  0 or errno. */
 int sb_find_program(const char *file, struct sb_result *r);
 
-/* An environment for a child: envp plus the private directory's settings
- * when envp lacks them (env -i), built in room (n = entries of envp; room
- * has n + 3 slots).  Returns envp itself when nothing is missing. */
+/* An environment for a child: envp with the run's own BYPASS_MOUNTS,
+ * BYPASS_SANDBOX_POLICY and BYPASS_SANDBOX_PRIVATE in place of whatever the
+ * program put there (one message when it changed them), built in room
+ * (n = entries of envp; room has n + 4 slots).  Keeps the sealed policy's
+ * descriptor open across the exec. */
 char *const *sb_env_fix(char *const *envp, char **room, size_t n);
+/* The same for `environ` itself (system, popen: their spawn is out of sight). */
+void sb_environ_fix(void);
 
 /* Private directory. */
 const char *sb_private_dir(void);

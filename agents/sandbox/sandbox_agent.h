@@ -12,9 +12,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 
 /* Resolve `var` (a path parameter of the action) for operation `op` and
  * replace it with the real path (unless the path, relative to a directory
@@ -32,6 +35,10 @@
             (var) = sb_r_##var.rpath;                                          \
     } while (0)
 
+/* The path to hand the kernel after a check: the program's own wherever it
+ * reaches the place checked (see sb_result.rel_ok), else the real one. */
+#define SB_KPATH(r, asked) ((r).rel_ok ? (asked) : (r).rpath)
+
 /* Early exit when no mount list is installed: the agent is a pass-through. */
 #define SB_PASS_IF_INACTIVE()                                                  \
     do {                                                                       \
@@ -39,12 +46,12 @@
             return BYPASS_NEXT();                                              \
     } while (0)
 
-/* Give a child's explicit environment the private directory (env -i). */
+/* Give a child the run's own settings, whatever its environment says. */
 #define SB_ENV_FIX(envp)                                                       \
     size_t sb_envn_ = 0;                                                       \
     while ((envp) && (envp)[sb_envn_])                                         \
         sb_envn_++;                                                            \
-    char *sb_envroom_[sb_envn_ + 3];                                           \
+    char *sb_envroom_[sb_envn_ + 4];                                           \
     (envp) = sb_env_fix((envp), sb_envroom_, sb_envn_)
 
 /* What an open() with these flags will do to the file. */
@@ -90,7 +97,7 @@ static inline int sb_at_flags(int atflags)
 /* An *at() call on the descriptor itself ("" with AT_EMPTY_PATH, or NULL). */
 static inline int sb_on_fd(const char *path, int atflags)
 {
-    return path == NULL || (path[0] == '\0' && (atflags & AT_EMPTY_PATH));
+    return path == NULL || (!sb_unreadable(path) && path[0] == '\0' && (atflags & AT_EMPTY_PATH));
 }
 
 /* Permission check of a call that works on a descriptor's own file. */
@@ -98,6 +105,58 @@ static inline int sb_check_fd(int dirfd, int op)
 {
     struct sb_result r;
     return sb_resolve(op, dirfd, "", SB_EMPTY_OK, &r);
+}
+
+/* A change made through a descriptor (fchmod, fchown, futimens, fsetxattr): the place
+ * it names must be writable; Landlock has no right for these, so only this check holds
+ * them.  Pipes and sockets are no place (ENOTDIR from the walk): nothing to check. */
+static inline int sb_check_fd_change(int fd)
+{
+    int e = sb_check_fd(fd, SB_OP_WRITE);
+    return e == ENOTDIR ? 0 : e;
+}
+
+#define SB_FD_CHANGE(fd, failval)                                              \
+    do {                                                                       \
+        int sb_e_ = sb_check_fd_change(fd);                                    \
+        if (sb_e_) {                                                           \
+            errno = sb_e_;                                                     \
+            return failval;                                                    \
+        }                                                                      \
+    } while (0)
+
+/* An AF_UNIX address naming a path (not abstract, not unnamed)? */
+static inline int sb_unix_path(const struct sockaddr *addr, socklen_t len)
+{
+    return addr && len > offsetof(struct sockaddr_un, sun_path) && addr->sa_family == AF_UNIX &&
+           ((const struct sockaddr_un *)addr)->sun_path[0] != '\0';
+}
+
+/* bind/connect: the socket's path through the policy, the address rewritten into `room`
+ * when the path is translated.  0 or errno. */
+static inline int sb_unix_map(int op, const struct sockaddr **addr, socklen_t *len,
+                              struct sockaddr_un *room)
+{
+    const struct sockaddr_un *un = (const struct sockaddr_un *)*addr;
+    size_t max = *len - offsetof(struct sockaddr_un, sun_path);
+    if (max > sizeof un->sun_path)
+        max = sizeof un->sun_path;
+    char path[sizeof un->sun_path + 1];
+    memcpy(path, un->sun_path, max);
+    path[max] = '\0';
+    struct sb_result r;
+    int e = sb_resolve(op, AT_FDCWD, path, SB_NOFOLLOW, &r);
+    if (e || r.rel_ok)
+        return e;
+    size_t rl = strlen(r.rpath);
+    if (rl + 1 > sizeof room->sun_path)
+        return ENAMETOOLONG;
+    memset(room, 0, sizeof *room);
+    room->sun_family = AF_UNIX;
+    memcpy(room->sun_path, r.rpath, rl + 1);
+    *addr = (const struct sockaddr *)room;
+    *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + rl + 1);
+    return 0;
 }
 
 /* mkstemp & co. write the generated name into the template: after running

@@ -11,15 +11,16 @@ SANDBOX = ROOT / "agents" / "sandbox"
 PATH_MAX = 4096
 
 CDEF = """
-struct sb_entry { char *prefix; size_t plen; char *target; size_t tlen; int kind; int mode; int line; };
+struct sb_entry { char *prefix; size_t plen; char *target; size_t tlen; int kind; int mode; int line; int glob; };
 struct sb_mounts { struct sb_entry *e; int n; char file[4096]; };
 struct sb_result { int err; const struct sb_entry *entry; int magic; int is_link; int rel_ok;
-                   char vpath[4096]; char rpath[4096]; };
+                   char vpath[8192]; char rpath[8192]; };
 struct sb_stats { unsigned long resolves, lstats, cache_hits, readlinks, fd_hits, fd_misses, memo_hits; };
 int sb_mounts_parse(struct sb_mounts *m, const char *text, const char *file, char *err, size_t errsize);
 int sb_mounts_load(struct sb_mounts *m, const char *file, char *err, size_t errsize);
 void sb_mounts_free(struct sb_mounts *m);
 const struct sb_entry *sb_lookup(const struct sb_mounts *m, const char *vpath);
+int sb_mounts_parrot_differs(const struct sb_mounts *m, char *out, size_t outsize);
 int sb_translate(const struct sb_entry *e, const char *vpath, char *out, size_t outsize);
 int sb_reverse(const struct sb_mounts *m, const char *real, char *out, size_t outsize);
 int sb_private_attach(struct sb_mounts *m, const char *dir, char *err, size_t errsize);
@@ -58,7 +59,7 @@ AT_FDCWD = -100
 def build_library(out_dir: Path) -> Path:
     lib = out_dir / "libsandbox_test.so"
     cmd = ["gcc", "-Wall", "-Wextra", "-Werror", "-O2", "-g", "-fPIC", "-shared",
-           "-o", str(lib), str(SANDBOX / "mounts.c"), str(SANDBOX / "resolve.c")]
+           "-o", str(lib), str(SANDBOX / "mounts.c"), str(SANDBOX / "resolve.c"), str(SANDBOX / "landlock.c")]
     subprocess.run(cmd, check=True)
     return lib
 

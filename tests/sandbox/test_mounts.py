@@ -46,7 +46,8 @@ BAD = [
     ("/a\n", 1, "missing redirect or mode"),
     ("/a /b r x\n", 1, "too many fields"),
     ("/a rx r\n", 1, "unexpected 'r' after mode 'rx'"),
-    ("/a private\n", 1, "unknown keyword 'private'"),
+    ("/a privat\n", 1, "unknown keyword 'privat'"),
+    ("/a* /b\n", 1, "glob prefix '/a*' can only DENY, hide (ENOENT) or set a mode"),
 ]
 
 
@@ -151,3 +152,49 @@ def test_normalise(sb, inp, out):
     assert sb.lib.sb_normalise(inp.encode(), buf, 4096) == 0
     assert sb.ffi.string(buf).decode() == out
     assert mounts.normalise(inp) == out
+
+
+PARROT = """\
+/            RX
+/home        deny
+/data/sec*   DENY
+/data/*/log  Enoent
+/opt         Rx
+/srv/a       rwx
+/srv         R
+"""
+
+
+def test_parrot_syntax_is_read_as_parrot_reads_it(sb):
+    """Case-insensitive modes and keywords; glob prefixes matched with fnmatch, component by
+    component; C and Python agree."""
+    m, err = sb.parse(PARROT)
+    assert err is None, err
+    c_entries = sb.entries(m)
+    py = mounts.parse(PARROT)
+    assert c_entries == [(e.prefix, e.kind, e.target, e.mode, e.line) for e in py]
+    assert [(e.prefix, e.kind, e.mode, e.glob) for e in py if e.line] == [
+        ("/", "identity", "rx", False), ("/home", "DENY", "", False),
+        ("/data/sec*", "DENY", "", True), ("/data/*/log", "ENOENT", "", True),
+        ("/opt", "identity", "rx", False), ("/srv/a", "identity", "rwx", False),
+        ("/srv", "identity", "r", False)]
+    for path, line in [("/data/secret", 3), ("/data/secret/x/y", 3), ("/data/sec", 3),
+                       ("/data/public", 1), ("/data/a/log", 4), ("/data/a/log/today", 4),
+                       ("/data/a/b/log", 1), ("/data", 1), ("/home/me", 2), ("/srv/a/b", 6),
+                       ("/srv/b", 7)]:
+        c = sb.lib.sb_lookup(m, path.encode())
+        assert (c.line, mounts.lookup(py, path).line) == (line, line), path
+    sb.lib.sb_mounts_free(m)
+
+
+def test_where_parrot_would_decide_otherwise_is_named(sb):
+    """Parrot lets the later of two covering lines win; here the longer prefix decides.  The
+    lines where that differs are named (line 6 /srv/a rwx, then line 7 /srv r)."""
+    pairs = mounts.parrot_differs(mounts.parse(PARROT))
+    assert [(i.line, o.line) for i, o in pairs] == [(6, 7)]
+    m, _ = sb.parse(PARROT)
+    buf = sb.ffi.new("char[]", 1024)
+    assert sb.lib.sb_mounts_parrot_differs(m, buf, 1024) == 1
+    assert sb.ffi.string(buf).decode() == "line 6 (/srv/a) over line 7 (/srv)"
+    sb.lib.sb_mounts_free(m)
+    assert mounts.parrot_differs(mounts.parse("/ rx\n/home DENY\n/work rwx\n")) == []

@@ -1,0 +1,137 @@
+/*
+ * escape.c - what the preload layer cannot see: raw system calls (built
+ * static too, and run through the loader by the tests), io_uring, a file
+ * handle, dlopen.  Prints one line per attempt: "read ok <bytes>" or
+ * "read <error>", "write ok" or "write <error>", and so on.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/io_uring.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* One IORING_OP_OPENAT, no liburing: the file descriptor, or -errno. */
+static long uring_openat(const char *path, int flags)
+{
+    struct io_uring_params p;
+    memset(&p, 0, sizeof p);
+    int ring = (int)syscall(SYS_io_uring_setup, 4, &p);
+    if (ring < 0)
+        return -errno;
+    size_t sq_size = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    size_t cq_size = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    if (p.features & IORING_FEAT_SINGLE_MMAP)
+        sq_size = cq_size = sq_size > cq_size ? sq_size : cq_size;
+    char *sq = mmap(NULL, sq_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, ring,
+                    IORING_OFF_SQ_RING);
+    char *cq = (p.features & IORING_FEAT_SINGLE_MMAP)
+                   ? sq
+                   : mmap(NULL, cq_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, ring,
+                          IORING_OFF_CQ_RING);
+    struct io_uring_sqe *sqes = mmap(NULL, p.sq_entries * sizeof *sqes, PROT_READ | PROT_WRITE,
+                                     MAP_SHARED | MAP_POPULATE, ring, IORING_OFF_SQES);
+    if (sq == MAP_FAILED || cq == MAP_FAILED || sqes == MAP_FAILED)
+        return -ENOMEM;
+    unsigned *tail = (unsigned *)(sq + p.sq_off.tail);
+    unsigned idx = *tail & *(unsigned *)(sq + p.sq_off.ring_mask);
+    memset(&sqes[idx], 0, sizeof sqes[idx]);
+    sqes[idx].opcode = IORING_OP_OPENAT;
+    sqes[idx].fd = AT_FDCWD;
+    sqes[idx].addr = (unsigned long)path;
+    sqes[idx].open_flags = (unsigned)flags;
+    ((unsigned *)(sq + p.sq_off.array))[idx] = idx;
+    __atomic_store_n(tail, *tail + 1, __ATOMIC_RELEASE);
+    if (syscall(SYS_io_uring_enter, ring, 1, 1, IORING_ENTER_GETEVENTS, NULL, 0) < 0)
+        return -errno;
+    unsigned head = *(unsigned *)(cq + p.cq_off.head) & *(unsigned *)(cq + p.cq_off.ring_mask);
+    return ((struct io_uring_cqe *)(cq + p.cq_off.cqes))[head].res;
+}
+
+/* A file handle taken before the run (name_to_handle_at, in hex), opened inside it. */
+static long handle_open(const char *mount_path, const char *hex, int flags)
+{
+    size_t n = strlen(hex) / 2;
+    struct file_handle *h = malloc(sizeof *h + n);
+    unsigned type;
+    if (!h || sscanf(hex, "%8x", &type) != 1)
+        return -EINVAL;
+    h->handle_type = (int)type;
+    h->handle_bytes = (unsigned)(n - 4);
+    for (size_t i = 4; i < n; i++) {
+        unsigned b;
+        sscanf(hex + 2 * i, "%2x", &b);
+        h->f_handle[i - 4] = (unsigned char)b;
+    }
+    int mfd = open(mount_path, O_RDONLY | O_DIRECTORY);
+    long fd = syscall(SYS_open_by_handle_at, mfd, h, flags);
+    return fd < 0 ? -errno : fd;
+}
+
+static void report(long rfd, long wfd)
+{
+    char buf[256];
+    long n = rfd >= 0 ? read((int)rfd, buf, sizeof buf - 1) : rfd;
+    if (n >= 0) {
+        buf[n] = '\0';
+        printf("read ok %s", buf);
+    } else {
+        printf("read %s\n", strerror((int)-n));
+    }
+    n = wfd >= 0 ? write((int)wfd, "escaped\n", 8) : wfd;
+    printf("write %s\n", n == 8 ? "ok" : strerror((int)-n));
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 4 && strcmp(argv[1], "raw") == 0) {
+        char buf[256];
+        long fd = syscall(SYS_openat, AT_FDCWD, argv[2], O_RDONLY, 0);
+        long n = fd >= 0 ? syscall(SYS_read, fd, buf, sizeof buf - 1) : -1;
+        if (n >= 0) {
+            buf[n] = '\0';
+            printf("read ok %s", buf);
+        } else {
+            printf("read %s\n", strerror(errno));
+        }
+        fd = syscall(SYS_openat, AT_FDCWD, argv[3], O_WRONLY | O_TRUNC, 0);
+        n = fd >= 0 ? syscall(SYS_write, fd, "escaped\n", 8) : -1;
+        printf("write %s\n", n == 8 ? "ok" : strerror(errno));
+        return 0;
+    }
+    if (argc == 4 && strcmp(argv[1], "uring") == 0) {
+        report(uring_openat(argv[2], O_RDONLY), uring_openat(argv[3], O_WRONLY | O_TRUNC));
+        return 0;
+    }
+    if (argc == 5 && strcmp(argv[1], "handle") == 0) {
+        report(handle_open(argv[2], argv[3], O_RDONLY), handle_open(argv[2], argv[4], O_WRONLY | O_TRUNC));
+        return 0;
+    }
+    if (argc == 3 && strcmp(argv[1], "name") == 0) {
+        struct file_handle *h = malloc(sizeof *h + MAX_HANDLE_SZ);
+        int mount_id;
+        h->handle_bytes = MAX_HANDLE_SZ;
+        if (!h || name_to_handle_at(AT_FDCWD, argv[2], h, &mount_id, 0) < 0) {
+            perror("name_to_handle_at");
+            return 1;
+        }
+        printf("%08x", (unsigned)h->handle_type);
+        for (unsigned i = 0; i < h->handle_bytes; i++)
+            printf("%02x", h->f_handle[i]);
+        printf("\n");
+        return 0;
+    }
+    if (argc == 3 && strcmp(argv[1], "dlopen") == 0) {
+        void *h = dlopen(argv[2], RTLD_NOW);
+        printf("dlopen %s\n", h ? "ok" : dlerror());
+        return 0;
+    }
+    fprintf(stderr, "usage: escape raw|uring READ WRITE | name PATH | handle DIR HREAD HWRITE | "
+                    "dlopen LIB\n");
+    return 2;
+}

@@ -1,0 +1,142 @@
+"""With the identity list `/ rwx` the program cannot tell the agent from the kernel.
+
+Every case of kernel_probe.c (and the Python programs below) runs twice, natively and under the
+real agent, each in a fresh copy of the same directory; the printed results (return value and
+errno of every call) and the resulting trees must be the same.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+PY = os.path.realpath(sys.executable)
+
+
+@pytest.fixture(scope="session")
+def probe(tmp_path_factory) -> Path:
+    exe = tmp_path_factory.mktemp("kprobe") / "kernel_probe"
+    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(exe), str(HERE / "kernel_probe.c")],
+                   check=True)
+    return exe
+
+
+@pytest.fixture
+def identity_list():
+    d = Path(tempfile.mkdtemp(prefix="bypass-kprobe-", dir="/var/tmp")).resolve()
+    (d / "mounts.txt").write_text("/ rwx\n")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def tree(root: Path) -> list[tuple[str, str, int]]:
+    """(relative path, kind, mode) of everything below root; by descriptors, because the
+    paths may be longer than PATH_MAX."""
+    out = []
+    for dirpath, dirnames, filenames, dfd in os.fwalk(root):
+        rel = os.path.relpath(dirpath, root)
+        for n in dirnames + filenames:
+            st = os.stat(n, dir_fd=dfd, follow_symlinks=False)
+            kind = "l" if stat.S_ISLNK(st.st_mode) else "d" if stat.S_ISDIR(st.st_mode) else "f"
+            out.append((os.path.join(rel, n), kind, st.st_mode & 0o7777))
+    return sorted(out)
+
+
+def both(agent: Path, area: Path, cmd: list[str]):
+    """Run cmd natively and under the agent, each in its own fresh directory."""
+    results = []
+    for mode in ("native", "agent"):
+        cwd = area / mode
+        cwd.mkdir()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_")}
+        env["LC_ALL"] = "C"
+        if mode == "agent":
+            env.update(LD_PRELOAD=str(agent), BYPASS_MOUNTS=str(area / "mounts.txt"))
+        p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+        results.append((p.returncode, p.stdout, tree(cwd)))
+        assert p.returncode in (0, 1), p.stderr
+    return results
+
+
+@pytest.mark.parametrize("case", ["dots", "efault", "long", "nftw", "names", "shapes", "unsearchable"])
+def test_probe_case_matches_the_kernel(agent, probe, identity_list, case):
+    native, sandboxed = both(agent, identity_list, [str(probe), case])
+    assert native[0] == 0, native[1]
+    assert sandboxed == native
+
+
+def test_subprocess_cwd_leaves_the_parents_cwd_alone(agent, identity_list):
+    """A vfork child's chdir (Popen(cwd=D)) must not move the parent; its later relative
+    writes stay where the parent is."""
+    code = textwrap.dedent("""
+        import os, subprocess
+        os.mkdir("D")
+        for _ in range(3):
+            subprocess.run(["/bin/true"], cwd="D", check=True)
+            subprocess.run(["/bin/sh", "-c", "pwd > where"], cwd="D", check=True)
+        with open("rel", "w") as f:
+            f.write(os.getcwd().rsplit("/", 1)[1])
+        os.mkdir("sub")
+        print(sorted(os.listdir(".")), open("D/where").read().rsplit("/", 1)[1].strip())
+    """)
+    native, sandboxed = both(agent, identity_list, [PY, "-c", code])
+    assert native[0] == 0
+    assert sandboxed == native
+
+
+def test_a_hidden_name_and_a_missing_one_answer_alike(agent, identity_list):
+    """In a read-only directory, a name an ENOENT line hides must not answer changes
+    differently from a name that is not there (no existence oracle)."""
+    w = identity_list
+    (w / "ro").mkdir()
+    (w / "ro/hidden").mkdir()
+    (w / "mounts.txt").write_text(f"/ rwx\n{w}/ro rx\n{w}/ro/hidden ENOENT\n")
+    code = textwrap.dedent("""
+        import os, sys
+        def errno_of(f, *a):
+            try:
+                f(*a)
+                return 0
+            except OSError as e:
+                return e.errno
+        for name in ("hidden", "missing"):
+            p = os.path.join(sys.argv[1], name)
+            print(name, [errno_of(f, p) for f in (os.mkdir, os.rmdir, os.unlink, os.stat)],
+                  errno_of(lambda q: open(q, "w"), p))
+    """)
+    env = dict(os.environ, LD_PRELOAD=str(agent), BYPASS_MOUNTS=str(w / "mounts.txt"))
+    p = subprocess.run([PY, "-c", code, str(w / "ro")], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    hidden, missing = (line.split(" ", 1)[1] for line in p.stdout.splitlines())
+    assert hidden == missing, p.stdout
+    assert (w / "ro/hidden").is_dir()
+
+
+@pytest.mark.parametrize("case", ["dots", "efault", "long", "nftw", "names", "shapes", "unsearchable"])
+def test_probe_case_through_a_redirect_matches_the_kernel(agent, probe, identity_list, case):
+    """The same calls in a redirected directory (the agent passes real paths there) give what
+    the kernel gives in the real place."""
+    area = identity_list
+    (area / "real").mkdir()
+    (area / "mounts.txt").write_text(f"/ rwx\n{area}/virtual {area}/real\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_")}
+    env["LC_ALL"] = "C"
+    (area / "native").mkdir()
+    native = subprocess.run([str(probe), case], cwd=area / "native", env=env, capture_output=True,
+                            text=True, timeout=60)
+    env.update(LD_PRELOAD=str(agent), BYPASS_MOUNTS=str(area / "mounts.txt"))
+    sandboxed = subprocess.run(["sh", "-c", f'cd {area}/virtual && exec "$0" "$1"', str(probe), case],
+                               env=env, capture_output=True, text=True, timeout=60)
+    assert (sandboxed.returncode, sandboxed.stdout) == (native.returncode, native.stdout), \
+        sandboxed.stderr
+    assert tree(area / "real") == tree(area / "native")
