@@ -36,8 +36,9 @@ _LOCALE = re.compile(r"^/usr/lib/locale/|^/usr/share/locale/|^/usr/share/locale-
 _TIMEZONE = re.compile(r"^/etc/localtime$|^/usr/share/zoneinfo(/|$)|^/etc/timezone$")
 _LOADER = re.compile(r"^/etc/ld\.so\.(cache|preload)$|\.so(\.[\d.]+)?$|/glibc-hwcaps(/|$)|"
                      r"^(/usr)?/lib(32|64|x32)?(/[\w.-]+-linux-gnu)?(/(tls|haswell|x86_64|avx512_1|i686))*/?$|"
-                     # ld.so probing an RPATH: <libdir>/tls/haswell/avx512_1/x86_64 and every prefix of it
-                     r"/lib\w*/(tls|haswell|avx512_1)(/(haswell|avx512_1|x86_64))*$|/lib\w*/x86_64$")
+                     # ld.so probing an RPATH: <libdir>/tls/haswell/avx512_1/x86_64, every prefix of
+                     # it, and the platform directory twice (<libdir>/x86_64/x86_64, pyenv's python)
+                     r"/lib\w*(/(tls|haswell|avx512_1|x86_64))+$")
 _SYSINFO = re.compile(r"^/proc/sys/kernel/|^/sys/devices/system/cpu/|^/proc/(meminfo|stat|loadavg|cpuinfo)$|"
                       r"^/proc/self/(maps|fd/\d+|stat|status|mountinfo)$|^/proc/\d+/(maps|stat|status)$|"
                       r"^/dev/(tty|pts/\d+|ptmx)$|^/sys/fs/cgroup/")
