@@ -143,19 +143,22 @@ def test_nothing_outside_the_work_directory_is_touched(trace_agent, tmp_path):
     assert (outer / "sentinel").read_text() == "keep" and list(work.iterdir()) == []
 
 
-def test_sandbox_known_defects_are_found(agents, tmp_path):
-    """Issue 11's one-line repros: with the identity list the sandbox removes `d/.`-style
-    paths by string processing and dies on invalid pointers. The oracle must see both."""
+def test_sandbox_identity_list(agents, tmp_path):
+    """Issue 11's one-line repros, as the oracle sees them: with the identity list no `d/.`-style
+    path is removed by string processing and no `(char *)-1` path crashes the agent; what
+    differs is either explained in sandbox.expected or reported (exit 1)."""
     mounts = tmp_path / "identity.txt"
     mounts.write_text("/ rwx\n")
     (tmp_path / "w").mkdir()
     done = conform(AGENTS / "sandbox" / "sandbox.bypass", "--agent", agents["sandbox"], "-m", mounts,
                    "--seed", 1, "--ops", 1500, "--json", "--workdir", tmp_path / "w")
     result = report(done)
-    assert done.returncode == 1
-    titles = [i["title"] for i in result["items"]]
-    assert any(i["kind"] == "crash" and "(const char *)" in i["step"] for i in result["items"]), titles
-    assert any(("rmdir(" in t or "unlinkat(" in t or "rename" in t) and "/." in t for t in titles), titles
+    assert done.returncode == (1 if result["unexpected"] else 0)
+    unexpected = [i for i in result["items"] if not i["expected"]]
+    assert not [i["title"] for i in unexpected if i["kind"] == "crash" and "(const char *)-1" in i["title"]]
+    assert not [i["title"] for i in unexpected if ("rmdir(" in i["title"] or "unlinkat(" in i["title"])
+                and "/." in i["title"]]
+    assert all(i["kind"] == "crash" and "PROT_NONE_PAGE" in i["title"] for i in result["items"] if i["expected"])
 
 
 def test_remote_known_defects_are_found(agents, tmp_path):
