@@ -19,7 +19,9 @@ from ..errors import BypassError
 from . import report, tree
 from .engine import Oracle, Side, build_executor
 from .expected import expected_file, load_rules, match
-from .ops import Generator
+from .ops import Generator, Step
+
+KNOWN_OPS = {name for name, _, _ in Generator.CATALOGUE}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--expected", metavar="FILE",
                         help="expected divergences (default: SPEC with the suffix .expected, if present)")
     parser.add_argument("--max-reports", type=int, default=20, help="distinct divergences to shrink and show")
+    parser.add_argument("--replay", metavar="FILE",
+                        help="run the sequences of FILE (a --json report, or a script: one `ID OP ARG…` "
+                             "step a line, sequences separated by blank lines) instead of generating")
     parser.add_argument("--json", action="store_true", help="print counts and divergences as JSON")
 
 
@@ -104,8 +109,35 @@ def _recurs(oracle: Oracle, steps, div) -> bool:
     return again is not None and again.signature() == div.signature()
 
 
+def _replayed(path: str) -> list[list[Step]]:
+    """The sequences of a --json report (each item's script) or of a plain script file."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BypassError(f"conform: --replay {path}: {exc}") from None
+    try:
+        scripts = [item["script"] for item in json.loads(text)["items"]]
+    except (ValueError, KeyError, TypeError):
+        scripts = [block.splitlines() for block in text.split("\n\n")]
+    sequences = []
+    for number, lines in enumerate(scripts, 1):
+        try:
+            steps = [Step.parse(line) for line in lines if line.strip() and not line.startswith("#")]
+        except ValueError as exc:
+            raise BypassError(f"conform: --replay {path}: sequence {number}: {exc}") from None
+        unknown = sorted({s.op for s in steps} - KNOWN_OPS)
+        if unknown:
+            raise BypassError(f"conform: --replay {path}: sequence {number}: unknown step {unknown[0]!r}")
+        if steps:
+            sequences.append(steps)
+    if not sequences:
+        raise BypassError(f"conform: --replay {path}: no steps in it")
+    return sequences
+
+
 def run(args) -> int:
     _check(args)
+    replay = _replayed(args.replay) if args.replay else None
     spec = Path(args.spec)
     rules = load_rules(Path(args.expected) if args.expected else expected_file(spec))
     from ..build import build_cached
@@ -125,10 +157,13 @@ def run(args) -> int:
         while True:
             done_in_seed = 0
             index = 0
-            while done_in_seed < args.ops:
-                length = min(args.length, args.ops - done_in_seed)
-                gen = Generator(f"{seed}:{index}", as_root=as_root)
-                steps = gen.sequence(length)
+            while (index < len(replay)) if replay is not None else (done_in_seed < args.ops):
+                if replay is not None:
+                    steps = replay[index]
+                    length = len(steps)
+                else:
+                    length = min(args.length, args.ops - done_in_seed)
+                    steps = Generator(f"{seed}:{index}", as_root=as_root).sequence(length)
                 div = oracle.diverge(steps)
                 sequences += 1
                 steps_run += length
@@ -137,7 +172,7 @@ def run(args) -> int:
                     flaky.append(div.title())   # timing-dependent: counted, not reported as found
                     div = None
                 if div is not None:
-                    div.seed = f"seed {seed}, sequence {index}"
+                    div.seed = f"replayed sequence {index + 1}" if replay else f"seed {seed}, sequence {index}"
                     rule = match(rules, div.title())
                     # an expected divergence is shown once per rule, unshrunk: the report's room
                     # and the time to shrink are kept for what nobody explained
@@ -154,7 +189,7 @@ def run(args) -> int:
                 index += 1
                 if args.time is not None and time.monotonic() - started > args.time:
                     break
-            if args.time is None or time.monotonic() - started > args.time:
+            if replay is not None or args.time is None or time.monotonic() - started > args.time:
                 break
             seed += 1
     divergences = list(found.values())
@@ -171,8 +206,10 @@ def run(args) -> int:
         json.dump(summary, sys.stdout, indent=1)
         print()
     else:
-        print(f"bypass conform: {spec.name}: {steps_run} steps in {sequences} sequences (seeds {args.seed}"
-              f"{'' if seed == args.seed else f'..{seed}'}), {summary['seconds']} s: "
+        where = f"replayed from {args.replay}" if replay else \
+            f"seeds {args.seed}{'' if seed == args.seed else f'..{seed}'}"
+        print(f"bypass conform: {spec.name}: {steps_run} steps in {sequences} sequences ({where}), "
+              f"{summary['seconds']} s: "
               f"{len(unexpected)} unexpected, {summary['expected']} expected divergence(s)"
               + ("" if len(unexpected) < args.max_reports else f" (stopped shrinking after {args.max_reports})")
               + (f"; {len(flaky)} sequence(s) diverged once but not when run again" if flaky else ""))

@@ -134,8 +134,30 @@ class Step:
         """The call as a person reads it (the executor's composite steps keep their names)."""
         return f"{self.op}({', '.join(a.c() for a in self.args)})"
 
-    def fds(self) -> list[int]:
-        return [a.step for a in self.args if isinstance(a, Fd)]
+    @staticmethod
+    def parse(line: str) -> "Step":
+        """A script line back into a step (`--replay`); flags come back as plain numbers."""
+        fields = line.split()
+        if len(fields) < 2 or not fields[0].isdigit():
+            raise ValueError(f"not a step: {line!r}")
+        return Step(int(fields[0]), fields[1], tuple(_parse_token(t) for t in fields[2:]))
+
+
+def _parse_token(token: str):
+    if token in ("bad", "guard", "null"):
+        return Path(kind=token)
+    if token[:2] == "s:":
+        return Path(bytes.fromhex(token[2:]))
+    if token[:2] == "r:":
+        return Path(bytes.fromhex(token[2:]), "root")
+    if token[:2] == "R:":
+        length, _, data = token[2:].partition(":")
+        return Path(bytes.fromhex(data), "long", int(length))
+    if token[0] == "#":
+        return Fd(int(token[1:]))
+    if token[0] == "%":
+        return DirStream(int(token[1:]))
+    return Num(int(token, 0))
 
 
 # Steps that return a descriptor (the executor remembers it under the step's id).

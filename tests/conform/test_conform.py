@@ -113,6 +113,28 @@ def test_text_report_and_expected_rules(agents, tmp_path):
     assert done.returncode == (1 if result["unexpected"] else 0)
 
 
+def test_replay_of_a_report_and_of_a_script(agents, tmp_path):
+    """An author fixing an agent replays what conform found, without generating anew."""
+    done = conform(HERE / "wrong_unlink.bypass", "--agent", agents["wrong_unlink"], "--seed", 3, "--ops", 300,
+                   "--json", "--workdir", tmp_path)
+    saved = tmp_path / "found.json"
+    saved.write_text(done.stdout)
+    found = report(done)
+    again = report(conform(HERE / "wrong_unlink.bypass", "--agent", agents["wrong_unlink"], "--replay", saved,
+                           "--json", "--workdir", tmp_path))
+    assert again["sequences"] == len(found["items"]) and again["unexpected"] == found["unexpected"]
+    script = tmp_path / "steps.txt"
+    script.write_text("# a file, then removing it\n1 unlink s:66\n2 stat s:66\n")
+    done = conform(HERE / "wrong_unlink.bypass", "--agent", agents["wrong_unlink"], "--replay", script,
+                   "--workdir", tmp_path)
+    assert done.returncode == 1 and 'unlink("f")' in done.stdout
+    done = conform(AGENTS / "trace" / "trace.bypass", "--agent", agents["wrong_unlink"].parent / "x.so",
+                   "--replay", script)
+    script.write_text("1 frobnicate s:66\n")
+    done = conform(HERE / "wrong_unlink.bypass", "--agent", agents["wrong_unlink"], "--replay", script)
+    assert done.returncode == 2 and "unknown step 'frobnicate'" in done.stderr
+
+
 def test_deterministic_for_a_seed(agents, tmp_path):
     runs = [report(conform(HERE / "wrong_stat.bypass", "--agent", agents["wrong_stat"], "--seed", 5, "--ops", 200,
                            "--json", "--workdir", tmp_path)) for _ in range(2)]
