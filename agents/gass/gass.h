@@ -7,7 +7,10 @@
  *   read:   the URL is fetched into a per-user cache (validated with ETag/Last-Modified) and the
  *           program gets a real descriptor of the cached file, so read/mmap/lseek/fstat all work.
  *   write:  the program gets a descriptor of a private staging file; when the last descriptor of
- *           it is closed the file is sent back with PUT, and an upload error is close()'s error.
+ *           it is closed -- in any process: dup, fork and exec share it -- or its last holder
+ *           exits (exit, _exit, _Exit), the file is sent back with PUT. An upload error is
+ *           close()'s error; at exit, where nobody can be told, it is a line on stderr, the data
+ *           is kept in the cache's unsent/ directory and exit status 0 becomes 1.
  *   stat:   HEAD only (size from Content-Length, mtime from Last-Modified), no body.
  *
  * Every function follows the libc convention: -1 (or NULL) with errno set on failure.
@@ -86,8 +89,12 @@ int gass_close_finish(const struct gass_closing *c, int rc);
 int gass_close(int fd);
 int gass_fclose(FILE *fp);
 
-/* Flush every pending write-back of this process (used at exit); returns 0 or -1/errno. */
+/* The process is ending: close its descriptors of staged files and upload each one no other
+ * process still holds (used at exit). 0, or -1/errno when an upload failed -- its data is then
+ * kept in the cache's unsent/ directory and a line says where. */
 int gass_sync_all(void);
+/* The same before _exit/_Exit; a failed upload turns *status 0 into 1. */
+void gass_exit_uploads(int *status);
 
 /* unlink(URL) sends DELETE. rename() involving a URL fails with EXDEV, so mv falls back to
  * copy + unlink, which gass supports. */

@@ -6,6 +6,10 @@
  *   data/<key>.meta   text: url, etag, last-modified, size, validated (Unix time)
  *   locks/<key>.lock  flock()ed while the entry is checked, fetched or evicted
  *   tmp/              write-staging files (and downloads in progress where O_TMPFILE is missing)
+ *   writes/<dev>.<ino>  a staged write's destination, for processes that inherit it across exec
+ *                     (see gass_files.c); removed when it is uploaded
+ *   unsent/<key>.<time>.<pid>  data of an upload that failed at exit, with <that>.url naming
+ *                     where it was going: kept for the user, never removed by gass
  * <key> is a hash of the URL without credentials (see gass_url_parse), so no user name or
  * password ever appears in a path.
  *
@@ -35,8 +39,6 @@
 
 #include "gass_internal.h"
 
-/* Room for "/data/<key>.meta" and the like after the root, so paths never truncate. */
-#define ROOT_MAX (PATH_MAX - 128)
 
 const char *gass_cache_dir(char *buf, size_t size)
 {
@@ -73,15 +75,15 @@ static int make_dir(const char *path)
 int gass_cache_ensure_dirs(char *root, size_t size)
 {
     /* The mkdirs cost a few syscalls; skip them when this process already made this root. */
-    static __thread char made[ROOT_MAX];
+    static __thread char made[GASS_ROOT_MAX];
     gass_cache_dir(root, size);
-    if (strlen(root) >= ROOT_MAX - 1) {
+    if (strlen(root) >= GASS_ROOT_MAX - 1) {
         errno = ENAMETOOLONG;
         return -1;
     }
     if (strcmp(made, root) == 0)
         return 0;
-    static const char *const subdirs[] = {"data", "locks", "tmp"};
+    static const char *const subdirs[] = {"data", "locks", "tmp", "writes", "unsent"};
     char path[PATH_MAX];
     if (make_dir(root) < 0) {
         gass_log("cannot create the cache directory %s: %s", root, strerror(errno));
@@ -189,7 +191,7 @@ static int write_meta(const char *root, const char *key, const struct meta *m)
 
 int gass_cache_stage_path(char *path, size_t size)
 {
-    char root[ROOT_MAX];
+    char root[GASS_ROOT_MAX];
     if (gass_cache_ensure_dirs(root, sizeof root) < 0)
         return -1;
     snprintf(path, size, "%s/tmp/stage.%d.XXXXXX", root, (int)getpid());
@@ -323,7 +325,7 @@ static int publish(int fd, const char *root, const char *key, const char *named,
 int gass_cache_open(const struct gass_url *u, int extra_flags, struct gass_response *r,
                     char *data_path, size_t path_size)
 {
-    char root[ROOT_MAX], meta_path[PATH_MAX], tmp[PATH_MAX];
+    char root[GASS_ROOT_MAX], meta_path[PATH_MAX], tmp[PATH_MAX];
     memset(r, 0, sizeof *r);
     if (gass_cache_ensure_dirs(root, sizeof root) < 0)
         return -1;
@@ -415,7 +417,7 @@ fail:;
 
 void gass_cache_forget(const struct gass_url *u)
 {
-    char root[ROOT_MAX];
+    char root[GASS_ROOT_MAX];
     if (gass_cache_ensure_dirs(root, sizeof root) < 0)
         return;
     int lock = lock_file(root, u->key, 0);
@@ -427,7 +429,7 @@ int gass_cache_clear(void)
 {
     /* Remove every entry nobody is using right now, and downloads/stagings abandoned for more
      * than an hour (a crashed process); live ones are left alone. */
-    char root[ROOT_MAX], path[PATH_MAX];
+    char root[GASS_ROOT_MAX], path[PATH_MAX];
     if (gass_cache_ensure_dirs(root, sizeof root) < 0)
         return -1;
     snprintf(path, sizeof path, "%s/data", root);

@@ -5,6 +5,7 @@
 #ifndef BYPASS_GASS_INTERNAL_H
 #define BYPASS_GASS_INTERNAL_H
 
+#include <limits.h>
 #include <stddef.h>
 #include <sys/types.h>
 #include <time.h>
@@ -104,6 +105,8 @@ int gass_http_put(const struct gass_url *u, int in_fd, long long size, struct ga
 int gass_http_delete(const struct gass_url *u, struct gass_response *r);
 
 /* gass_cache.c */
+/* The cache root is at most this long, so "<root>/data/<key>.meta" and the like never truncate. */
+#define GASS_ROOT_MAX (PATH_MAX - 128)
 int gass_cache_ensure_dirs(char *root, size_t size); /* root of the cache, created 0700 */
 /* Make the cache copy of `u` current (one download even with concurrent processes) and open it
  * with O_RDONLY | extra_flags. Fills *r with what the server said (status 200 or 304; or 0 when

@@ -6,7 +6,6 @@ the cache holds nothing wrong (no entry with other bytes, nothing left in tmp/).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
