@@ -21,11 +21,26 @@
  *   BYPASS_GASS_CACHE            cache directory (default $XDG_CACHE_HOME/bypass-gass,
  *                                else $HOME/.cache/bypass-gass, else /tmp/bypass-gass-<uid>)
  *   BYPASS_GASS_CACHE_MAX        cache size limit, bytes with optional K/M/G suffix (default 4G)
+ *   BYPASS_GASS_MAX_SIZE         largest body a download may have (default: BYPASS_GASS_CACHE_MAX);
+ *                                a larger one is EFBIG
  *   BYPASS_GASS_MAX_AGE          seconds a validated cache entry is trusted without asking the
  *                                server again (default 0: revalidate on every open)
  *   BYPASS_GASS_CONNECT_TIMEOUT  seconds to establish a connection (default 10)
- *   BYPASS_GASS_READ_TIMEOUT     seconds without any progress before a transfer fails (default 30)
+ *   BYPASS_GASS_READ_TIMEOUT     seconds of the low-speed window (default 30): a response whose
+ *                                headers are not complete within it, or a transfer that moves
+ *                                fewer than BYPASS_GASS_LOW_SPEED bytes/s over it, is ETIMEDOUT
+ *   BYPASS_GASS_LOW_SPEED        bytes per second (default 1024), see above
+ *   BYPASS_GASS_TIMEOUT          seconds one request may take in all, connect included
+ *                                (default 3600); then ETIMEDOUT. Fractions are allowed in all
+ *                                the timeouts. No request waits longer than these, whichever
+ *                                path (gass_quick.c or libcurl) it takes.
  *   BYPASS_GASS_MAX_REDIRS       redirects followed (default 10)
+ *   BYPASS_GASS_PROXY            proxy for every request (as libcurl's CURLOPT_PROXY); libcurl's
+ *                                http_proxy, https_proxy, all_proxy and no_proxy apply too
+ *   BYPASS_GASS_PROGRESS         0: no progress line (default: one on stderr for a download that
+ *                                takes more than a second, when stderr is a terminal)
+ *   BYPASS_GASS_QUICK            0: every request through libcurl (default: plain http without
+ *                                libcurl where gass_quick.c can)
  *   BYPASS_GASS_INSECURE         1: do not verify TLS certificates
  *   BYPASS_GASS_DEBUG            1: log requests and transfer progress to stderr
  *   BYPASS_GASS_LIBCURL          the libcurl to dlopen (default libcurl.so.4)

@@ -6,6 +6,7 @@ the cache holds nothing wrong (no entry with other bytes, nothing left in tmp/).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -216,20 +217,25 @@ def test_huge_headers_are_refused(read, gass_env, hostile, quick):
 @QUICK
 def test_redirects(read, gass_env, hostile, quick, site):
     (site / "there.txt").write_bytes(b"other server\n")
+
+    def redirect(status: str, location: str):
+        # The server closes after each answer, and says so: otherwise libcurl may reuse the
+        # dead connection and give up with EIO before it sees the loop.
+        return raw(header(status, f"Location: {location}", "Content-Length: 0",
+                          "Connection: close"))
+
     with HttpServer(site) as other:
-        hostile.script["/loop"] = raw(header("302 Found", "Location: /loop", "Content-Length: 0"))
-        hostile.script["/pingpong"] = raw(header("301 Moved", "Location: /pong", "Content-Length: 0"))
-        hostile.script["/pong"] = raw(header("301 Moved", "Location: /pingpong", "Content-Length: 0"))
-        hostile.script["/file"] = raw(header("302 Found", "Location: file:///etc/passwd",
-                                             "Content-Length: 0"))
-        hostile.script["/ftp"] = raw(header("302 Found", f"Location: ftp://127.0.0.1:{other.port}/x",
-                                            "Content-Length: 0"))
-        hostile.script["/port"] = raw(header("302 Found", f"Location: {other.url('there.txt')}",
-                                             "Content-Length: 0"))
-        hostile.script["/dead"] = raw(header("302 Found",
-                                             f"Location: http://127.0.0.1:{free_port()}/x",
-                                             "Content-Length: 0"))
+        hostile.script["/loop"] = redirect("302 Found", "/loop")
+        hostile.script["/pingpong"] = redirect("301 Moved", "/pong")
+        hostile.script["/pong"] = redirect("301 Moved", "/pingpong")
+        hostile.script["/file"] = redirect("302 Found", "file:///etc/passwd")
+        hostile.script["/ftp"] = redirect("302 Found", f"ftp://127.0.0.1:{other.port}/x")
+        hostile.script["/port"] = redirect("302 Found", other.url("there.txt"))
+        hostile.script["/dead"] = redirect("302 Found", f"http://127.0.0.1:{free_port()}/x")
         check(read, gass_env, hostile.url("loop"), quick, errnos=["ELOOP"])
+        # unannounced closes: libcurl may give up on the dead connections first
+        hostile.script["/sly"] = raw(header("302 Found", "Location: /sly", "Content-Length: 0"))
+        check(read, gass_env, hostile.url("sly"), quick, errnos=["ELOOP", "EIO"])
         check(read, gass_env, hostile.url("pingpong"), quick, errnos=["ELOOP"])
         check(read, gass_env, hostile.url("file"), quick, errnos=["EINVAL"])
         check(read, gass_env, hostile.url("ftp"), quick, errnos=["EINVAL"])
@@ -254,3 +260,79 @@ def test_put_without_an_answer_fails_close_within_the_timeout(gass_driver, gass_
     assert took < 2 * READ_TIMEOUT, took
     assert hostile.count("PUT", "/up.txt") == 1
     assert [r.body for r in hostile.requests] == [b"payload\n"]
+
+
+# -- progress and proxies -----------------------------------------------------------------------
+
+def read_with_terminal(gass_driver, env, url, out_path):
+    """Run the driver's read with stderr on a pseudo-terminal and stdout in `out_path` (a pipe
+    would fill while the terminal is read); (returncode, stdout, terminal)."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        with open(out_path, "wb") as out:
+            p = subprocess.Popen([str(gass_driver), "read", url], stdout=out, stderr=slave,
+                                 env=env)
+        os.close(slave)
+        slave = -1
+        terminal = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            terminal += chunk
+        return p.wait(timeout=30), Path(out_path).read_bytes(), terminal
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+
+
+@QUICK
+@pytest.mark.parametrize("setting", [None, "0"], ids=["default", "off"])
+def test_progress_line_on_a_terminal(gass_driver, gass_env, hostile, quick, setting, tmp_path):
+    body = b"p" * 400_000
+    hostile.script["/slow"] = in_parts(header("200 OK", f"Content-Length: {len(body)}"),
+                                       *[body[i:i + 20_000] for i in range(0, len(body), 20_000)],
+                                       pause=0.09)
+    env = dict(gass_env, BYPASS_GASS_QUICK=quick)
+    if setting is not None:
+        env["BYPASS_GASS_PROGRESS"] = setting
+    rc, out, terminal = read_with_terminal(gass_driver, env, hostile.url("slow"), tmp_path / "out")
+    assert rc == 0 and out == body
+    if setting == "0":
+        assert terminal == b""
+    else:
+        assert b"\rgass: " + hostile.url("slow").encode() in terminal, terminal
+        assert b"MiB" in terminal and terminal.endswith(b"\r\n"), terminal
+
+
+@QUICK
+def test_no_progress_line_when_stderr_is_not_a_terminal(gass_driver, gass_env, hostile, quick):
+    hostile.script["/slow"] = in_parts(header("200 OK", "Content-Length: 8"), b"slow", b"body",
+                                       pause=1.2)
+    p = subprocess.run([str(gass_driver), "read", hostile.url("slow")], capture_output=True,
+                       env=dict(gass_env, BYPASS_GASS_QUICK=quick), timeout=30)
+    assert (p.returncode, p.stdout, p.stderr) == (0, b"slowbody", b"")
+
+
+@QUICK
+@pytest.mark.parametrize("variable", ["BYPASS_GASS_PROXY", "http_proxy"])
+def test_proxy_settings(read, gass_env, hostile, quick, variable, site):
+    """Both paths send requests through the proxy named by the setting, except for no_proxy."""
+    (site / "p.txt").write_bytes(b"direct\n")
+    hostile.script["/p.txt"] = raw(header("200 OK", "Content-Length: 11") + b"by proxy!!\n")
+    proxy = f"http://127.0.0.1:{hostile.port}"
+    with HttpServer(site) as origin:
+        url = origin.url("p.txt")
+        data, err, _ = read(url, quick, **{variable: proxy})
+        assert (data, err) == (b"by proxy!!\n", None)
+        assert [r.target for r in hostile.requests] == [url]
+        assert origin.count() == 0
+        data, err, _ = read(url, quick, **{variable: proxy, "no_proxy": "localhost,127.0.0.1"})
+        assert (data, err) == (b"direct\n", None)
+        assert origin.count("GET", "/p.txt") == 1 and len(hostile.requests) == 1

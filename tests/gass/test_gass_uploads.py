@@ -178,3 +178,19 @@ def test_put_without_answer_at_exit_is_bounded(run, gass_env):
         assert p.returncode == 1 and b"kept in" in p.stderr, p.stderr
         assert took < 3, took
         assert [r.body for r in hostile.requests] == [b"data\n"]
+
+
+def test_cache_command_lists_unsent_and_drops_dead_records(run, server, gass_env):
+    server.put_status = 403
+    p = run("/bin/sh", "-c", f"echo kept > {server.url('k.txt')}")
+    assert p.returncode == 1 and b"kept in" in p.stderr
+    root = Path(gass_env["BYPASS_GASS_CACHE"])
+    dead = root / "writes" / "801.12345"
+    dead.write_text(f"url {server.url('x')}\nstaging {root}/tmp/stage.1.gone\n")
+    cli = [sys.executable, "-m", "bypass.cli", "gass", "cache"]
+    listing = subprocess.run(cli + ["list"], capture_output=True, text=True, env=gass_env,
+                             check=True).stdout
+    assert f"-> {server.url('k.txt')}" in listing and "unsent" in listing
+    subprocess.run(cli + ["clear"], capture_output=True, env=gass_env, check=True)
+    assert not dead.exists()
+    assert len(cache_state(gass_env)["unsent"]) == 2  # the data and its .url: never cleared
