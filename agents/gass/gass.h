@@ -110,6 +110,9 @@ int gass_fclose(FILE *fp);
 int gass_sync_all(void);
 /* The same before _exit/_Exit; a failed upload turns *status 0 into 1. */
 void gass_exit_uploads(int *status);
+/* Before exec: staged files this process holds only through close-on-exec descriptors are
+ * marked, so that the new image sends them (they are closed by the exec itself). */
+void gass_before_exec(void);
 
 /* unlink(URL) sends DELETE. rename() involving a URL fails with EXDEV, so mv falls back to
  * copy + unlink, which gass supports. */

@@ -667,8 +667,19 @@ enum { HELD = -1, GONE = -2 };
 /* Try to become the uploader of `e`: a descriptor of its staging file holding an exclusive
  * lock, or HELD (a descriptor of the program's is still open, here or in another process), or
  * GONE (another process has uploaded it). Caller holds table_lock, so `e` stays valid. */
+static int holds(int fd, const struct stat *st, void *arg)
+{
+    (void)fd;
+    const struct open_url *e = arg;
+    return st->st_dev == e->dev && st->st_ino == e->ino;
+}
+
 static int claim(const struct open_url *e)
 {
+    /* Our own descriptors first: where flock() is emulated with per-process POSIX locks (NFS),
+     * a process never conflicts with itself. */
+    if (each_fd(holds, (void *)e))
+        return HELD;
     int fd = open(e->staging, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return GONE;
@@ -890,10 +901,64 @@ static void at_exit(void)
         bypass_guard_leave();
 }
 
+/* exec: descriptors without FD_CLOEXEC survive it, and the new image takes them over from
+ * their records (adopt_fd below). A staged file this process holds only through FD_CLOEXEC
+ * descriptors (Python's open() makes those) is closed by the exec itself, where gass cannot
+ * see it: before exec, it is marked writes/exec.<pid>.<start time>.<dev>.<ino> (a link to its
+ * record), and the new image -- same pid, same start time; a recycled pid has another -- sends
+ * it at start-up if by then nobody holds it. */
+static int exec_tag(char *tag, size_t size)
+{
+    char stat_text[1024];
+    int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, stat_text, sizeof stat_text - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    stat_text[n] = '\0';
+    /* Field 22 (start time) counted from the 3rd, after the command name's ')'. */
+    const char *p = strrchr(stat_text, ')');
+    for (int field = 2; p != NULL && field < 22; field++)
+        p = strchr(p + 1, ' ');
+    if (p == NULL)
+        return -1;
+    snprintf(tag, size, "exec.%d.%llu.", (int)getpid(), strtoull(p + 1, NULL, 10));
+    return 0;
+}
+
+static int survives_exec(int fd, const struct stat *st, void *arg)
+{
+    const struct open_url *e = arg;
+    return st->st_dev == e->dev && st->st_ino == e->ino && !(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+}
+
+void gass_before_exec(void)
+{
+    char tag[64], mark[PATH_MAX];
+    if (!pending_writes || exec_tag(tag, sizeof tag) < 0)
+        return;
+    int saved = errno;
+    pthread_mutex_lock(&table_lock);
+    for (int i = 0; i < write_count; i++) {
+        struct open_url *e = writes[i];
+        if (each_fd(survives_exec, e))
+            continue;
+        snprintf(mark, sizeof mark, "%s/writes/%s%llx.%llu", e->root, tag,
+                 (unsigned long long)e->dev, (unsigned long long)e->ino);
+        if (link(e->record, mark) < 0 && errno != EEXIST)
+            gass_log("%s: cannot mark for upload after exec: %s", e->url->logname, strerror(errno));
+    }
+    pthread_mutex_unlock(&table_lock);
+    errno = saved;
+}
+
 /* A process that inherited staged descriptors across exec takes them over from their records:
  * checked at start-up, and costs one failed open() when nothing is being written anywhere. */
 struct adopt {
     char root[GASS_ROOT_MAX];
+    char tag[64];              /* "" until needed */
 };
 
 static int any_entry(const char *name, void *arg)
@@ -920,9 +985,33 @@ static int adopt_fd(int fd, const struct stat *st, void *arg)
     return 0;
 }
 
+/* A mark left by this process's previous image before exec: send the file if nobody holds it. */
+static int finish_exec_mark(const char *name, void *arg)
+{
+    struct adopt *a = arg;
+    size_t len = strlen(a->tag);
+    unsigned long long dev, ino;
+    if (strncmp(name, a->tag, len) != 0 || sscanf(name + len, "%llx.%llu", &dev, &ino) != 2)
+        return 0;
+    char mark[PATH_MAX], record[PATH_MAX];
+    snprintf(mark, sizeof mark, "%s/writes/%s", a->root, name);
+    snprintf(record, sizeof record, "%s/writes/%llx.%llu", a->root, dev, ino);
+    struct stat st = {.st_dev = (dev_t)dev, .st_ino = (ino_t)ino};
+    struct open_url *e = load_record(a->root, record, &st);
+    unlink(mark);
+    if (e == NULL)
+        return 0;
+    int fd = claim(e);
+    if (fd >= 0)
+        upload(e, fd, 0);
+    else
+        free_write(e); /* held by another process, which sends it; or already sent */
+    return 0;
+}
+
 static void adopt_inherited(void)
 {
-    struct adopt a;
+    struct adopt a = {.tag = ""};
     char dir[PATH_MAX];
     gass_cache_dir(a.root, sizeof a.root);
     snprintf(dir, sizeof dir, "%s/writes", a.root);
@@ -930,6 +1019,10 @@ static void adopt_inherited(void)
     if (dfd < 0)
         return;
     int some = each_entry(dfd, any_entry, NULL);
+    if (some && exec_tag(a.tag, sizeof a.tag) == 0) {
+        lseek(dfd, 0, SEEK_SET);
+        each_entry(dfd, finish_exec_mark, &a);
+    }
     close(dfd);
     if (!some)
         return;

@@ -204,6 +204,29 @@ def test_silent_server_costs_the_timeout_once(read, gass_env, quick, command):
 
 
 @QUICK
+@pytest.mark.parametrize("command", ["read", "stat"])
+def test_unanswered_connect_costs_the_connect_timeout_once(read, gass_env, quick, command):
+    """A full accept queue drops further SYNs: connect() hangs until its timeout."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        queued = [socket.socket() for _ in range(3)]
+        try:
+            for s in queued:
+                s.setblocking(False)
+                s.connect_ex(("127.0.0.1", port))
+            time.sleep(0.1)
+            check(read, gass_env, f"http://127.0.0.1:{port}/x", quick, command=command,
+                  errnos=["ETIMEDOUT"], within=1.9, BYPASS_GASS_CONNECT_TIMEOUT="1")
+        finally:
+            for s in queued:
+                s.close()
+
+
+@QUICK
 def test_huge_headers_are_refused(read, gass_env, hostile, quick):
     many = [f"X-Filler-{i}: {'f' * 1000}" for i in range(300)]
     hostile.script["/many"] = raw(header("200 OK", *many, "Content-Length: 5") + b"hello")

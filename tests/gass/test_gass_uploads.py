@@ -154,6 +154,49 @@ def test_exec_inherited_descriptor_from_python(run, server, site, gass_env):
     assert_nothing_pending(gass_env)
 
 
+EXEC_WITH_CLOEXEC = """
+import os, sys
+f = open(sys.argv[1], "w")       # O_CLOEXEC: the exec closes it, no close() is seen
+f.write("written before exec\\n")
+f.flush()
+os.execv("/bin/true", ["true"])
+"""
+
+EXEC_WITH_CLOEXEC_SHARED = """
+import os, sys
+f = open(sys.argv[1], "w")
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:                     # the child keeps the file: it is the one to send it
+    os.close(w)
+    os.read(r, 1)
+    f.write("the child's part\\n")
+    f.close()
+    os._exit(0)
+f.write("before exec\\n")
+f.flush()
+os.close(r)
+os.set_inheritable(w, True)
+os.execv("/bin/sh", ["sh", "-c", f"printf x >&{w}; wait"])
+"""
+
+
+@pytest.mark.parametrize("program,want", [
+    (EXEC_WITH_CLOEXEC, b"written before exec\n"),
+    (EXEC_WITH_CLOEXEC_SHARED, b"before exec\nthe child's part\n"),
+], ids=["alone", "child-still-holds"])
+def test_close_on_exec_descriptor_at_exec(run, server, site, gass_env, program, want):
+    p = run(sys.executable, "-c", program, server.url("x.txt"))
+    assert p.returncode == 0, p.stderr
+    deadline = time.monotonic() + 10  # the forked child may finish after the shell
+    while server.count("PUT", "/x.txt") == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (site / "x.txt").read_bytes() == want
+    assert server.count("PUT", "/x.txt") == 1
+    time.sleep(0.2)
+    assert_nothing_pending(gass_env)
+
+
 def test_failed_upload_at_exit_keeps_the_data(run, server, site, gass_env):
     server.put_status = 500
     p = run("/bin/sh", "-c", f"echo precious > {server.url('lost.txt')}")
