@@ -702,7 +702,7 @@ static int claim(const struct open_url *e)
 
 /* An upload failed where nobody can be told: keep the data as unsent/<key>.<time>.<pid>, with
  * the destination in <that>.url, and say so in one line. */
-static void keep_unsent(const struct open_url *e, int err)
+static void keep_unsent(const struct open_url *e, const char *why)
 {
     char path[PATH_MAX + 64], url_path[PATH_MAX + 80];
     snprintf(path, sizeof path, "%s/unsent/%s.%lld.%d", e->root, e->url->key,
@@ -718,11 +718,10 @@ static void keep_unsent(const struct open_url *e, int err)
             (void)ignored;
             close(fd);
         }
-        gass_log("upload of %s failed (%s); its data is kept in %s", e->url->logname,
-                 strerror(err), path);
+        gass_log("upload of %s failed (%s); its data is kept in %s", e->url->logname, why, path);
     } else {
         gass_log("upload of %s failed (%s) and its data could not be kept (%s)",
-                 e->url->logname, strerror(err), strerror(errno));
+                 e->url->logname, why, strerror(errno));
         unlink(e->staging);
     }
 }
@@ -734,6 +733,7 @@ static int upload(struct open_url *e, int fd, int told)
 {
     int rc = 0, saved = 0;
     struct stat st;
+    char why[400] = "";
     if (fstat(fd, &st) < 0) {
         rc = -1;
         saved = errno;
@@ -744,14 +744,17 @@ static int upload(struct open_url *e, int fd, int told)
         struct gass_response r;
         rc = gass_http_put(e->url, fd, st.st_size, &r);
         saved = errno;
+        if (rc < 0 && r.error[0])
+            snprintf(why, sizeof why, "%s", r.error);
+        else if (rc < 0)
+            snprintf(why, sizeof why, "HTTP %ld: %s", r.status, strerror(saved));
         if (rc < 0 && told)
-            gass_log("upload of %s failed (HTTP %ld): %s", e->url->logname, r.status,
-                     strerror(saved));
+            gass_log("upload of %s failed (%s)", e->url->logname, why);
         /* Either way our cached copy (if any) no longer describes the server's file. */
         gass_cache_forget(e->url);
     }
     if (rc < 0 && !told)
-        keep_unsent(e, saved);
+        keep_unsent(e, why[0] ? why : strerror(saved));
     else
         unlink(e->staging);
     unlink(e->record);

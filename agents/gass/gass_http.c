@@ -340,9 +340,12 @@ static int perform(struct exchange *x, struct curl_slist *headers)
     if (code != GASS_CURLE_OK) {
         int err = curl_errno(code, x);
         /* Transport failures are rare and otherwise undiagnosable from the program's message
-         * ("Input/output error"), so they are always logged. */
-        gass_log("%s %s: %s%s%s", x->method, x->url->logname, curl.easy_strerror(code),
+         * ("Input/output error"), so they are always logged -- an upload's by its caller, in
+         * the one line that also says what became of the data. */
+        snprintf(x->resp->error, sizeof x->resp->error, "%s%s%.200s", curl.easy_strerror(code),
                  errbuf[0] ? ": " : "", errbuf);
+        if (strcmp(x->method, "PUT") != 0)
+            gass_log("%s %s: %s", x->method, x->url->logname, x->resp->error);
         errno = err;
         return -1;
     }

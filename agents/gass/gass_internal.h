@@ -95,6 +95,7 @@ struct gass_response {
     long long mtime;          /* Last-Modified as a Unix time, -1 if unknown */
     char etag[256];           /* ETag of the final response, "" if none */
     char last_modified[128];  /* the Last-Modified header text, for If-Modified-Since */
+    char error[320];          /* what went wrong in transport, "" if nothing (or an HTTP status) */
 };
 /* Each returns 0 for a 2xx (or 304 for a conditional GET) and -1 with errno otherwise; `r` is
  * filled in either case as far as the exchange went. */

@@ -285,6 +285,29 @@ def test_put_without_an_answer_fails_close_within_the_timeout(gass_driver, gass_
     assert [r.body for r in hostile.requests] == [b"payload\n"]
 
 
+# -- the same through the agent, with a real program ----------------------------------------
+
+@QUICK
+@pytest.mark.parametrize("path,message", [
+    ("overlong", b"Input/output error"), ("endless", b"File too large"),
+    ("silent", b"Connection timed out"),
+])
+def test_cat_gets_a_clean_error(run, gass_env, hostile, quick, path, message):
+    hostile.script["/overlong"] = raw(header("200 OK", "Content-Length: 5") + b"hello-EXTRA-BYTES")
+    hostile.script["/endless"] = endless(header("200 OK"))
+    hostile.script["/silent"] = silence
+    start = time.monotonic()
+    p = run("cat", hostile.url(path), BYPASS_GASS_QUICK=quick, BYPASS_GASS_CACHE_MAX="2M",
+            BYPASS_GASS_READ_TIMEOUT=str(READ_TIMEOUT))
+    assert time.monotonic() - start < 2 * READ_TIMEOUT
+    if path == "overlong" and quick == "0":  # libcurl serves the announced five bytes
+        assert (p.returncode, p.stdout) == (0, b"hello"), p.stderr
+        assert_cache_clean(gass_env, b"hello")
+    else:
+        assert p.returncode == 1 and p.stdout == b"" and message in p.stderr, p.stderr
+        assert_cache_clean(gass_env)
+
+
 # -- progress and proxies -----------------------------------------------------------------------
 
 def read_with_terminal(gass_driver, env, url, out_path):
