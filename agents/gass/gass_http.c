@@ -113,6 +113,9 @@ struct exchange {
     long long bytes;          /* body bytes moved */
     long long header_bytes;   /* size of the current response's header block so far */
     long long length;         /* its Content-Length, -1 if none yet */
+    long long moved;          /* bytes up and down when last seen moving, and when */
+    double last_move;
+    int stalled;              /* stopped by on_progress for lack of progress */
     struct gass_limits limits;
     struct gass_progress progress;
     double started, last_report;
@@ -216,11 +219,22 @@ static int on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off
                        curl_off_t ulnow)
 {
     struct exchange *x = arg;
+    double now = gass_now();
+    /* libcurl's low-speed check averages over several seconds, so a transfer that stops after
+     * some bytes would run on for read_s plus that: silence is measured here, to the second
+     * (libcurl calls this at least once a second). */
+    if (dlnow + ulnow != x->moved) {
+        x->moved = dlnow + ulnow;
+        x->last_move = now;
+    } else if (now - x->last_move >= x->limits.read_s) {
+        x->io_errno = ETIMEDOUT;
+        x->stalled = 1;
+        return 1;
+    }
     if (x->out_fd >= 0)
         gass_progress_update(&x->progress, x->url, dlnow, dltotal);
     if (!gass_debug())
         return 0;
-    double now = gass_now();
     if (now - x->last_report < 1.0)
         return 0;
     x->last_report = now;
@@ -311,17 +325,15 @@ static int perform(struct exchange *x, struct curl_slist *headers)
     if (headers != NULL)
         curl.easy_setopt(h, GASS_CURLOPT_HTTPHEADER, headers);
     gass_progress_start(&x->progress, l->started);
-    if (debug || x->progress.enabled) {
-        curl.easy_setopt(h, GASS_CURLOPT_NOPROGRESS, 0L);
-        curl.easy_setopt(h, GASS_CURLOPT_XFERINFOFUNCTION, on_progress);
-        curl.easy_setopt(h, GASS_CURLOPT_XFERINFODATA, x);
-    }
+    curl.easy_setopt(h, GASS_CURLOPT_NOPROGRESS, 0L);
+    curl.easy_setopt(h, GASS_CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl.easy_setopt(h, GASS_CURLOPT_XFERINFODATA, x);
 
     x->resp->status = 0;
     x->resp->length = -1;
     x->resp->mtime = -1;
     x->resp->etag[0] = x->resp->last_modified[0] = '\0';
-    x->started = x->last_report = gass_now();
+    x->started = x->last_report = x->last_move = gass_now();
 
     int code = curl.easy_perform(h);
     gass_progress_end(&x->progress);
@@ -342,8 +354,11 @@ static int perform(struct exchange *x, struct curl_slist *headers)
         /* Transport failures are rare and otherwise undiagnosable from the program's message
          * ("Input/output error"), so they are always logged -- an upload's by its caller, in
          * the one line that also says what became of the data. */
-        snprintf(x->resp->error, sizeof x->resp->error, "%s%s%.200s", curl.easy_strerror(code),
-                 errbuf[0] ? ": " : "", errbuf);
+        if (x->stalled)
+            snprintf(x->resp->error, sizeof x->resp->error, "no data for %.1f s", l->read_s);
+        else
+            snprintf(x->resp->error, sizeof x->resp->error, "%s%s%.200s",
+                     curl.easy_strerror(code), errbuf[0] ? ": " : "", errbuf);
         if (strcmp(x->method, "PUT") != 0)
             gass_log("%s %s: %s", x->method, x->url->logname, x->resp->error);
         errno = err;

@@ -62,9 +62,6 @@ struct gass_limits {
     long long max_size;   /* BYPASS_GASS_MAX_SIZE: largest body taken (default: the cache size) */
 };
 void gass_limits_init(struct gass_limits *l);
-/* Milliseconds poll() may wait for the next byte: the read timeout, cut to the deadline; 0 once
- * the deadline has passed. */
-int gass_limits_wait_ms(const struct gass_limits *l);
 
 /* A progress line on stderr for a download that takes longer than a second, when stderr is a
  * terminal and BYPASS_GASS_PROGRESS is not 0 (BYPASS_GASS_DEBUG logs progress instead). */

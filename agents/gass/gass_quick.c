@@ -38,31 +38,34 @@
  * must be made again with libcurl (HAND_OVER). */
 enum { ANSWER = -1, HAND_OVER = -2 };
 
-/* The low-speed rule: fewer than low_speed * read_s bytes within any read_s window fails, and so
- * does passing the request's deadline. */
+/* The low-speed rule: no byte for read_s, or fewer than low_speed * read_s bytes within a read_s
+ * window, fails; so does passing the request's deadline. */
 struct pace {
     const struct gass_limits *limits;
-    double window_start;
+    double window_start, last_byte;
     long long window_bytes;
 };
 
 static void pace_init(struct pace *p, const struct gass_limits *l)
 {
     p->limits = l;
-    p->window_start = gass_now();
+    p->window_start = p->last_byte = gass_now();
     p->window_bytes = 0;
 }
 
 static int pace_check(struct pace *p, long long got)
 {
     double now = gass_now();
+    const struct gass_limits *l = p->limits;
     p->window_bytes += got;
-    if (now >= p->limits->deadline) {
+    if (got > 0)
+        p->last_byte = now;
+    if (now >= l->deadline || now - p->last_byte >= l->read_s) {
         errno = ETIMEDOUT;
         return -1;
     }
-    if (now - p->window_start >= p->limits->read_s) {
-        if ((double)p->window_bytes < (double)p->limits->low_speed * p->limits->read_s) {
+    if (now - p->window_start >= l->read_s) {
+        if ((double)p->window_bytes < (double)l->low_speed * l->read_s) {
             errno = ETIMEDOUT;
             return -1;
         }
@@ -77,7 +80,14 @@ static int pace_wait(struct pace *p, int fd, short events)
 {
     struct pollfd pfd = {.fd = fd, .events = events};
     for (;;) {
-        int n = poll(&pfd, 1, gass_limits_wait_ms(p->limits));
+        /* Until the next moment the rule could fail: silence, the window's end, the deadline. */
+        double until = p->last_byte + p->limits->read_s;
+        if (p->window_start + p->limits->read_s < until)
+            until = p->window_start + p->limits->read_s;
+        if (p->limits->deadline < until)
+            until = p->limits->deadline;
+        double left = until - gass_now();
+        int n = poll(&pfd, 1, left > 0 ? (int)(left * 1000) + 1 : 0);
         if (n > 0)
             return 0;
         if (n < 0 && errno != EINTR)

@@ -361,13 +361,6 @@ void gass_limits_init(struct gass_limits *l)
                                   gass_env_number("BYPASS_GASS_CACHE_MAX", GASS_DEFAULT_CACHE_MAX));
 }
 
-int gass_limits_wait_ms(const struct gass_limits *l)
-{
-    double left = l->deadline - gass_now();
-    double wait = left < l->read_s ? left : l->read_s;
-    return wait <= 0 ? 0 : (int)(wait * 1000) + 1;
-}
-
 void gass_progress_start(struct gass_progress *p, double started)
 {
     p->started = p->last = started;

@@ -177,6 +177,17 @@ def test_trickling_body_times_out(read, gass_env, hostile, quick):
 
 
 @QUICK
+def test_body_that_stops_halfway_times_out(read, gass_env, hostile, quick):
+    def half_then_silence(conn, req):
+        conn.send(header("200 OK", "Content-Length: 1000") + b"h" * 500)
+        conn.wait(3600)
+    hostile.script["/x"] = half_then_silence
+    # a read timeout after the last byte (libcurl's progress callback comes once a second)
+    check(read, gass_env, hostile.url("x"), quick, errnos=["ETIMEDOUT"],
+          within=READ_TIMEOUT + (0.8 if quick == "1" else 1.5))
+
+
+@QUICK
 def test_trickling_headers_time_out(read, gass_env, hostile, quick):
     hostile.script["/x"] = endless(b"HTTP/1.1 200 OK\r\n", b"X-A: b\r\n", pause=0.05)
     check(read, gass_env, hostile.url("x"), quick, errnos=["ETIMEDOUT", "EIO"],
