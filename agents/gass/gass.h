@@ -26,7 +26,7 @@
  *   BYPASS_GASS_MAX_AGE          seconds a validated cache entry is trusted without asking the
  *                                server again (default 0: revalidate on every open)
  *   BYPASS_GASS_CONNECT_TIMEOUT  seconds to establish a connection (default 10)
- *   BYPASS_GASS_READ_TIMEOUT     seconds of the low-speed window (default 30): a response whose
+ *   BYPASS_GASS_READ_TIMEOUT     seconds (default 30): no byte for that long, a response whose
  *                                headers are not complete within it, or a transfer that moves
  *                                fewer than BYPASS_GASS_LOW_SPEED bytes/s over it, is ETIMEDOUT
  *   BYPASS_GASS_LOW_SPEED        bytes per second (default 1024), see above
