@@ -842,16 +842,37 @@ static int close_if_staged(int fd, const struct stat *st, void *arg)
     return 0;
 }
 
-int gass_sync_all(void)
+/* _exit may be called from a signal handler, maybe one that interrupted this very thread
+ * inside gass: never wait for ever on the table, never start an exchange inside another. */
+static int lock_table_patiently(void)
+{
+    for (int i = 0; i < 200; i++) {
+        if (pthread_mutex_trylock(&table_lock) == 0)
+            return 0;
+        struct timespec pause = {0, 10 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+    }
+    return -1;
+}
+
+static int sync_at_exit(int from_exit_call)
 {
     int rc = 0, err = 0;
     if (!pending_writes)
         return 0;
-    pthread_mutex_lock(&table_lock);
+    if (from_exit_call && lock_table_patiently() < 0) {
+        gass_log("exit while gass is busy: staged files not uploaded (left in the cache's tmp/)");
+        errno = EBUSY;
+        return -1;
+    }
+    if (!from_exit_call)
+        pthread_mutex_lock(&table_lock);
     each_fd(close_if_staged, NULL);
     pthread_mutex_unlock(&table_lock);
+    int no_network = from_exit_call && gass_http_busy();
     for (int i = 0;;) {
-        pthread_mutex_lock(&table_lock);
+        if (from_exit_call ? lock_table_patiently() < 0 : pthread_mutex_lock(&table_lock) != 0)
+            break;
         struct open_url *e = NULL;
         int fd = HELD;
         /* Entries still held by another process stay in the table: they are theirs to send. */
@@ -866,6 +887,13 @@ int gass_sync_all(void)
             break;
         if (fd == GONE) {
             free_write(e);
+        } else if (no_network) {
+            keep_unsent(e, "exit in the middle of a transfer");
+            unlink(e->record);
+            close(fd);
+            free_write(e);
+            rc = -1;
+            err = EINTR;
         } else if (upload(e, fd, 0) < 0) {
             rc = -1;
             err = errno;
@@ -875,6 +903,11 @@ int gass_sync_all(void)
     return rc;
 }
 
+int gass_sync_all(void)
+{
+    return sync_at_exit(0);
+}
+
 /* Before _exit/_Exit (which skip atexit handlers): upload what this process was the last to
  * hold. A failed upload turns a successful exit status into 1 (its data is kept). */
 void gass_exit_uploads(int *status)
@@ -882,7 +915,7 @@ void gass_exit_uploads(int *status)
     if (!pending_writes)
         return;
     int saved = errno;
-    if (gass_sync_all() < 0 && *status == 0)
+    if (sync_at_exit(1) < 0 && *status == 0)
         *status = 1;
     errno = saved;
 }

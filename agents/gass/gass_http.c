@@ -389,7 +389,7 @@ static int exchange_init(struct exchange *x, const struct gass_url *u, const cha
     return x->handle ? 0 : -1;
 }
 
-int gass_http_head(const struct gass_url *u, struct gass_response *r)
+static int http_head(const struct gass_url *u, struct gass_response *r)
 {
     struct exchange x;
     struct gass_limits l;
@@ -403,7 +403,7 @@ int gass_http_head(const struct gass_url *u, struct gass_response *r)
     return perform(&x, NULL);
 }
 
-int gass_http_get(const struct gass_url *u, int out_fd, const char *if_none_match,
+static int http_get(const struct gass_url *u, int out_fd, const char *if_none_match,
                   const char *if_modified_since, struct gass_response *r)
 {
     struct exchange x;
@@ -433,7 +433,7 @@ int gass_http_get(const struct gass_url *u, int out_fd, const char *if_none_matc
     return rc;
 }
 
-int gass_http_put(const struct gass_url *u, int in_fd, long long size, struct gass_response *r)
+static int http_put(const struct gass_url *u, int in_fd, long long size, struct gass_response *r)
 {
     struct exchange x;
     struct gass_limits l;
@@ -453,7 +453,7 @@ int gass_http_put(const struct gass_url *u, int in_fd, long long size, struct ga
     return rc;
 }
 
-int gass_http_delete(const struct gass_url *u, struct gass_response *r)
+static int http_delete(const struct gass_url *u, struct gass_response *r)
 {
     struct exchange x;
     struct gass_limits l;
@@ -462,4 +462,47 @@ int gass_http_delete(const struct gass_url *u, struct gass_response *r)
         return -1;
     curl.easy_setopt(x.handle, GASS_CURLOPT_CUSTOMREQUEST, "DELETE");
     return perform(&x, NULL);
+}
+
+/* The public entry points count the exchanges this thread is in, so that an _exit called from a
+ * signal handler in the middle of one does not start another (libcurl's handle and the quick
+ * path's buffer are per thread). */
+static __thread int exchanges_running;
+
+int gass_http_busy(void)
+{
+    return exchanges_running;
+}
+
+int gass_http_head(const struct gass_url *u, struct gass_response *r)
+{
+    exchanges_running++;
+    int rc = http_head(u, r);
+    exchanges_running--;
+    return rc;
+}
+
+int gass_http_get(const struct gass_url *u, int out_fd, const char *if_none_match,
+                  const char *if_modified_since, struct gass_response *r)
+{
+    exchanges_running++;
+    int rc = http_get(u, out_fd, if_none_match, if_modified_since, r);
+    exchanges_running--;
+    return rc;
+}
+
+int gass_http_put(const struct gass_url *u, int in_fd, long long size, struct gass_response *r)
+{
+    exchanges_running++;
+    int rc = http_put(u, in_fd, size, r);
+    exchanges_running--;
+    return rc;
+}
+
+int gass_http_delete(const struct gass_url *u, struct gass_response *r)
+{
+    exchanges_running++;
+    int rc = http_delete(u, r);
+    exchanges_running--;
+    return rc;
 }

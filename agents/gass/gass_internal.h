@@ -101,6 +101,7 @@ int gass_http_get(const struct gass_url *u, int out_fd, const char *if_none_matc
                   const char *if_modified_since, struct gass_response *r);
 int gass_http_put(const struct gass_url *u, int in_fd, long long size, struct gass_response *r);
 int gass_http_delete(const struct gass_url *u, struct gass_response *r);
+int gass_http_busy(void); /* nonzero while this thread is inside one of the above */
 
 /* gass_cache.c */
 /* The cache root is at most this long, so "<root>/data/<key>.meta" and the like never truncate. */

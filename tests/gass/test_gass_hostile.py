@@ -393,3 +393,20 @@ def test_proxy_settings(read, gass_env, hostile, quick, variable, site):
         data, err, _ = read(url, quick, **{variable: proxy, "no_proxy": "localhost,127.0.0.1"})
         assert (data, err) == (b"direct\n", None)
         assert origin.count("GET", "/p.txt") == 1 and len(hostile.requests) == 1
+
+
+def test_exit_from_a_signal_handler_during_a_transfer(gass_driver, gass_env, hostile, site):
+    """_exit from a handler that interrupted an exchange: no second exchange inside the first,
+    no deadlock; the staged data is kept and the exit says it failed."""
+    hostile.script["/silent"] = silence
+    with HttpServer(site) as good:
+        start = time.monotonic()
+        p = subprocess.run([str(gass_driver), "exitinsignal", good.url("w.txt"), "staged data\n",
+                            hostile.url("silent")], capture_output=True, timeout=30,
+                           env=dict(gass_env, BYPASS_GASS_READ_TIMEOUT="20"))
+        assert time.monotonic() - start < 5
+        assert p.returncode == 5, (p.returncode, p.stdout, p.stderr)
+        assert b"exit in the middle of a transfer" in p.stderr and good.count("PUT") == 0
+    unsent = Path(gass_env["BYPASS_GASS_CACHE"]) / "unsent"
+    kept = [f for f in unsent.iterdir() if f.suffix != ".url"]
+    assert [f.read_bytes() for f in kept] == [b"staged data\n"]
