@@ -8,7 +8,7 @@
  *   tmp/              write-staging files (and downloads in progress where O_TMPFILE is missing)
  *   writes/<dev>.<ino>  a staged write's destination, for processes that inherit it across exec
  *                     (see gass_files.c); removed when it is uploaded
- *   unsent/<key>.<time>.<pid>  data of an upload that failed at exit, with <that>.url naming
+ *   unsent/<key>.<time>.<pid>.<ino>  data of an upload that failed at exit, with <that>.url naming
  *                     where it was going: kept for the user, never removed by gass
  * <key> is a hash of the URL without credentials (see gass_url_parse), so no user name or
  * password ever appears in a path.

@@ -664,9 +664,6 @@ static int changed(const struct open_url *e, const struct stat *now)
 
 enum { HELD = -1, GONE = -2 };
 
-/* Try to become the uploader of `e`: a descriptor of its staging file holding an exclusive
- * lock, or HELD (a descriptor of the program's is still open, here or in another process), or
- * GONE (another process has uploaded it). Caller holds table_lock, so `e` stays valid. */
 static int holds(int fd, const struct stat *st, void *arg)
 {
     (void)fd;
@@ -674,6 +671,9 @@ static int holds(int fd, const struct stat *st, void *arg)
     return st->st_dev == e->dev && st->st_ino == e->ino;
 }
 
+/* Try to become the uploader of `e`: a descriptor of its staging file holding an exclusive
+ * lock, or HELD (a descriptor of the program's is still open, here or in another process), or
+ * GONE (another process has uploaded it). Caller holds table_lock, so `e` stays valid. */
 static int claim(const struct open_url *e)
 {
     /* Our own descriptors first: where flock() is emulated with per-process POSIX locks (NFS),
@@ -700,13 +700,14 @@ static int claim(const struct open_url *e)
     return fd;
 }
 
-/* An upload failed where nobody can be told: keep the data as unsent/<key>.<time>.<pid>, with
- * the destination in <that>.url, and say so in one line. */
+/* An upload failed where nobody can be told: keep the data as unsent/<key>.<time>.<pid>.<ino>
+ * (the staging file's inode: unique among files kept at once), with the destination in
+ * <that>.url, and say so in one line. */
 static void keep_unsent(const struct open_url *e, const char *why)
 {
-    char path[PATH_MAX + 64], url_path[PATH_MAX + 80];
-    snprintf(path, sizeof path, "%s/unsent/%s.%lld.%d", e->root, e->url->key,
-             (long long)time(NULL), (int)getpid());
+    char path[PATH_MAX + 96], url_path[PATH_MAX + 112];
+    snprintf(path, sizeof path, "%s/unsent/%s.%lld.%d.%llu", e->root, e->url->key,
+             (long long)time(NULL), (int)getpid(), (unsigned long long)e->ino);
     snprintf(url_path, sizeof url_path, "%s.url", path);
     int kept = rename(e->staging, path) == 0;
     if (kept) {
