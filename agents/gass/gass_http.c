@@ -261,7 +261,9 @@ static int curl_errno(int code, const struct exchange *x)
     case GASS_CURLE_TOO_MANY_REDIRECTS:
         return ELOOP;
     case GASS_CURLE_OUT_OF_MEMORY:
-        return ENOMEM;
+        /* libcurl also says this of a single header line over 100 KiB: once a response has
+         * begun, it is the server's fault far more likely than ours. */
+        return x->header_bytes > 0 ? EIO : ENOMEM;
     case GASS_CURLE_FILESIZE_EXCEEDED:
         return EFBIG;
     case GASS_CURLE_WRITE_ERROR:

@@ -108,6 +108,12 @@ def test_malformed_content_length_is_eio(read, gass_env, hostile, quick, value):
 
 
 @QUICK
+def test_not_modified_to_an_unconditional_request_is_eio(read, gass_env, hostile, quick):
+    hostile.script["/x"] = raw(header("304 Not Modified", 'ETag: "x"'))
+    check(read, gass_env, hostile.url("x"), quick, errnos=["EIO"])
+
+
+@QUICK
 def test_disagreeing_content_lengths_are_eio(read, gass_env, hostile, quick):
     hostile.script["/x"] = raw(header("200 OK", "Content-Length: 5", "Content-Length: 12")
                                + b"hello world!")
@@ -242,7 +248,9 @@ def test_huge_headers_are_refused(read, gass_env, hostile, quick):
     many = [f"X-Filler-{i}: {'f' * 1000}" for i in range(300)]
     hostile.script["/many"] = raw(header("200 OK", *many, "Content-Length: 5") + b"hello")
     hostile.script["/endless"] = endless(b"HTTP/1.1 200 OK\r\n", b"X-More: " + b"m" * 1000 + b"\r\n")
-    for path in ("many", "endless"):
+    hostile.script["/one-line"] = raw(header("200 OK", "X-Big: " + "b" * 300_000, "Content-Length: 5")
+                                      + b"hello")
+    for path in ("many", "endless", "one-line"):
         check(read, gass_env, hostile.url(path), quick, errnos=["EIO"])
 
 
