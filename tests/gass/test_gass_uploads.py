@@ -239,3 +239,21 @@ def test_cache_command_lists_unsent_and_drops_dead_records(run, server, gass_env
     subprocess.run(cli + ["clear"], capture_output=True, env=gass_env, check=True)
     assert not dead.exists()
     assert len(cache_state(gass_env)["unsent"]) == 2  # the data and its .url: never cleared
+
+
+@pytest.mark.parametrize("call", ["_exit", "_Exit"])
+def test_c_program_leaving_through(run, server, site, gass_env, tmp_path, call):
+    source = tmp_path / "leave.c"
+    source.write_text("#include <fcntl.h>\n#include <stdlib.h>\n#include <unistd.h>\n"
+                      "int main(int argc, char **argv)\n{\n"
+                      "    int fd = open(argv[1], O_WRONLY | O_CREAT | O_TRUNC, 0644);\n"
+                      f"    if (fd < 0 || write(fd, \"left by {call}\\n\", {len(call) + 9}) < 0)\n"
+                      "        return 2;\n"
+                      f"    {call}(0);\n}}\n")
+    exe = tmp_path / "leave"
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(source)], check=True)
+    p = run(str(exe), server.url("c.txt"))
+    assert p.returncode == 0, p.stderr
+    assert (site / "c.txt").read_bytes() == f"left by {call}\n".encode()
+    assert server.count("PUT", "/c.txt") == 1
+    assert_nothing_pending(gass_env)
