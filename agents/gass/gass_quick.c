@@ -314,9 +314,15 @@ static int receive_body(int fd, int out, char *buf, size_t buf_size, size_t have
         /* A whole buffer, not just what is left: bytes past the end must be seen to refuse. */
         n = pace_recv(pace, fd, buf, buf_size, 1);
         if (n < 0) {
-            if (errno == ETIMEDOUT)
+            if (errno == ETIMEDOUT) {
                 gass_log("GET %s: too slow or silent (%lld of %lld bytes)", u->logname, done,
                          length);
+            } else {
+                /* a reset: to the program, the same broken transfer libcurl reports as EIO */
+                gass_log("GET %s: %s after %lld of %lld bytes", u->logname, strerror(errno),
+                         done, length);
+                errno = EIO;
+            }
             goto out;
         }
         if (n == 0) {

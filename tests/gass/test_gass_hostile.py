@@ -95,6 +95,17 @@ def test_short_body_is_eio(read, gass_env, hostile, quick):
     hostile.script["/y"] = raw(header("200 OK", "Content-Length: 100"))
     check(read, gass_env, hostile.url("y"), quick, errnos=["EIO"])
 
+    def reset_midway(conn, req):
+        import socket
+        import struct
+
+        conn.send(header("200 OK", "Content-Length: 100000") + b"r" * 5000)
+        conn.wait(0.2)
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.sock.close()  # with a zero linger: a reset, not an end of stream
+    hostile.script["/z"] = reset_midway
+    check(read, gass_env, hostile.url("z"), quick, errnos=["EIO"])
+
 
 @QUICK
 @pytest.mark.parametrize("value", ["-1", "12abc", "0x10", "1 2", "+12", "", "abc",
