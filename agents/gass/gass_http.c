@@ -124,7 +124,7 @@ struct exchange {
 /* Stop the transfer from a callback with this errno (libcurl then returns a write error). */
 static size_t refuse(struct exchange *x, int err, const char *why)
 {
-    gass_log("%s %s: %s", x->method, x->url->logname, why);
+    snprintf(x->resp->error, sizeof x->resp->error, "%s", why); /* perform() logs it */
     x->io_errno = err;
     return 0;
 }
@@ -334,7 +334,7 @@ static int perform(struct exchange *x, struct curl_slist *headers)
     x->resp->status = 0;
     x->resp->length = -1;
     x->resp->mtime = -1;
-    x->resp->etag[0] = x->resp->last_modified[0] = '\0';
+    x->resp->etag[0] = x->resp->last_modified[0] = x->resp->error[0] = '\0';
     x->started = x->last_report = x->last_move = gass_now();
 
     int code = curl.easy_perform(h);
@@ -358,7 +358,7 @@ static int perform(struct exchange *x, struct curl_slist *headers)
          * the one line that also says what became of the data. */
         if (x->stalled)
             snprintf(x->resp->error, sizeof x->resp->error, "no data for %.1f s", l->read_s);
-        else
+        else if (x->resp->error[0] == '\0') /* else a callback's reason, more telling */
             snprintf(x->resp->error, sizeof x->resp->error, "%s%s%.200s",
                      curl.easy_strerror(code), errbuf[0] ? ": " : "", errbuf);
         if (strcmp(x->method, "PUT") != 0)
