@@ -1,7 +1,8 @@
 """`bypass gass cache ...`: look at and clear the gass agent's per-user cache.
 
 The layout is the one agents/gass/gass_cache.c writes (see the comment at its top):
-data/<key> and data/<key>.meta, locks/<key>.lock, tmp/. Entries are removed only while their
+data/<key> and data/<key>.meta, locks/<key>.lock, tmp/, writes/<dev>.<ino> (staged writes in
+progress) and unsent/ (data of uploads that failed at exit, which `list` shows and `clear` keeps). Entries are removed only while their
 lock can be taken, exactly as the agent's own eviction does, so clearing the cache while
 programs use it never pulls a file from under a download in progress.
 
@@ -73,6 +74,24 @@ def entries(root: Path | None = None) -> list[Entry]:
     return sorted(result, key=lambda e: e.last_used, reverse=True)
 
 
+def unsent(root: Path | None = None) -> list[tuple[Path, str]]:
+    """Data kept from uploads that failed at exit: (file, the URL it was going to)."""
+    root = cache_dir() if root is None else root
+    folder = root / "unsent"
+    if not folder.is_dir():
+        return []
+    result = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix == ".url":
+            continue
+        try:
+            url = path.with_name(path.name + ".url").read_text().strip()
+        except OSError:
+            url = "?"
+        result.append((path, url))
+    return result
+
+
 def _try_lock(root: Path, key: str) -> int | None:
     try:
         fd = os.open(root / "locks" / f"{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -121,6 +140,16 @@ def clear(root: Path | None = None, everything: bool = False) -> tuple[int, int,
                     path.unlink()
             except FileNotFoundError:
                 pass
+    # A staged write's record whose staging file is gone belongs to a process that died.
+    writes = root / "writes"
+    if writes.is_dir():
+        for record in writes.iterdir():
+            staging = _read_meta(record).get("staging")
+            if everything or staging is None or not os.path.exists(staging):
+                try:
+                    record.unlink()
+                except FileNotFoundError:
+                    pass
     return removed, freed, busy
 
 
@@ -143,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
             used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
             print(f"{_human(e.size):>10}  {used}  {e.url}")
         print(f"{_human(total)} in {root}")
+        for path, url in unsent(root):
+            print(f"unsent (upload failed, data kept): {path} -> {url}")
     elif args.action == "clear":
         removed, freed, busy = clear(root, everything=args.all)
         print(f"removed {removed} entries ({_human(freed)}) from {root}"

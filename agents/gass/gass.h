@@ -7,7 +7,10 @@
  *   read:   the URL is fetched into a per-user cache (validated with ETag/Last-Modified) and the
  *           program gets a real descriptor of the cached file, so read/mmap/lseek/fstat all work.
  *   write:  the program gets a descriptor of a private staging file; when the last descriptor of
- *           it is closed the file is sent back with PUT, and an upload error is close()'s error.
+ *           it is closed -- in any process: dup, fork and exec share it -- or its last holder
+ *           exits (exit, _exit, _Exit), the file is sent back with PUT. An upload error is
+ *           close()'s error; at exit, where nobody can be told, it is a line on stderr, the data
+ *           is kept in the cache's unsent/ directory and exit status 0 becomes 1.
  *   stat:   HEAD only (size from Content-Length, mtime from Last-Modified), no body.
  *
  * Every function follows the libc convention: -1 (or NULL) with errno set on failure.
@@ -18,11 +21,26 @@
  *   BYPASS_GASS_CACHE            cache directory (default $XDG_CACHE_HOME/bypass-gass,
  *                                else $HOME/.cache/bypass-gass, else /tmp/bypass-gass-<uid>)
  *   BYPASS_GASS_CACHE_MAX        cache size limit, bytes with optional K/M/G suffix (default 4G)
+ *   BYPASS_GASS_MAX_SIZE         largest body a download may have (default: BYPASS_GASS_CACHE_MAX);
+ *                                a larger one is EFBIG
  *   BYPASS_GASS_MAX_AGE          seconds a validated cache entry is trusted without asking the
  *                                server again (default 0: revalidate on every open)
  *   BYPASS_GASS_CONNECT_TIMEOUT  seconds to establish a connection (default 10)
- *   BYPASS_GASS_READ_TIMEOUT     seconds without any progress before a transfer fails (default 30)
+ *   BYPASS_GASS_READ_TIMEOUT     seconds (default 30): no byte for that long, a response whose
+ *                                headers are not complete within it, or a transfer that moves
+ *                                fewer than BYPASS_GASS_LOW_SPEED bytes/s over it, is ETIMEDOUT
+ *   BYPASS_GASS_LOW_SPEED        bytes per second (default 1024), see above
+ *   BYPASS_GASS_TIMEOUT          seconds one request may take in all, connect included
+ *                                (default 3600); then ETIMEDOUT. Fractions are allowed in all
+ *                                the timeouts. No request waits longer than these, whichever
+ *                                path (gass_quick.c or libcurl) it takes.
  *   BYPASS_GASS_MAX_REDIRS       redirects followed (default 10)
+ *   BYPASS_GASS_PROXY            proxy for every request (as libcurl's CURLOPT_PROXY); libcurl's
+ *                                http_proxy, https_proxy, all_proxy and no_proxy apply too
+ *   BYPASS_GASS_PROGRESS         0: no progress line (default: one on stderr for a download that
+ *                                takes more than a second, when stderr is a terminal)
+ *   BYPASS_GASS_QUICK            0: every request through libcurl (default: plain http without
+ *                                libcurl where gass_quick.c can)
  *   BYPASS_GASS_INSECURE         1: do not verify TLS certificates
  *   BYPASS_GASS_DEBUG            1: log requests and transfer progress to stderr
  *   BYPASS_GASS_LIBCURL          the libcurl to dlopen (default libcurl.so.4)
@@ -86,8 +104,15 @@ int gass_close_finish(const struct gass_closing *c, int rc);
 int gass_close(int fd);
 int gass_fclose(FILE *fp);
 
-/* Flush every pending write-back of this process (used at exit); returns 0 or -1/errno. */
+/* The process is ending: close its descriptors of staged files and upload each one no other
+ * process still holds (used at exit). 0, or -1/errno when an upload failed -- its data is then
+ * kept in the cache's unsent/ directory and a line says where. */
 int gass_sync_all(void);
+/* The same before _exit/_Exit; a failed upload turns *status 0 into 1. */
+void gass_exit_uploads(int *status);
+/* Before exec: staged files this process holds only through close-on-exec descriptors are
+ * marked, so that the new image sends them (they are closed by the exec itself). */
+void gass_before_exec(void);
 
 /* unlink(URL) sends DELETE. rename() involving a URL fails with EXDEV, so mv falls back to
  * copy + unlink, which gass supports. */

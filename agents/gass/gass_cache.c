@@ -5,14 +5,20 @@
  *   data/<key>        the body of a URL, mtime = the server's Last-Modified
  *   data/<key>.meta   text: url, etag, last-modified, size, validated (Unix time)
  *   locks/<key>.lock  flock()ed while the entry is checked, fetched or evicted
- *   tmp/              downloads in progress and write-staging files
+ *   tmp/              write-staging files (and downloads in progress where O_TMPFILE is missing)
+ *   writes/<dev>.<ino>  a staged write's destination, for processes that inherit it across exec
+ *                     (see gass_files.c); removed when it is uploaded
+ *   unsent/<key>.<time>.<pid>.<ino>  data of an upload that failed at exit, with <that>.url naming
+ *                     where it was going: kept for the user, never removed by gass
  * <key> is a hash of the URL without credentials (see gass_url_parse), so no user name or
  * password ever appears in a path.
  *
  * Concurrency: every process fetching a URL takes its lock exclusively, so when several start
  * at once the first downloads and the others, once they get the lock, find the fresh copy and
- * only revalidate (304). A download goes to tmp/ and is published with rename(), so a reader
- * sees a whole old file or a whole new one, and descriptors already open keep the old one.
+ * only revalidate (304). A download goes to an unnamed O_TMPFILE file in tmp/ -- so a process
+ * killed mid-download leaves nothing behind -- and is published, once its length is the one the
+ * server announced, by naming it and rename()ing it over data/<key>: a reader sees a whole old
+ * file or a whole new one, and descriptors already open keep the old one.
  *
  * Size limit: after a download, if data/ holds more than BYPASS_GASS_CACHE_MAX bytes, the least
  * recently opened entries (atime, set explicitly on every open since mounts are often relatime)
@@ -33,9 +39,6 @@
 
 #include "gass_internal.h"
 
-#define DEFAULT_CACHE_MAX (4LL << 30)
-/* Room for "/data/<key>.meta" and the like after the root, so paths never truncate. */
-#define ROOT_MAX (PATH_MAX - 128)
 
 const char *gass_cache_dir(char *buf, size_t size)
 {
@@ -72,15 +75,15 @@ static int make_dir(const char *path)
 int gass_cache_ensure_dirs(char *root, size_t size)
 {
     /* The mkdirs cost a few syscalls; skip them when this process already made this root. */
-    static __thread char made[ROOT_MAX];
+    static __thread char made[GASS_ROOT_MAX];
     gass_cache_dir(root, size);
-    if (strlen(root) >= ROOT_MAX - 1) {
+    if (strlen(root) >= GASS_ROOT_MAX - 1) {
         errno = ENAMETOOLONG;
         return -1;
     }
     if (strcmp(made, root) == 0)
         return 0;
-    static const char *const subdirs[] = {"data", "locks", "tmp"};
+    static const char *const subdirs[] = {"data", "locks", "tmp", "writes", "unsent"};
     char path[PATH_MAX];
     if (make_dir(root) < 0) {
         gass_log("cannot create the cache directory %s: %s", root, strerror(errno));
@@ -188,7 +191,7 @@ static int write_meta(const char *root, const char *key, const struct meta *m)
 
 int gass_cache_stage_path(char *path, size_t size)
 {
-    char root[ROOT_MAX];
+    char root[GASS_ROOT_MAX];
     if (gass_cache_ensure_dirs(root, sizeof root) < 0)
         return -1;
     snprintf(path, size, "%s/tmp/stage.%d.XXXXXX", root, (int)getpid());
@@ -222,7 +225,7 @@ static void remove_entry(const char *root, const char *key)
  * just fetched), and skips entries another process holds locked right now. */
 static void evict(const char *root, const char *keep)
 {
-    long long limit = gass_env_number("BYPASS_GASS_CACHE_MAX", DEFAULT_CACHE_MAX);
+    long long limit = gass_env_number("BYPASS_GASS_CACHE_MAX", GASS_DEFAULT_CACHE_MAX);
     /* One evictor at a time; if another process is at it, it will do our share. */
     int guard = lock_file(root, "evict", 1);
     if (guard < 0)
@@ -275,10 +278,54 @@ static void evict(const char *root, const char *keep)
     unlock_file(guard);
 }
 
+/* A file to download into: unnamed (O_TMPFILE) when the file system can, so that nothing is
+ * left if the process dies; else a mkstemp name in tmp/ returned in `named` ("" if unnamed). */
+static int download_file(const char *root, const char *key, char *named, size_t size)
+{
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s/tmp", root);
+    named[0] = '\0';
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL))
+        return fd;
+    snprintf(named, size, "%s/tmp/%s.XXXXXX", root, key);
+    return mkostemp(named, O_CLOEXEC);
+}
+
+/* Close the finished download `fd` and make it data/<key>. Called with the key's lock held, so
+ * the fixed intermediate name cannot collide. 0, or -1 with errno (nothing left behind). */
+static int publish(int fd, const char *root, const char *key, const char *named,
+                   const char *data_path)
+{
+    char proc[64], name[PATH_MAX];
+    int rc = 0;
+    if (named[0] == '\0') {
+        snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+        snprintf(name, sizeof name, "%s/tmp/%s.publish", root, key);
+        unlink(name); /* left by a process that died between linkat and rename */
+        rc = linkat(AT_FDCWD, proc, AT_FDCWD, name, AT_SYMLINK_FOLLOW);
+    } else {
+        snprintf(name, sizeof name, "%s", named);
+    }
+    int saved = errno;
+    if (close(fd) < 0 && rc == 0) {
+        rc = -1;
+        saved = errno;
+    }
+    if (rc == 0 && rename(name, data_path) < 0) {
+        rc = -1;
+        saved = errno;
+    }
+    if (rc < 0)
+        unlink(name);
+    errno = saved;
+    return rc;
+}
+
 int gass_cache_open(const struct gass_url *u, int extra_flags, struct gass_response *r,
                     char *data_path, size_t path_size)
 {
-    char root[ROOT_MAX], meta_path[PATH_MAX], tmp[PATH_MAX];
+    char root[GASS_ROOT_MAX], meta_path[PATH_MAX], tmp[PATH_MAX];
     memset(r, 0, sizeof *r);
     if (gass_cache_ensure_dirs(root, sizeof root) < 0)
         return -1;
@@ -303,8 +350,7 @@ int gass_cache_open(const struct gass_url *u, int extra_flags, struct gass_respo
         r->length = m.size;
         snprintf(r->etag, sizeof r->etag, "%s", m.etag);
     } else {
-        snprintf(tmp, sizeof tmp, "%s/tmp/%s.XXXXXX", root, u->key);
-        int out = mkostemp(tmp, O_CLOEXEC);
+        int out = download_file(root, u->key, tmp, sizeof tmp);
         if (out < 0)
             goto fail;
         /* Conditional only if we have a copy with validators; otherwise a plain GET. */
@@ -313,16 +359,23 @@ int gass_cache_open(const struct gass_url *u, int extra_flags, struct gass_respo
             errno = EIO; /* 304 to an unconditional request: a broken server */
             rc = -1;
         }
-        if (rc < 0) {
+        if (rc == 0 && r->status != 304 && (fstat(out, &st) < 0 ||
+                                              (r->length >= 0 && st.st_size != r->length))) {
+            /* Never cache what does not have the announced length (both HTTP paths check this
+             * already; this is the last line). */
+            gass_log("GET %s: %lld bytes received, %lld announced", u->logname,
+                     (long long)st.st_size, r->length);
+            errno = EIO;
+            rc = -1;
+        }
+        if (rc < 0 || r->status == 304) {
             int saved = errno;
             close(out);
-            unlink(tmp);
+            if (tmp[0])
+                unlink(tmp);
             errno = saved;
-            goto fail;
-        }
-        if (r->status == 304) {
-            close(out);
-            unlink(tmp);
+            if (rc < 0)
+                goto fail;
         } else {
             /* A fresh body: give it the server's mtime, then publish it atomically. */
             struct timespec times[2] = {{0, UTIME_NOW}, {0, UTIME_OMIT}};
@@ -332,12 +385,8 @@ int gass_cache_open(const struct gass_url *u, int extra_flags, struct gass_respo
                 times[1].tv_nsec = 0;
             }
             futimens(out, times);
-            if (fstat(out, &st) < 0 || close(out) < 0 || rename(tmp, data_path) < 0) {
-                int saved = errno;
-                unlink(tmp);
-                errno = saved;
+            if (publish(out, root, u->key, tmp, data_path) < 0)
                 goto fail;
-            }
             snprintf(m.url, sizeof m.url, "%s", u->redacted);
             snprintf(m.etag, sizeof m.etag, "%s", r->etag);
             snprintf(m.last_modified, sizeof m.last_modified, "%s", r->last_modified);
@@ -368,7 +417,7 @@ fail:;
 
 void gass_cache_forget(const struct gass_url *u)
 {
-    char root[ROOT_MAX];
+    char root[GASS_ROOT_MAX];
     if (gass_cache_ensure_dirs(root, sizeof root) < 0)
         return;
     int lock = lock_file(root, u->key, 0);
@@ -380,7 +429,7 @@ int gass_cache_clear(void)
 {
     /* Remove every entry nobody is using right now, and downloads/stagings abandoned for more
      * than an hour (a crashed process); live ones are left alone. */
-    char root[ROOT_MAX], path[PATH_MAX];
+    char root[GASS_ROOT_MAX], path[PATH_MAX];
     if (gass_cache_ensure_dirs(root, sizeof root) < 0)
         return -1;
     snprintf(path, sizeof path, "%s/data", root);

@@ -4,9 +4,18 @@
  *
  * The table is keyed by the (st_dev, st_ino) of the local file behind a descriptor, not by the
  * descriptor number: dup(), dup2(), fcntl(F_DUPFD) and freopen() all make new descriptors of
- * the same file without gass seeing them, and an inode key follows them for free. A staged
- * write is uploaded when a descriptor of it is closed and no other descriptor of this process
- * refers to it any more (checked in /proc/self/fd, only when such a file is closed).
+ * the same file without gass seeing them, and an inode key follows them for free.
+ *
+ * Write-back: a staged write is uploaded by the last process to hold it, when it closes its last
+ * descriptor of it or exits (exit, _exit, _Exit). "Last" is the kernel's own count: the program's
+ * open file description carries a shared flock(), which is shared by every dup, fork and exec of
+ * it and released only when the last descriptor anywhere is closed. Whoever can then take an
+ * exclusive flock on the staging file through a descriptor of its own is the last holder, and
+ * that lock is also its claim to the upload (no second process sends the file). A process that
+ * inherited a staged descriptor across exec has lost the table; it finds the descriptor again at
+ * start-up through a record in the cache, writes/<dev>.<ino>, that says where the file goes.
+ * An upload that fails where the program can no longer be told (at exit) is reported on stderr
+ * and its data kept in the cache's unsent/ directory.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -17,8 +26,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "gass_internal.h"
@@ -30,13 +42,14 @@ extern void bypass_guard_leave(void) __attribute__((weak));
 
 struct open_url {
     int writing;               /* 1: staged for upload; 0: a cached copy opened for reading */
-    pid_t pid;                 /* only the process that opened it uploads it */
     dev_t dev;                 /* the local file behind the descriptors */
     ino_t ino;
     unsigned long long fake_ino;
     /* writing only */
     struct gass_url *url;
+    char root[GASS_ROOT_MAX];  /* the cache it is staged in */
     char staging[PATH_MAX];
+    char record[PATH_MAX];     /* writes/<dev>.<ino>: how a process after exec finds it */
     int always_upload;         /* new or truncated: upload even if nothing was written */
     struct stat snapshot;      /* staging file right after it was filled */
     char source[PATH_MAX];     /* the cached copy it was filled from, to detect "unchanged" */
@@ -63,21 +76,19 @@ static void remember_read(const struct stat *st, const struct gass_url *u)
     if (read_count < MAX_READ_ENTRIES)
         read_count++;
     memset(e, 0, sizeof *e);
-    e->pid = getpid();
     e->dev = st->st_dev;
     e->ino = st->st_ino;
     e->fake_ino = u->ino;
     pthread_mutex_unlock(&table_lock);
 }
 
-static int add_write(struct open_url *e)
+/* Caller holds table_lock. */
+static int add_write_locked(struct open_url *e)
 {
-    pthread_mutex_lock(&table_lock);
     if (write_count == write_cap) {
         int cap = write_cap ? write_cap * 2 : 8;
         struct open_url **bigger = realloc(writes, (size_t)cap * sizeof *writes);
         if (bigger == NULL) {
-            pthread_mutex_unlock(&table_lock);
             errno = ENOMEM;
             return -1;
         }
@@ -86,18 +97,23 @@ static int add_write(struct open_url *e)
     }
     writes[write_count++] = e;
     pending_writes = write_count;
-    pthread_mutex_unlock(&table_lock);
     return 0;
 }
 
-/* Find (and with `take`, remove) this process's write entry for a local file. Caller holds the
- * lock. */
+static int add_write(struct open_url *e)
+{
+    pthread_mutex_lock(&table_lock);
+    int rc = add_write_locked(e);
+    pthread_mutex_unlock(&table_lock);
+    return rc;
+}
+
+/* Find (and with `take`, remove) the write entry for a local file. Caller holds the lock. */
 static struct open_url *find_write(dev_t dev, ino_t ino, int take)
 {
-    pid_t pid = getpid();
     for (int i = 0; i < write_count; i++) {
         struct open_url *e = writes[i];
-        if (e->dev == dev && e->ino == ino && e->pid == pid) {
+        if (e->dev == dev && e->ino == ino) {
             if (take) {
                 writes[i] = writes[--write_count];
                 pending_writes = write_count;
@@ -272,6 +288,92 @@ static int open_for_reading(const struct gass_url *u, int flags)
     return fd;
 }
 
+/* writes/<dev>.<ino> of a staged file: what a process that inherits a descriptor of it across
+ * exec needs to upload it. It holds the URL as given, credentials included (they are needed
+ * for the PUT), so it is 0600 in the 0700 cache and removed as soon as the upload is done. */
+static int save_record(struct open_url *e)
+{
+    char tmp[PATH_MAX + 16], text[GASS_URL_MAX + 3 * PATH_MAX];
+    snprintf(e->record, sizeof e->record, "%s/writes/%llx.%llu", e->root,
+             (unsigned long long)e->dev, (unsigned long long)e->ino);
+    snprintf(tmp, sizeof tmp, "%s.XXXXXX", e->record);
+    const struct stat *s = &e->snapshot;
+    int n = snprintf(text, sizeof text,
+                     "url %s\nstaging %s\nalways %d\nsnapshot %lld %lld %ld %lld %ld\n"
+                     "source %llu %llu %s\n",
+                     e->url->full, e->staging, e->always_upload, (long long)s->st_size,
+                     (long long)s->st_mtim.tv_sec, s->st_mtim.tv_nsec, (long long)s->st_ctim.tv_sec,
+                     s->st_ctim.tv_nsec, (unsigned long long)e->source_dev,
+                     (unsigned long long)e->source_ino, e->source);
+    int fd = mkostemp(tmp, O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int ok = n > 0 && (size_t)n < sizeof text && write(fd, text, (size_t)n) == n;
+    if (close(fd) < 0 || !ok || rename(tmp, e->record) < 0) {
+        int saved = ok ? errno : EIO;
+        unlink(tmp);
+        e->record[0] = '\0';
+        errno = saved;
+        return -1;
+    }
+    return 0;
+}
+
+/* The entry for a record, if `st` (an inherited descriptor's file) is its staging file. */
+static struct open_url *load_record(const char *root, const char *path, const struct stat *st)
+{
+    char text[GASS_URL_MAX + 3 * PATH_MAX];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    ssize_t n = read(fd, text, sizeof text - 1);
+    close(fd);
+    struct open_url *e = calloc(1, sizeof *e);
+    if (n <= 0 || e == NULL || (e->url = malloc(sizeof *e->url)) == NULL) {
+        free(e);
+        return NULL;
+    }
+    text[n] = '\0';
+    int fields = 0;
+    long long size = 0, msec = 0, csec = 0;
+    unsigned long long sdev = 0, sino = 0;
+    for (char *line = text, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        int used = 0;
+        if (strncmp(line, "url ", 4) == 0 && gass_url_parse(line + 4, e->url) == 0)
+            fields |= 1;
+        else if (strncmp(line, "staging ", 8) == 0)
+            fields |= snprintf(e->staging, sizeof e->staging, "%s", line + 8) > 0 ? 2 : 0;
+        else if (sscanf(line, "always %d", &e->always_upload) == 1)
+            fields |= 4;
+        else if (sscanf(line, "snapshot %lld %lld %ld %lld %ld", &size, &msec,
+                        &e->snapshot.st_mtim.tv_nsec, &csec, &e->snapshot.st_ctim.tv_nsec) == 5)
+            fields |= 8;
+        else if (sscanf(line, "source %llu %llu %n", &sdev, &sino, &used) >= 2 && used > 0)
+            fields |= snprintf(e->source, sizeof e->source, "%s", line + used) >= 0 ? 16 : 0;
+    }
+    struct stat staged;
+    if (fields != 31 || stat(e->staging, &staged) < 0 || staged.st_dev != st->st_dev ||
+        staged.st_ino != st->st_ino) {
+        free_write(e);
+        return NULL; /* a stale record, or not this file */
+    }
+    e->writing = 1;
+    e->dev = st->st_dev;
+    e->ino = st->st_ino;
+    e->fake_ino = e->url->ino;
+    e->snapshot.st_size = size;
+    e->snapshot.st_mtim.tv_sec = msec;
+    e->snapshot.st_ctim.tv_sec = csec;
+    e->source_dev = (dev_t)sdev;
+    e->source_ino = (ino_t)sino;
+    snprintf(e->root, sizeof e->root, "%s", root);
+    snprintf(e->record, sizeof e->record, "%s", path);
+    return e;
+}
+
 static int open_for_writing(const struct gass_url *u, int flags)
 {
     struct gass_response r;
@@ -283,7 +385,6 @@ static int open_for_writing(const struct gass_url *u, int flags)
     }
     memcpy(e->url, u, sizeof *u);
     e->writing = 1;
-    e->pid = getpid();
     e->fake_ino = u->ino;
 
     if ((flags & O_CREAT) && (flags & O_EXCL)) {
@@ -327,12 +428,16 @@ static int open_for_writing(const struct gass_url *u, int flags)
     e->dev = e->snapshot.st_dev;
     e->ino = e->snapshot.st_ino;
 
-    /* The program's descriptor, with its own access mode and flags (O_APPEND, O_CLOEXEC...). */
+    /* The program's descriptor, with its own access mode and flags (O_APPEND, O_CLOEXEC...),
+     * marked with the shared lock that tells when its last holder is gone. */
     int fd = open(e->staging, flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_DIRECTORY));
-    if (fd < 0 || add_write(e) < 0) {
+    if (fd < 0 || flock(fd, LOCK_SH) < 0 || gass_cache_ensure_dirs(e->root, sizeof e->root) < 0 ||
+        save_record(e) < 0 || add_write(e) < 0) {
         int saved = errno;
         if (fd >= 0)
             close(fd);
+        if (e->record[0])
+            unlink(e->record);
         unlink(e->staging);
         free_write(e);
         errno = saved;
@@ -406,6 +511,7 @@ static void discard(int fd)
     }
     close(fd);
     if (e) {
+        unlink(e->record);
         unlink(e->staging);
         free_write(e);
     }
@@ -449,32 +555,74 @@ FILE *gass_freopen(const char *url, const char *mode, FILE *stream)
     int saved = errno;
     if (fp == NULL)
         discard(fd);
-    else
+    else if (flock(fileno(fp), LOCK_SH) < 0) { /* its own description: mark it too */
+        saved = errno;
+        fclose(fp);
+        discard(fd);
+        fp = NULL;
+    } else {
         close(fd); /* the stream has its own descriptor of the same file now */
+    }
     errno = saved;
     return fp;
 }
 
 /* ---- close and write-back ------------------------------------------------------------------ */
 
-/* Does any descriptor of this process still refer to the entry's file? */
-static int still_open(const struct open_url *e)
+/* Call fn(name, arg) for each entry of the directory open as `dfd` (not "." and ".."), until it
+ * returns nonzero; returns that value. getdents64 into a stack buffer rather than opendir():
+ * this runs in _exit, maybe in a vfork child, where malloc is best left alone. */
+static int each_entry(int dfd, int (*fn)(const char *name, void *arg), void *arg)
 {
-    DIR *dir = opendir("/proc/self/fd");
-    if (dir == NULL)
-        return 0;
-    int found = 0;
-    struct dirent *d;
-    while (!found && (d = readdir(dir)) != NULL) {
-        if (d->d_name[0] == '.')
-            continue;
-        int fd = atoi(d->d_name);
-        struct stat st;
-        if (fd != dirfd(dir) && fstat(fd, &st) == 0 && st.st_dev == e->dev && st.st_ino == e->ino)
-            found = 1;
+    char buf[4096] __attribute__((aligned(8)));
+    for (;;) {
+        long n = syscall(SYS_getdents64, dfd, buf, sizeof buf);
+        if (n <= 0)
+            return 0;
+        for (long off = 0; off < n;) {
+            struct {
+                unsigned long long ino;
+                long long off;
+                unsigned short reclen;
+                unsigned char type;
+                char name[];
+            } *d = (void *)(buf + off);
+            off += d->reclen;
+            if (d->name[0] == '.' && (d->name[1] == '\0' || (d->name[1] == '.' && d->name[2] == '\0')))
+                continue;
+            int stop = fn(d->name, arg);
+            if (stop)
+                return stop;
+        }
     }
-    closedir(dir);
-    return found;
+}
+
+/* Apply fn to each descriptor of this process (except the one used to list them). */
+struct fd_walk {
+    int self;
+    int (*fn)(int fd, const struct stat *st, void *arg);
+    void *arg;
+};
+
+static int visit_fd(const char *name, void *arg)
+{
+    struct fd_walk *w = arg;
+    int fd = atoi(name);
+    struct stat st;
+    if (fd == w->self || fstat(fd, &st) < 0)
+        return 0;
+    return w->fn(fd, &st, w->arg);
+}
+
+static int each_fd(int (*fn)(int fd, const struct stat *st, void *arg), void *arg)
+{
+    int dfd = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return 0;
+    struct fd_walk w = {dfd, fn, arg};
+    int rc = each_entry(dfd, visit_fd, &w);
+    close(dfd);
+    return rc;
 }
 
 static int same_content(const char *a, const char *b)
@@ -514,13 +662,80 @@ static int changed(const struct open_url *e, const struct stat *now)
     return !same_content(e->staging, e->source);
 }
 
-/* Send a finished staging file to the server and drop it. 0, or -1 with errno. */
-static int upload(struct open_url *e)
+enum { HELD = -1, GONE = -2 };
+
+static int holds(int fd, const struct stat *st, void *arg)
+{
+    (void)fd;
+    const struct open_url *e = arg;
+    return st->st_dev == e->dev && st->st_ino == e->ino;
+}
+
+/* Try to become the uploader of `e`: a descriptor of its staging file holding an exclusive
+ * lock, or HELD (a descriptor of the program's is still open, here or in another process), or
+ * GONE (another process has uploaded it). Caller holds table_lock, so `e` stays valid. */
+static int claim(const struct open_url *e)
+{
+    /* Our own descriptors first: where flock() is emulated with per-process POSIX locks (NFS),
+     * a process never conflicts with itself. */
+    if (each_fd(holds, (void *)e))
+        return HELD;
+    int fd = open(e->staging, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return GONE;
+    struct stat st;
+    if (fstat(fd, &st) < 0 || st.st_dev != e->dev || st.st_ino != e->ino) {
+        close(fd);
+        return GONE;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        close(fd);
+        return HELD;
+    }
+    /* An uploader unlinks before it lets go of its lock: a name still there is still ours. */
+    if (fstat(fd, &st) < 0 || st.st_nlink == 0) {
+        close(fd);
+        return GONE;
+    }
+    return fd;
+}
+
+/* An upload failed where nobody can be told: keep the data as unsent/<key>.<time>.<pid>.<ino>
+ * (the staging file's inode: unique among files kept at once), with the destination in
+ * <that>.url, and say so in one line. */
+static void keep_unsent(const struct open_url *e, const char *why)
+{
+    char path[PATH_MAX + 96], url_path[PATH_MAX + 112];
+    snprintf(path, sizeof path, "%s/unsent/%s.%lld.%d.%llu", e->root, e->url->key,
+             (long long)time(NULL), (int)getpid(), (unsigned long long)e->ino);
+    snprintf(url_path, sizeof url_path, "%s.url", path);
+    int kept = rename(e->staging, path) == 0;
+    if (kept) {
+        int fd = open(url_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd >= 0) {
+            char line[GASS_URL_MAX + 2];
+            int n = snprintf(line, sizeof line, "%s\n", e->url->redacted);
+            ssize_t ignored = write(fd, line, n > 0 && (size_t)n < sizeof line ? (size_t)n : 0);
+            (void)ignored;
+            close(fd);
+        }
+        gass_log("upload of %s failed (%s); its data is kept in %s", e->url->logname, why, path);
+    } else {
+        gass_log("upload of %s failed (%s) and its data could not be kept (%s)",
+                 e->url->logname, why, strerror(errno));
+        unlink(e->staging);
+    }
+}
+
+/* Send a finished staging file (`fd`, from claim()) to the server and drop the entry. With
+ * `told` the program learns of a failure from close(), so the data goes; without, it is kept.
+ * 0, or -1 with errno. */
+static int upload(struct open_url *e, int fd, int told)
 {
     int rc = 0, saved = 0;
-    int fd = open(e->staging, O_RDONLY | O_CLOEXEC);
     struct stat st;
-    if (fd < 0 || fstat(fd, &st) < 0) {
+    char why[400] = "";
+    if (fstat(fd, &st) < 0) {
         rc = -1;
         saved = errno;
     } else if (!changed(e, &st)) {
@@ -530,32 +745,47 @@ static int upload(struct open_url *e)
         struct gass_response r;
         rc = gass_http_put(e->url, fd, st.st_size, &r);
         saved = errno;
-        if (rc < 0)
-            gass_log("upload of %s failed (HTTP %ld): %s", e->url->logname, r.status,
-                     strerror(saved));
+        if (rc < 0 && r.error[0])
+            snprintf(why, sizeof why, "%s", r.error);
+        else if (rc < 0)
+            snprintf(why, sizeof why, "HTTP %ld: %s", r.status, strerror(saved));
+        if (rc < 0 && told)
+            gass_log("upload of %s failed (%s)", e->url->logname, why);
         /* Either way our cached copy (if any) no longer describes the server's file. */
         gass_cache_forget(e->url);
     }
-    if (fd >= 0)
-        close(fd);
-    unlink(e->staging);
+    if (rc < 0 && !told)
+        keep_unsent(e, why[0] ? why : strerror(saved));
+    else
+        unlink(e->staging);
+    unlink(e->record);
+    close(fd); /* releases the claim, after the name is gone */
     free_write(e);
     errno = saved;
     return rc;
 }
 
-/* After a descriptor of (dev, ino) was closed with result `rc`/`err`: upload if it was the last
- * one of a staged write, and fold the upload's error into the result. */
+/* Take `e` out of the table if this process is to upload it (or it is gone); the claim or
+ * HELD/GONE. Caller holds table_lock. */
+static int claim_entry(struct open_url *e)
+{
+    int fd = claim(e);
+    if (fd != HELD)
+        find_write(e->dev, e->ino, 1);
+    return fd;
+}
+
+/* After a descriptor of (dev, ino) was closed with result `rc`/`err`: upload if that was the
+ * last descriptor anywhere of a staged write, and fold the upload's error into the result. */
 static int finish_close(dev_t dev, ino_t ino, int rc, int err)
 {
     pthread_mutex_lock(&table_lock);
     struct open_url *e = find_write(dev, ino, 0);
-    if (e != NULL && still_open(e))
-        e = NULL;
-    if (e != NULL)
-        find_write(dev, ino, 1); /* ours to upload: no other thread will try too */
+    int fd = e ? claim_entry(e) : HELD;
     pthread_mutex_unlock(&table_lock);
-    if (e != NULL && upload(e) < 0 && rc == 0) {
+    if (fd == GONE)
+        free_write(e);
+    else if (fd >= 0 && upload(e, fd, 1) < 0 && rc == 0) {
         rc = -1;
         err = errno;
     }
@@ -604,29 +834,91 @@ int gass_fclose(FILE *fp)
     return gass_close_finish(&c, rc) == 0 ? 0 : EOF;
 }
 
-int gass_sync_all(void)
+/* The process is ending: its descriptors of staged files are as good as closed. */
+static int close_if_staged(int fd, const struct stat *st, void *arg)
+{
+    (void)arg;
+    if (find_write(st->st_dev, st->st_ino, 0) != NULL)
+        close(fd);
+    return 0;
+}
+
+/* _exit may be called from a signal handler, maybe one that interrupted this very thread
+ * inside gass: never wait for ever on the table, never start an exchange inside another. */
+static int lock_table_patiently(void)
+{
+    for (int i = 0; i < 200; i++) {
+        if (pthread_mutex_trylock(&table_lock) == 0)
+            return 0;
+        struct timespec pause = {0, 10 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+    }
+    return -1;
+}
+
+static int sync_at_exit(int from_exit_call)
 {
     int rc = 0, err = 0;
-    pid_t pid = getpid();
-    for (;;) {
-        struct open_url *e = NULL;
+    if (!pending_writes)
+        return 0;
+    if (from_exit_call && lock_table_patiently() < 0) {
+        gass_log("exit while gass is busy: staged files not uploaded (left in the cache's tmp/)");
+        errno = EBUSY;
+        return -1;
+    }
+    if (!from_exit_call)
         pthread_mutex_lock(&table_lock);
-        for (int i = 0; i < write_count && e == NULL; i++)
-            if (writes[i]->pid == pid) {
-                e = writes[i];
-                writes[i] = writes[--write_count];
-                pending_writes = write_count;
-            }
-        pthread_mutex_unlock(&table_lock);
-        if (e == NULL)
+    each_fd(close_if_staged, NULL);
+    pthread_mutex_unlock(&table_lock);
+    int no_network = from_exit_call && gass_http_busy();
+    for (int i = 0;;) {
+        if (from_exit_call ? lock_table_patiently() < 0 : pthread_mutex_lock(&table_lock) != 0)
             break;
-        if (upload(e) < 0) {
+        struct open_url *e = NULL;
+        int fd = HELD;
+        /* Entries still held by another process stay in the table: they are theirs to send. */
+        while (fd == HELD && i < write_count) {
+            e = writes[i];
+            fd = claim_entry(e);
+            if (fd == HELD)
+                i++;
+        }
+        pthread_mutex_unlock(&table_lock);
+        if (fd == HELD)
+            break;
+        if (fd == GONE) {
+            free_write(e);
+        } else if (no_network) {
+            keep_unsent(e, "exit in the middle of a transfer");
+            unlink(e->record);
+            close(fd);
+            free_write(e);
+            rc = -1;
+            err = EINTR;
+        } else if (upload(e, fd, 0) < 0) {
             rc = -1;
             err = errno;
         }
     }
     errno = err;
     return rc;
+}
+
+int gass_sync_all(void)
+{
+    return sync_at_exit(0);
+}
+
+/* Before _exit/_Exit (which skip atexit handlers): upload what this process was the last to
+ * hold. A failed upload turns a successful exit status into 1 (its data is kept). */
+void gass_exit_uploads(int *status)
+{
+    if (!pending_writes)
+        return;
+    int saved = errno;
+    if (sync_at_exit(1) < 0 && *status == 0)
+        *status = 1;
+    errno = saved;
 }
 
 /* At exit, files the program never closed (or closed inside libc, e.g. stdout by exit()) are
@@ -640,13 +932,145 @@ static void at_exit(void)
     if (bypass_guard_enter)
         bypass_guard_enter();
     fflush(NULL); /* stdio buffers are flushed after atexit handlers: do it now */
-    if (gass_sync_all() < 0) {
-        gass_log("write-back failed at exit: %s", strerror(errno));
-        _exit(1); /* the program's output is lost: it must not look successful */
-    }
+    if (gass_sync_all() < 0)
+        _exit(1); /* the program's output did not arrive: it must not look successful */
     if (bypass_guard_leave)
         bypass_guard_leave();
 }
+
+/* exec: descriptors without FD_CLOEXEC survive it, and the new image takes them over from
+ * their records (adopt_fd below). A staged file this process holds only through FD_CLOEXEC
+ * descriptors (Python's open() makes those) is closed by the exec itself, where gass cannot
+ * see it: before exec, it is marked writes/exec.<pid>.<start time>.<dev>.<ino> (a link to its
+ * record), and the new image -- same pid, same start time; a recycled pid has another -- sends
+ * it at start-up if by then nobody holds it. */
+static int exec_tag(char *tag, size_t size)
+{
+    char stat_text[1024];
+    int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, stat_text, sizeof stat_text - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    stat_text[n] = '\0';
+    /* Field 22 (start time) counted from the 3rd, after the command name's ')'. */
+    const char *p = strrchr(stat_text, ')');
+    for (int field = 2; p != NULL && field < 22; field++)
+        p = strchr(p + 1, ' ');
+    if (p == NULL)
+        return -1;
+    snprintf(tag, size, "exec.%d.%llu.", (int)getpid(), strtoull(p + 1, NULL, 10));
+    return 0;
+}
+
+static int survives_exec(int fd, const struct stat *st, void *arg)
+{
+    const struct open_url *e = arg;
+    return st->st_dev == e->dev && st->st_ino == e->ino && !(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+}
+
+void gass_before_exec(void)
+{
+    char tag[64], mark[PATH_MAX];
+    if (!pending_writes || exec_tag(tag, sizeof tag) < 0)
+        return;
+    int saved = errno;
+    pthread_mutex_lock(&table_lock);
+    for (int i = 0; i < write_count; i++) {
+        struct open_url *e = writes[i];
+        if (each_fd(survives_exec, e))
+            continue;
+        snprintf(mark, sizeof mark, "%s/writes/%s%llx.%llu", e->root, tag,
+                 (unsigned long long)e->dev, (unsigned long long)e->ino);
+        if (link(e->record, mark) < 0 && errno != EEXIST)
+            gass_log("%s: cannot mark for upload after exec: %s", e->url->logname, strerror(errno));
+    }
+    pthread_mutex_unlock(&table_lock);
+    errno = saved;
+}
+
+/* A process that inherited staged descriptors across exec takes them over from their records:
+ * checked at start-up, and costs one failed open() when nothing is being written anywhere. */
+struct adopt {
+    char root[GASS_ROOT_MAX];
+    char tag[64];              /* "" until needed */
+};
+
+static int any_entry(const char *name, void *arg)
+{
+    (void)name;
+    (void)arg;
+    return 1;
+}
+
+static int adopt_fd(int fd, const struct stat *st, void *arg)
+{
+    (void)fd;
+    struct adopt *a = arg;
+    char path[PATH_MAX];
+    if (!S_ISREG(st->st_mode) || find_write(st->st_dev, st->st_ino, 0) != NULL)
+        return 0;
+    snprintf(path, sizeof path, "%s/writes/%llx.%llu", a->root, (unsigned long long)st->st_dev,
+             (unsigned long long)st->st_ino);
+    if (access(path, F_OK) < 0)
+        return 0;
+    struct open_url *e = load_record(a->root, path, st);
+    if (e != NULL && add_write_locked(e) < 0)
+        free_write(e);
+    return 0;
+}
+
+/* A mark left by this process's previous image before exec: send the file if nobody holds it. */
+static int finish_exec_mark(const char *name, void *arg)
+{
+    struct adopt *a = arg;
+    size_t len = strlen(a->tag);
+    unsigned long long dev, ino;
+    if (strncmp(name, a->tag, len) != 0 || sscanf(name + len, "%llx.%llu", &dev, &ino) != 2)
+        return 0;
+    char mark[PATH_MAX], record[PATH_MAX];
+    snprintf(mark, sizeof mark, "%s/writes/%s", a->root, name);
+    snprintf(record, sizeof record, "%s/writes/%llx.%llu", a->root, dev, ino);
+    struct stat st = {.st_dev = (dev_t)dev, .st_ino = (ino_t)ino};
+    struct open_url *e = load_record(a->root, record, &st);
+    unlink(mark);
+    if (e == NULL)
+        return 0;
+    int fd = claim(e);
+    if (fd >= 0)
+        upload(e, fd, 0);
+    else
+        free_write(e); /* held by another process, which sends it; or already sent */
+    return 0;
+}
+
+static void adopt_inherited(void)
+{
+    struct adopt a = {.tag = ""};
+    char dir[PATH_MAX];
+    gass_cache_dir(a.root, sizeof a.root);
+    snprintf(dir, sizeof dir, "%s/writes", a.root);
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return;
+    int some = each_entry(dfd, any_entry, NULL);
+    if (some && exec_tag(a.tag, sizeof a.tag) == 0) {
+        lseek(dfd, 0, SEEK_SET);
+        each_entry(dfd, finish_exec_mark, &a);
+    }
+    close(dfd);
+    if (!some)
+        return;
+    pthread_mutex_lock(&table_lock);
+    each_fd(adopt_fd, &a);
+    pthread_mutex_unlock(&table_lock);
+}
+
+/* fork() while another thread holds the table would leave the child's copy locked forever. */
+static void before_fork(void) { pthread_mutex_lock(&table_lock); }
+static void after_fork(void) { pthread_mutex_unlock(&table_lock); }
 
 /* GNU tar reads an archive name "host:path" as a file on a remote host reached with rsh, and
  * "http://h/x.tgz" has a colon before its first slash: tar would run rsh to a host called
@@ -676,6 +1100,12 @@ __attribute__((constructor)) static void gass_init(int argc, char **argv, char *
 {
     (void)envp;
     atexit(at_exit);
+    pthread_atfork(before_fork, after_fork, after_fork);
+    if (bypass_guard_enter)
+        bypass_guard_enter();
+    adopt_inherited();
+    if (bypass_guard_leave)
+        bypass_guard_leave();
     tar_force_local(argc, argv);
 }
 

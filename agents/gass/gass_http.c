@@ -111,8 +111,23 @@ struct exchange {
     int in_fd;                /* a PUT's body comes from here */
     int io_errno;             /* errno of a failed read/write in a callback */
     long long bytes;          /* body bytes moved */
+    long long header_bytes;   /* size of the current response's header block so far */
+    long long length;         /* its Content-Length, -1 if none yet */
+    long long moved;          /* bytes up and down when last seen moving, and when */
+    double last_move;
+    int stalled;              /* stopped by on_progress for lack of progress */
+    struct gass_limits limits;
+    struct gass_progress progress;
     double started, last_report;
 };
+
+/* Stop the transfer from a callback with this errno (libcurl then returns a write error). */
+static size_t refuse(struct exchange *x, int err, const char *why)
+{
+    snprintf(x->resp->error, sizeof x->resp->error, "%s", why); /* perform() logs it */
+    x->io_errno = err;
+    return 0;
+}
 
 static size_t on_header(char *line, size_t size, size_t count, void *data)
 {
@@ -132,8 +147,13 @@ static size_t on_header(char *line, size_t size, size_t count, void *data)
         x->resp->status = sp ? strtol(sp + 1, NULL, 10) : 0;
         x->resp->etag[0] = '\0';
         x->resp->last_modified[0] = '\0';
+        x->header_bytes = (long long)len;
+        x->length = -1;
         return len;
     }
+    x->header_bytes += (long long)len;
+    if (x->header_bytes > GASS_MAX_HEADER_BYTES)
+        return refuse(x, EIO, "response headers too large");
     char *colon = strchr(text, ':');
     if (colon == NULL)
         return len;
@@ -141,7 +161,14 @@ static size_t on_header(char *line, size_t size, size_t count, void *data)
     const char *value = colon + 1;
     while (*value == ' ' || *value == '\t')
         value++;
-    if (strcasecmp(text, "ETag") == 0)
+    if (strcasecmp(text, "Content-Length") == 0) {
+        /* libcurl reads "12abc" as 12 and keeps the first of two disagreeing values: a server
+         * that cannot say how long a file is does not get it cached. */
+        long long n = len < sizeof text - 1 ? gass_parse_length(value, strlen(value)) : -1;
+        if (n < 0 || (x->length >= 0 && x->length != n))
+            return refuse(x, EIO, "malformed Content-Length");
+        x->length = n;
+    } else if (strcasecmp(text, "ETag") == 0)
         snprintf(x->resp->etag, sizeof x->resp->etag, "%s", value);
     else if (strcasecmp(text, "Last-Modified") == 0)
         snprintf(x->resp->last_modified, sizeof x->resp->last_modified, "%s", value);
@@ -155,6 +182,8 @@ static size_t on_body(char *data, size_t size, size_t count, void *arg)
     /* Only a successful response's body is the file; an error page is dropped. */
     if (x->resp->status < 200 || x->resp->status > 299 || x->out_fd < 0)
         return len;
+    if (x->bytes + (long long)len > x->limits.max_size)
+        return refuse(x, EFBIG, "larger than BYPASS_GASS_MAX_SIZE");
     size_t done = 0;
     while (done < len) {
         ssize_t n = write(x->out_fd, data + done, len - done);
@@ -191,6 +220,21 @@ static int on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off
 {
     struct exchange *x = arg;
     double now = gass_now();
+    /* libcurl's low-speed check averages over several seconds, so a transfer that stops after
+     * some bytes would run on for read_s plus that: silence is measured here, to the second
+     * (libcurl calls this at least once a second). */
+    if (dlnow + ulnow != x->moved) {
+        x->moved = dlnow + ulnow;
+        x->last_move = now;
+    } else if (now - x->last_move >= x->limits.read_s) {
+        x->io_errno = ETIMEDOUT;
+        x->stalled = 1;
+        return 1;
+    }
+    if (x->out_fd >= 0)
+        gass_progress_update(&x->progress, x->url, dlnow, dltotal);
+    if (!gass_debug())
+        return 0;
     if (now - x->last_report < 1.0)
         return 0;
     x->last_report = now;
@@ -217,7 +261,11 @@ static int curl_errno(int code, const struct exchange *x)
     case GASS_CURLE_TOO_MANY_REDIRECTS:
         return ELOOP;
     case GASS_CURLE_OUT_OF_MEMORY:
-        return ENOMEM;
+        /* libcurl also says this of a single header line over 100 KiB: once a response has
+         * begun, it is the server's fault far more likely than ours. */
+        return x->header_bytes > 0 ? EIO : ENOMEM;
+    case GASS_CURLE_FILESIZE_EXCEEDED:
+        return EFBIG;
     case GASS_CURLE_WRITE_ERROR:
     case GASS_CURLE_READ_ERROR:
     case GASS_CURLE_ABORTED_BY_CALLBACK:
@@ -226,11 +274,6 @@ static int curl_errno(int code, const struct exchange *x)
         /* refused connection, unknown host, reset, TLS failure: the file is unreachable */
         return EIO;
     }
-}
-
-static long seconds_env(const char *name, long fallback)
-{
-    return (long)gass_env_number(name, fallback);
 }
 
 /* Run one request. `setup` has set the method-specific options already. */
@@ -246,14 +289,26 @@ static int perform(struct exchange *x, struct curl_slist *headers)
     /* Signals belong to the program: with NOSIGNAL libcurl never installs SIGALRM/SIGPIPE
      * handlers (it must not, in a multithreaded host program). */
     curl.easy_setopt(h, GASS_CURLOPT_NOSIGNAL, 1L);
-    /* Nothing may hang: bounded connect, and a transfer that makes no progress for the read
-     * timeout is abandoned (a slow but moving transfer is fine). */
-    curl.easy_setopt(h, GASS_CURLOPT_CONNECTTIMEOUT_MS,
-                     1000L * seconds_env("BYPASS_GASS_CONNECT_TIMEOUT", 10));
-    curl.easy_setopt(h, GASS_CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl.easy_setopt(h, GASS_CURLOPT_LOW_SPEED_TIME, seconds_env("BYPASS_GASS_READ_TIMEOUT", 30));
+    /* Nothing may hang: bounded connect, a transfer slower than the low-speed limit over the
+     * read timeout is abandoned, and the whole request ends by the deadline it started with
+     * (what the quick path already used of it is gone). */
+    const struct gass_limits *l = &x->limits;
+    long left_ms = (long)((l->deadline - gass_now()) * 1000);
+    if (left_ms < 1)
+        left_ms = 1;
+    long connect_ms = (long)(l->connect_s * 1000);
+    curl.easy_setopt(h, GASS_CURLOPT_CONNECTTIMEOUT_MS, connect_ms < left_ms ? connect_ms : left_ms);
+    curl.easy_setopt(h, GASS_CURLOPT_TIMEOUT_MS, left_ms);
+    curl.easy_setopt(h, GASS_CURLOPT_LOW_SPEED_LIMIT, l->low_speed > 0 ? (long)l->low_speed : 1L);
+    long window = (long)(l->read_s + 0.5);
+    curl.easy_setopt(h, GASS_CURLOPT_LOW_SPEED_TIME, window > 0 ? window : 1L);
+    if (x->out_fd >= 0)
+        curl.easy_setopt(h, GASS_CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)l->max_size);
+    const char *proxy = gass_env("BYPASS_GASS_PROXY");
+    if (proxy != NULL)
+        curl.easy_setopt(h, GASS_CURLOPT_PROXY, proxy);
     curl.easy_setopt(h, GASS_CURLOPT_FOLLOWLOCATION, 1L);
-    curl.easy_setopt(h, GASS_CURLOPT_MAXREDIRS, seconds_env("BYPASS_GASS_MAX_REDIRS", 10));
+    curl.easy_setopt(h, GASS_CURLOPT_MAXREDIRS, (long)gass_env_number("BYPASS_GASS_MAX_REDIRS", 10));
     /* Only http(s), also after a redirect: a server must not send us to file:// or ftp://. */
     curl.easy_setopt(h, GASS_CURLOPT_PROTOCOLS, GASS_CURLPROTO_HTTP | GASS_CURLPROTO_HTTPS);
     curl.easy_setopt(h, GASS_CURLOPT_REDIR_PROTOCOLS, GASS_CURLPROTO_HTTP | GASS_CURLPROTO_HTTPS);
@@ -271,19 +326,19 @@ static int perform(struct exchange *x, struct curl_slist *headers)
     }
     if (headers != NULL)
         curl.easy_setopt(h, GASS_CURLOPT_HTTPHEADER, headers);
-    if (debug) {
-        curl.easy_setopt(h, GASS_CURLOPT_NOPROGRESS, 0L);
-        curl.easy_setopt(h, GASS_CURLOPT_XFERINFOFUNCTION, on_progress);
-        curl.easy_setopt(h, GASS_CURLOPT_XFERINFODATA, x);
-    }
+    gass_progress_start(&x->progress, l->started);
+    curl.easy_setopt(h, GASS_CURLOPT_NOPROGRESS, 0L);
+    curl.easy_setopt(h, GASS_CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl.easy_setopt(h, GASS_CURLOPT_XFERINFODATA, x);
 
     x->resp->status = 0;
     x->resp->length = -1;
     x->resp->mtime = -1;
-    x->resp->etag[0] = x->resp->last_modified[0] = '\0';
-    x->started = x->last_report = gass_now();
+    x->resp->etag[0] = x->resp->last_modified[0] = x->resp->error[0] = '\0';
+    x->started = x->last_report = x->last_move = gass_now();
 
     int code = curl.easy_perform(h);
+    gass_progress_end(&x->progress);
 
     long status = 0;
     curl.easy_getinfo(h, GASS_CURLINFO_RESPONSE_CODE, &status);
@@ -299,9 +354,15 @@ static int perform(struct exchange *x, struct curl_slist *headers)
     if (code != GASS_CURLE_OK) {
         int err = curl_errno(code, x);
         /* Transport failures are rare and otherwise undiagnosable from the program's message
-         * ("Input/output error"), so they are always logged. */
-        gass_log("%s %s: %s%s%s", x->method, x->url->logname, curl.easy_strerror(code),
-                 errbuf[0] ? ": " : "", errbuf);
+         * ("Input/output error"), so they are always logged -- an upload's by its caller, in
+         * the one line that also says what became of the data. */
+        if (x->stalled)
+            snprintf(x->resp->error, sizeof x->resp->error, "no data for %.1f s", l->read_s);
+        else if (x->resp->error[0] == '\0') /* else a callback's reason, more telling */
+            snprintf(x->resp->error, sizeof x->resp->error, "%s%s%.200s",
+                     curl.easy_strerror(code), errbuf[0] ? ": " : "", errbuf);
+        if (strcmp(x->method, "PUT") != 0)
+            gass_log("%s %s: %s", x->method, x->url->logname, x->resp->error);
         errno = err;
         return -1;
     }
@@ -315,10 +376,12 @@ static int perform(struct exchange *x, struct curl_slist *headers)
 }
 
 static int exchange_init(struct exchange *x, const struct gass_url *u, const char *method,
-                         struct gass_response *r)
+                         const struct gass_limits *l, struct gass_response *r)
 {
     memset(x, 0, sizeof *x);
     memset(r, 0, sizeof *r);
+    x->limits = *l;
+    x->length = -1;
     x->url = u;
     x->method = method;
     x->resp = r;
@@ -328,27 +391,31 @@ static int exchange_init(struct exchange *x, const struct gass_url *u, const cha
     return x->handle ? 0 : -1;
 }
 
-int gass_http_head(const struct gass_url *u, struct gass_response *r)
+static int http_head(const struct gass_url *u, struct gass_response *r)
 {
     struct exchange x;
+    struct gass_limits l;
     int rc;
-    if (gass_quick_request(u, "HEAD", NULL, NULL, -1, r, &rc))
+    gass_limits_init(&l);
+    if (gass_quick_request(u, "HEAD", NULL, NULL, -1, &l, r, &rc))
         return rc;
-    if (exchange_init(&x, u, "HEAD", r) < 0)
+    if (exchange_init(&x, u, "HEAD", &l, r) < 0)
         return -1;
     curl.easy_setopt(x.handle, GASS_CURLOPT_NOBODY, 1L);
     return perform(&x, NULL);
 }
 
-int gass_http_get(const struct gass_url *u, int out_fd, const char *if_none_match,
+static int http_get(const struct gass_url *u, int out_fd, const char *if_none_match,
                   const char *if_modified_since, struct gass_response *r)
 {
     struct exchange x;
+    struct gass_limits l;
     int quick_rc;
+    gass_limits_init(&l);
     /* Plain http without a redirect needs no libcurl (see gass_quick.c). */
-    if (gass_quick_request(u, "GET", if_none_match, if_modified_since, out_fd, r, &quick_rc))
+    if (gass_quick_request(u, "GET", if_none_match, if_modified_since, out_fd, &l, r, &quick_rc))
         return quick_rc;
-    if (exchange_init(&x, u, "GET", r) < 0)
+    if (exchange_init(&x, u, "GET", &l, r) < 0)
         return -1;
     x.out_fd = out_fd;
     struct curl_slist *headers = NULL;
@@ -368,10 +435,12 @@ int gass_http_get(const struct gass_url *u, int out_fd, const char *if_none_matc
     return rc;
 }
 
-int gass_http_put(const struct gass_url *u, int in_fd, long long size, struct gass_response *r)
+static int http_put(const struct gass_url *u, int in_fd, long long size, struct gass_response *r)
 {
     struct exchange x;
-    if (exchange_init(&x, u, "PUT", r) < 0)
+    struct gass_limits l;
+    gass_limits_init(&l);
+    if (exchange_init(&x, u, "PUT", &l, r) < 0)
         return -1;
     x.in_fd = in_fd;
     /* No "Expect: 100-continue": it costs a round trip (or a 1 s wait on servers that ignore
@@ -386,11 +455,56 @@ int gass_http_put(const struct gass_url *u, int in_fd, long long size, struct ga
     return rc;
 }
 
-int gass_http_delete(const struct gass_url *u, struct gass_response *r)
+static int http_delete(const struct gass_url *u, struct gass_response *r)
 {
     struct exchange x;
-    if (exchange_init(&x, u, "DELETE", r) < 0)
+    struct gass_limits l;
+    gass_limits_init(&l);
+    if (exchange_init(&x, u, "DELETE", &l, r) < 0)
         return -1;
     curl.easy_setopt(x.handle, GASS_CURLOPT_CUSTOMREQUEST, "DELETE");
     return perform(&x, NULL);
+}
+
+/* The public entry points count the exchanges this thread is in, so that an _exit called from a
+ * signal handler in the middle of one does not start another (libcurl's handle and the quick
+ * path's buffer are per thread). */
+static __thread int exchanges_running;
+
+int gass_http_busy(void)
+{
+    return exchanges_running;
+}
+
+int gass_http_head(const struct gass_url *u, struct gass_response *r)
+{
+    exchanges_running++;
+    int rc = http_head(u, r);
+    exchanges_running--;
+    return rc;
+}
+
+int gass_http_get(const struct gass_url *u, int out_fd, const char *if_none_match,
+                  const char *if_modified_since, struct gass_response *r)
+{
+    exchanges_running++;
+    int rc = http_get(u, out_fd, if_none_match, if_modified_since, r);
+    exchanges_running--;
+    return rc;
+}
+
+int gass_http_put(const struct gass_url *u, int in_fd, long long size, struct gass_response *r)
+{
+    exchanges_running++;
+    int rc = http_put(u, in_fd, size, r);
+    exchanges_running--;
+    return rc;
+}
+
+int gass_http_delete(const struct gass_url *u, struct gass_response *r)
+{
+    exchanges_running++;
+    int rc = http_delete(u, r);
+    exchanges_running--;
+    return rc;
 }

@@ -322,3 +322,137 @@ time_t gass_http_date(const char *text)
         return timegm(&tm);
     return (time_t)-1;
 }
+
+long long gass_parse_length(const char *text, size_t len)
+{
+    /* Stricter than strtoll on purpose: "12abc", "-1", "+5", "0x10", "" and values past 2^62
+     * are all a server we cannot trust with the length of a file. */
+    size_t i = 0;
+    while (i < len && (text[i] == ' ' || text[i] == '\t'))
+        i++;
+    long long value = 0;
+    size_t digits = 0;
+    for (; i < len && text[i] >= '0' && text[i] <= '9'; i++, digits++) {
+        if (value > ((1LL << 62) - 9) / 10)
+            return -1;
+        value = value * 10 + (text[i] - '0');
+    }
+    while (i < len && (text[i] == ' ' || text[i] == '\t'))
+        i++;
+    return (digits > 0 && i == len) ? value : -1;
+}
+
+static double seconds_setting(const char *name, double fallback)
+{
+    const char *text = gass_env(name);
+    char *end = NULL;
+    double value = text ? strtod(text, &end) : fallback;
+    if (text && (end == text || !(value > 0)))
+        value = fallback;
+    return value;
+}
+
+void gass_limits_init(struct gass_limits *l)
+{
+    l->started = gass_now();
+    l->connect_s = seconds_setting("BYPASS_GASS_CONNECT_TIMEOUT", 10);
+    l->read_s = seconds_setting("BYPASS_GASS_READ_TIMEOUT", 30);
+    l->deadline = l->started + seconds_setting("BYPASS_GASS_TIMEOUT", 3600);
+    l->low_speed = gass_env_number("BYPASS_GASS_LOW_SPEED", 1024);
+    l->max_size = gass_env_number("BYPASS_GASS_MAX_SIZE",
+                                  gass_env_number("BYPASS_GASS_CACHE_MAX", GASS_DEFAULT_CACHE_MAX));
+}
+
+void gass_progress_start(struct gass_progress *p, double started)
+{
+    p->started = p->last = started;
+    p->shown = 0;
+    p->enabled = !gass_debug() && gass_env_number("BYPASS_GASS_PROGRESS", 1) != 0 && isatty(2);
+}
+
+void gass_progress_update(struct gass_progress *p, const struct gass_url *u, long long done,
+                          long long total)
+{
+    if (!p->enabled)
+        return;
+    double now = gass_now();
+    if (now - p->started < 1.0 || now - p->last < 0.25)
+        return;
+    p->last = now;
+    p->shown = 1;
+    double rate = done / (now - p->started) / 1048576.0;
+    char line[600];
+    int n;
+    if (total > 0)
+        n = snprintf(line, sizeof line, "\rgass: %.400s: %.1f / %.1f MiB (%d%%), %.1f MiB/s\033[K",
+                     u->logname, done / 1048576.0, total / 1048576.0,
+                     (int)(100.0 * done / total), rate);
+    else
+        n = snprintf(line, sizeof line, "\rgass: %.400s: %.1f MiB, %.1f MiB/s\033[K", u->logname,
+                     done / 1048576.0, rate);
+    int saved = errno;
+    ssize_t ignored = write(2, line, n < (int)sizeof line ? (size_t)n : sizeof line - 1);
+    (void)ignored;
+    errno = saved;
+}
+
+void gass_progress_end(struct gass_progress *p)
+{
+    if (p->shown) {
+        int saved = errno;
+        ssize_t ignored = write(2, "\n", 1);
+        (void)ignored;
+        errno = saved;
+        p->shown = 0;
+    }
+}
+
+/* Is `host` (length len) named by the no_proxy list? Entries are host names or domain suffixes,
+ * comma or blank separated, an optional leading dot; "*" names every host. */
+static int no_proxy_matches(const char *list, const char *host, size_t len)
+{
+    for (const char *p = list; *p;) {
+        p += strspn(p, ", \t");
+        size_t n = strcspn(p, ", \t");
+        const char *entry = p;
+        p += n;
+        if (n == 1 && entry[0] == '*')
+            return 1;
+        if (n > 0 && entry[0] == '.') {
+            entry++;
+            n--;
+        }
+        if (n == 0 || n > len)
+            continue;
+        if (strncasecmp(host + len - n, entry, n) == 0 && (n == len || host[len - n - 1] == '.'))
+            return 1;
+    }
+    return 0;
+}
+
+int gass_proxied(const struct gass_url *u)
+{
+    static const char *const names[] = {"BYPASS_GASS_PROXY", "https_proxy", "HTTPS_PROXY",
+                                        "http_proxy", "all_proxy", "ALL_PROXY"};
+    int proxy = 0;
+    /* https_proxy applies to https URLs only, http_proxy to http ones (libcurl's rule). */
+    for (size_t i = 0; i < sizeof names / sizeof names[0] && !proxy; i++) {
+        if ((i == 1 || i == 2) && !u->https)
+            continue;
+        if (i == 3 && u->https)
+            continue;
+        proxy = gass_env(names[i]) != NULL;
+    }
+    if (!proxy)
+        return 0;
+    const char *list = gass_env("no_proxy");
+    if (list == NULL)
+        list = gass_env("NO_PROXY");
+    if (list == NULL)
+        return 1;
+    const char *host = strstr(u->redacted, "://") + 3;
+    size_t len = strcspn(host, ":/?");
+    if (host[0] == '[')
+        len = strcspn(host, "]") + 1;
+    return !no_proxy_matches(list, host, len);
+}

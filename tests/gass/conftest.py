@@ -59,3 +59,23 @@ def gass_env(tmp_path, monkeypatch) -> dict[str, str]:
         "BYPASS_GASS_READ_TIMEOUT": "5",
     })
     return env
+
+
+@pytest.fixture(scope="session")
+def gass_so(tmp_path_factory) -> Path:
+    """The gass agent, built from agents/gass/gass.bypass by the real compiler."""
+    from bypass.build import build
+
+    out = tmp_path_factory.mktemp("gass-agent") / "gass.so"
+    build(REPO / "agents" / "gass" / "gass.bypass", out)
+    return out
+
+
+@pytest.fixture
+def run(gass_so, gass_env, tmp_path):
+    """run(cmd...) with the agent preloaded, in tmp_path; returns CompletedProcess (bytes)."""
+    def _run(*cmd: str, timeout: float = 60, input: bytes | None = None, **extra):
+        env = dict(gass_env, LD_PRELOAD=str(gass_so), **extra)
+        return subprocess.run(list(cmd), capture_output=True, env=env, timeout=timeout,
+                              cwd=tmp_path, input=input)
+    return _run

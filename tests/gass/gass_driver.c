@@ -11,6 +11,9 @@
  *   gass_driver fopen URL MODE [TEXT]  fopen/fwrite/fclose, or fopen/fread when no TEXT
  *   gass_driver freopen URL MODE TEXT  freopen(stdout) on the URL, print TEXT, fclose
  *   gass_driver exitwrite URL TEXT  write and exit() without closing: the exit handler uploads
+ *   gass_driver exitinsignal URL TEXT URL2  write URL, then read URL2; a SIGALRM handler 1 s later
+ *                                   does what the agent's _exit does (gass_exit_uploads, _exit):
+ *                                   exit status 5 if it reported a failure, else 0
  *   gass_driver unlink URL
  *   gass_driver is_url STRING
  * On failure: prints "errno=NAME" and exits 3.
@@ -18,6 +21,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +49,14 @@ static void print_stat(const struct stat *st)
 {
     printf("%lld %lld %u:%u %llu\n", (long long)st->st_size, (long long)st->st_mtime,
            major(st->st_dev), minor(st->st_dev), (unsigned long long)st->st_ino);
+}
+
+static void exit_from_handler(int sig)
+{
+    (void)sig;
+    int status = 0;
+    gass_exit_uploads(&status);
+    _exit(status == 0 ? 0 : 5);
 }
 
 int main(int argc, char **argv)
@@ -101,6 +113,14 @@ int main(int argc, char **argv)
         if (strcmp(cmd, "exitwrite") == 0)
             exit(0);
         return gass_close(fd) < 0 ? fail() : 0;
+    }
+    if (strcmp(cmd, "exitinsignal") == 0 && arg && text) {
+        if ((fd = gass_open(url, O_WRONLY | O_CREAT | O_TRUNC, 0644)) < 0 || write_all(fd, arg) < 0)
+            return fail();
+        signal(SIGALRM, exit_from_handler);
+        alarm(1);
+        gass_open(text, O_RDONLY, 0);
+        return 4; /* the handler did not end the process */
     }
     if (strcmp(cmd, "open") == 0 && arg) {
         int flags = 0;

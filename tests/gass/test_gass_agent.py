@@ -21,25 +21,6 @@ from http_server import free_port, touch_later
 pytestmark = requires_libcurl
 
 
-@pytest.fixture(scope="session")
-def gass_so(tmp_path_factory) -> Path:
-    from bypass.build import build
-
-    out = tmp_path_factory.mktemp("gass-agent") / "gass.so"
-    build(REPO / "agents" / "gass" / "gass.bypass", out)
-    return out
-
-
-@pytest.fixture
-def run(gass_so, gass_env, tmp_path):
-    """run(cmd...) with the agent preloaded; returns CompletedProcess (bytes)."""
-    def _run(*cmd: str, timeout: float = 60, input: bytes | None = None, **extra):
-        env = dict(gass_env, LD_PRELOAD=str(gass_so), **extra)
-        return subprocess.run(list(cmd), capture_output=True, env=env, timeout=timeout,
-                              cwd=tmp_path, input=input)
-    return _run
-
-
 def native(*cmd: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(list(cmd), capture_output=True, timeout=60, cwd=cwd)
 
