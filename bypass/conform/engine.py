@@ -214,6 +214,10 @@ class Oracle:
                 return Divergence(kind, step, a.show(), _status(agent), [agent.stderr.strip()], list(steps))
             if a is None:
                 return Divergence("crash", step, _status(native), b.show(), [native.stderr.strip()], list(steps))
+            if step.op in CHILD_STEPS and 1000 < b.ret < 1100 and a.ret != b.ret:
+                # the step's child died by a signal under the agent: a crash, in a child
+                return Divergence("crash", step, a.show(), f"child killed by {_signame(b.ret - 1000)}", [],
+                                  list(steps))
             return Divergence("result", step, a.show(), b.show(), [], list(steps))
         if native.status != agent.status:
             return Divergence("crash", None, _status(native), _status(agent), [agent.stderr.strip()], list(steps))
@@ -257,6 +261,18 @@ class Oracle:
         return best
 
 
+# Steps whose result is a child's status: 1000 + N when the child died by signal N.
+CHILD_STEPS = {"fork_append", "fork_write_fd", "fork_fork_mkdir", "vfork_chdir_exec", "as_nobody",
+               "execve_child", "execv_child", "execvp_child", "execvpe_child", "execveat_child", "fexecve_child"}
+
+
+def _signame(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def _kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -268,5 +284,5 @@ def _status(run: SideRun) -> str:
     if run.status == "hang":
         return "hung (killed)"
     if isinstance(run.status, int) and run.status < 0:
-        return f"killed by {signal.Signals(-run.status).name}"
+        return f"killed by {_signame(-run.status)}"
     return f"exit status {run.status}"
