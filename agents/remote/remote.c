@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/sysmacros.h>
 #include <sys/stat.h>
@@ -53,12 +55,15 @@ int bypass_shadow_bypass_rx_fsync(int slot);
 int bypass_shadow_bypass_rx_setfl(int slot, int flags);
 int bypass_shadow_bypass_rx_lock(int slot, int set, struct flock *fl);
 int bypass_shadow_bypass_rx_dup(int oldslot, int newslot);
+int bypass_shadow_bypass_rx_flock(int slot, int op);
 ssize_t bypass_shadow_bypass_rx_getdents(int slot, void *buf, size_t size);
 int bypass_shadow_bypass_rx_rewinddir(int slot);
 ssize_t bypass_shadow_bypass_rx_fdpath(int slot, char *buf, size_t size);
 int bypass_shadow_bypass_rx_setcwd(const char *path);
 ssize_t bypass_shadow_bypass_rx_getcwd(char *buf, size_t size);
 int bypass_shadow_bypass_rx_keep(const int *slots, int count);
+int bypass_shadow_bypass_rx_fallocate(int slot, int mode, off_t offset, off_t length, int posix);
+ssize_t bypass_shadow_bypass_rx_copy(int islot, off_t ioff, int oslot, off_t ooff, size_t count, int sendfile);
 
 int remote_call_read(void);     /* in remote.bypass: the generated call number */
 
@@ -136,10 +141,57 @@ static int join(char *out, size_t cap, const char *base, const char *rel)
     return 0;
 }
 
+/* "/proc/self/fd/N[/rest]" (also /dev/fd/N, /proc/thread-self/fd/N, /proc/<our pid>/fd/N) of a
+ * remote descriptor N names the remote file, never the placeholder: -1 if not one of those. */
+static int fd_link(const char *path, const char **rest)
+{
+    const char *p;
+    char *end;
+    if (strncmp(path, "/dev/fd/", 8) == 0) {
+        p = path + 8;
+    } else if (strncmp(path, "/proc/", 6) == 0) {
+        p = path + 6;
+        if (strncmp(p, "self/fd/", 8) == 0) {
+            p += 8;
+        } else if (strncmp(p, "thread-self/fd/", 15) == 0) {
+            p += 15;
+        } else {
+            long pid = strtol(p, &end, 10);
+            if (end == p || pid != (long)getpid() || strncmp(end, "/fd/", 4) != 0)
+                return -1;
+            p = end + 4;
+        }
+    } else {
+        return -1;
+    }
+    if (*p < '0' || *p > '9')
+        return -1;
+    long fd = strtol(p, &end, 10);
+    if ((*end && *end != '/') || fd >= MAX_FDS || !rmt_is_fd((int)fd))
+        return -1;
+    *rest = end;
+    return (int)fd;
+}
+
 int rmt_where(int dirfd, const char *path, int *dslot, char *rpath, size_t cap)
 {
     if (!path)
         return 0;
+    if (path[0] == '/' && (path[1] == 'p' || path[1] == 'd')) {
+        const char *rest;
+        int fd = fd_link(path, &rest);
+        if (fd >= 0) {
+            /* "" is the file itself (see _full in the shadow); "N/" must be a directory */
+            while (rest[0] == '/' && rest[1] == '/')
+                rest++;
+            if (snprintf(rpath, cap, "%s", !*rest ? "" : rest[1] ? rest + 1 : ".") >= (int)cap) {
+                errno = ENAMETOOLONG;
+                return -1;
+            }
+            *dslot = fd;
+            return 1;
+        }
+    }
     if (path[0] == '/') {
         if (strncmp(path, prefix, prefix_len) != 0 || (path[prefix_len] != 0 && path[prefix_len] != '/'))
             return 0;
@@ -206,6 +258,16 @@ static void settle_locked(void)
     for (int fd = 0; fd < MAX_FDS; fd++)
         if (table[fd] && table[fd]->ra_pos < table[fd]->ra_len)
             give_back(fd, table[fd]);
+}
+
+/* Read-ahead goes back before anything that reads or changes the bytes behind it. */
+static void settle_fd(int fd)
+{
+    pthread_mutex_lock(&lock);
+    struct rfile *r = get(fd);
+    if (r)
+        give_back(fd, r);
+    pthread_mutex_unlock(&lock);
 }
 
 void rmt_settle_all(void)
@@ -331,14 +393,36 @@ void *rmt_mmap(void *addr, size_t length, int prot, int flags, int fd, off_t off
     return p;
 }
 
-static int placeholder(int cloexec)
+/* The placeholder is an O_PATH descriptor of an empty memfd: any kernel call the agent does
+ * not forward (ioctl, fsetxattr, flock, splice, a raw syscall...) fails with EBADF instead of
+ * acting on the memfd.  Its name carries the open flags, for F_GETFL after an exec. */
+static int placeholder(int flags)
 {
-    return memfd_create(PLACEHOLDER_NAME, cloexec ? MFD_CLOEXEC : 0);
+    int cloexec = (flags & O_CLOEXEC) != 0;
+    char name[48];
+    snprintf(name, sizeof name, PLACEHOLDER_NAME ":%x", (unsigned)(flags & ~O_CLOEXEC));
+    int m = memfd_create(name, cloexec ? MFD_CLOEXEC : 0);
+    if (m < 0)
+        return -1;
+    char self[40];
+    snprintf(self, sizeof self, "/proc/self/fd/%d", m);
+    int p = open(self, O_PATH | O_CLOEXEC);
+    if (p < 0)
+        return m;                       /* no /proc: a plain (empty) memfd */
+    int rc = dup3(p, m, cloexec ? O_CLOEXEC : 0);
+    int e = errno;
+    close(p);
+    if (rc < 0) {
+        close(m);
+        errno = e;
+        return -1;
+    }
+    return m;
 }
 
 int rmt_open(int dslot, const char *rpath, int flags, mode_t mode)
 {
-    int ph = placeholder(flags & O_CLOEXEC);
+    int ph = placeholder(flags);
     if (ph < 0)
         return -1;
     if (ph >= MAX_FDS) {
@@ -484,7 +568,7 @@ ssize_t rmt_write(int fd, const void *buf, size_t n)
     } else if (give_back(fd, r) == 0) {
         r->ra_next = RA_FIRST;
         /* synchronous: a write is reported done only once the shadow performed it */
-        done = bypass_shadow_bypass_rx_write(fd, buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n);
+        done = bypass_shadow_bypass_rx_write(fd, n ? buf : "", n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n);
     }
     pthread_mutex_unlock(&lock);
     return done;
@@ -497,12 +581,8 @@ ssize_t rmt_pread(int fd, void *buf, size_t n, off_t off)
 
 ssize_t rmt_pwrite(int fd, const void *buf, size_t n, off_t off)
 {
-    pthread_mutex_lock(&lock);
-    struct rfile *r = get(fd);
-    if (r)
-        give_back(fd, r);         /* the read-ahead may hold the bytes being replaced */
-    pthread_mutex_unlock(&lock);
-    return bypass_shadow_bypass_rx_pwrite(fd, buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
+    settle_fd(fd);
+    return bypass_shadow_bypass_rx_pwrite(fd, n ? buf : "", n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
 }
 
 off_t rmt_lseek(int fd, off_t off, int whence)
@@ -626,6 +706,18 @@ int rmt_rename(int od, const char *op, int nd, const char *np)
 
 ssize_t rmt_readlink(int dslot, const char *rpath, char *buf, size_t size)
 {
+    if (dslot >= 0 && !rpath[0]) {
+        /* the magic link /proc/self/fd/N of a remote descriptor: the program's name for it */
+        char base[PATH_MAX], out[PATH_MAX + 16];
+        ssize_t n = bypass_shadow_bypass_rx_fdpath(dslot, base, sizeof base - 1);
+        if (n < 0)
+            return -1;
+        base[n] = 0;
+        int len = snprintf(out, sizeof out, "%s%s", prefix, strcmp(base, "/") == 0 ? "" : base);
+        size_t k = (size_t)len < size ? (size_t)len : size;
+        memcpy(buf, out, k);
+        return (ssize_t)k;
+    }
     return bypass_shadow_bypass_rx_readlink(dslot, rpath, buf, size);
 }
 
@@ -728,11 +820,7 @@ int rmt_utimens(int dslot, const char *rpath, int fd, const struct timespec time
 
 int rmt_ftruncate(int fd, off_t len)
 {
-    pthread_mutex_lock(&lock);
-    struct rfile *r = get(fd);
-    if (r)
-        give_back(fd, r);
-    pthread_mutex_unlock(&lock);
+    settle_fd(fd);
     return bypass_shadow_bypass_rx_ftruncate(fd, len);
 }
 
@@ -744,6 +832,198 @@ int rmt_truncate(int dslot, const char *rpath, off_t len)
 int rmt_fsync(int fd)
 {
     return bypass_shadow_bypass_rx_fsync(fd);
+}
+
+int rmt_fallocate(int fd, int mode, off_t off, off_t len, int posix)
+{
+    settle_fd(fd);
+    return bypass_shadow_bypass_rx_fallocate(fd, mode, off, len, posix);
+}
+
+static ssize_t rmt_rw(int fd, void *buf, size_t n, off_t off, int writing)
+{
+    if (writing)
+        return off < 0 ? rmt_write(fd, buf, n) : rmt_pwrite(fd, buf, n, off);
+    return off < 0 ? rmt_read(fd, buf, n) : rmt_pread(fd, buf, n, off);
+}
+
+#ifndef RWF_HIPRI
+#define RWF_HIPRI 0x1
+#define RWF_DSYNC 0x2
+#define RWF_SYNC 0x4
+#define RWF_NOWAIT 0x8
+#endif
+
+/* One call for the whole vector, gathered or scattered here: a vectored write stays one write
+ * (O_APPEND, concurrent readers), as the kernel makes it. */
+ssize_t rmt_iov(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags, int writing)
+{
+    if (flags & ~(RWF_HIPRI | RWF_DSYNC | RWF_SYNC | RWF_NOWAIT)) {
+        errno = EOPNOTSUPP;        /* RWF_APPEND and anything newer: not done remotely */
+        return -1;
+    }
+    if (iovcnt < 0 || iovcnt > IOV_MAX) {
+        errno = EINVAL;
+        return -1;
+    }
+    size_t total = 0;
+    int used = 0, one = 0;
+    for (int i = 0; i < iovcnt; i++) {
+        if (iov[i].iov_len > (size_t)SSIZE_MAX - total) {
+            errno = EINVAL;
+            return -1;
+        }
+        total += iov[i].iov_len;
+        if (iov[i].iov_len) {
+            used++;
+            one = i;
+        }
+    }
+    if (total > BYPASS_RPC_MAX_PAYLOAD)
+        total = BYPASS_RPC_MAX_PAYLOAD;    /* a short transfer, as the kernel may make */
+    ssize_t n;
+    if (used <= 1) {
+        n = rmt_rw(fd, used ? iov[one].iov_base : (void *)"", total, off, writing);
+    } else {
+        char *tmp = malloc(total);
+        if (!tmp) {
+            errno = ENOMEM;
+            return -1;
+        }
+        size_t at = 0;
+        for (int i = 0; writing && at < total; i++) {
+            size_t k = iov[i].iov_len < total - at ? iov[i].iov_len : total - at;
+            memcpy(tmp + at, iov[i].iov_base, k);
+            at += k;
+        }
+        n = rmt_rw(fd, tmp, total, off, writing);
+        at = 0;
+        for (int i = 0; !writing && n > 0 && at < (size_t)n; i++) {
+            size_t k = iov[i].iov_len < (size_t)n - at ? iov[i].iov_len : (size_t)n - at;
+            memcpy(iov[i].iov_base, tmp + at, k);
+            at += k;
+        }
+        int e = errno;
+        free(tmp);
+        errno = e;
+    }
+    if (n >= 0 && writing && (flags & (RWF_DSYNC | RWF_SYNC)) && rmt_fsync(fd) < 0)
+        return -1;
+    return n;
+}
+
+static ssize_t any_read(int fd, void *buf, size_t n, off64_t *off)
+{
+    if (rmt_is_fd(fd))
+        return off ? rmt_pread(fd, buf, n, *off) : rmt_read(fd, buf, n);
+    return off ? pread(fd, buf, n, *off) : read(fd, buf, n);
+}
+
+static ssize_t any_write(int fd, const void *buf, size_t n, off64_t *off, size_t done)
+{
+    if (rmt_is_fd(fd))
+        return off ? rmt_pwrite(fd, buf, n, *off + (off_t)done) : rmt_write(fd, buf, n);
+    return off ? pwrite(fd, buf, n, *off + (off_t)done) : write(fd, buf, n);
+}
+
+#define XFER_CHUNK (1024 * 1024)
+
+/* A copy with a remote end.  Two remote files: the shadow's kernel copies.  Otherwise one
+ * chunk goes through here, and what could not be written is given back to the source (its
+ * offset moved back), so a short count is exact.  splice needs a pipe at one end: no more is
+ * read from the remote file than the pipe can take. */
+ssize_t rmt_transfer(int in, off64_t *in_off, int out, off64_t *out_off, size_t len, int kind)
+{
+    int rin = rmt_is_fd(in), rout = rmt_is_fd(out);
+    size_t chunk = len < XFER_CHUNK ? len : XFER_CHUNK;
+    if (kind & RMT_SPLICE) {
+        struct stat st;
+        int pipe_end = rin ? out : in;
+        if (rin && rout) {
+            errno = EINVAL;
+            return -1;
+        }
+        if (fstat(pipe_end, &st) < 0)
+            return -1;
+        if (!S_ISFIFO(st.st_mode)) {
+            errno = EINVAL;
+            return -1;
+        }
+        if (rin ? out_off != NULL : in_off != NULL) {
+            errno = ESPIPE;
+            return -1;
+        }
+        int queued = 0, size = fcntl(pipe_end, F_GETPIPE_SZ);
+        if (size < 0 || ioctl(pipe_end, FIONREAD, &queued) < 0)
+            return -1;
+        size_t avail = rin ? (size > queued ? (size_t)(size - queued) : 0) : (size_t)queued;
+        if (avail == 0 && (kind & RMT_NONBLOCK)) {
+            errno = EAGAIN;
+            return -1;
+        }
+        if (rin && chunk > (avail ? avail : (size_t)size))
+            chunk = avail ? avail : (size_t)size;
+        if (!rin && (kind & RMT_NONBLOCK) && chunk > avail)
+            chunk = avail;
+    }
+    if ((in_off && *in_off < 0) || (out_off && *out_off < 0)) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (len == 0)
+        return 0;
+    if (rin && rout) {
+        settle_fd(in);
+        settle_fd(out);
+        size_t k = len < BYPASS_RPC_MAX_PAYLOAD ? len : BYPASS_RPC_MAX_PAYLOAD;
+        ssize_t n = bypass_shadow_bypass_rx_copy(in, in_off ? *in_off : -1, out, out_off ? *out_off : -1, k,
+                                                 (kind & RMT_SENDFILE) != 0);
+        if (n > 0 && in_off)
+            *in_off += n;
+        if (n > 0 && out_off)
+            *out_off += n;
+        return n;
+    }
+    char *buf = malloc(chunk);
+    if (!buf) {
+        errno = ENOMEM;
+        return -1;
+    }
+    ssize_t got = any_read(in, buf, chunk, in_off);
+    size_t done = 0;
+    int e = errno;
+    while (got > 0 && done < (size_t)got) {
+        ssize_t w = any_write(out, buf + done, (size_t)got - done, out_off, done);
+        if (w < 0) {
+            e = errno;
+            break;
+        }
+        done += (size_t)w;
+    }
+    free(buf);
+    if (got > 0 && done < (size_t)got && !in_off) {
+        off_t back = -(off_t)((size_t)got - done);
+        if (rin)
+            rmt_lseek(in, back, SEEK_CUR);
+        else if (!(kind & RMT_SPLICE))
+            lseek(in, back, SEEK_CUR);
+    }
+    if (in_off)
+        *in_off += (off64_t)done;
+    if (out_off)
+        *out_off += (off64_t)done;
+    errno = e;
+    if (got <= 0)
+        return got;
+    return done ? (ssize_t)done : -1;
+}
+
+/* Waiting for a lock happens here, in short growing pauses, not in a shadow thread. */
+static void lock_pause(useconds_t *pause)
+{
+    usleep(*pause);
+    if (*pause < 100000)
+        *pause *= 2;
 }
 
 static int is_getlk(int cmd)
@@ -779,7 +1059,7 @@ static int record_lock(int fd, int cmd, struct flock *fl)
     if (r && wire.l_whence == SEEK_CUR)
         wire.l_start -= (off_t)(r->ra_len - r->ra_pos);   /* the shadow's offset is ahead */
     pthread_mutex_unlock(&lock);
-    for (useconds_t pause = 1000;; pause = pause < 100000 ? pause * 2 : pause) {
+    for (useconds_t pause = 1000;; lock_pause(&pause)) {
         struct flock reply = wire;
         if (bypass_shadow_bypass_rx_lock(fd, !is_getlk(cmd), &reply) == 0) {
             if (is_getlk(cmd))
@@ -788,7 +1068,16 @@ static int record_lock(int fd, int cmd, struct flock *fl)
         }
         if (!is_setlkw(cmd) || (errno != EAGAIN && errno != EACCES))
             return -1;
-        usleep(pause);
+    }
+}
+
+int rmt_flock(int fd, int op)
+{
+    for (useconds_t pause = 1000;; lock_pause(&pause)) {
+        if (bypass_shadow_bypass_rx_flock(fd, op & ~LOCK_NB) == 0)
+            return 0;
+        if ((op & LOCK_NB) || errno != EWOULDBLOCK)
+            return -1;
     }
 }
 
@@ -1238,10 +1527,11 @@ __attribute__((constructor)) static void remote_init(void)
             if (n <= 0)
                 continue;
             target[n] = 0;
-            if (strstr(target, "memfd:" PLACEHOLDER_NAME) && nkept < 256) {
+            const char *tag = strstr(target, "memfd:" PLACEHOLDER_NAME);
+            if (tag && nkept < 256) {
                 kept[nkept++] = fd;
-                int fl = fcntl(fd, F_GETFL);
-                table[fd] = new_rfile(fl < 0 ? O_RDWR : fl);
+                const char *fl = tag + strlen("memfd:" PLACEHOLDER_NAME);
+                table[fd] = new_rfile(*fl == ':' ? (int)strtol(fl + 1, NULL, 16) : O_RDWR);
             }
         }
         closedir(d);

@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <sys/vfs.h>
 
 /* ---- where does a (dirfd, path) pair live? ---------------------------------------------- */
@@ -54,6 +55,15 @@ int rmt_ftruncate(int fd, off_t len);
 int rmt_truncate(int dslot, const char *rpath, off_t len);
 int rmt_fsync(int fd);
 int rmt_fcntl(int fd, int cmd, long arg, int *handled);
+/* readv, writev, preadv(2), pwritev(2) as one transfer each: off -1 is the file offset, flags
+ * are RWF_* */
+ssize_t rmt_iov(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags, int writing);
+int rmt_flock(int fd, int op);
+/* posix = 1: posix_fallocate (mode 0) */
+int rmt_fallocate(int fd, int mode, off_t off, off_t len, int posix);
+/* copy_file_range, sendfile and splice with at least one remote end */
+enum { RMT_COPY_RANGE = 1, RMT_SENDFILE = 2, RMT_SPLICE = 4, RMT_NONBLOCK = 8 };
+ssize_t rmt_transfer(int in, off64_t *in_off, int out, off64_t *out_off, size_t len, int kind);
 /* after the local dup/dup2/dup3 made newfd a copy of remote oldfd */
 int rmt_dup_done(int oldfd, int newfd);
 /* newfd (a remote placeholder) was closed behind our back (dup2 onto it): forget it */

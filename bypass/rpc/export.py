@@ -188,6 +188,27 @@ class ExportRoot:
         finally:
             os.close(fd)
 
+    def chown(self, path, uid: int, gid: int, follow: bool = True) -> None:
+        if follow:
+            fd = self.open(path, os.O_PATH)
+            try:
+                os.chown(f"/proc/self/fd/{fd}", uid, gid)
+            finally:
+                os.close(fd)
+        else:
+            self._at(path, lambda d, n: os.chown(n, uid, gid, dir_fd=d, follow_symlinks=False))
+
+    def utime(self, path, ns: tuple[int, int], follow: bool = True) -> None:
+        """Times in nanoseconds; follow=False sets those of a symlink itself."""
+        if follow:
+            fd = self.open(path, os.O_PATH)
+            try:
+                os.utime(f"/proc/self/fd/{fd}", ns=ns)
+            finally:
+                os.close(fd)
+        else:
+            self._at(path, lambda d, n: os.utime(n, ns=ns, dir_fd=d, follow_symlinks=False))
+
     def truncate(self, path, length: int) -> None:
         fd = self.open(path, os.O_WRONLY)
         try:

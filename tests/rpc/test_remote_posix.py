@@ -1,0 +1,202 @@
+"""The remote agent against the kernel: a probe program does the same operations on /job
+(through the shadow) and on a local copy of the export (natively); return values, errno,
+bytes read and the resulting trees must be the same."""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from .test_remote_agent import agent, export, shadow  # noqa: F401  (the same agent, export and shadow)
+
+# Each probe prints one line per step: its result, or the errno name it failed with.
+PROBE_HEAD = r'''
+import ctypes, errno, fcntl, os, socket, sys
+B, L = sys.argv[1], sys.argv[2]      # the tree under test, and a local scratch directory
+libc = ctypes.CDLL(None, use_errno=True)
+
+def show(name, fn):
+    try:
+        r = fn()
+    except OSError as e:
+        r = errno.errorcode.get(e.errno, str(e.errno))
+    print(f"{name}: {r!r}", flush=True)
+
+def c(ret):
+    if ret == -1:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return ret
+'''
+
+
+def snapshot(root: Path, times: bool = False) -> dict:
+    """Everything a program could tell about a tree: types, modes, owners, bytes, links."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            rel = str(p.relative_to(root))
+            kind = stat.S_IFMT(st.st_mode)
+            item = [kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid]
+            if stat.S_ISLNK(st.st_mode):
+                item.append(os.readlink(p))
+            elif stat.S_ISREG(st.st_mode):
+                item += [st.st_size, p.read_bytes()]
+            if times:
+                item.append(st.st_mtime_ns)
+            out[rel] = item
+    return out
+
+
+def differential(agent, shadow, export, tmp_path, body, times=False, env=None):
+    """Run the probe natively on a copy of the export, then under the agent on /job."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE_HEAD + textwrap.dedent(body))
+    native = tmp_path / "native"
+    shutil.copytree(export, native, symlinks=True)
+    results = []
+    for base, preload in ((str(native), None), ("/job", agent)):
+        scratch = tmp_path / f"scratch-{'agent' if preload else 'native'}"
+        scratch.mkdir()
+        e = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_") and k != "LD_PRELOAD"}
+        if preload:
+            e.update(LD_PRELOAD=str(preload), BYPASS_SHADOW=shadow.address, BYPASS_SHADOW_TIMEOUT="10")
+        e.update(env or {})
+        p = subprocess.run([sys.executable, str(probe), base, str(scratch)], env=e, capture_output=True,
+                           text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert "bypass[" not in p.stderr, p.stderr
+        results.append(p.stdout.replace(base, "B"))
+    assert results[1].splitlines() == results[0].splitlines()
+    assert snapshot(export, times) == snapshot(native, times)
+    return results[0].splitlines()
+
+
+def test_vectored_io_and_space_allocation(agent, shadow, export, tmp_path):
+    out = differential(agent, shadow, export, tmp_path, r'''
+        fd = os.open(f"{B}/v.txt", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        show("pwritev", lambda: os.pwritev(fd, [b"hel", b"", b"lo world"], 0))
+        show("pwritev past the end", lambda: os.pwritev(fd, [b"tail"], 20))
+        show("pwritev negative offset", lambda: os.pwritev(fd, [b"x"], -5))
+        bufs = [bytearray(3), bytearray(0), bytearray(40)]
+        show("preadv", lambda: (os.preadv(fd, bufs, 1), bytes(bufs[0]), bytes(bufs[2])))
+        show("offset untouched", lambda: os.lseek(fd, 0, os.SEEK_CUR))
+        show("pwritev2 at the offset", lambda: os.pwritev(fd, [b"AB", b"C"], -1, os.RWF_DSYNC))
+        show("offset moved", lambda: os.lseek(fd, 0, os.SEEK_CUR))
+        b2 = [bytearray(4), bytearray(2)]
+        show("preadv2 at the offset", lambda: (os.preadv(fd, b2, -1, os.RWF_DSYNC), bytes(b2[0]), bytes(b2[1])))
+        show("writev", lambda: os.writev(fd, [b"1", b"23"]))
+        os.lseek(fd, 0, 0)
+        r = [bytearray(5), bytearray(5)]
+        show("readv", lambda: (os.readv(fd, r), bytes(r[0]), bytes(r[1])))
+        show("write(fd, NULL, 0)", lambda: c(libc.write(fd, None, 0)))
+        show("posix_fallocate", lambda: os.posix_fallocate(fd, 0, 10000))
+        show("size", lambda: os.fstat(fd).st_size)
+        fallocate = libc.fallocate64
+        fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        show("punch a hole", lambda: c(fallocate(fd, 3, 2, 4)))
+        show("keep size", lambda: c(fallocate(fd, 1, 0, 20000)))
+        show("after", lambda: (os.fstat(fd).st_size, os.pread(fd, 12, 0)))
+        show("fallocate bad offset", lambda: c(fallocate(fd, 0, -1, 10)))
+        rfd = os.open(f"{B}/data/input.txt", os.O_RDONLY)
+        show("posix_fallocate read-only", lambda: os.posix_fallocate(rfd, 0, 10))
+        show("pwritev read-only", lambda: os.pwritev(rfd, [b"x"], 0))
+        ''')
+    assert out[0] == "pwritev: 11" and "after: (10000, b'AB\\x00\\x00\\x00\\x00wor123')" in out
+
+
+def test_kernel_copies_with_remote_ends(agent, shadow, export, tmp_path):
+    out = differential(agent, shadow, export, tmp_path, r'''
+        src = os.open(f"{B}/data/input.txt", os.O_RDONLY)
+        dst = os.open(f"{B}/copy", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        loc = os.open(f"{L}/local", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        show("copy_file_range", lambda: os.copy_file_range(src, dst, 1000))
+        show("with offsets", lambda: os.copy_file_range(src, dst, 100, 5000, 2000))
+        show("offsets", lambda: (os.lseek(src, 0, 1), os.lseek(dst, 0, 1)))
+        show("to a local file", lambda: os.copy_file_range(src, loc, 2000))
+        show("from a local file", lambda: os.copy_file_range(loc, dst, 300, 0))
+        show("flags", lambda: c(libc.copy_file_range(src, None, dst, None, 10, 1)))
+        show("sendfile", lambda: os.sendfile(dst, src, None, 700))
+        show("sendfile with an offset", lambda: os.sendfile(loc, src, 100, 50))
+        show("sendfile from a local file", lambda: os.sendfile(dst, loc, 0, 64))
+        show("offsets after", lambda: (os.lseek(src, 0, 1), os.lseek(dst, 0, 1), os.lseek(loc, 0, 1)))
+        a, b = socket.socketpair()
+        show("sendfile to a socket", lambda: (os.sendfile(a.fileno(), src, 0, 11), b.recv(100)))
+        rp, wp = os.pipe()
+        show("splice into a pipe", lambda: (os.splice(src, wp, 20), os.read(rp, 100)))
+        show("splice at an offset", lambda: (os.splice(src, wp, 11, offset_src=0), os.read(rp, 100)))
+        os.write(wp, b"from the pipe\n")
+        show("splice out of a pipe", lambda: os.splice(rp, dst, 100))
+        show("splice file to file", lambda: os.splice(src, dst, 10))
+        show("splice pipe offset", lambda: os.splice(src, wp, 10, offset_dst=0))
+        show("tee", lambda: c(libc.tee(src, wp, 10, 0)))
+        os.set_blocking(wp, False)
+        try:
+            while True:
+                os.write(wp, b"x" * 4096)
+        except BlockingIOError:
+            pass
+        show("splice into a full pipe", lambda: os.splice(src, wp, 10, flags=os.SPLICE_F_NONBLOCK))
+        show("offset kept", lambda: os.lseek(src, 0, 1))
+        show("local file", lambda: open(f"{L}/local", "rb").read())
+        show("copy", lambda: open(f"{B}/copy", "rb").read()[-40:])
+        ''')
+    assert out[0] == "copy_file_range: 1000" and "splice file to file: 'EINVAL'" in out
+
+
+def test_owners_and_times_of_symlinks_and_descriptor_paths(agent, shadow, export, tmp_path):
+    if os.geteuid() != 0:
+        pytest.fail("giving files away needs root (the test environment runs as root)")
+    differential(agent, shadow, export, tmp_path, r'''
+        os.symlink("data/input.txt", f"{B}/lnk")
+        show("lchown", lambda: os.lchown(f"{B}/lnk", 1234, 1235))
+        show("owners", lambda: (os.lstat(f"{B}/lnk").st_uid, os.lstat(f"{B}/lnk").st_gid, os.stat(f"{B}/lnk").st_uid))
+        show("fchownat nofollow", lambda: os.chown(f"{B}/lnk", 4321, -1, follow_symlinks=False))
+        show("owner", lambda: os.lstat(f"{B}/lnk").st_uid)
+        show("lchown missing", lambda: os.lchown(f"{B}/nope", 1, 1))
+        show("utimensat nofollow", lambda: os.utime(f"{B}/lnk", ns=(10**9, 2 * 10**9), follow_symlinks=False))
+        show("times", lambda: (os.lstat(f"{B}/lnk").st_mtime_ns, os.stat(f"{B}/lnk").st_mtime_ns == 2 * 10**9))
+        fd = os.open(f"{B}/data/sub/a.txt", os.O_RDONLY)
+        show("chmod through /proc/self/fd", lambda: os.chmod(f"/proc/self/fd/{fd}", 0o600))
+        show("mode", lambda: oct(os.stat(f"{B}/data/sub/a.txt").st_mode))
+        show("readlink /proc/self/fd", lambda: os.readlink(f"/proc/self/fd/{fd}"))
+        show("stat /dev/fd", lambda: os.stat(f"/dev/fd/{fd}").st_size)
+        show("reopen", lambda: os.read(os.open(f"/proc/self/fd/{fd}", os.O_RDONLY), 6))
+        show("as a directory", lambda: os.stat(f"/proc/self/fd/{fd}/"))
+        d = os.open(f"{B}/data", os.O_RDONLY | os.O_DIRECTORY)
+        show("under a directory", lambda: os.stat(f"/proc/self/fd/{d}/sub/a.txt").st_size)
+        os.utime(f"{B}/data/sub/a.txt", ns=(5, 7))
+        ''', times=True)
+
+
+def test_unforwarded_kernel_calls_on_a_placeholder_fail(agent, shadow, export, tmp_path):
+    """A placeholder is no file: what the agent does not forward must fail, not act on it."""
+    code = textwrap.dedent(r'''
+        import errno, fcntl, os, termios
+        fd = os.open("/job/data/input.txt", os.O_RDWR)
+        for name, fn in [("ioctl", lambda: fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4)),
+                         ("fsetxattr", lambda: os.setxattr(fd, "user.x", b"1")),
+                         ("setxattr", lambda: os.setxattr("/job/data/input.txt", "user.x", b"1")),
+                         ("posix_fadvise", lambda: os.posix_fadvise(fd, 0, 10, os.POSIX_FADV_DONTNEED)),
+                         ("fdatasync", lambda: os.fdatasync(fd))]:
+            try:
+                fn()
+                print(name, "ok")
+            except OSError as e:
+                print(name, errno.errorcode[e.errno])
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        print("flock", fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR)
+        ''')
+    e = dict(os.environ, LD_PRELOAD=str(agent), BYPASS_SHADOW=shadow.address, BYPASS_SHADOW_TIMEOUT="10")
+    p = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["ioctl EBADF", "fsetxattr ENOTSUP", "setxattr ENOTSUP",
+                                     "posix_fadvise EBADF", "fdatasync ok", "flock True"]
