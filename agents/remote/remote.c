@@ -20,7 +20,11 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/sysmacros.h>
+#include <stddef.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "bypass_runtime.h"
@@ -29,7 +33,7 @@
 #include "remote.h"
 
 /* ---- the shadow calls of remote.bypass (generated as bypass_shadow_<name>) ---- */
-int bypass_shadow_bypass_rx_open(int dslot, const char *path, int flags, mode_t mode, int slot);
+int bypass_shadow_bypass_rx_open(int dslot, const char *path, int flags, mode_t mode, int slot, long id);
 int bypass_shadow_bypass_rx_close(int slot);
 ssize_t bypass_shadow_bypass_rx_pread(int slot, void *buf, size_t count, off_t offset);
 ssize_t bypass_shadow_bypass_rx_write(int slot, const void *buf, size_t count);
@@ -56,12 +60,13 @@ int bypass_shadow_bypass_rx_setfl(int slot, int flags);
 int bypass_shadow_bypass_rx_lock(int slot, int set, struct flock *fl);
 int bypass_shadow_bypass_rx_dup(int oldslot, int newslot);
 int bypass_shadow_bypass_rx_flock(int slot, int op);
+int bypass_shadow_bypass_rx_mknod(int dslot, const char *path, mode_t mode, int major, int minor);
 ssize_t bypass_shadow_bypass_rx_getdents(int slot, void *buf, size_t size);
 int bypass_shadow_bypass_rx_rewinddir(int slot);
 ssize_t bypass_shadow_bypass_rx_fdpath(int slot, char *buf, size_t size);
 int bypass_shadow_bypass_rx_setcwd(const char *path);
 ssize_t bypass_shadow_bypass_rx_getcwd(char *buf, size_t size);
-int bypass_shadow_bypass_rx_keep(const int *slots, int count);
+int bypass_shadow_bypass_rx_keep(const int *slots, const long *ids, int count);
 int bypass_shadow_bypass_rx_fallocate(int slot, int mode, off_t offset, off_t length, int posix);
 ssize_t bypass_shadow_bypass_rx_copy(int islot, off_t ioff, int oslot, off_t ooff, size_t count, int sendfile);
 
@@ -89,9 +94,8 @@ static ssize_t rx_read_into(int fd, void *dst, size_t count, size_t want)
                                             trip, small enough to stay in the CPU caches */
 static size_t ra_max = RA_MAX_DEFAULT;
 #define PLACEHOLDER_NAME "bypass-remote"
-/* While the current directory is remote, the process really sits in this empty local
- * directory: it marks the state across exec (the remote path is kept by the shadow). */
-#define CWD_MARKER "/tmp/.bypass-remote-cwd"
+/* While the current directory is remote, the process really sits in an empty local directory
+ * of this run (see cwd_marker): it marks the state across exec (the shadow keeps the path). */
 
 /* One open file description as this process sees it (dup'ed descriptors share it). */
 struct rfile {
@@ -108,6 +112,13 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static char prefix[PATH_MAX] = "/job";
 static size_t prefix_len = 4;
 static char cwd[PATH_MAX];                 /* remote current directory ("" = local) */
+/* A vfork child runs in its parent's memory: it must not change the table, the standard
+ * streams or cwd[] (its calls go to the shadow as its own, see bypass_rpc_shares_memory).
+ * It is told apart by its pid. */
+static pid_t self_pid;
+static pid_t vfork_pid;                    /* the vfork child that set vfork_cwd */
+static char vfork_cwd[PATH_MAX];           /* its current directory */
+static unsigned long long ph_count;       /* placeholders this process made (their ids) */
 
 /* the standard streams while their descriptor is remote (see rmt_rebind_std) */
 static FILE *orig_std[3], *our_std[3];
@@ -124,9 +135,25 @@ int rmt_is_fd(int fd)
     return get(fd) != NULL;
 }
 
+static int in_vfork_child(void)
+{
+    return getpid() != self_pid;
+}
+
+/* For the RPC client: a call from here would use (and break) the parent's connection. */
+int bypass_rpc_shares_memory(void)
+{
+    return in_vfork_child();
+}
+
+static const char *cur_cwd(void)
+{
+    return vfork_pid && vfork_pid == getpid() ? vfork_cwd : cwd;
+}
+
 int rmt_is_cwd_remote(void)
 {
-    return cwd[0] != 0;
+    return cur_cwd()[0] != 0;
 }
 
 /* ---- paths --------------------------------------------------------------------------------- */
@@ -204,10 +231,11 @@ int rmt_where(int dirfd, const char *path, int *dslot, char *rpath, size_t cap)
         return 1;
     }
     if (dirfd == AT_FDCWD) {
-        if (!cwd[0])
+        const char *here = cur_cwd();
+        if (!here[0])
             return 0;
         *dslot = -1;
-        return join(rpath, cap, cwd, path) < 0 ? -1 : 1;
+        return join(rpath, cap, here, path) < 0 ? -1 : 1;
     }
     if (!rmt_is_fd(dirfd))
         return 0;
@@ -272,6 +300,8 @@ static void settle_fd(int fd)
 
 void rmt_settle_all(void)
 {
+    if (in_vfork_child())
+        return;                  /* the read-ahead is the parent's */
     pthread_mutex_lock(&lock);
     settle_locked();
     pthread_mutex_unlock(&lock);
@@ -290,6 +320,7 @@ void bypass_rpc_after_fork(int in_child)
     if (in_child) {
         pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
         lock = fresh;
+        self_pid = getpid();
     } else {
         pthread_mutex_unlock(&lock);
     }
@@ -329,33 +360,42 @@ int rmt_stage_exec(int dslot, const char *rpath, char *local, size_t cap)
         errno = EACCES;
         return -1;
     }
-    int src = rmt_open(dslot, rpath, O_RDONLY | O_CLOEXEC, 0);
-    if (src < 0)
-        return -1;
     /* not close-on-exec: a script's interpreter opens it by this path after the exec */
     int dst = memfd_create("bypass-exec", 0);
-    int rc = dst < 0 ? -1 : 0;
+    if (dst < 0)
+        return -1;
+    /* Read by the memfd's number, outside the table (this may be a vfork child, whose table
+     * is its parent's). */
+    if (bypass_shadow_bypass_rx_open(dslot, rpath, O_RDONLY | O_CLOEXEC, 0, dst, 0) < 0) {
+        int e = errno;
+        close(dst);
+        errno = e;
+        return -1;
+    }
     char buf[65536];
-    while (rc == 0) {
-        ssize_t k = rmt_read(src, buf, sizeof buf);
+    off_t off = 0;
+    int rc = 0;
+    for (;;) {
+        ssize_t k = bypass_shadow_bypass_rx_pread(dst, buf, sizeof buf, off);
         if (k <= 0) {
             rc = (int)k;
             break;
         }
-        for (ssize_t off = 0; off < k;) {
-            ssize_t w = write(dst, buf + off, (size_t)(k - off));
-            if (w < 0) {
+        off += k;
+        for (ssize_t done = 0; rc == 0 && done < k;) {
+            ssize_t w = write(dst, buf + done, (size_t)(k - done));
+            if (w < 0)
                 rc = -1;
-                break;
-            }
-            off += w;
+            else
+                done += w;
         }
+        if (rc < 0)
+            break;
     }
     int e = errno;
-    rmt_close(src);
+    bypass_shadow_bypass_rx_close(dst);
     if (rc < 0) {
-        if (dst >= 0)
-            close(dst);
+        close(dst);
         errno = e;
         return -1;
     }
@@ -394,13 +434,15 @@ void *rmt_mmap(void *addr, size_t length, int prot, int flags, int fd, off_t off
 }
 
 /* The placeholder is an O_PATH descriptor of an empty memfd: any kernel call the agent does
- * not forward (ioctl, fsetxattr, flock, splice, a raw syscall...) fails with EBADF instead of
- * acting on the memfd.  Its name carries the open flags, for F_GETFL after an exec. */
-static int placeholder(int flags)
+ * not forward (ioctl, fsetxattr, splice, a raw syscall...) fails with EBADF instead of acting
+ * on the memfd.  Its name carries the open flags (for F_GETFL after an exec) and an id the
+ * shadow files with the open file: a copy the kernel made where the agent could not see it
+ * (dup2 in a vfork child or in posix_spawn file actions) is recognized after the exec. */
+static int placeholder(int flags, long long id)
 {
     int cloexec = (flags & O_CLOEXEC) != 0;
-    char name[48];
-    snprintf(name, sizeof name, PLACEHOLDER_NAME ":%x", (unsigned)(flags & ~O_CLOEXEC));
+    char name[64];
+    snprintf(name, sizeof name, PLACEHOLDER_NAME ":%x:%llx", (unsigned)(flags & ~O_CLOEXEC), id);
     int m = memfd_create(name, cloexec ? MFD_CLOEXEC : 0);
     if (m < 0)
         return -1;
@@ -422,7 +464,12 @@ static int placeholder(int flags)
 
 int rmt_open(int dslot, const char *rpath, int flags, mode_t mode)
 {
-    int ph = placeholder(flags);
+    if (in_vfork_child()) {
+        errno = ENOTSUP;         /* the table is the parent's: a vfork child may chdir, dup, exec */
+        return -1;
+    }
+    long long id = ((long long)getpid() << 32) | (long long)__atomic_add_fetch(&ph_count, 1, __ATOMIC_RELAXED);
+    int ph = placeholder(flags, id);
     if (ph < 0)
         return -1;
     if (ph >= MAX_FDS) {
@@ -437,7 +484,7 @@ int rmt_open(int dslot, const char *rpath, int flags, mode_t mode)
         return -1;
     }
     pthread_mutex_lock(&lock);
-    int rc = bypass_shadow_bypass_rx_open(dslot, rpath, flags, mode, ph);
+    int rc = bypass_shadow_bypass_rx_open(dslot, rpath, flags, mode, ph, id);
     if (rc < 0) {
         int e = errno;
         pthread_mutex_unlock(&lock);
@@ -454,6 +501,8 @@ int rmt_open(int dslot, const char *rpath, int flags, mode_t mode)
 
 int rmt_close(int fd)
 {
+    if (in_vfork_child())
+        return close(fd);        /* the child's descriptor only: the parent's file stays open */
     pthread_mutex_lock(&lock);
     struct rfile *r = get(fd);
     if (!r) {
@@ -481,6 +530,8 @@ int rmt_close(int fd)
 
 void rmt_forget(int fd)
 {
+    if (in_vfork_child())
+        return;
     pthread_mutex_lock(&lock);
     struct rfile *r = get(fd);
     if (r) {
@@ -494,6 +545,8 @@ void rmt_forget(int fd)
 
 int rmt_dup_done(int oldfd, int newfd)
 {
+    if (in_vfork_child())
+        return 0;                /* the exec'd image finds the copy by its placeholder id */
     pthread_mutex_lock(&lock);
     struct rfile *r = get(oldfd);
     if (!r || newfd < 0 || newfd >= MAX_FDS) {
@@ -797,6 +850,53 @@ int rmt_symlink(const char *target, int dslot, const char *rpath)
 int rmt_chmod(int dslot, const char *rpath, int fd, mode_t mode)
 {
     return bypass_shadow_bypass_rx_chmod(dslot, rpath, fd, mode);
+}
+
+int rmt_lchmod(int dslot, const char *rpath, mode_t mode)
+{
+    struct stat st;
+    /* as Linux does: the mode of a symlink itself cannot be changed */
+    if (rmt_stat(dslot, rpath, &st, 0) == 0 && S_ISLNK(st.st_mode)) {
+        errno = EOPNOTSUPP;
+        return -1;
+    }
+    return rmt_chmod(dslot, rpath, -1, mode);
+}
+
+int rmt_mknod(int dslot, const char *rpath, mode_t mode, dev_t dev)
+{
+    return bypass_shadow_bypass_rx_mknod(dslot, rpath, mode, (int)major(dev), (int)minor(dev));
+}
+
+int rmt_where_sockaddr(const struct sockaddr *addr, unsigned addrlen, int *dslot, char *rpath, size_t cap)
+{
+    size_t at = offsetof(struct sockaddr_un, sun_path);
+    if (!addr || addrlen <= at || addr->sa_family != AF_UNIX)
+        return 0;
+    const struct sockaddr_un *un = (const struct sockaddr_un *)addr;
+    size_t n = addrlen - at < sizeof un->sun_path ? addrlen - at : sizeof un->sun_path;
+    if (un->sun_path[0] == 0)
+        return 0;                /* an abstract name: no file */
+    char path[sizeof un->sun_path + 1];
+    memcpy(path, un->sun_path, n);
+    path[n] = 0;
+    return rmt_where(AT_FDCWD, path, dslot, rpath, cap);
+}
+
+int rmt_utimes(int dslot, const char *rpath, int fd, const struct timeval tv[2], int follow)
+{
+    if (!tv)
+        return rmt_utimens(dslot, rpath, fd, NULL, follow);
+    struct timespec ts[2];
+    for (int i = 0; i < 2; i++) {
+        if (tv[i].tv_usec < 0 || tv[i].tv_usec >= 1000000) {
+            errno = EINVAL;
+            return -1;
+        }
+        ts[i].tv_sec = tv[i].tv_sec;
+        ts[i].tv_nsec = tv[i].tv_usec * 1000;
+    }
+    return rmt_utimens(dslot, rpath, fd, ts, follow);
 }
 
 int rmt_chown(int dslot, const char *rpath, int fd, uid_t uid, gid_t gid, int follow)
@@ -1203,6 +1303,31 @@ FILE *rmt_fopen(int dslot, const char *rpath, const char *mode)
     return f;
 }
 
+FILE *rmt_freopen(int dslot, const char *rpath, const char *mode, FILE *stream)
+{
+    int std = stream == stdin ? 0 : stream == stdout ? 1 : stream == stderr ? 2 : -1;
+    int flags = mode ? mode_flags(mode) : -1;
+    if (flags < 0)
+        return NULL;
+    if (std < 0) {
+        errno = ENOTSUP;
+        return NULL;
+    }
+    fflush(stream);
+    int fd = rmt_open(dslot, rpath, flags, 0666);
+    if (fd < 0)
+        return NULL;
+    if (dup2(fd, std) < 0 || rmt_dup_done(fd, std) < 0) {
+        int e = errno;
+        rmt_close(fd);
+        errno = e;
+        return NULL;
+    }
+    rmt_close(fd);
+    rmt_rebind_std(std);
+    return *std_slot(std);
+}
+
 /* The standard streams write through glibc's internal write, which no preload sees: when
  * descriptor 0, 1 or 2 becomes remote (sort -o dup2s its output onto 1; a shell redirects
  * into /job before exec), the stream is replaced by one over the remote file. */
@@ -1214,7 +1339,7 @@ static FILE **std_slot(int fd)
 void rmt_rebind_std(int fd)
 {
     FILE **slot = std_slot(fd);
-    if (!slot || !rmt_is_fd(fd))
+    if (!slot || !rmt_is_fd(fd) || in_vfork_child())
         return;
     if (fd > 0)
         fflush(*slot);
@@ -1433,8 +1558,48 @@ fail:
 
 /* ---- current directory ------------------------------------------------------------------------ */
 
+/* The marker of this run: next to a Unix shadow's socket (a private directory, removed with
+ * it by the shadow), else /tmp/.bypass-cwd-<hash of the shadow address>.  Read-only and
+ * empty: nothing of one run is ever visible to another. */
+static char marker[PATH_MAX];
+
+static const char *cwd_marker(void)
+{
+    if (marker[0])
+        return marker;
+    const char *addr = bypass_getenv("BYPASS_SHADOW");
+    if (addr && strncmp(addr, "unix:", 5) == 0 && strlen(addr) + 4 < sizeof marker) {
+        snprintf(marker, sizeof marker, "%s.cwd", addr + 5);
+    } else {
+        unsigned long long h = 1469598103934665603ULL;       /* FNV-1a */
+        for (const char *c = addr ? addr : ""; *c; c++)
+            h = (h ^ (unsigned char)*c) * 1099511628211ULL;
+        snprintf(marker, sizeof marker, "/tmp/.bypass-cwd-%016llx", h);
+    }
+    return marker;
+}
+
+/* Sit in the marker, refusing one that someone else could have prepared. */
+static int enter_marker(void)
+{
+    const char *m = cwd_marker();
+    struct stat st;
+    if (mkdir(m, 0555) < 0 && errno != EEXIST)
+        return -1;
+    if (lstat(m, &st) < 0)
+        return -1;
+    if (!S_ISDIR(st.st_mode) || (st.st_mode & 022) || (st.st_uid != geteuid() && st.st_uid != 0)) {
+        errno = EACCES;
+        return -1;
+    }
+    return chdir(m);
+}
+
 static int set_cwd(const char *full)
 {
+    char next[PATH_MAX];
+    snprintf(next, sizeof next, "%s", full);
+    normalize(next);
     struct stat st;
     if (rmt_stat(-1, full, &st, 1) < 0)
         return -1;
@@ -1442,13 +1607,14 @@ static int set_cwd(const char *full)
         errno = ENOTDIR;
         return -1;
     }
-    char next[PATH_MAX];
-    snprintf(next, sizeof next, "%s", full);
-    normalize(next);
-    mkdir(CWD_MARKER, 0755);
-    if (chdir(CWD_MARKER) < 0 || bypass_shadow_bypass_rx_setcwd(next) < 0)
+    if (enter_marker() < 0 || bypass_shadow_bypass_rx_setcwd(next) < 0)
         return -1;
-    snprintf(cwd, sizeof cwd, "%s", next);
+    if (in_vfork_child()) {
+        snprintf(vfork_cwd, sizeof vfork_cwd, "%s", next);
+        vfork_pid = getpid();
+    } else {
+        snprintf(cwd, sizeof cwd, "%s", next);
+    }
     return 0;
 }
 
@@ -1474,13 +1640,19 @@ int rmt_fchdir(int fd)
 
 void rmt_chdir_local(void)
 {
-    cwd[0] = 0;
+    if (in_vfork_child()) {
+        vfork_cwd[0] = 0;
+        vfork_pid = getpid();
+    } else {
+        cwd[0] = 0;
+    }
 }
 
 char *rmt_getcwd(char *buf, size_t size)
 {
     char full[PATH_MAX + 16];
-    int n = snprintf(full, sizeof full, "%s%s", prefix, strcmp(cwd, "/") == 0 ? "" : cwd);
+    const char *here = cur_cwd();
+    int n = snprintf(full, sizeof full, "%s%s", prefix, strcmp(here, "/") == 0 ? "" : here);
     if (n < 0 || (size_t)n >= sizeof full) {
         errno = ENAMETOOLONG;
         return NULL;
@@ -1501,6 +1673,7 @@ char *rmt_getcwd(char *buf, size_t size)
 __attribute__((constructor)) static void remote_init(void)
 {
     bypass_guard_enter();
+    self_pid = getpid();
     const char *p = bypass_getenv("BYPASS_REMOTE_PREFIX");
     if (p && p[0] == '/') {
         snprintf(prefix, sizeof prefix, "%s", p);
@@ -1515,6 +1688,7 @@ __attribute__((constructor)) static void remote_init(void)
      * no table: find them by name and tell the shadow which ones survived. */
     DIR *d = opendir("/proc/self/fd");
     int kept[256], nkept = 0;
+    long ids[256];
     if (d) {
         struct dirent *e;
         while ((e = readdir(d)) != NULL) {
@@ -1529,9 +1703,11 @@ __attribute__((constructor)) static void remote_init(void)
             target[n] = 0;
             const char *tag = strstr(target, "memfd:" PLACEHOLDER_NAME);
             if (tag && nkept < 256) {
+                char *at = (char *)tag + strlen("memfd:" PLACEHOLDER_NAME);
+                int flags = *at == ':' ? (int)strtol(at + 1, &at, 16) : O_RDWR;
+                ids[nkept] = *at == ':' ? (long)strtoll(at + 1, NULL, 16) : 0;
                 kept[nkept++] = fd;
-                const char *fl = tag + strlen("memfd:" PLACEHOLDER_NAME);
-                table[fd] = new_rfile(*fl == ':' ? (int)strtol(fl + 1, NULL, 16) : O_RDWR);
+                table[fd] = new_rfile(flags);
             }
         }
         closedir(d);
@@ -1540,13 +1716,13 @@ __attribute__((constructor)) static void remote_init(void)
         if (kept[i] <= 2)
             rmt_rebind_std(kept[i]);
     char here[PATH_MAX];
-    if (getcwd(here, sizeof here) && strcmp(here, CWD_MARKER) == 0) {
+    if (getcwd(here, sizeof here) && strcmp(here, cwd_marker()) == 0) {
         ssize_t n = bypass_shadow_bypass_rx_getcwd(cwd, sizeof cwd - 1);
         cwd[n > 0 ? n : 0] = 0;
     }
     if (nkept > 0) {
         /* Ask the shadow to keep exactly these (those lost to close-on-exec are dropped). */
-        if (bypass_shadow_bypass_rx_keep(kept, nkept) < 0)
+        if (bypass_shadow_bypass_rx_keep(kept, ids, nkept) < 0)
             bypass_log("remote: the shadow does not know this process's remote files (%s)",
                        strerror(errno));
         for (int i = 0; i < nkept; i++) {

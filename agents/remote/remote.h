@@ -49,6 +49,14 @@ int rmt_link(int od, const char *op, int nd, const char *np);
 char *rmt_realpath(int dslot, const char *rpath, char *resolved);
 int rmt_symlink(const char *target, int dslot, const char *rpath);
 int rmt_chmod(int dslot, const char *rpath, int fd, mode_t mode);
+int rmt_lchmod(int dslot, const char *rpath, mode_t mode);
+int rmt_mknod(int dslot, const char *rpath, mode_t mode, dev_t dev);
+/* like rmt_where, for the path of an AF_UNIX address (0 for other families, abstract names) */
+struct sockaddr;
+int rmt_where_sockaddr(const struct sockaddr *addr, unsigned addrlen, int *dslot, char *rpath, size_t cap);
+struct timeval;
+int rmt_utimes(int dslot, const char *rpath, int fd, const struct timeval times[2], int follow);
+FILE *rmt_freopen(int dslot, const char *rpath, const char *mode, FILE *stream);
 int rmt_chown(int dslot, const char *rpath, int fd, uid_t uid, gid_t gid, int follow);
 int rmt_utimens(int dslot, const char *rpath, int fd, const struct timespec times[2], int follow);
 int rmt_ftruncate(int fd, off_t len);

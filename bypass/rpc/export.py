@@ -160,6 +160,9 @@ class ExportRoot:
     def mkdir(self, path, mode: int) -> None:
         self._at(path, lambda d, n: os.mkdir(n, mode, dir_fd=d))
 
+    def mknod(self, path, mode: int, device: int = 0) -> None:
+        self._at(path, lambda d, n: os.mknod(n, mode, device, dir_fd=d))
+
     def readlink(self, path) -> bytes:
         return self._at(path, lambda d, n: os.readlink(n, dir_fd=d))
 

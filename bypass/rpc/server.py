@@ -36,7 +36,7 @@ from .protocol import (
     AGENT_MAGIC, CALL_CLOSE_FDS, CALL_FDS, CALL_FORK, CALL_PING, HANDSHAKE_TIMEOUT,
     MAX_FRAME, MAX_HANDSHAKE_FRAME, NONCE_SIZE, PROTOCOL_VERSION, REFUSED, SHADOW_MAGIC,
     STATUS_ERRNO, STATUS_FAILURE, STATUS_OK, WELCOME, ProtocolError, boot_id,
-    local_platform, parse_address, process_start_time,
+    local_platform, parse_address, process_parent, process_start_time,
 )
 
 log = logging.getLogger("bypass.shadow")
@@ -279,6 +279,8 @@ class ShadowServer:
             os.umask(old)
         s.listen(128)
         self._cleanup.insert(0, lambda: os.unlink(path))
+        # the remote agent's current-directory marker for this shadow's run (agents/remote)
+        self._cleanup.insert(1, lambda: os.rmdir(path + ".cwd"))
         return s
 
     # -- serving ---------------------------------------------------------------------------------
@@ -502,10 +504,11 @@ class ShadowServer:
                 if snap is not None:
                     process = snap[0]          # a snapshot taken by the parent at fork
                     process.key = key
-                elif parent in self.processes:
+                elif (known := self._known_ancestor(parent)) is not None:
                     # No ticket (vfork, posix_spawn, a parent not connected at fork time):
-                    # the parent's table as it is now.
-                    process = self.processes[parent].fork_copy(key)
+                    # the table, as it is now, of the parent or of the nearest ancestor
+                    # that talked to us (sh -c 'x=$(mkdir d | cat)': the subshell never did).
+                    process = self.processes[known].fork_copy(key)
                 else:
                     process = ProcessState(key)
                 process.parent = parent
@@ -515,6 +518,27 @@ class ShadowServer:
             process.attached += 1
             process.detached_at = None
         return process
+
+    def _known_ancestor(self, parent: str | None, depth: int = 64) -> str | None:
+        """parent if we know it, else the nearest known ancestor found through /proc (same
+        host only: a remote agent host's processes cannot be looked up).  Under self.lock."""
+        if parent is None or parent in self.processes:
+            return parent
+        boot, _, rest = parent.partition(":")
+        pid, _, start = rest.partition(":")
+        if boot != self._boot_id or not pid.isdigit():
+            return None
+        pid = int(pid)
+        for _ in range(depth):
+            up = process_parent(pid)
+            if up is None or up[1] != start or up[0] <= 1:
+                return None          # gone (or the pid was reused): its ancestry is unknown
+            pid = up[0]
+            start = process_start_time(pid)
+            key = f"{boot}:{pid}:{start}"
+            if key in self.processes:
+                return key
+        return None
 
     def _detach(self, process: ProcessState) -> None:
         with self.lock:

@@ -101,6 +101,9 @@ class Direct:
     def mkdir(self, path, mode):
         os.mkdir(path, mode)
 
+    def mknod(self, path, mode, device=0):
+        os.mknod(path, mode, device)
+
     def chown(self, path, uid, gid, follow=True):
         os.chown(path, uid, gid, follow_symlinks=follow)
 

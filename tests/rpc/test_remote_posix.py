@@ -200,3 +200,140 @@ def test_unforwarded_kernel_calls_on_a_placeholder_fail(agent, shadow, export, t
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == ["ioctl EBADF", "fsetxattr ENOTSUP", "setxattr ENOTSUP",
                                      "posix_fadvise EBADF", "fdatasync ok", "flock True"]
+
+
+def test_nodes_times_and_modes_made_in_the_export(agent, shadow, export, tmp_path):
+    if os.geteuid() != 0:
+        pytest.fail("device nodes need root (the test environment runs as root)")
+    differential(agent, shadow, export, tmp_path, r'''
+        import stat
+        show("mkfifo", lambda: os.mkfifo(f"{B}/fifo", 0o640))
+        show("mkfifo again", lambda: os.mkfifo(f"{B}/fifo"))
+        show("mknod fifo", lambda: os.mknod(f"{B}/data/fifo2", stat.S_IFIFO | 0o600))
+        show("mknod char device", lambda: os.mknod(f"{B}/null", stat.S_IFCHR | 0o600, os.makedev(1, 3)))
+        show("device", lambda: (lambda st: (stat.S_ISCHR(st.st_mode), os.major(st.st_rdev), os.minor(st.st_rdev)))(os.stat(f"{B}/null")))
+        d = os.open(f"{B}/data", os.O_RDONLY | os.O_DIRECTORY)
+        show("mkfifoat", lambda: os.mkfifo("fifo3", 0o600, dir_fd=d))
+        show("mknodat in a missing directory", lambda: os.mknod("nope/x", stat.S_IFIFO | 0o600, dir_fd=d))
+        os.symlink("data/input.txt", f"{B}/lnk")
+        show("lchmod a symlink", lambda: c(libc.lchmod(f"{B}/lnk".encode(), 0o600)))
+        show("lchmod a file", lambda: c(libc.lchmod(f"{B}/data/input.txt".encode(), 0o604)))
+        class utimbuf(ctypes.Structure):
+            _fields_ = [("actime", ctypes.c_long), ("modtime", ctypes.c_long)]
+        class timeval(ctypes.Structure):
+            _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
+        show("utime", lambda: c(libc.utime(f"{B}/data/sub/a.txt".encode(), ctypes.byref(utimbuf(100, 200)))))
+        tv = (timeval * 2)(timeval(300, 5), timeval(400, 6))
+        show("utimes", lambda: c(libc.utimes(f"{B}/data/input.txt".encode(), tv)))
+        show("lutimes", lambda: c(libc.lutimes(f"{B}/lnk".encode(), tv)))
+        bad = (timeval * 2)(timeval(1, 2000000), timeval(1, 0))
+        show("utimes bad usec", lambda: c(libc.utimes(f"{B}/data/input.txt".encode(), bad)))
+        fd = os.open(f"{B}/data/sub", os.O_RDONLY)
+        show("futimes", lambda: c(libc.futimes(fd, tv)))
+        show("futimesat", lambda: c(libc.futimesat(d, b"sub/a.txt", tv)))
+        show("times", lambda: [os.lstat(f"{B}/{p}").st_mtime_ns for p in ("lnk", "data/input.txt", "data/sub", "data/sub/a.txt")])
+        stdout = ctypes.c_void_p.in_dll(libc, "stdout")
+        out = libc.freopen(f"{B}/reopened.txt".encode(), b"w", stdout)
+        libc.printf(b"through stdio %d\n", 42)
+        libc.fflush(None)
+        print("and from python", bool(out), flush=True)
+        for p in ("fifo", "null", "data/fifo2", "data/fifo3", "reopened.txt", "data"):
+            os.utime(f"{B}/{p}", ns=(5, 7))
+        ''', times=True)
+    assert (export / "reopened.txt").read_text() == "through stdio 42\nand from python True\n"
+
+
+def agent_env(agent, shadow, **more):
+    e = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_") and k != "LD_PRELOAD"}
+    e.update(LD_PRELOAD=str(agent), BYPASS_SHADOW=shadow.address, BYPASS_SHADOW_TIMEOUT="10", **more)
+    return e
+
+
+def test_fifos_and_sockets_under_job_fail_clearly(agent, shadow, export):
+    code = textwrap.dedent(r'''
+        import errno, os, socket
+        os.chdir("/job/data")
+        os.mkfifo("f")
+        for name, fn in [("open fifo", lambda: os.open("f", os.O_RDONLY | os.O_NONBLOCK)),
+                         ("bind relative", lambda: socket.socket(socket.AF_UNIX).bind("s.sock")),
+                         ("bind absolute", lambda: socket.socket(socket.AF_UNIX).bind("/job/s.sock")),
+                         ("connect missing", lambda: socket.socket(socket.AF_UNIX).connect("/job/none")),
+                         ("connect fifo", lambda: socket.socket(socket.AF_UNIX).connect("f")),
+                         ("abstract", lambda: socket.socket(socket.AF_UNIX).bind("\0bypass-test-%d" % os.getpid()))]:
+            try:
+                fn()
+                print(name, "ok")
+            except OSError as e:
+                print(name, errno.errorcode[e.errno])
+        ''')
+    p = subprocess.run([sys.executable, "-c", code], env=agent_env(agent, shadow), capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["open fifo ENXIO", "bind relative EADDRNOTAVAIL", "bind absolute EADDRNOTAVAIL",
+                                     "connect missing ENOENT", "connect fifo ECONNREFUSED", "abstract ok"]
+    assert stat.S_ISFIFO((export / "data" / "f").lstat().st_mode)
+
+
+def test_remote_cwd_in_a_fork_of_a_fork_and_a_private_marker(agent, shadow, export):
+    p = subprocess.run(["sh", "-c", "cd /job && x=$(mkdir lost | cat); mkdir kept; (cd data && (mkdir deep; pwd))"],
+                       env=agent_env(agent, shadow), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "/job/data\n"
+    assert (export / "lost").is_dir() and (export / "kept").is_dir() and (export / "data" / "deep").is_dir()
+    marker = Path(shadow.address[len("unix:"):] + ".cwd")
+    assert marker.is_dir() and list(marker.iterdir()) == [] and stat.S_IMODE(marker.stat().st_mode) & 0o222 == 0
+    assert not os.path.exists("/tmp/.bypass-remote-cwd/lost")
+
+
+def test_the_marker_goes_with_its_shadow(agent, export, tmp_path):
+    from .test_remote_agent import make_server, SPEC
+    runs = []
+    for i in range(2):
+        root = tmp_path / f"export{i}"
+        root.mkdir()
+        server = make_server(SPEC, str(root))
+        server.listen()
+        server.start()
+        runs.append((server, root))
+    try:
+        procs = [subprocess.Popen(["sh", "-c", f"cd /job && mkfifo f{i} && readlink /proc/$$/cwd && sleep 0.5"],
+                                  env=agent_env(agent, server), stdout=subprocess.PIPE, text=True)
+                 for i, (server, _) in enumerate(runs)]
+        outs = [p.communicate(timeout=60)[0] for p in procs]
+        assert all(p.returncode == 0 for p in procs)
+        markers = [server.address[len("unix:"):] + ".cwd" for server, _ in runs]
+        assert outs == [m + "\n" for m in markers] and markers[0] != markers[1]
+        assert [sorted(os.listdir(root)) for _, root in runs] == [["f0"], ["f1"]]
+    finally:
+        for server, _ in runs:
+            server.close()
+    assert not any(os.path.exists(m) for m in markers)
+
+
+SPAWNER = r'''
+import os, subprocess, sys
+os.chdir("/job/data")
+print(subprocess.run(["pwd"], cwd="/job/data/sub", capture_output=True, text=True).stdout.strip())
+print(subprocess.run(["sh", "-c", "pwd; echo made > here.txt"], cwd="sub", capture_output=True, text=True).stdout.strip())
+print(os.getcwd())
+with open("rel.txt", "w") as f:
+    f.write("parent\n")
+with open("/job/child-out.txt", "w") as out:
+    subprocess.run(["echo", "from the child"], stdout=out, check=True)
+    subprocess.run(["sh", "-c", "echo to stderr >&2"], stderr=out, check=True)
+print("parent still writes to its own stdout", flush=True)
+os.write(1, b"and fd 1 is local\n")
+sys.stderr.write("and stderr too\n")
+'''
+
+
+def test_subprocess_cwd_and_redirections_leave_the_parent_alone(agent, shadow, export):
+    p = subprocess.run([sys.executable, "-c", SPAWNER], env=agent_env(agent, shadow), capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["/job/data/sub", "/job/data/sub", "/job/data",
+                                     "parent still writes to its own stdout", "and fd 1 is local"]
+    assert p.stderr == "and stderr too\n"
+    assert (export / "data" / "rel.txt").read_text() == "parent\n"
+    assert (export / "data" / "sub" / "here.txt").read_text() == "made\n"
+    assert (export / "child-out.txt").read_text() == "from the child\nto stderr\n"

@@ -44,6 +44,9 @@ extern int bypass_fd_register(int *slot) __attribute__((weak));
  * after_fork(0 parent / 1 child) runs after it (see agents/remote). */
 extern void bypass_rpc_before_fork(void) __attribute__((weak));
 extern void bypass_rpc_after_fork(int in_child) __attribute__((weak));
+/* An agent that can tell a vfork child (which runs in its parent's memory, where a call must
+ * not take over the parent's connection) from a forked one defines this (see agents/remote). */
+extern int bypass_rpc_shares_memory(void) __attribute__((weak));
 
 #define HANDSHAKE_MAX 4096
 #define NONCE_SIZE 32
@@ -104,11 +107,22 @@ static struct {
     sigset_t saved_mask;
     int saved_cancel;
     sigset_t fork_mask;
+    int borrowed;              /* a vfork child's call: the parent's connection is in `lent` */
 } S = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .fd = -1,
     .failure_errno = EIO,
 };
+
+/* What a vfork child sets aside while it makes a call on a connection of its own (its
+ * parent, suspended in vfork or busy in other threads, finds everything as it was). */
+static struct {
+    int fd, dead, connected_before;
+    pid_t pid;
+    uint64_t seq;
+    int64_t ticket;
+    char key[KEY_MAX], parent[KEY_MAX];
+} lent;
 
 /* ---------------------------------------------------------------------------------------- */
 /* small helpers                                                                             */
@@ -947,6 +961,54 @@ static int simple_call_locked(int64_t call_no, int64_t *result)
     return bp_mp_read_int(&S.r, result) == 0 ? 0 : -1;
 }
 
+/* Exchange the connection identity in S with the one in `lent`. */
+static void swap_connection(void)
+{
+#define SWAP(field)                                                                       \
+    do {                                                                                  \
+        __typeof__(S.field) t_ = S.field;                                                 \
+        S.field = lent.field;                                                             \
+        lent.field = t_;                                                                  \
+    } while (0)
+    SWAP(fd);
+    SWAP(dead);
+    SWAP(connected_before);
+    SWAP(pid);
+    SWAP(seq);
+    SWAP(ticket);
+#undef SWAP
+    char k[KEY_MAX];
+    memcpy(k, S.key, KEY_MAX), memcpy(S.key, lent.key, KEY_MAX), memcpy(lent.key, k, KEY_MAX);
+    memcpy(k, S.parent, KEY_MAX), memcpy(S.parent, lent.parent, KEY_MAX), memcpy(lent.parent, k, KEY_MAX);
+}
+
+/* A vfork child runs in its parent's memory: under the lock (other threads of the parent may
+ * be calling), it puts the parent's connection aside and connects as itself, a child of the
+ * parent; bypass_rpc_end puts everything back.  The child's connection is one per call (the
+ * parent's socket stays open in the child until its exec). */
+static void borrow(void)
+{
+    lent.fd = -1;
+    lent.dead = lent.connected_before = 0;
+    lent.pid = getpid();
+    lent.seq = 0;
+    lent.ticket = 0;
+    lent.key[0] = 0;
+    memcpy(lent.parent, S.key[0] ? S.key : S.parent, KEY_MAX);
+    swap_connection();
+    S.borrowed = 1;
+}
+
+static void give_back_connection(void)
+{
+    if (!S.borrowed)
+        return;
+    if (S.fd >= 0)
+        close(S.fd);
+    swap_connection();
+    S.borrowed = 0;
+}
+
 int bypass_rpc_begin(int64_t call_no, uint32_t nargs, bp_mp_writer **w)
 {
     int saved_errno = errno;
@@ -955,13 +1017,20 @@ int bypass_rpc_begin(int64_t call_no, uint32_t nargs, bp_mp_writer **w)
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &oldcancel);
-    /* A fork that skipped the atfork handlers (raw clone): start over, lock included. */
-    if (S.pid != 0 && S.pid != getpid())
-        reset_in_child();
+    int vforked = 0;
+    if (S.pid != 0 && S.pid != getpid()) {
+        if (bypass_rpc_shares_memory && bypass_rpc_shares_memory())
+            vforked = 1;
+        else
+            reset_in_child();    /* a fork that skipped the atfork handlers (raw clone) */
+    }
     pthread_mutex_lock(&S.lock);
+    if (vforked)
+        borrow();
     S.saved_mask = old;
     S.saved_cancel = oldcancel;
     if (ensure_connected() < 0) {
+        give_back_connection();
         pthread_mutex_unlock(&S.lock);
         pthread_setcancelstate(oldcancel, NULL);
         pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -985,6 +1054,7 @@ void bypass_rpc_end(void)
     int e = errno;
     sigset_t m = S.saved_mask;
     int c = S.saved_cancel;
+    give_back_connection();
     pthread_mutex_unlock(&S.lock);
     pthread_setcancelstate(c, NULL);
     pthread_sigmask(SIG_SETMASK, &m, NULL);
