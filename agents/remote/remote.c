@@ -42,6 +42,7 @@ off_t bypass_shadow_bypass_rx_lseek(int slot, off_t offset, int whence);
 int bypass_shadow_bypass_rx_fstat(int slot, struct stat *st);
 int bypass_shadow_bypass_rx_stat(int dslot, const char *path, int follow, struct stat *st);
 int bypass_shadow_bypass_rx_statvfs(int dslot, const char *path, int slot, struct statvfs *buf);
+int bypass_shadow_bypass_rx_birth(int dslot, const char *path, int slot, int follow, long *ns);
 int bypass_shadow_bypass_rx_access(int dslot, const char *path, int mode);
 int bypass_shadow_bypass_rx_unlink(int dslot, const char *path, int isdir);
 int bypass_shadow_bypass_rx_mkdir(int dslot, const char *path, mode_t mode);
@@ -87,7 +88,8 @@ static ssize_t rx_read_into(int fd, void *dst, size_t count, size_t want)
     return n < 0 ? -1 : (ssize_t)got;
 }
 
-#define MAX_FDS 4096
+#define CHUNK 4096                         /* descriptors per table chunk */
+#define MAX_FDS (256 * CHUNK)              /* Linux's default nr_open: 1 << 20 */
 #define RA_FIRST (64 * 1024)              /* read-ahead starts here and doubles... */
 #define RA_MAX_DEFAULT (1024 * 1024)      /* ...up to this (BYPASS_REMOTE_READAHEAD), while reads
                                             stay sequential: big enough to amortize a round
@@ -107,17 +109,19 @@ struct rfile {
     size_t ra_next;         /* size of the next refill */
 };
 
-static struct rfile *table[MAX_FDS];
+/* Descriptor number -> open file, in chunks allocated when a number that high is first used
+ * (a program may dup2 onto its highest allowed descriptor). */
+static struct rfile **chunks[MAX_FDS / CHUNK];
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static char prefix[PATH_MAX] = "/job";
 static size_t prefix_len = 4;
-static char cwd[PATH_MAX];                 /* remote current directory ("" = local) */
+static char cwd[RMT_PATH_MAX];             /* remote current directory ("" = local) */
 /* A vfork child runs in its parent's memory: it must not change the table, the standard
  * streams or cwd[] (its calls go to the shadow as its own, see bypass_rpc_shares_memory).
  * It is told apart by its pid. */
 static pid_t self_pid;
 static pid_t vfork_pid;                    /* the vfork child that set vfork_cwd */
-static char vfork_cwd[PATH_MAX];           /* its current directory */
+static char vfork_cwd[RMT_PATH_MAX];       /* its current directory */
 static unsigned long long ph_count;       /* placeholders this process made (their ids) */
 
 /* the standard streams while their descriptor is remote (see rmt_rebind_std) */
@@ -125,9 +129,25 @@ static FILE *orig_std[3], *our_std[3];
 static FILE **std_slot(int fd);
 static void unbind_std(int fd);
 
+/* The slot of fd, its chunk allocated (NULL: out of memory or range; errno set). */
+static struct rfile **slot_of(int fd)
+{
+    if (fd < 0 || fd >= MAX_FDS) {
+        errno = EBADF;
+        return NULL;
+    }
+    if (!chunks[fd / CHUNK] && !(chunks[fd / CHUNK] = calloc(CHUNK, sizeof(struct rfile *)))) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return &chunks[fd / CHUNK][fd % CHUNK];
+}
+
 static struct rfile *get(int fd)
 {
-    return fd >= 0 && fd < MAX_FDS ? table[fd] : NULL;
+    if (fd < 0 || fd >= MAX_FDS || !chunks[fd / CHUNK])
+        return NULL;
+    return chunks[fd / CHUNK][fd % CHUNK];
 }
 
 int rmt_is_fd(int fd)
@@ -154,6 +174,66 @@ static const char *cur_cwd(void)
 int rmt_is_cwd_remote(void)
 {
     return cur_cwd()[0] != 0;
+}
+
+/* ---- memory the program hands us -------------------------------------------------------------
+ * The kernel answers EFAULT for a bad pointer; reading it here would crash the program.  A page
+ * is checked with mincore (ENOMEM: not mapped) and remembered per thread, so paths and buffers
+ * on the stack or in a few heap pages cost nothing after the first call. */
+
+#define OK_PAGES 8
+static __thread uintptr_t ok_pages[OK_PAGES];
+static uintptr_t page_size;
+
+static int page_ok(uintptr_t a)
+{
+    uintptr_t page = a & ~(page_size - 1);
+    unsigned slot = (unsigned)(page / page_size) % OK_PAGES;
+    if (page == 0)
+        return 0;
+    if (ok_pages[slot] == page)
+        return 1;
+    unsigned char v;
+    if (mincore((void *)page, 1, &v) < 0)
+        return 0;
+    ok_pages[slot] = page;
+    return 1;
+}
+
+/* Can [p, p + n) be read (or written: a read-only page is not told apart)? */
+static int range_ok(const void *p, size_t n)
+{
+    uintptr_t a = (uintptr_t)p;
+    if (n == 0)
+        return 1;
+    if (a + n < a)
+        return 0;
+    for (uintptr_t at = a & ~(page_size - 1); at < a + n; at += page_size)
+        if (!page_ok(at))
+            return 0;
+    return 1;
+}
+
+static int string_ok(const char *s)
+{
+    uintptr_t a = (uintptr_t)s;
+    for (;;) {
+        if (!page_ok(a))
+            return 0;
+        size_t room = page_size - (a & (page_size - 1));
+        if (memchr((const void *)a, 0, room))
+            return 1;
+        a += room;
+    }
+}
+
+/* EFAULT for memory the kernel would refuse: 0 when fine. */
+static int fault(const void *p, size_t n)
+{
+    if (range_ok(p, n))
+        return 0;
+    errno = EFAULT;
+    return -1;
 }
 
 /* ---- paths --------------------------------------------------------------------------------- */
@@ -204,6 +284,14 @@ int rmt_where(int dirfd, const char *path, int *dslot, char *rpath, size_t cap)
 {
     if (!path)
         return 0;
+    if (!string_ok(path)) {
+        errno = EFAULT;
+        return -1;
+    }
+    if (strnlen(path, PATH_MAX) >= PATH_MAX) {
+        errno = ENAMETOOLONG;    /* the kernel's limit is on the string the program passes */
+        return -1;
+    }
     if (path[0] == '/' && (path[1] == 'p' || path[1] == 'd')) {
         const char *rest;
         int fd = fd_link(path, &rest);
@@ -229,6 +317,12 @@ int rmt_where(int dirfd, const char *path, int *dslot, char *rpath, size_t cap)
         }
         *dslot = -1;
         return 1;
+    }
+    if (!path[0]) {
+        if (dirfd == AT_FDCWD ? !cur_cwd()[0] : !rmt_is_fd(dirfd))
+            return 0;
+        errno = ENOENT;          /* "" is no name, even in a remote directory */
+        return -1;
     }
     if (dirfd == AT_FDCWD) {
         const char *here = cur_cwd();
@@ -283,9 +377,10 @@ static int give_back(int fd, struct rfile *r)
 
 static void settle_locked(void)
 {
-    for (int fd = 0; fd < MAX_FDS; fd++)
-        if (table[fd] && table[fd]->ra_pos < table[fd]->ra_len)
-            give_back(fd, table[fd]);
+    for (int c = 0; c < MAX_FDS / CHUNK; c++)
+        for (int i = 0; chunks[c] && i < CHUNK; i++)
+            if (chunks[c][i] && chunks[c][i]->ra_pos < chunks[c][i]->ra_len)
+                give_back(c * CHUNK + i, chunks[c][i]);
 }
 
 /* Read-ahead goes back before anything that reads or changes the bytes behind it. */
@@ -472,29 +567,21 @@ int rmt_open(int dslot, const char *rpath, int flags, mode_t mode)
     int ph = placeholder(flags, id);
     if (ph < 0)
         return -1;
-    if (ph >= MAX_FDS) {
-        close(ph);
-        errno = EMFILE;
-        return -1;
-    }
-    struct rfile *r = new_rfile(flags);
-    if (!r) {
-        close(ph);
-        errno = ENOMEM;
-        return -1;
-    }
     pthread_mutex_lock(&lock);
-    int rc = bypass_shadow_bypass_rx_open(dslot, rpath, flags, mode, ph, id);
+    struct rfile **slot = slot_of(ph);
+    struct rfile *r = slot ? new_rfile(flags) : NULL;
+    int rc = r ? bypass_shadow_bypass_rx_open(dslot, rpath, flags, mode, ph, id) : -1;
     if (rc < 0) {
-        int e = errno;
+        int e = r ? errno : slot ? ENOMEM : EMFILE;
         pthread_mutex_unlock(&lock);
         free(r);
         close(ph);
         errno = e;
         return -1;
     }
-    r->is_dir = (flags & O_DIRECTORY) != 0;
-    table[ph] = r;
+    /* O_TMPFILE contains O_DIRECTORY's bit, and makes a regular file */
+    r->is_dir = (flags & O_DIRECTORY) != 0 && (flags & O_TMPFILE) != O_TMPFILE;
+    *slot = r;
     pthread_mutex_unlock(&lock);
     return ph;
 }
@@ -512,7 +599,7 @@ int rmt_close(int fd)
     }
     if (r->refs == 1)
         give_back(fd, r);        /* the offset may be shared with other processes */
-    table[fd] = NULL;
+    *slot_of(fd) = NULL;
     int rc = bypass_shadow_bypass_rx_close(fd);
     int e = errno;
     unref(r);
@@ -535,7 +622,7 @@ void rmt_forget(int fd)
     pthread_mutex_lock(&lock);
     struct rfile *r = get(fd);
     if (r) {
-        table[fd] = NULL;
+        *slot_of(fd) = NULL;
         bypass_shadow_bypass_rx_close(fd);
         unref(r);
     }
@@ -549,16 +636,21 @@ int rmt_dup_done(int oldfd, int newfd)
         return 0;                /* the exec'd image finds the copy by its placeholder id */
     pthread_mutex_lock(&lock);
     struct rfile *r = get(oldfd);
-    if (!r || newfd < 0 || newfd >= MAX_FDS) {
+    struct rfile **slot = r ? slot_of(newfd) : NULL;
+    if (!slot) {
+        if (!r)
+            errno = EBADF;
         pthread_mutex_unlock(&lock);
         return -1;
     }
-    if (table[newfd] && table[newfd] != r)
-        unref(table[newfd]);
+    if (*slot && *slot != r)
+        unref(*slot);
     int rc = bypass_shadow_bypass_rx_dup(oldfd, newfd);
     if (rc == 0) {
         r->refs++;
-        table[newfd] = r;
+        *slot = r;
+    } else {
+        *slot = NULL;
     }
     pthread_mutex_unlock(&lock);
     return rc;
@@ -568,6 +660,8 @@ int rmt_dup_done(int oldfd, int newfd)
 
 ssize_t rmt_read(int fd, void *buf, size_t n)
 {
+    if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
+        return -1;
     pthread_mutex_lock(&lock);
     struct rfile *r = get(fd);
     ssize_t got = -1;
@@ -613,6 +707,8 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
 
 ssize_t rmt_write(int fd, const void *buf, size_t n)
 {
+    if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
+        return -1;
     pthread_mutex_lock(&lock);
     struct rfile *r = get(fd);
     ssize_t done = -1;
@@ -629,11 +725,15 @@ ssize_t rmt_write(int fd, const void *buf, size_t n)
 
 ssize_t rmt_pread(int fd, void *buf, size_t n, off_t off)
 {
+    if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
+        return -1;
     return bypass_shadow_bypass_rx_pread(fd, buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
 }
 
 ssize_t rmt_pwrite(int fd, const void *buf, size_t n, off_t off)
 {
+    if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
+        return -1;
     settle_fd(fd);
     return bypass_shadow_bypass_rx_pwrite(fd, n ? buf : "", n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
 }
@@ -658,16 +758,22 @@ off_t rmt_lseek(int fd, off_t off, int whence)
 
 int rmt_fstat(int fd, struct stat *st)
 {
+    if (fault(st, sizeof *st) < 0)
+        return -1;
     return bypass_shadow_bypass_rx_fstat(fd, st);
 }
 
 int rmt_stat(int dslot, const char *rpath, struct stat *st, int follow)
 {
+    if (fault(st, sizeof *st) < 0)
+        return -1;
     return bypass_shadow_bypass_rx_stat(dslot, rpath, follow, st);
 }
 
 int rmt_statvfs(int dslot, const char *rpath, int fd, struct statvfs *buf)
 {
+    if (fault(buf, sizeof *buf) < 0)
+        return -1;
     return bypass_shadow_bypass_rx_statvfs(dslot, rpath, fd, buf);
 }
 
@@ -705,11 +811,16 @@ static void to_statx_ts(struct statx_timestamp *t, struct timespec ts)
 
 int rmt_statx(int dslot, const char *rpath, int fd, int flags, unsigned mask, void *statxbuf)
 {
-    (void)mask;
 #ifdef STATX_BASIC_STATS
     struct stat st;
-    int rc = fd >= 0 ? rmt_fstat(fd, &st) : rmt_stat(dslot, rpath, &st, !(flags & AT_SYMLINK_NOFOLLOW));
+    if (fault(statxbuf, sizeof(struct statx)) < 0)
+        return -1;
+    int follow = !(flags & AT_SYMLINK_NOFOLLOW);
+    int rc = fd >= 0 ? rmt_fstat(fd, &st) : rmt_stat(dslot, rpath, &st, follow);
     if (rc < 0)
+        return -1;
+    long birth = -1;
+    if ((mask & STATX_BTIME) && bypass_shadow_bypass_rx_birth(dslot, rpath ? rpath : "", fd, follow, &birth) < 0)
         return -1;
     struct statx *sx = statxbuf;
     memset(sx, 0, sizeof *sx);
@@ -729,9 +840,14 @@ int rmt_statx(int dslot, const char *rpath, int fd, int flags, unsigned mask, vo
     sx->stx_rdev_minor = minor(st.st_rdev);
     sx->stx_dev_major = major(st.st_dev);
     sx->stx_dev_minor = minor(st.st_dev);
+    if (birth >= 0) {
+        sx->stx_mask |= STATX_BTIME;
+        sx->stx_btime.tv_sec = birth / 1000000000;
+        sx->stx_btime.tv_nsec = (uint32_t)(birth % 1000000000);
+    }
     return 0;
 #else
-    (void)dslot; (void)rpath; (void)fd; (void)flags; (void)statxbuf;
+    (void)dslot; (void)rpath; (void)fd; (void)flags; (void)mask; (void)statxbuf;
     errno = ENOSYS;
     return -1;
 #endif
@@ -759,6 +875,8 @@ int rmt_rename(int od, const char *op, int nd, const char *np)
 
 ssize_t rmt_readlink(int dslot, const char *rpath, char *buf, size_t size)
 {
+    if (fault(buf, size) < 0)
+        return -1;
     if (dslot >= 0 && !rpath[0]) {
         /* the magic link /proc/self/fd/N of a remote descriptor: the program's name for it */
         char base[PATH_MAX], out[PATH_MAX + 16];
@@ -779,10 +897,30 @@ int rmt_link(int od, const char *op, int nd, const char *np)
     return bypass_shadow_bypass_rx_link(od, op, nd, np);
 }
 
+int rmt_cross_device(int olddirfd, const char *oldpath, int old_remote, int newdirfd, const char *newpath,
+                     int new_remote)
+{
+    int dirfds[2] = { old_remote ? AT_FDCWD : olddirfd, new_remote ? AT_FDCWD : newdirfd };
+    const char *paths[2] = { oldpath, newpath };
+    for (int i = 0; i < 2; i++) {
+        struct stat st;
+        if (dirfds[i] == AT_FDCWD || paths[i][0] == '/')
+            continue;
+        if (fstat(dirfds[i], &st) < 0)
+            return -1;
+        if (!S_ISDIR(st.st_mode)) {
+            errno = ENOTDIR;
+            return -1;
+        }
+    }
+    errno = EXDEV;
+    return -1;
+}
+
 /* Lexical clean-up of an absolute remote path: no "//", ".", or ".." (never above "/"). */
 static void normalize(char *p)
 {
-    char out[PATH_MAX];
+    char out[RMT_PATH_MAX];
     size_t n = 0;
     const char *s = p;
     while (*s) {
@@ -815,7 +953,7 @@ static void normalize(char *p)
 /* realpath of a remote path: lexical (symlinks are not followed) and it must exist. */
 char *rmt_realpath(int dslot, const char *rpath, char *resolved)
 {
-    char full[PATH_MAX], base[PATH_MAX];
+    char full[RMT_PATH_MAX], base[RMT_PATH_MAX];
     if (dslot >= 0) {
         ssize_t n = bypass_shadow_bypass_rx_fdpath(dslot, base, sizeof base - 1);
         if (n < 0)
@@ -966,6 +1104,8 @@ ssize_t rmt_iov(int fd, const struct iovec *iov, int iovcnt, off_t off, int flag
         errno = EINVAL;
         return -1;
     }
+    if (fault(iov, (size_t)iovcnt * sizeof *iov) < 0)
+        return -1;
     size_t total = 0;
     int used = 0, one = 0;
     for (int i = 0; i < iovcnt; i++) {
@@ -1597,7 +1737,7 @@ static int enter_marker(void)
 
 static int set_cwd(const char *full)
 {
-    char next[PATH_MAX];
+    char next[RMT_PATH_MAX];
     snprintf(next, sizeof next, "%s", full);
     normalize(next);
     struct stat st;
@@ -1620,7 +1760,7 @@ static int set_cwd(const char *full)
 
 int rmt_chdir(int dslot, const char *rpath)
 {
-    char full[PATH_MAX], base[PATH_MAX];
+    char full[RMT_PATH_MAX], base[RMT_PATH_MAX];
     if (dslot >= 0) {
         ssize_t n = bypass_shadow_bypass_rx_fdpath(dslot, base, sizeof base);
         if (n < 0)
@@ -1648,20 +1788,32 @@ void rmt_chdir_local(void)
     }
 }
 
+/* As glibc: getcwd(NULL, 0) allocates what it needs, getcwd(NULL, n) n bytes, a buffer with
+ * size 0 is EINVAL, one too small ERANGE. */
 char *rmt_getcwd(char *buf, size_t size)
 {
-    char full[PATH_MAX + 16];
+    char full[RMT_PATH_MAX + 16];
     const char *here = cur_cwd();
     int n = snprintf(full, sizeof full, "%s%s", prefix, strcmp(here, "/") == 0 ? "" : here);
     if (n < 0 || (size_t)n >= sizeof full) {
         errno = ENAMETOOLONG;
         return NULL;
     }
-    if (!buf) {
-        return strdup(full);
+    if (buf && size == 0) {
+        errno = EINVAL;
+        return NULL;
     }
-    if ((size_t)n >= size) {
+    if (size && (size_t)n >= size) {
         errno = ERANGE;
+        return NULL;
+    }
+    if (!buf) {
+        buf = malloc(size ? size : (size_t)n + 1);
+        if (!buf) {
+            errno = ENOMEM;
+            return NULL;
+        }
+    } else if (fault(buf, (size_t)n + 1) < 0) {
         return NULL;
     }
     memcpy(buf, full, (size_t)n + 1);
@@ -1674,6 +1826,7 @@ __attribute__((constructor)) static void remote_init(void)
 {
     bypass_guard_enter();
     self_pid = getpid();
+    page_size = (uintptr_t)sysconf(_SC_PAGESIZE);
     const char *p = bypass_getenv("BYPASS_REMOTE_PREFIX");
     if (p && p[0] == '/') {
         snprintf(prefix, sizeof prefix, "%s", p);
@@ -1706,8 +1859,11 @@ __attribute__((constructor)) static void remote_init(void)
                 char *at = (char *)tag + strlen("memfd:" PLACEHOLDER_NAME);
                 int flags = *at == ':' ? (int)strtol(at + 1, &at, 16) : O_RDWR;
                 ids[nkept] = *at == ':' ? (long)strtoll(at + 1, NULL, 16) : 0;
-                kept[nkept++] = fd;
-                table[fd] = new_rfile(flags);
+                struct rfile **slot = slot_of(fd);
+                if (slot) {
+                    kept[nkept++] = fd;
+                    *slot = new_rfile(flags);
+                }
             }
         }
         closedir(d);
@@ -1727,8 +1883,9 @@ __attribute__((constructor)) static void remote_init(void)
                        strerror(errno));
         for (int i = 0; i < nkept; i++) {
             struct stat st;
-            if (table[kept[i]] && bypass_shadow_bypass_rx_fstat(kept[i], &st) == 0)
-                table[kept[i]]->is_dir = S_ISDIR(st.st_mode);
+            struct rfile *r = get(kept[i]);
+            if (r && bypass_shadow_bypass_rx_fstat(kept[i], &st) == 0)
+                r->is_dir = S_ISDIR(st.st_mode);
         }
     }
     bypass_guard_leave();

@@ -11,12 +11,17 @@
 #define REMOTE_H
 
 #include <dirent.h>
+#include <limits.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 #include <sys/vfs.h>
+
+/* A remote path joins the remote current directory and a relative path, each shorter than
+ * PATH_MAX (the kernel's limit is on what the program passes, not on the joined path). */
+#define RMT_PATH_MAX (2 * PATH_MAX)
 
 /* ---- where does a (dirfd, path) pair live? ---------------------------------------------- */
 /* 1: remote; *dslot is -1 (rpath is absolute in the remote namespace) or the remote directory
@@ -46,6 +51,10 @@ int rmt_mkdir(int dslot, const char *rpath, mode_t mode);
 int rmt_rename(int od, const char *op, int nd, const char *np);
 ssize_t rmt_readlink(int dslot, const char *rpath, char *buf, size_t size);
 int rmt_link(int od, const char *op, int nd, const char *np);
+/* rename/link between a remote and a local name: -1 with EXDEV, or with the error the kernel
+ * finds first in the local side's directory descriptor (EBADF, ENOTDIR) */
+int rmt_cross_device(int olddirfd, const char *oldpath, int old_remote, int newdirfd, const char *newpath,
+                     int new_remote);
 char *rmt_realpath(int dslot, const char *rpath, char *resolved);
 int rmt_symlink(const char *target, int dslot, const char *rpath);
 int rmt_chmod(int dslot, const char *rpath, int fd, mode_t mode);

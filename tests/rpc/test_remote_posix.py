@@ -337,3 +337,96 @@ def test_subprocess_cwd_and_redirections_leave_the_parent_alone(agent, shadow, e
     assert (export / "data" / "rel.txt").read_text() == "parent\n"
     assert (export / "data" / "sub" / "here.txt").read_text() == "made\n"
     assert (export / "child-out.txt").read_text() == "from the child\nto stderr\n"
+
+
+def test_errors_match_the_kernel(agent, shadow, export, tmp_path):
+    """Path shapes, bad pointers and descriptors, sizes: the kernel's answers, not crashes."""
+    out = differential(agent, shadow, export, tmp_path, r'''
+        import resource, stat, tempfile
+        os.chdir(B)
+        BAD = ctypes.c_void_p(1)
+        buf = ctypes.create_string_buffer(512)
+        show("stat(bad path)", lambda: c(libc.stat(BAD, buf)))
+        show("open(bad path)", lambda: c(libc.open(BAD, 0)))
+        show("stat(bad buffer)", lambda: c(libc.stat(b"data/input.txt", BAD)))
+        fd = os.open("data/input.txt", os.O_RDWR)
+        show("fstat(bad buffer)", lambda: c(libc.fstat(fd, BAD)))
+        show("read(bad buffer)", lambda: c(libc.read(fd, BAD, 10)))
+        show("write(bad buffer)", lambda: c(libc.write(fd, BAD, 10)))
+        show("write(NULL, 0)", lambda: c(libc.write(fd, None, 0)))
+        show("stat('')", lambda: os.stat(""))
+        show("open('')", lambda: os.open("", os.O_RDONLY))
+        show("scandir('')", lambda: c(libc.scandir(b"", ctypes.byref(ctypes.c_void_p()), None, None)))
+        show("mkdir('')", lambda: os.mkdir(""))
+        show("stat file/", lambda: os.stat("data/input.txt/"))
+        show("unlink file/", lambda: os.unlink("data/sub/a.txt/"))
+        show("rmdir file/", lambda: os.rmdir("data/sub/a.txt/"))
+        show("rename file/", lambda: os.rename("data/sub/a.txt/", "x"))
+        show("rename to file/", lambda: os.rename("data/sub/a.txt", "y/"))
+        os.symlink("data/sub", "dirlink")
+        os.symlink("data/input.txt", "filelink")
+        show("lstat dirlink/", lambda: stat.S_ISDIR(os.lstat("dirlink/").st_mode))
+        show("lstat filelink/", lambda: os.lstat("filelink/"))
+        show("unlink filelink/", lambda: os.unlink("filelink/"))
+        show("mkdir new/", lambda: os.mkdir("newdir/"))
+        show("symlink to new/", lambda: os.symlink("x", "newlink/"))
+        show("link to new/", lambda: os.link("data/input.txt", "hardlink/"))
+        show("open creat new/", lambda: os.open("newfile/", os.O_CREAT | os.O_WRONLY, 0o644))
+        show("stat bad dirfd", lambda: os.stat("x", dir_fd=9999))
+        show("rename bad dirfd", lambda: os.rename("x", "data/y", src_dir_fd=9999))
+        show("link bad dirfd", lambda: os.link("data/input.txt", "z", dst_dir_fd=9999))
+        show("rename non-directory dirfd", lambda: os.rename("x", "data/y", src_dir_fd=fd))
+        show("getcwd(buf, 0)", lambda: c(0 if libc.getcwd(buf, 0) else -1))
+        libc.getcwd.restype = ctypes.c_char_p
+        show("getcwd(NULL, 0)", lambda: libc.getcwd(None, 0))
+        show("getcwd(NULL, 2)", lambda: c(-1 if libc.getcwd(None, 2) is None else 0))
+        top = resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1
+        show("dup2 to the highest", lambda: os.dup2(fd, top) == top)
+        show("dup2 beyond", lambda: os.dup2(fd, top + 1))
+        show("read through it", lambda: os.pread(top, 10, 0))
+        show("typed create mode", lambda: oct(os.fstat(os.open("typed", os.O_CREAT | os.O_WRONLY, stat.S_IFREG | 0o640)).st_mode))
+        t = os.open(".", os.O_TMPFILE | os.O_RDWR, 0o600)
+        show("O_TMPFILE", lambda: (os.write(t, b"temporary"), os.pread(t, 20, 0), stat.S_ISREG(os.fstat(t).st_mode)))
+        with tempfile.TemporaryFile(dir=B) as f:
+            f.write(b"abc")
+            f.seek(0)
+            show("TemporaryFile", lambda: f.read())
+        long = "d" * 200
+        deep = "/".join([long] * 20)
+        os.makedirs(deep)
+        os.chdir(deep)
+        show("relative beyond PATH_MAX", lambda: (os.mkdir(long), os.stat(long + "/" + ".").st_nlink))
+        show("absolute at PATH_MAX", lambda: os.stat(B + "/" + "x/" * 2048))
+        os.chdir(B)
+        import shutil
+        shutil.rmtree(long)              # (descriptor-relative all the way down)
+        class statx_ts(ctypes.Structure):
+            _fields_ = [("sec", ctypes.c_int64), ("nsec", ctypes.c_uint32), ("pad", ctypes.c_int32)]
+        class statx(ctypes.Structure):
+            _fields_ = [("mask", ctypes.c_uint32), ("blksize", ctypes.c_uint32), ("attrs", ctypes.c_uint64),
+                        ("nlink", ctypes.c_uint32), ("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32),
+                        ("mode", ctypes.c_uint16), ("pad", ctypes.c_uint16), ("ino", ctypes.c_uint64),
+                        ("size", ctypes.c_uint64), ("blocks", ctypes.c_uint64), ("amask", ctypes.c_uint64),
+                        ("atime", statx_ts), ("btime", statx_ts), ("ctime", statx_ts), ("mtime", statx_ts),
+                        ("spare", ctypes.c_uint64 * 14)]
+        sx = statx()
+        import time
+        show("statx btime", lambda: (c(libc.statx(-100, b"typed", 0, 0xfff, ctypes.byref(sx))), bool(sx.mask & 0x800),
+                                     abs(sx.btime.sec - time.time()) < 3600))
+        os.utime(".", ns=(5, 7))
+        ''')
+    assert "stat(bad path): 'EFAULT'" in out and "relative beyond PATH_MAX: (None, 2)" in out
+
+
+def test_absolute_symlinks_into_job_resolve_in_the_export(agent, shadow, export):
+    os.symlink("/job/data/input.txt", export / "abs")
+    os.symlink("/job/data", export / "data" / "sub" / "up")
+    os.symlink("/jobless/x", export / "other")
+    p = subprocess.run(["sh", "-c", "head -1 /job/abs; cat /job/data/sub/up/sub/a.txt; ls /job/data/sub/up/sub; "
+                        "readlink /job/abs; ln -s /job/data/sub/a.txt /job/mine && cat /job/mine; "
+                        "cd /job/data/sub/up && cat sub/a.txt; cat /job/other"],
+                       env=agent_env(agent, shadow), capture_output=True, text=True, timeout=60)
+    assert p.stdout.splitlines() == ["line 00000", "needle in a", "a.txt", "b.txt", "up", "/job/data/input.txt",
+                                     "needle in a", "needle in a"]
+    assert p.returncode != 0 and "/job/other" in p.stderr
+    assert os.readlink(export / "mine") == "/job/data/sub/a.txt"
