@@ -33,7 +33,7 @@
 #include "remote.h"
 
 /* ---- the shadow calls of remote.bypass (generated as bypass_shadow_<name>) ---- */
-int bypass_shadow_bypass_rx_open(int dslot, const char *path, int flags, mode_t mode, int slot, long id);
+int bypass_shadow_bypass_rx_open(int dslot, const char *path, int flags, mode_t mode, int cmask, int slot, long id);
 int bypass_shadow_bypass_rx_close(int slot);
 ssize_t bypass_shadow_bypass_rx_pread(int slot, void *buf, size_t count, off_t offset);
 ssize_t bypass_shadow_bypass_rx_write(int slot, const void *buf, size_t count);
@@ -45,7 +45,7 @@ int bypass_shadow_bypass_rx_statvfs(int dslot, const char *path, int slot, struc
 int bypass_shadow_bypass_rx_birth(int dslot, const char *path, int slot, int follow, long *ns);
 int bypass_shadow_bypass_rx_access(int dslot, const char *path, int mode);
 int bypass_shadow_bypass_rx_unlink(int dslot, const char *path, int isdir);
-int bypass_shadow_bypass_rx_mkdir(int dslot, const char *path, mode_t mode);
+int bypass_shadow_bypass_rx_mkdir(int dslot, const char *path, mode_t mode, int cmask);
 int bypass_shadow_bypass_rx_rename(int odslot, const char *oldpath, int ndslot, const char *newpath);
 ssize_t bypass_shadow_bypass_rx_readlink(int dslot, const char *path, char *buf, size_t size);
 int bypass_shadow_bypass_rx_symlink(const char *target, int dslot, const char *path);
@@ -61,7 +61,8 @@ int bypass_shadow_bypass_rx_setfl(int slot, int flags);
 int bypass_shadow_bypass_rx_lock(int slot, int set, struct flock *fl);
 int bypass_shadow_bypass_rx_dup(int oldslot, int newslot);
 int bypass_shadow_bypass_rx_flock(int slot, int op);
-int bypass_shadow_bypass_rx_mknod(int dslot, const char *path, mode_t mode, int major, int minor);
+int bypass_shadow_bypass_rx_mknod(int dslot, const char *path, mode_t mode, int cmask, int major, int minor);
+int bypass_shadow_bypass_rx_creds(void);
 ssize_t bypass_shadow_bypass_rx_getdents(int slot, void *buf, size_t size);
 int bypass_shadow_bypass_rx_rewinddir(int slot);
 ssize_t bypass_shadow_bypass_rx_fdpath(int slot, char *buf, size_t size);
@@ -123,6 +124,7 @@ static pid_t self_pid;
 static pid_t vfork_pid;                    /* the vfork child that set vfork_cwd */
 static char vfork_cwd[RMT_PATH_MAX];       /* its current directory */
 static unsigned long long ph_count;       /* placeholders this process made (their ids) */
+static mode_t cur_umask;                   /* the program's (umask is wrapped) */
 
 /* the standard streams while their descriptor is remote (see rmt_rebind_std) */
 static FILE *orig_std[3], *our_std[3];
@@ -393,6 +395,20 @@ static void settle_fd(int fd)
     pthread_mutex_unlock(&lock);
 }
 
+void rmt_umask_set(mode_t mask)
+{
+    __atomic_store_n(&cur_umask, mask & 0777, __ATOMIC_RELAXED);
+}
+
+/* Only a process already talking to the shadow tells it; another one is seen as it is when
+ * it connects. */
+void rmt_creds_changed(void)
+{
+    if (bypass_rpc_fd() >= 0 && !in_vfork_child() && bypass_shadow_bypass_rx_creds() < 0)
+        bypass_log("remote: the shadow could not take on this process's new credentials (%s)",
+                   strerror(errno));
+}
+
 void rmt_settle_all(void)
 {
     if (in_vfork_child())
@@ -461,7 +477,7 @@ int rmt_stage_exec(int dslot, const char *rpath, char *local, size_t cap)
         return -1;
     /* Read by the memfd's number, outside the table (this may be a vfork child, whose table
      * is its parent's). */
-    if (bypass_shadow_bypass_rx_open(dslot, rpath, O_RDONLY | O_CLOEXEC, 0, dst, 0) < 0) {
+    if (bypass_shadow_bypass_rx_open(dslot, rpath, O_RDONLY | O_CLOEXEC, 0, 0, dst, 0) < 0) {
         int e = errno;
         close(dst);
         errno = e;
@@ -570,7 +586,7 @@ int rmt_open(int dslot, const char *rpath, int flags, mode_t mode)
     pthread_mutex_lock(&lock);
     struct rfile **slot = slot_of(ph);
     struct rfile *r = slot ? new_rfile(flags) : NULL;
-    int rc = r ? bypass_shadow_bypass_rx_open(dslot, rpath, flags, mode, ph, id) : -1;
+    int rc = r ? bypass_shadow_bypass_rx_open(dslot, rpath, flags, mode, (int)cur_umask, ph, id) : -1;
     if (rc < 0) {
         int e = r ? errno : slot ? ENOMEM : EMFILE;
         pthread_mutex_unlock(&lock);
@@ -865,7 +881,7 @@ int rmt_unlink(int dslot, const char *rpath, int isdir)
 
 int rmt_mkdir(int dslot, const char *rpath, mode_t mode)
 {
-    return bypass_shadow_bypass_rx_mkdir(dslot, rpath, mode);
+    return bypass_shadow_bypass_rx_mkdir(dslot, rpath, mode, (int)cur_umask);
 }
 
 int rmt_rename(int od, const char *op, int nd, const char *np)
@@ -1003,7 +1019,7 @@ int rmt_lchmod(int dslot, const char *rpath, mode_t mode)
 
 int rmt_mknod(int dslot, const char *rpath, mode_t mode, dev_t dev)
 {
-    return bypass_shadow_bypass_rx_mknod(dslot, rpath, mode, (int)major(dev), (int)minor(dev));
+    return bypass_shadow_bypass_rx_mknod(dslot, rpath, mode, (int)cur_umask, (int)major(dev), (int)minor(dev));
 }
 
 int rmt_where_sockaddr(const struct sockaddr *addr, unsigned addrlen, int *dslot, char *rpath, size_t cap)
@@ -1827,6 +1843,8 @@ __attribute__((constructor)) static void remote_init(void)
     bypass_guard_enter();
     self_pid = getpid();
     page_size = (uintptr_t)sysconf(_SC_PAGESIZE);
+    cur_umask = umask(0);        /* (single-threaded here: nobody creates a file meanwhile) */
+    umask(cur_umask);
     const char *p = bypass_getenv("BYPASS_REMOTE_PREFIX");
     if (p && p[0] == '/') {
         snprintf(prefix, sizeof prefix, "%s", p);

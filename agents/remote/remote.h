@@ -87,6 +87,9 @@ int rmt_dup_done(int oldfd, int newfd);
 void rmt_forget(int fd);
 /* fd (0, 1 or 2) became remote: point stdin/stdout/stderr at it */
 void rmt_rebind_std(int fd);
+/* the program set its umask / changed its credentials */
+void rmt_umask_set(mode_t mask);
+void rmt_creds_changed(void);
 /* hand all read-ahead back (before fork, exec, spawn) */
 void rmt_settle_all(void);
 /* mkstemp/mkdtemp on a remote template (tmpl is the program's, rpath the remote copy of it):

@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
-from . import auth
+from . import auth, creds
 from .framing import _HEADER, _RECV_SIZE, _SMALL, FrameReader, new_packer, send_frame, send_frame_body
 from .c_loop import c_loop
 from .neutral import errno_to_neutral
@@ -169,16 +169,34 @@ class ProcessState:
 
 
 class CallContext:
-    """Passed to every handler; one per connection (reused for each call)."""
+    """Passed to every handler; one per connection (reused for each call).  peer_pid: the
+    Unix-socket peer's pid (SO_PEERCRED) or None; private_fs: this connection's thread has a
+    umask of its own (set_umask); umask: the one set last."""
 
-    __slots__ = ("server", "process", "peer", "platform", "info")
+    __slots__ = ("server", "process", "peer", "platform", "info", "peer_pid", "private_fs", "umask")
 
-    def __init__(self, server, process: ProcessState, peer: str, platform: str, info: dict):
+    def __init__(self, server, process: ProcessState, peer: str, platform: str, info: dict,
+                 peer_pid: int | None = None, private_fs: bool = False):
         self.server = server
         self.process = process
         self.peer = peer
         self.platform = platform
         self.info = info
+        self.peer_pid = peer_pid
+        self.private_fs = private_fs
+        self.umask = None
+
+    def set_umask(self, mask: int) -> None:
+        """The caller's umask for what this call creates (per thread: see creds)."""
+        if not self.private_fs:
+            raise OSError(errno.ENOTSUP, "no umask of its own for this connection")
+        if mask != self.umask:
+            creds.set_umask(mask)
+            self.umask = mask
+
+    def act_as_caller(self) -> None:
+        """Take on the caller's current filesystem identity (a root shadow, local callers)."""
+        self.server._act_as(self)
 
 
 class _Refused(Exception):
@@ -221,6 +239,8 @@ class ShadowServer:
         self._conns: set[socket.socket] = set()
         self._boot_id = boot_id()
         self.export = None        # an ExportRoot when file calls are confined (bypass.rpc.export)
+        # A root shadow acts, per connection thread, as the agent process it serves (creds).
+        self.as_caller = os.geteuid() == 0 and creds.of_process(os.getpid()) is not None
         self._c_loop = c_loop(loop)
 
     # -- listening ---------------------------------------------------------------------------------
@@ -231,6 +251,10 @@ class ShadowServer:
         if address is None:
             d = tempfile.mkdtemp(prefix="bypass-shadow-")       # created 0700
             self._cleanup.append(lambda: os.rmdir(d))
+            if self.as_caller:
+                # A process of the run that became another user must still reach us; it
+                # gets that user's rights only (see _handshake, creds).
+                os.chmod(d, 0o711)
             address = f"unix:{d}/shadow.sock"
         kind, where = parse_address(address)
         if kind == "unix":
@@ -272,7 +296,8 @@ class ShadowServer:
             finally:
                 probe.close()
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)             # the socket file itself: owner only
+        # the socket file itself: owner only (anyone, for a root shadow acting as its callers)
+        old = os.umask(0o111 if self.as_caller else 0o177)
         try:
             s.bind(path)
         finally:
@@ -320,27 +345,29 @@ class ShadowServer:
             return
         sock.setblocking(True)
         _big_send_buffer(sock)
+        peer_ids = None
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             peer = f"tcp:{addr[0]}:{addr[1]}"
         else:
-            peer = "unix:" + _unix_peer(sock)
+            peer_ids = _unix_peer(sock)
+            peer = f"unix:pid {peer_ids[0]} uid {peer_ids[1]}" if peer_ids else "unix:?"
         with self.lock:
             if len(self._conns) >= self.max_connections:
                 log.warning("%s: too many connections, refusing %s", self.name, peer)
                 sock.close()
                 return
             self._conns.add(sock)
-        threading.Thread(target=self._serve, args=(sock, peer), name=f"{self.name} {peer}",
+        threading.Thread(target=self._serve, args=(sock, peer, peer_ids), name=f"{self.name} {peer}",
                          daemon=True).start()
 
-    def _serve(self, sock: socket.socket, peer: str) -> None:
+    def _serve(self, sock: socket.socket, peer: str, peer_ids: tuple[int, int] | None = None) -> None:
         process = None
         try:
             sock.settimeout(HANDSHAKE_TIMEOUT)
             reader = FrameReader(sock, self.max_frame)
             packer = new_packer()
-            ctx = self._handshake(sock, reader, packer, peer)
+            ctx = self._handshake(sock, reader, packer, peer, peer_ids)
             process = ctx.process
             sock.settimeout(None)
             self._loop(sock, reader, packer, ctx)
@@ -364,7 +391,16 @@ class ShadowServer:
             if process is not None:
                 self._detach(process)
 
-    def _handshake(self, sock, reader: FrameReader, packer, peer: str) -> CallContext:
+    def _act_as(self, ctx: CallContext) -> None:
+        if not self.as_caller or ctx.peer_pid is None:
+            return
+        ids = creds.of_process(ctx.peer_pid)
+        if ids is None:
+            raise OSError(errno.EACCES, f"cannot read the credentials of process {ctx.peer_pid}")
+        creds.act_as(*ids)
+
+    def _handshake(self, sock, reader: FrameReader, packer, peer: str,
+                   peer_ids: tuple[int, int] | None = None) -> CallContext:
         snonce = auth.nonce()
         send_frame(sock, packer, [SHADOW_MAGIC, PROTOCOL_VERSION, self.spec_hash or "",
                                   self.secret is not None, snonce])
@@ -394,14 +430,29 @@ class ShadowServer:
         if not (isinstance(key, str) and 0 < len(key) <= 200 and isinstance(pid, int)):
             raise ProtocolError("hello lacks a process key and pid")
         platform = info.get("platform") if isinstance(info.get("platform"), str) else "?"
-        process = self._attach(info, key, pid, platform)
+        if self.as_caller and peer_ids is not None and peer_ids[1] != os.geteuid():
+            # Another user reaches our (world-connectable) socket only as a process of the run
+            # that changed its uid: one of ours that can become us again (real or saved uid),
+            # or a child of a process we know.
+            with self.lock:
+                ours = key in self.processes or self._known_ancestor(
+                    info.get("parent") if isinstance(info.get("parent"), str) else None) is not None
+            if not ours and os.geteuid() not in creds.uids(peer_ids[0])[0:3:2]:
+                refuse("not a process of this run")
+        ctx = CallContext(self, None, peer, platform, info, peer_ids[0] if peer_ids else None,
+                          creds.private_fs())
+        try:
+            self._act_as(ctx)
+        except OSError as e:
+            refuse(f"cannot act as the caller: {e}")
+        process = ctx.process = self._attach(info, key, pid, platform)
         proof = (auth.shadow_proof(self.secret, snonce, cnonce, spec)
                  if self.secret is not None else None)
         send_frame(sock, packer, [WELCOME, key, proof,
                                   {"platform": local_platform(), "pid": os.getpid(),
                                    "max_frame": self.max_frame, "fds": len(process.fds)}])
         log.debug("%s: %s is process %s (%s)", self.name, peer, key, platform)
-        return CallContext(self, process, peer, platform, info)
+        return ctx
 
     def _loop(self, sock, reader: FrameReader, packer, ctx: CallContext) -> None:
         """Serve calls until the connection ends (EOFError) or breaks the protocol."""
@@ -711,12 +762,12 @@ def _big_send_buffer(sock: socket.socket) -> None:
             continue
 
 
-def _unix_peer(sock: socket.socket) -> str:
-    """pid of a Unix-socket peer (SO_PEERCRED), for log lines."""
+def _unix_peer(sock: socket.socket) -> tuple[int, int] | None:
+    """(pid, uid) of a Unix-socket peer (SO_PEERCRED), or None."""
     try:
         import struct
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid, uid, _ = struct.unpack("3i", creds)
-        return f"pid {pid} uid {uid}"
+        ids = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, _ = struct.unpack("3i", ids)
+        return pid, uid
     except (OSError, AttributeError):
-        return "?"
+        return None

@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -430,3 +431,83 @@ def test_absolute_symlinks_into_job_resolve_in_the_export(agent, shadow, export)
                                      "needle in a", "needle in a"]
     assert p.returncode != 0 and "/job/other" in p.stderr
     assert os.readlink(export / "mine") == "/job/data/sub/a.txt"
+
+
+def test_the_programs_umask_applies(agent, shadow, export, tmp_path):
+    differential(agent, shadow, export, tmp_path, r'''
+        import stat, tempfile
+        os.umask(0o027)
+        show("open", lambda: os.close(os.open(f"{B}/u-file", os.O_CREAT | os.O_WRONLY, 0o666)))
+        show("mkdir", lambda: os.mkdir(f"{B}/u-dir", 0o777))
+        show("mkfifo", lambda: os.mkfifo(f"{B}/u-fifo", 0o666))
+        show("mkstemp", lambda: tempfile.mkstemp(dir=f"{B}/u-dir") and None)
+        show("umask back", lambda: oct(os.umask(0)))
+        show("open 0", lambda: os.close(os.open(f"{B}/u-zero", os.O_CREAT | os.O_WRONLY, 0o666)))
+        show("modes", lambda: [oct(os.stat(f"{B}/{p}").st_mode) for p in ("u-file", "u-dir", "u-fifo", "u-zero")])
+        for n in os.listdir(f"{B}/u-dir"):
+            os.rename(f"{B}/u-dir/{n}", f"{B}/u-dir/tmp")
+        ''')
+
+
+CREDENTIALS = r'''
+    import stat
+    def tree():
+        return sorted((p, oct(os.lstat(f"{B}/{p}").st_mode), os.lstat(f"{B}/{p}").st_uid,
+                       os.lstat(f"{B}/{p}").st_gid) for p in ("open", "open/mine", "suid", "pub"))
+    os.setegid(65534)
+    os.seteuid(65534)
+    show("read secret", lambda: open(f"{B}/secret").read())
+    show("read pub", lambda: open(f"{B}/pub").read())
+    show("create in locked", lambda: open(f"{B}/locked/x", "w"))
+    show("create in open", lambda: open(f"{B}/open/mine", "w").write("mine"))
+    show("write suid", lambda: open(f"{B}/suid", "a").write("more"))
+    show("chmod pub", lambda: os.chmod(f"{B}/pub", 0o666))
+    show("chown mine", lambda: os.chown(f"{B}/open/mine", 0, 0))
+    show("unlink in sticky", lambda: os.unlink(f"{B}/open/roots"))
+    show("tree", tree)
+    os.seteuid(0)
+    os.setegid(0)
+    show("root again", lambda: (open(f"{B}/secret").read(), os.chmod(f"{B}/pub", 0o640)))
+    pid = os.fork()
+    if pid == 0:
+        os.setgid(65534)
+        os.setuid(65534)
+        show("child reads pub", lambda: open(f"{B}/pub").read())
+        show("child reads secret", lambda: open(f"{B}/secret").read())
+        show("child creates", lambda: open(f"{B}/open/child", "w").write("c"))
+        show("child owner", lambda: (os.stat(f"{B}/open/child").st_uid, os.stat(f"{B}/open/child").st_gid))
+        os._exit(0)
+    os.waitpid(pid, 0)
+'''
+
+
+def test_a_root_shadow_acts_with_the_callers_credentials(agent, tmp_path):
+    """seteuid(65534) in the program: the shadow (root) checks, owns and clears as 65534."""
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (the test environment runs as root)")
+    from .test_remote_agent import make_server, SPEC
+    top = Path(tempfile.mkdtemp(prefix="bypass-creds-"))     # traversable by 65534, unlike tmp_path
+    try:
+        os.chmod(top, 0o755)
+        export = top / "export"
+        (export / "locked").mkdir(parents=True)
+        (export / "open").mkdir()
+        os.chmod(export / "open", 0o1777)
+        (export / "open" / "roots").write_text("root's")
+        (export / "secret").write_text("secret")
+        os.chmod(export / "secret", 0o600)
+        (export / "pub").write_text("public")
+        (export / "suid").write_text("x")
+        os.chmod(export / "suid", 0o4777)
+        server = make_server(SPEC, str(export))
+        server.listen()
+        server.start()
+        try:
+            assert server.as_caller
+            out = differential(agent, server, export, top, CREDENTIALS)
+        finally:
+            server.close()
+        assert "read secret: 'EACCES'" in out and "child reads secret: 'EACCES'" in out
+        assert "child owner: (65534, 65534)" in out
+    finally:
+        shutil.rmtree(top)
