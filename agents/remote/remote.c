@@ -202,17 +202,29 @@ static int page_ok(uintptr_t a)
     return 1;
 }
 
-/* Can [p, p + n) be read (or written: a read-only page is not told apart)? */
-static int range_ok(const void *p, size_t n)
+/* Can [p, p + n) be read (or written: a read-only page is not told apart)?  One mincore for
+ * the whole range; the last range found good is remembered (a program reads into one buffer). */
+static __thread uintptr_t ok_lo, ok_hi;
+
+static int range_ok(uintptr_t a, size_t n)
 {
-    uintptr_t a = (uintptr_t)p;
     if (n == 0)
         return 1;
-    if (a + n < a)
+    if (a + n < a || a < page_size)
         return 0;
-    for (uintptr_t at = a & ~(page_size - 1); at < a + n; at += page_size)
-        if (!page_ok(at))
+    if (a >= ok_lo && a + n <= ok_hi)
+        return 1;
+    if (n <= page_size && (a & (page_size - 1)) + n <= page_size)
+        return page_ok(a);
+    uintptr_t lo = a & ~(page_size - 1), hi = (a + n + page_size - 1) & ~(page_size - 1);
+    unsigned char vec[1024];
+    for (uintptr_t at = lo; at < hi; at += sizeof vec * page_size) {
+        size_t len = hi - at < sizeof vec * page_size ? hi - at : sizeof vec * page_size;
+        if (mincore((void *)at, len, vec) < 0)
             return 0;
+    }
+    ok_lo = lo;
+    ok_hi = hi;
     return 1;
 }
 
@@ -232,7 +244,7 @@ static int string_ok(const char *s)
 /* EFAULT for memory the kernel would refuse: 0 when fine. */
 static int fault(const void *p, size_t n)
 {
-    if (range_ok(p, n))
+    if (range_ok((uintptr_t)p, n))
         return 0;
     errno = EFAULT;
     return -1;

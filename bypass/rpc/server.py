@@ -282,7 +282,7 @@ class ShadowServer:
             os.makedirs(d, mode=0o700)
             self._cleanup.append(lambda: os.rmdir(d))
         mode = os.stat(d).st_mode
-        if mode & 0o077:
+        if mode & 0o077 and not (self.as_caller and mode & 0o066 == 0):
             log.warning("%s: directory %s is accessible to other users (mode %o); any of them "
                         "can call the shadow", self.name, d, stat.S_IMODE(mode))
         if os.path.exists(path):
