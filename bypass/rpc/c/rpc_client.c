@@ -383,9 +383,64 @@ fail:
     }
 }
 
+/* Every call ends within the timeout, however many sends and receives it takes: a send or
+ * receive after the first is given only what is left of the call's time (SO_*TIMEO shortened,
+ * restored when the call ends).  A call of one send and one prompt receive pays two
+ * clock_gettime for this. */
+static int64_t call_deadline;    /* CLOCK_MONOTONIC ns; 0 outside calls (handshakes) */
+static int call_shortened;
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int shorten(int fd)
+{
+    if (!call_deadline)
+        return 0;
+    int64_t left = call_deadline - now_ns();
+    if (left <= 0) {
+        errno = ETIMEDOUT;
+        return -1;
+    }
+    struct timeval tv = { (time_t)(left / 1000000000), (suseconds_t)(left % 1000000000 / 1000) };
+    if (!tv.tv_sec && !tv.tv_usec)
+        tv.tv_usec = 1;          /* (0 would mean: wait forever) */
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    call_shortened = 1;
+    return 0;
+}
+
+static void call_begins(void)
+{
+    call_deadline = now_ns() + (int64_t)(timeout_seconds() * 1e9);
+}
+
+/* Before the first receive of a call: shorten only if sending already took a while. */
+static int first_receive(int fd)
+{
+    if (call_deadline && call_deadline - now_ns() < (int64_t)(timeout_seconds() * 1e9) - 1000000)
+        return shorten(fd);
+    return 0;
+}
+
+static void call_ends(void)
+{
+    if (call_shortened && S.fd >= 0)
+        set_timeouts(S.fd, timeout_seconds());
+    call_shortened = 0;
+    call_deadline = 0;
+}
+
 static int send_all(int fd, const uint8_t *p, size_t n)
 {
-    while (n > 0) {
+    for (int first = 1; n > 0; first = 0) {
+        if (!first && shorten(fd) < 0)
+            return -1;
         ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
         if (k < 0) {
             if (errno == EINTR)
@@ -408,7 +463,9 @@ static int send_all(int fd, const uint8_t *p, size_t n)
 static ssize_t recv_frame(int fd, uint8_t **buf, size_t *cap, size_t max, int can_grow)
 {
     size_t have = 0, total = 4;
-    while (have < total) {
+    for (int first = 1; have < total; first = 0) {
+        if ((first ? first_receive(fd) : shorten(fd)) < 0)
+            return -1;
         ssize_t k = recv(fd, *buf + have, *cap - have, 0);
         if (k == 0) {
             errno = ECONNRESET;
@@ -770,6 +827,7 @@ static int send_request(void)
     }
     size_t total = S.w.len;
     put_header(S.buf, total - 4);
+    call_begins();
     if (send_all(S.fd, S.buf, total) < 0) {
         int e = errno;
         if (e == EBADF || e == ENOTSOCK) {
@@ -841,10 +899,13 @@ static int transact(void)
     return decode_envelope((size_t)len);
 }
 
-/* recv at most n bytes into p (at least 1); -1 with errno on error, timeout or end. */
-static ssize_t recv_some(void *p, size_t n)
+/* recv at most n bytes into p (at least 1); -1 with errno on error, timeout or end.  first:
+ * the call's first receive. */
+static ssize_t recv_some(void *p, size_t n, int first)
 {
     for (;;) {
+        if ((first ? first_receive(S.fd) : shorten(S.fd)) < 0)
+            return -1;
         ssize_t k = recv(S.fd, p, n, 0);
         if (k > 0)
             return k;
@@ -877,7 +938,7 @@ ssize_t bypass_rpc_finish_into(void *dst, size_t cap, size_t *got)
     /* The envelope before the payload is at most ~30 bytes: take 64 (never past the frame). */
     size_t have = 0, total = 4;
     while (have < total && have < 64) {
-        ssize_t k = recv_some(S.buf + have, (total < 64 ? total : 64) - have);
+        ssize_t k = recv_some(S.buf + have, (total < 64 ? total : 64) - have, have == 0);
         if (k < 0)
             return lost_reply();
         have += (size_t)k;
@@ -910,7 +971,7 @@ ssize_t bypass_rpc_finish_into(void *dst, size_t cap, size_t *got)
             return lost_reply();
         }
         while (have < total) {
-            ssize_t k = recv_some(S.buf + have, total - have);
+            ssize_t k = recv_some(S.buf + have, total - have, 0);
             if (k < 0)
                 return lost_reply();
             have += (size_t)k;
@@ -940,7 +1001,7 @@ ssize_t bypass_rpc_finish_into(void *dst, size_t cap, size_t *got)
     size_t already = have > start ? have - start : 0;
     memcpy(dst, S.buf + start, already);
     while (already < blen) {
-        ssize_t k = recv_some((uint8_t *)dst + already, blen - already);
+        ssize_t k = recv_some((uint8_t *)dst + already, blen - already, 0);
         if (k < 0)
             return lost_reply();
         already += (size_t)k;
@@ -952,7 +1013,9 @@ ssize_t bypass_rpc_finish_into(void *dst, size_t cap, size_t *got)
 static int simple_call_locked(int64_t call_no, int64_t *result)
 {
     start_request(call_no, 0);
-    if (transact() < 0)
+    int rc = transact();
+    call_ends();
+    if (rc < 0)
         return -1;
     if (bp_mp_peek(&S.r) == BP_MP_NIL) {
         *result = 0;
@@ -1054,6 +1117,7 @@ void bypass_rpc_end(void)
     int e = errno;
     sigset_t m = S.saved_mask;
     int c = S.saved_cancel;
+    call_ends();
     give_back_connection();
     pthread_mutex_unlock(&S.lock);
     pthread_setcancelstate(c, NULL);
