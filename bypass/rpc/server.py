@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import secrets
 import selectors
 import socket
@@ -99,11 +100,13 @@ class ProcessState:
     (current directory, counters...).  Both are copied at fork: descriptors share their
     Shared objects (and so, e.g., the file offset of the shadow's real descriptor)."""
 
-    def __init__(self, key: str, pid: int = 0, platform: str = "", parent: str | None = None):
+    def __init__(self, key: str, pid: int = 0, platform: str = "", parent: str | None = None,
+                 max_fds: int | None = None):
         self.key = key
         self.pid = pid
         self.platform = platform
         self.parent = parent
+        self.max_fds = max_fds        # descriptors this process may hold (None: no limit)
         self.fds: dict[int, FdEntry] = {}
         self.data: dict[str, Any] = {}
         self.lock = threading.RLock()
@@ -115,8 +118,12 @@ class ProcessState:
     def install(self, fd: int, obj, closer: Callable[[Any], None] | None = None, **meta) -> FdEntry:
         """Put obj (or an existing Shared) at descriptor fd, closing what was there."""
         shared = obj if isinstance(obj, Shared) else Shared(obj, closer)
-        entry = FdEntry(shared.incref(), meta)
         with self.lock:
+            if self.max_fds is not None and fd not in self.fds and len(self.fds) >= self.max_fds:
+                if shared.refs == 0 and shared.closer is not None:
+                    shared.closer(shared.obj)     # opened for this entry: not kept, not leaked
+                raise OSError(errno.EMFILE, f"this process holds {len(self.fds)} descriptors in the shadow")
+            entry = FdEntry(shared.incref(), meta)
             old = self.fds.get(fd)
             self.fds[fd] = entry
         if old is not None:
@@ -150,7 +157,7 @@ class ProcessState:
 
     def fork_copy(self, key: str) -> "ProcessState":
         """The state a child starts with: same descriptors sharing the same open files."""
-        child = ProcessState(key, parent=self.key, platform=self.platform)
+        child = ProcessState(key, parent=self.key, platform=self.platform, max_fds=self.max_fds)
         with self.lock:
             for fd, e in self.fds.items():
                 child.fds[fd] = FdEntry(e.shared.incref(), dict(e.meta))
@@ -210,11 +217,18 @@ class ShadowServer:
     def __init__(self, dispatch: Mapping[int, Handler], *, spec_hash: str | None = None,
                  secret: bytes | str | None = None, max_frame: int = MAX_FRAME,
                  grace: float = 300.0, ticket_ttl: float = 60.0, max_connections: int = 1024,
+                 max_fds_per_process: int | None = None, max_tickets_per_process: int = 64,
+                 detached_fd_budget: int | None = None,
                  name: str = "shadow", loop: str | None = None):
         """spec_hash: agents must present the same (None accepts any: tests, tools).
         secret: required for TCP; when set, Unix-socket clients must authenticate too.
         grace: how long a detached process's state is kept when we cannot tell whether the
         process still exists (a remote agent host).
+        Limits, so that one client cannot starve the others (defaults from the shadow's own
+        descriptor limit): max_fds_per_process descriptors per agent process (EMFILE beyond);
+        max_tickets_per_process fork tickets waiting for their child (the oldest go);
+        detached_fd_budget descriptors held by processes that are gone or exec-ing (beyond it,
+        the states detached longest are released before their grace period ends).
         loop: "c", "python" or "auto" (default: BYPASS_SHADOW_LOOP, else auto): which
         per-connection call loop answers the calls (see bypass.rpc.c_loop)."""
         self.dispatch: dict[int, Handler] = dict(dispatch)
@@ -226,6 +240,11 @@ class ShadowServer:
         self.grace = grace
         self.ticket_ttl = ticket_ttl
         self.max_connections = max_connections
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        nofile = nofile if nofile != resource.RLIM_INFINITY else 1 << 20
+        self.max_fds_per_process = max_fds_per_process or max(64, nofile // 8)
+        self.max_tickets_per_process = max_tickets_per_process
+        self.detached_fd_budget = detached_fd_budget or max(64, nofile // 4)
         self.name = name
         self.processes: dict[str, ProcessState] = {}
         self.tickets: dict[int, tuple[ProcessState, float]] = {}
@@ -561,7 +580,7 @@ class ShadowServer:
                     # that talked to us (sh -c 'x=$(mkdir d | cat)': the subshell never did).
                     process = self.processes[known].fork_copy(key)
                 else:
-                    process = ProcessState(key)
+                    process = ProcessState(key, max_fds=self.max_fds_per_process)
                 process.parent = parent
                 self.processes[key] = process
             process.pid = pid
@@ -622,6 +641,15 @@ class ShadowServer:
             for t, (snap, born) in list(self.tickets.items()):
                 if now - born > self.ticket_ttl:
                     doomed.append(self.tickets.pop(t)[0])
+            # Descriptors kept for processes that may come back (exec) are bounded too.
+            waiting = sorted((p for p in self.processes.values() if p.attached == 0 and p.fds),
+                             key=lambda p: p.detached_at or 0)
+            held = sum(len(p.fds) for p in waiting)
+            for p in waiting:
+                if held <= self.detached_fd_budget:
+                    break
+                held -= len(p.fds)
+                doomed.append(self.processes.pop(p.key))
         for p in doomed:
             log.debug("%s: releasing state of %s", self.name, p.key)
             p.release()
@@ -629,8 +657,14 @@ class ShadowServer:
     def _fork_ticket(self, ctx: CallContext) -> int:
         ticket = secrets.randbits(62) or 1
         snap = ctx.process.fork_copy("(fork ticket)")
+        doomed = []
         with self.lock:
+            mine = [t for t, (s, _) in self.tickets.items() if s.parent == ctx.process.key]
+            while len(mine) >= self.max_tickets_per_process:
+                doomed.append(self.tickets.pop(mine.pop(0))[0])     # (dicts keep their order)
             self.tickets[ticket] = (snap, time.monotonic())
+        for p in doomed:
+            p.release()
         return ticket
 
     # -- shutdown ----------------------------------------------------------------------------------

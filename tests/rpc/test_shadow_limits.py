@@ -61,3 +61,80 @@ def test_a_stopped_shadow_costs_one_timeout_per_call(agent, export, tmp_path):
         os.kill(shadow.pid, signal.SIGCONT)
         shadow.terminate()
         shadow.wait(10)
+
+
+GREEDY = r'''
+import errno, os
+fds = []
+try:
+    while True:
+        fds.append(os.open("/job/data/input.txt", os.O_RDONLY))
+except OSError as e:
+    print(len(fds), errno.errorcode[e.errno], flush=True)
+input()
+'''
+
+FORKER = r'''
+import os
+os.stat("/job/data")                  # connected: every fork now asks for a ticket
+for i in range(300):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)                   # a child that never talks to the shadow
+    os.waitpid(pid, 0)
+print("forked", flush=True)
+input()
+'''
+
+
+def test_one_greedy_client_cannot_starve_the_others(agent, export):
+    from .test_remote_agent import make_server
+    server = make_server(SPEC, str(export), max_fds_per_process=40, max_tickets_per_process=16)
+    server.listen()
+    server.start()
+    env = dict(os.environ, LD_PRELOAD=str(agent), BYPASS_SHADOW=server.address, BYPASS_SHADOW_TIMEOUT="10")
+    hogs = []
+    try:
+        for code in (GREEDY, FORKER):
+            hogs.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, text=True))
+        assert hogs[0].stdout.readline() == "40 EMFILE\n"
+        assert hogs[1].stdout.readline() == "forked\n"
+        with server.lock:
+            assert len(server.tickets) <= 16
+            held = max(len(p.fds) for p in server.processes.values())
+        assert held == 40
+        # meanwhile, another agent is served as usual
+        p = subprocess.run(["sh", "-c", "wc -l < /job/data/input.txt"], env=env, capture_output=True,
+                           text=True, timeout=60)
+        assert p.returncode == 0 and p.stdout.strip() == "3000", p.stderr
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+        server.close()
+
+
+def test_descriptors_kept_for_vanished_processes_are_bounded(agent, export):
+    """A remote host's processes cannot be seen to exit: their states wait out the grace
+    period, but not beyond the budget of descriptors."""
+    from .test_remote_agent import make_server
+    server = make_server(SPEC, str(export), detached_fd_budget=10)
+    server.listen()
+    server.start()
+    server._process_gone = lambda p: False          # as for a process on another host
+    env = dict(os.environ, LD_PRELOAD=str(agent), BYPASS_SHADOW=server.address, BYPASS_SHADOW_TIMEOUT="10")
+    try:
+        code = "import os\nfor i in range(6): os.open('/job/data/input.txt', os.O_RDONLY)\n"
+        for _ in range(4):
+            assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with server.lock:
+                held = sum(len(p.fds) for p in server.processes.values())
+            if held <= 10:
+                break
+            time.sleep(0.2)
+        assert held <= 10
+    finally:
+        server.close()
