@@ -126,6 +126,8 @@ static char vfork_cwd[RMT_PATH_MAX];       /* its current directory */
 static unsigned long long ph_count;       /* placeholders this process made (their ids) */
 static mode_t cur_umask;                   /* the program's (umask is wrapped) */
 
+static void sync_maps(int fd);
+
 /* the standard streams while their descriptor is remote (see rmt_rebind_std) */
 static FILE *orig_std[3], *our_std[3];
 static FILE **std_slot(int fd);
@@ -425,6 +427,7 @@ void rmt_settle_all(void)
 {
     if (in_vfork_child())
         return;                  /* the read-ahead is the parent's */
+    sync_maps(-1);
     pthread_mutex_lock(&lock);
     settle_locked();
     pthread_mutex_unlock(&lock);
@@ -526,34 +529,177 @@ int rmt_stage_exec(int dslot, const char *rpath, char *local, size_t cap)
     return 0;
 }
 
-void *rmt_mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
+/* Shared mappings of remote files: anonymous shared memory filled with the file's bytes,
+ * written back (the bytes that differ from what was read, so that others' writes in between
+ * survive) on msync, munmap, close of the descriptor, exec and exit.  Each holds its own
+ * descriptor of the file (a dup), as a kernel mapping holds the file. */
+#define RMAP_MAX 64
+struct rmap {
+    char *addr;
+    size_t len;
+    off_t off;
+    int fd;                  /* the mapping's own descriptor */
+    char *orig;              /* the bytes as last read or written back */
+};
+static struct rmap rmaps[RMAP_MAX];
+static pthread_mutex_t rmap_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int fill_from(int fd, char *p, size_t length, off_t offset)
 {
-    if ((flags & MAP_SHARED) && (prot & PROT_WRITE)) {
-        errno = ENODEV;
-        return MAP_FAILED;
-    }
-    /* an anonymous private mapping filled with the file's bytes (MAP_SHARED read-only is
-     * treated the same: later changes of the file are not seen) */
-    int anon = (flags & ~(MAP_SHARED | MAP_SHARED_VALIDATE)) | MAP_PRIVATE | MAP_ANONYMOUS;
-    void *p = mmap(addr, length, prot | PROT_WRITE, anon, -1, 0);
-    if (p == MAP_FAILED)
-        return p;
     size_t done = 0;
     while (done < length) {
-        ssize_t k = rmt_pread(fd, (char *)p + done, length - done, offset + (off_t)done);
-        if (k < 0) {
-            int e = errno;
-            munmap(p, length);
-            errno = e;
-            return MAP_FAILED;
-        }
+        ssize_t k = rmt_pread(fd, p + done, length - done, offset + (off_t)done);
+        if (k < 0)
+            return -1;
         if (k == 0)
             break;               /* past the end of the file: zeros, as a real mapping */
         done += (size_t)k;
     }
+    return 0;
+}
+
+/* Write back the changed bytes of m within [lo, hi) (addresses), never past the file's end
+ * (a mapping does not grow its file).  Under rmap_lock. */
+static int write_back(struct rmap *m, char *lo, char *hi)
+{
+    struct stat st;
+    if (rmt_fstat(m->fd, &st) < 0)
+        return -1;
+    char *end = m->addr + (st.st_size > m->off ? (size_t)(st.st_size - m->off) : 0);
+    if (end > m->addr + m->len)
+        end = m->addr + m->len;
+    if (hi > end)
+        hi = end;
+    int rc = 0;
+    for (char *p = lo < m->addr ? m->addr : lo; p < hi;) {
+        size_t i = (size_t)(p - m->addr);
+        if (p[0] == m->orig[i]) {
+            p++;
+            continue;
+        }
+        size_t run = 1;
+        while (p + run < hi && p[run] != m->orig[i + run])
+            run++;
+        for (size_t done = 0; done < run;) {
+            ssize_t k = rmt_pwrite(m->fd, p + done, run - done, m->off + (off_t)(i + done));
+            if (k <= 0) {
+                rc = -1;
+                break;
+            }
+            done += (size_t)k;
+        }
+        memcpy(m->orig + i, p, run);
+        p += run;
+    }
+    return rc;
+}
+
+static int rmaps_used;
+
+/* Drop m; its descriptor is returned for the caller to close once rmap_lock is released. */
+static int forget_map(struct rmap *m)
+{
+    int fd = m->fd;
+    free(m->orig);
+    memset(m, 0, sizeof *m);
+    __atomic_sub_fetch(&rmaps_used, 1, __ATOMIC_RELAXED);
+    return fd;
+}
+
+void *rmt_mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
+{
+    int shared = (flags & MAP_SHARED) && !(flags & MAP_PRIVATE);
+    struct rfile *r = get(fd);
+    int acc = r ? (r->flags & O_ACCMODE) : O_RDONLY;
+    if (acc == O_WRONLY || (shared && (prot & PROT_WRITE) && acc != O_RDWR)) {
+        errno = EACCES;          /* as the kernel: readable, and writable for shared writes */
+        return MAP_FAILED;
+    }
+    if (length == 0 || (offset & (off_t)(page_size - 1))) {
+        errno = EINVAL;
+        return MAP_FAILED;
+    }
+    int anon = (flags & ~(MAP_SHARED | MAP_PRIVATE)) | MAP_ANONYMOUS | (shared ? MAP_SHARED : MAP_PRIVATE);
+    void *p = mmap(addr, length, prot | PROT_WRITE, anon, -1, 0);
+    if (p == MAP_FAILED)
+        return p;
+    if (fill_from(fd, p, length, offset) < 0) {
+        int e = errno;
+        munmap(p, length);
+        errno = e;
+        return MAP_FAILED;
+    }
+    if (shared) {
+        pthread_mutex_lock(&rmap_lock);
+        struct rmap *m = NULL;
+        for (int i = 0; i < RMAP_MAX && !m; i++)
+            if (!rmaps[i].addr)
+                m = &rmaps[i];
+        int own = m ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+        char *orig = own >= 0 ? malloc(length) : NULL;
+        if (!orig || rmt_dup_done(fd, own) < 0) {
+            int e = m ? (orig ? errno : ENOMEM) : ENFILE;
+            if (own >= 0)
+                close(own);
+            free(orig);
+            pthread_mutex_unlock(&rmap_lock);
+            munmap(p, length);
+            errno = e;
+            return MAP_FAILED;
+        }
+        memcpy(orig, p, length);
+        *m = (struct rmap){ p, length, offset, own, orig };
+        __atomic_add_fetch(&rmaps_used, 1, __ATOMIC_RELAXED);
+        pthread_mutex_unlock(&rmap_lock);
+    }
     if (!(prot & PROT_WRITE))
         mprotect(p, length, prot);
     return p;
+}
+
+/* msync/munmap of [addr, addr + len): write back the shared remote mappings it touches;
+ * unmapping drops those it covers whole. */
+int rmt_sync_range(void *addr, size_t len, int unmapping)
+{
+    int rc = 0, done[RMAP_MAX], ndone = 0;
+    char *lo = addr, *hi = (char *)addr + len;
+    if (!__atomic_load_n(&rmaps_used, __ATOMIC_RELAXED))
+        return 0;
+    pthread_mutex_lock(&rmap_lock);
+    for (int i = 0; i < RMAP_MAX; i++) {
+        struct rmap *m = &rmaps[i];
+        if (!m->addr || hi <= m->addr || lo >= m->addr + m->len)
+            continue;
+        if (write_back(m, lo, hi) < 0)
+            rc = -1;
+        if (unmapping && lo <= m->addr && hi >= m->addr + m->len)
+            done[ndone++] = forget_map(m);
+    }
+    pthread_mutex_unlock(&rmap_lock);
+    while (ndone > 0)
+        rmt_close(done[--ndone]);
+    return rc;
+}
+
+/* close of fd, exec, exit: every mapping of that file (fd < 0: every one) is written back. */
+static void sync_maps(int fd)
+{
+    if (in_vfork_child() || !__atomic_load_n(&rmaps_used, __ATOMIC_RELAXED))
+        return;
+    pthread_mutex_lock(&rmap_lock);
+    for (int i = 0; i < RMAP_MAX; i++) {
+        struct rmap *m = &rmaps[i];
+        if (m->addr && (fd < 0 || get(fd) == get(m->fd)))
+            write_back(m, m->addr, m->addr + m->len);
+    }
+    pthread_mutex_unlock(&rmap_lock);
+}
+
+__attribute__((destructor)) static void maps_at_exit(void)
+{
+    bypass_guard_enter();
+    sync_maps(-1);
+    bypass_guard_leave();
 }
 
 /* The placeholder is an O_PATH descriptor of an empty memfd: any kernel call the agent does
@@ -618,6 +764,7 @@ int rmt_close(int fd)
 {
     if (in_vfork_child())
         return close(fd);        /* the child's descriptor only: the parent's file stays open */
+    sync_maps(fd);
     pthread_mutex_lock(&lock);
     struct rfile *r = get(fd);
     if (!r) {

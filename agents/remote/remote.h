@@ -98,6 +98,8 @@ int rmt_mkstemp(char *tmpl, int dslot, char *rpath, int suffixlen, int flags, in
 /* copy a remote executable into an exec-able local memfd; *local receives its /proc path */
 int rmt_stage_exec(int dslot, const char *rpath, char *local, size_t cap);
 void *rmt_mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset);
+/* msync (unmapping 0) or munmap (1) of a range: shared remote mappings in it written back */
+int rmt_sync_range(void *addr, size_t len, int unmapping);
 
 FILE *rmt_fopen(int dslot, const char *rpath, const char *mode);
 FILE *rmt_fdopen(int fd, const char *mode);

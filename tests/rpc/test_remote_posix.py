@@ -511,3 +511,32 @@ def test_a_root_shadow_acts_with_the_callers_credentials(agent, tmp_path):
         assert "child owner: (65534, 65534)" in out
     finally:
         shutil.rmtree(top)
+
+
+def test_shared_writable_mappings_are_written_back(agent, shadow, export, tmp_path):
+    out = differential(agent, shadow, export, tmp_path, r'''
+        import mmap
+        fd = os.open(f"{B}/m.bin", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.ftruncate(fd, 10000)
+        m = mmap.mmap(fd, 10000, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        m[0:5] = b"hello"
+        m.flush()
+        show("after msync", lambda: os.pread(fd, 5, 0))
+        os.pwrite(fd, b"ZZ", 100)                      # a write() between map and write-back
+        m[5000:5005] = b"world"
+        m.close()
+        show("after munmap", lambda: (os.pread(fd, 5, 5000), os.pread(fd, 2, 100)))
+        g = os.open(f"{B}/m.bin", os.O_RDWR)
+        m2 = mmap.mmap(g, 4096, mmap.MAP_SHARED, offset=4096)
+        os.close(g)
+        m2[10:12] = b"XY"
+        del m2
+        show("mapped at an offset, closed first", lambda: os.pread(fd, 2, 4106))
+        ro = os.open(f"{B}/m.bin", os.O_RDONLY)
+        show("shared writable of a read-only descriptor", lambda: mmap.mmap(ro, 100, mmap.MAP_SHARED))
+        m3 = mmap.mmap(fd, 0, mmap.MAP_SHARED)
+        m3[-3:] = b"end"
+        os.close(fd)
+        ''')
+    assert "after munmap: (b'world', b'ZZ')" in out
+    assert (export / "m.bin").read_bytes()[-3:] == b"end"
