@@ -213,6 +213,8 @@ def test_nodes_times_and_modes_made_in_the_export(agent, shadow, export, tmp_pat
         show("mknod fifo", lambda: os.mknod(f"{B}/data/fifo2", stat.S_IFIFO | 0o600))
         show("mknod char device", lambda: os.mknod(f"{B}/null", stat.S_IFCHR | 0o600, os.makedev(1, 3)))
         show("device", lambda: (lambda st: (stat.S_ISCHR(st.st_mode), os.major(st.st_rdev), os.minor(st.st_rdev)))(os.stat(f"{B}/null")))
+        show("O_PATH of a fifo", lambda: stat.S_ISFIFO(os.fstat(os.open(f"{B}/fifo", os.O_PATH)).st_mode))
+        show("O_PATH of a directory", lambda: stat.S_ISDIR(os.fstat(os.open(f"{B}/data/", os.O_PATH | os.O_DIRECTORY)).st_mode))
         d = os.open(f"{B}/data", os.O_RDONLY | os.O_DIRECTORY)
         show("mkfifoat", lambda: os.mkfifo("fifo3", 0o600, dir_fd=d))
         show("mknodat in a missing directory", lambda: os.mknod("nope/x", stat.S_IFIFO | 0o600, dir_fd=d))
@@ -540,3 +542,13 @@ def test_shared_writable_mappings_are_written_back(agent, shadow, export, tmp_pa
         ''')
     assert "after munmap: (b'world', b'ZZ')" in out
     assert (export / "m.bin").read_bytes()[-3:] == b"end"
+
+
+def test_cp_into_an_existing_remote_directory(agent, shadow, export, tmp_path):
+    """cp opens its target directory O_PATH and copies relative to it."""
+    (tmp_path / "src" / "deep").mkdir(parents=True)
+    (tmp_path / "src" / "deep" / "f").write_text("copied\n")
+    p = subprocess.run(["sh", "-c", f"mkdir /job/t && cp -r {tmp_path}/src /job/t/ && ls /job/t"],
+                       env=agent_env(agent, shadow), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "src\n" and (export / "t" / "src" / "deep" / "f").read_text() == "copied\n"
