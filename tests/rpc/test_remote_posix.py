@@ -552,3 +552,33 @@ def test_cp_into_an_existing_remote_directory(agent, shadow, export, tmp_path):
                        env=agent_env(agent, shadow), capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout == "src\n" and (export / "t" / "src" / "deep" / "f").read_text() == "copied\n"
+
+
+THREADED_SPAWNER = r'''
+import os, subprocess, threading
+def spin():
+    for i in range(300):
+        os.stat("/job/bin/s.sh")
+threads = [threading.Thread(target=spin) for _ in range(2)]
+for t in threads:
+    t.start()
+for i in range(8):
+    print(subprocess.run(["/job/bin/s.sh", str(i)], cwd="/job/bin", capture_output=True, text=True).stdout.strip())
+for t in threads:
+    t.join()
+print(os.getcwd())
+'''
+
+
+def test_vfork_children_borrow_the_connection_while_threads_use_it(agent, shadow, export):
+    """subprocess (vfork) runs a /job program, which must be staged through the shadow from
+    the child, while other threads of the parent keep calling."""
+    (export / "bin").mkdir()
+    (export / "bin" / "s.sh").write_text('#!/bin/sh\necho "ran in $(pwd) with $1"\n')
+    (export / "bin" / "s.sh").chmod(0o755)
+    p = subprocess.run([sys.executable, "-c", "import os; os.chdir('/job'); exec(open(0).read())"],
+                       input=THREADED_SPAWNER, env=agent_env(agent, shadow), capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == [f"ran in /job/bin with {i}" for i in range(8)] + ["/job"]
+    assert "bypass[" not in p.stderr

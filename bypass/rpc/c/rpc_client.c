@@ -1058,8 +1058,9 @@ static void borrow(void)
     lent.ticket = 0;
     lent.key[0] = 0;
     memcpy(lent.parent, S.key[0] ? S.key : S.parent, KEY_MAX);
+    /* before S.pid changes: the parent's other threads must see a borrow, not a fork */
+    __atomic_store_n(&S.borrowed, 1, __ATOMIC_SEQ_CST);
     swap_connection();
-    S.borrowed = 1;
 }
 
 static void give_back_connection(void)
@@ -1069,7 +1070,19 @@ static void give_back_connection(void)
     if (S.fd >= 0)
         close(S.fd);
     swap_connection();
-    S.borrowed = 0;
+    __atomic_store_n(&S.borrowed, 0, __ATOMIC_SEQ_CST);
+}
+
+/* S.pid is not ours: a fork that skipped the atfork handlers (raw clone), or, in the parent,
+ * a vfork child's borrow in progress (the lock makes this thread wait for it to end). */
+static int forked_behind_our_back(void)
+{
+    pid_t me = getpid();
+    if (__atomic_load_n(&S.pid, __ATOMIC_SEQ_CST) == me || S.pid == 0)
+        return 0;
+    if (__atomic_load_n(&S.borrowed, __ATOMIC_SEQ_CST))
+        return 0;
+    return __atomic_load_n(&S.pid, __ATOMIC_SEQ_CST) != me;
 }
 
 int bypass_rpc_begin(int64_t call_no, uint32_t nargs, bp_mp_writer **w)
@@ -1084,8 +1097,8 @@ int bypass_rpc_begin(int64_t call_no, uint32_t nargs, bp_mp_writer **w)
     if (S.pid != 0 && S.pid != getpid()) {
         if (bypass_rpc_shares_memory && bypass_rpc_shares_memory())
             vforked = 1;
-        else
-            reset_in_child();    /* a fork that skipped the atfork handlers (raw clone) */
+        else if (forked_behind_our_back())
+            reset_in_child();
     }
     pthread_mutex_lock(&S.lock);
     if (vforked)
