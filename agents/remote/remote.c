@@ -108,6 +108,7 @@ struct rfile {
     char *ra;               /* read-ahead: bytes the shadow sent beyond what was asked */
     size_t ra_cap, ra_len, ra_pos;
     size_t ra_next;         /* size of the next refill */
+    unsigned ra_gen;        /* write_gen when the read-ahead was filled */
 };
 
 /* Descriptor number -> open file, in chunks allocated when a number that high is first used
@@ -125,6 +126,14 @@ static pid_t vfork_pid;                    /* the vfork child that set vfork_cwd
 static char vfork_cwd[RMT_PATH_MAX];       /* its current directory */
 static unsigned long long ph_count;       /* placeholders this process made (their ids) */
 static mode_t cur_umask;                   /* the program's (umask is wrapped) */
+/* Bumped by every remote write of this process: read-ahead filled before it may be stale
+ * (another descriptor of the same file, a mapping written back) and is given back. */
+static unsigned write_gen;
+
+static void wrote(void)
+{
+    __atomic_add_fetch(&write_gen, 1, __ATOMIC_RELAXED);
+}
 
 static void sync_maps(int fd);
 
@@ -753,6 +762,8 @@ int rmt_open(int dslot, const char *rpath, int flags, mode_t mode)
         errno = e;
         return -1;
     }
+    if (flags & O_TRUNC)
+        wrote();
     /* O_TMPFILE contains O_DIRECTORY's bit, and makes a regular file */
     r->is_dir = (flags & O_DIRECTORY) != 0 && (flags & O_TMPFILE) != O_TMPFILE;
     *slot = r;
@@ -833,6 +844,41 @@ int rmt_dup_done(int oldfd, int newfd)
 
 /* ---- data ------------------------------------------------------------------------------------- */
 
+/* One fetch from the shadow for a read of n bytes into dst: straight in when big, else through
+ * the read-ahead buffer.  *asked: how many it asked for (fewer back: the end of the file).
+ * Returns the bytes put into dst, or -1.  Under the lock. */
+static ssize_t fetch(int fd, struct rfile *r, char *dst, size_t n, size_t *asked)
+{
+    if (n >= ra_max) {
+        *asked = n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n;
+        return rx_read_into(fd, dst, *asked, *asked);
+    }
+    *asked = n;
+    size_t want = r->ra_next > n ? r->ra_next : n;
+    if (r->ra_cap < want) {
+        char *p = realloc(r->ra, want);
+        if (!p) {
+            errno = ENOMEM;
+            return -1;
+        }
+        r->ra = p;
+        r->ra_cap = want;
+    }
+    /* the shadow sends `want` bytes, or only `n` when the offset is shared */
+    r->ra_gen = __atomic_load_n(&write_gen, __ATOMIC_RELAXED);
+    ssize_t k = rx_read_into(fd, r->ra, n, want);
+    if (k < 0)
+        return -1;
+    r->ra_len = (size_t)k;
+    r->ra_pos = (size_t)k < n ? (size_t)k : n;
+    memcpy(dst, r->ra, r->ra_pos);
+    if (r->ra_next < ra_max && (size_t)k == want)
+        r->ra_next *= 2;         /* still streaming: ask for more next time */
+    return (ssize_t)r->ra_pos;
+}
+
+/* As the kernel reads a regular file: all that was asked for, short only at its end (so
+ * what is left in the read-ahead is topped up from the shadow). */
 ssize_t rmt_read(int fd, void *buf, size_t n)
 {
     if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
@@ -844,37 +890,32 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
         errno = EBADF;
     } else if (r->is_dir) {
         errno = EISDIR;
-    } else if (r->ra_pos < r->ra_len) {
-        size_t k = r->ra_len - r->ra_pos < n ? r->ra_len - r->ra_pos : n;
-        memcpy(buf, r->ra + r->ra_pos, k);
-        r->ra_pos += k;
-        got = (ssize_t)k;
-    } else if (n >= ra_max) {
-        /* big reads go straight into the caller's buffer */
-        size_t k = n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n;
-        got = rx_read_into(fd, buf, k, k);
+    } else if (r->ra_pos < r->ra_len && r->ra_gen != __atomic_load_n(&write_gen, __ATOMIC_RELAXED) &&
+               give_back(fd, r) < 0) {
+        /* (stale read-ahead could not go back: errno is set, nothing is read) */
     } else {
-        size_t want = r->ra_next > n ? r->ra_next : n;
-        if (r->ra_cap < want) {
-            char *p = realloc(r->ra, want);
-            if (!p) {
+        size_t done = 0;
+        while (done < n) {
+            if (r->ra_pos < r->ra_len) {
+                size_t k = r->ra_len - r->ra_pos < n - done ? r->ra_len - r->ra_pos : n - done;
+                memcpy((char *)buf + done, r->ra + r->ra_pos, k);
+                r->ra_pos += k;
+                done += k;
+                continue;
+            }
+            size_t asked;
+            ssize_t k = fetch(fd, r, (char *)buf + done, n - done, &asked);
+            if (k < 0) {
+                if (done)
+                    break;       /* what was read is the answer; the error comes next time */
                 pthread_mutex_unlock(&lock);
-                errno = ENOMEM;
                 return -1;
             }
-            r->ra = p;
-            r->ra_cap = want;
+            done += (size_t)k;
+            if ((size_t)k < asked)
+                break;           /* the end of the file */
         }
-        /* the shadow sends `want` bytes, or only `n` when the offset is shared */
-        ssize_t k = rx_read_into(fd, r->ra, n, want);
-        if (k >= 0) {
-            r->ra_len = (size_t)k;
-            r->ra_pos = (size_t)k < n ? (size_t)k : n;
-            memcpy(buf, r->ra, r->ra_pos);
-            got = (ssize_t)r->ra_pos;
-            if (r->ra_next < ra_max && (size_t)k == want)
-                r->ra_next *= 2;     /* still streaming: ask for more next time */
-        }
+        got = (ssize_t)done;
     }
     pthread_mutex_unlock(&lock);
     return got;
@@ -893,6 +934,7 @@ ssize_t rmt_write(int fd, const void *buf, size_t n)
         r->ra_next = RA_FIRST;
         /* synchronous: a write is reported done only once the shadow performed it */
         done = bypass_shadow_bypass_rx_write(fd, n ? buf : "", n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n);
+        wrote();
     }
     pthread_mutex_unlock(&lock);
     return done;
@@ -910,7 +952,9 @@ ssize_t rmt_pwrite(int fd, const void *buf, size_t n, off_t off)
     if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
         return -1;
     settle_fd(fd);
-    return bypass_shadow_bypass_rx_pwrite(fd, n ? buf : "", n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
+    ssize_t done = bypass_shadow_bypass_rx_pwrite(fd, n ? buf : "", n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
+    wrote();                     /* after: read-ahead filled meanwhile is stale too */
+    return done;
 }
 
 off_t rmt_lseek(int fd, off_t off, int whence)
@@ -1234,12 +1278,16 @@ int rmt_utimens(int dslot, const char *rpath, int fd, const struct timespec time
 int rmt_ftruncate(int fd, off_t len)
 {
     settle_fd(fd);
-    return bypass_shadow_bypass_rx_ftruncate(fd, len);
+    int rc = bypass_shadow_bypass_rx_ftruncate(fd, len);
+    wrote();
+    return rc;
 }
 
 int rmt_truncate(int dslot, const char *rpath, off_t len)
 {
-    return bypass_shadow_bypass_rx_truncate(dslot, rpath, len);
+    int rc = bypass_shadow_bypass_rx_truncate(dslot, rpath, len);
+    wrote();
+    return rc;
 }
 
 int rmt_fsync(int fd)
@@ -1250,7 +1298,9 @@ int rmt_fsync(int fd)
 int rmt_fallocate(int fd, int mode, off_t off, off_t len, int posix)
 {
     settle_fd(fd);
-    return bypass_shadow_bypass_rx_fallocate(fd, mode, off, len, posix);
+    int rc = bypass_shadow_bypass_rx_fallocate(fd, mode, off, len, posix);
+    wrote();
+    return rc;
 }
 
 static ssize_t rmt_rw(int fd, void *buf, size_t n, off_t off, int writing)
@@ -1393,6 +1443,7 @@ ssize_t rmt_transfer(int in, off64_t *in_off, int out, off64_t *out_off, size_t 
         size_t k = len < BYPASS_RPC_MAX_PAYLOAD ? len : BYPASS_RPC_MAX_PAYLOAD;
         ssize_t n = bypass_shadow_bypass_rx_copy(in, in_off ? *in_off : -1, out, out_off ? *out_off : -1, k,
                                                  (kind & RMT_SENDFILE) != 0);
+        wrote();
         if (n > 0 && in_off)
             *in_off += n;
         if (n > 0 && out_off)

@@ -582,3 +582,19 @@ def test_vfork_children_borrow_the_connection_while_threads_use_it(agent, shadow
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == [f"ran in /job/bin with {i}" for i in range(8)] + ["/job"]
     assert "bypass[" not in p.stderr
+
+
+FSX = Path(__file__).resolve().parent / "data" / "fsx.py"
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_random_operations_leave_the_bytes_a_local_file_would(agent, shadow, export, tmp_path, seed):
+    """(15,000 operations per seed here; the issue's 100,000 take ~35 s through the shadow)"""
+    native = subprocess.run([sys.executable, str(FSX), str(tmp_path / "f"), str(seed), "15000"],
+                            capture_output=True, text=True, timeout=300)
+    assert native.returncode == 0, native.stderr
+    remote = subprocess.run([sys.executable, str(FSX), "/job/f", str(seed), "15000"], env=agent_env(agent, shadow),
+                            capture_output=True, text=True, timeout=300)
+    assert remote.returncode == 0, remote.stderr
+    assert remote.stdout == native.stdout and len(native.stdout.split()) == 3
+    assert (export / "f").read_bytes() == (tmp_path / "f").read_bytes()
