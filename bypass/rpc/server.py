@@ -218,7 +218,8 @@ class ShadowServer:
                  secret: bytes | str | None = None, max_frame: int = MAX_FRAME,
                  grace: float = 300.0, ticket_ttl: float = 60.0, max_connections: int = 1024,
                  max_fds_per_process: int | None = None, max_tickets_per_process: int = 64,
-                 detached_fd_budget: int | None = None,
+                 detached_fd_budget: int | None = None, max_pending_bytes: int = 256 << 20,
+                 frame_timeout: float = 60.0,
                  name: str = "shadow", loop: str | None = None):
         """spec_hash: agents must present the same (None accepts any: tests, tools).
         secret: required for TCP; when set, Unix-socket clients must authenticate too.
@@ -228,7 +229,10 @@ class ShadowServer:
         descriptor limit): max_fds_per_process descriptors per agent process (EMFILE beyond);
         max_tickets_per_process fork tickets waiting for their child (the oldest go);
         detached_fd_budget descriptors held by processes that are gone or exec-ing (beyond it,
-        the states detached longest are released before their grace period ends).
+        the states detached longest are released before their grace period ends);
+        max_pending_bytes of big frames arriving at once in this process (a frame waits up to
+        frame_timeout for room, then must arrive within frame_timeout, or the connection
+        closes).
         loop: "c", "python" or "auto" (default: BYPASS_SHADOW_LOOP, else auto): which
         per-connection call loop answers the calls (see bypass.rpc.c_loop)."""
         self.dispatch: dict[int, Handler] = dict(dispatch)
@@ -245,6 +249,8 @@ class ShadowServer:
         self.max_fds_per_process = max_fds_per_process or max(64, nofile // 8)
         self.max_tickets_per_process = max_tickets_per_process
         self.detached_fd_budget = detached_fd_budget or max(64, nofile // 4)
+        self.max_pending_bytes = max_pending_bytes
+        self.frame_timeout = frame_timeout
         self.name = name
         self.processes: dict[str, ProcessState] = {}
         self.tickets: dict[int, tuple[ProcessState, float]] = {}
@@ -384,7 +390,7 @@ class ShadowServer:
         process = None
         try:
             sock.settimeout(HANDSHAKE_TIMEOUT)
-            reader = FrameReader(sock, self.max_frame)
+            reader = FrameReader(sock, self.max_frame, self.max_pending_bytes, self.frame_timeout)
             packer = new_packer()
             ctx = self._handshake(sock, reader, packer, peer, peer_ids)
             process = ctx.process
@@ -482,7 +488,8 @@ class ShadowServer:
             sock.fileno(), ctx, self.dispatch, _no_such_call,
             lambda call, exc: self._exception_reply(ctx, call, exc),
             lambda seq, call, result: self._pack_reply(packer, seq, call, result),
-            FileRegion, ProtocolError, self.max_frame, _SMALL, pending)
+            FileRegion, ProtocolError, self.max_frame, _SMALL, pending, self.max_pending_bytes,
+            self.frame_timeout)
 
     def _exception_reply(self, ctx: CallContext, call: int, exc: Exception) -> list:
         """[status, value] for a handler that raised: its errno, or a failure (logged)."""

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from .test_remote_agent import SPEC, agent, export  # noqa: F401  (the same agent and export)
 
 
@@ -76,6 +78,8 @@ input()
 
 FORKER = r'''
 import os
+
+import pytest
 os.stat("/job/data")                  # connected: every fork now asks for a ticket
 for i in range(300):
     pid = os.fork()
@@ -138,3 +142,27 @@ def test_descriptors_kept_for_vanished_processes_are_bounded(agent, export):
         assert held <= 10
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("loop", ["c", "python"])
+def test_half_sent_frames_neither_pile_up_nor_stay(loop):
+    """Clients that send most of a big frame and stop: the bytes of frames arriving are
+    bounded, each frame has a deadline, and a well-behaved client is served meanwhile."""
+    import msgpack
+    from bypass.rpc.server import ShadowServer
+    from .test_rpc_client import frame
+    from .test_shadow_loop import TABLE, raw_reply, session
+    with ShadowServer(TABLE, loop=loop, max_pending_bytes=1 << 20, frame_timeout=1.0).start() as server:
+        stalled = []
+        for _ in range(2):
+            s = session(server.address)
+            s.sendall((4 << 20).to_bytes(4, "big") + b"\x00" * (600 << 10))   # 600 KiB of 4 MiB
+            stalled.append(s)
+        good = session(server.address)
+        good.sendall(frame([-1, 7, "still here"]))
+        assert msgpack.unpackb(raw_reply(good)) == [7, 0, ["still here"]]
+        t = time.monotonic()
+        for s in stalled:
+            s.settimeout(10)
+            assert s.recv(1) == b""            # closed by the shadow
+        assert time.monotonic() - t < 5
