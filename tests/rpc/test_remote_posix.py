@@ -598,3 +598,39 @@ def test_random_operations_leave_the_bytes_a_local_file_would(agent, shadow, exp
     assert remote.returncode == 0, remote.stderr
     assert remote.stdout == native.stdout and len(native.stdout.split()) == 3
     assert (export / "f").read_bytes() == (tmp_path / "f").read_bytes()
+
+
+def test_real_programs_leave_what_they_leave_natively(agent, shadow, export, tmp_path):
+    """git clone, sqlite3 in WAL mode, compileall, command substitutions and pipelines: their
+    results under /job are those of the same script on a local copy."""
+    repo = tmp_path / "origin"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "a.c").write_text("int main(void) { return 0; }\n")
+    (repo / "run.sh").write_text("#!/bin/sh\necho run\n")
+    (repo / "run.sh").chmod(0o755)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "-C", str(repo)]
+    for cmd in (["init", "-q"], ["add", "."], ["commit", "-qm", "first"]):
+        assert subprocess.run(git + cmd, capture_output=True).returncode == 0
+
+    def script(p):
+        return (f"cd {p} && git clone -q {repo} repo && (cd repo && git status --porcelain && "
+                f"git log --format=%s -1 && ./run.sh) > git.txt && "
+                "sqlite3 w.db 'pragma journal_mode=wal; create table t(a); insert into t values (1),(2),(3);' "
+                ">/dev/null && sqlite3 w.db 'select sum(a) from t' > sql.txt && "
+                "mkdir py && printf 'x = 1\\n' > py/m.py && python3 -m compileall -q py && "
+                "ls py/__pycache__ | sed 's/[0-9]//g' > pyc.txt && "
+                "n=$(grep -c 9 data/input.txt | tr -d ' '); echo \"nines $n\" > subst.txt && "
+                "for f in $(ls data | sort); do echo \"$f $(cat data/$f 2>/dev/null | wc -c)\"; done >> subst.txt && "
+                "cat data/input.txt | sort -r | head -3 | tr a-z A-Z >> subst.txt")
+
+    native = tmp_path / "native"
+    shutil.copytree(export, native, symlinks=True)
+    p = subprocess.run(["sh", "-c", script(native)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run(["sh", "-c", script("/job")], env=agent_env(agent, shadow), capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    for name in ("git.txt", "sql.txt", "pyc.txt", "subst.txt"):
+        assert (export / name).read_text() == (native / name).read_text(), name
+    assert snapshot(export / "repo" / "src") == snapshot(native / "repo" / "src")
+    assert (export / "git.txt").read_text() == "first\nrun\n"
