@@ -43,6 +43,7 @@ int bypass_shadow_bypass_rx_fstat(int slot, struct stat *st);
 int bypass_shadow_bypass_rx_stat(int dslot, const char *path, int follow, struct stat *st);
 int bypass_shadow_bypass_rx_statvfs(int dslot, const char *path, int slot, struct statvfs *buf);
 int bypass_shadow_bypass_rx_birth(int dslot, const char *path, int slot, int follow, long *ns);
+int bypass_shadow_bypass_rx_fstype(int dslot, const char *path, int slot, long *type);
 int bypass_shadow_bypass_rx_access(int dslot, const char *path, int mode);
 int bypass_shadow_bypass_rx_unlink(int dslot, const char *path, int isdir);
 int bypass_shadow_bypass_rx_mkdir(int dslot, const char *path, mode_t mode, int cmask);
@@ -63,6 +64,10 @@ int bypass_shadow_bypass_rx_dup(int oldslot, int newslot);
 int bypass_shadow_bypass_rx_flock(int slot, int op);
 int bypass_shadow_bypass_rx_mknod(int dslot, const char *path, mode_t mode, int cmask, int major, int minor);
 int bypass_shadow_bypass_rx_creds(void);
+ssize_t bypass_shadow_bypass_rx_getxattr(int dslot, const char *path, int slot, int follow, const char *name,
+                                         void *buf, size_t size);
+int bypass_shadow_bypass_rx_setxattr(int dslot, const char *path, int slot, int follow, const char *name,
+                                     const void *value, size_t size, int flags);
 ssize_t bypass_shadow_bypass_rx_getdents(int slot, void *buf, size_t size);
 int bypass_shadow_bypass_rx_rewinddir(int slot);
 ssize_t bypass_shadow_bypass_rx_fdpath(int slot, char *buf, size_t size);
@@ -996,14 +1001,16 @@ int rmt_statvfs(int dslot, const char *rpath, int fd, struct statvfs *buf)
     return bypass_shadow_bypass_rx_statvfs(dslot, rpath, fd, buf);
 }
 
-/* statfs from the shadow's statvfs: the same numbers under Linux names.  f_type stays 0
- * (unknown): the shadow is Python, which cannot ask for a file-system type. */
+/* statfs from the shadow's statvfs (the same numbers under Linux names) and its f_type. */
 int rmt_statfs(int dslot, const char *rpath, int fd, struct statfs *buf)
 {
     struct statvfs v;
-    if (rmt_statvfs(dslot, rpath, fd, &v) < 0)
+    long type = 0;
+    if (fault(buf, sizeof *buf) < 0 || rmt_statvfs(dslot, rpath, fd, &v) < 0 ||
+        bypass_shadow_bypass_rx_fstype(dslot, rpath ? rpath : "", fd, &type) < 0)
         return -1;
     memset(buf, 0, sizeof *buf);
+    buf->f_type = (__typeof__(buf->f_type))type;
     buf->f_bsize = (__typeof__(buf->f_bsize))v.f_bsize;
     buf->f_frsize = (__typeof__(buf->f_frsize))v.f_frsize;
     buf->f_blocks = v.f_blocks;
@@ -1013,9 +1020,10 @@ int rmt_statfs(int dslot, const char *rpath, int fd, struct statfs *buf)
     buf->f_ffree = v.f_ffree;
     buf->f_namelen = (__typeof__(buf->f_namelen))v.f_namemax;
     buf->f_flags = (__typeof__(buf->f_flags))v.f_flag;
-#ifdef ST_VALID
-    buf->f_flags |= ST_VALID;
+#ifndef ST_VALID
+#define ST_VALID 0x0020          /* (linux/statfs.h: f_flags is filled in) */
 #endif
+    buf->f_flags |= ST_VALID;
     memcpy(&buf->f_fsid, &v.f_fsid, sizeof buf->f_fsid < sizeof v.f_fsid ? sizeof buf->f_fsid : sizeof v.f_fsid);
     return 0;
 }
@@ -1207,6 +1215,26 @@ int rmt_symlink(const char *target, int dslot, const char *rpath)
 int rmt_chmod(int dslot, const char *rpath, int fd, mode_t mode)
 {
     return bypass_shadow_bypass_rx_chmod(dslot, rpath, fd, mode);
+}
+
+ssize_t rmt_getxattr(int dslot, const char *rpath, int fd, int follow, const char *name, void *buf, size_t size)
+{
+    if ((name && !string_ok(name)) || fault(buf, size) < 0) {
+        errno = EFAULT;
+        return -1;
+    }
+    return bypass_shadow_bypass_rx_getxattr(dslot, rpath ? rpath : "", fd, follow, name ? name : "", buf, size);
+}
+
+int rmt_setxattr(int dslot, const char *rpath, int fd, int follow, const char *name, const void *value, size_t size,
+                 int flags)
+{
+    if (!string_ok(name) || fault(value, size) < 0) {
+        errno = EFAULT;
+        return -1;
+    }
+    return bypass_shadow_bypass_rx_setxattr(dslot, rpath ? rpath : "", fd, follow, name, size ? value : "", size,
+                                            flags);
 }
 
 int rmt_lchmod(int dslot, const char *rpath, mode_t mode)

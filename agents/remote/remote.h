@@ -58,6 +58,11 @@ int rmt_cross_device(int olddirfd, const char *oldpath, int old_remote, int newd
 char *rmt_realpath(int dslot, const char *rpath, char *resolved);
 int rmt_symlink(const char *target, int dslot, const char *rpath);
 int rmt_chmod(int dslot, const char *rpath, int fd, mode_t mode);
+/* get (name) or list (name NULL) / set (flags >= 0) or remove (flags -1) extended attributes
+ * of a remote path (dslot/rpath) or descriptor (fd >= 0) */
+ssize_t rmt_getxattr(int dslot, const char *rpath, int fd, int follow, const char *name, void *buf, size_t size);
+int rmt_setxattr(int dslot, const char *rpath, int fd, int follow, const char *name, const void *value, size_t size,
+                 int flags);
 int rmt_lchmod(int dslot, const char *rpath, mode_t mode);
 int rmt_mknod(int dslot, const char *rpath, mode_t mode, dev_t dev);
 /* like rmt_where, for the path of an AF_UNIX address (0 for other families, abstract names) */

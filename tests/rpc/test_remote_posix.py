@@ -179,7 +179,8 @@ def test_owners_and_times_of_symlinks_and_descriptor_paths(agent, shadow, export
 
 
 def test_unforwarded_kernel_calls_on_a_placeholder_fail(agent, shadow, export, tmp_path):
-    """A placeholder is no file: what the agent does not forward must fail, not act on it."""
+    """A placeholder is no file: what the agent does not forward must fail, not act on it
+    (and what it forwards acts on the remote file)."""
     code = textwrap.dedent(r'''
         import errno, fcntl, os, termios
         fd = os.open("/job/data/input.txt", os.O_RDWR)
@@ -199,8 +200,9 @@ def test_unforwarded_kernel_calls_on_a_placeholder_fail(agent, shadow, export, t
     e = dict(os.environ, LD_PRELOAD=str(agent), BYPASS_SHADOW=shadow.address, BYPASS_SHADOW_TIMEOUT="10")
     p = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.splitlines() == ["ioctl EBADF", "fsetxattr ENOTSUP", "setxattr ENOTSUP",
+    assert p.stdout.splitlines() == ["ioctl EBADF", "fsetxattr ok", "setxattr ok",
                                      "posix_fadvise EBADF", "fdatasync ok", "flock True"]
+    assert os.getxattr(export / "data" / "input.txt", "user.x") == b"1"
 
 
 def test_nodes_times_and_modes_made_in_the_export(agent, shadow, export, tmp_path):
@@ -379,6 +381,9 @@ def test_errors_match_the_kernel(agent, shadow, export, tmp_path):
         show("rename bad dirfd", lambda: os.rename("x", "data/y", src_dir_fd=9999))
         show("link bad dirfd", lambda: os.link("data/input.txt", "z", dst_dir_fd=9999))
         show("rename non-directory dirfd", lambda: os.rename("x", "data/y", src_dir_fd=fd))
+        import struct
+        show("statfs type and ST_VALID", lambda: (c(libc.statfs(b"data", buf)), struct.unpack_from("l", buf.raw, 0)[0],
+                                                  struct.unpack_from("l", buf.raw, 80)[0]))
         show("getcwd(buf, 0)", lambda: c(0 if libc.getcwd(buf, 0) else -1))
         libc.getcwd.restype = ctypes.c_char_p
         show("getcwd(NULL, 0)", lambda: libc.getcwd(None, 0))
@@ -634,3 +639,55 @@ def test_real_programs_leave_what_they_leave_natively(agent, shadow, export, tmp
         assert (export / name).read_text() == (native / name).read_text(), name
     assert snapshot(export / "repo" / "src") == snapshot(native / "repo" / "src")
     assert (export / "git.txt").read_text() == "first\nrun\n"
+
+
+def test_extended_attributes(agent, shadow, export, tmp_path):
+    differential(agent, shadow, export, tmp_path, r'''
+        f = f"{B}/data/input.txt"
+        os.symlink("data/input.txt", f"{B}/lnk")
+        show("none yet", lambda: os.listxattr(f))
+        show("get missing", lambda: os.getxattr(f, "user.a"))
+        show("set", lambda: os.setxattr(f, "user.a", b"value one"))
+        show("create again", lambda: os.setxattr(f, "user.a", b"x", os.XATTR_CREATE))
+        show("replace missing", lambda: os.setxattr(f, "user.b", b"x", os.XATTR_REPLACE))
+        show("through the link", lambda: os.setxattr(f"{B}/lnk", "user.b", b"two"))
+        show("on the link itself", lambda: os.setxattr(f"{B}/lnk", "user.c", b"x", follow_symlinks=False))
+        show("list", lambda: sorted(os.listxattr(f)))
+        show("list the link itself", lambda: os.listxattr(f"{B}/lnk", follow_symlinks=False))
+        show("link/", lambda: os.listxattr(f"{B}/lnk/", follow_symlinks=False))
+        fd = os.open(f, os.O_RDONLY)
+        show("fget", lambda: os.getxattr(fd, "user.b"))
+        buf = ctypes.create_string_buffer(4)
+        show("too small", lambda: c(libc.getxattr(f.encode(), b"user.a", buf, 4)))
+        show("size only", lambda: c(libc.getxattr(f.encode(), b"user.a", None, 0)))
+        show("list size only", lambda: c(libc.listxattr(f.encode(), None, 0)))
+        show("remove", lambda: os.removexattr(f, "user.a"))
+        show("remove missing", lambda: os.removexattr(f, "user.a"))
+        show("after", lambda: [(n, os.getxattr(f, n)) for n in sorted(os.listxattr(f))])
+        show("missing file", lambda: os.listxattr(f"{B}/nope"))
+        ''')
+
+
+EXECVEAT = r'''
+import ctypes, os, sys
+os.chdir("/job/bin")
+libc = ctypes.CDLL(None, use_errno=True)
+argv = (ctypes.c_char_p * 3)(b"s.sh", sys.argv[1].encode(), None)
+envp = (ctypes.c_char_p * 1)(None)
+if sys.argv[1] == "relative":
+    libc.execveat(-100, b"./s.sh", argv, envp, 0)
+else:
+    libc.execveat(os.open("/job/bin/s.sh", os.O_RDONLY), b"", argv, envp, 0x1000)   # AT_EMPTY_PATH
+print("execveat failed", ctypes.get_errno())
+'''
+
+
+def test_execveat_of_a_remote_program(agent, shadow, export):
+    (export / "bin").mkdir()
+    (export / "bin" / "s.sh").write_text('#!/bin/sh\necho "ran in $(pwd) with $1"\n')
+    (export / "bin" / "s.sh").chmod(0o755)
+    for how in ("relative", "descriptor"):
+        p = subprocess.run([sys.executable, "-c", EXECVEAT, how], env=agent_env(agent, shadow),
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout == f"ran in /job/bin with {how}\n"
