@@ -211,9 +211,17 @@ static int page_ok(uintptr_t a)
         return 0;
     if (ok_pages[slot] == page)
         return 1;
+    /* Reading one byte of the page through the kernel tells mapped and readable (PROT_NONE
+     * included) without faulting; mincore, where that is refused, tells mapped only. */
     unsigned char v;
-    if (mincore((void *)page, 1, &v) < 0)
+    struct iovec here = { &v, 1 }, there = { (void *)page, 1 };
+    int saved = errno;
+    ssize_t k = process_vm_readv(getpid(), &here, 1, &there, 1, 0);
+    if (k < 0 && errno != EPERM && errno != ENOSYS)
         return 0;
+    if (k < 0 && mincore((void *)page, 1, &v) < 0)
+        return 0;
+    errno = saved;
     ok_pages[slot] = page;
     return 1;
 }

@@ -352,6 +352,11 @@ def test_errors_match_the_kernel(agent, shadow, export, tmp_path):
         BAD = ctypes.c_void_p(1)
         buf = ctypes.create_string_buffer(512)
         show("stat(bad path)", lambda: c(libc.stat(BAD, buf)))
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        NONE = ctypes.c_void_p(libc.mmap(None, 4096, 0, 0x22, -1, 0))      # PROT_NONE, private anonymous
+        show("stat(PROT_NONE path)", lambda: c(libc.stat(NONE, buf)))
+        show("rename(PROT_NONE path)", lambda: c(libc.rename(NONE, b"data/x")))
         show("open(bad path)", lambda: c(libc.open(BAD, 0)))
         show("stat(bad buffer)", lambda: c(libc.stat(b"data/input.txt", BAD)))
         fd = os.open("data/input.txt", os.O_RDWR)

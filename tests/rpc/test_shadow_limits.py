@@ -156,7 +156,10 @@ def test_half_sent_frames_neither_pile_up_nor_stay(loop):
         stalled = []
         for _ in range(2):
             s = session(server.address)
-            s.sendall((4 << 20).to_bytes(4, "big") + b"\x00" * (600 << 10))   # 600 KiB of 4 MiB
+            try:
+                s.sendall((4 << 20).to_bytes(4, "big") + b"\x00" * (200 << 10))   # 200 KiB of 4 MiB
+            except (BrokenPipeError, ConnectionResetError):
+                pass                            # already turned away: no room for it
             stalled.append(s)
         good = session(server.address)
         good.sendall(frame([-1, 7, "still here"]))
@@ -164,5 +167,8 @@ def test_half_sent_frames_neither_pile_up_nor_stay(loop):
         t = time.monotonic()
         for s in stalled:
             s.settimeout(10)
-            assert s.recv(1) == b""            # closed by the shadow
+            try:
+                assert s.recv(1) == b""        # closed by the shadow
+            except ConnectionResetError:
+                pass                           # (closed with our bytes unread)
         assert time.monotonic() - t < 5
