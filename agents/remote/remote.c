@@ -265,6 +265,11 @@ static int string_ok(const char *s)
     }
 }
 
+int rmt_is_empty(const char *path)
+{
+    return path && page_ok((uintptr_t)path) && !path[0];
+}
+
 /* EFAULT for memory the kernel would refuse: 0 when fine. */
 static int fault(const void *p, size_t n)
 {

@@ -28,6 +28,8 @@
  * descriptor rpath is relative to.  0: local.  -1: error (errno set, e.g. ENAMETOOLONG). */
 int rmt_where(int dirfd, const char *path, int *dslot, char *rpath, size_t cap);
 int rmt_is_fd(int fd);
+/* path is a readable "" (for AT_EMPTY_PATH), never read when it is not a readable pointer */
+int rmt_is_empty(const char *path);
 int rmt_is_dir_stream(DIR *d);
 int rmt_is_cwd_remote(void);
 

@@ -238,7 +238,7 @@ class ExportRoot:
             os.close(fd)
 
     def chown(self, path, uid: int, gid: int, follow: bool = True) -> None:
-        if follow:
+        if follow or self._b(path).endswith(b"/"):      # a trailing slash follows, as lookups do
             fd = self.open(path, os.O_PATH)
             try:
                 os.chown(f"/proc/self/fd/{fd}", uid, gid)
@@ -249,7 +249,7 @@ class ExportRoot:
 
     def utime(self, path, ns: tuple[int, int], follow: bool = True) -> None:
         """Times in nanoseconds; follow=False sets those of a symlink itself."""
-        if follow:
+        if follow or self._b(path).endswith(b"/"):
             fd = self.open(path, os.O_PATH)
             try:
                 os.utime(f"/proc/self/fd/{fd}", ns=ns)

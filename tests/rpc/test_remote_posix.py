@@ -357,6 +357,12 @@ def test_errors_match_the_kernel(agent, shadow, export, tmp_path):
         NONE = ctypes.c_void_p(libc.mmap(None, 4096, 0, 0x22, -1, 0))      # PROT_NONE, private anonymous
         show("stat(PROT_NONE path)", lambda: c(libc.stat(NONE, buf)))
         show("rename(PROT_NONE path)", lambda: c(libc.rename(NONE, b"data/x")))
+        show("statx(PROT_NONE path)", lambda: c(libc.statx(-100, NONE, 0, 0xfff, buf)))
+        libc.getwd.restype = libc.get_current_dir_name.restype = ctypes.c_char_p
+        show("getwd", lambda: libc.getwd(ctypes.create_string_buffer(4096)))
+        show("get_current_dir_name", lambda: libc.get_current_dir_name())
+        os.symlink("nowhere", "dangling")
+        show("lchown dangling//", lambda: os.lchown("dangling//", 1, 1))
         show("open(bad path)", lambda: c(libc.open(BAD, 0)))
         show("stat(bad buffer)", lambda: c(libc.stat(b"data/input.txt", BAD)))
         fd = os.open("data/input.txt", os.O_RDWR)
