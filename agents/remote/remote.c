@@ -64,6 +64,7 @@ int bypass_shadow_bypass_rx_dup(int oldslot, int newslot);
 int bypass_shadow_bypass_rx_flock(int slot, int op);
 int bypass_shadow_bypass_rx_mknod(int dslot, const char *path, mode_t mode, int cmask, int major, int minor);
 int bypass_shadow_bypass_rx_creds(void);
+ssize_t bypass_shadow_bypass_rx_realpath(int dslot, const char *path, char *buf, size_t size);
 ssize_t bypass_shadow_bypass_rx_getxattr(int dslot, const char *path, int slot, int follow, const char *name,
                                          void *buf, size_t size);
 int bypass_shadow_bypass_rx_setxattr(int dslot, const char *path, int slot, int follow, const char *name,
@@ -1191,32 +1192,25 @@ static void normalize(char *p)
 }
 
 /* realpath of a remote path: lexical (symlinks are not followed) and it must exist. */
+/* realpath of a remote path: resolved by the shadow inside the export (symlinks followed, as
+ * the kernel would), then named under the prefix. */
 char *rmt_realpath(int dslot, const char *rpath, char *resolved)
 {
-    char full[RMT_PATH_MAX], base[RMT_PATH_MAX];
-    if (dslot >= 0) {
-        ssize_t n = bypass_shadow_bypass_rx_fdpath(dslot, base, sizeof base - 1);
-        if (n < 0)
-            return NULL;
-        base[n] = 0;
-        if (join(full, sizeof full, base, rpath) < 0)
-            return NULL;
-    } else {
-        snprintf(full, sizeof full, "%s", rpath);
-    }
-    normalize(full);
-    struct stat st;
-    if (rmt_stat(-1, full, &st, 1) < 0)
+    char full[PATH_MAX], out[PATH_MAX];
+    ssize_t n = bypass_shadow_bypass_rx_realpath(dslot, rpath, full, sizeof full - 1);
+    if (n < 0)
         return NULL;
-    char out[PATH_MAX];
-    int n = snprintf(out, sizeof out, "%s%s", prefix, strcmp(full, "/") == 0 ? "" : full);
-    if (n < 0 || (size_t)n >= sizeof out) {
+    full[n] = 0;
+    int len = snprintf(out, sizeof out, "%s%s", prefix, strcmp(full, "/") == 0 ? "" : full);
+    if (len < 0 || (size_t)len >= sizeof out) {
         errno = ENAMETOOLONG;
         return NULL;
     }
     if (!resolved)
         return strdup(out);
-    memcpy(resolved, out, (size_t)n + 1);
+    if (fault(resolved, (size_t)len + 1) < 0)
+        return NULL;
+    memcpy(resolved, out, (size_t)len + 1);
     return resolved;
 }
 
