@@ -16,9 +16,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/sysmacros.h>
+#include <stddef.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "bypass_runtime.h"
@@ -27,7 +33,7 @@
 #include "remote.h"
 
 /* ---- the shadow calls of remote.bypass (generated as bypass_shadow_<name>) ---- */
-int bypass_shadow_bypass_rx_open(int dslot, const char *path, int flags, mode_t mode, int slot);
+int bypass_shadow_bypass_rx_open(int dslot, const char *path, int flags, mode_t mode, int cmask, int slot, long id);
 int bypass_shadow_bypass_rx_close(int slot);
 ssize_t bypass_shadow_bypass_rx_pread(int slot, void *buf, size_t count, off_t offset);
 ssize_t bypass_shadow_bypass_rx_write(int slot, const void *buf, size_t count);
@@ -36,9 +42,11 @@ off_t bypass_shadow_bypass_rx_lseek(int slot, off_t offset, int whence);
 int bypass_shadow_bypass_rx_fstat(int slot, struct stat *st);
 int bypass_shadow_bypass_rx_stat(int dslot, const char *path, int follow, struct stat *st);
 int bypass_shadow_bypass_rx_statvfs(int dslot, const char *path, int slot, struct statvfs *buf);
+int bypass_shadow_bypass_rx_birth(int dslot, const char *path, int slot, int follow, long *ns);
+int bypass_shadow_bypass_rx_fstype(int dslot, const char *path, int slot, long *type);
 int bypass_shadow_bypass_rx_access(int dslot, const char *path, int mode);
 int bypass_shadow_bypass_rx_unlink(int dslot, const char *path, int isdir);
-int bypass_shadow_bypass_rx_mkdir(int dslot, const char *path, mode_t mode);
+int bypass_shadow_bypass_rx_mkdir(int dslot, const char *path, mode_t mode, int cmask);
 int bypass_shadow_bypass_rx_rename(int odslot, const char *oldpath, int ndslot, const char *newpath);
 ssize_t bypass_shadow_bypass_rx_readlink(int dslot, const char *path, char *buf, size_t size);
 int bypass_shadow_bypass_rx_symlink(const char *target, int dslot, const char *path);
@@ -53,12 +61,22 @@ int bypass_shadow_bypass_rx_fsync(int slot);
 int bypass_shadow_bypass_rx_setfl(int slot, int flags);
 int bypass_shadow_bypass_rx_lock(int slot, int set, struct flock *fl);
 int bypass_shadow_bypass_rx_dup(int oldslot, int newslot);
+int bypass_shadow_bypass_rx_flock(int slot, int op);
+int bypass_shadow_bypass_rx_mknod(int dslot, const char *path, mode_t mode, int cmask, int major, int minor);
+int bypass_shadow_bypass_rx_creds(void);
+ssize_t bypass_shadow_bypass_rx_realpath(int dslot, const char *path, char *buf, size_t size);
+ssize_t bypass_shadow_bypass_rx_getxattr(int dslot, const char *path, int slot, int follow, const char *name,
+                                         void *buf, size_t size);
+int bypass_shadow_bypass_rx_setxattr(int dslot, const char *path, int slot, int follow, const char *name,
+                                     const void *value, size_t size, int flags);
 ssize_t bypass_shadow_bypass_rx_getdents(int slot, void *buf, size_t size);
 int bypass_shadow_bypass_rx_rewinddir(int slot);
 ssize_t bypass_shadow_bypass_rx_fdpath(int slot, char *buf, size_t size);
 int bypass_shadow_bypass_rx_setcwd(const char *path);
 ssize_t bypass_shadow_bypass_rx_getcwd(char *buf, size_t size);
-int bypass_shadow_bypass_rx_keep(const int *slots, int count);
+int bypass_shadow_bypass_rx_keep(const int *slots, const long *ids, int count);
+int bypass_shadow_bypass_rx_fallocate(int slot, int mode, off_t offset, off_t length, int posix);
+ssize_t bypass_shadow_bypass_rx_copy(int islot, off_t ioff, int oslot, off_t ooff, size_t count, int sendfile);
 
 int remote_call_read(void);     /* in remote.bypass: the generated call number */
 
@@ -77,16 +95,16 @@ static ssize_t rx_read_into(int fd, void *dst, size_t count, size_t want)
     return n < 0 ? -1 : (ssize_t)got;
 }
 
-#define MAX_FDS 4096
+#define CHUNK 4096                         /* descriptors per table chunk */
+#define MAX_FDS (256 * CHUNK)              /* Linux's default nr_open: 1 << 20 */
 #define RA_FIRST (64 * 1024)              /* read-ahead starts here and doubles... */
 #define RA_MAX_DEFAULT (1024 * 1024)      /* ...up to this (BYPASS_REMOTE_READAHEAD), while reads
                                             stay sequential: big enough to amortize a round
                                             trip, small enough to stay in the CPU caches */
 static size_t ra_max = RA_MAX_DEFAULT;
 #define PLACEHOLDER_NAME "bypass-remote"
-/* While the current directory is remote, the process really sits in this empty local
- * directory: it marks the state across exec (the remote path is kept by the shadow). */
-#define CWD_MARKER "/tmp/.bypass-remote-cwd"
+/* While the current directory is remote, the process really sits in an empty local directory
+ * of this run (see cwd_marker): it marks the state across exec (the shadow keeps the path). */
 
 /* One open file description as this process sees it (dup'ed descriptors share it). */
 struct rfile {
@@ -96,22 +114,59 @@ struct rfile {
     char *ra;               /* read-ahead: bytes the shadow sent beyond what was asked */
     size_t ra_cap, ra_len, ra_pos;
     size_t ra_next;         /* size of the next refill */
+    unsigned ra_gen;        /* write_gen when the read-ahead was filled */
 };
 
-static struct rfile *table[MAX_FDS];
+/* Descriptor number -> open file, in chunks allocated when a number that high is first used
+ * (a program may dup2 onto its highest allowed descriptor). */
+static struct rfile **chunks[MAX_FDS / CHUNK];
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static char prefix[PATH_MAX] = "/job";
 static size_t prefix_len = 4;
-static char cwd[PATH_MAX];                 /* remote current directory ("" = local) */
+static char cwd[RMT_PATH_MAX];             /* remote current directory ("" = local) */
+/* A vfork child runs in its parent's memory: it must not change the table, the standard
+ * streams or cwd[] (its calls go to the shadow as its own, see bypass_rpc_shares_memory).
+ * It is told apart by its pid. */
+static pid_t self_pid;
+static pid_t vfork_pid;                    /* the vfork child that set vfork_cwd */
+static char vfork_cwd[RMT_PATH_MAX];       /* its current directory */
+static unsigned long long ph_count;       /* placeholders this process made (their ids) */
+static mode_t cur_umask;                   /* the program's (umask is wrapped) */
+/* Bumped by every remote write of this process: read-ahead filled before it may be stale
+ * (another descriptor of the same file, a mapping written back) and is given back. */
+static unsigned write_gen;
+
+static void wrote(void)
+{
+    __atomic_add_fetch(&write_gen, 1, __ATOMIC_RELAXED);
+}
+
+static void sync_maps(int fd);
 
 /* the standard streams while their descriptor is remote (see rmt_rebind_std) */
 static FILE *orig_std[3], *our_std[3];
 static FILE **std_slot(int fd);
 static void unbind_std(int fd);
 
+/* The slot of fd, its chunk allocated (NULL: out of memory or range; errno set). */
+static struct rfile **slot_of(int fd)
+{
+    if (fd < 0 || fd >= MAX_FDS) {
+        errno = EBADF;
+        return NULL;
+    }
+    if (!chunks[fd / CHUNK] && !(chunks[fd / CHUNK] = calloc(CHUNK, sizeof(struct rfile *)))) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return &chunks[fd / CHUNK][fd % CHUNK];
+}
+
 static struct rfile *get(int fd)
 {
-    return fd >= 0 && fd < MAX_FDS ? table[fd] : NULL;
+    if (fd < 0 || fd >= MAX_FDS || !chunks[fd / CHUNK])
+        return NULL;
+    return chunks[fd / CHUNK][fd % CHUNK];
 }
 
 int rmt_is_fd(int fd)
@@ -119,9 +174,110 @@ int rmt_is_fd(int fd)
     return get(fd) != NULL;
 }
 
+static int in_vfork_child(void)
+{
+    return getpid() != self_pid;
+}
+
+/* For the RPC client: a call from here would use (and break) the parent's connection. */
+int bypass_rpc_shares_memory(void)
+{
+    return in_vfork_child();
+}
+
+static const char *cur_cwd(void)
+{
+    return vfork_pid && vfork_pid == getpid() ? vfork_cwd : cwd;
+}
+
 int rmt_is_cwd_remote(void)
 {
-    return cwd[0] != 0;
+    return cur_cwd()[0] != 0;
+}
+
+/* ---- memory the program hands us -------------------------------------------------------------
+ * The kernel answers EFAULT for a bad pointer; reading it here would crash the program.  A page
+ * is checked with mincore (ENOMEM: not mapped) and remembered per thread, so paths and buffers
+ * on the stack or in a few heap pages cost nothing after the first call. */
+
+#define OK_PAGES 8
+static __thread uintptr_t ok_pages[OK_PAGES];
+static uintptr_t page_size;
+
+static int page_ok(uintptr_t a)
+{
+    uintptr_t page = a & ~(page_size - 1);
+    unsigned slot = (unsigned)(page / page_size) % OK_PAGES;
+    if (page == 0)
+        return 0;
+    if (ok_pages[slot] == page)
+        return 1;
+    /* Reading one byte of the page through the kernel tells mapped and readable (PROT_NONE
+     * included) without faulting; mincore, where that is refused, tells mapped only. */
+    unsigned char v;
+    struct iovec here = { &v, 1 }, there = { (void *)page, 1 };
+    int saved = errno;
+    ssize_t k = process_vm_readv(getpid(), &here, 1, &there, 1, 0);
+    if (k < 0 && errno != EPERM && errno != ENOSYS)
+        return 0;
+    if (k < 0 && mincore((void *)page, 1, &v) < 0)
+        return 0;
+    errno = saved;
+    ok_pages[slot] = page;
+    return 1;
+}
+
+/* Can [p, p + n) be read (or written: a read-only page is not told apart)?  One mincore for
+ * the whole range; the last range found good is remembered (a program reads into one buffer). */
+static __thread uintptr_t ok_lo, ok_hi;
+
+static int range_ok(uintptr_t a, size_t n)
+{
+    if (n == 0)
+        return 1;
+    if (a + n < a || a < page_size)
+        return 0;
+    if (a >= ok_lo && a + n <= ok_hi)
+        return 1;
+    if (n <= page_size && (a & (page_size - 1)) + n <= page_size)
+        return page_ok(a);
+    uintptr_t lo = a & ~(page_size - 1), hi = (a + n + page_size - 1) & ~(page_size - 1);
+    unsigned char vec[1024];
+    for (uintptr_t at = lo; at < hi; at += sizeof vec * page_size) {
+        size_t len = hi - at < sizeof vec * page_size ? hi - at : sizeof vec * page_size;
+        if (mincore((void *)at, len, vec) < 0)
+            return 0;
+    }
+    ok_lo = lo;
+    ok_hi = hi;
+    return 1;
+}
+
+static int string_ok(const char *s)
+{
+    uintptr_t a = (uintptr_t)s;
+    for (;;) {
+        if (!page_ok(a))
+            return 0;
+        size_t room = page_size - (a & (page_size - 1));
+        if (memchr((const void *)a, 0, room))
+            return 1;
+        a += room;
+    }
+}
+
+int rmt_is_empty(const char *path)
+{
+    return path && page_ok((uintptr_t)path) && !path[0];
+}
+
+/* EFAULT for memory the kernel would refuse: 0 when fine. */
+static int fault(const void *p, size_t n)
+{
+    if (range_ok((uintptr_t)p, n))
+        return 0;
+    errno = EFAULT;
+    return -1;
 }
 
 /* ---- paths --------------------------------------------------------------------------------- */
@@ -136,10 +292,65 @@ static int join(char *out, size_t cap, const char *base, const char *rel)
     return 0;
 }
 
+/* "/proc/self/fd/N[/rest]" (also /dev/fd/N, /proc/thread-self/fd/N, /proc/<our pid>/fd/N) of a
+ * remote descriptor N names the remote file, never the placeholder: -1 if not one of those. */
+static int fd_link(const char *path, const char **rest)
+{
+    const char *p;
+    char *end;
+    if (strncmp(path, "/dev/fd/", 8) == 0) {
+        p = path + 8;
+    } else if (strncmp(path, "/proc/", 6) == 0) {
+        p = path + 6;
+        if (strncmp(p, "self/fd/", 8) == 0) {
+            p += 8;
+        } else if (strncmp(p, "thread-self/fd/", 15) == 0) {
+            p += 15;
+        } else {
+            long pid = strtol(p, &end, 10);
+            if (end == p || pid != (long)getpid() || strncmp(end, "/fd/", 4) != 0)
+                return -1;
+            p = end + 4;
+        }
+    } else {
+        return -1;
+    }
+    if (*p < '0' || *p > '9')
+        return -1;
+    long fd = strtol(p, &end, 10);
+    if ((*end && *end != '/') || fd >= MAX_FDS || !rmt_is_fd((int)fd))
+        return -1;
+    *rest = end;
+    return (int)fd;
+}
+
 int rmt_where(int dirfd, const char *path, int *dslot, char *rpath, size_t cap)
 {
     if (!path)
         return 0;
+    if (!string_ok(path)) {
+        errno = EFAULT;
+        return -1;
+    }
+    if (strnlen(path, PATH_MAX) >= PATH_MAX) {
+        errno = ENAMETOOLONG;    /* the kernel's limit is on the string the program passes */
+        return -1;
+    }
+    if (path[0] == '/' && (path[1] == 'p' || path[1] == 'd')) {
+        const char *rest;
+        int fd = fd_link(path, &rest);
+        if (fd >= 0) {
+            /* "" is the file itself (see _full in the shadow); "N/" must be a directory */
+            while (rest[0] == '/' && rest[1] == '/')
+                rest++;
+            if (snprintf(rpath, cap, "%s", !*rest ? "" : rest[1] ? rest + 1 : ".") >= (int)cap) {
+                errno = ENAMETOOLONG;
+                return -1;
+            }
+            *dslot = fd;
+            return 1;
+        }
+    }
     if (path[0] == '/') {
         if (strncmp(path, prefix, prefix_len) != 0 || (path[prefix_len] != 0 && path[prefix_len] != '/'))
             return 0;
@@ -151,11 +362,18 @@ int rmt_where(int dirfd, const char *path, int *dslot, char *rpath, size_t cap)
         *dslot = -1;
         return 1;
     }
+    if (!path[0]) {
+        if (dirfd == AT_FDCWD ? !cur_cwd()[0] : !rmt_is_fd(dirfd))
+            return 0;
+        errno = ENOENT;          /* "" is no name, even in a remote directory */
+        return -1;
+    }
     if (dirfd == AT_FDCWD) {
-        if (!cwd[0])
+        const char *here = cur_cwd();
+        if (!here[0])
             return 0;
         *dslot = -1;
-        return join(rpath, cap, cwd, path) < 0 ? -1 : 1;
+        return join(rpath, cap, here, path) < 0 ? -1 : 1;
     }
     if (!rmt_is_fd(dirfd))
         return 0;
@@ -203,13 +421,41 @@ static int give_back(int fd, struct rfile *r)
 
 static void settle_locked(void)
 {
-    for (int fd = 0; fd < MAX_FDS; fd++)
-        if (table[fd] && table[fd]->ra_pos < table[fd]->ra_len)
-            give_back(fd, table[fd]);
+    for (int c = 0; c < MAX_FDS / CHUNK; c++)
+        for (int i = 0; chunks[c] && i < CHUNK; i++)
+            if (chunks[c][i] && chunks[c][i]->ra_pos < chunks[c][i]->ra_len)
+                give_back(c * CHUNK + i, chunks[c][i]);
+}
+
+/* Read-ahead goes back before anything that reads or changes the bytes behind it. */
+static void settle_fd(int fd)
+{
+    pthread_mutex_lock(&lock);
+    struct rfile *r = get(fd);
+    if (r)
+        give_back(fd, r);
+    pthread_mutex_unlock(&lock);
+}
+
+void rmt_umask_set(mode_t mask)
+{
+    __atomic_store_n(&cur_umask, mask & 0777, __ATOMIC_RELAXED);
+}
+
+/* Only a process already talking to the shadow tells it; another one is seen as it is when
+ * it connects. */
+void rmt_creds_changed(void)
+{
+    if (bypass_rpc_fd() >= 0 && !in_vfork_child() && bypass_shadow_bypass_rx_creds() < 0)
+        bypass_log("remote: the shadow could not take on this process's new credentials (%s)",
+                   strerror(errno));
 }
 
 void rmt_settle_all(void)
 {
+    if (in_vfork_child())
+        return;                  /* the read-ahead is the parent's */
+    sync_maps(-1);
     pthread_mutex_lock(&lock);
     settle_locked();
     pthread_mutex_unlock(&lock);
@@ -228,6 +474,7 @@ void bypass_rpc_after_fork(int in_child)
     if (in_child) {
         pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
         lock = fresh;
+        self_pid = getpid();
     } else {
         pthread_mutex_unlock(&lock);
     }
@@ -267,33 +514,42 @@ int rmt_stage_exec(int dslot, const char *rpath, char *local, size_t cap)
         errno = EACCES;
         return -1;
     }
-    int src = rmt_open(dslot, rpath, O_RDONLY | O_CLOEXEC, 0);
-    if (src < 0)
-        return -1;
     /* not close-on-exec: a script's interpreter opens it by this path after the exec */
     int dst = memfd_create("bypass-exec", 0);
-    int rc = dst < 0 ? -1 : 0;
+    if (dst < 0)
+        return -1;
+    /* Read by the memfd's number, outside the table (this may be a vfork child, whose table
+     * is its parent's). */
+    if (bypass_shadow_bypass_rx_open(dslot, rpath, O_RDONLY | O_CLOEXEC, 0, 0, dst, 0) < 0) {
+        int e = errno;
+        close(dst);
+        errno = e;
+        return -1;
+    }
     char buf[65536];
-    while (rc == 0) {
-        ssize_t k = rmt_read(src, buf, sizeof buf);
+    off_t off = 0;
+    int rc = 0;
+    for (;;) {
+        ssize_t k = bypass_shadow_bypass_rx_pread(dst, buf, sizeof buf, off);
         if (k <= 0) {
             rc = (int)k;
             break;
         }
-        for (ssize_t off = 0; off < k;) {
-            ssize_t w = write(dst, buf + off, (size_t)(k - off));
-            if (w < 0) {
+        off += k;
+        for (ssize_t done = 0; rc == 0 && done < k;) {
+            ssize_t w = write(dst, buf + done, (size_t)(k - done));
+            if (w < 0)
                 rc = -1;
-                break;
-            }
-            off += w;
+            else
+                done += w;
         }
+        if (rc < 0)
+            break;
     }
     int e = errno;
-    rmt_close(src);
+    bypass_shadow_bypass_rx_close(dst);
     if (rc < 0) {
-        if (dst >= 0)
-            close(dst);
+        close(dst);
         errno = e;
         return -1;
     }
@@ -301,75 +557,244 @@ int rmt_stage_exec(int dslot, const char *rpath, char *local, size_t cap)
     return 0;
 }
 
+/* Shared mappings of remote files: anonymous shared memory filled with the file's bytes,
+ * written back (the bytes that differ from what was read, so that others' writes in between
+ * survive) on msync, munmap, close of the descriptor, exec and exit.  Each holds its own
+ * descriptor of the file (a dup), as a kernel mapping holds the file. */
+#define RMAP_MAX 64
+struct rmap {
+    char *addr;
+    size_t len;
+    off_t off;
+    int fd;                  /* the mapping's own descriptor */
+    char *orig;              /* the bytes as last read or written back */
+};
+static struct rmap rmaps[RMAP_MAX];
+static pthread_mutex_t rmap_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int fill_from(int fd, char *p, size_t length, off_t offset)
+{
+    size_t done = 0;
+    while (done < length) {
+        ssize_t k = rmt_pread(fd, p + done, length - done, offset + (off_t)done);
+        if (k < 0)
+            return -1;
+        if (k == 0)
+            break;               /* past the end of the file: zeros, as a real mapping */
+        done += (size_t)k;
+    }
+    return 0;
+}
+
+/* Write back the changed bytes of m within [lo, hi) (addresses), never past the file's end
+ * (a mapping does not grow its file).  Under rmap_lock. */
+static int write_back(struct rmap *m, char *lo, char *hi)
+{
+    struct stat st;
+    if (rmt_fstat(m->fd, &st) < 0)
+        return -1;
+    char *end = m->addr + (st.st_size > m->off ? (size_t)(st.st_size - m->off) : 0);
+    if (end > m->addr + m->len)
+        end = m->addr + m->len;
+    if (hi > end)
+        hi = end;
+    int rc = 0;
+    for (char *p = lo < m->addr ? m->addr : lo; p < hi;) {
+        size_t i = (size_t)(p - m->addr);
+        if (p[0] == m->orig[i]) {
+            p++;
+            continue;
+        }
+        size_t run = 1;
+        while (p + run < hi && p[run] != m->orig[i + run])
+            run++;
+        for (size_t done = 0; done < run;) {
+            ssize_t k = rmt_pwrite(m->fd, p + done, run - done, m->off + (off_t)(i + done));
+            if (k <= 0) {
+                rc = -1;
+                break;
+            }
+            done += (size_t)k;
+        }
+        memcpy(m->orig + i, p, run);
+        p += run;
+    }
+    return rc;
+}
+
+static int rmaps_used;
+
+/* Drop m; its descriptor is returned for the caller to close once rmap_lock is released. */
+static int forget_map(struct rmap *m)
+{
+    int fd = m->fd;
+    free(m->orig);
+    memset(m, 0, sizeof *m);
+    __atomic_sub_fetch(&rmaps_used, 1, __ATOMIC_RELAXED);
+    return fd;
+}
+
 void *rmt_mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
 {
-    if ((flags & MAP_SHARED) && (prot & PROT_WRITE)) {
-        errno = ENODEV;
+    int shared = (flags & MAP_SHARED) && !(flags & MAP_PRIVATE);
+    struct rfile *r = get(fd);
+    int acc = r ? (r->flags & O_ACCMODE) : O_RDONLY;
+    if (acc == O_WRONLY || (shared && (prot & PROT_WRITE) && acc != O_RDWR)) {
+        errno = EACCES;          /* as the kernel: readable, and writable for shared writes */
         return MAP_FAILED;
     }
-    /* an anonymous private mapping filled with the file's bytes (MAP_SHARED read-only is
-     * treated the same: later changes of the file are not seen) */
-    int anon = (flags & ~(MAP_SHARED | MAP_SHARED_VALIDATE)) | MAP_PRIVATE | MAP_ANONYMOUS;
+    if (length == 0 || (offset & (off_t)(page_size - 1))) {
+        errno = EINVAL;
+        return MAP_FAILED;
+    }
+    int anon = (flags & ~(MAP_SHARED | MAP_PRIVATE)) | MAP_ANONYMOUS | (shared ? MAP_SHARED : MAP_PRIVATE);
     void *p = mmap(addr, length, prot | PROT_WRITE, anon, -1, 0);
     if (p == MAP_FAILED)
         return p;
-    size_t done = 0;
-    while (done < length) {
-        ssize_t k = rmt_pread(fd, (char *)p + done, length - done, offset + (off_t)done);
-        if (k < 0) {
-            int e = errno;
+    if (fill_from(fd, p, length, offset) < 0) {
+        int e = errno;
+        munmap(p, length);
+        errno = e;
+        return MAP_FAILED;
+    }
+    if (shared) {
+        pthread_mutex_lock(&rmap_lock);
+        struct rmap *m = NULL;
+        for (int i = 0; i < RMAP_MAX && !m; i++)
+            if (!rmaps[i].addr)
+                m = &rmaps[i];
+        int own = m ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+        char *orig = own >= 0 ? malloc(length) : NULL;
+        if (!orig || rmt_dup_done(fd, own) < 0) {
+            int e = m ? (orig ? errno : ENOMEM) : ENFILE;
+            if (own >= 0)
+                close(own);
+            free(orig);
+            pthread_mutex_unlock(&rmap_lock);
             munmap(p, length);
             errno = e;
             return MAP_FAILED;
         }
-        if (k == 0)
-            break;               /* past the end of the file: zeros, as a real mapping */
-        done += (size_t)k;
+        memcpy(orig, p, length);
+        *m = (struct rmap){ p, length, offset, own, orig };
+        __atomic_add_fetch(&rmaps_used, 1, __ATOMIC_RELAXED);
+        pthread_mutex_unlock(&rmap_lock);
     }
     if (!(prot & PROT_WRITE))
         mprotect(p, length, prot);
     return p;
 }
 
-static int placeholder(int cloexec)
+/* msync/munmap of [addr, addr + len): write back the shared remote mappings it touches;
+ * unmapping drops those it covers whole. */
+int rmt_sync_range(void *addr, size_t len, int unmapping)
 {
-    return memfd_create(PLACEHOLDER_NAME, cloexec ? MFD_CLOEXEC : 0);
+    int rc = 0, done[RMAP_MAX], ndone = 0;
+    char *lo = addr, *hi = (char *)addr + len;
+    if (!__atomic_load_n(&rmaps_used, __ATOMIC_RELAXED))
+        return 0;
+    pthread_mutex_lock(&rmap_lock);
+    for (int i = 0; i < RMAP_MAX; i++) {
+        struct rmap *m = &rmaps[i];
+        if (!m->addr || hi <= m->addr || lo >= m->addr + m->len)
+            continue;
+        if (write_back(m, lo, hi) < 0)
+            rc = -1;
+        if (unmapping && lo <= m->addr && hi >= m->addr + m->len)
+            done[ndone++] = forget_map(m);
+    }
+    pthread_mutex_unlock(&rmap_lock);
+    while (ndone > 0)
+        rmt_close(done[--ndone]);
+    return rc;
+}
+
+/* close of fd, exec, exit: every mapping of that file (fd < 0: every one) is written back. */
+static void sync_maps(int fd)
+{
+    if (in_vfork_child() || !__atomic_load_n(&rmaps_used, __ATOMIC_RELAXED))
+        return;
+    pthread_mutex_lock(&rmap_lock);
+    for (int i = 0; i < RMAP_MAX; i++) {
+        struct rmap *m = &rmaps[i];
+        if (m->addr && (fd < 0 || get(fd) == get(m->fd)))
+            write_back(m, m->addr, m->addr + m->len);
+    }
+    pthread_mutex_unlock(&rmap_lock);
+}
+
+__attribute__((destructor)) static void maps_at_exit(void)
+{
+    bypass_guard_enter();
+    sync_maps(-1);
+    bypass_guard_leave();
+}
+
+/* The placeholder is an O_PATH descriptor of an empty memfd: any kernel call the agent does
+ * not forward (ioctl, fsetxattr, splice, a raw syscall...) fails with EBADF instead of acting
+ * on the memfd.  Its name carries the open flags (for F_GETFL after an exec) and an id the
+ * shadow files with the open file: a copy the kernel made where the agent could not see it
+ * (dup2 in a vfork child or in posix_spawn file actions) is recognized after the exec. */
+static int placeholder(int flags, long long id)
+{
+    int cloexec = (flags & O_CLOEXEC) != 0;
+    char name[64];
+    snprintf(name, sizeof name, PLACEHOLDER_NAME ":%x:%llx", (unsigned)(flags & ~O_CLOEXEC), id);
+    int m = memfd_create(name, cloexec ? MFD_CLOEXEC : 0);
+    if (m < 0)
+        return -1;
+    char self[40];
+    snprintf(self, sizeof self, "/proc/self/fd/%d", m);
+    int p = open(self, O_PATH | O_CLOEXEC);
+    if (p < 0)
+        return m;                       /* no /proc: a plain (empty) memfd */
+    int rc = dup3(p, m, cloexec ? O_CLOEXEC : 0);
+    int e = errno;
+    close(p);
+    if (rc < 0) {
+        close(m);
+        errno = e;
+        return -1;
+    }
+    return m;
 }
 
 int rmt_open(int dslot, const char *rpath, int flags, mode_t mode)
 {
-    int ph = placeholder(flags & O_CLOEXEC);
+    if (in_vfork_child()) {
+        errno = ENOTSUP;         /* the table is the parent's: a vfork child may chdir, dup, exec */
+        return -1;
+    }
+    long long id = ((long long)getpid() << 32) | (long long)__atomic_add_fetch(&ph_count, 1, __ATOMIC_RELAXED);
+    int ph = placeholder(flags, id);
     if (ph < 0)
         return -1;
-    if (ph >= MAX_FDS) {
-        close(ph);
-        errno = EMFILE;
-        return -1;
-    }
-    struct rfile *r = new_rfile(flags);
-    if (!r) {
-        close(ph);
-        errno = ENOMEM;
-        return -1;
-    }
     pthread_mutex_lock(&lock);
-    int rc = bypass_shadow_bypass_rx_open(dslot, rpath, flags, mode, ph);
+    struct rfile **slot = slot_of(ph);
+    struct rfile *r = slot ? new_rfile(flags) : NULL;
+    int rc = r ? bypass_shadow_bypass_rx_open(dslot, rpath, flags, mode, (int)cur_umask, ph, id) : -1;
     if (rc < 0) {
-        int e = errno;
+        int e = r ? errno : slot ? ENOMEM : EMFILE;
         pthread_mutex_unlock(&lock);
         free(r);
         close(ph);
         errno = e;
         return -1;
     }
-    r->is_dir = (flags & O_DIRECTORY) != 0;
-    table[ph] = r;
+    if (flags & O_TRUNC)
+        wrote();
+    /* O_TMPFILE contains O_DIRECTORY's bit, and makes a regular file */
+    r->is_dir = (flags & O_DIRECTORY) != 0 && (flags & O_TMPFILE) != O_TMPFILE;
+    *slot = r;
     pthread_mutex_unlock(&lock);
     return ph;
 }
 
 int rmt_close(int fd)
 {
+    if (in_vfork_child())
+        return close(fd);        /* the child's descriptor only: the parent's file stays open */
+    sync_maps(fd);
     pthread_mutex_lock(&lock);
     struct rfile *r = get(fd);
     if (!r) {
@@ -379,7 +804,7 @@ int rmt_close(int fd)
     }
     if (r->refs == 1)
         give_back(fd, r);        /* the offset may be shared with other processes */
-    table[fd] = NULL;
+    *slot_of(fd) = NULL;
     int rc = bypass_shadow_bypass_rx_close(fd);
     int e = errno;
     unref(r);
@@ -397,10 +822,12 @@ int rmt_close(int fd)
 
 void rmt_forget(int fd)
 {
+    if (in_vfork_child())
+        return;
     pthread_mutex_lock(&lock);
     struct rfile *r = get(fd);
     if (r) {
-        table[fd] = NULL;
+        *slot_of(fd) = NULL;
         bypass_shadow_bypass_rx_close(fd);
         unref(r);
     }
@@ -410,18 +837,25 @@ void rmt_forget(int fd)
 
 int rmt_dup_done(int oldfd, int newfd)
 {
+    if (in_vfork_child())
+        return 0;                /* the exec'd image finds the copy by its placeholder id */
     pthread_mutex_lock(&lock);
     struct rfile *r = get(oldfd);
-    if (!r || newfd < 0 || newfd >= MAX_FDS) {
+    struct rfile **slot = r ? slot_of(newfd) : NULL;
+    if (!slot) {
+        if (!r)
+            errno = EBADF;
         pthread_mutex_unlock(&lock);
         return -1;
     }
-    if (table[newfd] && table[newfd] != r)
-        unref(table[newfd]);
+    if (*slot && *slot != r)
+        unref(*slot);
     int rc = bypass_shadow_bypass_rx_dup(oldfd, newfd);
     if (rc == 0) {
         r->refs++;
-        table[newfd] = r;
+        *slot = r;
+    } else {
+        *slot = NULL;
     }
     pthread_mutex_unlock(&lock);
     return rc;
@@ -429,8 +863,45 @@ int rmt_dup_done(int oldfd, int newfd)
 
 /* ---- data ------------------------------------------------------------------------------------- */
 
+/* One fetch from the shadow for a read of n bytes into dst: straight in when big, else through
+ * the read-ahead buffer.  *asked: how many it asked for (fewer back: the end of the file).
+ * Returns the bytes put into dst, or -1.  Under the lock. */
+static ssize_t fetch(int fd, struct rfile *r, char *dst, size_t n, size_t *asked)
+{
+    if (n >= ra_max) {
+        *asked = n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n;
+        return rx_read_into(fd, dst, *asked, *asked);
+    }
+    *asked = n;
+    size_t want = r->ra_next > n ? r->ra_next : n;
+    if (r->ra_cap < want) {
+        char *p = realloc(r->ra, want);
+        if (!p) {
+            errno = ENOMEM;
+            return -1;
+        }
+        r->ra = p;
+        r->ra_cap = want;
+    }
+    /* the shadow sends `want` bytes, or only `n` when the offset is shared */
+    r->ra_gen = __atomic_load_n(&write_gen, __ATOMIC_RELAXED);
+    ssize_t k = rx_read_into(fd, r->ra, n, want);
+    if (k < 0)
+        return -1;
+    r->ra_len = (size_t)k;
+    r->ra_pos = (size_t)k < n ? (size_t)k : n;
+    memcpy(dst, r->ra, r->ra_pos);
+    if (r->ra_next < ra_max && (size_t)k == want)
+        r->ra_next *= 2;         /* still streaming: ask for more next time */
+    return (ssize_t)r->ra_pos;
+}
+
+/* As the kernel reads a regular file: all that was asked for, short only at its end (so
+ * what is left in the read-ahead is topped up from the shadow). */
 ssize_t rmt_read(int fd, void *buf, size_t n)
 {
+    if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
+        return -1;
     pthread_mutex_lock(&lock);
     struct rfile *r = get(fd);
     ssize_t got = -1;
@@ -438,37 +909,32 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
         errno = EBADF;
     } else if (r->is_dir) {
         errno = EISDIR;
-    } else if (r->ra_pos < r->ra_len) {
-        size_t k = r->ra_len - r->ra_pos < n ? r->ra_len - r->ra_pos : n;
-        memcpy(buf, r->ra + r->ra_pos, k);
-        r->ra_pos += k;
-        got = (ssize_t)k;
-    } else if (n >= ra_max) {
-        /* big reads go straight into the caller's buffer */
-        size_t k = n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n;
-        got = rx_read_into(fd, buf, k, k);
+    } else if (r->ra_pos < r->ra_len && r->ra_gen != __atomic_load_n(&write_gen, __ATOMIC_RELAXED) &&
+               give_back(fd, r) < 0) {
+        /* (stale read-ahead could not go back: errno is set, nothing is read) */
     } else {
-        size_t want = r->ra_next > n ? r->ra_next : n;
-        if (r->ra_cap < want) {
-            char *p = realloc(r->ra, want);
-            if (!p) {
+        size_t done = 0;
+        while (done < n) {
+            if (r->ra_pos < r->ra_len) {
+                size_t k = r->ra_len - r->ra_pos < n - done ? r->ra_len - r->ra_pos : n - done;
+                memcpy((char *)buf + done, r->ra + r->ra_pos, k);
+                r->ra_pos += k;
+                done += k;
+                continue;
+            }
+            size_t asked;
+            ssize_t k = fetch(fd, r, (char *)buf + done, n - done, &asked);
+            if (k < 0) {
+                if (done)
+                    break;       /* what was read is the answer; the error comes next time */
                 pthread_mutex_unlock(&lock);
-                errno = ENOMEM;
                 return -1;
             }
-            r->ra = p;
-            r->ra_cap = want;
+            done += (size_t)k;
+            if ((size_t)k < asked)
+                break;           /* the end of the file */
         }
-        /* the shadow sends `want` bytes, or only `n` when the offset is shared */
-        ssize_t k = rx_read_into(fd, r->ra, n, want);
-        if (k >= 0) {
-            r->ra_len = (size_t)k;
-            r->ra_pos = (size_t)k < n ? (size_t)k : n;
-            memcpy(buf, r->ra, r->ra_pos);
-            got = (ssize_t)r->ra_pos;
-            if (r->ra_next < ra_max && (size_t)k == want)
-                r->ra_next *= 2;     /* still streaming: ask for more next time */
-        }
+        got = (ssize_t)done;
     }
     pthread_mutex_unlock(&lock);
     return got;
@@ -476,6 +942,8 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
 
 ssize_t rmt_write(int fd, const void *buf, size_t n)
 {
+    if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
+        return -1;
     pthread_mutex_lock(&lock);
     struct rfile *r = get(fd);
     ssize_t done = -1;
@@ -484,7 +952,8 @@ ssize_t rmt_write(int fd, const void *buf, size_t n)
     } else if (give_back(fd, r) == 0) {
         r->ra_next = RA_FIRST;
         /* synchronous: a write is reported done only once the shadow performed it */
-        done = bypass_shadow_bypass_rx_write(fd, buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n);
+        done = bypass_shadow_bypass_rx_write(fd, n ? buf : "", n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n);
+        wrote();
     }
     pthread_mutex_unlock(&lock);
     return done;
@@ -492,17 +961,19 @@ ssize_t rmt_write(int fd, const void *buf, size_t n)
 
 ssize_t rmt_pread(int fd, void *buf, size_t n, off_t off)
 {
+    if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
+        return -1;
     return bypass_shadow_bypass_rx_pread(fd, buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
 }
 
 ssize_t rmt_pwrite(int fd, const void *buf, size_t n, off_t off)
 {
-    pthread_mutex_lock(&lock);
-    struct rfile *r = get(fd);
-    if (r)
-        give_back(fd, r);         /* the read-ahead may hold the bytes being replaced */
-    pthread_mutex_unlock(&lock);
-    return bypass_shadow_bypass_rx_pwrite(fd, buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
+    if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
+        return -1;
+    settle_fd(fd);
+    ssize_t done = bypass_shadow_bypass_rx_pwrite(fd, n ? buf : "", n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
+    wrote();                     /* after: read-ahead filled meanwhile is stale too */
+    return done;
 }
 
 off_t rmt_lseek(int fd, off_t off, int whence)
@@ -525,27 +996,35 @@ off_t rmt_lseek(int fd, off_t off, int whence)
 
 int rmt_fstat(int fd, struct stat *st)
 {
+    if (fault(st, sizeof *st) < 0)
+        return -1;
     return bypass_shadow_bypass_rx_fstat(fd, st);
 }
 
 int rmt_stat(int dslot, const char *rpath, struct stat *st, int follow)
 {
+    if (fault(st, sizeof *st) < 0)
+        return -1;
     return bypass_shadow_bypass_rx_stat(dslot, rpath, follow, st);
 }
 
 int rmt_statvfs(int dslot, const char *rpath, int fd, struct statvfs *buf)
 {
+    if (fault(buf, sizeof *buf) < 0)
+        return -1;
     return bypass_shadow_bypass_rx_statvfs(dslot, rpath, fd, buf);
 }
 
-/* statfs from the shadow's statvfs: the same numbers under Linux names.  f_type stays 0
- * (unknown): the shadow is Python, which cannot ask for a file-system type. */
+/* statfs from the shadow's statvfs (the same numbers under Linux names) and its f_type. */
 int rmt_statfs(int dslot, const char *rpath, int fd, struct statfs *buf)
 {
     struct statvfs v;
-    if (rmt_statvfs(dslot, rpath, fd, &v) < 0)
+    long type = 0;
+    if (fault(buf, sizeof *buf) < 0 || rmt_statvfs(dslot, rpath, fd, &v) < 0 ||
+        bypass_shadow_bypass_rx_fstype(dslot, rpath ? rpath : "", fd, &type) < 0)
         return -1;
     memset(buf, 0, sizeof *buf);
+    buf->f_type = (__typeof__(buf->f_type))type;
     buf->f_bsize = (__typeof__(buf->f_bsize))v.f_bsize;
     buf->f_frsize = (__typeof__(buf->f_frsize))v.f_frsize;
     buf->f_blocks = v.f_blocks;
@@ -555,9 +1034,10 @@ int rmt_statfs(int dslot, const char *rpath, int fd, struct statfs *buf)
     buf->f_ffree = v.f_ffree;
     buf->f_namelen = (__typeof__(buf->f_namelen))v.f_namemax;
     buf->f_flags = (__typeof__(buf->f_flags))v.f_flag;
-#ifdef ST_VALID
-    buf->f_flags |= ST_VALID;
+#ifndef ST_VALID
+#define ST_VALID 0x0020          /* (linux/statfs.h: f_flags is filled in) */
 #endif
+    buf->f_flags |= ST_VALID;
     memcpy(&buf->f_fsid, &v.f_fsid, sizeof buf->f_fsid < sizeof v.f_fsid ? sizeof buf->f_fsid : sizeof v.f_fsid);
     return 0;
 }
@@ -572,11 +1052,16 @@ static void to_statx_ts(struct statx_timestamp *t, struct timespec ts)
 
 int rmt_statx(int dslot, const char *rpath, int fd, int flags, unsigned mask, void *statxbuf)
 {
-    (void)mask;
 #ifdef STATX_BASIC_STATS
     struct stat st;
-    int rc = fd >= 0 ? rmt_fstat(fd, &st) : rmt_stat(dslot, rpath, &st, !(flags & AT_SYMLINK_NOFOLLOW));
+    if (fault(statxbuf, sizeof(struct statx)) < 0)
+        return -1;
+    int follow = !(flags & AT_SYMLINK_NOFOLLOW);
+    int rc = fd >= 0 ? rmt_fstat(fd, &st) : rmt_stat(dslot, rpath, &st, follow);
     if (rc < 0)
+        return -1;
+    long birth = -1;
+    if ((mask & STATX_BTIME) && bypass_shadow_bypass_rx_birth(dslot, rpath ? rpath : "", fd, follow, &birth) < 0)
         return -1;
     struct statx *sx = statxbuf;
     memset(sx, 0, sizeof *sx);
@@ -596,9 +1081,14 @@ int rmt_statx(int dslot, const char *rpath, int fd, int flags, unsigned mask, vo
     sx->stx_rdev_minor = minor(st.st_rdev);
     sx->stx_dev_major = major(st.st_dev);
     sx->stx_dev_minor = minor(st.st_dev);
+    if (birth >= 0) {
+        sx->stx_mask |= STATX_BTIME;
+        sx->stx_btime.tv_sec = birth / 1000000000;
+        sx->stx_btime.tv_nsec = (uint32_t)(birth % 1000000000);
+    }
     return 0;
 #else
-    (void)dslot; (void)rpath; (void)fd; (void)flags; (void)statxbuf;
+    (void)dslot; (void)rpath; (void)fd; (void)flags; (void)mask; (void)statxbuf;
     errno = ENOSYS;
     return -1;
 #endif
@@ -616,7 +1106,7 @@ int rmt_unlink(int dslot, const char *rpath, int isdir)
 
 int rmt_mkdir(int dslot, const char *rpath, mode_t mode)
 {
-    return bypass_shadow_bypass_rx_mkdir(dslot, rpath, mode);
+    return bypass_shadow_bypass_rx_mkdir(dslot, rpath, mode, (int)cur_umask);
 }
 
 int rmt_rename(int od, const char *op, int nd, const char *np)
@@ -626,6 +1116,20 @@ int rmt_rename(int od, const char *op, int nd, const char *np)
 
 ssize_t rmt_readlink(int dslot, const char *rpath, char *buf, size_t size)
 {
+    if (fault(buf, size) < 0)
+        return -1;
+    if (dslot >= 0 && !rpath[0]) {
+        /* the magic link /proc/self/fd/N of a remote descriptor: the program's name for it */
+        char base[PATH_MAX], out[PATH_MAX + 16];
+        ssize_t n = bypass_shadow_bypass_rx_fdpath(dslot, base, sizeof base - 1);
+        if (n < 0)
+            return -1;
+        base[n] = 0;
+        int len = snprintf(out, sizeof out, "%s%s", prefix, strcmp(base, "/") == 0 ? "" : base);
+        size_t k = (size_t)len < size ? (size_t)len : size;
+        memcpy(buf, out, k);
+        return (ssize_t)k;
+    }
     return bypass_shadow_bypass_rx_readlink(dslot, rpath, buf, size);
 }
 
@@ -634,10 +1138,30 @@ int rmt_link(int od, const char *op, int nd, const char *np)
     return bypass_shadow_bypass_rx_link(od, op, nd, np);
 }
 
+int rmt_cross_device(int olddirfd, const char *oldpath, int old_remote, int newdirfd, const char *newpath,
+                     int new_remote)
+{
+    int dirfds[2] = { old_remote ? AT_FDCWD : olddirfd, new_remote ? AT_FDCWD : newdirfd };
+    const char *paths[2] = { oldpath, newpath };
+    for (int i = 0; i < 2; i++) {
+        struct stat st;
+        if (dirfds[i] == AT_FDCWD || paths[i][0] == '/')
+            continue;
+        if (fstat(dirfds[i], &st) < 0)
+            return -1;
+        if (!S_ISDIR(st.st_mode)) {
+            errno = ENOTDIR;
+            return -1;
+        }
+    }
+    errno = EXDEV;
+    return -1;
+}
+
 /* Lexical clean-up of an absolute remote path: no "//", ".", or ".." (never above "/"). */
 static void normalize(char *p)
 {
-    char out[PATH_MAX];
+    char out[RMT_PATH_MAX];
     size_t n = 0;
     const char *s = p;
     while (*s) {
@@ -668,32 +1192,25 @@ static void normalize(char *p)
 }
 
 /* realpath of a remote path: lexical (symlinks are not followed) and it must exist. */
+/* realpath of a remote path: resolved by the shadow inside the export (symlinks followed, as
+ * the kernel would), then named under the prefix. */
 char *rmt_realpath(int dslot, const char *rpath, char *resolved)
 {
-    char full[PATH_MAX], base[PATH_MAX];
-    if (dslot >= 0) {
-        ssize_t n = bypass_shadow_bypass_rx_fdpath(dslot, base, sizeof base - 1);
-        if (n < 0)
-            return NULL;
-        base[n] = 0;
-        if (join(full, sizeof full, base, rpath) < 0)
-            return NULL;
-    } else {
-        snprintf(full, sizeof full, "%s", rpath);
-    }
-    normalize(full);
-    struct stat st;
-    if (rmt_stat(-1, full, &st, 1) < 0)
+    char full[PATH_MAX], out[PATH_MAX];
+    ssize_t n = bypass_shadow_bypass_rx_realpath(dslot, rpath, full, sizeof full - 1);
+    if (n < 0)
         return NULL;
-    char out[PATH_MAX];
-    int n = snprintf(out, sizeof out, "%s%s", prefix, strcmp(full, "/") == 0 ? "" : full);
-    if (n < 0 || (size_t)n >= sizeof out) {
+    full[n] = 0;
+    int len = snprintf(out, sizeof out, "%s%s", prefix, strcmp(full, "/") == 0 ? "" : full);
+    if (len < 0 || (size_t)len >= sizeof out) {
         errno = ENAMETOOLONG;
         return NULL;
     }
     if (!resolved)
         return strdup(out);
-    memcpy(resolved, out, (size_t)n + 1);
+    if (fault(resolved, (size_t)len + 1) < 0)
+        return NULL;
+    memcpy(resolved, out, (size_t)len + 1);
     return resolved;
 }
 
@@ -705,6 +1222,73 @@ int rmt_symlink(const char *target, int dslot, const char *rpath)
 int rmt_chmod(int dslot, const char *rpath, int fd, mode_t mode)
 {
     return bypass_shadow_bypass_rx_chmod(dslot, rpath, fd, mode);
+}
+
+ssize_t rmt_getxattr(int dslot, const char *rpath, int fd, int follow, const char *name, void *buf, size_t size)
+{
+    if ((name && !string_ok(name)) || fault(buf, size) < 0) {
+        errno = EFAULT;
+        return -1;
+    }
+    return bypass_shadow_bypass_rx_getxattr(dslot, rpath ? rpath : "", fd, follow, name ? name : "", buf, size);
+}
+
+int rmt_setxattr(int dslot, const char *rpath, int fd, int follow, const char *name, const void *value, size_t size,
+                 int flags)
+{
+    if (!string_ok(name) || fault(value, size) < 0) {
+        errno = EFAULT;
+        return -1;
+    }
+    return bypass_shadow_bypass_rx_setxattr(dslot, rpath ? rpath : "", fd, follow, name, size ? value : "", size,
+                                            flags);
+}
+
+int rmt_lchmod(int dslot, const char *rpath, mode_t mode)
+{
+    struct stat st;
+    /* as Linux does: the mode of a symlink itself cannot be changed */
+    if (rmt_stat(dslot, rpath, &st, 0) == 0 && S_ISLNK(st.st_mode)) {
+        errno = EOPNOTSUPP;
+        return -1;
+    }
+    return rmt_chmod(dslot, rpath, -1, mode);
+}
+
+int rmt_mknod(int dslot, const char *rpath, mode_t mode, dev_t dev)
+{
+    return bypass_shadow_bypass_rx_mknod(dslot, rpath, mode, (int)cur_umask, (int)major(dev), (int)minor(dev));
+}
+
+int rmt_where_sockaddr(const struct sockaddr *addr, unsigned addrlen, int *dslot, char *rpath, size_t cap)
+{
+    size_t at = offsetof(struct sockaddr_un, sun_path);
+    if (!addr || addrlen <= at || addr->sa_family != AF_UNIX)
+        return 0;
+    const struct sockaddr_un *un = (const struct sockaddr_un *)addr;
+    size_t n = addrlen - at < sizeof un->sun_path ? addrlen - at : sizeof un->sun_path;
+    if (un->sun_path[0] == 0)
+        return 0;                /* an abstract name: no file */
+    char path[sizeof un->sun_path + 1];
+    memcpy(path, un->sun_path, n);
+    path[n] = 0;
+    return rmt_where(AT_FDCWD, path, dslot, rpath, cap);
+}
+
+int rmt_utimes(int dslot, const char *rpath, int fd, const struct timeval tv[2], int follow)
+{
+    if (!tv)
+        return rmt_utimens(dslot, rpath, fd, NULL, follow);
+    struct timespec ts[2];
+    for (int i = 0; i < 2; i++) {
+        if (tv[i].tv_usec < 0 || tv[i].tv_usec >= 1000000) {
+            errno = EINVAL;
+            return -1;
+        }
+        ts[i].tv_sec = tv[i].tv_sec;
+        ts[i].tv_nsec = tv[i].tv_usec * 1000;
+    }
+    return rmt_utimens(dslot, rpath, fd, ts, follow);
 }
 
 int rmt_chown(int dslot, const char *rpath, int fd, uid_t uid, gid_t gid, int follow)
@@ -728,22 +1312,219 @@ int rmt_utimens(int dslot, const char *rpath, int fd, const struct timespec time
 
 int rmt_ftruncate(int fd, off_t len)
 {
-    pthread_mutex_lock(&lock);
-    struct rfile *r = get(fd);
-    if (r)
-        give_back(fd, r);
-    pthread_mutex_unlock(&lock);
-    return bypass_shadow_bypass_rx_ftruncate(fd, len);
+    settle_fd(fd);
+    int rc = bypass_shadow_bypass_rx_ftruncate(fd, len);
+    wrote();
+    return rc;
 }
 
 int rmt_truncate(int dslot, const char *rpath, off_t len)
 {
-    return bypass_shadow_bypass_rx_truncate(dslot, rpath, len);
+    int rc = bypass_shadow_bypass_rx_truncate(dslot, rpath, len);
+    wrote();
+    return rc;
 }
 
 int rmt_fsync(int fd)
 {
     return bypass_shadow_bypass_rx_fsync(fd);
+}
+
+int rmt_fallocate(int fd, int mode, off_t off, off_t len, int posix)
+{
+    settle_fd(fd);
+    int rc = bypass_shadow_bypass_rx_fallocate(fd, mode, off, len, posix);
+    wrote();
+    return rc;
+}
+
+static ssize_t rmt_rw(int fd, void *buf, size_t n, off_t off, int writing)
+{
+    if (writing)
+        return off < 0 ? rmt_write(fd, buf, n) : rmt_pwrite(fd, buf, n, off);
+    return off < 0 ? rmt_read(fd, buf, n) : rmt_pread(fd, buf, n, off);
+}
+
+#ifndef RWF_HIPRI
+#define RWF_HIPRI 0x1
+#define RWF_DSYNC 0x2
+#define RWF_SYNC 0x4
+#define RWF_NOWAIT 0x8
+#endif
+
+/* One call for the whole vector, gathered or scattered here: a vectored write stays one write
+ * (O_APPEND, concurrent readers), as the kernel makes it. */
+ssize_t rmt_iov(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags, int writing)
+{
+    if (flags & ~(RWF_HIPRI | RWF_DSYNC | RWF_SYNC | RWF_NOWAIT)) {
+        errno = EOPNOTSUPP;        /* RWF_APPEND and anything newer: not done remotely */
+        return -1;
+    }
+    if (iovcnt < 0 || iovcnt > IOV_MAX) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (fault(iov, (size_t)iovcnt * sizeof *iov) < 0)
+        return -1;
+    size_t total = 0;
+    int used = 0, one = 0;
+    for (int i = 0; i < iovcnt; i++) {
+        if (iov[i].iov_len > (size_t)SSIZE_MAX - total) {
+            errno = EINVAL;
+            return -1;
+        }
+        total += iov[i].iov_len;
+        if (iov[i].iov_len) {
+            used++;
+            one = i;
+        }
+    }
+    if (total > BYPASS_RPC_MAX_PAYLOAD)
+        total = BYPASS_RPC_MAX_PAYLOAD;    /* a short transfer, as the kernel may make */
+    ssize_t n;
+    if (used <= 1) {
+        n = rmt_rw(fd, used ? iov[one].iov_base : (void *)"", total, off, writing);
+    } else {
+        char *tmp = malloc(total);
+        if (!tmp) {
+            errno = ENOMEM;
+            return -1;
+        }
+        size_t at = 0;
+        for (int i = 0; writing && at < total; i++) {
+            size_t k = iov[i].iov_len < total - at ? iov[i].iov_len : total - at;
+            memcpy(tmp + at, iov[i].iov_base, k);
+            at += k;
+        }
+        n = rmt_rw(fd, tmp, total, off, writing);
+        at = 0;
+        for (int i = 0; !writing && n > 0 && at < (size_t)n; i++) {
+            size_t k = iov[i].iov_len < (size_t)n - at ? iov[i].iov_len : (size_t)n - at;
+            memcpy(iov[i].iov_base, tmp + at, k);
+            at += k;
+        }
+        int e = errno;
+        free(tmp);
+        errno = e;
+    }
+    if (n >= 0 && writing && (flags & (RWF_DSYNC | RWF_SYNC)) && rmt_fsync(fd) < 0)
+        return -1;
+    return n;
+}
+
+static ssize_t any_read(int fd, void *buf, size_t n, off64_t *off)
+{
+    if (rmt_is_fd(fd))
+        return off ? rmt_pread(fd, buf, n, *off) : rmt_read(fd, buf, n);
+    return off ? pread(fd, buf, n, *off) : read(fd, buf, n);
+}
+
+static ssize_t any_write(int fd, const void *buf, size_t n, off64_t *off, size_t done)
+{
+    if (rmt_is_fd(fd))
+        return off ? rmt_pwrite(fd, buf, n, *off + (off_t)done) : rmt_write(fd, buf, n);
+    return off ? pwrite(fd, buf, n, *off + (off_t)done) : write(fd, buf, n);
+}
+
+#define XFER_CHUNK (1024 * 1024)
+
+/* A copy with a remote end.  Two remote files: the shadow's kernel copies.  Otherwise one
+ * chunk goes through here, and what could not be written is given back to the source (its
+ * offset moved back), so a short count is exact.  splice needs a pipe at one end: no more is
+ * read from the remote file than the pipe can take. */
+ssize_t rmt_transfer(int in, off64_t *in_off, int out, off64_t *out_off, size_t len, int kind)
+{
+    int rin = rmt_is_fd(in), rout = rmt_is_fd(out);
+    size_t chunk = len < XFER_CHUNK ? len : XFER_CHUNK;
+    if (kind & RMT_SPLICE) {
+        struct stat st;
+        int pipe_end = rin ? out : in;
+        if (rin && rout) {
+            errno = EINVAL;
+            return -1;
+        }
+        if (fstat(pipe_end, &st) < 0)
+            return -1;
+        if (!S_ISFIFO(st.st_mode)) {
+            errno = EINVAL;
+            return -1;
+        }
+        if (rin ? out_off != NULL : in_off != NULL) {
+            errno = ESPIPE;
+            return -1;
+        }
+        int queued = 0, size = fcntl(pipe_end, F_GETPIPE_SZ);
+        if (size < 0 || ioctl(pipe_end, FIONREAD, &queued) < 0)
+            return -1;
+        size_t avail = rin ? (size > queued ? (size_t)(size - queued) : 0) : (size_t)queued;
+        if (avail == 0 && (kind & RMT_NONBLOCK)) {
+            errno = EAGAIN;
+            return -1;
+        }
+        if (rin && chunk > (avail ? avail : (size_t)size))
+            chunk = avail ? avail : (size_t)size;
+        if (!rin && (kind & RMT_NONBLOCK) && chunk > avail)
+            chunk = avail;
+    }
+    if ((in_off && *in_off < 0) || (out_off && *out_off < 0)) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (len == 0)
+        return 0;
+    if (rin && rout) {
+        settle_fd(in);
+        settle_fd(out);
+        size_t k = len < BYPASS_RPC_MAX_PAYLOAD ? len : BYPASS_RPC_MAX_PAYLOAD;
+        ssize_t n = bypass_shadow_bypass_rx_copy(in, in_off ? *in_off : -1, out, out_off ? *out_off : -1, k,
+                                                 (kind & RMT_SENDFILE) != 0);
+        wrote();
+        if (n > 0 && in_off)
+            *in_off += n;
+        if (n > 0 && out_off)
+            *out_off += n;
+        return n;
+    }
+    char *buf = malloc(chunk);
+    if (!buf) {
+        errno = ENOMEM;
+        return -1;
+    }
+    ssize_t got = any_read(in, buf, chunk, in_off);
+    size_t done = 0;
+    int e = errno;
+    while (got > 0 && done < (size_t)got) {
+        ssize_t w = any_write(out, buf + done, (size_t)got - done, out_off, done);
+        if (w < 0) {
+            e = errno;
+            break;
+        }
+        done += (size_t)w;
+    }
+    free(buf);
+    if (got > 0 && done < (size_t)got && !in_off) {
+        off_t back = -(off_t)((size_t)got - done);
+        if (rin)
+            rmt_lseek(in, back, SEEK_CUR);
+        else if (!(kind & RMT_SPLICE))
+            lseek(in, back, SEEK_CUR);
+    }
+    if (in_off)
+        *in_off += (off64_t)done;
+    if (out_off)
+        *out_off += (off64_t)done;
+    errno = e;
+    if (got <= 0)
+        return got;
+    return done ? (ssize_t)done : -1;
+}
+
+/* Waiting for a lock happens here, in short growing pauses, not in a shadow thread. */
+static void lock_pause(useconds_t *pause)
+{
+    usleep(*pause);
+    if (*pause < 100000)
+        *pause *= 2;
 }
 
 static int is_getlk(int cmd)
@@ -779,7 +1560,7 @@ static int record_lock(int fd, int cmd, struct flock *fl)
     if (r && wire.l_whence == SEEK_CUR)
         wire.l_start -= (off_t)(r->ra_len - r->ra_pos);   /* the shadow's offset is ahead */
     pthread_mutex_unlock(&lock);
-    for (useconds_t pause = 1000;; pause = pause < 100000 ? pause * 2 : pause) {
+    for (useconds_t pause = 1000;; lock_pause(&pause)) {
         struct flock reply = wire;
         if (bypass_shadow_bypass_rx_lock(fd, !is_getlk(cmd), &reply) == 0) {
             if (is_getlk(cmd))
@@ -788,7 +1569,16 @@ static int record_lock(int fd, int cmd, struct flock *fl)
         }
         if (!is_setlkw(cmd) || (errno != EAGAIN && errno != EACCES))
             return -1;
-        usleep(pause);
+    }
+}
+
+int rmt_flock(int fd, int op)
+{
+    for (useconds_t pause = 1000;; lock_pause(&pause)) {
+        if (bypass_shadow_bypass_rx_flock(fd, op & ~LOCK_NB) == 0)
+            return 0;
+        if ((op & LOCK_NB) || errno != EWOULDBLOCK)
+            return -1;
     }
 }
 
@@ -914,6 +1704,31 @@ FILE *rmt_fopen(int dslot, const char *rpath, const char *mode)
     return f;
 }
 
+FILE *rmt_freopen(int dslot, const char *rpath, const char *mode, FILE *stream)
+{
+    int std = stream == stdin ? 0 : stream == stdout ? 1 : stream == stderr ? 2 : -1;
+    int flags = mode ? mode_flags(mode) : -1;
+    if (flags < 0)
+        return NULL;
+    if (std < 0) {
+        errno = ENOTSUP;
+        return NULL;
+    }
+    fflush(stream);
+    int fd = rmt_open(dslot, rpath, flags, 0666);
+    if (fd < 0)
+        return NULL;
+    if (dup2(fd, std) < 0 || rmt_dup_done(fd, std) < 0) {
+        int e = errno;
+        rmt_close(fd);
+        errno = e;
+        return NULL;
+    }
+    rmt_close(fd);
+    rmt_rebind_std(std);
+    return *std_slot(std);
+}
+
 /* The standard streams write through glibc's internal write, which no preload sees: when
  * descriptor 0, 1 or 2 becomes remote (sort -o dup2s its output onto 1; a shell redirects
  * into /job before exec), the stream is replaced by one over the remote file. */
@@ -925,7 +1740,7 @@ static FILE **std_slot(int fd)
 void rmt_rebind_std(int fd)
 {
     FILE **slot = std_slot(fd);
-    if (!slot || !rmt_is_fd(fd))
+    if (!slot || !rmt_is_fd(fd) || in_vfork_child())
         return;
     if (fd > 0)
         fflush(*slot);
@@ -1144,8 +1959,48 @@ fail:
 
 /* ---- current directory ------------------------------------------------------------------------ */
 
+/* The marker of this run: next to a Unix shadow's socket (a private directory, removed with
+ * it by the shadow), else /tmp/.bypass-cwd-<hash of the shadow address>.  Read-only and
+ * empty: nothing of one run is ever visible to another. */
+static char marker[PATH_MAX];
+
+static const char *cwd_marker(void)
+{
+    if (marker[0])
+        return marker;
+    const char *addr = bypass_getenv("BYPASS_SHADOW");
+    if (addr && strncmp(addr, "unix:", 5) == 0 && strlen(addr) + 4 < sizeof marker) {
+        snprintf(marker, sizeof marker, "%s.cwd", addr + 5);
+    } else {
+        unsigned long long h = 1469598103934665603ULL;       /* FNV-1a */
+        for (const char *c = addr ? addr : ""; *c; c++)
+            h = (h ^ (unsigned char)*c) * 1099511628211ULL;
+        snprintf(marker, sizeof marker, "/tmp/.bypass-cwd-%016llx", h);
+    }
+    return marker;
+}
+
+/* Sit in the marker, refusing one that someone else could have prepared. */
+static int enter_marker(void)
+{
+    const char *m = cwd_marker();
+    struct stat st;
+    if (mkdir(m, 0555) < 0 && errno != EEXIST)
+        return -1;
+    if (lstat(m, &st) < 0)
+        return -1;
+    if (!S_ISDIR(st.st_mode) || (st.st_mode & 022) || (st.st_uid != geteuid() && st.st_uid != 0)) {
+        errno = EACCES;
+        return -1;
+    }
+    return chdir(m);
+}
+
 static int set_cwd(const char *full)
 {
+    char next[RMT_PATH_MAX];
+    snprintf(next, sizeof next, "%s", full);
+    normalize(next);
     struct stat st;
     if (rmt_stat(-1, full, &st, 1) < 0)
         return -1;
@@ -1153,19 +2008,20 @@ static int set_cwd(const char *full)
         errno = ENOTDIR;
         return -1;
     }
-    char next[PATH_MAX];
-    snprintf(next, sizeof next, "%s", full);
-    normalize(next);
-    mkdir(CWD_MARKER, 0755);
-    if (chdir(CWD_MARKER) < 0 || bypass_shadow_bypass_rx_setcwd(next) < 0)
+    if (enter_marker() < 0 || bypass_shadow_bypass_rx_setcwd(next) < 0)
         return -1;
-    snprintf(cwd, sizeof cwd, "%s", next);
+    if (in_vfork_child()) {
+        snprintf(vfork_cwd, sizeof vfork_cwd, "%s", next);
+        vfork_pid = getpid();
+    } else {
+        snprintf(cwd, sizeof cwd, "%s", next);
+    }
     return 0;
 }
 
 int rmt_chdir(int dslot, const char *rpath)
 {
-    char full[PATH_MAX], base[PATH_MAX];
+    char full[RMT_PATH_MAX], base[RMT_PATH_MAX];
     if (dslot >= 0) {
         ssize_t n = bypass_shadow_bypass_rx_fdpath(dslot, base, sizeof base);
         if (n < 0)
@@ -1185,22 +2041,40 @@ int rmt_fchdir(int fd)
 
 void rmt_chdir_local(void)
 {
-    cwd[0] = 0;
+    if (in_vfork_child()) {
+        vfork_cwd[0] = 0;
+        vfork_pid = getpid();
+    } else {
+        cwd[0] = 0;
+    }
 }
 
+/* As glibc: getcwd(NULL, 0) allocates what it needs, getcwd(NULL, n) n bytes, a buffer with
+ * size 0 is EINVAL, one too small ERANGE. */
 char *rmt_getcwd(char *buf, size_t size)
 {
-    char full[PATH_MAX + 16];
-    int n = snprintf(full, sizeof full, "%s%s", prefix, strcmp(cwd, "/") == 0 ? "" : cwd);
+    char full[RMT_PATH_MAX + 16];
+    const char *here = cur_cwd();
+    int n = snprintf(full, sizeof full, "%s%s", prefix, strcmp(here, "/") == 0 ? "" : here);
     if (n < 0 || (size_t)n >= sizeof full) {
         errno = ENAMETOOLONG;
         return NULL;
     }
-    if (!buf) {
-        return strdup(full);
+    if (buf && size == 0) {
+        errno = EINVAL;
+        return NULL;
     }
-    if ((size_t)n >= size) {
+    if (size && (size_t)n >= size) {
         errno = ERANGE;
+        return NULL;
+    }
+    if (!buf) {
+        buf = malloc(size ? size : (size_t)n + 1);
+        if (!buf) {
+            errno = ENOMEM;
+            return NULL;
+        }
+    } else if (fault(buf, (size_t)n + 1) < 0) {
         return NULL;
     }
     memcpy(buf, full, (size_t)n + 1);
@@ -1212,6 +2086,10 @@ char *rmt_getcwd(char *buf, size_t size)
 __attribute__((constructor)) static void remote_init(void)
 {
     bypass_guard_enter();
+    self_pid = getpid();
+    page_size = (uintptr_t)sysconf(_SC_PAGESIZE);
+    cur_umask = umask(0);        /* (single-threaded here: nobody creates a file meanwhile) */
+    umask(cur_umask);
     const char *p = bypass_getenv("BYPASS_REMOTE_PREFIX");
     if (p && p[0] == '/') {
         snprintf(prefix, sizeof prefix, "%s", p);
@@ -1226,6 +2104,7 @@ __attribute__((constructor)) static void remote_init(void)
      * no table: find them by name and tell the shadow which ones survived. */
     DIR *d = opendir("/proc/self/fd");
     int kept[256], nkept = 0;
+    long ids[256];
     if (d) {
         struct dirent *e;
         while ((e = readdir(d)) != NULL) {
@@ -1238,10 +2117,16 @@ __attribute__((constructor)) static void remote_init(void)
             if (n <= 0)
                 continue;
             target[n] = 0;
-            if (strstr(target, "memfd:" PLACEHOLDER_NAME) && nkept < 256) {
-                kept[nkept++] = fd;
-                int fl = fcntl(fd, F_GETFL);
-                table[fd] = new_rfile(fl < 0 ? O_RDWR : fl);
+            const char *tag = strstr(target, "memfd:" PLACEHOLDER_NAME);
+            if (tag && nkept < 256) {
+                char *at = (char *)tag + strlen("memfd:" PLACEHOLDER_NAME);
+                int flags = *at == ':' ? (int)strtol(at + 1, &at, 16) : O_RDWR;
+                ids[nkept] = *at == ':' ? (long)strtoll(at + 1, NULL, 16) : 0;
+                struct rfile **slot = slot_of(fd);
+                if (slot) {
+                    kept[nkept++] = fd;
+                    *slot = new_rfile(flags);
+                }
             }
         }
         closedir(d);
@@ -1250,19 +2135,20 @@ __attribute__((constructor)) static void remote_init(void)
         if (kept[i] <= 2)
             rmt_rebind_std(kept[i]);
     char here[PATH_MAX];
-    if (getcwd(here, sizeof here) && strcmp(here, CWD_MARKER) == 0) {
+    if (getcwd(here, sizeof here) && strcmp(here, cwd_marker()) == 0) {
         ssize_t n = bypass_shadow_bypass_rx_getcwd(cwd, sizeof cwd - 1);
         cwd[n > 0 ? n : 0] = 0;
     }
     if (nkept > 0) {
         /* Ask the shadow to keep exactly these (those lost to close-on-exec are dropped). */
-        if (bypass_shadow_bypass_rx_keep(kept, nkept) < 0)
+        if (bypass_shadow_bypass_rx_keep(kept, ids, nkept) < 0)
             bypass_log("remote: the shadow does not know this process's remote files (%s)",
                        strerror(errno));
         for (int i = 0; i < nkept; i++) {
             struct stat st;
-            if (table[kept[i]] && bypass_shadow_bypass_rx_fstat(kept[i], &st) == 0)
-                table[kept[i]]->is_dir = S_ISDIR(st.st_mode);
+            struct rfile *r = get(kept[i]);
+            if (r && bypass_shadow_bypass_rx_fstat(kept[i], &st) == 0)
+                r->is_dir = S_ISDIR(st.st_mode);
         }
     }
     bypass_guard_leave();

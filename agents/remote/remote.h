@@ -11,17 +11,25 @@
 #define REMOTE_H
 
 #include <dirent.h>
+#include <limits.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <sys/vfs.h>
+
+/* A remote path joins the remote current directory and a relative path, each shorter than
+ * PATH_MAX (the kernel's limit is on what the program passes, not on the joined path). */
+#define RMT_PATH_MAX (2 * PATH_MAX)
 
 /* ---- where does a (dirfd, path) pair live? ---------------------------------------------- */
 /* 1: remote; *dslot is -1 (rpath is absolute in the remote namespace) or the remote directory
  * descriptor rpath is relative to.  0: local.  -1: error (errno set, e.g. ENAMETOOLONG). */
 int rmt_where(int dirfd, const char *path, int *dslot, char *rpath, size_t cap);
 int rmt_is_fd(int fd);
+/* path is a readable "" (for AT_EMPTY_PATH), never read when it is not a readable pointer */
+int rmt_is_empty(const char *path);
 int rmt_is_dir_stream(DIR *d);
 int rmt_is_cwd_remote(void);
 
@@ -45,21 +53,50 @@ int rmt_mkdir(int dslot, const char *rpath, mode_t mode);
 int rmt_rename(int od, const char *op, int nd, const char *np);
 ssize_t rmt_readlink(int dslot, const char *rpath, char *buf, size_t size);
 int rmt_link(int od, const char *op, int nd, const char *np);
+/* rename/link between a remote and a local name: -1 with EXDEV, or with the error the kernel
+ * finds first in the local side's directory descriptor (EBADF, ENOTDIR) */
+int rmt_cross_device(int olddirfd, const char *oldpath, int old_remote, int newdirfd, const char *newpath,
+                     int new_remote);
 char *rmt_realpath(int dslot, const char *rpath, char *resolved);
 int rmt_symlink(const char *target, int dslot, const char *rpath);
 int rmt_chmod(int dslot, const char *rpath, int fd, mode_t mode);
+/* get (name) or list (name NULL) / set (flags >= 0) or remove (flags -1) extended attributes
+ * of a remote path (dslot/rpath) or descriptor (fd >= 0) */
+ssize_t rmt_getxattr(int dslot, const char *rpath, int fd, int follow, const char *name, void *buf, size_t size);
+int rmt_setxattr(int dslot, const char *rpath, int fd, int follow, const char *name, const void *value, size_t size,
+                 int flags);
+int rmt_lchmod(int dslot, const char *rpath, mode_t mode);
+int rmt_mknod(int dslot, const char *rpath, mode_t mode, dev_t dev);
+/* like rmt_where, for the path of an AF_UNIX address (0 for other families, abstract names) */
+struct sockaddr;
+int rmt_where_sockaddr(const struct sockaddr *addr, unsigned addrlen, int *dslot, char *rpath, size_t cap);
+struct timeval;
+int rmt_utimes(int dslot, const char *rpath, int fd, const struct timeval times[2], int follow);
+FILE *rmt_freopen(int dslot, const char *rpath, const char *mode, FILE *stream);
 int rmt_chown(int dslot, const char *rpath, int fd, uid_t uid, gid_t gid, int follow);
 int rmt_utimens(int dslot, const char *rpath, int fd, const struct timespec times[2], int follow);
 int rmt_ftruncate(int fd, off_t len);
 int rmt_truncate(int dslot, const char *rpath, off_t len);
 int rmt_fsync(int fd);
 int rmt_fcntl(int fd, int cmd, long arg, int *handled);
+/* readv, writev, preadv(2), pwritev(2) as one transfer each: off -1 is the file offset, flags
+ * are RWF_* */
+ssize_t rmt_iov(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags, int writing);
+int rmt_flock(int fd, int op);
+/* posix = 1: posix_fallocate (mode 0) */
+int rmt_fallocate(int fd, int mode, off_t off, off_t len, int posix);
+/* copy_file_range, sendfile and splice with at least one remote end */
+enum { RMT_COPY_RANGE = 1, RMT_SENDFILE = 2, RMT_SPLICE = 4, RMT_NONBLOCK = 8 };
+ssize_t rmt_transfer(int in, off64_t *in_off, int out, off64_t *out_off, size_t len, int kind);
 /* after the local dup/dup2/dup3 made newfd a copy of remote oldfd */
 int rmt_dup_done(int oldfd, int newfd);
 /* newfd (a remote placeholder) was closed behind our back (dup2 onto it): forget it */
 void rmt_forget(int fd);
 /* fd (0, 1 or 2) became remote: point stdin/stdout/stderr at it */
 void rmt_rebind_std(int fd);
+/* the program set its umask / changed its credentials */
+void rmt_umask_set(mode_t mask);
+void rmt_creds_changed(void);
 /* hand all read-ahead back (before fork, exec, spawn) */
 void rmt_settle_all(void);
 /* mkstemp/mkdtemp on a remote template (tmpl is the program's, rpath the remote copy of it):
@@ -68,6 +105,8 @@ int rmt_mkstemp(char *tmpl, int dslot, char *rpath, int suffixlen, int flags, in
 /* copy a remote executable into an exec-able local memfd; *local receives its /proc path */
 int rmt_stage_exec(int dslot, const char *rpath, char *local, size_t cap);
 void *rmt_mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset);
+/* msync (unmapping 0) or munmap (1) of a range: shared remote mappings in it written back */
+int rmt_sync_range(void *addr, size_t len, int unmapping);
 
 FILE *rmt_fopen(int dslot, const char *rpath, const char *mode);
 FILE *rmt_fdopen(int fd, const char *mode);

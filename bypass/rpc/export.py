@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 import struct
 
 _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}.get(os.uname().machine, 437)
@@ -33,15 +34,20 @@ def _openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> in
 
 
 _MAX_SYMLINKS = 40
+_PATH_MAX = 4096
 
 
-def _walk_in_root(rootfd: int, path: bytes, flags: int, mode: int) -> int:
+def _walk_in_root(rootfd: int, path: bytes, flags: int, mode: int, alias: bytes | None = None) -> int:
     """RESOLVE_IN_ROOT done by hand, for kernels without openat2 (or seccomp filters that
     refuse it): one component at a time, never following a symlink implicitly (O_NOFOLLOW
     everywhere), symlink targets spliced in and interpreted inside the root, ".." stopping at
     the root.  A symlink swapped in mid-walk makes an open fail (ELOOP/ENOTDIR), never escape."""
-    import stat as _st
     parts = [c for c in path.split(b"/") if c not in (b"", b".")]
+    if path.endswith(b"/") or path.endswith(b"/."):
+        # a trailing slash: the last component must be a directory, followed if a symlink
+        if flags & os.O_CREAT:
+            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+        flags = (flags | os.O_DIRECTORY) & ~os.O_NOFOLLOW
     stack = [os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=rootfd)]
     links = 0
     try:
@@ -59,11 +65,13 @@ def _walk_in_root(rootfd: int, path: bytes, flags: int, mode: int) -> int:
                 st = os.stat(name, dir_fd=stack[-1], follow_symlinks=False)
             except FileNotFoundError:
                 st = None
-            if st is not None and _st.S_ISLNK(st.st_mode) and not (last and flags & os.O_NOFOLLOW):
+            if st is not None and stat.S_ISLNK(st.st_mode) and not (last and flags & os.O_NOFOLLOW):
                 links += 1
                 if links > _MAX_SYMLINKS:
                     raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
                 target = os.readlink(name, dir_fd=stack[-1])
+                if alias and (target == alias or target.startswith(alias + b"/")):
+                    target = target[len(alias):] or b"/"
                 if target.startswith(b"/"):
                     while len(stack) > 1:
                         os.close(stack.pop())
@@ -79,8 +87,11 @@ def _walk_in_root(rootfd: int, path: bytes, flags: int, mode: int) -> int:
 
 
 class ExportRoot:
-    def __init__(self, root: str):
+    def __init__(self, root: str, alias: str | None = None):
+        """alias: where agents see the root (the remote agent's /job): an absolute symlink
+        into it, written by a program there, leads back into the root."""
         self.root = os.path.realpath(root)
+        self.alias = os.fsencode(alias.rstrip("/")) if alias and alias.rstrip("/") else None
         self.rootfd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self.kernel_resolve = True
         try:
@@ -103,10 +114,19 @@ class ExportRoot:
         tmpfile = getattr(os, "O_TMPFILE", 0)
         if not flags & os.O_CREAT and not (tmpfile and flags & tmpfile == tmpfile):
             mode = 0              # openat2 insists on a zero mode without O_CREAT
-        if not self.kernel_resolve:
-            return _walk_in_root(self.rootfd, p, flags, mode)
-        return _openat2(self.rootfd, p, flags | os.O_CLOEXEC, mode,
-                        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+        mode &= 0o7777            # open(2) ignores file-type bits, openat2 refuses them
+        if not self.kernel_resolve or len(p) >= _PATH_MAX:
+            # (a remote cwd plus a relative path may be longer than the kernel takes at once)
+            return _walk_in_root(self.rootfd, p, flags, mode, self.alias)
+        try:
+            return _openat2(self.rootfd, p, flags | os.O_CLOEXEC, mode,
+                            RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+        except OSError as e:
+            # The kernel reads an absolute symlink to <alias>/x as <root><alias>/x; only a
+            # failed lookup can have met one, and pays for the walk by hand.
+            if self.alias is None or e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                raise
+            return _walk_in_root(self.rootfd, p, flags, mode, self.alias)
 
     def parent(self, path) -> tuple[int, bytes]:
         """(descriptor of the parent directory, last component).  The caller closes it."""
@@ -115,6 +135,31 @@ class ExportRoot:
         if name in (b"", b".", b".."):
             return self.open(p or b"/", os.O_PATH | os.O_DIRECTORY), b"."
         return self.open(head or b"/", os.O_PATH | os.O_DIRECTORY), name
+
+    @staticmethod
+    def _slash_error(dfd: int, name: bytes, kind: str) -> int:
+        """The kernel's error for a name with a trailing slash (it must be a directory), or 0.
+        kind: "unlink", "rmdir", "create" (symlink, link, mknod: the name must not exist)."""
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return errno.ENOENT if kind in ("unlink", "create") else 0
+        if kind == "create":
+            return errno.EEXIST
+        if stat.S_ISDIR(st.st_mode):
+            return errno.EISDIR if kind == "unlink" else 0
+        return errno.ENOTDIR
+
+    def _at(self, path, fn, slash: str | None = None):
+        dfd, name = self.parent(path)
+        try:
+            if slash and name != b"." and self._b(path).endswith(b"/"):
+                e = self._slash_error(dfd, name, slash)
+                if e:
+                    raise OSError(e, os.strerror(e), os.fsdecode(path))
+            return fn(dfd, name)
+        finally:
+            os.close(dfd)
 
     def host_path(self, fd: int) -> str:
         """Where a descriptor opened through this root is, on the shadow's machine."""
@@ -144,31 +189,32 @@ class ExportRoot:
         finally:
             os.close(fd)
 
-    def _at(self, path, fn):
-        dfd, name = self.parent(path)
-        try:
-            return fn(dfd, name)
-        finally:
-            os.close(dfd)
-
     def unlink(self, path) -> None:
-        self._at(path, lambda d, n: os.unlink(n, dir_fd=d))
+        self._at(path, lambda d, n: os.unlink(n, dir_fd=d), "unlink")
 
     def rmdir(self, path) -> None:
-        self._at(path, lambda d, n: os.rmdir(n, dir_fd=d))
+        self._at(path, lambda d, n: os.rmdir(n, dir_fd=d), "rmdir")
 
     def mkdir(self, path, mode: int) -> None:
         self._at(path, lambda d, n: os.mkdir(n, mode, dir_fd=d))
+
+    def mknod(self, path, mode: int, device: int = 0) -> None:
+        self._at(path, lambda d, n: os.mknod(n, mode, device, dir_fd=d), "create")
 
     def readlink(self, path) -> bytes:
         return self._at(path, lambda d, n: os.readlink(n, dir_fd=d))
 
     def symlink(self, target, path) -> None:
-        self._at(path, lambda d, n: os.symlink(self._b(target), n, dir_fd=d))
+        self._at(path, lambda d, n: os.symlink(self._b(target), n, dir_fd=d), "create")
 
     def rename(self, old, new) -> None:
         od, on = self.parent(old)
         try:
+            if self._b(old).endswith(b"/") or self._b(new).endswith(b"/"):
+                # a trailing slash on either name: the source must be a directory
+                st = os.stat(on, dir_fd=od, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), os.fsdecode(old))
             self._at(new, lambda d, n: os.rename(on, n, src_dir_fd=od, dst_dir_fd=d))
         finally:
             os.close(od)
@@ -176,8 +222,11 @@ class ExportRoot:
     def link(self, old, new) -> None:
         od, on = self.parent(old)
         try:
+            if self._b(old).endswith(b"/"):
+                e = self._slash_error(od, on, "rmdir") or errno.EPERM   # no links to directories
+                raise OSError(e, os.strerror(e), os.fsdecode(old))
             self._at(new, lambda d, n: os.link(on, n, src_dir_fd=od, dst_dir_fd=d,
-                                               follow_symlinks=False))
+                                               follow_symlinks=False), "create")
         finally:
             os.close(od)
 
@@ -187,6 +236,27 @@ class ExportRoot:
             os.chmod(f"/proc/self/fd/{fd}", mode)
         finally:
             os.close(fd)
+
+    def chown(self, path, uid: int, gid: int, follow: bool = True) -> None:
+        if follow or self._b(path).endswith(b"/"):      # a trailing slash follows, as lookups do
+            fd = self.open(path, os.O_PATH)
+            try:
+                os.chown(f"/proc/self/fd/{fd}", uid, gid)
+            finally:
+                os.close(fd)
+        else:
+            self._at(path, lambda d, n: os.chown(n, uid, gid, dir_fd=d, follow_symlinks=False))
+
+    def utime(self, path, ns: tuple[int, int], follow: bool = True) -> None:
+        """Times in nanoseconds; follow=False sets those of a symlink itself."""
+        if follow or self._b(path).endswith(b"/"):
+            fd = self.open(path, os.O_PATH)
+            try:
+                os.utime(f"/proc/self/fd/{fd}", ns=ns)
+            finally:
+                os.close(fd)
+        else:
+            self._at(path, lambda d, n: os.utime(n, ns=ns, dir_fd=d, follow_symlinks=False))
 
     def truncate(self, path, length: int) -> None:
         fd = self.open(path, os.O_WRONLY)
@@ -215,8 +285,8 @@ def _entries(fd: int) -> list:
             for e in it:
                 try:
                     mode = e.stat(follow_symlinks=False).st_mode
-                    kind = ("DT_DIR" if _S_ISDIR(mode) else "DT_REG" if _S_ISREG(mode) else
-                            "DT_LNK" if _S_ISLNK(mode) else "DT_UNKNOWN")
+                    kind = ("DT_DIR" if stat.S_ISDIR(mode) else "DT_REG" if stat.S_ISREG(mode) else
+                            "DT_LNK" if stat.S_ISLNK(mode) else "DT_UNKNOWN")
                 except OSError:
                     kind = "DT_UNKNOWN"
                 out.append([os.fsencode(e.name), dt.neutral(kind), e.inode()])
@@ -226,21 +296,6 @@ def _entries(fd: int) -> list:
         except OSError:
             pass
     return out
-
-
-def _S_ISDIR(m):
-    import stat
-    return stat.S_ISDIR(m)
-
-
-def _S_ISREG(m):
-    import stat
-    return stat.S_ISREG(m)
-
-
-def _S_ISLNK(m):
-    import stat
-    return stat.S_ISLNK(m)
 
 
 def dir_entries(fd: int) -> list:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
+import time
 
 import msgpack
 
@@ -27,6 +29,30 @@ _SMALL = 1 << 16          # frames up to this size go through the persistent Unp
 _RECV_SIZE = 1 << 16          # under malloc's mmap threshold: a recv buffer costs no mmap/munmap
 
 
+class _InFlight:
+    """Bytes of big frames being received by all connections of this process (the C loop
+    keeps the same count for its own): a client that sends most of a frame and stops must not
+    hold memory without bound or for ever."""
+
+    def __init__(self):
+        self.used = 0
+        self.cond = threading.Condition()
+
+    def take(self, n: int, budget: int, timeout: float) -> None:
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.used == 0 or self.used + n <= budget, timeout):
+                raise ProtocolError(f"{self.used} bytes of frames already arriving: no room for {n} more")
+            self.used += n
+
+    def give(self, n: int) -> None:
+        with self.cond:
+            self.used -= n
+            self.cond.notify_all()
+
+
+_IN_FLIGHT = _InFlight()
+
+
 class FrameReader:
     """Reads frames from one socket.  Raises EOFError at a clean end of stream (between
     frames), ProtocolError on an oversize, truncated or undecodable frame.
@@ -36,9 +62,15 @@ class FrameReader:
     message than msgpack.unpackb), and Unpacker.tell() proves the body held exactly one
     value.  Big frames are assembled from several recvs and decoded with unpackb."""
 
-    def __init__(self, sock: socket.socket, max_frame: int = MAX_FRAME):
+    def __init__(self, sock: socket.socket, max_frame: int = MAX_FRAME, budget: int = 0,
+                 frame_timeout: float = 0):
+        """budget: bytes of big frames the process receives at once (0: any); frame_timeout:
+        seconds a big frame may wait for room and then take to arrive (0: no limit)."""
+        self.sock = sock
         self.recv = sock.recv
         self.max_frame = max_frame
+        self.budget = budget
+        self.frame_timeout = frame_timeout
         self.pending = b""          # received bytes not yet consumed
         self.unpacker = msgpack.Unpacker(max_buffer_size=_SMALL, **UNPACK_OPTS)
         self.fed = 0                # bytes fed to the unpacker so far
@@ -62,12 +94,28 @@ class FrameReader:
             raise ProtocolError(f"frame of {n} bytes exceeds the limit of {limit}")
         total = HEADER_SIZE + n
         if len(buf) < total:
-            parts, have = [buf], len(buf)
-            while have < total:
-                chunk = self._more(have, total)
-                parts.append(chunk)
-                have += len(chunk)
-            buf = b"".join(parts)
+            big = total > _RECV_SIZE and self.budget > 0
+            if big:
+                _IN_FLIGHT.take(n, self.budget, self.frame_timeout or 60)
+            timeout = self.sock.gettimeout()
+            deadline = time.monotonic() + self.frame_timeout if big and self.frame_timeout else None
+            try:
+                parts, have = [buf], len(buf)
+                while have < total:
+                    if deadline is not None:
+                        self.sock.settimeout(max(0.001, deadline - time.monotonic()))
+                    try:
+                        chunk = self._more(have, total)
+                    except socket.timeout:
+                        raise ProtocolError(f"a frame of {total} bytes did not arrive within "
+                                            f"{self.frame_timeout:g} s") from None
+                    parts.append(chunk)
+                    have += len(chunk)
+                buf = b"".join(parts)
+            finally:
+                if big:
+                    _IN_FLIGHT.give(n)
+                    self.sock.settimeout(timeout)
         if len(buf) == total:
             self.pending = b""
             return memoryview(buf)[HEADER_SIZE:] if n > _SMALL else buf[HEADER_SIZE:]

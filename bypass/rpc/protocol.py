@@ -69,9 +69,8 @@ def boot_id() -> str:
         return platform.node()
 
 
-def process_start_time(pid: int) -> str | None:
-    """Field 22 of /proc/<pid>/stat (start time in clock ticks): survives exec, changes when
-    the pid is reused.  None when the process does not exist (or is a zombie)."""
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """/proc/<pid>/stat from field 3 on; None when the process does not exist or is a zombie."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
@@ -81,7 +80,20 @@ def process_start_time(pid: int) -> str | None:
     rest = data[data.rfind(b")") + 2:].split()
     if not rest or rest[0] == b"Z":
         return None
-    return rest[19].decode()
+    return rest
+
+
+def process_start_time(pid: int) -> str | None:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks): survives exec, changes when
+    the pid is reused.  None when the process does not exist (or is a zombie)."""
+    rest = _stat_fields(pid)
+    return None if rest is None else rest[19].decode()
+
+
+def process_parent(pid: int) -> tuple[int, str] | None:
+    """(ppid, start time of pid) from one read of /proc/<pid>/stat, or None."""
+    rest = _stat_fields(pid)
+    return None if rest is None else (int(rest[1]), rest[19].decode())
 
 
 def process_key(pid: int | None = None) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import secrets
 import selectors
 import socket
@@ -28,7 +29,7 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
-from . import auth
+from . import auth, creds
 from .framing import _HEADER, _RECV_SIZE, _SMALL, FrameReader, new_packer, send_frame, send_frame_body
 from .c_loop import c_loop
 from .neutral import errno_to_neutral
@@ -36,7 +37,7 @@ from .protocol import (
     AGENT_MAGIC, CALL_CLOSE_FDS, CALL_FDS, CALL_FORK, CALL_PING, HANDSHAKE_TIMEOUT,
     MAX_FRAME, MAX_HANDSHAKE_FRAME, NONCE_SIZE, PROTOCOL_VERSION, REFUSED, SHADOW_MAGIC,
     STATUS_ERRNO, STATUS_FAILURE, STATUS_OK, WELCOME, ProtocolError, boot_id,
-    local_platform, parse_address, process_start_time,
+    local_platform, parse_address, process_parent, process_start_time,
 )
 
 log = logging.getLogger("bypass.shadow")
@@ -99,11 +100,13 @@ class ProcessState:
     (current directory, counters...).  Both are copied at fork: descriptors share their
     Shared objects (and so, e.g., the file offset of the shadow's real descriptor)."""
 
-    def __init__(self, key: str, pid: int = 0, platform: str = "", parent: str | None = None):
+    def __init__(self, key: str, pid: int = 0, platform: str = "", parent: str | None = None,
+                 max_fds: int | None = None):
         self.key = key
         self.pid = pid
         self.platform = platform
         self.parent = parent
+        self.max_fds = max_fds        # descriptors this process may hold (None: no limit)
         self.fds: dict[int, FdEntry] = {}
         self.data: dict[str, Any] = {}
         self.lock = threading.RLock()
@@ -115,8 +118,12 @@ class ProcessState:
     def install(self, fd: int, obj, closer: Callable[[Any], None] | None = None, **meta) -> FdEntry:
         """Put obj (or an existing Shared) at descriptor fd, closing what was there."""
         shared = obj if isinstance(obj, Shared) else Shared(obj, closer)
-        entry = FdEntry(shared.incref(), meta)
         with self.lock:
+            if self.max_fds is not None and fd not in self.fds and len(self.fds) >= self.max_fds:
+                if shared.refs == 0 and shared.closer is not None:
+                    shared.closer(shared.obj)     # opened for this entry: not kept, not leaked
+                raise OSError(errno.EMFILE, f"this process holds {len(self.fds)} descriptors in the shadow")
+            entry = FdEntry(shared.incref(), meta)
             old = self.fds.get(fd)
             self.fds[fd] = entry
         if old is not None:
@@ -150,7 +157,7 @@ class ProcessState:
 
     def fork_copy(self, key: str) -> "ProcessState":
         """The state a child starts with: same descriptors sharing the same open files."""
-        child = ProcessState(key, parent=self.key, platform=self.platform)
+        child = ProcessState(key, parent=self.key, platform=self.platform, max_fds=self.max_fds)
         with self.lock:
             for fd, e in self.fds.items():
                 child.fds[fd] = FdEntry(e.shared.incref(), dict(e.meta))
@@ -169,16 +176,34 @@ class ProcessState:
 
 
 class CallContext:
-    """Passed to every handler; one per connection (reused for each call)."""
+    """Passed to every handler; one per connection (reused for each call).  peer_pid: the
+    Unix-socket peer's pid (SO_PEERCRED) or None; private_fs: this connection's thread has a
+    umask of its own (set_umask); umask: the one set last."""
 
-    __slots__ = ("server", "process", "peer", "platform", "info")
+    __slots__ = ("server", "process", "peer", "platform", "info", "peer_pid", "private_fs", "umask")
 
-    def __init__(self, server, process: ProcessState, peer: str, platform: str, info: dict):
+    def __init__(self, server, process: ProcessState, peer: str, platform: str, info: dict,
+                 peer_pid: int | None = None, private_fs: bool = False):
         self.server = server
         self.process = process
         self.peer = peer
         self.platform = platform
         self.info = info
+        self.peer_pid = peer_pid
+        self.private_fs = private_fs
+        self.umask = None
+
+    def set_umask(self, mask: int) -> None:
+        """The caller's umask for what this call creates (per thread: see creds)."""
+        if not self.private_fs:
+            raise OSError(errno.ENOTSUP, "no umask of its own for this connection")
+        if mask != self.umask:
+            creds.set_umask(mask)
+            self.umask = mask
+
+    def act_as_caller(self) -> None:
+        """Take on the caller's current filesystem identity (a root shadow, local callers)."""
+        self.server._act_as(self)
 
 
 class _Refused(Exception):
@@ -192,11 +217,22 @@ class ShadowServer:
     def __init__(self, dispatch: Mapping[int, Handler], *, spec_hash: str | None = None,
                  secret: bytes | str | None = None, max_frame: int = MAX_FRAME,
                  grace: float = 300.0, ticket_ttl: float = 60.0, max_connections: int = 1024,
+                 max_fds_per_process: int | None = None, max_tickets_per_process: int = 64,
+                 detached_fd_budget: int | None = None, max_pending_bytes: int = 256 << 20,
+                 frame_timeout: float = 60.0,
                  name: str = "shadow", loop: str | None = None):
         """spec_hash: agents must present the same (None accepts any: tests, tools).
         secret: required for TCP; when set, Unix-socket clients must authenticate too.
         grace: how long a detached process's state is kept when we cannot tell whether the
         process still exists (a remote agent host).
+        Limits, so that one client cannot starve the others (defaults from the shadow's own
+        descriptor limit): max_fds_per_process descriptors per agent process (EMFILE beyond);
+        max_tickets_per_process fork tickets waiting for their child (the oldest go);
+        detached_fd_budget descriptors held by processes that are gone or exec-ing (beyond it,
+        the states detached longest are released before their grace period ends);
+        max_pending_bytes of big frames arriving at once in this process (a frame waits up to
+        frame_timeout for room, then must arrive within frame_timeout, or the connection
+        closes).
         loop: "c", "python" or "auto" (default: BYPASS_SHADOW_LOOP, else auto): which
         per-connection call loop answers the calls (see bypass.rpc.c_loop)."""
         self.dispatch: dict[int, Handler] = dict(dispatch)
@@ -208,6 +244,13 @@ class ShadowServer:
         self.grace = grace
         self.ticket_ttl = ticket_ttl
         self.max_connections = max_connections
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        nofile = nofile if nofile != resource.RLIM_INFINITY else 1 << 20
+        self.max_fds_per_process = max_fds_per_process or max(64, nofile // 8)
+        self.max_tickets_per_process = max_tickets_per_process
+        self.detached_fd_budget = detached_fd_budget or max(64, nofile // 4)
+        self.max_pending_bytes = max_pending_bytes
+        self.frame_timeout = frame_timeout
         self.name = name
         self.processes: dict[str, ProcessState] = {}
         self.tickets: dict[int, tuple[ProcessState, float]] = {}
@@ -221,6 +264,8 @@ class ShadowServer:
         self._conns: set[socket.socket] = set()
         self._boot_id = boot_id()
         self.export = None        # an ExportRoot when file calls are confined (bypass.rpc.export)
+        # A root shadow acts, per connection thread, as the agent process it serves (creds).
+        self.as_caller = os.geteuid() == 0 and creds.of_process(os.getpid()) is not None
         self._c_loop = c_loop(loop)
 
     # -- listening ---------------------------------------------------------------------------------
@@ -231,6 +276,10 @@ class ShadowServer:
         if address is None:
             d = tempfile.mkdtemp(prefix="bypass-shadow-")       # created 0700
             self._cleanup.append(lambda: os.rmdir(d))
+            if self.as_caller:
+                # A process of the run that became another user must still reach us; it
+                # gets that user's rights only (see _handshake, creds).
+                os.chmod(d, 0o711)
             address = f"unix:{d}/shadow.sock"
         kind, where = parse_address(address)
         if kind == "unix":
@@ -258,7 +307,7 @@ class ShadowServer:
             os.makedirs(d, mode=0o700)
             self._cleanup.append(lambda: os.rmdir(d))
         mode = os.stat(d).st_mode
-        if mode & 0o077:
+        if mode & 0o077 and not (self.as_caller and mode & 0o066 == 0):
             log.warning("%s: directory %s is accessible to other users (mode %o); any of them "
                         "can call the shadow", self.name, d, stat.S_IMODE(mode))
         if os.path.exists(path):
@@ -272,13 +321,16 @@ class ShadowServer:
             finally:
                 probe.close()
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)             # the socket file itself: owner only
+        # the socket file itself: owner only (anyone, for a root shadow acting as its callers)
+        old = os.umask(0o111 if self.as_caller else 0o177)
         try:
             s.bind(path)
         finally:
             os.umask(old)
         s.listen(128)
         self._cleanup.insert(0, lambda: os.unlink(path))
+        # the remote agent's current-directory marker for this shadow's run (agents/remote)
+        self._cleanup.insert(1, lambda: os.rmdir(path + ".cwd"))
         return s
 
     # -- serving ---------------------------------------------------------------------------------
@@ -318,27 +370,29 @@ class ShadowServer:
             return
         sock.setblocking(True)
         _big_send_buffer(sock)
+        peer_ids = None
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             peer = f"tcp:{addr[0]}:{addr[1]}"
         else:
-            peer = "unix:" + _unix_peer(sock)
+            peer_ids = _unix_peer(sock)
+            peer = f"unix:pid {peer_ids[0]} uid {peer_ids[1]}" if peer_ids else "unix:?"
         with self.lock:
             if len(self._conns) >= self.max_connections:
                 log.warning("%s: too many connections, refusing %s", self.name, peer)
                 sock.close()
                 return
             self._conns.add(sock)
-        threading.Thread(target=self._serve, args=(sock, peer), name=f"{self.name} {peer}",
+        threading.Thread(target=self._serve, args=(sock, peer, peer_ids), name=f"{self.name} {peer}",
                          daemon=True).start()
 
-    def _serve(self, sock: socket.socket, peer: str) -> None:
+    def _serve(self, sock: socket.socket, peer: str, peer_ids: tuple[int, int] | None = None) -> None:
         process = None
         try:
             sock.settimeout(HANDSHAKE_TIMEOUT)
-            reader = FrameReader(sock, self.max_frame)
+            reader = FrameReader(sock, self.max_frame, self.max_pending_bytes, self.frame_timeout)
             packer = new_packer()
-            ctx = self._handshake(sock, reader, packer, peer)
+            ctx = self._handshake(sock, reader, packer, peer, peer_ids)
             process = ctx.process
             sock.settimeout(None)
             self._loop(sock, reader, packer, ctx)
@@ -362,7 +416,16 @@ class ShadowServer:
             if process is not None:
                 self._detach(process)
 
-    def _handshake(self, sock, reader: FrameReader, packer, peer: str) -> CallContext:
+    def _act_as(self, ctx: CallContext) -> None:
+        if not self.as_caller or ctx.peer_pid is None:
+            return
+        ids = creds.of_process(ctx.peer_pid)
+        if ids is None:
+            raise OSError(errno.EACCES, f"cannot read the credentials of process {ctx.peer_pid}")
+        creds.act_as(*ids)
+
+    def _handshake(self, sock, reader: FrameReader, packer, peer: str,
+                   peer_ids: tuple[int, int] | None = None) -> CallContext:
         snonce = auth.nonce()
         send_frame(sock, packer, [SHADOW_MAGIC, PROTOCOL_VERSION, self.spec_hash or "",
                                   self.secret is not None, snonce])
@@ -392,14 +455,29 @@ class ShadowServer:
         if not (isinstance(key, str) and 0 < len(key) <= 200 and isinstance(pid, int)):
             raise ProtocolError("hello lacks a process key and pid")
         platform = info.get("platform") if isinstance(info.get("platform"), str) else "?"
-        process = self._attach(info, key, pid, platform)
+        if self.as_caller and peer_ids is not None and peer_ids[1] != os.geteuid():
+            # Another user reaches our (world-connectable) socket only as a process of the run
+            # that changed its uid: one of ours that can become us again (real or saved uid),
+            # or a child of a process we know.
+            with self.lock:
+                ours = key in self.processes or self._known_ancestor(
+                    info.get("parent") if isinstance(info.get("parent"), str) else None) is not None
+            if not ours and os.geteuid() not in creds.uids(peer_ids[0])[0:3:2]:
+                refuse("not a process of this run")
+        ctx = CallContext(self, None, peer, platform, info, peer_ids[0] if peer_ids else None,
+                          creds.private_fs())
+        try:
+            self._act_as(ctx)
+        except OSError as e:
+            refuse(f"cannot act as the caller: {e}")
+        process = ctx.process = self._attach(info, key, pid, platform)
         proof = (auth.shadow_proof(self.secret, snonce, cnonce, spec)
                  if self.secret is not None else None)
         send_frame(sock, packer, [WELCOME, key, proof,
                                   {"platform": local_platform(), "pid": os.getpid(),
                                    "max_frame": self.max_frame, "fds": len(process.fds)}])
         log.debug("%s: %s is process %s (%s)", self.name, peer, key, platform)
-        return CallContext(self, process, peer, platform, info)
+        return ctx
 
     def _loop(self, sock, reader: FrameReader, packer, ctx: CallContext) -> None:
         """Serve calls until the connection ends (EOFError) or breaks the protocol."""
@@ -410,7 +488,8 @@ class ShadowServer:
             sock.fileno(), ctx, self.dispatch, _no_such_call,
             lambda call, exc: self._exception_reply(ctx, call, exc),
             lambda seq, call, result: self._pack_reply(packer, seq, call, result),
-            FileRegion, ProtocolError, self.max_frame, _SMALL, pending)
+            FileRegion, ProtocolError, self.max_frame, _SMALL, pending, self.max_pending_bytes,
+            self.frame_timeout)
 
     def _exception_reply(self, ctx: CallContext, call: int, exc: Exception) -> list:
         """[status, value] for a handler that raised: its errno, or a failure (logged)."""
@@ -502,12 +581,13 @@ class ShadowServer:
                 if snap is not None:
                     process = snap[0]          # a snapshot taken by the parent at fork
                     process.key = key
-                elif parent in self.processes:
+                elif (known := self._known_ancestor(parent)) is not None:
                     # No ticket (vfork, posix_spawn, a parent not connected at fork time):
-                    # the parent's table as it is now.
-                    process = self.processes[parent].fork_copy(key)
+                    # the table, as it is now, of the parent or of the nearest ancestor
+                    # that talked to us (sh -c 'x=$(mkdir d | cat)': the subshell never did).
+                    process = self.processes[known].fork_copy(key)
                 else:
-                    process = ProcessState(key)
+                    process = ProcessState(key, max_fds=self.max_fds_per_process)
                 process.parent = parent
                 self.processes[key] = process
             process.pid = pid
@@ -515,6 +595,27 @@ class ShadowServer:
             process.attached += 1
             process.detached_at = None
         return process
+
+    def _known_ancestor(self, parent: str | None, depth: int = 64) -> str | None:
+        """parent if we know it, else the nearest known ancestor found through /proc (same
+        host only: a remote agent host's processes cannot be looked up).  Under self.lock."""
+        if parent is None or parent in self.processes:
+            return parent
+        boot, _, rest = parent.partition(":")
+        pid, _, start = rest.partition(":")
+        if boot != self._boot_id or not pid.isdigit():
+            return None
+        pid = int(pid)
+        for _ in range(depth):
+            up = process_parent(pid)
+            if up is None or up[1] != start or up[0] <= 1:
+                return None          # gone (or the pid was reused): its ancestry is unknown
+            pid = up[0]
+            start = process_start_time(pid)
+            key = f"{boot}:{pid}:{start}"
+            if key in self.processes:
+                return key
+        return None
 
     def _detach(self, process: ProcessState) -> None:
         with self.lock:
@@ -547,6 +648,15 @@ class ShadowServer:
             for t, (snap, born) in list(self.tickets.items()):
                 if now - born > self.ticket_ttl:
                     doomed.append(self.tickets.pop(t)[0])
+            # Descriptors kept for processes that may come back (exec) are bounded too.
+            waiting = sorted((p for p in self.processes.values() if p.attached == 0 and p.fds),
+                             key=lambda p: p.detached_at or 0)
+            held = sum(len(p.fds) for p in waiting)
+            for p in waiting:
+                if held <= self.detached_fd_budget:
+                    break
+                held -= len(p.fds)
+                doomed.append(self.processes.pop(p.key))
         for p in doomed:
             log.debug("%s: releasing state of %s", self.name, p.key)
             p.release()
@@ -554,8 +664,14 @@ class ShadowServer:
     def _fork_ticket(self, ctx: CallContext) -> int:
         ticket = secrets.randbits(62) or 1
         snap = ctx.process.fork_copy("(fork ticket)")
+        doomed = []
         with self.lock:
+            mine = [t for t, (s, _) in self.tickets.items() if s.parent == ctx.process.key]
+            while len(mine) >= self.max_tickets_per_process:
+                doomed.append(self.tickets.pop(mine.pop(0))[0])     # (dicts keep their order)
             self.tickets[ticket] = (snap, time.monotonic())
+        for p in doomed:
+            p.release()
         return ticket
 
     # -- shutdown ----------------------------------------------------------------------------------
@@ -687,12 +803,12 @@ def _big_send_buffer(sock: socket.socket) -> None:
             continue
 
 
-def _unix_peer(sock: socket.socket) -> str:
-    """pid of a Unix-socket peer (SO_PEERCRED), for log lines."""
+def _unix_peer(sock: socket.socket) -> tuple[int, int] | None:
+    """(pid, uid) of a Unix-socket peer (SO_PEERCRED), or None."""
     try:
         import struct
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid, uid, _ = struct.unpack("3i", creds)
-        return f"pid {pid} uid {uid}"
+        ids = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, _ = struct.unpack("3i", ids)
+        return pid, uid
     except (OSError, AttributeError):
-        return "?"
+        return None

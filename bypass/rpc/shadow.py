@@ -101,6 +101,15 @@ class Direct:
     def mkdir(self, path, mode):
         os.mkdir(path, mode)
 
+    def mknod(self, path, mode, device=0):
+        os.mknod(path, mode, device)
+
+    def chown(self, path, uid, gid, follow=True):
+        os.chown(path, uid, gid, follow_symlinks=follow)
+
+    def utime(self, path, ns, follow=True):
+        os.utime(path, ns=ns, follow_symlinks=follow)
+
     def listdir(self, path):
         from .export import dir_entries
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -68,7 +68,7 @@ def make_server(spec_path, export: str | None = None, secret: bytes | None = Non
     if export is not None:
         if not os.path.isdir(export):
             raise BypassError(f"--export {export}: not a directory")
-        server.export = ExportRoot(export)
+        server.export = ExportRoot(export, getattr(module, "EXPORT_ALIAS", None))
     else:
         server.export = None
     return server

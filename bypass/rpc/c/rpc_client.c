@@ -44,6 +44,9 @@ extern int bypass_fd_register(int *slot) __attribute__((weak));
  * after_fork(0 parent / 1 child) runs after it (see agents/remote). */
 extern void bypass_rpc_before_fork(void) __attribute__((weak));
 extern void bypass_rpc_after_fork(int in_child) __attribute__((weak));
+/* An agent that can tell a vfork child (which runs in its parent's memory, where a call must
+ * not take over the parent's connection) from a forked one defines this (see agents/remote). */
+extern int bypass_rpc_shares_memory(void) __attribute__((weak));
 
 #define HANDSHAKE_MAX 4096
 #define NONCE_SIZE 32
@@ -104,11 +107,22 @@ static struct {
     sigset_t saved_mask;
     int saved_cancel;
     sigset_t fork_mask;
+    int borrowed;              /* a vfork child's call: the parent's connection is in `lent` */
 } S = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .fd = -1,
     .failure_errno = EIO,
 };
+
+/* What a vfork child sets aside while it makes a call on a connection of its own (its
+ * parent, suspended in vfork or busy in other threads, finds everything as it was). */
+static struct {
+    int fd, dead, connected_before;
+    pid_t pid;
+    uint64_t seq;
+    int64_t ticket;
+    char key[KEY_MAX], parent[KEY_MAX];
+} lent;
 
 /* ---------------------------------------------------------------------------------------- */
 /* small helpers                                                                             */
@@ -369,9 +383,64 @@ fail:
     }
 }
 
+/* Every call ends within the timeout, however many sends and receives it takes: a send or
+ * receive after the first is given only what is left of the call's time (SO_*TIMEO shortened,
+ * restored when the call ends).  A call of one send and one prompt receive pays two
+ * clock_gettime for this. */
+static int64_t call_deadline;    /* CLOCK_MONOTONIC ns; 0 outside calls (handshakes) */
+static int call_shortened;
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int shorten(int fd)
+{
+    if (!call_deadline)
+        return 0;
+    int64_t left = call_deadline - now_ns();
+    if (left <= 0) {
+        errno = ETIMEDOUT;
+        return -1;
+    }
+    struct timeval tv = { (time_t)(left / 1000000000), (suseconds_t)(left % 1000000000 / 1000) };
+    if (!tv.tv_sec && !tv.tv_usec)
+        tv.tv_usec = 1;          /* (0 would mean: wait forever) */
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    call_shortened = 1;
+    return 0;
+}
+
+static void call_begins(void)
+{
+    call_deadline = now_ns() + (int64_t)(timeout_seconds() * 1e9);
+}
+
+/* Before the first receive of a call: shorten only if sending already took a while. */
+static int first_receive(int fd)
+{
+    if (call_deadline && call_deadline - now_ns() < (int64_t)(timeout_seconds() * 1e9) - 1000000)
+        return shorten(fd);
+    return 0;
+}
+
+static void call_ends(void)
+{
+    if (call_shortened && S.fd >= 0)
+        set_timeouts(S.fd, timeout_seconds());
+    call_shortened = 0;
+    call_deadline = 0;
+}
+
 static int send_all(int fd, const uint8_t *p, size_t n)
 {
-    while (n > 0) {
+    for (int first = 1; n > 0; first = 0) {
+        if (!first && shorten(fd) < 0)
+            return -1;
         ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
         if (k < 0) {
             if (errno == EINTR)
@@ -394,7 +463,9 @@ static int send_all(int fd, const uint8_t *p, size_t n)
 static ssize_t recv_frame(int fd, uint8_t **buf, size_t *cap, size_t max, int can_grow)
 {
     size_t have = 0, total = 4;
-    while (have < total) {
+    for (int first = 1; have < total; first = 0) {
+        if ((first ? first_receive(fd) : shorten(fd)) < 0)
+            return -1;
         ssize_t k = recv(fd, *buf + have, *cap - have, 0);
         if (k == 0) {
             errno = ECONNRESET;
@@ -756,6 +827,7 @@ static int send_request(void)
     }
     size_t total = S.w.len;
     put_header(S.buf, total - 4);
+    call_begins();
     if (send_all(S.fd, S.buf, total) < 0) {
         int e = errno;
         if (e == EBADF || e == ENOTSOCK) {
@@ -827,10 +899,13 @@ static int transact(void)
     return decode_envelope((size_t)len);
 }
 
-/* recv at most n bytes into p (at least 1); -1 with errno on error, timeout or end. */
-static ssize_t recv_some(void *p, size_t n)
+/* recv at most n bytes into p (at least 1); -1 with errno on error, timeout or end.  first:
+ * the call's first receive. */
+static ssize_t recv_some(void *p, size_t n, int first)
 {
     for (;;) {
+        if ((first ? first_receive(S.fd) : shorten(S.fd)) < 0)
+            return -1;
         ssize_t k = recv(S.fd, p, n, 0);
         if (k > 0)
             return k;
@@ -863,7 +938,7 @@ ssize_t bypass_rpc_finish_into(void *dst, size_t cap, size_t *got)
     /* The envelope before the payload is at most ~30 bytes: take 64 (never past the frame). */
     size_t have = 0, total = 4;
     while (have < total && have < 64) {
-        ssize_t k = recv_some(S.buf + have, (total < 64 ? total : 64) - have);
+        ssize_t k = recv_some(S.buf + have, (total < 64 ? total : 64) - have, have == 0);
         if (k < 0)
             return lost_reply();
         have += (size_t)k;
@@ -896,7 +971,7 @@ ssize_t bypass_rpc_finish_into(void *dst, size_t cap, size_t *got)
             return lost_reply();
         }
         while (have < total) {
-            ssize_t k = recv_some(S.buf + have, total - have);
+            ssize_t k = recv_some(S.buf + have, total - have, 0);
             if (k < 0)
                 return lost_reply();
             have += (size_t)k;
@@ -926,7 +1001,7 @@ ssize_t bypass_rpc_finish_into(void *dst, size_t cap, size_t *got)
     size_t already = have > start ? have - start : 0;
     memcpy(dst, S.buf + start, already);
     while (already < blen) {
-        ssize_t k = recv_some((uint8_t *)dst + already, blen - already);
+        ssize_t k = recv_some((uint8_t *)dst + already, blen - already, 0);
         if (k < 0)
             return lost_reply();
         already += (size_t)k;
@@ -938,13 +1013,76 @@ ssize_t bypass_rpc_finish_into(void *dst, size_t cap, size_t *got)
 static int simple_call_locked(int64_t call_no, int64_t *result)
 {
     start_request(call_no, 0);
-    if (transact() < 0)
+    int rc = transact();
+    call_ends();
+    if (rc < 0)
         return -1;
     if (bp_mp_peek(&S.r) == BP_MP_NIL) {
         *result = 0;
         return 0;
     }
     return bp_mp_read_int(&S.r, result) == 0 ? 0 : -1;
+}
+
+/* Exchange the connection identity in S with the one in `lent`. */
+static void swap_connection(void)
+{
+#define SWAP(field)                                                                       \
+    do {                                                                                  \
+        __typeof__(S.field) t_ = S.field;                                                 \
+        S.field = lent.field;                                                             \
+        lent.field = t_;                                                                  \
+    } while (0)
+    SWAP(fd);
+    SWAP(dead);
+    SWAP(connected_before);
+    SWAP(pid);
+    SWAP(seq);
+    SWAP(ticket);
+#undef SWAP
+    char k[KEY_MAX];
+    memcpy(k, S.key, KEY_MAX), memcpy(S.key, lent.key, KEY_MAX), memcpy(lent.key, k, KEY_MAX);
+    memcpy(k, S.parent, KEY_MAX), memcpy(S.parent, lent.parent, KEY_MAX), memcpy(lent.parent, k, KEY_MAX);
+}
+
+/* A vfork child runs in its parent's memory: under the lock (other threads of the parent may
+ * be calling), it puts the parent's connection aside and connects as itself, a child of the
+ * parent; bypass_rpc_end puts everything back.  The child's connection is one per call (the
+ * parent's socket stays open in the child until its exec). */
+static void borrow(void)
+{
+    lent.fd = -1;
+    lent.dead = lent.connected_before = 0;
+    lent.pid = getpid();
+    lent.seq = 0;
+    lent.ticket = 0;
+    lent.key[0] = 0;
+    memcpy(lent.parent, S.key[0] ? S.key : S.parent, KEY_MAX);
+    /* before S.pid changes: the parent's other threads must see a borrow, not a fork */
+    __atomic_store_n(&S.borrowed, 1, __ATOMIC_SEQ_CST);
+    swap_connection();
+}
+
+static void give_back_connection(void)
+{
+    if (!S.borrowed)
+        return;
+    if (S.fd >= 0)
+        close(S.fd);
+    swap_connection();
+    __atomic_store_n(&S.borrowed, 0, __ATOMIC_SEQ_CST);
+}
+
+/* S.pid is not ours: a fork that skipped the atfork handlers (raw clone), or, in the parent,
+ * a vfork child's borrow in progress (the lock makes this thread wait for it to end). */
+static int forked_behind_our_back(void)
+{
+    pid_t me = getpid();
+    if (__atomic_load_n(&S.pid, __ATOMIC_SEQ_CST) == me || S.pid == 0)
+        return 0;
+    if (__atomic_load_n(&S.borrowed, __ATOMIC_SEQ_CST))
+        return 0;
+    return __atomic_load_n(&S.pid, __ATOMIC_SEQ_CST) != me;
 }
 
 int bypass_rpc_begin(int64_t call_no, uint32_t nargs, bp_mp_writer **w)
@@ -955,13 +1093,20 @@ int bypass_rpc_begin(int64_t call_no, uint32_t nargs, bp_mp_writer **w)
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &oldcancel);
-    /* A fork that skipped the atfork handlers (raw clone): start over, lock included. */
-    if (S.pid != 0 && S.pid != getpid())
-        reset_in_child();
+    int vforked = 0;
+    if (S.pid != 0 && S.pid != getpid()) {
+        if (bypass_rpc_shares_memory && bypass_rpc_shares_memory())
+            vforked = 1;
+        else if (forked_behind_our_back())
+            reset_in_child();
+    }
     pthread_mutex_lock(&S.lock);
+    if (vforked)
+        borrow();
     S.saved_mask = old;
     S.saved_cancel = oldcancel;
     if (ensure_connected() < 0) {
+        give_back_connection();
         pthread_mutex_unlock(&S.lock);
         pthread_setcancelstate(oldcancel, NULL);
         pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -985,6 +1130,8 @@ void bypass_rpc_end(void)
     int e = errno;
     sigset_t m = S.saved_mask;
     int c = S.saved_cancel;
+    call_ends();
+    give_back_connection();
     pthread_mutex_unlock(&S.lock);
     pthread_setcancelstate(c, NULL);
     pthread_sigmask(SIG_SETMASK, &m, NULL);

@@ -25,6 +25,9 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <poll.h>
+#include <time.h>
+#include <unistd.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/sendfile.h>
@@ -51,6 +54,9 @@ typedef struct {
     PyObject *protocol_error;   /* the ProtocolError type */
     Py_ssize_t max_frame;
     Py_ssize_t small;           /* buffers above this go out without a copy */
+    Py_ssize_t budget;          /* bytes of big frames this process receives at once (0: any) */
+    double frame_timeout;       /* seconds a big frame may take to arrive (0: no limit) */
+    double deadline;            /* CLOCK_MONOTONIC seconds, while a big frame arrives */
 
     uint8_t *in;                /* receive buffer: `have` bytes, frames at the front */
     size_t in_cap, have;
@@ -71,6 +77,47 @@ static PyObject *protocol_error(conn *c, const char *fmt, ...)
 /* ------------------------------------------------------------------------------------------ */
 /* socket I/O, GIL released                                                                   */
 
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Bytes of big frames being received by all connections of this process: a client that sends
+ * most of a frame and stops must not hold memory without bound or for ever.  A big frame
+ * waits (up to frame_timeout) for room in the budget, then must arrive within frame_timeout. */
+static Py_ssize_t in_flight;
+
+static int reserve(conn *c, size_t n)
+{
+    if (c->budget <= 0)
+        return 0;
+    double until = now_s() + (c->frame_timeout > 0 ? c->frame_timeout : 60);
+    for (;;) {
+        Py_ssize_t cur = __atomic_load_n(&in_flight, __ATOMIC_RELAXED);
+        if (cur + (Py_ssize_t)n <= c->budget || cur == 0) {
+            if (__atomic_compare_exchange_n(&in_flight, &cur, cur + (Py_ssize_t)n, 0, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_RELAXED))
+                return 0;
+            continue;
+        }
+        if (now_s() > until) {
+            protocol_error(c, "%zd bytes of frames already arriving: no room for %zu more", cur, n);
+            return -1;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        usleep(10000);
+        Py_END_ALLOW_THREADS
+    }
+}
+
+static void unreserve(conn *c, size_t n)
+{
+    if (c->budget > 0)
+        __atomic_sub_fetch(&in_flight, (Py_ssize_t)n, __ATOMIC_ACQ_REL);
+}
+
 /* Have at least `need` bytes in c->in.  0: ok; -1: exception set (EOFError only when the
  * stream ended cleanly before the first byte of a frame). */
 static int fill(conn *c, size_t need)
@@ -87,11 +134,25 @@ static int fill(conn *c, size_t need)
     }
     while (c->have < need) {
         ssize_t k;
+        int late = 0;
         Py_BEGIN_ALLOW_THREADS
+        if (c->deadline > 0) {
+            struct pollfd p = { .fd = c->fd, .events = POLLIN };
+            double left = c->deadline - now_s();
+            int r;
+            do
+                r = poll(&p, 1, left > 0 ? (int)(left * 1000) + 1 : 0);
+            while (r < 0 && errno == EINTR);
+            late = r == 0;
+        }
         do
-            k = recv(c->fd, c->in + c->have, c->in_cap - c->have, 0);
+            k = late ? 0 : recv(c->fd, c->in + c->have, c->in_cap - c->have, 0);
         while (k < 0 && errno == EINTR);
         Py_END_ALLOW_THREADS
+        if (late) {
+            protocol_error(c, "a frame of %zu bytes did not arrive within %g s", need, c->frame_timeout);
+            return -1;
+        }
         if (k < 0) {
             PyErr_SetFromErrno(PyExc_OSError);
             return -1;
@@ -613,13 +674,14 @@ static PyObject *serve(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     (void)self;
     static char *names[] = { "fd", "ctx", "dispatch", "no_such_call", "exception_reply", "pack_reply",
-                             "file_region", "protocol_error", "max_frame", "small", "pending", NULL };
+                             "file_region", "protocol_error", "max_frame", "small", "pending", "budget",
+                             "frame_timeout", NULL };
     conn c = { 0 };
     Py_buffer pending = { 0 };
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOO!OOOOOnny*:serve", names, &c.fd, &c.ctx,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOO!OOOOOnny*|nd:serve", names, &c.fd, &c.ctx,
                                      &PyDict_Type, &c.dispatch, &c.no_such_call, &c.exception_reply,
                                      &c.pack_reply, &c.file_region, &c.protocol_error, &c.max_frame,
-                                     &c.small, &pending))
+                                     &c.small, &pending, &c.budget, &c.frame_timeout))
         return NULL;
     if (!PyType_Check(c.file_region) || !PyExceptionClass_Check(c.protocol_error) || c.max_frame <= 0) {
         PyBuffer_Release(&pending);
@@ -647,9 +709,15 @@ static PyObject *serve(PyObject *self, PyObject *args, PyObject *kwargs)
             protocol_error(&c, "frame of %u bytes exceeds the limit of %zd", len, c.max_frame);
             break;
         }
-        if (fill(&c, HEADER + (size_t)len) < 0)
+        int big = HEADER + (size_t)len > RECV_SIZE;
+        if (big && reserve(&c, len) < 0)
             break;
-        if (serve_frame(&c, len) < 0)
+        c.deadline = big && c.frame_timeout > 0 ? now_s() + c.frame_timeout : 0;
+        int rc = fill(&c, HEADER + (size_t)len);
+        c.deadline = 0;
+        if (big)
+            unreserve(&c, len);
+        if (rc < 0 || serve_frame(&c, len) < 0)
             break;
         /* Drop the frame; a pipelined next one moves to the front. */
         c.have -= HEADER + (size_t)len;
@@ -677,7 +745,7 @@ static PyObject *serve(PyObject *self, PyObject *args, PyObject *kwargs)
 static PyMethodDef methods[] = {
     { "serve", (PyCFunction)(void (*)(void))serve, METH_VARARGS | METH_KEYWORDS,
       "serve(fd, ctx, dispatch, no_such_call, exception_reply, pack_reply, file_region, protocol_error, "
-      "max_frame, small, pending): answer calls on a connected socket until it ends (EOFError) or "
+      "max_frame, small, pending[, budget, frame_timeout]): answer calls on a connected socket until it ends (EOFError) or "
       "breaks the protocol (ProtocolError)." },
     { NULL, NULL, 0, NULL }
 };
