@@ -841,6 +841,7 @@ static int load(struct wf_mount *m)
     if (rc)
         goto fail;
 ok:
+    rc = 0;
     wf_dbg("%s is %s", m->prefix, m->root);
     __atomic_store_n(&m->state, 1, __ATOMIC_RELEASE);
     wf_loaded_any = 1;
