@@ -55,6 +55,7 @@ static int wf_nmounts;
 static int wf_loaded_any;
 static char wf_cache[WF_ROOT_MAX];
 static long long wf_ttl = 300;
+static long long wf_cache_max = 8LL << 30;
 static pthread_mutex_t wf_lock = PTHREAD_MUTEX_INITIALIZER;
 /* The current directory as the program knows it: -1 not known yet, 0 outside every tree,
  * 1 inside one (wf_vcwd holds the program's path). */
@@ -252,6 +253,20 @@ int wf_init_from_env(char *err, size_t esize)
             snprintf(err, esize, "BYPASS_WEBFS_TTL='%s' is not a number of seconds", ttl);
             return -1;
         }
+    }
+    const char *max = bypass_getenv("BYPASS_WEBFS_CACHE_MAX");
+    if (max && *max) {
+        char *end;
+        errno = 0;
+        long long v = strtoll(max, &end, 10);
+        int shift = *end == 'K' || *end == 'k' ? 10 : *end == 'M' || *end == 'm' ? 20 : *end == 'G' || *end == 'g' ? 30 : 0;
+        if (shift)
+            end++;
+        if (errno || end == max || *end || v <= 0 || v > (LLONG_MAX >> shift)) {
+            snprintf(err, esize, "BYPASS_WEBFS_CACHE_MAX='%s' is not a size (bytes, or with K, M, G)", max);
+            return -1;
+        }
+        wf_cache_max = v << shift;
     }
     const char *c = bypass_getenv("BYPASS_WEBFS_CACHE");
     const char *xdg = bypass_getenv("XDG_CACHE_HOME") ? bypass_getenv("XDG_CACHE_HOME") : getenv("XDG_CACHE_HOME");
@@ -1032,6 +1047,147 @@ void wf_fix_statx(void *p)
             sx->stx_blocks = (sx->stx_size + 4095) / 4096 * 8;
 }
 
+/* ------------------------------------------------------------------ the cache's size */
+
+/* Bytes of fetched files in the whole cache, kept in CACHE/used under CACHE/used.lock, so that
+ * a fetch costs no walk; only going over BYPASS_WEBFS_CACHE_MAX walks the trees. */
+struct victim {
+    struct timespec atime;
+    long long size;
+    char path[PATH_MAX];
+};
+struct victims {
+    struct victim *v;
+    size_t n, cap;
+    long long total;
+    const char *keep;
+};
+static __thread struct victims *wf_victims;
+
+static int collect(const char *path, const struct stat *st, int flag, struct FTW *f)
+{
+    (void)f;
+    struct victims *vs = wf_victims;
+    if (flag != FTW_F || !S_ISREG(st->st_mode) || st->st_size == 0 || st->st_blocks == 0 || !strstr(path, "/root/"))
+        return 0;
+    vs->total += st->st_size;
+    if (strcmp(path, vs->keep) == 0)
+        return 0;
+    if (vs->n == vs->cap) {
+        size_t cap = vs->cap ? vs->cap * 2 : 256;
+        struct victim *nv = realloc(vs->v, cap * sizeof *nv);
+        if (!nv)
+            return 1;
+        vs->v = nv;
+        vs->cap = cap;
+    }
+    struct victim *v = &vs->v[vs->n++];
+    v->atime = st->st_atim;
+    v->size = st->st_size;
+    snprintf(v->path, sizeof v->path, "%s", path);
+    return 0;
+}
+
+static int by_atime(const void *a, const void *b)
+{
+    const struct victim *x = a, *y = b;
+    if (x->atime.tv_sec != y->atime.tv_sec)
+        return x->atime.tv_sec < y->atime.tv_sec ? -1 : 1;
+    return x->atime.tv_nsec < y->atime.tv_nsec ? -1 : x->atime.tv_nsec > y->atime.tv_nsec;
+}
+
+/* Turn a fetched file back into a placeholder: a new sparse file renamed over it, so that a
+ * process still holding (or running) the old one keeps it intact. */
+static int unfetch(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode))
+        return -1;
+    char tmp[PATH_MAX], dir[PATH_MAX];
+    if (snprintf(tmp, sizeof tmp, "%s.evict-%d", path, (int)getpid()) >= (int)sizeof tmp)
+        return -1;
+    snprintf(dir, sizeof dir, "%s", path);
+    *strrchr(dir, '/') = '\0';
+    struct stat ds;
+    int have = stat(dir, &ds) == 0;
+    int opened = have && !(ds.st_mode & S_IWUSR) && chmod(dir, ds.st_mode | S_IWUSR | S_IXUSR) == 0;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    int rc = -1;
+    if (fd >= 0) {
+        struct timespec ts[2] = {st.st_atim, st.st_mtim};
+        if (ftruncate(fd, st.st_size) == 0 && fchmod(fd, st.st_mode & 07777) == 0 && futimens(fd, ts) == 0 &&
+            rename(tmp, path) == 0)
+            rc = 0;
+        close(fd);
+        if (rc)
+            unlink(tmp);
+    }
+    if (opened)
+        chmod(dir, ds.st_mode & 07777);
+    if (have) {
+        struct timespec dt[2] = {ds.st_atim, ds.st_mtim};
+        utimensat(AT_FDCWD, dir, dt, 0);
+    }
+    return rc;
+}
+
+static void account(long long added, const char *keep)
+{
+    char usedp[PATH_MAX], lockp[PATH_MAX], trees[PATH_MAX];
+    snprintf(usedp, sizeof usedp, "%s/used", wf_cache);
+    snprintf(lockp, sizeof lockp, "%s/used.lock", wf_cache);
+    snprintf(trees, sizeof trees, "%s/trees", wf_cache);
+    int lk = lock_path(lockp);
+    if (lk < 0)
+        return;
+    long long used = 0;
+    char text[32];
+    int fd = open(usedp, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n = read(fd, text, sizeof text - 1);
+        close(fd);
+        if (n > 0) {
+            text[n] = '\0';
+            used = strtoll(text, NULL, 10);
+        }
+    }
+    used += added;
+    if (used > wf_cache_max) {
+        struct victims vs = {.keep = keep};
+        wf_victims = &vs;
+        /* FTW_PHYS: never follow a tree's symlinks out of the cache */
+        int walked = nftw(trees, collect, 16, FTW_PHYS) == 0;
+        wf_victims = NULL;
+        if (walked) {
+            used = vs.total;
+            qsort(vs.v, vs.n, sizeof *vs.v, by_atime);
+            long long goal = wf_cache_max - wf_cache_max / 10;
+            size_t evicted = 0;
+            for (size_t i = 0; i < vs.n && used > goal; i++)
+                if (unfetch(vs.v[i].path) == 0) {
+                    used -= vs.v[i].size;
+                    evicted++;
+                }
+            wf_dbg("cache over %lld bytes: %zu files evicted, %lld bytes kept", wf_cache_max, evicted, used);
+        }
+        free(vs.v);
+    }
+    char tmp[PATH_MAX];
+    if (snprintf(tmp, sizeof tmp, "%s.%d", usedp, (int)getpid()) >= (int)sizeof tmp) {
+        close(lk);
+        return;
+    }
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+        int n = snprintf(text, sizeof text, "%lld\n", used < 0 ? 0 : used);
+        int ok = write(fd, text, (size_t)n) == n;
+        close(fd);
+        if (!ok || rename(tmp, usedp) < 0)
+            unlink(tmp);
+    }
+    close(lk);
+}
+
 /* Fetch the file behind skeleton path `real` (a placeholder), check it, put it in place. */
 static int fill(struct wf_mount *m, const char *real)
 {
@@ -1041,7 +1197,8 @@ static int fill(struct wf_mount *m, const char *real)
     int lk = lock_path(lockp);
     if (lk < 0)
         return errno;
-    int rc = 0;
+    int rc = 0, fetched = 0;
+    struct walk w = {.want = rel};
     struct stat st;
     if (stat(real, &st) < 0) {
         rc = errno;
@@ -1049,9 +1206,9 @@ static int fill(struct wf_mount *m, const char *real)
     }
     if (!is_placeholder(&st))
         goto out; /* another process filled it meanwhile */
+    fetched = 1;
     char catalog[PATH_MAX];
     snprintf(catalog, sizeof catalog, "%s/catalog", m->tree);
-    struct walk w = {.want = rel};
     rc = walk_catalog(catalog, &w);
     if (rc) {
         wf_say("%s%s: not in the catalog (%s)", m->prefix, rel, strerror(rc));
@@ -1089,7 +1246,8 @@ static int fill(struct wf_mount *m, const char *real)
             wf_say("%s%s: trying mirror %s", m->prefix, rel, m->mirror[i + 1]);
     }
     if (rc == 0) {
-        struct timespec ts[2] = {{w.mtime + WF_GROWFS_MTIME_OFFSET, 0}, {w.mtime + WF_GROWFS_MTIME_OFFSET, 0}};
+        /* atime "now": the cache evicts the least recently used first */
+        struct timespec ts[2] = {{0, UTIME_NOW}, {w.mtime + WF_GROWFS_MTIME_OFFSET, 0}};
         if (fchmod(fd, (mode_t)(w.mode & 07777)) < 0 || futimens(fd, ts) < 0)
             rc = errno;
     }
@@ -1117,6 +1275,8 @@ static int fill(struct wf_mount *m, const char *real)
         unlink(tmp);
 out:
     close(lk);
+    if (rc == 0 && fetched)
+        account(w.size, real);
     return rc;
 }
 

@@ -128,3 +128,35 @@ def test_concurrent_cold_processes_fetch_each_file_once(webfs_so, env, served):
     files = [r for r in srv.requests if not r.endswith((".growfsdir", ".growfschecksum"))]
     assert len(files) == len(set(files)), sorted(files)
     assert sum(r.endswith(".growfsdir") for r in srv.requests) == 1
+
+
+def test_cache_size_is_bounded_least_recently_used_first(webfs_so, env, served, tmp_path):
+    local, _, srv = served
+    limit = 230_000                                  # data.bin is 200,000 bytes, mytrue ~35,000
+    e = dict(env, BYPASS_WEBFS_CACHE_MAX=str(limit))
+    job = "cat {T}/share/data.bin | md5sum; cat {T}/share/latest | md5sum; cat {T}/bin/mytrue | md5sum; " \
+          "{T}/bin/mytrue && echo ran"
+    p = run(webfs_so, job.format(T="/software"), e, shell=True)
+    want = subprocess.run(job.format(T=local), shell=True, capture_output=True).stdout
+    assert p.returncode == 0 and p.stdout == want, p.stderr
+    [tree] = [q for q in (tmp_path / "cache" / "trees").iterdir() if q.is_dir()]
+    filled = {str(q.relative_to(tree / "root")): q.stat().st_size for q in (tree / "root").rglob("*")
+              if q.is_file() and not q.is_symlink() and q.stat().st_blocks > 0}
+    assert sum(filled.values()) <= limit
+    # over the limit when mytrue came: the least recently used (data.bin) went, the README stayed
+    assert set(filled) == {"bin/mytrue", "share/doc/README with spaces.txt"}
+    assert int((tmp_path / "cache" / "used").read_text()) == sum(filled.values())
+    # an evicted file is fetched again, checked again, and is the same
+    p = run(webfs_so, "cat /software/share/data.bin | md5sum", e, shell=True)
+    assert p.stdout == want.split(b"\n")[0] + b"\n"
+    assert [r for r in srv.requests if r.endswith("data.bin")] == ["/tree/share/data.bin"] * 2
+    assert not [q for q in tree.rglob("*evict*")]
+    # the listing is unchanged by eviction
+    ls = "ls -lR --time-style=+%s {}"
+    assert run(webfs_so, ls.format("/software"), e, shell=True).stdout.replace(b"/software", b"T") == \
+        subprocess.run(ls.format(local), shell=True, capture_output=True).stdout.replace(str(local).encode(), b"T")
+
+
+def test_bad_cache_size_is_refused(webfs_so, env):
+    p = run(webfs_so, ["/bin/true"], dict(env, BYPASS_WEBFS_CACHE_MAX="lots"))
+    assert p.returncode == 2 and b"BYPASS_WEBFS_CACHE_MAX='lots' is not a size" in p.stderr
