@@ -75,7 +75,7 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=11)
     args = ap.parse_args(argv)
     if shutil.which("make_growfs") is None:
         print("make_growfs is needed: apt-get install coop-computing-tools", file=sys.stderr)
@@ -111,10 +111,12 @@ def main(argv=None) -> int:
             timed(job(str(tree)), webfs)
             runs = {"local disk": [], "agent, local": [], "webfs warm": []}
             ratios = {"agent, local": [], "webfs warm": []}
-            for _ in range(args.reps):
-                a = timed(job(str(tree)), base)
-                b = timed(job(str(tree)), webfs)
-                c = timed(job("/software"), webfs)
+            for rnd in range(args.reps):
+                # the order alternates between rounds, so that a drift in the machine's load does
+                # not always fall on the same variant
+                order = [(job(str(tree)), base), (job(str(tree)), webfs), (job("/software"), webfs)]
+                got = [timed(*x) for x in (order if rnd % 2 == 0 else order[::-1])]
+                a, b, c = got if rnd % 2 == 0 else got[::-1]
                 runs["local disk"].append(a)
                 runs["agent, local"].append(b)
                 runs["webfs warm"].append(c)

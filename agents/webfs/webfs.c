@@ -1305,7 +1305,9 @@ int wf_after_open(int fd, int flags, int dirfd, const struct wf_path *r)
     int nfd = open(real, (flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_TMPFILE)) | O_CLOEXEC);
     if (nfd < 0)
         return errno;
-    int again = dup3(nfd, fd, flags & O_CLOEXEC) < 0 ? errno : 0;
+    /* the program's descriptor keeps its number and its close-on-exec flag (fopen "re") */
+    int fdflags = fcntl(fd, F_GETFD);
+    int again = dup3(nfd, fd, fdflags >= 0 && (fdflags & FD_CLOEXEC) ? O_CLOEXEC : 0) < 0 ? errno : 0;
     close(nfd);
     return again;
 }
