@@ -12,6 +12,7 @@
 #include "bypass_runtime.h"
 
 #include <dirent.h>
+#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -1312,6 +1313,111 @@ int wf_after_open(int fd, int flags, int dirfd, const struct wf_path *r)
     return again;
 }
 
+/* ------------------------------------------------------------------ libraries found through $ORIGIN */
+
+/* The dynamic loader's own opens are invisible to a preload, but $ORIGIN in a program's RUNPATH
+ * expands to the directory the kernel ran it from: the skeleton.  So before a program from a tree
+ * runs, the libraries it names (DT_NEEDED) that its $ORIGIN-relative RUNPATH/RPATH finds in the
+ * tree are fetched, and theirs in turn. */
+static void *read_at(int fd, off_t off, size_t len)
+{
+    char *b = malloc(len + 1);
+    if (b && pread(fd, b, len, off) != (ssize_t)len) {
+        free(b);
+        return NULL;
+    }
+    if (b)
+        b[len] = '\0';
+    return b;
+}
+
+static off_t vaddr_to_offset(const Elf64_Phdr *ph, size_t n, Elf64_Addr va)
+{
+    for (size_t i = 0; i < n; i++)
+        if (ph[i].p_type == PT_LOAD && va >= ph[i].p_vaddr && va < ph[i].p_vaddr + ph[i].p_filesz)
+            return (off_t)(va - ph[i].p_vaddr + ph[i].p_offset);
+    return -1;
+}
+
+static int fill(struct wf_mount *m, const char *real);
+
+static void prefetch_libs(const char *file, int depth)
+{
+    if (depth > 8)
+        return;
+    int fd = open(file, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    Elf64_Ehdr eh;
+    Elf64_Phdr ph[64];
+    Elf64_Dyn *dyn = NULL;
+    char *str = NULL;
+    if (pread(fd, &eh, sizeof eh, 0) != (ssize_t)sizeof eh || memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0 ||
+        eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum > 64)
+        goto out;
+    size_t n = eh.e_phnum;
+    if (pread(fd, ph, n * sizeof *ph, (off_t)eh.e_phoff) != (ssize_t)(n * sizeof *ph))
+        goto out;
+    size_t ndyn = 0;
+    for (size_t i = 0; i < n; i++)
+        if (ph[i].p_type == PT_DYNAMIC && ph[i].p_filesz <= 65536) {
+            dyn = read_at(fd, (off_t)ph[i].p_offset, ph[i].p_filesz);
+            ndyn = ph[i].p_filesz / sizeof *dyn;
+        }
+    if (!dyn)
+        goto out;
+    Elf64_Addr strtab = 0;
+    Elf64_Xword strsz = 0, path = (Elf64_Xword)-1;
+    for (size_t i = 0; i < ndyn && dyn[i].d_tag != DT_NULL; i++) {
+        if (dyn[i].d_tag == DT_STRTAB)
+            strtab = dyn[i].d_un.d_ptr;
+        else if (dyn[i].d_tag == DT_STRSZ)
+            strsz = dyn[i].d_un.d_val;
+        else if (dyn[i].d_tag == DT_RUNPATH || (dyn[i].d_tag == DT_RPATH && path == (Elf64_Xword)-1))
+            path = dyn[i].d_un.d_val;
+    }
+    off_t stroff = vaddr_to_offset(ph, n, strtab);
+    if (stroff < 0 || strsz == 0 || strsz > (1 << 20) || path >= strsz || !(str = read_at(fd, stroff, strsz)))
+        goto out;
+    str[strsz - 1] = '\0';
+    char origin[PATH_MAX];
+    snprintf(origin, sizeof origin, "%s", file);
+    *strrchr(origin, '/') = '\0';
+    for (size_t i = 0; i < ndyn && dyn[i].d_tag != DT_NULL; i++) {
+        if (dyn[i].d_tag != DT_NEEDED || dyn[i].d_un.d_val >= strsz)
+            continue;
+        const char *need = str + dyn[i].d_un.d_val;
+        if (strchr(need, '/'))
+            continue;
+        for (const char *p = str + path; *p;) {
+            const char *e = p + strcspn(p, ":");
+            const char *rest = NULL;
+            if (e - p >= 7 && strncmp(p, "$ORIGIN", 7) == 0)
+                rest = p + 7;
+            else if (e - p >= 9 && strncmp(p, "${ORIGIN}", 9) == 0)
+                rest = p + 9;
+            char cand[PATH_MAX], real[PATH_MAX];
+            if (rest && snprintf(cand, sizeof cand, "%s%.*s/%s", origin, (int)(e - rest), rest, need) < (int)sizeof cand &&
+                realpath(cand, real)) {
+                const char *in;
+                struct wf_mount *m = root_of(real, &in);
+                struct stat st;
+                if (m && stat(real, &st) == 0 && S_ISREG(st.st_mode)) {
+                    if (is_placeholder(&st) && fill(m, real) != 0)
+                        break; /* the loader will say what is missing */
+                    prefetch_libs(real, depth + 1);
+                    break;
+                }
+            }
+            p = *e ? e + 1 : e;
+        }
+    }
+out:
+    free(str);
+    free(dyn);
+    close(fd);
+}
+
 int wf_before_exec(const struct wf_path *r)
 {
     if (!r->m)
@@ -1321,6 +1427,9 @@ int wf_before_exec(const struct wf_path *r)
         return 0; /* the exec itself reports why */
     int e = wf_after_open(fd, O_RDONLY | O_CLOEXEC, AT_FDCWD, r);
     close(fd);
+    char real[PATH_MAX];
+    if (!e && realpath(r->use, real))
+        prefetch_libs(real, 0);
     return e;
 }
 
