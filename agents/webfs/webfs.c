@@ -1246,6 +1246,12 @@ static int fill(struct wf_mount *m, const char *real)
         if (i + 1 < m->nmirrors)
             wf_say("%s%s: trying mirror %s", m->prefix, rel, m->mirror[i + 1]);
     }
+    if (rc == ENOENT || rc == EACCES || rc == EPERM || rc == EISDIR) {
+        /* the catalog says the file is there: a server without it is a broken server, and
+         * "no such file" for a name stat just found would mislead */
+        wf_say("%s%s: listed in the catalog but no mirror serves it (%s)", m->prefix, rel, strerror(rc));
+        rc = EIO;
+    }
     if (rc == 0) {
         /* atime "now": the cache evicts the least recently used first */
         struct timespec ts[2] = {{0, UTIME_NOW}, {w.mtime + WF_GROWFS_MTIME_OFFSET, 0}};

@@ -135,3 +135,12 @@ def test_a_stopped_server_with_a_warm_cache_is_not_an_error(webfs_so, env, serve
                 shell=True)
         assert p.returncode == 0 and p.stdout == want, p.stderr
     assert b"using the cached catalog" in p.stderr
+
+
+def test_a_listed_file_missing_on_the_server_is_eio(webfs_so, env, served, tmp_path):
+    _, tree, _ = served
+    (tree / "share" / "data.bin").unlink()
+    p = run(webfs_so, ["cat", "/software/share/data.bin"], env)
+    assert p.returncode == 1 and b"Input/output error" in p.stderr
+    assert b"listed in the catalog but no mirror serves it" in p.stderr
+    assert _placeholder(tmp_path / "cache", "share/data.bin").st_blocks == 0
