@@ -66,6 +66,10 @@ static char wf_vcwd[PATH_MAX];
 int wf_active(void) { return wf_nmounts > 0; }
 
 static int wf_debug_on;
+/* For the end-of-process summary under BYPASS_WEBFS_DEBUG. */
+static unsigned long wf_hits, wf_misses, wf_fetch_errors;
+static unsigned long long wf_fetched_bytes;
+static double wf_fetch_seconds;
 
 /* One line on stderr, "bypass[webfs]: ...", one write() so concurrent processes do not mix. */
 #define wf_say(...) bypass_log(__VA_ARGS__)
@@ -1294,8 +1298,13 @@ int wf_after_open(int fd, int flags, int dirfd, const struct wf_path *r)
     if (flags & O_PATH)
         return 0;
     struct stat st;
-    if (fstat(fd, &st) < 0 || !is_placeholder(&st))
+    if (fstat(fd, &st) < 0)
         return 0;
+    if (!is_placeholder(&st)) {
+        if (wf_debug_on && r->m && S_ISREG(st.st_mode))
+            __atomic_add_fetch(&wf_hits, 1, __ATOMIC_RELAXED);
+        return 0;
+    }
     char proc[64], real[PATH_MAX];
     snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
     ssize_t n = readlink(proc, real, sizeof real - 1);
@@ -1306,7 +1315,15 @@ int wf_after_open(int fd, int flags, int dirfd, const struct wf_path *r)
     struct wf_mount *m = root_of(real, &rest);
     if (!m)
         return 0;
+    double t0 = gass_now();
     int e = fill(m, real);
+    if (wf_debug_on) {
+        __atomic_add_fetch(e ? &wf_fetch_errors : &wf_misses, 1, __ATOMIC_RELAXED);
+        if (!e) {
+            wf_fetched_bytes += (unsigned long long)st.st_size;
+            wf_fetch_seconds += gass_now() - t0;
+        }
+    }
     if (e)
         return e;
     int nfd = open(real, (flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_TMPFILE)) | O_CLOEXEC);
@@ -1609,7 +1626,15 @@ int wf_nftw(const char *dir, int (*fn)(const char *, const struct stat *, int, s
     return rc;
 }
 
-/* ------------------------------------------------------------------ start-up */
+/* ------------------------------------------------------------------ start-up and end */
+
+__attribute__((destructor)) static void wf_summary(void)
+{
+    if (wf_debug_on && (wf_hits || wf_misses || wf_fetch_errors))
+        wf_say("summary: %lu opens from the cache, %lu files fetched (%llu bytes, %.3f s), %lu failed; hit rate %.0f%%",
+               wf_hits, wf_misses, wf_fetched_bytes, wf_fetch_seconds, wf_fetch_errors,
+               100.0 * (double)wf_hits / (double)(wf_hits + wf_misses + wf_fetch_errors));
+}
 
 __attribute__((constructor(102))) static void wf_agent_init(void)
 {

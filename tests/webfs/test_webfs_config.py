@@ -61,3 +61,16 @@ def test_bad_settings_stop_the_run_with_a_message(webfs_so, tmp_path):
         assert message in p.stderr and p.stderr.startswith(b"bypass[webfs]: error: "), (settings, p.stderr)
     # without settings the agent is a pass-through
     assert run(webfs_so, ["/bin/echo", "ran"], {}).stdout == b"ran\n"
+
+
+def test_debug_shows_catalog_downloads_and_a_summary(webfs_so, env, served):
+    e = dict(env, BYPASS_WEBFS_DEBUG="1")
+    # (python, not cat: coreutils close stderr before exit, where the summary is written)
+    read2 = "for _ in range(2): open('/software/share/data.bin', 'rb').read()"
+    p = run(webfs_so, ["python3", "-c", read2], e)
+    assert p.returncode == 0, p.stderr
+    err = p.stderr.decode()
+    assert "catalog " in err and "fetched http://127.0.0.1" in err and "/tree/share/data.bin (200000 bytes" in err
+    assert "summary: 1 opens from the cache, 1 files fetched (200000 bytes" in err and "hit rate 50%" in err
+    quiet = run(webfs_so, ["python3", "-c", read2], env)
+    assert quiet.stderr == b""
