@@ -749,6 +749,14 @@ static int install_tree(const char *tmpcat, const char *sum)
     struct stat st;
     if (stat(tree, &st) == 0)
         goto done;
+    /* a whole pass over the catalog first: a catalog that is bad on its last line must not leave
+     * a half-built tree behind */
+    struct walk check = {0};
+    rc = walk_catalog(tmpcat, &check);
+    if (rc) {
+        wf_say("catalog %s is malformed: refused", sum);
+        goto done;
+    }
     snprintf(work, sizeof work, "%s/trees/%s.tmp-%d", wf_cache, sum, (int)getpid());
     if (snprintf(root, sizeof root, "%s/root", work) >= (int)sizeof root ||
         snprintf(cat, sizeof cat, "%s/catalog", work) >= (int)sizeof cat) {
@@ -761,8 +769,6 @@ static int install_tree(const char *tmpcat, const char *sum)
     }
     struct walk w = {.root = root, .build = 1};
     rc = walk_catalog(tmpcat, &w);
-    if (rc == EIO && errno != 0)
-        wf_say("catalog %s is malformed: refused", sum);
     if (!rc && (link(tmpcat, cat) < 0 || rename(work, tree) < 0))
         rc = errno;
     if (rc)

@@ -51,7 +51,9 @@ def test_malformed_catalogs_are_refused(webfs_so, env, served, tmp_path):
         p = run(webfs_so, ["ls", "/software"], e, timeout=30)
         assert p.returncode == 2 and b"Input/output error" in p.stderr, (catalog, p.stderr)
         assert not (tmp_path / f"cache{i}" / "trees" / hashlib.sha1(catalog).hexdigest()).exists()
+        assert b"is malformed: refused" in p.stderr
         assert not list((tmp_path / f"cache{i}").rglob("escape"))
+        assert not list((tmp_path / f"cache{i}").rglob("*.tmp-*"))          # nothing half-built
         for q in (tmp_path / f"cache{i}").rglob("*"):  # the refused half-built tree: removable
             if q.is_dir():
                 q.chmod(0o755)
