@@ -119,11 +119,11 @@ def test_fetched_once_then_served_from_the_cache(webfs_so, env, served, tmp_path
     assert leftovers == [p for p in leftovers if p.name == "tmp"]
 
 
-def test_concurrent_cold_processes_fetch_each_file_once(webfs_so, env, served):
+def test_16_concurrent_cold_processes_fetch_each_file_once(webfs_so, env, served):
     _, _, srv = served
     script = "find /software -type f -exec cat {} + | md5sum"
     procs = []
-    for _ in range(8):
+    for _ in range(16):
         full = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_") and k != "LD_PRELOAD"}
         full.update(env, LD_PRELOAD=str(webfs_so))
         procs.append(subprocess.Popen(script, shell=True, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
