@@ -101,7 +101,7 @@ def test_a_silent_server_times_out(webfs_so, env, served, tmp_path):
     assert not trees.exists() or list(trees.iterdir()) == []
 
 
-def test_a_dead_mirror_is_skipped_and_said(webfs_so, env, served, local_copy=None):
+def test_a_dead_mirror_is_skipped_and_said(webfs_so, env, served):
     local, _, srv = served
     e = dict(env, BYPASS_WEBFS_MOUNTS=f"/software=http://127.0.0.1:{dead_port()}/tree,{srv.url('tree')}")
     p = run(webfs_so, ["cat", "/software/share/latest"], e)

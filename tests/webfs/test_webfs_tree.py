@@ -114,9 +114,9 @@ def test_fetched_once_then_served_from_the_cache(webfs_so, env, served, tmp_path
     assert [r for r in srv.requests if r.endswith("data.bin")] == ["/tree/share/data.bin"]
     assert sum(r.endswith(".growfsdir") for r in srv.requests) == 1  # within BYPASS_WEBFS_TTL
     # nothing half-written is left in the cache
-    leftovers = [p for p in (tmp_path / "cache").rglob("*") if "fetch." in p.name and not p.name.endswith(".lock")]
-    leftovers += [p for p in (tmp_path / "cache").rglob("*tmp*")]
-    assert leftovers == [p for p in leftovers if p.name == "tmp"]
+    cache = tmp_path / "cache"
+    assert [q.name for q in cache.rglob("fetch.*")] == ["fetch.lock"]      # no download left over
+    assert list((cache / "tmp").iterdir()) == [] and not list(cache.rglob("*.tmp-*"))
 
 
 def test_16_concurrent_cold_processes_fetch_each_file_once(webfs_so, env, served):
