@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""The webfs agent with a warm cache against the same tree on local disk, in one run.
+
+    python3 benchmarks/bench_webfs.py [--reps 7]
+
+The tree is real software: a slice of this machine's Python standard library (json, email, http,
+xml, logging, importlib, collections, unittest, asyncio, concurrency: about 500 files) plus a copy
+of a small program, published with the real make_growfs and served by http.server on 127.0.0.1.
+The job, run through `sh -c`:
+
+* find + cat - `find TREE -type f -exec cat {} +` into md5sum, and `ls -lR` of the tree;
+* import     - python3 -S -B with PYTHONPATH=TREE importing every package of the slice (the
+               tree's copies shadow the installed ones: -S and the path put them first);
+* run        - the tree's program run 10 times from a shell loop.
+
+Each round runs the job three ways (after one warm-up of each, which also fills the cache): on
+local disk without any agent; on local disk with the agent loaded and the tree mounted but not
+used (the price of preloading any agent into every process: the job starts ~16 processes); and
+from /software through webfs.  The table gives medians of wall time over rounds, and the
+median of the per-round ratios to local disk (steadier on a shared machine).  The bar
+(DESIGN.md section 6) is 1.05x local disk.
+Cold cache: bytes fetched against the tree's size and the time of the first run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PACKAGES = ["json", "email", "http", "xml", "logging", "importlib", "collections", "unittest", "asyncio",
+            "concurrent", "urllib", "html", "encodings"]
+
+
+def make_tree(work: Path) -> Path:
+    site = work / "site"
+    tree = site / "tree"
+    std = Path(sysconfig.get_paths()["stdlib"])
+    for name in PACKAGES:
+        shutil.copytree(std / name, tree / "lib" / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "test", "tests"))
+    (tree / "bin").mkdir(parents=True)
+    shutil.copy2(shutil.which("true"), tree / "bin" / "tool")
+    subprocess.run(["make_growfs", "tree"], cwd=site, check=True, capture_output=True)
+    return tree
+
+
+def job(tree: str) -> str:
+    imports = "; ".join(f"import {p}" for p in PACKAGES if p != "encodings")
+    return (f"find {tree} -type f -exec cat {{}} + | md5sum >/dev/null && ls -lR {tree} >/dev/null && "
+            f"PYTHONPATH={tree}/lib python3 -S -B -c '{imports}' && "
+            f"i=0; while [ $i -lt 10 ]; do {tree}/bin/tool; i=$((i+1)); done")
+
+
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):  # noqa: N802
+        self.server.sent += 1
+        super().do_GET()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=11)
+    args = ap.parse_args(argv)
+    if shutil.which("make_growfs") is None:
+        print("make_growfs is needed: apt-get install coop-computing-tools", file=sys.stderr)
+        return 2
+    from bypass.build import build
+
+    with tempfile.TemporaryDirectory(prefix="bench-webfs-", dir="/var/tmp") as tmp:
+        work = Path(tmp)
+        tree = make_tree(work)
+        agent = build(ROOT / "agents" / "webfs" / "webfs.bypass", work / "webfs.so")
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                lambda *a, **k: Quiet(*a, directory=str(work / "site"), **k))
+        httpd.sent = 0
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        try:
+            base = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_") and k != "LD_PRELOAD"}
+            webfs = dict(base, LD_PRELOAD=str(agent), BYPASS_WEBFS_CACHE=str(work / "cache"),
+                         BYPASS_WEBFS_MOUNTS=f"/software=http://127.0.0.1:{httpd.server_address[1]}/tree")
+
+            def timed(cmd: str, env: dict) -> float:
+                t0 = time.perf_counter()
+                subprocess.run(["sh", "-c", cmd], env=env, check=True)
+                return time.perf_counter() - t0
+
+            size = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file() and not p.name.startswith(".growfs"))
+            count = sum(1 for p in tree.rglob("*") if p.is_file() and not p.name.startswith(".growfs"))
+            cold = timed(job("/software"), webfs)
+            fetched = sum(p.stat().st_size for p in (work / "cache" / "trees").rglob("*")
+                          if p.is_file() and p.stat().st_blocks > 0 and "root" in p.parts)
+            print(f"cold cache: {cold:.2f} s, {httpd.sent} requests, {fetched / 1e6:.1f} MB fetched of a "
+                  f"{size / 1e6:.1f} MB tree ({count} files)")
+            timed(job(str(tree)), base)
+            timed(job(str(tree)), webfs)
+            runs = {"local disk": [], "agent, local": [], "webfs warm": []}
+            ratios = {"agent, local": [], "webfs warm": []}
+            for rnd in range(args.reps):
+                # the order alternates between rounds, so that a drift in the machine's load does
+                # not always fall on the same variant
+                order = [(job(str(tree)), base), (job(str(tree)), webfs), (job("/software"), webfs)]
+                got = [timed(*x) for x in (order if rnd % 2 == 0 else order[::-1])]
+                a, b, c = got if rnd % 2 == 0 else got[::-1]
+                runs["local disk"].append(a)
+                runs["agent, local"].append(b)
+                runs["webfs warm"].append(c)
+                ratios["agent, local"].append(b / a)
+                ratios["webfs warm"].append(c / a)
+            print("job: find+cat of every file, ls -lR, python imports, the tree's program 10 times")
+            print(f"{'':14} {'median wall':>12} {'ratio':>8} {'median of round ratios':>24}")
+            for name, times in runs.items():
+                ratio = statistics.median(times) / statistics.median(runs["local disk"])
+                rr = f"{statistics.median(ratios[name]):.3f}x" if name in ratios else "-"
+                print(f"{name:14} {statistics.median(times):11.3f}s {ratio:7.3f}x {rr:>24}")
+            print(f"{args.reps} rounds; bar: webfs warm <= 1.05x local disk")
+        finally:
+            httpd.shutdown()
+            httpd.server_close()
+            for p in (work / "cache").rglob("*") if (work / "cache").exists() else []:
+                if p.is_dir() and not p.is_symlink():
+                    p.chmod(0o755)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

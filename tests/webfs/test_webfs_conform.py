@@ -1,0 +1,29 @@
+"""`bypass conform` (the differential oracle) with a tree mounted elsewhere: outside its mounts the
+agent is the kernel; the only divergences are the reasoned ones in agents/webfs/webfs.expected."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from webfs_lib import REPO, SPEC
+
+
+def test_outside_the_mounts_the_agent_is_the_kernel(webfs_so, tmp_path):
+    (tmp_path / "w").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_") or k == "BYPASS_CACHE_DIR"}
+    done = subprocess.run(
+        [sys.executable, "-m", "bypass.cli", "conform", str(SPEC), "--agent", str(webfs_so),
+         "--set", "BYPASS_WEBFS_MOUNTS=/webfs-elsewhere=http://127.0.0.1:9/tree",
+         "--set", f"BYPASS_WEBFS_CACHE={tmp_path / 'cache'}",
+         "--seed", "1", "--ops", "1500", "--json", "--workdir", str(tmp_path / "w")],
+        capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
+    assert done.returncode in (0, 1), done.stderr
+    result = json.loads(done.stdout)
+    unexpected = [i["title"] for i in result["items"] if not i["expected"]]
+    assert done.returncode == 0 and unexpected == [], unexpected
+    assert result["steps"] == 1500
+    assert list((tmp_path / "w").iterdir()) == []
+    assert all(i["kind"] in ("crash", "result") and "PROT_NONE_PAGE" in i["title"] for i in result["items"])
