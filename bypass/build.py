@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,19 +37,89 @@ class Generated:
     shadow_py: str
 
 
-def generate(spec_path: str | Path, agent_name: str | None = None) -> Generated:
+def generate(spec_path: str | Path, agent_name: str | None = None, quiet_family: bool = True) -> Generated:
+    """The agent's C and the shadow's Python. The family warnings are for the spec's author, who
+    asks for them with `bypass -agent` or `bypass build`; `bypass run` of a spec stays quiet."""
     spec = load_spec(spec_path)
-    plan = make_plan(spec, load_knowledge())
+    knowledge = load_knowledge()
+    from .spec.checks import check_names, family_warnings
+    check_names(spec, knowledge)
+    plan = make_plan(spec, knowledge)
     name = agent_name or f"{spec.name}_agent.c"
-    return Generated(plan, render_agent(plan, name), render_shadow(plan))
+    generated = Generated(plan, render_agent(plan, name), render_shadow(plan))
+    if not quiet_family:            # after every error: a spec that fails shows its error alone
+        for warning in family_warnings(spec, knowledge):
+            print(warning, file=sys.stderr)
+    return generated
 
 
 def find_compiler() -> str:
-    for candidate in filter(None, [os.environ.get("CC"), "cc", "gcc", "clang"]):
+    chosen = os.environ.get("CC", "").strip()
+    if chosen:
+        # The user named a compiler: building with another one behind their back would hide
+        # a typo or a missing toolchain until something odd happens much later.
+        found = shutil.which(chosen)
+        if not found:
+            raise BuildError(f"CC={chosen}: no such compiler (not found on PATH); unset CC to use cc")
+        return found
+    for candidate in ("cc", "gcc", "clang"):
         found = shutil.which(candidate)
         if found:
             return found
     raise BuildError("no C compiler found: install gcc (Debian: apt-get install gcc libc6-dev) or set CC")
+
+
+STANDALONE_DIR = "bypass_runtime"
+
+
+def standalone_files(generated: Generated, agent_c: Path) -> dict[Path, str]:
+    """The agent's C for a hand build, and the runtime files it includes, written beside it.
+
+    The agent includes the runtime's .c files at its end (one translation unit), so the
+    original Bypass command `cc -shared -fPIC SPEC_agent.c -o SPEC.so -ldl` is the whole
+    build. The runtime lives in its own folder so that its generic file names (runtime.c,
+    msgpack.c) never overwrite a user's files next to the spec."""
+    from .rpc.neutral_c import render_header, render_source
+    folder = agent_c.parent / STANDALONE_DIR
+    files = {folder / name: (RUNTIME_DIR / name).read_text()
+             for name in sorted(p.name for p in RUNTIME_DIR.glob("*.h"))}
+    files.update({folder / name: (RUNTIME_DIR / name).read_text() for name in RUNTIME_SOURCES})
+    files[folder / "bypass_neutral.h"] = render_header()
+    files[folder / "bypass_neutral.c"] = render_source()
+    text = generated.agent_c
+    for header in ("bypass_runtime.h", "rpc_client.h", "bypass_neutral.h"):
+        text = text.replace(f'#include "{header}"', f'#include "{STANDALONE_DIR}/{header}"', 1)
+    tail = ["", "/* The Bypass runtime, compiled into this same file so that the agent builds with one",
+            "   command: cc -shared -fPIC THIS_FILE.c -o " + generated.plan.name + ".so -ldl */"]
+    for name in RUNTIME_SOURCES + ["bypass_neutral.c"]:
+        if name == "rpc_client.c":
+            # rpc_client.c also serves programs without the runtime: it tests weak runtime
+            # symbols, which this translation unit defines, so the compiler calls the test useless.
+            tail += ["#pragma GCC diagnostic push", '#pragma GCC diagnostic ignored "-Waddress"',
+                     f'#include "{STANDALONE_DIR}/{name}"', "#pragma GCC diagnostic pop"]
+        else:
+            tail.append(f'#include "{STANDALONE_DIR}/{name}"')
+    files[agent_c] = text + "\n".join(tail) + "\n"
+    return files
+
+
+def hand_build_command(generated: Generated, agent_c: Path) -> str:
+    """The command that compiles what standalone_files wrote, run from the current folder."""
+    import shlex
+
+    def short(path: Path) -> str:
+        relative = os.path.relpath(path)
+        return str(path.resolve()) if relative.startswith("..") else relative
+
+    words = ["cc", "-shared", "-fPIC"]
+    spec_dir = Path(generated.plan.spec.path).resolve().parent
+    sources = [short(p) for p in _spec_sources(generated.plan)]
+    if sources:                  # support code includes the runtime's headers by their own names
+        words.append("-I" + short(agent_c.parent / STANDALONE_DIR))
+    if spec_dir != agent_c.parent.resolve():   # the spec's @include "x.h" sit beside the spec
+        words.append("-I" + short(spec_dir))
+    words += [str(agent_c), *sources, "-o", f"{generated.plan.name}.so", "-ldl"]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def _spec_sources(plan: AgentPlan) -> list[Path]:
@@ -110,10 +181,12 @@ def compile_agent(generated: Generated, output: Path, workdir: Path) -> Path:
     return output
 
 
-def build(spec_path: str | Path, output: str | Path, keep_c: str | Path | None = None) -> Path:
+def build(spec_path: str | Path, output: str | Path, keep_c: str | Path | None = None,
+          quiet_family: bool = True) -> Path:
     output = Path(output).resolve()
+    generated = generate(spec_path, quiet_family=quiet_family)
+    find_compiler()                 # a missing compiler is reported before any folder is made
     output.parent.mkdir(parents=True, exist_ok=True)
-    generated = generate(spec_path)
     if keep_c:
         workdir = Path(keep_c)
         workdir.mkdir(parents=True, exist_ok=True)
