@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,9 @@ from .plan import AgentPlan, make_plan
 from .spec.parser import load_spec
 
 RUNTIME_DIR = Path(__file__).parent / "rpc" / "c"
+# Agents of the shipped specs, compiled when the package is built (setup.py), named like the
+# cache's entries: used while their fingerprint matches, so a changed spec or runtime rebuilds.
+PREBUILT_DIR = Path(__file__).parent / "prebuilt"
 # The C runtime files every agent links: core runtime, msgpack codec, SHA-256 for the
 # handshake, the shadow RPC client (plus bypass_neutral.c, generated per build from
 # bypass/rpc/neutral.toml against the build machine's headers).
@@ -133,15 +137,18 @@ def _spec_sources(plan: AgentPlan) -> list[Path]:
     return sources
 
 
-def _support_files(spec_path: Path) -> list[Path]:
+def _support_files(spec_path: Path) -> list[tuple[str, Path]]:
     """Files whose change makes a cached agent stale, found without parsing the spec (parsing a
     large spec takes seconds; `bypass run` with a warm cache must not pay that): the C next to the
-    spec, and everything of Bypass that goes into an agent."""
+    spec, and everything of Bypass that goes into an agent. Each is named relative to the spec or
+    the package, not by where it is: an agent built into the package at install time must match
+    the same spec and Bypass found elsewhere (a checkout's agents/trace/trace.bypass)."""
     base = spec_path.resolve().parent
     package = Path(__file__).resolve().parent
-    files = sorted(base.glob("*.[ch]"))
-    files += sorted(KNOWLEDGE_DIR.rglob("*.toml")) + sorted(TEMPLATES.glob("*.j2")) + sorted(RUNTIME_DIR.glob("*.[ch]"))
-    files += list(NEUTRAL_FILES) + sorted(package.rglob("*.py"))
+    files = [(f"spec/{p.name}", p) for p in sorted(base.glob("*.[ch]"))]
+    ours = sorted(KNOWLEDGE_DIR.rglob("*.toml")) + sorted(TEMPLATES.glob("*.j2")) + sorted(RUNTIME_DIR.glob("*.[ch]"))
+    ours += list(NEUTRAL_FILES) + sorted(package.rglob("*.py"))
+    files += [(f"bypass/{p.resolve().relative_to(package)}", p) for p in ours]
     return files
 
 
@@ -152,9 +159,23 @@ def fingerprint(spec_path: str | Path) -> str:
         digest.update(spec_path.read_bytes())
     except OSError as exc:
         raise SpecError(str(spec_path), 1, 1, f"cannot read spec: {exc.strerror}") from None
-    for path in _support_files(spec_path):
-        digest.update(str(path).encode() + b"\0" + path.read_bytes())
+    for label, path in _support_files(spec_path):
+        digest.update(label.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:20]
+
+
+def prebuild_shipped(package: Path) -> list[Path]:
+    """Compile the shipped agents into package/prebuilt (setup.py, at package build time), so the
+    first `bypass run` of a shipped agent starts at once. `package` is the bypass package being
+    built, which must be the one importing this function (its files make the fingerprint)."""
+    built = []
+    folder = package / "prebuilt"
+    folder.mkdir(exist_ok=True)
+    for spec in sorted((package / "agents").glob("*/*.bypass")):
+        output = folder / f"{spec.stem}-{fingerprint(spec)}.so"
+        print(f"bypass: building {output.name} …", file=sys.stderr, flush=True)
+        built.append(build(spec, output))
+    return built
 
 
 def compile_agent(generated: Generated, output: Path, workdir: Path) -> Path:
@@ -204,7 +225,17 @@ def cache_dir() -> Path:
 def build_cached(spec_path: str | Path) -> Path:
     """The agent for this spec, rebuilt only when the spec, its sources or Bypass changed."""
     key = fingerprint(spec_path)
-    output = cache_dir() / f"{Path(spec_path).stem}-{key}.so"
-    if output.exists():
-        return output
-    return build(spec_path, output)
+    name = f"{Path(spec_path).stem}-{key}.so"
+    for place in (PREBUILT_DIR, cache_dir()):
+        if (place / name).exists():
+            return place / name
+    # A newcomer must not stare at a silent terminal while the compiler runs.
+    print(f"bypass: building {Path(spec_path).stem}.so (first run) … ", end="", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    try:
+        output = build(spec_path, cache_dir() / name)
+    except BaseException:
+        print(file=sys.stderr)
+        raise
+    print(f"{time.monotonic() - started:.1f} s", file=sys.stderr)
+    return output

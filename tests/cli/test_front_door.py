@@ -4,6 +4,7 @@ that says what to do, exit status 2, no traceback, and nothing written or run.""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +168,13 @@ def test_declared_settings_are_accepted_and_inline_mounts_apply(tmp_path):
     done = bypass(*base, "-M", "nonsense", "--", "touch", "ran", cwd=tmp_path)
     assert done.returncode == 2 and "-M wants PREFIX=TARGET" in done.stderr
     assert not (tmp_path / "ran").exists()
+
+
+def test_first_run_of_a_spec_says_it_is_building(tmp_path):
+    (tmp_path / "mine.bypass").write_text("int close(int fd)\nagent_action {{ return close(fd); }};\n")
+    env = {"BYPASS_CACHE_DIR": str(tmp_path / "cache")}
+    done = bypass("run", "mine.bypass", "--", "true", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"bypass: building mine\.so \(first run\) … \d+\.\d s\n", done.stderr), done.stderr
+    done = bypass("run", "mine.bypass", "--", "true", cwd=tmp_path, env=env)
+    assert done.returncode == 0 and done.stderr == ""
