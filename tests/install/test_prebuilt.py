@@ -12,6 +12,8 @@ from pathlib import Path
 from agentrun import AGENTS, ROOT, run
 import bypass.build
 from bypass.build import fingerprint
+from bypass.cli import _parser
+from bypass.manpage import render
 
 SHIPPED = sorted(AGENTS.glob("*/*.bypass"))
 
@@ -28,6 +30,8 @@ def test_wheel_carries_the_shipped_agents_and_run_uses_them(tmp_path, monkeypatc
         # are the ones this Bypass would build
         assert prebuilt == {f"{spec.stem}-{fingerprint(spec)}.so" for spec in SHIPPED}
         archive.extractall(tmp_path / "unpacked", [n for n in archive.namelist() if n.startswith("bypass/prebuilt/")])
+        [man] = [n for n in archive.namelist() if n.endswith("/data/share/man/man1/bypass.1")]
+        assert archive.read(man).decode() == render()
     folder = tmp_path / "unpacked" / "bypass" / "prebuilt"
     trace = folder / f"trace-{fingerprint(AGENTS / 'trace' / 'trace.bypass')}.so"
     ran = run(["cat", "/etc/hostname"], agent=trace, env={"BYPASS_TRACE": str(tmp_path / "t.log")})
@@ -38,3 +42,14 @@ def test_wheel_carries_the_shipped_agents_and_run_uses_them(tmp_path, monkeypatc
     monkeypatch.setenv("BYPASS_CACHE_DIR", str(tmp_path / "cache"))
     assert bypass.build.build_cached(AGENTS / "trace" / "trace.bypass") == trace
     assert not (tmp_path / "cache").exists()
+
+
+def test_man_page_has_every_command_and_option():
+    page = render()
+    top = _parser()
+    for name, sub in top._subparsers._group_actions[0].choices.items():
+        assert f"\n.SS {name}\n" in page, name
+        for action in sub._actions:
+            for flag in [] if action.dest == "help" else action.option_strings:
+                assert "\\fB" + flag.replace("-", "\\-") + "\\fR" in page, (name, flag)
+    assert "BYPASS_TRACE=FILE" in page
