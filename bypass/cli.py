@@ -6,11 +6,13 @@
     bypass build SPEC -o AGENT.so       generate and compile
     bypass run SPEC [options] -- CMD    build if stale, run CMD under the agent, exit with its status
     bypass run SPEC --export DIR -- CMD   ... with the spec's shadow served meanwhile, inside DIR
+    bypass run sandbox.bypass -m LIST -M /home=DENY -- CMD   a mount list, plus entries inline
     bypass shadow SPEC [--export DIR] [--listen ADDR]   serve the spec's shadow (split execution)
     bypass knowledge list               what the knowledge base covers
     bypass knowledge audit [--libc P]   the knowledge against a libc's symbol table
     bypass escapes SPEC -- CMD          which file system calls the agent does not see
     bypass conform SPEC [agent options] the agent against the kernel: generated file calls, compared
+    bypass gass cache {dir,list,clear}  the gass agent's per-user URL cache
 """
 
 from __future__ import annotations
