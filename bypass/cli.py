@@ -308,14 +308,13 @@ def _dispatch(argv: list[str]) -> int:
         print(_commands_text())
         return 2
     first = argv[0]
-    if first in ("-agent", "-shadow") or any(a in ("-agent", "-shadow") for a in argv):
-        return _classic(argv)
     if first in ("-h", "--help", "--version"):
         _parser().parse_args(argv[:1])
         return 0
-    if first.startswith("-"):
-        return _classic(argv)
     if first not in COMMAND_HELP:
+        # the classic form: `bypass -agent SPEC`, `bypass SPEC -shadow`, `bypass -o out/ -agent SPEC`
+        if first.startswith("-") or "-agent" in argv or "-shadow" in argv:
+            return _classic(argv)
         return _unknown_command(first)
     own, command = _split_command(argv)
     if first == "escapes":                  # its own parser: bypass/escapes/cli.py

@@ -178,3 +178,17 @@ def test_first_run_of_a_spec_says_it_is_building(tmp_path):
     assert re.fullmatch(r"bypass: building mine\.so \(first run\) … \d+\.\d s\n", done.stderr), done.stderr
     done = bypass("run", "mine.bypass", "--", "true", cwd=tmp_path, env=env)
     assert done.returncode == 0 and done.stderr == ""
+
+
+def test_classic_flags_in_the_command_of_run_stay_the_command_s(tmp_path):
+    """`-agent` after `--` belongs to the program, not to the classic form."""
+    done = bypass("run", str(TRACE), "--", "sh", "-c", 'echo "$@"', "sh", "-agent", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "-agent\n"
+
+
+def test_classic_form_with_the_spec_first(tmp_path):
+    (tmp_path / "x.bypass").write_text("int close(int fd);\n")
+    done = bypass("x.bypass", "-shadow", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "x_shadow.py\n" and (tmp_path / "x_shadow.py").is_file()
