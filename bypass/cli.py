@@ -235,7 +235,7 @@ def _parser() -> argparse.ArgumentParser:
     p_run.add_argument("-m", "--mounts", metavar="FILE", help="set BYPASS_MOUNTS=FILE (sandbox agent)")
     p_run.add_argument("-M", "--mount", action="append", metavar="PREFIX=TARGET",
                        help="sandbox agent: one mount-list entry inline (repeatable, after those of -m); TARGET "
-                            "is a path, DENY, ENOENT or PRIVATE, optionally followed by ':MODE' (rwx letters)")
+                            "is an absolute path, DENY, ENOENT or PRIVATE (modes need a list file: -m)")
     p_run.add_argument("--private-cleanup", action="store_true",
                        help="sandbox agent: remove the run's PRIVATE directory at the end (the default)")
     p_run.add_argument("--keep-private", action="store_true",
