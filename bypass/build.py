@@ -6,7 +6,9 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,9 @@ from .plan import AgentPlan, make_plan
 from .spec.parser import load_spec
 
 RUNTIME_DIR = Path(__file__).parent / "rpc" / "c"
+# Agents of the shipped specs, compiled when the package is built (setup.py), named like the
+# cache's entries: used while their fingerprint matches, so a changed spec or runtime rebuilds.
+PREBUILT_DIR = Path(__file__).parent / "prebuilt"
 # The C runtime files every agent links: core runtime, msgpack codec, SHA-256 for the
 # handshake, the shadow RPC client (plus bypass_neutral.c, generated per build from
 # bypass/rpc/neutral.toml against the build machine's headers).
@@ -36,19 +41,89 @@ class Generated:
     shadow_py: str
 
 
-def generate(spec_path: str | Path, agent_name: str | None = None) -> Generated:
+def generate(spec_path: str | Path, agent_name: str | None = None, quiet_family: bool = True) -> Generated:
+    """The agent's C and the shadow's Python. The family warnings are for the spec's author, who
+    asks for them with `bypass -agent` or `bypass build`; `bypass run` of a spec stays quiet."""
     spec = load_spec(spec_path)
-    plan = make_plan(spec, load_knowledge())
+    knowledge = load_knowledge()
+    from .spec.checks import check_names, family_warnings
+    check_names(spec, knowledge)
+    plan = make_plan(spec, knowledge)
     name = agent_name or f"{spec.name}_agent.c"
-    return Generated(plan, render_agent(plan, name), render_shadow(plan))
+    generated = Generated(plan, render_agent(plan, name), render_shadow(plan))
+    if not quiet_family:            # after every error: a spec that fails shows its error alone
+        for warning in family_warnings(spec, knowledge):
+            print(warning, file=sys.stderr)
+    return generated
 
 
 def find_compiler() -> str:
-    for candidate in filter(None, [os.environ.get("CC"), "cc", "gcc", "clang"]):
+    chosen = os.environ.get("CC", "").strip()
+    if chosen:
+        # The user named a compiler: building with another one behind their back would hide
+        # a typo or a missing toolchain until something odd happens much later.
+        found = shutil.which(chosen)
+        if not found:
+            raise BuildError(f"CC={chosen}: no such compiler (not found on PATH); unset CC to use cc")
+        return found
+    for candidate in ("cc", "gcc", "clang"):
         found = shutil.which(candidate)
         if found:
             return found
     raise BuildError("no C compiler found: install gcc (Debian: apt-get install gcc libc6-dev) or set CC")
+
+
+STANDALONE_DIR = "bypass_runtime"
+
+
+def standalone_files(generated: Generated, agent_c: Path) -> dict[Path, str]:
+    """The agent's C for a hand build, and the runtime files it includes, written beside it.
+
+    The agent includes the runtime's .c files at its end (one translation unit), so the
+    original Bypass command `cc -shared -fPIC SPEC_agent.c -o SPEC.so -ldl` is the whole
+    build. The runtime lives in its own folder so that its generic file names (runtime.c,
+    msgpack.c) never overwrite a user's files next to the spec."""
+    from .rpc.neutral_c import render_header, render_source
+    folder = agent_c.parent / STANDALONE_DIR
+    files = {folder / name: (RUNTIME_DIR / name).read_text()
+             for name in sorted(p.name for p in RUNTIME_DIR.glob("*.h"))}
+    files.update({folder / name: (RUNTIME_DIR / name).read_text() for name in RUNTIME_SOURCES})
+    files[folder / "bypass_neutral.h"] = render_header()
+    files[folder / "bypass_neutral.c"] = render_source()
+    text = generated.agent_c
+    for header in ("bypass_runtime.h", "rpc_client.h", "bypass_neutral.h"):
+        text = text.replace(f'#include "{header}"', f'#include "{STANDALONE_DIR}/{header}"', 1)
+    tail = ["", "/* The Bypass runtime, compiled into this same file so that the agent builds with one",
+            "   command: cc -shared -fPIC THIS_FILE.c -o " + generated.plan.name + ".so -ldl */"]
+    for name in RUNTIME_SOURCES + ["bypass_neutral.c"]:
+        if name == "rpc_client.c":
+            # rpc_client.c also serves programs without the runtime: it tests weak runtime
+            # symbols, which this translation unit defines, so the compiler calls the test useless.
+            tail += ["#pragma GCC diagnostic push", '#pragma GCC diagnostic ignored "-Waddress"',
+                     f'#include "{STANDALONE_DIR}/{name}"', "#pragma GCC diagnostic pop"]
+        else:
+            tail.append(f'#include "{STANDALONE_DIR}/{name}"')
+    files[agent_c] = text + "\n".join(tail) + "\n"
+    return files
+
+
+def hand_build_command(generated: Generated, agent_c: Path) -> str:
+    """The command that compiles what standalone_files wrote, run from the current folder."""
+    import shlex
+
+    def short(path: Path) -> str:
+        relative = os.path.relpath(path)
+        return str(path.resolve()) if relative.startswith("..") else relative
+
+    words = ["cc", "-shared", "-fPIC"]
+    spec_dir = Path(generated.plan.spec.path).resolve().parent
+    sources = [short(p) for p in _spec_sources(generated.plan)]
+    if sources:                  # support code includes the runtime's headers by their own names
+        words.append("-I" + short(agent_c.parent / STANDALONE_DIR))
+    if spec_dir != agent_c.parent.resolve():   # the spec's @include "x.h" sit beside the spec
+        words.append("-I" + short(spec_dir))
+    words += [str(agent_c), *sources, "-o", f"{generated.plan.name}.so", "-ldl"]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def _spec_sources(plan: AgentPlan) -> list[Path]:
@@ -62,15 +137,18 @@ def _spec_sources(plan: AgentPlan) -> list[Path]:
     return sources
 
 
-def _support_files(spec_path: Path) -> list[Path]:
+def _support_files(spec_path: Path) -> list[tuple[str, Path]]:
     """Files whose change makes a cached agent stale, found without parsing the spec (parsing a
     large spec takes seconds; `bypass run` with a warm cache must not pay that): the C next to the
-    spec, and everything of Bypass that goes into an agent."""
+    spec, and everything of Bypass that goes into an agent. Each is named relative to the spec or
+    the package, not by where it is: an agent built into the package at install time must match
+    the same spec and Bypass found elsewhere (a checkout's agents/trace/trace.bypass)."""
     base = spec_path.resolve().parent
     package = Path(__file__).resolve().parent
-    files = sorted(base.glob("*.[ch]"))
-    files += sorted(KNOWLEDGE_DIR.rglob("*.toml")) + sorted(TEMPLATES.glob("*.j2")) + sorted(RUNTIME_DIR.glob("*.[ch]"))
-    files += list(NEUTRAL_FILES) + sorted(package.rglob("*.py"))
+    files = [(f"spec/{p.name}", p) for p in sorted(base.glob("*.[ch]"))]
+    ours = sorted(KNOWLEDGE_DIR.rglob("*.toml")) + sorted(TEMPLATES.glob("*.j2")) + sorted(RUNTIME_DIR.glob("*.[ch]"))
+    ours += list(NEUTRAL_FILES) + sorted(package.rglob("*.py"))
+    files += [(f"bypass/{p.resolve().relative_to(package)}", p) for p in ours]
     return files
 
 
@@ -81,9 +159,23 @@ def fingerprint(spec_path: str | Path) -> str:
         digest.update(spec_path.read_bytes())
     except OSError as exc:
         raise SpecError(str(spec_path), 1, 1, f"cannot read spec: {exc.strerror}") from None
-    for path in _support_files(spec_path):
-        digest.update(str(path).encode() + b"\0" + path.read_bytes())
+    for label, path in _support_files(spec_path):
+        digest.update(label.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:20]
+
+
+def prebuild_shipped(package: Path) -> list[Path]:
+    """Compile the shipped agents into package/prebuilt (setup.py, at package build time), so the
+    first `bypass run` of a shipped agent starts at once. `package` is the bypass package being
+    built, which must be the one importing this function (its files make the fingerprint)."""
+    built = []
+    folder = package / "prebuilt"
+    folder.mkdir(exist_ok=True)
+    for spec in sorted((package / "agents").glob("*/*.bypass")):
+        output = folder / f"{spec.stem}-{fingerprint(spec)}.so"
+        print(f"bypass: building {output.name} …", file=sys.stderr, flush=True)
+        built.append(build(spec, output))
+    return built
 
 
 def compile_agent(generated: Generated, output: Path, workdir: Path) -> Path:
@@ -110,10 +202,12 @@ def compile_agent(generated: Generated, output: Path, workdir: Path) -> Path:
     return output
 
 
-def build(spec_path: str | Path, output: str | Path, keep_c: str | Path | None = None) -> Path:
+def build(spec_path: str | Path, output: str | Path, keep_c: str | Path | None = None,
+          quiet_family: bool = True) -> Path:
     output = Path(output).resolve()
+    generated = generate(spec_path, quiet_family=quiet_family)
+    find_compiler()                 # a missing compiler is reported before any folder is made
     output.parent.mkdir(parents=True, exist_ok=True)
-    generated = generate(spec_path)
     if keep_c:
         workdir = Path(keep_c)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +225,17 @@ def cache_dir() -> Path:
 def build_cached(spec_path: str | Path) -> Path:
     """The agent for this spec, rebuilt only when the spec, its sources or Bypass changed."""
     key = fingerprint(spec_path)
-    output = cache_dir() / f"{Path(spec_path).stem}-{key}.so"
-    if output.exists():
-        return output
-    return build(spec_path, output)
+    name = f"{Path(spec_path).stem}-{key}.so"
+    for place in (PREBUILT_DIR, cache_dir()):
+        if (place / name).exists():
+            return place / name
+    # A newcomer must not stare at a silent terminal while the compiler runs.
+    print(f"bypass: building {Path(spec_path).stem}.so (first run) … ", end="", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    try:
+        output = build(spec_path, cache_dir() / name)
+    except BaseException:
+        print(file=sys.stderr)
+        raise
+    print(f"{time.monotonic() - started:.1f} s", file=sys.stderr)
+    return output

@@ -137,7 +137,7 @@ def _reset_line_markers(text: str, output_name: str) -> str:
     """`#line @@RESET@@` returns compiler positions to the generated file after spec text."""
     lines = text.split("\n")
     for index, line in enumerate(lines):
-        if line == "#line @@RESET@@":
+        if line.strip() == "#line @@RESET@@":
             lines[index] = f'#line {index + 2} "{output_name}"'
     return "\n".join(lines)
 

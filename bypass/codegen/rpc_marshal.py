@@ -131,6 +131,10 @@ def forwardable(call: PlannedCall) -> bool:
 # ---- C ------------------------------------------------------------------------------------------
 
 def _c_write(w: Wire) -> list[str]:
+    return _at_spec(w, _c_write_lines(w))
+
+
+def _c_write_lines(w: Wire) -> list[str]:
     n = w.name
     if w.form == "int":
         return [f"bp_mp_write_int(bypass_w, (int64_t)({n}));"]
@@ -176,7 +180,26 @@ def _c_write(w: Wire) -> list[str]:
     return ["bp_mp_write_nil(bypass_w);"]
 
 
+def _at_spec(w: Wire, lines: list[str]) -> list[str]:
+    """Put the spec's position on every line that evaluates the spec's size expression, so that a
+    mistake in it (`opaque "lenght"`) is reported at the spec's line, not in the generated C."""
+    at = w.value.spec.at if w.size and w.value.spec is not None else None
+    if at is None:
+        return lines
+    out = []
+    for line in lines:
+        if f"({w.size})" in line:
+            out += [f'#line {at.line} "{at.path}"', line, "#line @@RESET@@"]
+        else:
+            out.append(line)
+    return out
+
+
 def _c_read(w: Wire) -> list[str]:
+    return _at_spec(w, _c_read_lines(w))
+
+
+def _c_read_lines(w: Wire) -> list[str]:
     """Decode one returned value into the caller's memory (skipped when the pointer is NULL)."""
     n = w.name
     out = [f"if (!({n})) {{", "    bp_mp_skip(bypass_r);", "} else {"]

@@ -21,7 +21,7 @@ from .model import Block, Function, OptionRule, Param, Position, Spec
 
 DIRECTIONS = ("in", "out")
 FORMS = ("string", "opaque", "array")
-OPTION_KEYWORDS = ("ignore", "not_supported", "entry")
+OPTION_KEYWORDS = ("ignore", "not_supported", "entry", "setting", "quiet_family")
 _SECTION_WORDS = ("agent_prologue", "shadow_prologue", "agent_default_action")
 _ACTION_WORDS = ("agent_action", "shadow_action")
 _DIRECTIVE = re.compile(r'^(?P<indent>\s*)@(?P<word>\w+)\s*(?P<arg>.*?)\s*$')
@@ -290,12 +290,15 @@ def parse_spec(source: str, path: str) -> Spec:
     return Parser(source, path).parse()
 
 
-def load_spec(path: str | Path) -> Spec:
+def read_spec_text(path: str | Path) -> str:
     path = Path(path)
     try:
-        source = path.read_text()
+        return path.read_text()
     except OSError as exc:
         raise SpecError(str(path), 1, 1, f"cannot read spec: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise SpecError(str(path), 1, 1, "spec is not UTF-8 text") from None
-    return parse_spec(source, str(path))
+
+
+def load_spec(path: str | Path) -> Spec:
+    return parse_spec(read_spec_text(path), str(path))

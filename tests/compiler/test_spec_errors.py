@@ -3,6 +3,7 @@ status 2, no traceback, and no output file."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -89,9 +90,22 @@ def test_missing_compiler_is_said_plainly(tmp_path):
     spec = tmp_path / "fine.bypass"
     spec.write_text("int close(int fd);\n")
     done = subprocess.run([sys.executable, "-m", "bypass.cli", "build", spec.name], cwd=tmp_path,
-                          capture_output=True, text=True, env={"PATH": str(tmp_path), "CC": "no-such-cc"})
+                          capture_output=True, text=True, env={"PATH": str(tmp_path)})
     assert done.returncode == 2
     assert "no C compiler found" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [spec.name]
+
+
+def test_named_compiler_that_is_not_there_is_not_replaced_by_cc(tmp_path):
+    spec = tmp_path / "fine.bypass"
+    spec.write_text("int close(int fd);\n")
+    done = subprocess.run([sys.executable, "-m", "bypass.cli", "build", spec.name], cwd=tmp_path,
+                          capture_output=True, text=True, env={**os.environ, "CC": "nosuchcc"})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1] == ("bypass: CC=nosuchcc: no such compiler (not found on PATH); "
+                                            "unset CC to use cc")
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [spec.name]
 
 
 def test_unreadable_spec(tmp_path):
