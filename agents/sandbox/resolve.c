@@ -309,6 +309,15 @@ void sb_set_cwd(const char *vpath)
     __atomic_store_n(&g_cwd_seq, s + 2, __ATOMIC_RELEASE);
 }
 
+static int real_cwd_virtual(char *out, size_t size);
+
+void sb_cwd_from_kernel(void)
+{
+    char v[PATH_MAX];
+    if (real_cwd_virtual(v, sizeof v) == 0)
+        sb_set_cwd(v);
+}
+
 static int real_cwd_virtual(char *out, size_t size)
 {
     char real[PATH_MAX];
@@ -1200,7 +1209,7 @@ static int base_compute(const char *v, size_t vl, char *r, struct base *b)
 /* Start a walk at a resolved base (cwd or a directory descriptor).
  * *from_fd: the base is a descriptor this agent opened (its real directory
  * is the one w->r names). */
-static int walk_from_base(struct walk *w, int dirfd, int *from_fd)
+static int walk_from_base(struct walk *w, int dirfd, int *from_fd, int need_dir)
 {
     struct base b;
     int rc;
@@ -1216,6 +1225,11 @@ static int walk_from_base(struct walk *w, int dirfd, int *from_fd)
     } else {
         b.e = NULL;
         rc = sb_fd_path(dirfd, w->v, PATH_MAX);
+        struct stat st;
+        /* a name below a descriptor that is no directory: the kernel's ENOTDIR (a descriptor
+         * the agent noted is one, and "" with AT_EMPTY_PATH is the file itself) */
+        if (rc == 0 && need_dir && (fstat(dirfd, &st) < 0 || !S_ISDIR(st.st_mode)))
+            rc = ENOTDIR;
     }
     if (rc)
         return rc;
@@ -1557,6 +1571,10 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
     res->rel_ok = 0;
     if (!path) {
         res->vpath[0] = res->rpath[0] = '\0';
+        if (flags & SB_KERNEL_ERRS) {
+            res->rel_ok = 1;            /* EFAULT, or whatever the kernel checks first */
+            return 0;
+        }
         res->err = EFAULT;
         return EFAULT;
     }
@@ -1585,26 +1603,34 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
      * walk of the program's string reaches the place checked here, with its
      * own meaning of ".", "..", trailing slashes and relative paths. */
     int relok = 0;
+    /* lookup: the error is the walk's (the base descriptor, a missing or non-directory
+     * component, a link loop, a name too long for the kernel), not the policy's */
+    int lookup = 0, ident = 1;
     if (path[0] == '/') {
         w.vl = 0;
         rc = walk_refresh(&w);
     } else if (path[0] == '\0' && !(flags & SB_EMPTY_OK)) {
         rc = ENOENT;
+        lookup = 1;
     } else {
-        rc = walk_from_base(&w, dirfd, &relok);
+        rc = walk_from_base(&w, dirfd, &relok, path[0] != '\0');
+        lookup = rc != 0;
     }
     if (rc)
         goto out;
     const struct sb_entry *base_e = w.e;
-    int ident = w.e->kind == SB_IDENTITY;
+    ident = w.e->kind == SB_IDENTITY;
 
     size_t plen = strlen(path);
-    if (plen + 1 > PATH_MAX) {
+    /* the kernel refuses a longer name outright; realpath (SB_STRICT) takes any length and
+     * only its answer must fit */
+    if (plen + 1 > PATH_MAX && !(flags & SB_STRICT)) {
         rc = ENAMETOOLONG;
+        lookup = 1;
         goto out;
     }
     int trailing = plen > 0 && path[plen - 1] == '/';
-    int dot_tail = path[plen - 1] == '.' && (plen == 1 || path[plen - 2] == '/');
+    int dot_tail = plen > 0 && path[plen - 1] == '.' && (plen == 1 || path[plen - 2] == '/');
     int links = 0;
     int land = 0;                       /* a /proc magic link jumped to the final object */
     char land_path[64];                 /* that link: the kernel reaches the object through it */
@@ -1688,6 +1714,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
             if (last && !(flags & SB_STRICT) && e == ENOENT)
                 break;                  /* may be created */
             rc = e;
+            lookup = 1;
             goto out;
         }
         if (S_ISDIR(st.st_mode)) {
@@ -1698,6 +1725,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         if (!S_ISLNK(st.st_mode)) {
             if (!last || (trailing && (flags & SB_STRICT))) {
                 rc = ENOTDIR;
+                lookup = 1;
                 goto out;
             }
             continue;
@@ -1710,10 +1738,12 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
             /* rmdir("link/"), unlink("link/"), rename("link/", …) act on the name, which a
              * slash says must be a directory: the kernel refuses, never touches the target */
             rc = ENOTDIR;
+            lookup = 1;
             goto out;
         }
         if (++links > MAX_LINKS) {
             rc = ELOOP;
+            lookup = 1;
             goto out;
         }
         relok = 0;
@@ -1761,6 +1791,14 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
 out:
     if (rc) {
         res->vpath[0] = res->rpath[0] = '\0';
+        if (lookup && ident && (flags & SB_KERNEL_ERRS) && !(flags & SB_STRICT)) {
+            /* Every entry met maps paths to themselves, so the kernel's walk of the
+             * program's own arguments fails as this one did, and says so in its own
+             * order (flags before names, the first name before the second, …). */
+            res->entry = NULL;
+            res->rel_ok = 1;
+            rc = 0;
+        }
     }
     res->err = rc;
     return rc;
@@ -1781,10 +1819,10 @@ static int crosses(const struct sb_entry *a, const struct sb_entry *b)
 int sb_resolve_rename(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
                       struct sb_result *ro, struct sb_result *rn)
 {
-    int rc = sb_resolve(SB_OP_DELETE, olddirfd, oldpath, SB_NOFOLLOW, ro);
+    int rc = sb_resolve(SB_OP_DELETE, olddirfd, oldpath, SB_NOFOLLOW | SB_KERNEL_ERRS, ro);
     if (rc)
         return rc;
-    rc = sb_resolve(SB_OP_CREATE, newdirfd, newpath, SB_NOFOLLOW, rn);
+    rc = sb_resolve(SB_OP_CREATE, newdirfd, newpath, SB_NOFOLLOW | SB_KERNEL_ERRS, rn);
     if (rc)
         return rc;
     if (g_active && crosses(ro->entry, rn->entry))
@@ -1798,10 +1836,10 @@ int sb_resolve_link(int olddirfd, const char *oldpath, int newdirfd, const char 
 {
     /* Linking gives a second name with the same permissions: the source must
      * be writable, or a read-only file could be written through the link. */
-    int rc = sb_resolve(SB_OP_WRITE, olddirfd, oldpath, follow ? 0 : SB_NOFOLLOW, ro);
+    int rc = sb_resolve(SB_OP_WRITE, olddirfd, oldpath, (follow ? 0 : SB_NOFOLLOW) | SB_KERNEL_ERRS, ro);
     if (rc)
         return rc;
-    rc = sb_resolve(SB_OP_CREATE, newdirfd, newpath, SB_NOFOLLOW, rn);
+    rc = sb_resolve(SB_OP_CREATE, newdirfd, newpath, SB_NOFOLLOW | SB_KERNEL_ERRS, rn);
     if (rc)
         return rc;
     if (g_active && crosses(ro->entry, rn->entry))
