@@ -1408,7 +1408,7 @@ static __attribute__((noinline)) int splice_link(char *rem, size_t remsize, cons
  * holds the path to continue with; 1: pass the /proc path through; else
  * errno. */
 static __attribute__((noinline)) int read_link(struct walk *w, int op, int last,
-                                               char *target, size_t size, int *jumped)
+                                               char *target, size_t size, int *jumped, int *lookup)
 {
     if (w->rl > 6 && !entry_hides(w->e) && strncmp(w->r, "/proc/", 6) == 0) {
         int m = magic_target(w->r, op, last, 1, target, size);
@@ -1423,8 +1423,10 @@ static __attribute__((noinline)) int read_link(struct walk *w, int op, int last,
     }
     STAT_INC(readlinks);
     ssize_t n = readlink(w->r, target, size - 1);
-    if (n < 0)
+    if (n < 0) {
+        *lookup = 1;                    /* the file system's answer, not the policy's */
         return errno;
+    }
     target[n] = '\0';
     return 0;
 }
@@ -1513,10 +1515,11 @@ static void memo_put(const char *path, size_t klen, uint32_t gen, const struct w
 
 /* Follow the symlink the walk stands on: rem becomes target + rest. */
 static __attribute__((noinline)) int follow_link(struct walk *w, int op, int last, const char *after,
-                                                 char *rem, size_t parent_vl, int *magic, int *jumped)
+                                                 char *rem, size_t parent_vl, int *magic, int *jumped,
+                                                 int *lookup)
 {
     char target[PATH_MAX];
-    int rc = read_link(w, op, last, target, sizeof target, jumped);
+    int rc = read_link(w, op, last, target, sizeof target, jumped, lookup);
     if (rc == -1) {                     /* a /proc link to pass through as it is */
         *magic = 1;
         return 0;
@@ -1754,7 +1757,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         int have_proc = last && w.rl < sizeof proc;
         if (have_proc)
             memcpy(proc, w.r, w.rl + 1);
-        if ((rc = follow_link(&w, op, last, after, rem, parent_vl, &magic, &jumped)))
+        if ((rc = follow_link(&w, op, last, after, rem, parent_vl, &magic, &jumped, &lookup)))
             goto out;
         ident &= w.e->kind == SB_IDENTITY;
         if (magic) {

@@ -135,17 +135,26 @@ static inline int sb_at_flags(int atflags)
     return (atflags & AT_SYMLINK_NOFOLLOW) ? SB_NOFOLLOW : 0;
 }
 
-/* An *at() call on the descriptor itself ("" with AT_EMPTY_PATH, or NULL). */
+/* An *at() call on the descriptor itself: "" (or, since Linux 6.11, NULL) with AT_EMPTY_PATH.
+ * A NULL path without it is the kernel's EFAULT (utimensat, where NULL means the descriptor,
+ * says so itself). */
 static inline int sb_on_fd(const char *path, int atflags)
 {
-    return path == NULL || (!sb_unreadable(path) && path[0] == '\0' && (atflags & AT_EMPTY_PATH));
+    return (atflags & AT_EMPTY_PATH) && (path == NULL || (!sb_unreadable(path) && path[0] == '\0'));
+}
+
+/* utimensat with both times UTIME_OMIT: the kernel changes nothing and returns 0 before it
+ * looks at the path or the descriptor. */
+static inline int sb_times_omitted(const struct timespec *t)
+{
+    return t && !sb_unreadable(t) && t[0].tv_nsec == UTIME_OMIT && t[1].tv_nsec == UTIME_OMIT;
 }
 
 /* Permission check of a call that works on a descriptor's own file. */
 static inline int sb_check_fd(int dirfd, int op)
 {
     struct sb_result r;
-    return sb_resolve(op, dirfd, "", SB_EMPTY_OK, &r);
+    return sb_resolve(op, dirfd, "", SB_EMPTY_OK | SB_KERNEL_ERRS, &r);   /* EBADF: the kernel's */
 }
 
 /* A change made through a descriptor (fchmod, fchown, futimens, fsetxattr): the place
