@@ -1794,10 +1794,15 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
 out:
     if (rc) {
         res->vpath[0] = res->rpath[0] = '\0';
-        if (lookup && ident && (flags & SB_KERNEL_ERRS) && !(flags & SB_STRICT)) {
+        if (lookup && ident && (flags & SB_KERNEL_ERRS) && !(flags & SB_STRICT) &&
+            (rc != EACCES || g_landlock)) {
             /* Every entry met maps paths to themselves, so the kernel's walk of the
              * program's own arguments fails as this one did, and says so in its own
-             * order (flags before names, the first name before the second, …). */
+             * order (flags before names, the first name before the second, …).
+             * EACCES is the exception: a directory this process may not search, which
+             * the kernel's walk of a relative path never enters, so it may go on where
+             * the agent could not look.  Only a Landlock ruleset holds what it reaches
+             * then to the list; without one the agent's refusal stands. */
             res->entry = NULL;
             res->rel_ok = 1;
             rc = 0;
