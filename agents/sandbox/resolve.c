@@ -1424,7 +1424,7 @@ static __attribute__((noinline)) int read_link(struct walk *w, int op, int last,
     STAT_INC(readlinks);
     ssize_t n = readlink(w->r, target, size - 1);
     if (n < 0) {
-        *lookup = 1;                    /* the file system's answer, not the policy's */
+        *lookup = 2;                    /* the file system's answer, not the policy's */
         return errno;
     }
     target[n] = '\0';
@@ -1606,9 +1606,12 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
      * walk of the program's string reaches the place checked here, with its
      * own meaning of ".", "..", trailing slashes and relative paths. */
     int relok = 0;
-    /* lookup: the error is the walk's (the base descriptor, a missing or non-directory
-     * component, a link loop, a name too long for the kernel), not the policy's */
-    int lookup = 0, ident = 1;
+    /* lookup: the error is the file system's, not the policy's: 1, the kernel refuses the
+     * program's arguments wherever they point (a bad base descriptor, "", a name over
+     * PATH_MAX); 2, the walk failed at a real component (missing, not a directory, a link
+     * loop or unreadable link), at `p` in the text still to walk */
+    int lookup = 0, ident = 1, trailing = 0;
+    const char *p = path;
     if (path[0] == '/') {
         w.vl = 0;
         rc = walk_refresh(&w);
@@ -1632,13 +1635,12 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         lookup = 1;
         goto out;
     }
-    int trailing = plen > 0 && path[plen - 1] == '/';
+    trailing = plen > 0 && path[plen - 1] == '/';
     int dot_tail = plen > 0 && path[plen - 1] == '.' && (plen == 1 || path[plen - 2] == '/');
     int links = 0;
     int land = 0;                       /* a /proc magic link jumped to the final object */
     char land_path[64];                 /* that link: the kernel reaches the object through it */
     char *rem = NULL;                   /* made once a symlink is met */
-    const char *p = path;
 
     /* the parent memo: absolute paths "/dir/.../name" without a trailing slash */
     size_t klen = 0;
@@ -1717,7 +1719,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
             if (last && !(flags & SB_STRICT) && e == ENOENT)
                 break;                  /* may be created */
             rc = e;
-            lookup = 1;
+            lookup = 2;
             goto out;
         }
         if (S_ISDIR(st.st_mode)) {
@@ -1728,7 +1730,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         if (!S_ISLNK(st.st_mode)) {
             if (!last || (trailing && (flags & SB_STRICT))) {
                 rc = ENOTDIR;
-                lookup = 1;
+                lookup = 2;
                 goto out;
             }
             continue;
@@ -1741,12 +1743,12 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
             /* rmdir("link/"), unlink("link/"), rename("link/", …) act on the name, which a
              * slash says must be a directory: the kernel refuses, never touches the target */
             rc = ENOTDIR;
-            lookup = 1;
+            lookup = 2;
             goto out;
         }
         if (++links > MAX_LINKS) {
             rc = ELOOP;
-            lookup = 1;
+            lookup = 2;
             goto out;
         }
         relok = 0;
@@ -1792,21 +1794,38 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
     if (land && !rc)
         strcpy(res->rpath, land_path);  /* the object itself, not what a symlink there names */
 out:
-    if (rc) {
-        res->vpath[0] = res->rpath[0] = '\0';
-        if (lookup && ident && (flags & SB_KERNEL_ERRS) && !(flags & SB_STRICT) &&
-            (rc != EACCES || g_landlock)) {
-            /* Every entry met maps paths to themselves, so the kernel's walk of the
-             * program's own arguments fails as this one did, and says so in its own
-             * order (flags before names, the first name before the second, …).
-             * EACCES is the exception: a directory this process may not search, which
-             * the kernel's walk of a relative path never enters, so it may go on where
-             * the agent could not look.  Only a Landlock ruleset holds what it reaches
-             * then to the list; without one the agent's refusal stands. */
-            res->entry = NULL;
+    if (rc && lookup && (flags & SB_KERNEL_ERRS) && !(flags & SB_STRICT)) {
+        /* The kernel fails too, and says so in its own order (flags before names, the
+         * first name before the second, a posix_spawn file action in the child), so it
+         * gets the call.  Where every entry met maps paths to themselves, it gets the
+         * program's own arguments.  EACCES is the exception there: a directory this
+         * process may not search, which the kernel's walk of a relative path never
+         * enters, so it may go on where the agent could not look; only a Landlock
+         * ruleset holds what it reaches then to the list.  Elsewhere it gets the real
+         * path walked so far with the text not yet walked, which fails at the same
+         * component (its trailing slashes included). */
+        size_t restl = lookup == 2 ? strlen(p) : 0;
+        if (lookup == 1 || (ident && (rc != EACCES || g_landlock))) {
             res->rel_ok = 1;
+            res->rpath[0] = '\0';
+            rc = 0;
+        } else if (w.rl + restl + 3 <= PATH_MAX) {
+            /* (a link's text replaced the program's: its trailing slash is kept apart) */
+            int slash = trailing && (restl == 0 || p[restl - 1] != '/');
+            if (w.rl == 0 && p[0] != '/')
+                res->rpath[w.rl++] = '/';
+            memmove(res->rpath + w.rl, p, restl + 1);
+            if (slash)
+                strcpy(res->rpath + w.rl + restl, "/");
             rc = 0;
         }
+        if (!rc) {
+            res->entry = NULL;
+            res->vpath[0] = '\0';
+        }
+    }
+    if (rc) {
+        res->vpath[0] = res->rpath[0] = '\0';
     }
     res->err = rc;
     return rc;
