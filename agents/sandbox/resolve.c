@@ -309,6 +309,15 @@ void sb_set_cwd(const char *vpath)
     __atomic_store_n(&g_cwd_seq, s + 2, __ATOMIC_RELEASE);
 }
 
+static int real_cwd_virtual(char *out, size_t size);
+
+void sb_cwd_from_kernel(void)
+{
+    char v[PATH_MAX];
+    if (real_cwd_virtual(v, sizeof v) == 0)
+        sb_set_cwd(v);
+}
+
 static int real_cwd_virtual(char *out, size_t size)
 {
     char real[PATH_MAX];
@@ -1200,7 +1209,7 @@ static int base_compute(const char *v, size_t vl, char *r, struct base *b)
 /* Start a walk at a resolved base (cwd or a directory descriptor).
  * *from_fd: the base is a descriptor this agent opened (its real directory
  * is the one w->r names). */
-static int walk_from_base(struct walk *w, int dirfd, int *from_fd)
+static int walk_from_base(struct walk *w, int dirfd, int *from_fd, int need_dir)
 {
     struct base b;
     int rc;
@@ -1216,6 +1225,11 @@ static int walk_from_base(struct walk *w, int dirfd, int *from_fd)
     } else {
         b.e = NULL;
         rc = sb_fd_path(dirfd, w->v, PATH_MAX);
+        struct stat st;
+        /* a name below a descriptor that is no directory: the kernel's ENOTDIR (a descriptor
+         * the agent noted is one, and "" with AT_EMPTY_PATH is the file itself) */
+        if (rc == 0 && need_dir && (fstat(dirfd, &st) < 0 || !S_ISDIR(st.st_mode)))
+            rc = ENOTDIR;
     }
     if (rc)
         return rc;
@@ -1394,7 +1408,7 @@ static __attribute__((noinline)) int splice_link(char *rem, size_t remsize, cons
  * holds the path to continue with; 1: pass the /proc path through; else
  * errno. */
 static __attribute__((noinline)) int read_link(struct walk *w, int op, int last,
-                                               char *target, size_t size, int *jumped)
+                                               char *target, size_t size, int *jumped, int *lookup)
 {
     if (w->rl > 6 && !entry_hides(w->e) && strncmp(w->r, "/proc/", 6) == 0) {
         int m = magic_target(w->r, op, last, 1, target, size);
@@ -1409,8 +1423,10 @@ static __attribute__((noinline)) int read_link(struct walk *w, int op, int last,
     }
     STAT_INC(readlinks);
     ssize_t n = readlink(w->r, target, size - 1);
-    if (n < 0)
+    if (n < 0) {
+        *lookup = 2;                    /* the file system's answer, not the policy's */
         return errno;
+    }
     target[n] = '\0';
     return 0;
 }
@@ -1499,10 +1515,11 @@ static void memo_put(const char *path, size_t klen, uint32_t gen, const struct w
 
 /* Follow the symlink the walk stands on: rem becomes target + rest. */
 static __attribute__((noinline)) int follow_link(struct walk *w, int op, int last, const char *after,
-                                                 char *rem, size_t parent_vl, int *magic, int *jumped)
+                                                 char *rem, size_t parent_vl, int *magic, int *jumped,
+                                                 int *lookup)
 {
     char target[PATH_MAX];
-    int rc = read_link(w, op, last, target, sizeof target, jumped);
+    int rc = read_link(w, op, last, target, sizeof target, jumped, lookup);
     if (rc == -1) {                     /* a /proc link to pass through as it is */
         *magic = 1;
         return 0;
@@ -1557,6 +1574,10 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
     res->rel_ok = 0;
     if (!path) {
         res->vpath[0] = res->rpath[0] = '\0';
+        if (flags & SB_KERNEL_ERRS) {
+            res->rel_ok = 1;            /* EFAULT, or whatever the kernel checks first */
+            return 0;
+        }
         res->err = EFAULT;
         return EFAULT;
     }
@@ -1585,31 +1606,41 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
      * walk of the program's string reaches the place checked here, with its
      * own meaning of ".", "..", trailing slashes and relative paths. */
     int relok = 0;
+    /* lookup: the error is the file system's, not the policy's: 1, the kernel refuses the
+     * program's arguments wherever they point (a bad base descriptor, "", a name over
+     * PATH_MAX); 2, the walk failed at a real component (missing, not a directory, a link
+     * loop or unreadable link), at `p` in the text still to walk */
+    int lookup = 0, ident = 1, trailing = 0;
+    const char *p = path;
     if (path[0] == '/') {
         w.vl = 0;
         rc = walk_refresh(&w);
     } else if (path[0] == '\0' && !(flags & SB_EMPTY_OK)) {
         rc = ENOENT;
+        lookup = 1;
     } else {
-        rc = walk_from_base(&w, dirfd, &relok);
+        rc = walk_from_base(&w, dirfd, &relok, path[0] != '\0');
+        lookup = rc != 0;
     }
     if (rc)
         goto out;
     const struct sb_entry *base_e = w.e;
-    int ident = w.e->kind == SB_IDENTITY;
+    ident = w.e->kind == SB_IDENTITY;
 
     size_t plen = strlen(path);
-    if (plen + 1 > PATH_MAX) {
+    /* the kernel refuses a longer name outright; realpath (SB_STRICT) takes any length and
+     * only its answer must fit */
+    if (plen + 1 > PATH_MAX && !(flags & SB_STRICT)) {
         rc = ENAMETOOLONG;
+        lookup = 1;
         goto out;
     }
-    int trailing = plen > 0 && path[plen - 1] == '/';
-    int dot_tail = path[plen - 1] == '.' && (plen == 1 || path[plen - 2] == '/');
+    trailing = plen > 0 && path[plen - 1] == '/';
+    int dot_tail = plen > 0 && path[plen - 1] == '.' && (plen == 1 || path[plen - 2] == '/');
     int links = 0;
     int land = 0;                       /* a /proc magic link jumped to the final object */
     char land_path[64];                 /* that link: the kernel reaches the object through it */
     char *rem = NULL;                   /* made once a symlink is met */
-    const char *p = path;
 
     /* the parent memo: absolute paths "/dir/.../name" without a trailing slash */
     size_t klen = 0;
@@ -1688,6 +1719,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
             if (last && !(flags & SB_STRICT) && e == ENOENT)
                 break;                  /* may be created */
             rc = e;
+            lookup = 2;
             goto out;
         }
         if (S_ISDIR(st.st_mode)) {
@@ -1698,6 +1730,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         if (!S_ISLNK(st.st_mode)) {
             if (!last || (trailing && (flags & SB_STRICT))) {
                 rc = ENOTDIR;
+                lookup = 2;
                 goto out;
             }
             continue;
@@ -1710,10 +1743,12 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
             /* rmdir("link/"), unlink("link/"), rename("link/", …) act on the name, which a
              * slash says must be a directory: the kernel refuses, never touches the target */
             rc = ENOTDIR;
+            lookup = 2;
             goto out;
         }
         if (++links > MAX_LINKS) {
             rc = ELOOP;
+            lookup = 2;
             goto out;
         }
         relok = 0;
@@ -1724,7 +1759,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         int have_proc = last && w.rl < sizeof proc;
         if (have_proc)
             memcpy(proc, w.r, w.rl + 1);
-        if ((rc = follow_link(&w, op, last, after, rem, parent_vl, &magic, &jumped)))
+        if ((rc = follow_link(&w, op, last, after, rem, parent_vl, &magic, &jumped, &lookup)))
             goto out;
         ident &= w.e->kind == SB_IDENTITY;
         if (magic) {
@@ -1759,6 +1794,36 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
     if (land && !rc)
         strcpy(res->rpath, land_path);  /* the object itself, not what a symlink there names */
 out:
+    if (rc && lookup && (flags & SB_KERNEL_ERRS) && !(flags & SB_STRICT)) {
+        /* The kernel fails too, and says so in its own order (flags before names, the
+         * first name before the second, a posix_spawn file action in the child), so it
+         * gets the call.  Where every entry met maps paths to themselves, it gets the
+         * program's own arguments.  EACCES is the exception there: a directory this
+         * process may not search, which the kernel's walk of a relative path never
+         * enters, so it may go on where the agent could not look; only a Landlock
+         * ruleset holds what it reaches then to the list.  Elsewhere it gets the real
+         * path walked so far with the text not yet walked, which fails at the same
+         * component (its trailing slashes included). */
+        size_t restl = lookup == 2 ? strlen(p) : 0;
+        if (lookup == 1 || (ident && (rc != EACCES || g_landlock))) {
+            res->rel_ok = 1;
+            res->rpath[0] = '\0';
+            rc = 0;
+        } else if (w.rl + restl + 3 <= PATH_MAX) {
+            /* (a link's text replaced the program's: its trailing slash is kept apart) */
+            int slash = trailing && (restl == 0 || p[restl - 1] != '/');
+            if (w.rl == 0 && p[0] != '/')
+                res->rpath[w.rl++] = '/';
+            memmove(res->rpath + w.rl, p, restl + 1);
+            if (slash)
+                strcpy(res->rpath + w.rl + restl, "/");
+            rc = 0;
+        }
+        if (!rc) {
+            res->entry = NULL;
+            res->vpath[0] = '\0';
+        }
+    }
     if (rc) {
         res->vpath[0] = res->rpath[0] = '\0';
     }
@@ -1781,10 +1846,10 @@ static int crosses(const struct sb_entry *a, const struct sb_entry *b)
 int sb_resolve_rename(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
                       struct sb_result *ro, struct sb_result *rn)
 {
-    int rc = sb_resolve(SB_OP_DELETE, olddirfd, oldpath, SB_NOFOLLOW, ro);
+    int rc = sb_resolve(SB_OP_DELETE, olddirfd, oldpath, SB_NOFOLLOW | SB_KERNEL_ERRS, ro);
     if (rc)
         return rc;
-    rc = sb_resolve(SB_OP_CREATE, newdirfd, newpath, SB_NOFOLLOW, rn);
+    rc = sb_resolve(SB_OP_CREATE, newdirfd, newpath, SB_NOFOLLOW | SB_KERNEL_ERRS, rn);
     if (rc)
         return rc;
     if (g_active && crosses(ro->entry, rn->entry))
@@ -1798,10 +1863,10 @@ int sb_resolve_link(int olddirfd, const char *oldpath, int newdirfd, const char 
 {
     /* Linking gives a second name with the same permissions: the source must
      * be writable, or a read-only file could be written through the link. */
-    int rc = sb_resolve(SB_OP_WRITE, olddirfd, oldpath, follow ? 0 : SB_NOFOLLOW, ro);
+    int rc = sb_resolve(SB_OP_WRITE, olddirfd, oldpath, (follow ? 0 : SB_NOFOLLOW) | SB_KERNEL_ERRS, ro);
     if (rc)
         return rc;
-    rc = sb_resolve(SB_OP_CREATE, newdirfd, newpath, SB_NOFOLLOW, rn);
+    rc = sb_resolve(SB_OP_CREATE, newdirfd, newpath, SB_NOFOLLOW | SB_KERNEL_ERRS, rn);
     if (rc)
         return rc;
     if (g_active && crosses(ro->entry, rn->entry))

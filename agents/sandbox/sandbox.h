@@ -159,6 +159,10 @@ enum sb_op {
 #define SB_NOFOLLOW   1   /* do not follow a symlink in the last component */
 #define SB_STRICT     2   /* every component must exist (realpath) */
 #define SB_EMPTY_OK   4   /* "" means the dirfd itself (AT_EMPTY_PATH) */
+#define SB_KERNEL_ERRS 8  /* the caller hands the path to the kernel: where the walk fails
+                             (bad dirfd, missing or non-directory component, link loop, name
+                             over PATH_MAX) on entries that map paths to themselves, answer 0
+                             with rel_ok and no vpath/rpath, so the kernel gives its own errno */
 
 /* A relative path below a deep directory may reach further than PATH_MAX
  * from the root and still be valid for the kernel, which walks it from the
@@ -210,6 +214,7 @@ int sb_resolve_link(int olddirfd, const char *oldpath, int newdirfd, const char 
 /* Virtual cwd. */
 int sb_getcwd(char *buf, size_t size);     /* 0 or ERANGE */
 void sb_set_cwd(const char *vpath);        /* after a successful real chdir */
+void sb_cwd_from_kernel(void);             /* after a chdir the agent could not walk */
 int sb_fchdir_done(int fd);                /* after a successful real fchdir */
 
 /* Descriptor table: remember the virtual path of descriptors opened through

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -165,22 +166,36 @@ def test_nothing_outside_the_work_directory_is_touched(trace_agent, tmp_path):
     assert (outer / "sentinel").read_text() == "keep" and list(work.iterdir()) == []
 
 
-def test_sandbox_identity_list(agents, tmp_path):
-    """Issue 11's one-line repros, as the oracle sees them: with the identity list no `d/.`-style
-    path is removed by string processing and no `(char *)-1` path crashes the agent; what
-    differs is either explained in sandbox.expected or reported (exit 1)."""
+def sandbox_unexpected(agents, mounts, workdir, seed) -> list:
+    done = conform(AGENTS / "sandbox" / "sandbox.bypass", "--agent", agents["sandbox"], "-m", mounts,
+                   "--seed", seed, "--ops", 1500, "--json", "--workdir", workdir)
+    result = report(done)
+    assert result["steps"] >= 1500
+    unexpected = [f'{i["title"]}: native {i["native"]}, agent {i["agent"]}'
+                  for i in result["items"] if not i["expected"]]
+    assert result["unexpected"] == len(unexpected) and (done.returncode == 0) == (not unexpected)
+    return unexpected
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_sandbox_is_exact_with_the_identity_list(agents, tmp_path, seed):
+    """Issue 11: with `/ rwx` the program cannot tell the sandbox from the kernel; the only
+    divergences allowed are the ones sandbox.expected gives a reason for."""
     mounts = tmp_path / "identity.txt"
     mounts.write_text("/ rwx\n")
     (tmp_path / "w").mkdir()
-    done = conform(AGENTS / "sandbox" / "sandbox.bypass", "--agent", agents["sandbox"], "-m", mounts,
-                   "--seed", 1, "--ops", 1500, "--json", "--workdir", tmp_path / "w")
-    result = report(done)
-    assert done.returncode == (1 if result["unexpected"] else 0)
-    unexpected = [i for i in result["items"] if not i["expected"]]
-    assert not [i["title"] for i in unexpected if i["kind"] == "crash" and "(const char *)-1" in i["title"]]
-    assert not [i["title"] for i in unexpected if ("rmdir(" in i["title"] or "unlinkat(" in i["title"])
-                and "/." in i["title"]]
-    assert all(i["kind"] == "crash" and "PROT_NONE_PAGE" in i["title"] for i in result["items"] if i["expected"])
+    assert sandbox_unexpected(agents, mounts, tmp_path / "w", seed) == []
+
+
+def test_sandbox_is_exact_with_a_realistic_list(agents, tmp_path):
+    """The usual shape (`/ rx`, a writable work directory, a private /tmp, a denied /home): in
+    the work directory, nothing differs from the kernel.  The work directory must be a place
+    the list leaves as it is, so it cannot be below /tmp."""
+    with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="conform-sandbox-") as work:
+        mounts = tmp_path / "realistic.txt"
+        mounts.write_text(f"/ rx\n{work} rwx\n/tmp PRIVATE\n/home DENY\n")
+        (Path(work) / "w").mkdir()
+        assert sandbox_unexpected(agents, mounts, Path(work) / "w", 1) == []
 
 
 def test_remote_known_defects_are_found(agents, tmp_path):

@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static const char *ename(int e)
@@ -199,11 +201,56 @@ int main(int argc, char **argv)
         printf("realpath is start: %d\n", strcmp(buf, start) == 0);
         SHOW("realpath ld2/.", realpath("ld2/.", buf) ? 0 : -1);
         printf("realpath is start/d: %d\n", strcmp(buf, other) == 0);
-    } else if (!strcmp(c, "unsearchable")) {
+    } else if (!strcmp(c, "order")) {
+        /* what the kernel checks first decides the errno; flags are the program's own */
+        char lng[PATH_MAX + 200], buf[64];
+        const char *volatile nothing = NULL;        /* NULL the compiler cannot see */
+        memset(lng, 0, sizeof lng);
+        for (size_t i = 0; i + 2 < sizeof lng - 8; i += 2)
+            memcpy(lng + i, "./", 2);
+        strcat(lng, "f");
+        close(open("f", O_CREAT | O_WRONLY, 0644));
+        symlink("loop", "loop");
+        int fd = open("n", O_WRONLY | O_CREAT | O_EXCL, 0644);
+        printf("F_GETFL excl: %o\n", fcntl(fd, F_GETFL));
+        close(fd);
+        fd = open("f", O_RDONLY | O_NONBLOCK);
+        printf("F_GETFL plain: %o\n", fcntl(fd, F_GETFL));
+        SHOW("openat bad fd, O_CREAT|O_DIRECTORY", openat(9999, "x", O_RDWR | O_CREAT | O_DIRECTORY, 0));
+        SHOW("openat file fd", openat(fd, "x", O_RDONLY));
+        close(fd);
+        SHOW("readlink NULL, 0", readlink(nothing, buf, 0));
+        SHOW("readlinkat \"\"", readlinkat(AT_FDCWD, "", buf, sizeof buf));
+        SHOW("readlink f/..", readlink("f/..", buf, sizeof buf));
+        SHOW("renameat2 bad flags, bad fd", renameat2(-1, "f", 9999, "g", RENAME_EXCHANGE | RENAME_NOREPLACE));
+        SHOW("renameat2 bad name first", renameat2(-1, (const char *)-1, 3, "g", RENAME_WHITEOUT));
+        SHOW("link missing, long", link("missing", lng));
+        SHOW("rename loop/ .", rename("loop/", "."));
+        SHOW("linkat NULL", linkat(-1, nothing, 9999, "g", 0));
+        SHOW("open loop// O_CREAT", open("loop//", O_WRONLY | O_CREAT, 0644));
+        SHOW("mkdir loop/", mkdir("loop/", 0755));
+        SHOW("pathconf f/.", pathconf("f/.", _PC_PATH_MAX));
+        struct timespec omit[2] = {{0, UTIME_OMIT}, {0, UTIME_OMIT}};
+        SHOW("utimensat omit, missing", utimensat(AT_FDCWD, "missing/..", omit, 0));
+        SHOW("futimens omit, bad fd", futimens(9999, omit));
+        char *args[] = {"cat", NULL};
+        SHOW("fexecve -1", fexecve(-1, args, environ));
+        posix_spawn_file_actions_t fa;
+        posix_spawn_file_actions_init(&fa);
+        printf("addopen loop: %d\n", posix_spawn_file_actions_addopen(&fa, 0, "loop", O_RDONLY, 0));
+        pid_t pid;
+        int e = posix_spawn(&pid, "/bin/cat", &fa, NULL, args, environ);
+        printf("posix_spawn: %s\n", ename(e));
+        if (e == 0)
+            waitpid(pid, NULL, 0);
+        posix_spawn_file_actions_destroy(&fa);
+    } else if (!strcmp(c, "unsearchable") || !strcmp(c, "unsearchable-links")) {
         /* the cwd lies below a directory the process may not search: relative paths
          * still work, the kernel walks them from the cwd */
         mkdir("lock", 0700); mkdir("lock/in", 0777); mkdir("lock/in/d", 0777);
         chmod("lock/in", 0777); chmod("lock/in/d", 0777);        /* whatever the umask */
+        symlink("..", "lock/in/up");
+        symlink("d", "lock/in/lk");
         SHOW("chdir", chdir("lock/in"));
         if (setgid(65534) || setuid(65534)) {
             printf("setuid failed: %s\n", ename(errno));
@@ -217,6 +264,12 @@ int main(int argc, char **argv)
         SHOW("unlink d/g", unlink("d/g"));
         SHOW("access ..", access("..", F_OK));
         SHOW("stat ../../lock", stat("../../lock/in", &st));
+        if (!strcmp(c, "unsearchable-links")) {
+            /* links read below "lock": the kernel reads them walking from the cwd */
+            SHOW("open up/.", open("up/.", O_RDONLY));
+            SHOW("open lk/e", open("lk/e", O_RDONLY));
+            SHOW("open lk/missing", open("lk/missing", O_RDONLY));
+        }
     } else {
         fprintf(stderr, "unknown case %s\n", c);
         return 2;
