@@ -171,6 +171,8 @@ def prebuild_shipped(package: Path) -> list[Path]:
     built = []
     folder = package / "prebuilt"
     folder.mkdir(exist_ok=True)
+    for stale in folder.glob("*.so"):        # pip builds in the tree: an earlier build's agents linger
+        stale.unlink()
     for spec in sorted((package / "agents").glob("*/*.bypass")):
         output = folder / f"{spec.stem}-{fingerprint(spec)}.so"
         print(f"bypass: building {output.name} …", file=sys.stderr, flush=True)

@@ -430,12 +430,16 @@ static void child_exit(long r)
     _exit(r < 0 ? (errno & 0x7f) : 0);
 }
 
-static long spawn_and_read(const char *prog, char *const argv[], posix_spawn_file_actions_t *fa, int pipe_r,
+/* The child's stdout is the pipe's write end (a dup2 action): it is closed here only after the
+ * spawn, so that the action finds it open. */
+static long spawn_and_read(const char *prog, char *const argv[], posix_spawn_file_actions_t *fa, int pipe[2],
                            int search)
 {
     pid_t pid;
+    int pipe_r = pipe[0];
     int err = search ? posix_spawnp(&pid, prog, fa, NULL, argv, environ)
                      : posix_spawn(&pid, prog, fa, NULL, argv, environ);
+    close(pipe[1]);
     if (err) {
         close(pipe_r);
         errno = err;
@@ -1014,7 +1018,7 @@ static long run_step(const char *op, struct arg *a, int nargs)
         posix_spawn_file_actions_adddup2(&fa, p[1], 1);
         posix_spawn_file_actions_addclose(&fa, p[0]);
         char *argv[] = {"cat", NULL};
-        r = spawn_and_read(op[5] == 'p' ? "cat" : "/bin/cat", argv, &fa, (close(p[1]), p[0]), op[5] == 'p');
+        r = spawn_and_read(op[5] == 'p' ? "cat" : "/bin/cat", argv, &fa, p, op[5] == 'p');
         posix_spawn_file_actions_destroy(&fa);
         return r;
     }
@@ -1028,7 +1032,7 @@ static long run_step(const char *op, struct arg *a, int nargs)
         posix_spawn_file_actions_adddup2(&fa, p[1], 1);
         posix_spawn_file_actions_addclose(&fa, p[0]);
         char *argv[] = {"pwd", "-P", NULL};
-        r = spawn_and_read("/bin/pwd", argv, &fa, (close(p[1]), p[0]), 0);
+        r = spawn_and_read("/bin/pwd", argv, &fa, p, 0);
         posix_spawn_file_actions_destroy(&fa);
         return r;
     }
