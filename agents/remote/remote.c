@@ -46,7 +46,7 @@ int bypass_shadow_bypass_rx_statvfs(int dslot, const char *path, int slot, struc
 int bypass_shadow_bypass_rx_birth(int dslot, const char *path, int slot, int follow, long *ns);
 int bypass_shadow_bypass_rx_fstype(int dslot, const char *path, int slot, long *type);
 int bypass_shadow_bypass_rx_pathconf(int dslot, const char *path, int slot, int name, long *value);
-int bypass_shadow_bypass_rx_access(int dslot, const char *path, int mode);
+int bypass_shadow_bypass_rx_access(int dslot, const char *path, int mode, int follow);
 int bypass_shadow_bypass_rx_unlink(int dslot, const char *path, int isdir);
 int bypass_shadow_bypass_rx_mkdir(int dslot, const char *path, mode_t mode, int cmask);
 int bypass_shadow_bypass_rx_rename(int odslot, const char *oldpath, int ndslot, const char *newpath, int flags);
@@ -845,6 +845,36 @@ void rmt_forget(int fd)
     unbind_std(fd);
 }
 
+/* EBADF unless in_fd is open for reading and out_fd for writing (sendfile's first check). */
+int rmt_transfer_fds_ok(int in_fd, int out_fd)
+{
+    int fds[2] = { in_fd, out_fd };
+    for (int i = 0; i < 2; i++) {
+        struct rfile *r = get(fds[i]);
+        int fl = r ? r->flags : fcntl(fds[i], F_GETFL);
+        if (fl < 0 || (fl & O_PATH) || (fl & O_ACCMODE) == (i ? O_RDONLY : O_WRONLY)) {
+            errno = EBADF;
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* close_range/closefrom closed placeholders in [first, last]: their remote files go too. */
+void rmt_forget_range(unsigned first, unsigned last)
+{
+    if (last >= MAX_FDS)
+        last = MAX_FDS - 1;
+    for (unsigned fd = first; fd <= last; fd++) {
+        if (!chunks[fd / CHUNK]) {
+            fd |= CHUNK - 1;        /* a chunk never used holds no remote descriptor */
+            continue;
+        }
+        if (rmt_is_fd((int)fd))
+            rmt_forget((int)fd);
+    }
+}
+
 int rmt_dup_done(int oldfd, int newfd)
 {
     if (in_vfork_child())
@@ -1106,13 +1136,30 @@ int rmt_statx(int dslot, const char *rpath, int fd, int flags, unsigned mask, vo
 #endif
 }
 
-int rmt_access(int dslot, const char *rpath, int mode)
+int rmt_access2(int dslot, const char *rpath, int mode, int follow)
 {
-    if (mode & ~0x107) {
-        errno = EINVAL;          /* only F_OK..X_OK (0x100: AT_SYMLINK_NOFOLLOW, see rx_access) */
+    if (mode & ~(R_OK | W_OK | X_OK)) {
+        errno = EINVAL;          /* the kernel takes only F_OK..X_OK */
         return -1;
     }
-    return bypass_shadow_bypass_rx_access(dslot, rpath, mode);
+    return bypass_shadow_bypass_rx_access(dslot, rpath, mode, follow);
+}
+
+int rmt_access(int dslot, const char *rpath, int mode)
+{
+    return rmt_access2(dslot, rpath, mode, 1);
+}
+
+const char *rmt_skip_dot_slash(const char *path)
+{
+    if (!path || !string_ok(path))
+        return path;
+    while (path[0] == '.' && path[1] == '/') {
+        path += 2;
+        while (path[0] == '/')
+            path++;
+    }
+    return path;
 }
 
 int rmt_unlink(int dslot, const char *rpath, int isdir)
@@ -1130,20 +1177,31 @@ int rmt_rename(int od, const char *op, int nd, const char *np)
     return bypass_shadow_bypass_rx_rename(od, op, nd, np, 0);
 }
 
-/* link/linkat whose new path could not be taken (ENAMETOOLONG, EFAULT): the kernel looks
- * the old path up first, and its error wins. */
-int rmt_link_bad_new(int olddirfd, const char *oldpath, int old_remote, int dslot, const char *rpath, int follow)
+/* link/rename whose new path could not be taken (EFAULT, ENAMETOOLONG, ""): the kernel looks
+ * the old path up first (link: all of it; rename: its parent), and that error wins.  A local
+ * old path goes to the kernel itself, which refuses the new path as well: nothing is done. */
+int rmt_second_path_error(int is_link, int olddirfd, const char *oldpath, int old_remote, int dslot,
+                          const char *rpath, int newdirfd, const char *newpath, int flags)
 {
     int e = errno;
-    struct stat st;
-    if (e == ENAMETOOLONG) {
-        int rc = old_remote ? rmt_stat(dslot, rpath, &st, follow)
-                            : fstatat(olddirfd, oldpath, &st, follow ? 0 : AT_SYMLINK_NOFOLLOW);
-        if (rc < 0)
+    if (e == EFAULT || e == ENAMETOOLONG || e == EBADF || e == ENOTDIR ||
+        (e == ENOENT && newpath && string_ok(newpath) && !*newpath)) {
+        if (!old_remote)
+            return is_link ? linkat(olddirfd, oldpath, newdirfd, newpath, flags)
+                           : renameat2(olddirfd, oldpath, newdirfd, newpath, (unsigned)flags);
+        struct stat st;
+        if (is_link ? rmt_stat(dslot, rpath, &st, (flags & AT_SYMLINK_FOLLOW) != 0) < 0 : !rmt_parent_ok(dslot, rpath))
             return -1;
     }
     errno = e;
     return -1;
+}
+
+/* utimensat with both times UTIME_OMIT (readable times): the kernel returns 0 at once. */
+int rmt_times_omitted(const struct timespec *times)
+{
+    return times && fault(times, 2 * sizeof *times) == 0 && times[0].tv_nsec == UTIME_OMIT &&
+           times[1].tv_nsec == UTIME_OMIT;
 }
 
 /* Whether the directory that would hold rpath exists (a bind there would make the node). */
@@ -1681,6 +1739,12 @@ int rmt_fcntl(int fd, int cmd, long arg, int *handled)
     struct rfile *r = get(fd);
     *handled = 1;
     switch (cmd) {
+#ifdef F_GET_SEALS
+    case F_GET_SEALS:
+    case F_ADD_SEALS:
+        errno = EINVAL;          /* seals are for memfds, which a remote file is not */
+        return -1;
+#endif
     case F_GETFL:
         /* the kernel forgets the open-time flags and always reports O_LARGEFILE on 64 bits */
         return r ? (r->flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC)) | RMT_O_LARGEFILE : -1;
@@ -1742,12 +1806,57 @@ static int cookie_seek(void *c, off64_t *pos, int whence)
     return 0;
 }
 
+/* Buffers given to streams (stream_buffer), freed when their descriptor's stream closes. */
+static struct { int fd; char *buf; } *sbufs;
+static size_t nsbufs, capsbufs;
+static pthread_mutex_t sbuf_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static int cookie_close(void *c)
 {
     bypass_guard_enter();
-    int rc = rmt_close((int)(intptr_t)c);
+    int fd = (int)(intptr_t)c;
+    int rc = rmt_close(fd);
+    /* glibc flushed the stream before this and never touches a user buffer afterwards */
+    pthread_mutex_lock(&sbuf_lock);
+    for (size_t i = 0; i < nsbufs; i++)
+        if (sbufs[i].fd == fd) {
+            free(sbufs[i].buf);
+            sbufs[i] = sbufs[--nsbufs];
+            break;
+        }
+    pthread_mutex_unlock(&sbuf_lock);
     bypass_guard_leave();
     return rc;
+}
+
+/* glibc sizes a file stream's buffer by st_blksize, a cookie stream's by BUFSIZ; the size
+ * decides whether a large fread goes straight to read() (which "a" streams then allow) or
+ * through the buffer (EBADF): give the cookie stream the remote file's block size. */
+static void stream_buffer(FILE *f, int fd)
+{
+    struct stat st;
+    if (rmt_fstat(fd, &st) < 0 || st.st_blksize <= 0 || st.st_blksize == BUFSIZ || st.st_blksize > (1 << 20))
+        return;
+    char *buf = malloc((size_t)st.st_blksize);
+    if (!buf)
+        return;
+    pthread_mutex_lock(&sbuf_lock);
+    if (nsbufs == capsbufs) {
+        size_t cap = capsbufs ? capsbufs * 2 : 16;
+        void *n = realloc(sbufs, cap * sizeof *sbufs);
+        if (!n) {
+            pthread_mutex_unlock(&sbuf_lock);
+            free(buf);
+            return;
+        }
+        sbufs = n;
+        capsbufs = cap;
+    }
+    sbufs[nsbufs].fd = fd;
+    sbufs[nsbufs].buf = buf;
+    nsbufs++;
+    pthread_mutex_unlock(&sbuf_lock);
+    setvbuf(f, buf, _IOFBF, (size_t)st.st_blksize);
 }
 
 static int mode_flags(const char *mode)
@@ -1814,7 +1923,10 @@ FILE *rmt_fdopen_user(int fd, const char *mode)
         if (fdfl >= 0 && !(fdfl & FD_CLOEXEC))
             fcntl(fd, F_SETFD, fdfl | FD_CLOEXEC);
     }
-    return rmt_fdopen(fd, mode);
+    FILE *f = rmt_fdopen(fd, mode);
+    if (f)
+        stream_buffer(f, fd);
+    return f;
 }
 
 FILE *rmt_fopen(int dslot, const char *rpath, const char *mode)
@@ -1830,8 +1942,20 @@ FILE *rmt_fopen(int dslot, const char *rpath, const char *mode)
         int e = errno;
         rmt_close(fd);
         errno = e;
+    } else {
+        stream_buffer(f, fd);
     }
     return f;
+}
+
+/* A failed freopen leaves the stream closed, as glibc's does (which closes the old file
+ * before it opens the new one): glibc's own freopen of "" does exactly that. */
+static FILE *freopen_failed(FILE *stream, int e)
+{
+    if (stream)
+        freopen("", "r", stream);
+    errno = e;
+    return NULL;
 }
 
 FILE *rmt_freopen(int dslot, const char *rpath, const char *mode, FILE *stream)
@@ -1839,7 +1963,7 @@ FILE *rmt_freopen(int dslot, const char *rpath, const char *mode, FILE *stream)
     int std = stream == stdin ? 0 : stream == stdout ? 1 : stream == stderr ? 2 : -1;
     int flags = mode ? mode_flags(mode) : -1;
     if (flags < 0)
-        return NULL;
+        return std < 0 ? freopen_failed(stream, errno) : NULL;
     if (std < 0) {
         /* Another stream cannot become remote (its FILE is glibc's, with glibc's own I/O):
          * ENOTSUP, but the path's own error first, found without creating or truncating. */
@@ -1847,9 +1971,8 @@ FILE *rmt_freopen(int dslot, const char *rpath, const char *mode, FILE *stream)
         if (fd >= 0)
             rmt_close(fd);
         else if (errno != ENOENT || !(flags & O_CREAT) || !rmt_parent_ok(dslot, rpath))
-            return NULL;
-        errno = ENOTSUP;
-        return NULL;
+            return freopen_failed(stream, errno);
+        return freopen_failed(stream, ENOTSUP);
     }
     fflush(stream);
     int fd = rmt_open(dslot, rpath, flags, 0666);
@@ -2507,10 +2630,16 @@ static int spawn_where(const char *dir, const char *path, int *ds, char *rp, siz
     return rmt_where(AT_FDCWD, path, ds, rp, cap);
 }
 
+static pthread_mutex_t spawn_lock = PTHREAD_MUTEX_INITIALIZER;
+static int spawn_kept[64], spawn_nkept;
+static void spawn_release(void);
+
 int rmt_spawn_actions(const posix_spawn_file_actions_t *fa, posix_spawn_file_actions_t *out, int *staged,
                       int *nstaged, int max)
 {
     *nstaged = 0;
+    if (__atomic_load_n(&spawn_nkept, __ATOMIC_RELAXED))
+        spawn_release();
     if (!fa || fa->__used <= 0)
         return 0;
     const struct rmt_spawn_action *a = (const struct rmt_spawn_action *)fa->__actions;
@@ -2551,6 +2680,17 @@ int rmt_spawn_actions(const posix_spawn_file_actions_t *fa, posix_spawn_file_act
                 err = EMFILE;
             } else {
                 int fd = rmt_open(ds, rp, a[i].action.open_action.oflag | O_CLOEXEC, a[i].action.open_action.mode);
+                if (fd >= 0) {
+                    /* out of the way of the numbers the actions name (a descriptor the program
+                     * closed before spawning must stay closed for them) */
+                    int hi = fcntl(fd, F_DUPFD_CLOEXEC, 1024);
+                    if (hi >= 0 && rmt_dup_done(fd, hi) == 0) {
+                        rmt_close(fd);
+                        fd = hi;
+                    } else if (hi >= 0) {
+                        close(hi);
+                    }
+                }
                 if (fd < 0) {
                     err = errno;
                 } else {
@@ -2591,20 +2731,38 @@ int rmt_spawn_actions(const posix_spawn_file_actions_t *fa, posix_spawn_file_act
         }
     }
     if (err) {
-        rmt_spawn_done(out, staged, *nstaged);
+        rmt_spawn_done(out, staged, *nstaged, 0);
         *nstaged = 0;
         return err;
     }
     return -1;
 }
 
-void rmt_spawn_done(posix_spawn_file_actions_t *out, const int *staged, int nstaged)
+/* A spawned child copies this process's table when it first reaches the shadow, later than
+ * posix_spawn returns: the staged descriptors stay open here until the next spawn (they are
+ * close-on-exec, so an exec drops them too). */
+void rmt_spawn_done(posix_spawn_file_actions_t *out, const int *staged, int nstaged, int spawned)
 {
     int e = errno;
     posix_spawn_file_actions_destroy(out);
-    for (int i = 0; i < nstaged; i++)
-        rmt_close(staged[i]);
+    pthread_mutex_lock(&spawn_lock);
+    for (int i = 0; i < nstaged; i++) {
+        if (spawned && spawn_nkept < (int)(sizeof spawn_kept / sizeof *spawn_kept))
+            spawn_kept[spawn_nkept++] = staged[i];
+        else
+            rmt_close(staged[i]);
+    }
+    pthread_mutex_unlock(&spawn_lock);
     errno = e;
+}
+
+static void spawn_release(void)
+{
+    pthread_mutex_lock(&spawn_lock);
+    for (int i = 0; i < spawn_nkept; i++)
+        rmt_close(spawn_kept[i]);
+    spawn_nkept = 0;
+    pthread_mutex_unlock(&spawn_lock);
 }
 
 /* ---- getdents64/getdirentries on a remote directory: Linux dirent64 records -------------------- */

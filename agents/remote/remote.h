@@ -51,13 +51,19 @@ int rmt_access(int dslot, const char *rpath, int mode);
 int rmt_unlink(int dslot, const char *rpath, int isdir);
 int rmt_mkdir(int dslot, const char *rpath, mode_t mode);
 int rmt_rename(int od, const char *op, int nd, const char *np);
-int rmt_link_bad_new(int olddirfd, const char *oldpath, int old_remote, int dslot, const char *rpath, int follow);
+int rmt_second_path_error(int is_link, int olddirfd, const char *oldpath, int old_remote, int dslot,
+                          const char *rpath, int newdirfd, const char *newpath, int flags);
 int rmt_parent_ok(int dslot, const char *rpath);
 #include <spawn.h>
 int rmt_spawn_actions(const posix_spawn_file_actions_t *fa, posix_spawn_file_actions_t *out, int *staged,
                       int *nstaged, int max);
-void rmt_spawn_done(posix_spawn_file_actions_t *out, const int *staged, int nstaged);
+void rmt_spawn_done(posix_spawn_file_actions_t *out, const int *staged, int nstaged, int spawned);
 ssize_t rmt_getdents64(int fd, void *buf, size_t length, off_t *basep);
+void rmt_forget_range(unsigned first, unsigned last);
+int rmt_transfer_fds_ok(int in_fd, int out_fd);
+int rmt_times_omitted(const struct timespec *times);
+int rmt_access2(int dslot, const char *rpath, int mode, int follow);
+const char *rmt_skip_dot_slash(const char *path);
 int rmt_ftw(const char *dir, void *fn, int flags, int nftw);
 long rmt_pathconf(int dslot, const char *rpath, int fd, int name);
 int rmt_rename2(int od, const char *op, int nd, const char *np, unsigned flags);

@@ -216,6 +216,8 @@ class ExportRoot:
     def access(self, path, mode: int, follow: bool = True) -> None:
         fd = self.open(path, os.O_PATH | (0 if follow else os.O_NOFOLLOW))
         try:
+            if not follow and stat.S_ISLNK(os.fstat(fd).st_mode):
+                return            # a symlink's own permissions are 0777
             if not os.access(f"/proc/self/fd/{fd}", mode):
                 raise OSError(errno.EACCES, os.strerror(errno.EACCES))
         finally:
@@ -253,6 +255,8 @@ class ExportRoot:
     def rename(self, old, new, flags: int = 0) -> None:
         od, on = self.parent(old)
         try:
+            # the kernel finds both parents before it looks at either last component
+            os.close(self.parent(new)[0])
             if self._b(old).endswith(b"/") or self._b(new).endswith(b"/"):
                 # a trailing slash on either name: the source must be a directory
                 st = os.stat(on, dir_fd=od, follow_symlinks=False)
@@ -268,9 +272,21 @@ class ExportRoot:
     def link(self, old, new) -> None:
         od, on = self.parent(old)
         try:
+            if not self._b(old).endswith(b"/"):
+                os.stat(on, dir_fd=od, follow_symlinks=False)   # the old name's error comes first
             if self._b(old).endswith(b"/"):
-                e = self._slash_error(od, on, "rmdir") or errno.EPERM   # no links to directories
-                raise OSError(e, os.strerror(e), os.fsdecode(old))
+                # the kernel looks "x/" up in full (ELOOP, ENOENT, ENOTDIR for a file), then
+                # makes room for the new name (EEXIST...), and only then refuses a directory
+                os.close(self.open(old, os.O_PATH | os.O_DIRECTORY))
+
+                def refuse(d, n):
+                    try:
+                        os.stat(n, dir_fd=d, follow_symlinks=False)
+                    except FileNotFoundError:
+                        return
+                    raise OSError(errno.EEXIST, os.strerror(errno.EEXIST), os.fsdecode(new))
+                self._at(new, refuse, "create")
+                raise OSError(errno.EPERM, os.strerror(errno.EPERM), os.fsdecode(old))
             self._at(new, lambda d, n: os.link(on, n, src_dir_fd=od, dst_dir_fd=d,
                                                follow_symlinks=False), "create")
         finally:
