@@ -44,6 +44,7 @@ int bypass_shadow_bypass_rx_fstat(int slot, struct stat *st);
 int bypass_shadow_bypass_rx_stat(int dslot, const char *path, int follow, struct stat *st);
 int bypass_shadow_bypass_rx_statvfs(int dslot, const char *path, int slot, struct statvfs *buf);
 int bypass_shadow_bypass_rx_birth(int dslot, const char *path, int slot, int follow, long *ns);
+int bypass_shadow_bypass_rx_statxmask(int dslot, const char *path, int slot, int follow, int mask, long *got);
 int bypass_shadow_bypass_rx_fstype(int dslot, const char *path, int slot, long *type);
 int bypass_shadow_bypass_rx_pathconf(int dslot, const char *path, int slot, int name, long *value);
 int bypass_shadow_bypass_rx_access(int dslot, const char *path, int mode, int follow);
@@ -261,6 +262,13 @@ static int range_ok(uintptr_t a, size_t n)
     ok_lo = lo;
     ok_hi = hi;
     return 1;
+}
+
+static int string_ok(const char *s);
+
+int rmt_string_ok(const char *s)
+{
+    return string_ok(s);
 }
 
 static int string_ok(const char *s)
@@ -845,19 +853,60 @@ void rmt_forget(int fd)
     unbind_std(fd);
 }
 
-/* EBADF unless in_fd is open for reading and out_fd for writing (sendfile's first check). */
-int rmt_transfer_fds_ok(int in_fd, int out_fd)
+/* The kernel's first checks of sendfile (copy = 0) and copy_file_range (copy = 1): a closed
+ * or O_PATH descriptor is EBADF; copy_file_range then refuses directories (EISDIR), and
+ * both want in_fd readable, out_fd writable (copy_file_range: and not O_APPEND). */
+int rmt_transfer_fds_ok(int in_fd, int out_fd, int copy)
 {
-    int fds[2] = { in_fd, out_fd };
+    int fds[2] = { in_fd, out_fd }, fl[2];
     for (int i = 0; i < 2; i++) {
         struct rfile *r = get(fds[i]);
-        int fl = r ? r->flags : fcntl(fds[i], F_GETFL);
-        if (fl < 0 || (fl & O_PATH) || (fl & O_ACCMODE) == (i ? O_RDONLY : O_WRONLY)) {
+        fl[i] = r ? r->flags : fcntl(fds[i], F_GETFL);
+        if (fl[i] < 0 || (fl[i] & O_PATH)) {
             errno = EBADF;
             return 0;
         }
     }
+    for (int i = 0; copy && i < 2; i++) {
+        struct rfile *r = get(fds[i]);
+        struct stat st;
+        if (r ? r->is_dir : (fstat(fds[i], &st) == 0 && S_ISDIR(st.st_mode))) {
+            errno = EISDIR;
+            return 0;
+        }
+    }
+    if ((fl[0] & O_ACCMODE) == O_WRONLY || (fl[1] & O_ACCMODE) == O_RDONLY || (copy && (fl[1] & O_APPEND))) {
+        errno = EBADF;
+        return 0;
+    }
     return 1;
+}
+
+/* realpath/canonicalize_file_name resolve in user space, where PATH_MAX does not bound what
+ * the program passes: drop the "./" steps that change nothing, so the rest may fit. */
+const char *rmt_squeeze_path(const char *path, char *buf, size_t cap)
+{
+    if (!path || !string_ok(path) || strnlen(path, PATH_MAX) < PATH_MAX)
+        return path;
+    size_t n = 0;
+    const char *p = path;
+    if (*p == '/')
+        buf[n++] = *p++;
+    while (*p) {
+        if (p[0] == '/' && (n == 0 || buf[n - 1] == '/')) {
+            p++;
+            continue;
+        }
+        if (p[0] == '.' && p[1] == '/' && (n == 0 || buf[n - 1] == '/')) {
+            p += 2;
+            continue;
+        }
+        if (n + 1 >= cap)
+            return path;
+        buf[n++] = *p++;
+    }
+    buf[n] = 0;
+    return n ? buf : path;
 }
 
 /* close_range/closefrom closed placeholders in [first, last]: their remote files go too. */
@@ -1123,6 +1172,16 @@ int rmt_statx(int dslot, const char *rpath, int fd, int flags, unsigned mask, vo
     sx->stx_rdev_minor = minor(st.st_rdev);
     sx->stx_dev_major = major(st.st_dev);
     sx->stx_dev_minor = minor(st.st_dev);
+    unsigned times = STATX_ATIME | STATX_MTIME | STATX_CTIME;
+    long got;
+    if ((mask & times) != times &&
+        bypass_shadow_bypass_rx_statxmask(dslot, rpath ? rpath : "", fd, follow, (int)mask, &got) == 0) {
+        /* a time the shadow's kernel leaves out (not asked for) reads 0, as it would here */
+        sx->stx_mask = (sx->stx_mask & ~times) | ((unsigned)got & times);
+        if (!(got & STATX_ATIME)) memset(&sx->stx_atime, 0, sizeof sx->stx_atime);
+        if (!(got & STATX_MTIME)) memset(&sx->stx_mtime, 0, sizeof sx->stx_mtime);
+        if (!(got & STATX_CTIME)) memset(&sx->stx_ctime, 0, sizeof sx->stx_ctime);
+    }
     if (birth >= 0) {
         sx->stx_mask |= STATX_BTIME;
         sx->stx_btime.tv_sec = birth / 1000000000;
@@ -1150,17 +1209,7 @@ int rmt_access(int dslot, const char *rpath, int mode)
     return rmt_access2(dslot, rpath, mode, 1);
 }
 
-const char *rmt_skip_dot_slash(const char *path)
-{
-    if (!path || !string_ok(path))
-        return path;
-    while (path[0] == '.' && path[1] == '/') {
-        path += 2;
-        while (path[0] == '/')
-            path++;
-    }
-    return path;
-}
+
 
 int rmt_unlink(int dslot, const char *rpath, int isdir)
 {

@@ -60,10 +60,11 @@ int rmt_spawn_actions(const posix_spawn_file_actions_t *fa, posix_spawn_file_act
 void rmt_spawn_done(posix_spawn_file_actions_t *out, const int *staged, int nstaged, int spawned);
 ssize_t rmt_getdents64(int fd, void *buf, size_t length, off_t *basep);
 void rmt_forget_range(unsigned first, unsigned last);
-int rmt_transfer_fds_ok(int in_fd, int out_fd);
+int rmt_transfer_fds_ok(int in_fd, int out_fd, int copy);
+const char *rmt_squeeze_path(const char *path, char *buf, size_t cap);
 int rmt_times_omitted(const struct timespec *times);
 int rmt_access2(int dslot, const char *rpath, int mode, int follow);
-const char *rmt_skip_dot_slash(const char *path);
+int rmt_string_ok(const char *s);
 int rmt_ftw(const char *dir, void *fn, int flags, int nftw);
 long rmt_pathconf(int dslot, const char *rpath, int fd, int name);
 int rmt_rename2(int od, const char *op, int nd, const char *np, unsigned flags);
