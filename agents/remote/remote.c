@@ -1749,9 +1749,9 @@ static int record_lock(int fd, int cmd, struct flock *fl)
         errno = EFAULT;
         return -1;
     }
-    if (is_getlk(cmd) ? fl->l_type != F_RDLCK && fl->l_type != F_WRLCK
-                      : fl->l_type != F_RDLCK && fl->l_type != F_WRLCK && fl->l_type != F_UNLCK) {
-        errno = EINVAL;      /* F_GETLK asks about a lock: F_UNLCK is not one */
+    if (cmd == F_GETLK ? fl->l_type != F_RDLCK && fl->l_type != F_WRLCK
+                       : fl->l_type != F_RDLCK && fl->l_type != F_WRLCK && fl->l_type != F_UNLCK) {
+        errno = EINVAL;      /* F_GETLK asks about a lock: F_UNLCK is not one (F_OFD_GETLK takes it) */
         return -1;
     }
     struct flock wire = *fl;
@@ -1791,12 +1791,14 @@ int rmt_fcntl(int fd, int cmd, long arg, int *handled)
 #ifdef F_GET_SEALS
     case F_GET_SEALS:
     case F_ADD_SEALS:
-        errno = EINVAL;          /* seals are for memfds, which a remote file is not */
+        /* seals are for memfds, which a remote file is not (an O_PATH one is not even open) */
+        errno = r && !(r->flags & O_PATH) ? EINVAL : EBADF;
         return -1;
 #endif
     case F_GETFL:
-        /* the kernel forgets the open-time flags and always reports O_LARGEFILE on 64 bits */
-        return r ? (r->flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC)) | RMT_O_LARGEFILE : -1;
+        /* the kernel forgets the open-time flags (O_CLOEXEC is the descriptor's, F_GETFD) and
+         * always reports O_LARGEFILE on 64 bits */
+        return r ? (r->flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC | O_CLOEXEC)) | RMT_O_LARGEFILE : -1;
     case F_SETFL: {
         int keep = O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
         int flags = (r->flags & keep) | ((int)arg & ~keep);
