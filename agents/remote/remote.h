@@ -51,6 +51,23 @@ int rmt_access(int dslot, const char *rpath, int mode);
 int rmt_unlink(int dslot, const char *rpath, int isdir);
 int rmt_mkdir(int dslot, const char *rpath, mode_t mode);
 int rmt_rename(int od, const char *op, int nd, const char *np);
+int rmt_second_path_error(int is_link, int olddirfd, const char *oldpath, int old_remote, int dslot,
+                          const char *rpath, int newdirfd, const char *newpath, int flags);
+int rmt_parent_ok(int dslot, const char *rpath);
+#include <spawn.h>
+int rmt_spawn_actions(const posix_spawn_file_actions_t *fa, posix_spawn_file_actions_t *out, int *staged,
+                      int *nstaged, int max);
+void rmt_spawn_done(posix_spawn_file_actions_t *out, const int *staged, int nstaged, int spawned);
+ssize_t rmt_getdents64(int fd, void *buf, size_t length, off_t *basep);
+void rmt_forget_range(unsigned first, unsigned last);
+int rmt_transfer_fds_ok(int in_fd, int out_fd, int copy);
+const char *rmt_squeeze_path(const char *path, char *buf, size_t cap);
+int rmt_times_omitted(const struct timespec *times);
+int rmt_access2(int dslot, const char *rpath, int mode, int follow);
+int rmt_string_ok(const char *s);
+int rmt_ftw(const char *dir, void *fn, int flags, int nftw);
+long rmt_pathconf(int dslot, const char *rpath, int fd, int name);
+int rmt_rename2(int od, const char *op, int nd, const char *np, unsigned flags);
 ssize_t rmt_readlink(int dslot, const char *rpath, char *buf, size_t size);
 int rmt_link(int od, const char *op, int nd, const char *np);
 /* rename/link between a remote and a local name: -1 with EXDEV, or with the error the kernel
@@ -110,6 +127,7 @@ int rmt_sync_range(void *addr, size_t len, int unmapping);
 
 FILE *rmt_fopen(int dslot, const char *rpath, const char *mode);
 FILE *rmt_fdopen(int fd, const char *mode);
+FILE *rmt_fdopen_user(int fd, const char *mode);
 DIR *rmt_opendir(int dslot, const char *rpath);
 DIR *rmt_fdopendir(int fd);
 struct dirent *rmt_readdir(DIR *d);

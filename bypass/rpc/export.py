@@ -33,8 +33,40 @@ def _openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> in
     return fd
 
 
+def _renameat2(od: int, on: bytes, nd: int, nn: bytes, flags: int) -> None:
+    # RENAME_* flags are the same numbers on every Linux architecture
+    if _libc.renameat2(od, on, nd, nn, ctypes.c_uint(flags)) < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), os.fsdecode(nn))
+
+
 _MAX_SYMLINKS = 40
 _PATH_MAX = 4096
+
+
+def _create_dir_error(rootfd: int, path: bytes, alias: bytes | None) -> None:
+    """Raise the kernel's error for O_CREAT on a name with a trailing slash: the lookup's own
+    error first (ENOENT, ENOTDIR: "x/." needs x to be a directory), then EISDIR."""
+    base, dot = path, False
+    while base.endswith(b"/") or base.endswith(b"/."):
+        dot |= base.endswith(b"/.")
+        base = base[:-1] if base.endswith(b"/") else base[:-2]
+    flags = os.O_PATH | (os.O_DIRECTORY if dot else 0)
+    try:
+        fd = _walk_in_root(rootfd, base or b".", flags, 0, alias)
+    except FileNotFoundError:
+        if dot:
+            raise
+        head = base.rpartition(b"/")[0]
+        os.close(_walk_in_root(rootfd, head or b".", os.O_PATH | os.O_DIRECTORY, 0, alias))
+    else:
+        try:
+            isdir = stat.S_ISDIR(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+        if not isdir:
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+    raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
 
 
 def _walk_in_root(rootfd: int, path: bytes, flags: int, mode: int, alias: bytes | None = None) -> int:
@@ -46,7 +78,7 @@ def _walk_in_root(rootfd: int, path: bytes, flags: int, mode: int, alias: bytes 
     if path.endswith(b"/") or path.endswith(b"/."):
         # a trailing slash: the last component must be a directory, followed if a symlink
         if flags & os.O_CREAT:
-            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+            _create_dir_error(rootfd, path, alias)
         flags = (flags | os.O_DIRECTORY) & ~os.O_NOFOLLOW
     stack = [os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=rootfd)]
     links = 0
@@ -181,9 +213,11 @@ class ExportRoot:
         finally:
             os.close(fd)
 
-    def access(self, path, mode: int) -> None:
-        fd = self.open(path, os.O_PATH)
+    def access(self, path, mode: int, follow: bool = True) -> None:
+        fd = self.open(path, os.O_PATH | (0 if follow else os.O_NOFOLLOW))
         try:
+            if not follow and stat.S_ISLNK(os.fstat(fd).st_mode):
+                return            # a symlink's own permissions are 0777
             if not os.access(f"/proc/self/fd/{fd}", mode):
                 raise OSError(errno.EACCES, os.strerror(errno.EACCES))
         finally:
@@ -193,7 +227,14 @@ class ExportRoot:
         self._at(path, lambda d, n: os.unlink(n, dir_fd=d), "unlink")
 
     def rmdir(self, path) -> None:
-        self._at(path, lambda d, n: os.rmdir(n, dir_fd=d), "rmdir")
+        last = self._b(path).rstrip(b"/").rpartition(b"/")[2]
+
+        def rm(d, n):
+            if last == b"..":
+                # the kernel's answer for a last component "..", once the lookup went through
+                raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY), os.fsdecode(path))
+            os.rmdir(n, dir_fd=d)
+        self._at(path, rm, "rmdir")
 
     def mkdir(self, path, mode: int) -> None:
         self._at(path, lambda d, n: os.mkdir(n, mode, dir_fd=d))
@@ -202,29 +243,50 @@ class ExportRoot:
         self._at(path, lambda d, n: os.mknod(n, mode, device, dir_fd=d), "create")
 
     def readlink(self, path) -> bytes:
+        if self._b(path).endswith(b"/"):
+            # a trailing slash follows the link: what it names is never a symlink itself
+            os.close(self.open(path, os.O_PATH))
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), os.fsdecode(path))
         return self._at(path, lambda d, n: os.readlink(n, dir_fd=d))
 
     def symlink(self, target, path) -> None:
         self._at(path, lambda d, n: os.symlink(self._b(target), n, dir_fd=d), "create")
 
-    def rename(self, old, new) -> None:
+    def rename(self, old, new, flags: int = 0) -> None:
         od, on = self.parent(old)
         try:
+            # the kernel finds both parents before it looks at either last component
+            os.close(self.parent(new)[0])
             if self._b(old).endswith(b"/") or self._b(new).endswith(b"/"):
                 # a trailing slash on either name: the source must be a directory
                 st = os.stat(on, dir_fd=od, follow_symlinks=False)
                 if not stat.S_ISDIR(st.st_mode):
                     raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), os.fsdecode(old))
-            self._at(new, lambda d, n: os.rename(on, n, src_dir_fd=od, dst_dir_fd=d))
+            if flags:
+                self._at(new, lambda d, n: _renameat2(od, on, d, n, flags))
+            else:
+                self._at(new, lambda d, n: os.rename(on, n, src_dir_fd=od, dst_dir_fd=d))
         finally:
             os.close(od)
 
     def link(self, old, new) -> None:
         od, on = self.parent(old)
         try:
+            if not self._b(old).endswith(b"/"):
+                os.stat(on, dir_fd=od, follow_symlinks=False)   # the old name's error comes first
             if self._b(old).endswith(b"/"):
-                e = self._slash_error(od, on, "rmdir") or errno.EPERM   # no links to directories
-                raise OSError(e, os.strerror(e), os.fsdecode(old))
+                # the kernel looks "x/" up in full (ELOOP, ENOENT, ENOTDIR for a file), then
+                # makes room for the new name (EEXIST...), and only then refuses a directory
+                os.close(self.open(old, os.O_PATH | os.O_DIRECTORY))
+
+                def refuse(d, n):
+                    try:
+                        os.stat(n, dir_fd=d, follow_symlinks=False)
+                    except FileNotFoundError:
+                        return
+                    raise OSError(errno.EEXIST, os.strerror(errno.EEXIST), os.fsdecode(new))
+                self._at(new, refuse, "create")
+                raise OSError(errno.EPERM, os.strerror(errno.EPERM), os.fsdecode(old))
             self._at(new, lambda d, n: os.link(on, n, src_dir_fd=od, dst_dir_fd=d,
                                                follow_symlinks=False), "create")
         finally:

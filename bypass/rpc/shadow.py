@@ -84,8 +84,8 @@ class Direct:
     def stat(self, path, follow=True):
         return os.stat(path, follow_symlinks=follow)
 
-    def access(self, path, mode):
-        if not os.access(path, mode):
+    def access(self, path, mode, follow=True):
+        if not os.access(path, mode, follow_symlinks=follow):
             raise OSError(errno.EACCES, os.strerror(errno.EACCES))
 
     statvfs = staticmethod(os.statvfs)
