@@ -1578,16 +1578,22 @@ static const char *walk_name(const char *real, char *out, int *shift)
     return real;
 }
 
+/* The callback sees the stat the program would see for the tree (a fixed copy). */
+static const struct stat *fixed_stat(const struct stat *st, struct stat *copy)
+{
+    if (!st)
+        return NULL;
+    *copy = *st;
+    wf_fix_stat(copy);
+    return copy;
+}
+
 static int walk_tramp(const char *p, const struct stat *st, int flag)
 {
     char out[PATH_MAX];
     int shift;
     struct stat copy;
-    if (st) {
-        copy = *st;
-        wf_fix_stat(&copy);
-        st = &copy;
-    }
+    st = fixed_stat(st, &copy);
     return walk_fn(walk_name(p, out, &shift), st, flag);
 }
 
@@ -1596,11 +1602,7 @@ static int nwalk_tramp(const char *p, const struct stat *st, int flag, struct FT
     char out[PATH_MAX];
     int shift;
     struct stat copy;
-    if (st) {
-        copy = *st;
-        wf_fix_stat(&copy);
-        st = &copy;
-    }
+    st = fixed_stat(st, &copy);
     const char *name = walk_name(p, out, &shift);
     struct FTW g = *f;
     g.base += shift;

@@ -825,18 +825,9 @@ static long run_step(const char *op, struct arg *a, int nargs)
     if (!strcmp(op, "access"))      return access(S(0), I(1));
     if (!strcmp(op, "faccessat"))   return faccessat(I(0), S(1), I(2), I(3));
     if (!strcmp(op, "euidaccess"))  return euidaccess(S(0), I(1));
-    if (!strcmp(op, "opendir")) {
+    if (!strcmp(op, "opendir") || !strcmp(op, "fdopendir")) {
         long id = N(1);
-        DIR *d = opendir(S(0));
-        if (!d)
-            return -1;
-        if (id >= 0 && id < MAX_IDS)
-            dirs[id] = d;
-        return 0;
-    }
-    if (!strcmp(op, "fdopendir")) {
-        long id = N(1);
-        DIR *d = fdopendir(I(0));
+        DIR *d = op[0] == 'o' ? opendir(S(0)) : fdopendir(I(0));
         if (!d)
             return -1;
         if (id >= 0 && id < MAX_IDS)

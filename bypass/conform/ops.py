@@ -66,23 +66,21 @@ class Path:
 class Fd:
     """The descriptor an earlier step (by id) returned."""
     step: int
+    SIGIL = "#"
+    C_NAME = "fd"
 
     def token(self) -> str:
-        return f"#{self.step}"
+        return f"{self.SIGIL}{self.step}"
 
     def c(self) -> str:
-        return f"fd{self.step}"
+        return f"{self.C_NAME}{self.step}"
 
 
 @dataclass(frozen=True)
-class DirStream:
-    step: int
-
-    def token(self) -> str:
-        return f"%{self.step}"
-
-    def c(self) -> str:
-        return f"dir{self.step}"
+class DirStream(Fd):
+    """The directory stream an earlier step (by id) opened."""
+    SIGIL = "%"
+    C_NAME = "dir"
 
 
 @dataclass(frozen=True)
