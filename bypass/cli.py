@@ -13,6 +13,8 @@
     bypass escapes SPEC -- CMD          which file system calls the agent does not see
     bypass conform SPEC [agent options] the agent against the kernel: generated file calls, compared
     bypass gass cache {dir,list,clear}  the gass agent's per-user URL cache
+    bypass publish DIR OUT [--key K]    DIR as a signed repository for the webfs agent
+    bypass keygen K                     an Ed25519 key pair for bypass publish (K, K.pub)
 """
 
 from __future__ import annotations
@@ -206,6 +208,8 @@ COMMAND_HELP = {
     "escapes": "which file system calls an agent does not see",
     "conform": "the agent against the kernel: generated file calls, compared",
     "gass": "the gass agent's tools (cache dir, list, clear)",
+    "publish": "a tree as a signed repository for the webfs agent",
+    "keygen": "an Ed25519 key pair for bypass publish",
 }
 
 
@@ -259,6 +263,8 @@ def _parser() -> argparse.ArgumentParser:
     # they are listed here so that --help and "did you mean" know them.
     sub.add_parser("escapes", help=COMMAND_HELP["escapes"], add_help=False)
     sub.add_parser("conform", help=COMMAND_HELP["conform"], add_help=False)
+    sub.add_parser("publish", help=COMMAND_HELP["publish"], add_help=False)
+    sub.add_parser("keygen", help=COMMAND_HELP["keygen"], add_help=False)
     from .gass_cache import add_subcommand as add_gass_subcommand
     add_gass_subcommand(sub)
     return parser
@@ -323,6 +329,9 @@ def _dispatch(argv: list[str]) -> int:
     if first == "conform":                  # its own parser: bypass/conform/cli.py
         from .conform.cli import main as conform_main
         return conform_main(argv[1:])
+    if first in ("publish", "keygen"):     # its own parser: bypass/publish.py
+        from . import publish
+        return (publish.main if first == "publish" else publish.keygen_main)(argv[1:])
     parser = _parser()
     if first == "run":
         args = _parse_run(parser, own, "--" in argv)

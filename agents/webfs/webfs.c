@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include "webfs.h"
+#include "webfs_internal.h"
 
 #include "../gass/gass_internal.h"
 #include "bypass_runtime.h"
@@ -26,35 +27,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define WF_MAX_MOUNTS 16
-#define WF_MAX_MIRRORS 8
-#define WF_URL_MAX 2048
-#define WF_PREFIX_MAX 1024
-#define WF_ROOT_MAX (PATH_MAX - 512)
-#define WF_MAX_DEPTH 256
-#define WF_LINE_MAX (3 * PATH_MAX)
-/* make_growfs (cctools 7.x as Debian ships it) writes each mtime as Unix time minus this
- * constant; measured against touch -d @1000000000, which it lists as -199163600. */
-#define WF_GROWFS_MTIME_OFFSET 1199163600LL
-
-struct wf_mount {
-    char prefix[WF_PREFIX_MAX];
-    size_t plen;
-    int nmirrors;
-    char mirror[WF_MAX_MIRRORS][WF_URL_MAX];
-    char key[17];
-    int state;  /* 0 not loaded, 1 loaded, -1 failed (err) */
-    int err;
-    char tree[WF_ROOT_MAX];  /* <cache>/trees/<catalog sha1> */
-    char root[WF_ROOT_MAX];  /* tree + "/root": what the prefix stands for */
-    size_t rlen;
-    dev_t dev;
-};
-
 static struct wf_mount wf_mounts[WF_MAX_MOUNTS];
 static int wf_nmounts;
 static int wf_loaded_any;
-static char wf_cache[WF_ROOT_MAX];
+char wf_cache[WF_ROOT_MAX];
 static long long wf_ttl = 300;
 static long long wf_cache_max = 8LL << 30;
 static pthread_mutex_t wf_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -65,19 +41,11 @@ static char wf_vcwd[PATH_MAX];
 
 int wf_active(void) { return wf_nmounts > 0; }
 
-static int wf_debug_on;
+int wf_debug_on;
 /* For the end-of-process summary under BYPASS_WEBFS_DEBUG. */
 static unsigned long wf_hits, wf_misses, wf_fetch_errors;
 static unsigned long long wf_fetched_bytes;
 static double wf_fetch_seconds;
-
-/* One line on stderr, "bypass[webfs]: ...", one write() so concurrent processes do not mix. */
-#define wf_say(...) bypass_log(__VA_ARGS__)
-#define wf_dbg(...)                                                            \
-    do {                                                                       \
-        if (wf_debug_on)                                                       \
-            wf_say(__VA_ARGS__);                                               \
-    } while (0)
 
 /* ------------------------------------------------------------------ configuration */
 
@@ -136,7 +104,22 @@ static int add_mirror(const char *url, size_t len, char *err, size_t esize)
     return 0;
 }
 
-/* "PREFIX=URL[,URL...]" entries separated by blanks. */
+/* key=FILE (the mount is a Bypass repository signed with that key's private half) or a URL. */
+static int add_option_or_mirror(const char *word, size_t len, char *err, size_t esize)
+{
+    if (len < 4 || strncmp(word, "key=", 4) != 0)
+        return add_mirror(word, len, err, esize);
+    char file[PATH_MAX];
+    if (len - 4 == 0 || len - 4 >= sizeof file) {
+        snprintf(err, esize, "%s: key= wants the public key's file", wf_mounts[wf_nmounts - 1].prefix);
+        return -1;
+    }
+    memcpy(file, word + 4, len - 4);
+    file[len - 4] = '\0';
+    return wf_repo_key(&wf_mounts[wf_nmounts - 1], file, err, esize);
+}
+
+/* "PREFIX=URL[,URL...][,key=FILE]" entries separated by blanks. */
 static int parse_inline(const char *s, char *err, size_t esize)
 {
     while (*s) {
@@ -157,7 +140,7 @@ static int parse_inline(const char *s, char *err, size_t esize)
             const char *c = memchr(u, ',', (size_t)(end - u));
             if (!c)
                 c = end;
-            if (add_mirror(u, (size_t)(c - u), err, esize) < 0)
+            if (add_option_or_mirror(u, (size_t)(c - u), err, esize) < 0)
                 return -1;
             u = c + 1;
         }
@@ -170,7 +153,7 @@ static int parse_inline(const char *s, char *err, size_t esize)
     return 0;
 }
 
-/* A repositories file: "PREFIX URL [URL...]" a line, '#' starts a comment. */
+/* A repositories file: "PREFIX URL [URL...] [key=FILE]" a line, '#' starts a comment. */
 static int parse_file(const char *name, char *err, size_t esize)
 {
     int fd = open(name, O_RDONLY | O_CLOEXEC);
@@ -211,7 +194,7 @@ static int parse_file(const char *name, char *err, size_t esize)
                 return -1;
             }
             while ((word = strtok_r(NULL, " \t\r", &save)))
-                if (add_mirror(word, strlen(word), why, sizeof why) < 0) {
+                if (add_option_or_mirror(word, strlen(word), why, sizeof why) < 0) {
                     snprintf(err, esize, "%s:%d: error: %s", name, lineno, why);
                     return -1;
                 }
@@ -292,7 +275,9 @@ int wf_init_from_env(char *err, size_t esize)
     }
     for (int i = 0; i < wf_nmounts; i++) {
         struct wf_mount *m = &wf_mounts[i];
-        unsigned long long h = gass_hash64(m->prefix, m->plen, 0x77656266);
+        unsigned long long h = gass_hash64(m->prefix, m->plen, m->repo ? 0x62797061 : 0x77656266);
+        if (m->repo)
+            h = gass_hash64(m->pub, sizeof m->pub, h);
         for (int j = 0; j < m->nmirrors; j++)
             h = gass_hash64(m->mirror[j], strlen(m->mirror[j]), h);
         snprintf(m->key, sizeof m->key, "%016llx", h);
@@ -374,7 +359,7 @@ static int has_dotdot(const char *p)
     return 0;
 }
 
-static int lock_path(const char *path)
+int wf_lock_path(const char *path)
 {
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0)
@@ -389,7 +374,7 @@ static int lock_path(const char *path)
 
 /* ------------------------------------------------------------------ HTTP */
 
-static void url_for(const struct wf_mount *m, int mirror, const char *rel, char *out, size_t size)
+void wf_url_for(const struct wf_mount *m, int mirror, const char *rel, char *out, size_t size)
 {
     static const char hex[] = "0123456789ABCDEF";
     size_t n = (size_t)snprintf(out, size, "%s", m->mirror[mirror]);
@@ -406,7 +391,7 @@ static void url_for(const struct wf_mount *m, int mirror, const char *rel, char 
 }
 
 /* GET into fd (truncated first); 0 or an errno, with the reason logged. */
-static int fetch(const char *url, int fd)
+int wf_fetch(const char *url, int fd)
 {
     struct gass_url u;
     if (gass_url_parse(url, &u) < 0)
@@ -700,7 +685,7 @@ static int fetch_catalog(struct wf_mount *m, char *tmp, size_t tsize, char sum[4
         int fd = mkostemp(tmp, O_CLOEXEC);
         if (fd < 0)
             return errno;
-        int e = fetch(url, fd);
+        int e = wf_fetch(url, fd);
         char text[128];
         ssize_t n = e ? -1 : pread(fd, text, sizeof text - 1, 0);
         if (!e && (n < 40 || strspn(text, "0123456789abcdef") < 40 || (n > 40 && !strchr(" \t\n", text[40])))) {
@@ -711,7 +696,7 @@ static int fetch_catalog(struct wf_mount *m, char *tmp, size_t tsize, char sum[4
             memcpy(sum, text, 40);
             sum[40] = '\0';
             snprintf(url, sizeof url, "%s/.growfsdir", m->mirror[i]);
-            e = fetch(url, fd);
+            e = wf_fetch(url, fd);
         }
         if (!e) {
             char got[41];
@@ -736,13 +721,19 @@ static int fetch_catalog(struct wf_mount *m, char *tmp, size_t tsize, char sum[4
     return last;
 }
 
+int wf_lock_tree(const char *sum, char tree[PATH_MAX])
+{
+    char lockp[PATH_MAX];
+    snprintf(tree, PATH_MAX, "%s/trees/%s", wf_cache, sum);
+    snprintf(lockp, sizeof lockp, "%s/trees/%s.lock", wf_cache, sum);
+    return wf_lock_path(lockp);
+}
+
 /* Build trees/<sum> from a checked catalog (once: under the tree's lock). */
 static int install_tree(const char *tmpcat, const char *sum)
 {
-    char tree[PATH_MAX], lockp[PATH_MAX], work[PATH_MAX], root[PATH_MAX], cat[PATH_MAX];
-    snprintf(tree, sizeof tree, "%s/trees/%s", wf_cache, sum);
-    snprintf(lockp, sizeof lockp, "%s/trees/%s.lock", wf_cache, sum);
-    int lk = lock_path(lockp);
+    char tree[PATH_MAX], work[PATH_MAX], root[PATH_MAX], cat[PATH_MAX];
+    int lk = wf_lock_tree(sum, tree);
     if (lk < 0)
         return errno;
     int rc = 0;
@@ -837,7 +828,7 @@ static int load(struct wf_mount *m)
     }
     char lockp[PATH_MAX];
     snprintf(lockp, sizeof lockp, "%s/mounts/%s.lock", wf_cache, m->key);
-    int lk = lock_path(lockp);
+    int lk = wf_lock_path(lockp);
     if (lk < 0) {
         rc = errno;
         goto fail;
@@ -847,12 +838,20 @@ static int load(struct wf_mount *m)
         close(lk);
         goto ok;
     }
-    char tmpcat[PATH_MAX], sum[41];
-    rc = fetch_catalog(m, tmpcat, sizeof tmpcat, sum);
-    if (rc == 0) {
-        rc = install_tree(tmpcat, sum);
-        unlink(tmpcat);
+    char tmpcat[PATH_MAX], sum[65];
+    if (m->repo) {
+        rc = wf_repo_fetch(m, sum);
+        if (rc == 0)
+            rc = wf_repo_install(m, sum);
+    } else {
+        rc = fetch_catalog(m, tmpcat, sizeof tmpcat, sum);
         if (rc == 0) {
+            rc = install_tree(tmpcat, sum);
+            unlink(tmpcat);
+        }
+    }
+    if (rc == 0) {
+        {
             char target[PATH_MAX], tmpl[PATH_MAX];
             snprintf(target, sizeof target, "../trees/%s", sum);
             if (snprintf(tmpl, sizeof tmpl, "%s.new-%d", cur, (int)getpid()) >= (int)sizeof tmpl)
@@ -866,12 +865,16 @@ static int load(struct wf_mount *m)
         close(lk);
         goto ok;
     }
+    if (rc == 0 && m->repo)
+        wf_repo_committed(m);
     close(lk);
     if (rc == 0)
         rc = set_root(m, cur);
     if (rc)
         goto fail;
 ok:
+    if (m->repo && (rc = wf_repo_attach(m)) != 0)
+        goto fail;
     rc = 0;
     wf_dbg("%s is %s", m->prefix, m->root);
     __atomic_store_n(&m->state, 1, __ATOMIC_RELEASE);
@@ -950,6 +953,8 @@ static void cwd_refresh(void)
         /* inherited: the tree is in use, take it as it is */
         m->state = 1;
         wf_loaded_any = 1;
+        if (m->repo)
+            (void)wf_repo_attach(m);
     }
     pthread_mutex_unlock(&wf_lock);
     wf_cwd_state = 1;
@@ -993,7 +998,8 @@ int wf_map(int op, int dirfd, const char *path, struct wf_path *r)
     } else {
         /* relative to a descriptor: the kernel resolves inside the skeleton by itself, except
          * for ".." (which could climb out of it) and writes (which must be refused) */
-        if (!wf_loaded_any || (op != WF_WRITE && op != WF_EXEC && !has_dotdot(path)))
+        if (!wf_loaded_any ||
+            (op != WF_WRITE && op != WF_EXEC && !has_dotdot(path) && !__atomic_load_n(&wf_repo_pending, __ATOMIC_RELAXED)))
             return 0;
         char dir[PATH_MAX];
         if (!dir_of_fd(dirfd, dir, sizeof dir))
@@ -1020,6 +1026,9 @@ int wf_map(int op, int dirfd, const char *path, struct wf_path *r)
         return EROFS;
     e = load(m);
     if (e)
+        return e;
+    /* a Bypass repository's subtree is in the skeleton once its catalog is: fetch those on the way */
+    if (m->repo && __atomic_load_n(&m->pending, __ATOMIC_ACQUIRE) && (e = wf_repo_enter(m, rest)) != 0)
         return e;
     if (m->rlen + strlen(rest) + 1 > sizeof r->buf)
         return ENAMETOOLONG;
@@ -1148,7 +1157,7 @@ static void account(long long added, const char *keep)
     snprintf(usedp, sizeof usedp, "%s/used", wf_cache);
     snprintf(lockp, sizeof lockp, "%s/used.lock", wf_cache);
     snprintf(trees, sizeof trees, "%s/trees", wf_cache);
-    int lk = lock_path(lockp);
+    int lk = wf_lock_path(lockp);
     if (lk < 0)
         return;
     long long used = 0;
@@ -1199,45 +1208,26 @@ static void account(long long added, const char *keep)
     close(lk);
 }
 
-/* Fetch the file behind skeleton path `real` (a placeholder), check it, put it in place. */
-static int fill(struct wf_mount *m, const char *real)
+/* A GROW-FS file: its catalog line, then the mirrors in turn until one sends the right bytes. */
+static int growfs_fill(struct wf_mount *m, const char *rel, int fd, struct wf_file *f)
 {
-    const char *rel = real + m->rlen;
-    char lockp[PATH_MAX];
-    snprintf(lockp, sizeof lockp, "%s/fetch.lock", m->tree);
-    int lk = lock_path(lockp);
-    if (lk < 0)
-        return errno;
-    int rc = 0, fetched = 0;
     struct walk w = {.want = rel};
-    struct stat st;
-    if (stat(real, &st) < 0) {
-        rc = errno;
-        goto out;
-    }
-    if (!is_placeholder(&st))
-        goto out; /* another process filled it meanwhile */
-    fetched = 1;
     char catalog[PATH_MAX];
     snprintf(catalog, sizeof catalog, "%s/catalog", m->tree);
-    rc = walk_catalog(catalog, &w);
+    int rc = walk_catalog(catalog, &w);
     if (rc) {
         wf_say("%s%s: not in the catalog (%s)", m->prefix, rel, strerror(rc));
-        rc = EIO;
-        goto out;
+        return EIO;
     }
-    char tmp[PATH_MAX];
-    snprintf(tmp, sizeof tmp, "%s/fetch.XXXXXX", m->tree);
-    int fd = mkostemp(tmp, O_CLOEXEC);
-    if (fd < 0) {
-        rc = errno;
-        goto out;
-    }
+    f->size = w.size;
+    f->mode = w.mode;
+    f->mtime.tv_sec = w.mtime + WF_GROWFS_MTIME_OFFSET;
+    f->mtime.tv_nsec = 0;
     rc = EIO;
     for (int i = 0; i < m->nmirrors; i++) {
         char url[WF_URL_MAX + PATH_MAX];
-        url_for(m, i, rel, url, sizeof url);
-        int e = fetch(url, fd);
+        wf_url_for(m, i, rel, url, sizeof url);
+        int e = wf_fetch(url, fd);
         if (!e) {
             char got[41];
             long long size;
@@ -1248,10 +1238,8 @@ static int fill(struct wf_mount *m, const char *real)
                 e = EIO;
             }
         }
-        if (!e) {
-            rc = 0;
-            break;
-        }
+        if (!e)
+            return 0;
         rc = e;
         if (i + 1 < m->nmirrors)
             wf_say("%s%s: trying mirror %s", m->prefix, rel, m->mirror[i + 1]);
@@ -1262,10 +1250,40 @@ static int fill(struct wf_mount *m, const char *real)
         wf_say("%s%s: listed in the catalog but no mirror serves it (%s)", m->prefix, rel, strerror(rc));
         rc = EIO;
     }
+    return rc;
+}
+
+/* Fetch the file behind skeleton path `real` (a placeholder), check it, put it in place. */
+static int fill(struct wf_mount *m, const char *real)
+{
+    const char *rel = real + m->rlen;
+    char lockp[PATH_MAX];
+    snprintf(lockp, sizeof lockp, "%s/fetch.lock", m->tree);
+    int lk = wf_lock_path(lockp);
+    if (lk < 0)
+        return errno;
+    int rc = 0, fetched = 0;
+    struct wf_file f = {0};
+    struct stat st;
+    if (stat(real, &st) < 0) {
+        rc = errno;
+        goto out;
+    }
+    if (!is_placeholder(&st))
+        goto out; /* another process filled it meanwhile */
+    fetched = 1;
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s/fetch.XXXXXX", m->tree);
+    int fd = mkostemp(tmp, O_CLOEXEC);
+    if (fd < 0) {
+        rc = errno;
+        goto out;
+    }
+    rc = m->repo ? wf_repo_fill(m, rel, fd, &f) : growfs_fill(m, rel, fd, &f);
     if (rc == 0) {
         /* atime "now": the cache evicts the least recently used first */
-        struct timespec ts[2] = {{0, UTIME_NOW}, {w.mtime + WF_GROWFS_MTIME_OFFSET, 0}};
-        if (fchmod(fd, (mode_t)(w.mode & 07777)) < 0 || futimens(fd, ts) < 0)
+        struct timespec ts[2] = {{0, UTIME_NOW}, f.mtime};
+        if (fchmod(fd, (mode_t)(f.mode & 07777)) < 0 || futimens(fd, ts) < 0)
             rc = errno;
     }
     close(fd);
@@ -1293,7 +1311,7 @@ static int fill(struct wf_mount *m, const char *real)
 out:
     close(lk);
     if (rc == 0 && fetched)
-        account(w.size, real);
+        account(f.size, real);
     return rc;
 }
 
