@@ -1388,6 +1388,17 @@ static off_t vaddr_to_offset(const Elf64_Phdr *ph, size_t n, Elf64_Addr va)
 
 static int fill(struct wf_mount *m, const char *real);
 
+/* A Bypass repository's library directory may be a subtree whose catalog is not loaded yet. */
+static int enter_subtree(const char *skeleton_path)
+{
+    char n[PATH_MAX];
+    const char *rest;
+    struct wf_mount *m;
+    if (!wf_repo_pending || normalize(skeleton_path, n, sizeof n) != 0 || !(m = root_of(n, &rest)) || !m->repo)
+        return 0;
+    return wf_repo_enter(m, rest);
+}
+
 static void prefetch_libs(const char *file, int depth)
 {
     if (depth > 8)
@@ -1445,7 +1456,7 @@ static void prefetch_libs(const char *file, int depth)
                 rest = p + 9;
             char cand[PATH_MAX], real[PATH_MAX];
             if (rest && snprintf(cand, sizeof cand, "%s%.*s/%s", origin, (int)(e - rest), rest, need) < (int)sizeof cand &&
-                realpath(cand, real)) {
+                enter_subtree(cand) == 0 && realpath(cand, real)) {
                 const char *in;
                 struct wf_mount *m = root_of(real, &in);
                 struct stat st;

@@ -41,6 +41,8 @@ struct wf_mount {
     char manifest_root[65];
     struct wf_nested *nested;    /* this process's view of the tree's nested catalogs */
     int nnested, nested_cap, pending;
+    char **wants;                /* where symlinks of loaded subtrees lead (repository paths) */
+    int nwants, wants_done;
 };
 
 /* A nested catalog of a Bypass repository: the subtree at `path` (from the repository's root)

@@ -446,7 +446,43 @@ static const char *check_row(const char *type, long long mode, long long size, l
 
 /* The entries of catalog `db` (rooted at repository path `croot`) under directory `base`, which
  * this makes.  Nested catalogs it names are left as empty directories and listed in `nested`. */
-static int build(const char *db, const char *hash, const char *croot, const char *base, int nested)
+/* Where symlink `link` (a repository path) with `target` leads, as a repository path, lexically;
+ * 0 if it stays in the repository. */
+static int link_goal(const char *prefix, const char *link, const char *target, char *out, size_t size)
+{
+    char joined[2 * PATH_MAX];
+    size_t plen = strlen(prefix);
+    if (target[0] == '/') {
+        if (strncmp(target, prefix, plen) != 0 || (target[plen] != '/' && target[plen] != '\0'))
+            return -1;
+        snprintf(joined, sizeof joined, "%s", target + plen);
+    } else
+        snprintf(joined, sizeof joined, "%.*s/%s", (int)(strrchr(link, '/') - link), link, target);
+    size_t len = 0;
+    for (const char *p = joined; *p;) {
+        while (*p == '/')
+            p++;
+        const char *e = p + strcspn(p, "/");
+        size_t n = (size_t)(e - p);
+        if (n == 2 && p[0] == '.' && p[1] == '.') {
+            if (len == 0)
+                return -1; /* above the repository's root */
+            while (len > 0 && out[--len] != '/')
+                ;
+        } else if (n && !(n == 1 && p[0] == '.')) {
+            if (len + n + 2 > size)
+                return -1;
+            out[len++] = '/';
+            memcpy(out + len, p, n);
+            len += n;
+        }
+        p = e;
+    }
+    out[len] = '\0';
+    return 0;
+}
+
+static int build(const char *prefix, const char *db, const char *hash, const char *croot, const char *base, int nested)
 {
     struct wf_query q;
     int rc = wf_query_open(&q, db,
@@ -491,6 +527,14 @@ static int build(const char *db, const char *hash, const char *croot, const char
         } else if (type[0] == 'L') {
             if (symlink(target, full) < 0 || set_times(full, sec, nsec, AT_SYMLINK_NOFOLLOW) < 0)
                 goto fail;
+            /* the kernel follows it in the skeleton: its goal's subtree must be there too ("W") */
+            char goal[PATH_MAX], line[PATH_MAX + 8];
+            if (link_goal(prefix, path, target, goal, sizeof goal) == 0 &&
+                (strncmp(goal, croot, clen) != 0 || (goal[clen] != '/' && goal[clen] != '\0'))) {
+                int n = snprintf(line, sizeof line, "W %s\n", goal);
+                if (n > 0 && n < (int)sizeof line && write(nested, line, (size_t)n) != n)
+                    goto fail;
+            }
         } else {
             /* a sparse placeholder: size and times right, no blocks until fetched */
             int fd = open(full, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -554,7 +598,7 @@ int wf_repo_install(struct wf_mount *m, const char *root)
         goto done;
     }
     int nf = open(nestp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    rc = nf < 0 ? errno : build(db, root, "", base, nf);
+    rc = nf < 0 ? errno : build(m->prefix, db, root, "", base, nf);
     if (nf >= 0)
         close(nf);
     if (!rc && rename(work, tree) < 0)
@@ -593,6 +637,10 @@ static int attach_locked(struct wf_mount *m)
         goto out;
     }
     text[st.st_size] = '\0';
+    /* the wants are read again whole (the nested catalogs are merged by path) */
+    for (int i = 0; i < m->nwants; i++)
+        free(m->wants[i]);
+    m->nwants = 0;
     for (char *line = text, *nl; (nl = strchr(line, '\n')) != NULL; line = nl + 1) {
         *nl = '\0'; /* a line still being written has no newline yet: read it next time */
         if (line[0] == 'N' && line[1] == ' ' && strlen(line) > 67 && line[66] == ' ') {
@@ -618,6 +666,16 @@ static int attach_locked(struct wf_mount *m)
             memcpy(n->hash, line + 2, 65);
             n->loaded = 0;
             m->nnested++;
+        } else if (line[0] == 'W' && line[1] == ' ' && line[2] == '/') {
+            char **w = realloc(m->wants, (size_t)(m->nwants + 1) * sizeof *w);
+            if (!w || !(w[m->nwants] = strdup(line + 2))) {
+                if (w)
+                    m->wants = w;
+                rc = ENOMEM;
+                goto out;
+            }
+            m->wants = w;
+            m->nwants++;
         } else if (line[0] == 'L' && line[1] == ' ') {
             struct wf_nested *n = find_nested(m, line + 2);
             if (n)
@@ -675,7 +733,7 @@ static int load_nested(struct wf_mount *m, struct wf_nested *n)
         goto done;
     }
     int nf = open(nestp, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    rc = nf < 0 ? errno : build(db, n->hash, path, base, nf);
+    rc = nf < 0 ? errno : build(m->prefix, db, n->hash, path, base, nf);
     if (!rc) {
         /* the parent may be read-only, and the rename changes its times: both put back */
         snprintf(dir, sizeof dir, "%s", dest);
@@ -739,6 +797,14 @@ int wf_repo_enter(struct wf_mount *m, const char *rest)
         for (int i = 0; i < m->nnested && !want; i++)
             if (!m->nested[i].loaded && covers(&m->nested[i], rest))
                 want = &m->nested[i];
+        /* and once per process, what symlinks in loaded subtrees point into */
+        while (!want && m->wants_done < m->nwants) {
+            for (int i = 0; i < m->nnested && !want; i++)
+                if (!m->nested[i].loaded && covers(&m->nested[i], m->wants[m->wants_done]))
+                    want = &m->nested[i];
+            if (!want) /* kept while a deeper subtree on its way may still show up */
+                m->wants_done++;
+        }
         if (!want || (rc = load_nested(m, want)) != 0)
             break;
     }

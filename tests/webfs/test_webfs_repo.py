@@ -1,0 +1,251 @@
+"""Bypass repositories: `bypass publish` writes them, any static HTTP server serves them, the webfs
+agent mounts them (signed manifest, nested SQLite catalogs fetched per subtree, compressed objects
+checked by SHA-256). Real programs compared with the same tree on local disk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import zlib
+from pathlib import Path
+
+import pytest
+
+from repo_lib import cli, file_hash, listing, manifest, nested, object_path, software_tree
+from webfs_lib import Server, dead_port, run
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """(local tree, repository folder, public key file, running Server serving tmp_path/site)."""
+    local = software_tree(tmp_path / "local", tmp_path / "src")
+    cli("keygen", tmp_path / "k")
+    cli("publish", local, tmp_path / "site" / "repo", "--key", tmp_path / "k")
+    with Server(tmp_path / "site") as srv:
+        yield local, tmp_path / "site" / "repo", tmp_path / "k.pub", srv
+    # read-only directories (the tree's, and the skeletons' copies of them): removable again
+    for d in tmp_path.rglob("*"):
+        if d.is_dir() and not d.is_symlink():
+            d.chmod(0o755)
+
+
+def agent_env(tmp_path, srv, pub, **more) -> dict:
+    env = {"BYPASS_WEBFS_MOUNTS": f"/software={srv.url('repo')},key={pub}",
+           "BYPASS_WEBFS_CACHE": str(tmp_path / "cache"),
+           "BYPASS_GASS_CONNECT_TIMEOUT": "2", "BYPASS_GASS_READ_TIMEOUT": "2", "BYPASS_GASS_TIMEOUT": "10"}
+    env.update(more)
+    return env
+
+
+def sh(agent, env):
+    return lambda cmd: run(agent, ["sh", "-c", cmd], env)
+
+
+def test_programs_see_the_local_tree(webfs_so, repo, tmp_path):
+    local, _, pub, srv = repo
+    go = sh(webfs_so, agent_env(tmp_path, srv, pub))
+    for cmd in ("ls -lR --full-time TREE", "cd TREE && find . -printf '%p %y %m %s %T@ %l\\n' | sort",
+                "cd TREE && find . -type f -print0 | sort -z | xargs -0 md5sum", "du -a TREE",
+                "cat TREE/share/latest TREE/share/data.bin | md5sum", "readlink TREE/bin/hi; realpath TREE/share/latest"):
+        got, want = listing(cmd, "/software", go, local)
+        assert got == want, cmd
+    p = go("/software/bin/greet && /software/bin/hi a b && cd /software/lib && PYTHONPATH=/software/lib "
+           "python3 -c 'import pkg; print(pkg.NAME, pkg.VALUE)'")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == b"greet 42\nhello from /software/bin/hi with a b\npkg 45\n"
+    p = go("echo x > /software/new; mkdir /software/lib/d; rm /software/bin/hi")
+    assert p.stderr.count(b"Read-only file system") == 3
+
+
+def test_only_the_catalogs_of_walked_subtrees_are_fetched(webfs_so, repo, tmp_path):
+    _, site, pub, srv = repo
+    subs = nested(site, tmp_path / "scratch.db")
+    assert set(subs) == {"/bin", "/lib", "/share", "/frozen"}
+    p = run(webfs_so, ["cat", "/software/lib/pkg/sub/mod.py"], agent_env(tmp_path, srv, pub))
+    assert p.stdout == b"VALUE = sum(range(10))\n", p.stderr
+    mod = file_hash(site, "/lib/pkg/sub/mod.py", tmp_path / "scratch.db")
+    root = manifest(site)["root"]
+    asked = [r.split("/repo/", 1)[1] for r in srv.requests]
+    assert asked == ["bypass.manifest"] + [f"data/{h[:2]}/{h[2:]}" for h in (root, subs["/lib"], mod)]
+
+
+def test_symlinks_into_other_subtrees_lead_there_on_a_cold_cache(webfs_so, repo, tmp_path):
+    _, _, pub, srv = repo
+    env = agent_env(tmp_path, srv, pub)
+    p = run(webfs_so, ["cat", "/software/bin/pkg-init"], env)
+    assert p.stdout == b"from .sub.mod import VALUE\nNAME = 'pkg'\n", p.stderr
+
+
+def test_republish_writes_only_new_objects_and_clients_follow_after_the_ttl(webfs_so, repo, tmp_path):
+    local, site, pub, srv = repo
+    before = {p: p.stat().st_mtime_ns for p in (site / "data").rglob("*") if p.is_file()}
+    env = agent_env(tmp_path, srv, pub)
+    assert run(webfs_so, ["cat", "/software/share/doc/README with spaces.txt"], env).stdout.startswith(b"needle")
+    (local / "share" / "doc" / "README with spaces.txt").write_text("changed\n")
+    out = cli("publish", local, site, "--key", tmp_path / "k").stdout
+    # the file, the catalogs of share and of the root: nothing else
+    assert "revision 2" in out and "3 objects written" in out, out
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+    cached = run(webfs_so, ["cat", "/software/share/doc/README with spaces.txt"], env)
+    assert cached.stdout.startswith(b"needle")          # within the TTL: the revision already in use
+    fresh = run(webfs_so, ["cat", "/software/share/doc/README with spaces.txt"], dict(env, BYPASS_WEBFS_TTL="0"))
+    assert fresh.stdout == b"changed\n", fresh.stderr
+
+
+def _refused(webfs_so, env, *needles: bytes):
+    p = run(webfs_so, ["ls", "/software/bin"], env)
+    assert p.returncode == 2 and b"Input/output error" in p.stderr, p.stderr
+    for n in needles:
+        assert n in p.stderr, p.stderr
+    return p
+
+
+def test_unsigned_mis_signed_and_wrong_key_manifests_are_refused(webfs_so, repo, tmp_path):
+    _, site, pub, srv = repo
+    good = (site / "bypass.manifest").read_text()
+    body, sig = good.rsplit("signature ", 1)
+    cli("keygen", tmp_path / "other")
+    cases = {
+        "unsigned": (body, b"not signed"),
+        "altered": (body.replace("revision 1", "revision 9") + "signature " + sig, b"does not match the configured key"),
+        "garbage": ("\x00\x01binary", b"not a manifest"),
+    }
+    for i, (name, (text, needle)) in enumerate(cases.items()):
+        (site / "bypass.manifest").write_text(text)
+        _refused(webfs_so, agent_env(tmp_path, srv, pub, BYPASS_WEBFS_CACHE=str(tmp_path / f"c{i}")), needle)
+        assert not (tmp_path / f"c{i}" / "trees").exists() or not list((tmp_path / f"c{i}" / "trees").iterdir())
+    (site / "bypass.manifest").write_text(good)
+    _refused(webfs_so, agent_env(tmp_path, srv, f"{tmp_path}/other.pub", BYPASS_WEBFS_CACHE=str(tmp_path / "c9")),
+             b"does not match the configured key")
+    assert run(webfs_so, ["ls", "/software/bin"], agent_env(tmp_path, srv, pub)).returncode == 0
+
+
+def test_a_replayed_older_manifest_is_refused(webfs_so, repo, tmp_path):
+    local, site, pub, srv = repo
+    old = (site / "bypass.manifest").read_text()
+    (local / "bin" / "hello.sh").write_text("#!/bin/sh\necho new\n")
+    cli("publish", local, site, "--key", tmp_path / "k")
+    env = agent_env(tmp_path, srv, pub, BYPASS_WEBFS_TTL="0")
+    assert run(webfs_so, ["sh", "/software/bin/hello.sh"], env).stdout == b"new\n"
+    (site / "bypass.manifest").write_text(old)       # a server replaying revision 1, validly signed
+    p = run(webfs_so, ["sh", "/software/bin/hello.sh"], env)
+    assert b"older than the revision this cache already has" in p.stderr
+    assert p.stdout == b"new\n"                        # the newer revision, from the cache
+    fresh = agent_env(tmp_path, srv, pub, BYPASS_WEBFS_CACHE=str(tmp_path / "fresh"))
+    # a cache that never saw revision 2 takes revision 1 (documented: memory is per cache)
+    assert run(webfs_so, ["cat", "/software/bin/hello.sh"], fresh).stdout.startswith(b'#!/bin/sh\necho "hello')
+
+
+def test_tampered_and_truncated_objects_are_eio_and_never_cached(webfs_so, repo, tmp_path):
+    _, site, pub, srv = repo
+    env = agent_env(tmp_path, srv, pub)
+    data = object_path(site, file_hash(site, "/share/data.bin", tmp_path / "s.db"))
+    readme = object_path(site, file_hash(site, "/share/doc/README with spaces.txt", tmp_path / "s.db"))
+    packed = data.read_bytes()
+    raw = bytearray(zlib.decompress(packed))
+    raw[1000] ^= 1
+    cases = [zlib.compress(bytes(raw)),                   # one bit of the content changed
+             packed[: len(packed) // 2],                   # the stream cut short
+             packed + b"tail",                             # bytes after the stream
+             zlib.compress(bytes(raw) + b"more"),          # longer than the catalog says
+             b"not zlib at all"]
+    for bad in cases:
+        data.write_bytes(bad)
+        p = run(webfs_so, ["cat", "/software/share/data.bin"], env)
+        assert p.returncode == 1 and p.stdout == b"" and b"Input/output error" in p.stderr, p.stderr
+        assert b"/software/share/data.bin: http://127.0.0.1" in p.stderr and b"refused" in p.stderr
+    data.write_bytes(packed)
+    srv.set_mode("truncate")                               # Content-Length says more than is sent
+    p = run(webfs_so, ["cat", "/software/share/doc/README with spaces.txt"], env)
+    assert p.returncode == 1 and p.stdout == b"", p.stderr
+    srv.set_mode("plain")
+    readme_text = zlib.decompress(readme.read_bytes())
+    p = run(webfs_so, ["cat", "/software/share/data.bin", "/software/share/doc/README with spaces.txt"], env)
+    assert p.returncode == 0 and p.stdout == bytes(zlib.decompress(packed)) + readme_text, p.stderr
+
+
+def test_a_tampered_catalog_is_refused(webfs_so, repo, tmp_path):
+    _, site, pub, srv = repo
+    digest = nested(site, tmp_path / "s.db")["/bin"]
+    import sqlite3
+    scratch = tmp_path / "bin.db"
+    scratch.write_bytes(zlib.decompress(object_path(site, digest).read_bytes()))
+    db = sqlite3.connect(scratch)
+    db.execute("UPDATE entries SET target = '/etc/passwd' WHERE path = '/bin/hi'")
+    db.commit()
+    db.close()
+    object_path(site, digest).write_bytes(zlib.compress(scratch.read_bytes()))
+    p = run(webfs_so, ["readlink", "-v", "/software/bin/hi"], agent_env(tmp_path, srv, pub))
+    assert p.returncode == 1 and p.stdout == b"" and b"Input/output error" in p.stderr, p.stderr
+    assert b"/software/bin: http://127.0.0.1" in p.stderr and b"refused" in p.stderr
+    assert not (tmp_path / "cache" / "catalogs" / digest).exists()
+
+
+def test_bad_key_settings_stop_the_program(webfs_so, repo, tmp_path):
+    _, _, pub, srv = repo
+    (tmp_path / "bad.pub").write_text("ssh-ed25519 AAAA\n")
+    for key, needle in ((tmp_path / "missing.pub", b"No such file"), (tmp_path / "bad.pub", b"not a public key")):
+        p = run(webfs_so, ["true"], agent_env(tmp_path, srv, key))
+        assert p.returncode == 2 and b"bypass[webfs]: error: /software: key file" in p.stderr and needle in p.stderr
+
+
+def test_two_repositories_a_dead_mirror_and_the_repositories_file(webfs_so, repo, tmp_path):
+    local, site, pub, srv = repo
+    other = tmp_path / "other"
+    (other / "d").mkdir(parents=True)
+    (other / "d" / "x.txt").write_text("second repository\n")
+    cli("keygen", tmp_path / "k2")
+    cli("publish", other, tmp_path / "site" / "repo2", "--key", tmp_path / "k2")
+    (tmp_path / "repos.txt").write_text(
+        f"# two signed repositories\n/software http://127.0.0.1:{dead_port()}/repo {srv.url('repo')} key={pub}\n"
+        f"/cvmfs/two.example.org {srv.url('repo2')} key={tmp_path}/k2.pub\n")
+    env = agent_env(tmp_path, srv, pub, BYPASS_WEBFS_REPOS=str(tmp_path / "repos.txt"))
+    del env["BYPASS_WEBFS_MOUNTS"]
+    p = run(webfs_so, ["sh", "-c", "cat /cvmfs/two.example.org/d/x.txt && /software/bin/greet"], env)
+    assert p.stdout == b"second repository\ngreet 42\n", p.stderr
+    assert b"mirror http://127.0.0.1:" in p.stderr and b"trying " + srv.url("repo").encode() in p.stderr
+
+
+def test_the_alien_cache_serves_other_nodes_and_is_checked(webfs_so, repo, tmp_path):
+    _, site, pub, srv = repo
+    alien = tmp_path / "alien"
+    alien.mkdir()
+    node1 = agent_env(tmp_path, srv, pub, BYPASS_WEBFS_ALIEN=str(alien), BYPASS_WEBFS_CACHE=str(tmp_path / "n1"))
+    assert run(webfs_so, ["env", "/software/bin/greet"], node1).stdout == b"greet 42\n"
+    stored = sorted(p.relative_to(alien) for p in alien.rglob("*") if p.is_file())
+    assert stored and not [p for p in stored if p.name.startswith(".new")]
+    first = len(srv.requests)
+    node2 = dict(node1, BYPASS_WEBFS_CACHE=str(tmp_path / "n2"))
+    assert run(webfs_so, ["env", "/software/bin/greet"], node2).stdout == b"greet 42\n"
+    assert [r for r in srv.requests[first:]] == ["/repo/bypass.manifest"]     # the rest from the alien cache
+    greet = file_hash(site, "/bin/greet", tmp_path / "s.db")
+    object_path(alien, greet).write_bytes(zlib.compress(b"#!/bin/sh\necho evil\n"))
+    node3 = dict(node1, BYPASS_WEBFS_CACHE=str(tmp_path / "n3"))
+    p = run(webfs_so, ["env", "/software/bin/greet"], node3)
+    assert p.stdout == b"greet 42\n" and b"alien cache's copy" in p.stderr and b"damaged: ignored" in p.stderr
+
+
+def test_concurrent_cold_processes_fetch_each_object_once(webfs_so, repo, tmp_path):
+    _, _, pub, srv = repo
+    env = agent_env(tmp_path, srv, pub)
+    full = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_")}
+    full.update(env, LD_PRELOAD=str(webfs_so))
+    procs = [subprocess.Popen(["md5sum", "/software/share/data.bin", "/software/lib/pkg/__init__.py"], env=full,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(12)]
+    outs = {p.communicate(timeout=60)[0] for p in procs}
+    assert len(outs) == 1 and b"data.bin" in outs.pop()
+    objects = [r for r in srv.requests if "/data/" in r]
+    assert len(objects) == len(set(objects)), objects
+
+
+def test_publish_refuses_what_it_cannot_do(tmp_path):
+    (tmp_path / "t").mkdir()
+    p = cli("publish", tmp_path / "t", tmp_path / "t" / "out", "--key", tmp_path / "k", check=False)
+    assert p.returncode == 2 and "inside" in p.stderr
+    (tmp_path / "k2").write_text("not a key")
+    p = cli("publish", tmp_path / "t", tmp_path / "out", "--key", tmp_path / "k2", check=False)
+    assert p.returncode == 2 and "not an unencrypted PEM private key" in p.stderr and "Traceback" not in p.stderr
+    p = cli("publish", tmp_path / "nothere", tmp_path / "out", "--key", tmp_path / "k", check=False)
+    assert p.returncode == 2 and "not a directory" in p.stderr
+    shutil.rmtree(tmp_path / "t")
