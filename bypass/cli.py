@@ -161,10 +161,13 @@ def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
 
     if not command:
         raise BypassError("bypass run: give the command after '--', e.g. bypass run trace.bypass -- ls -l")
-    from .settings import agent_settings, check_run_options
+    from .settings import agent_settings, check_run_options, mount_variable, webfs_inline
 
     check_run_options(args)                      # before anything is built, written or run
-    extra = agent_settings(args.set, args.mounts, args.mount)
+    webfs_mounts = args.mount and mount_variable(args.spec) == "BYPASS_WEBFS_MOUNTS"
+    extra = agent_settings(args.set, args.mounts, None if webfs_mounts else args.mount)
+    if webfs_mounts:
+        extra["BYPASS_WEBFS_MOUNTS"] = webfs_inline(args.mount, extra.get("BYPASS_WEBFS_MOUNTS"))
     if args.trace:
         extra["BYPASS_TRACE"] = os.path.abspath(args.trace)
     if args.keep_private:
@@ -239,7 +242,8 @@ def _parser() -> argparse.ArgumentParser:
     p_run.add_argument("-m", "--mounts", metavar="FILE", help="set BYPASS_MOUNTS=FILE (sandbox agent)")
     p_run.add_argument("-M", "--mount", action="append", metavar="PREFIX=TARGET",
                        help="sandbox agent: one mount-list entry inline (repeatable, after those of -m); TARGET "
-                            "is an absolute path, DENY, ENOENT or PRIVATE (modes need a list file: -m)")
+                            "is an absolute path, DENY, ENOENT or PRIVATE (modes need a list file: -m); webfs "
+                            "agent: PREFIX=URL[,URL...][,key=FILE]")
     p_run.add_argument("--private-cleanup", action="store_true",
                        help="sandbox agent: remove the run's PRIVATE directory at the end (the default)")
     p_run.add_argument("--keep-private", action="store_true",

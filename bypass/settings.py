@@ -53,6 +53,26 @@ def _check_trace_file(name: str) -> None:
         raise BypassError(f"--trace {name}: not writable (permission denied)")
 
 
+def mount_variable(spec_path) -> str:
+    """What `-M` sets for this spec: the webfs agent's inline mounts (PREFIX=URL) where the spec reads
+    them, else the sandbox's mount list (PREFIX=TARGET)."""
+    declared = declared_settings(spec_path)
+    webfs = any(fnmatch.fnmatchcase("BYPASS_WEBFS_MOUNTS", p) for p in declared)
+    sandbox = any(fnmatch.fnmatchcase("BYPASS_MOUNTS", p) for p in declared)
+    return "BYPASS_WEBFS_MOUNTS" if webfs and not sandbox else "BYPASS_MOUNTS"
+
+
+def webfs_inline(items: list[str], already: str | None) -> str:
+    """`-M PREFIX=URL[,URL...][,key=FILE]` entries → BYPASS_WEBFS_MOUNTS (after any --set one); the
+    agent checks the URLs and the key when it starts, with a clear error."""
+    for item in items:
+        prefix, sep, urls = item.partition("=")
+        if not sep or not prefix.startswith("/") or not urls or any(c.isspace() for c in item):
+            raise BypassError(f"-M wants PREFIX=URL[,URL...][,key=FILE] (e.g. -M /software=http://host/repo,"
+                              f"key=repo.pub), got {item!r}")
+    return " ".join(filter(None, [already, *items]))
+
+
 def check_run_options(args) -> None:
     """Refuse, before anything is built or run, the options of `bypass run` that cannot apply."""
     if args.summary and not args.export:
@@ -62,6 +82,8 @@ def check_run_options(args) -> None:
     given = [(flag, variable) for dest, (flag, variable) in RUN_OPTIONS.items() if getattr(args, dest, None)]
     if given:
         declared = declared_settings(args.spec)
+        if args.mount:
+            given = [(f, mount_variable(args.spec) if f == "-M" else v) for f, v in given]
         for flag, variable in given:
             if not any(fnmatch.fnmatchcase(variable, pattern) for pattern in declared):
                 reads = f"it reads {', '.join(declared)}" if declared else "it declares no settings"

@@ -249,3 +249,15 @@ def test_publish_refuses_what_it_cannot_do(tmp_path):
     p = cli("publish", tmp_path / "nothere", tmp_path / "out", "--key", tmp_path / "k", check=False)
     assert p.returncode == 2 and "not a directory" in p.stderr
     shutil.rmtree(tmp_path / "t")
+
+
+def test_bypass_run_mounts_with_dash_m(webfs_so, repo, tmp_path):
+    _, _, pub, srv = repo
+    p = cli("run", "agents/webfs/webfs.bypass", "--agent", webfs_so, "-M", f"/software={srv.url('repo')},key={pub}",
+            "--set", f"BYPASS_WEBFS_CACHE={tmp_path / 'cache'}", "--", "cat", "/software/lib/pkg/sub/mod.py")
+    assert p.stdout == "VALUE = sum(range(10))\n"
+    p = cli("run", "agents/webfs/webfs.bypass", "--agent", webfs_so, "-M", "software", "--", "true", check=False)
+    assert p.returncode == 2 and "-M wants PREFIX=URL" in p.stderr
+    p = cli("run", "agents/webfs/webfs.bypass", "--agent", webfs_so, "-M", f"/software={srv.url('repo')},key=/nope",
+            "--", "true", check=False)
+    assert p.returncode == 2 and "bypass[webfs]: error: /software: key file /nope" in p.stderr
