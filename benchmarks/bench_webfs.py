@@ -5,7 +5,8 @@
 
 The tree is real software: a slice of this machine's Python standard library (json, email, http,
 xml, logging, importlib, collections, unittest, asyncio, concurrency: about 500 files) plus a copy
-of a small program, published with the real make_growfs and served by http.server on 127.0.0.1.
+of a small program, published with the real make_growfs and with `bypass publish` (a signed
+repository: nested SQLite catalogs, compressed objects), served by http.server on 127.0.0.1.
 The job, run through `sh -c`:
 
 * find + cat - `find TREE -type f -exec cat {} +` into md5sum, and `ls -lR` of the tree;
@@ -13,10 +14,10 @@ The job, run through `sh -c`:
                tree's copies shadow the installed ones: -S and the path put them first);
 * run        - the tree's program run 10 times from a shell loop.
 
-Each round runs the job three ways (after one warm-up of each, which also fills the cache): on
+Each round runs the job four ways (after one warm-up of each, which also fills the cache): on
 local disk without any agent; on local disk with the agent loaded and the tree mounted but not
-used (the price of preloading any agent into every process: the job starts ~16 processes); and
-from /software through webfs.  The table gives medians of wall time over rounds, and the
+used (the price of preloading any agent into every process: the job starts ~16 processes); from
+/software through webfs (GROW-FS); and from /repo through webfs (the Bypass repository).  The table gives medians of wall time over rounds, and the
 median of the per-round ratios to local disk (steadier on a shared machine).  The bar
 (DESIGN.md section 6) is 1.05x local disk.
 Cold cache: bytes fetched against the tree's size and the time of the first run.
@@ -45,15 +46,20 @@ PACKAGES = ["json", "email", "http", "xml", "logging", "importlib", "collections
 
 
 def make_tree(work: Path) -> Path:
-    site = work / "site"
-    tree = site / "tree"
+    """The plain tree (what local-disk runs use), published twice under work/site: as a GROW-FS
+    tree (site/tree) and as a signed Bypass repository (site/repo, key work/k.pub)."""
+    tree = work / "plain"
     std = Path(sysconfig.get_paths()["stdlib"])
     for name in PACKAGES:
         shutil.copytree(std / name, tree / "lib" / name, symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__", "test", "tests"))
     (tree / "bin").mkdir(parents=True)
     shutil.copy2(shutil.which("true"), tree / "bin" / "tool")
-    subprocess.run(["make_growfs", "tree"], cwd=site, check=True, capture_output=True)
+    shutil.copytree(tree, work / "site" / "tree", symlinks=True)
+    subprocess.run(["make_growfs", "tree"], cwd=work / "site", check=True, capture_output=True)
+    from bypass.publish import keygen, publish
+    keygen(work / "k")
+    publish(tree, work / "site" / "repo", work / "k")
     return tree
 
 
@@ -70,6 +76,9 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802
         self.server.sent += 1
+        local = Path(self.translate_path(self.path))
+        if local.is_file():
+            self.server.bytes += local.stat().st_size
         super().do_GET()
 
 
@@ -88,47 +97,48 @@ def main(argv=None) -> int:
         agent = build(ROOT / "agents" / "webfs" / "webfs.bypass", work / "webfs.so")
         httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
                                                 lambda *a, **k: Quiet(*a, directory=str(work / "site"), **k))
-        httpd.sent = 0
+        httpd.sent = httpd.bytes = 0
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         try:
             base = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_") and k != "LD_PRELOAD"}
+            url = f"http://127.0.0.1:{httpd.server_address[1]}"
             webfs = dict(base, LD_PRELOAD=str(agent), BYPASS_WEBFS_CACHE=str(work / "cache"),
-                         BYPASS_WEBFS_MOUNTS=f"/software=http://127.0.0.1:{httpd.server_address[1]}/tree")
+                         BYPASS_WEBFS_MOUNTS=f"/software={url}/tree /repo={url}/repo,key={work}/k.pub")
 
             def timed(cmd: str, env: dict) -> float:
                 t0 = time.perf_counter()
                 subprocess.run(["sh", "-c", cmd], env=env, check=True)
                 return time.perf_counter() - t0
 
-            size = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file() and not p.name.startswith(".growfs"))
-            count = sum(1 for p in tree.rglob("*") if p.is_file() and not p.name.startswith(".growfs"))
-            cold = timed(job("/software"), webfs)
-            fetched = sum(p.stat().st_size for p in (work / "cache" / "trees").rglob("*")
-                          if p.is_file() and p.stat().st_blocks > 0 and "root" in p.parts)
-            print(f"cold cache: {cold:.2f} s, {httpd.sent} requests, {fetched / 1e6:.1f} MB fetched of a "
-                  f"{size / 1e6:.1f} MB tree ({count} files)")
+            size = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file())
+            count = sum(1 for p in tree.rglob("*") if p.is_file())
+            for name, mount in (("GROW-FS", "/software"), ("repository", "/repo")):
+                httpd.sent, httpd.bytes = 0, 0
+                cold = timed(job(mount), webfs)
+                print(f"cold cache, {name}: {cold:.2f} s, {httpd.sent} requests, {httpd.bytes / 1e6:.1f} MB sent "
+                      f"for a {size / 1e6:.1f} MB tree ({count} files)")
             timed(job(str(tree)), base)
             timed(job(str(tree)), webfs)
-            runs = {"local disk": [], "agent, local": [], "webfs warm": []}
-            ratios = {"agent, local": [], "webfs warm": []}
+            variants = {"local disk": (job(str(tree)), base), "agent, local": (job(str(tree)), webfs),
+                        "webfs warm": (job("/software"), webfs), "repo warm": (job("/repo"), webfs)}
+            runs = {name: [] for name in variants}
+            ratios = {name: [] for name in variants if name != "local disk"}
             for rnd in range(args.reps):
                 # the order alternates between rounds, so that a drift in the machine's load does
                 # not always fall on the same variant
-                order = [(job(str(tree)), base), (job(str(tree)), webfs), (job("/software"), webfs)]
-                got = [timed(*x) for x in (order if rnd % 2 == 0 else order[::-1])]
-                a, b, c = got if rnd % 2 == 0 else got[::-1]
-                runs["local disk"].append(a)
-                runs["agent, local"].append(b)
-                runs["webfs warm"].append(c)
-                ratios["agent, local"].append(b / a)
-                ratios["webfs warm"].append(c / a)
+                names = list(variants) if rnd % 2 == 0 else list(variants)[::-1]
+                got = {name: timed(*variants[name]) for name in names}
+                for name, t in got.items():
+                    runs[name].append(t)
+                    if name in ratios:
+                        ratios[name].append(t / got["local disk"])
             print("job: find+cat of every file, ls -lR, python imports, the tree's program 10 times")
             print(f"{'':14} {'median wall':>12} {'ratio':>8} {'median of round ratios':>24}")
             for name, times in runs.items():
                 ratio = statistics.median(times) / statistics.median(runs["local disk"])
                 rr = f"{statistics.median(ratios[name]):.3f}x" if name in ratios else "-"
                 print(f"{name:14} {statistics.median(times):11.3f}s {ratio:7.3f}x {rr:>24}")
-            print(f"{args.reps} rounds; bar: webfs warm <= 1.05x local disk")
+            print(f"{args.reps} rounds; bar: webfs warm and repo warm <= 1.05x local disk")
         finally:
             httpd.shutdown()
             httpd.server_close()
