@@ -304,7 +304,8 @@ static int perform(struct exchange *x, struct curl_slist *headers)
     curl.easy_setopt(h, GASS_CURLOPT_LOW_SPEED_TIME, window > 0 ? window : 1L);
     if (x->out_fd >= 0)
         curl.easy_setopt(h, GASS_CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)l->max_size);
-    const char *proxy = gass_env("BYPASS_GASS_PROXY");
+    /* an override of "" is set too: it must also turn off the proxy libcurl takes from http_proxy */
+    const char *proxy = gass_proxy_override ? gass_proxy_override : gass_env("BYPASS_GASS_PROXY");
     if (proxy != NULL)
         curl.easy_setopt(h, GASS_CURLOPT_PROXY, proxy);
     curl.easy_setopt(h, GASS_CURLOPT_FOLLOWLOCATION, 1L);

@@ -84,6 +84,9 @@ int gass_quick_request(const struct gass_url *u, const char *method, const char 
 /* 1 if requests for `u` go through a proxy (BYPASS_GASS_PROXY, http_proxy, all_proxy), taking
  * no_proxy into account. */
 int gass_proxied(const struct gass_url *u);
+/* This thread's proxy for its next requests, set by a caller that chooses proxies itself (webfs,
+ * per repository): NULL the environment's as above, "" none, else the proxy's URL. */
+extern __thread const char *gass_proxy_override;
 
 /* gass_http.c */
 struct gass_response {

@@ -430,8 +430,12 @@ static int no_proxy_matches(const char *list, const char *host, size_t len)
     return 0;
 }
 
+__thread const char *gass_proxy_override;
+
 int gass_proxied(const struct gass_url *u)
 {
+    if (gass_proxy_override)
+        return gass_proxy_override[0] != '\0';
     static const char *const names[] = {"BYPASS_GASS_PROXY", "https_proxy", "HTTPS_PROXY",
                                         "http_proxy", "all_proxy", "ALL_PROXY"};
     int proxy = 0;

@@ -104,9 +104,33 @@ static int add_mirror(const char *url, size_t len, char *err, size_t esize)
     return 0;
 }
 
-/* key=FILE (the mount is a Bypass repository signed with that key's private half) or a URL. */
+/* key=FILE (the mount is a Bypass repository signed with that key's private half), proxy=URL or
+ * proxy=DIRECT (requests go through the proxies, in turn), or a mirror's URL. */
+static int add_proxy(const char *url, size_t len, char *err, size_t esize)
+{
+    struct wf_mount *m = &wf_mounts[wf_nmounts - 1];
+    if (m->nproxies == WF_MAX_MIRRORS) {
+        snprintf(err, esize, "%s: more than %d proxies", m->prefix, WF_MAX_MIRRORS);
+        return -1;
+    }
+    char *p = m->proxy[m->nproxies];
+    if (len == 6 && strncmp(url, "DIRECT", 6) == 0)
+        p[0] = '\0';
+    else if (len >= WF_URL_MAX || (strncasecmp(url, "http://", 7) != 0 && strncasecmp(url, "https://", 8) != 0)) {
+        snprintf(err, esize, "%s: proxy '%.*s' is not DIRECT or an http(s):// URL", m->prefix, (int)len, url);
+        return -1;
+    } else {
+        memcpy(p, url, len);
+        p[len] = '\0';
+    }
+    m->nproxies++;
+    return 0;
+}
+
 static int add_option_or_mirror(const char *word, size_t len, char *err, size_t esize)
 {
+    if (len >= 6 && strncmp(word, "proxy=", 6) == 0)
+        return add_proxy(word + 6, len - 6, err, esize);
     if (len < 4 || strncmp(word, "key=", 4) != 0)
         return add_mirror(word, len, err, esize);
     char file[PATH_MAX];
@@ -119,7 +143,7 @@ static int add_option_or_mirror(const char *word, size_t len, char *err, size_t 
     return wf_repo_key(&wf_mounts[wf_nmounts - 1], file, err, esize);
 }
 
-/* "PREFIX=URL[,URL...][,key=FILE]" entries separated by blanks. */
+/* "PREFIX=URL[,URL...][,key=FILE][,proxy=URL...]" entries separated by blanks. */
 static int parse_inline(const char *s, char *err, size_t esize)
 {
     while (*s) {
@@ -153,7 +177,7 @@ static int parse_inline(const char *s, char *err, size_t esize)
     return 0;
 }
 
-/* A repositories file: "PREFIX URL [URL...] [key=FILE]" a line, '#' starts a comment. */
+/* A repositories file: "PREFIX URL [URL...] [key=FILE] [proxy=URL...]" a line, '#' starts a comment. */
 static int parse_file(const char *name, char *err, size_t esize)
 {
     int fd = open(name, O_RDONLY | O_CLOEXEC);
@@ -408,6 +432,42 @@ int wf_fetch(const char *url, int fd)
     }
     wf_dbg("fetched %s (%lld bytes, %.3f s)", u.logname, (long long)lseek(fd, 0, SEEK_END), gass_now() - t0);
     return 0;
+}
+
+int wf_fetch_via(struct wf_mount *m, const char *url, int fd)
+{
+    if (!m->nproxies)
+        return wf_fetch(url, fd);
+    int first = __atomic_load_n(&m->proxy_first, __ATOMIC_RELAXED), e = EIO;
+    for (int k = 0; k < m->nproxies; k++) {
+        int i = (first + k) % m->nproxies;
+        gass_proxy_override = m->proxy[i];
+        e = wf_fetch(url, fd);
+        gass_proxy_override = NULL;
+        /* an answer from the origin through the proxy (a file it lacks included) ends the search */
+        if (!e || e == ENOENT || e == EACCES || e == EPERM) {
+            if (i != first) {
+                /* this process and the next ones (the cache remembers) start with it */
+                __atomic_store_n(&m->proxy_first, i, __ATOMIC_RELAXED);
+                char path[PATH_MAX], tmp[PATH_MAX + 16], text[16];
+                snprintf(path, sizeof path, "%s/mounts/%s.proxy", wf_cache, m->key);
+                snprintf(tmp, sizeof tmp, "%s.%d", path, (int)getpid());
+                int n = snprintf(text, sizeof text, "%d\n", i), tf = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+                if (tf >= 0) {
+                    int ok = write(tf, text, (size_t)n) == n;
+                    close(tf);
+                    if (!ok || rename(tmp, path) < 0)
+                        unlink(tmp);
+                }
+            }
+            return e;
+        }
+        int next = (i + 1) % m->nproxies;
+        if (k + 1 < m->nproxies)
+            wf_say("%s: proxy %s failed (%s), trying %s", m->prefix, m->proxy[i][0] ? m->proxy[i] : "DIRECT",
+                   strerror(e), m->proxy[next][0] ? m->proxy[next] : "DIRECT");
+    }
+    return e;
 }
 
 static int file_sha1(int fd, char hex[41], long long *size)
@@ -685,7 +745,7 @@ static int fetch_catalog(struct wf_mount *m, char *tmp, size_t tsize, char sum[4
         int fd = mkostemp(tmp, O_CLOEXEC);
         if (fd < 0)
             return errno;
-        int e = wf_fetch(url, fd);
+        int e = wf_fetch_via(m, url, fd);
         char text[128];
         ssize_t n = e ? -1 : pread(fd, text, sizeof text - 1, 0);
         if (!e && (n < 40 || strspn(text, "0123456789abcdef") < 40 || (n > 40 && !strchr(" \t\n", text[40])))) {
@@ -696,7 +756,7 @@ static int fetch_catalog(struct wf_mount *m, char *tmp, size_t tsize, char sum[4
             memcpy(sum, text, 40);
             sum[40] = '\0';
             snprintf(url, sizeof url, "%s/.growfsdir", m->mirror[i]);
-            e = wf_fetch(url, fd);
+            e = wf_fetch_via(m, url, fd);
         }
         if (!e) {
             char got[41];
@@ -875,6 +935,20 @@ static int load(struct wf_mount *m)
 ok:
     if (m->repo && (rc = wf_repo_attach(m)) != 0)
         goto fail;
+    if (m->nproxies > 1) {
+        char path[PATH_MAX], text[16];
+        snprintf(path, sizeof path, "%s/mounts/%s.proxy", wf_cache, m->key);
+        int pf = open(path, O_RDONLY | O_CLOEXEC);
+        ssize_t n = pf >= 0 ? read(pf, text, sizeof text - 1) : -1;
+        if (pf >= 0)
+            close(pf);
+        if (n > 0) {
+            text[n] = '\0';
+            int i = atoi(text);
+            if (i >= 0 && i < m->nproxies)
+                m->proxy_first = i;
+        }
+    }
     rc = 0;
     wf_dbg("%s is %s", m->prefix, m->root);
     __atomic_store_n(&m->state, 1, __ATOMIC_RELEASE);
@@ -1227,7 +1301,7 @@ static int growfs_fill(struct wf_mount *m, const char *rel, int fd, struct wf_fi
     for (int i = 0; i < m->nmirrors; i++) {
         char url[WF_URL_MAX + PATH_MAX];
         wf_url_for(m, i, rel, url, sizeof url);
-        int e = wf_fetch(url, fd);
+        int e = wf_fetch_via(m, url, fd);
         if (!e) {
             char got[41];
             long long size;

@@ -34,7 +34,12 @@ struct wf_mount {
     char root[WF_ROOT_MAX];  /* tree + "/root": what the prefix stands for */
     size_t rlen;
     dev_t dev;
+    int nproxies;                /* proxy=URL|DIRECT settings, tried in turn ("" is DIRECT) */
+    char proxy[WF_MAX_MIRRORS][WF_URL_MAX];
+    int proxy_first;             /* the proxy that answered last: tried first */
     /* Bypass repositories only (a key was given) */
+    int norder;                  /* mirrors fastest first, as their manifests came (0: as given) */
+    int order[WF_MAX_MIRRORS];
     int repo;
     unsigned char pub[32];       /* the publisher's Ed25519 public key */
     long long revision;          /* of the manifest wf_repo_fetch accepted */
@@ -69,6 +74,7 @@ extern int wf_repo_pending; /* nested catalogs of loaded repositories not in the
 int wf_lock_path(const char *path);     /* an flock'ed lock file's descriptor, or -1 */
 int wf_lock_tree(const char *sum, char tree[PATH_MAX]); /* CACHE/trees/<sum>'s lock; its path */
 int wf_fetch(const char *url, int fd);  /* GET into fd (truncated first); 0 or an errno, logged */
+int wf_fetch_via(struct wf_mount *m, const char *url, int fd); /* ... through m's proxies, in turn */
 void wf_url_for(const struct wf_mount *m, int mirror, const char *rel, char *out, size_t size);
 
 /* What an open needs to put a fetched file in place. */

@@ -158,7 +158,8 @@ static int number_line(const char *line, const char *key, long long *v)
     return errno || *end != '\n' ? -1 : 0;
 }
 
-/* The manifest's exact shape (bypass/publish.py), its signature checked before any of it is used. */
+/* The manifest's exact shape (bypass/publish.py), its signature checked before any of it is used;
+ * text[n] is '\0'. */
 static const char *check_manifest(char *text, size_t n, const unsigned char pub[32], struct manifest *mf)
 {
     if (n == 0 || memchr(text, '\0', n) || text[n - 1] != '\n')
@@ -202,68 +203,111 @@ static const char *check_manifest(char *text, size_t n, const unsigned char pub[
     return NULL;
 }
 
-/* The newest revision this cache has accepted for the mount: "REVISION ROOT". */
-static int read_seen(const struct wf_mount *m, long long *rev, char root[65])
+/* The newest revision this cache has accepted for the mount, and the mirrors' order then:
+ * "REVISION ROOT I,J,K". */
+static int read_seen(const struct wf_mount *m, long long *rev, char root[65], char order[64])
 {
-    char path[PATH_MAX], text[128];
+    char path[PATH_MAX], text[192];
     snprintf(path, sizeof path, "%s/mounts/%s.revision", wf_cache, m->key);
-    if (read_small(path, text, sizeof text) < 0 || sscanf(text, "%lld %64s", rev, root) != 2)
+    order[0] = '\0';
+    if (read_small(path, text, sizeof text) < 0 || sscanf(text, "%lld %64s %63s", rev, root, order) < 2)
         return 0;
     return 1;
 }
 
+/* One mirror's manifest: 0 with mf filled, or an errno (the reason said). */
+static int ask_manifest(struct wf_mount *m, int i, struct manifest *mf, int have_seen, long long seen,
+                        const char *seen_root)
+{
+    char url[WF_URL_MAX + 32], tmp[PATH_MAX];
+    snprintf(url, sizeof url, "%s/" MANIFEST_FILE, m->mirror[i]);
+    snprintf(tmp, sizeof tmp, "%s/tmp/manifest.%d.XXXXXX", wf_cache, (int)getpid());
+    int fd = mkostemp(tmp, O_CLOEXEC);
+    if (fd < 0)
+        return errno;
+    unlink(tmp);
+    int e = wf_fetch_via(m, url, fd);
+    char text[MANIFEST_MAX + 1];
+    ssize_t n = e ? -1 : pread(fd, text, sizeof text, 0);
+    close(fd);
+    if (e)
+        return e;
+    const char *why = NULL;
+    if (n < 0 || n > MANIFEST_MAX)
+        why = n < 0 ? strerror(errno) : "larger than a manifest can be";
+    else {
+        text[n] = '\0';
+        why = check_manifest(text, (size_t)n, m->pub, mf);
+    }
+    if (!why && have_seen && (mf->revision < seen || (mf->revision == seen && strcmp(mf->root, seen_root) != 0)))
+        why = "older than the revision this cache already has (a replayed manifest?)";
+    if (why) {
+        wf_say("%s/" MANIFEST_FILE ": %s: refused", m->mirror[i], why);
+        return EIO;
+    }
+    return 0;
+}
+
+/* Every mirror is asked (the manifest is small, and asked once per TTL): the newest good revision
+ * wins, and the mirrors that sent a good one are used fastest first from then on. */
 int wf_repo_fetch(struct wf_mount *m, char root[65])
 {
     long long seen = 0;
-    char seen_root[65] = "";
-    int have_seen = read_seen(m, &seen, seen_root);
-    int last = EIO;
+    char seen_root[65] = "", order[64];
+    int have_seen = read_seen(m, &seen, seen_root, order);
+    struct manifest mf[WF_MAX_MIRRORS];
+    double took[WF_MAX_MIRRORS];
+    int good[WF_MAX_MIRRORS], best = -1, last = EIO;
     for (int i = 0; i < m->nmirrors; i++) {
-        char url[WF_URL_MAX + 32], tmp[PATH_MAX];
-        snprintf(url, sizeof url, "%s/" MANIFEST_FILE, m->mirror[i]);
-        snprintf(tmp, sizeof tmp, "%s/tmp/manifest.%d.XXXXXX", wf_cache, (int)getpid());
-        int fd = mkostemp(tmp, O_CLOEXEC);
-        if (fd < 0)
-            return errno;
-        unlink(tmp);
-        int e = wf_fetch(url, fd);
-        char text[MANIFEST_MAX + 1];
-        ssize_t n = e ? -1 : pread(fd, text, sizeof text, 0);
-        close(fd);
-        struct manifest mf;
-        const char *why = NULL;
-        if (!e && (n < 0 || n > MANIFEST_MAX))
-            why = n < 0 ? strerror(errno) : "larger than a manifest can be";
-        else if (!e)
-            why = check_manifest(text, (size_t)n, m->pub, &mf);
-        if (!e && !why && have_seen &&
-            (mf.revision < seen || (mf.revision == seen && strcmp(mf.root, seen_root) != 0)))
-            why = "older than the revision this cache already has (a replayed manifest?)";
-        if (!e && why) {
-            wf_say("%s/" MANIFEST_FILE ": %s: refused", m->mirror[i], why);
-            e = EIO;
+        double t0 = gass_now();
+        int e = ask_manifest(m, i, &mf[i], have_seen, seen, seen_root);
+        took[i] = gass_now() - t0;
+        good[i] = e == 0;
+        if (e) {
+            last = e;
+            if (m->nmirrors > 1)
+                wf_say("%s: mirror %s failed (%s); the others are used", m->prefix, m->mirror[i], strerror(e));
+            continue;
         }
-        if (!e) {
-            memcpy(root, mf.root, 65);
-            m->revision = mf.revision;
-            memcpy(m->manifest_root, mf.root, 65);
-            if (i > 0 || wf_debug_on)
-                wf_say("%s: revision %lld (root catalog %.12s) from %s", m->prefix, mf.revision, mf.root, m->mirror[i]);
-            return 0;
-        }
-        last = e;
-        if (i + 1 < m->nmirrors)
-            wf_say("%s: mirror %s failed (%s), trying %s", m->prefix, m->mirror[i], strerror(e), m->mirror[i + 1]);
+        wf_dbg("%s: mirror %s: revision %lld in %.1f ms", m->prefix, m->mirror[i], mf[i].revision, took[i] * 1e3);
+        if (best < 0 || mf[i].revision > mf[best].revision)
+            best = i;
     }
-    return last;
+    if (best < 0)
+        return last;
+    /* good mirrors by time, then the others as configured (they may come back) */
+    int n = 0;
+    for (int i = 0; i < m->nmirrors; i++)
+        if (good[i]) {
+            int at = n++;
+            while (at > 0 && took[m->order[at - 1]] > took[i]) {
+                m->order[at] = m->order[at - 1];
+                at--;
+            }
+            m->order[at] = i;
+        }
+    for (int i = 0; i < m->nmirrors; i++)
+        if (!good[i])
+            m->order[n++] = i;
+    m->norder = n;
+    memcpy(root, mf[best].root, 65);
+    m->revision = mf[best].revision;
+    memcpy(m->manifest_root, mf[best].root, 65);
+    if (wf_debug_on || m->order[0] != 0)
+        wf_say("%s: revision %lld (root catalog %.12s); fastest mirror %s", m->prefix, mf[best].revision,
+               mf[best].root, m->mirror[m->order[0]]);
+    return 0;
 }
 
 void wf_repo_committed(struct wf_mount *m)
 {
-    char path[PATH_MAX], tmp[PATH_MAX + 16], text[128];
+    char path[PATH_MAX], tmp[PATH_MAX + 16], text[192];
     snprintf(path, sizeof path, "%s/mounts/%s.revision", wf_cache, m->key);
     snprintf(tmp, sizeof tmp, "%s.%d", path, (int)getpid());
-    int n = snprintf(text, sizeof text, "%lld %s\n", m->revision, m->manifest_root);
+    int n = snprintf(text, sizeof text, "%lld %s ", m->revision, m->manifest_root);
+    for (int k = 0; k < m->norder; k++)
+        n += snprintf(text + n, sizeof text - (size_t)n, "%s%d", k ? "," : "", m->order[k]);
+    text[n++] = '\n';
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         return;
@@ -272,6 +316,28 @@ void wf_repo_committed(struct wf_mount *m)
     if (!ok || rename(tmp, path) < 0)
         unlink(tmp);
 }
+
+/* The mirrors' order the cache last measured (processes within the TTL ask no manifest). */
+static void read_order(struct wf_mount *m)
+{
+    long long rev;
+    char root[65], order[64];
+    if (m->norder || !read_seen(m, &rev, root, order))
+        return;
+    int n = 0;
+    for (char *p = order; *p && n < m->nmirrors;) {
+        char *end;
+        long i = strtol(p, &end, 10);
+        if (end == p || i < 0 || i >= m->nmirrors)
+            return; /* not ours (the mount list changed): as configured */
+        m->order[n++] = (int)i;
+        p = *end == ',' ? end + 1 : end;
+    }
+    if (n == m->nmirrors)
+        m->norder = n;
+}
+
+static int mirror_at(const struct wf_mount *m, int k) { return m->norder == m->nmirrors ? m->order[k] : k; }
 
 /* ------------------------------------------------------------------ objects */
 
@@ -348,11 +414,12 @@ static int get_object(struct wf_mount *m, const char *hash, long long limit, int
         return errno;
     unlink(tmp);
     int rc = EIO;
-    for (int i = 0; i < m->nmirrors; i++) {
+    for (int k = 0; k < m->nmirrors; k++) {
+        int i = mirror_at(m, k);
         char rel[80], url[WF_URL_MAX + 80];
         snprintf(rel, sizeof rel, "/data/%.2s/%s", hash, hash + 2);
         wf_url_for(m, i, rel, url, sizeof url);
-        int e = wf_fetch(url, in);
+        int e = wf_fetch_via(m, url, in);
         if (!e && (e = from_compressed(in, hash, limit, out, size)) != 0) {
             wf_say("%s%s: %s sent object %.16s... that is corrupt, truncated or not what its name says: refused",
                    m->prefix, what, m->mirror[i], hash);
@@ -365,8 +432,8 @@ static int get_object(struct wf_mount *m, const char *hash, long long limit, int
             break;
         }
         rc = e;
-        if (i + 1 < m->nmirrors)
-            wf_say("%s%s: trying mirror %s", m->prefix, what, m->mirror[i + 1]);
+        if (k + 1 < m->nmirrors)
+            wf_say("%s%s: trying mirror %s", m->prefix, what, m->mirror[mirror_at(m, k + 1)]);
     }
     close(in);
     if (rc == ENOENT || rc == EACCES || rc == EPERM || rc == EISDIR) {
@@ -696,6 +763,7 @@ out:
 int wf_repo_attach(struct wf_mount *m)
 {
     pthread_mutex_lock(&repo_lock);
+    read_order(m);
     int rc = attach_locked(m);
     pthread_mutex_unlock(&repo_lock);
     return rc;
@@ -817,19 +885,17 @@ int wf_repo_enter(struct wf_mount *m, const char *rest)
 int wf_repo_fill(struct wf_mount *m, const char *rel, int fd, struct wf_file *f)
 {
     /* the catalog that lists rel: the deepest nested one above it, else the root */
-    const char *hash = strrchr(m->tree, '/') + 1, *where = "";
+    const char *hash = strrchr(m->tree, '/') + 1;
     size_t best = 0;
     pthread_mutex_lock(&repo_lock);
     for (int i = 0; i < m->nnested; i++)
         if (m->nested[i].loaded && m->nested[i].len > best && covers(&m->nested[i], rel)) {
             best = m->nested[i].len;
             hash = m->nested[i].hash;
-            where = m->nested[i].path;
         }
     char chash[65];
     snprintf(chash, sizeof chash, "%s", hash);
     pthread_mutex_unlock(&repo_lock);
-    (void)where;
     char db[PATH_MAX];
     int rc = get_catalog(m, chash, rel, db, sizeof db);
     if (rc)

@@ -3,10 +3,14 @@ with a C program and its own $ORIGIN library, a python package, a script and sym
 
 from __future__ import annotations
 
+import http.server
 import os
 import sqlite3
 import subprocess
 import sys
+import threading
+import urllib.error
+import urllib.request
 import zlib
 from pathlib import Path
 
@@ -81,3 +85,48 @@ def listing(cmd: str, where: str, env_run, local: Path) -> tuple[str, str]:
     p = env_run(cmd.replace("TREE", where))
     assert p.returncode == 0, p.stderr
     return p.stdout.decode(), native
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+        pass
+
+    def do_GET(self):  # noqa: N802
+        """A forward proxy: the request line holds the whole URL; relay the origin's answer."""
+        self.server.seen.append(self.path)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(self.path, timeout=10) as r:
+                status, body = r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, b""
+        except OSError:
+            status, body = 502, b""
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class Proxy:
+    """A small caching-less HTTP forward proxy on 127.0.0.1 with a log of the URLs it was asked for."""
+
+    def __init__(self):
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ProxyHandler)
+        self.httpd.daemon_threads = True
+        self.httpd.seen = []
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def seen(self) -> list[str]:
+        return list(self.httpd.seen)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(10)

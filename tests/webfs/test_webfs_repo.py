@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from repo_lib import cli, file_hash, listing, manifest, nested, object_path, software_tree
+from repo_lib import Proxy, cli, file_hash, listing, manifest, nested, object_path, software_tree
 from webfs_lib import Server, dead_port, run
 
 
@@ -188,6 +188,11 @@ def test_bad_key_settings_stop_the_program(webfs_so, repo, tmp_path):
     for key, needle in ((tmp_path / "missing.pub", b"No such file"), (tmp_path / "bad.pub", b"not a public key")):
         p = run(webfs_so, ["true"], agent_env(tmp_path, srv, key))
         assert p.returncode == 2 and b"bypass[webfs]: error: /software: key file" in p.stderr and needle in p.stderr
+    for extra, needle in ((f",key={pub}", b"more than one key="), (",proxy=ftp://x", b"proxy 'ftp://x' is not DIRECT")):
+        env = agent_env(tmp_path, srv, pub)
+        env["BYPASS_WEBFS_MOUNTS"] += extra
+        p = run(webfs_so, ["true"], env)
+        assert p.returncode == 2 and b"bypass[webfs]: error: /software: " + needle in p.stderr, p.stderr
 
 
 def test_two_repositories_a_dead_mirror_and_the_repositories_file(webfs_so, repo, tmp_path):
@@ -204,7 +209,33 @@ def test_two_repositories_a_dead_mirror_and_the_repositories_file(webfs_so, repo
     del env["BYPASS_WEBFS_MOUNTS"]
     p = run(webfs_so, ["sh", "-c", "cat /cvmfs/two.example.org/d/x.txt && /software/bin/greet"], env)
     assert p.stdout == b"second repository\ngreet 42\n", p.stderr
-    assert b"mirror http://127.0.0.1:" in p.stderr and b"trying " + srv.url("repo").encode() in p.stderr
+    assert b"mirror http://127.0.0.1:" in p.stderr and b"failed (" in p.stderr and b"the others are used" in p.stderr
+    assert b"fastest mirror " + srv.url("repo").encode() in p.stderr
+
+
+def test_proxies_fail_over_in_turn_and_mirrors_are_used_fastest_first(webfs_so, repo, tmp_path):
+    _, site, pub, srv = repo
+    shutil.copytree(site, tmp_path / "site" / "slow")       # a second mirror, made slow below
+    with Proxy() as proxy:
+        dead = f"http://127.0.0.1:{dead_port()}"
+        env = agent_env(tmp_path, srv, pub, BYPASS_WEBFS_DEBUG="1",
+                        BYPASS_WEBFS_MOUNTS=f"/software={srv.url('slow')},{srv.url('repo')},key={pub},"
+                                            f"proxy={dead},proxy={proxy.url}")
+        srv.httpd.delay = {"/slow/": 0.3}
+        p = run(webfs_so, ["sh", "-c", "/software/bin/greet; cat /software/lib/pkg/sub/mod.py"], env)
+        assert p.stdout == b"greet 42\nVALUE = sum(range(10))\n", p.stderr
+        assert f"proxy {dead} failed".encode() in p.stderr and f"trying {proxy.url}".encode() in p.stderr
+        assert b"fastest mirror " + srv.url("repo").encode() in p.stderr
+        objects = [u for u in proxy.seen if "/data/" in u]
+        assert objects and all("/repo/data/" in u for u in objects)   # the fast mirror's, through the proxy
+        assert {u for u in proxy.seen if u.endswith("bypass.manifest")} == {srv.url("repo/bypass.manifest"),
+                                                                              srv.url("slow/bypass.manifest")}
+        # once: the working proxy is remembered by the cache for the job's later processes
+        assert len([line for line in p.stderr.splitlines() if b"proxy" in line and b"failed" in line]) == 1
+        # the next process asks no manifest (TTL) and keeps the measured order
+        before = len(proxy.seen)
+        assert run(webfs_so, ["cat", "/software/share/doc/empty", "/software/frozen/inside.txt"], env).returncode == 0
+        assert all("/repo/" in u for u in proxy.seen[before:])
 
 
 def test_the_alien_cache_serves_other_nodes_and_is_checked(webfs_so, repo, tmp_path):

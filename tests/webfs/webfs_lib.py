@@ -71,6 +71,9 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         with srv.lock:
             srv.requests.append(self.path)
         mode = srv.mode
+        for start, seconds in getattr(srv, "delay", {}).items():   # a slow mirror
+            if self.path.startswith(start):
+                time.sleep(seconds)
         if mode == "silent":
             srv.stop.wait(30)
             return
