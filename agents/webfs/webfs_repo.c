@@ -440,7 +440,8 @@ static int get_object(struct wf_mount *m, const char *hash, long long limit, int
         wf_say("%s%s: object %.16s... is named by a signed catalog but no mirror serves it (%s)", m->prefix, what, hash,
                strerror(rc));
         rc = EIO;
-    }
+    } else if (rc && rc != EIO)
+        wf_say("%s%s: no mirror could send it (%s)", m->prefix, what, strerror(rc));
     return rc;
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -23,13 +24,17 @@ def software_tree(root: Path, src: Path) -> Path:
     sample_tree(root)
     src.mkdir()
     (src / "greet.c").write_text("int greet_value(void) { return 42; }\n")
-    (src / "main.c").write_text('#include <stdio.h>\nint greet_value(void);\n'
+    (src / "main.c").write_text('#include <stdio.h>\n#include <greet.h>\n'
                                 'int main(void) { printf("greet %d\\n", greet_value()); return 0; }\n')
+    (root / "include").mkdir()
+    (root / "include" / "greet.h").write_text("int greet_value(void);\n")
     os.chmod(root / "frozen", 0o755)
     t = os.stat(root / "lib").st_mtime_ns, os.stat(root / "bin").st_mtime_ns, os.stat(root).st_mtime_ns
+    shutil.copy2(src / "main.c", root / "share" / "main.c")
+    os.utime(root / "share", (1_600_000_000, 1_600_000_000))
     subprocess.run(["gcc", "-shared", "-fPIC", "-o", root / "lib" / "libgreet.so", src / "greet.c"], check=True)
-    subprocess.run(["gcc", "-o", root / "bin" / "greet", src / "main.c", "-L", root / "lib", "-lgreet",
-                    "-Wl,-rpath,$ORIGIN/../lib"], check=True)
+    subprocess.run(["gcc", "-I", root / "include", "-o", root / "bin" / "greet", src / "main.c", "-L", root / "lib",
+                    "-lgreet", "-Wl,-rpath,$ORIGIN/../lib"], check=True)
     (root / "bin" / "pkg-init").symlink_to("../lib/pkg/__init__.py")   # from one subtree into another
     for p, ns in zip((root / "lib", root / "bin", root), t):
         os.utime(p, ns=(ns, ns))

@@ -58,10 +58,38 @@ def test_programs_see_the_local_tree(webfs_so, repo, tmp_path):
     assert p.stderr.count(b"Read-only file system") == 3
 
 
+def test_gcc_compiles_and_links_against_the_tree(webfs_so, repo, tmp_path):
+    """gcc, cc1, as and ld all run under the agent: the source, the header and the library they
+    open come from the repository."""
+    local, _, pub, srv = repo
+    out = tmp_path / "greet-built"
+    p = run(webfs_so, ["gcc", "-I/software/include", "-o", str(out), "/software/share/main.c", "-L/software/lib",
+                       "-lgreet"], agent_env(tmp_path, srv, pub))
+    assert p.returncode == 0, p.stderr
+    done = subprocess.run([out], env=dict(os.environ, LD_LIBRARY_PATH=str(local / "lib")), capture_output=True)
+    assert done.stdout == b"greet 42\n"
+    assert all(r == "/repo/bypass.manifest" or r.startswith("/repo/data/") for r in srv.requests), srv.requests
+
+
+def test_a_stopped_server_with_a_warm_cache_is_not_an_error(webfs_so, repo, tmp_path):
+    _, _, pub, srv = repo
+    env = agent_env(tmp_path, srv, pub, BYPASS_WEBFS_TTL="0")
+    first = run(webfs_so, ["sh", "-c", "/software/bin/greet; cat /software/lib/pkg/sub/mod.py"], env)
+    assert first.stdout == b"greet 42\nVALUE = sum(range(10))\n", first.stderr
+    srv.set_mode("silent")                    # the server no longer answers (connections hang)
+    env["BYPASS_GASS_READ_TIMEOUT"] = env["BYPASS_GASS_TIMEOUT"] = "1"
+    again = run(webfs_so, ["sh", "-c", "/software/bin/greet; cat /software/lib/pkg/sub/mod.py"], env)
+    assert again.stdout == first.stdout
+    assert b"no mirror answered" in again.stderr and b"using the cached catalog" in again.stderr
+    # what was never fetched cannot be had: the transport's errno, said, within the timeouts
+    gone = run(webfs_so, ["cat", "/software/share/data.bin"], env)
+    assert gone.returncode == 1 and gone.stdout == b"" and b"/software/share/data.bin: no mirror could send it (Connection timed out)" in gone.stderr
+
+
 def test_only_the_catalogs_of_walked_subtrees_are_fetched(webfs_so, repo, tmp_path):
     _, site, pub, srv = repo
     subs = nested(site, tmp_path / "scratch.db")
-    assert set(subs) == {"/bin", "/lib", "/share", "/frozen"}
+    assert set(subs) == {"/bin", "/lib", "/share", "/frozen", "/include"}
     p = run(webfs_so, ["cat", "/software/lib/pkg/sub/mod.py"], agent_env(tmp_path, srv, pub))
     assert p.stdout == b"VALUE = sum(range(10))\n", p.stderr
     mod = file_hash(site, "/lib/pkg/sub/mod.py", tmp_path / "scratch.db")
