@@ -82,8 +82,13 @@ def test_a_stopped_server_with_a_warm_cache_is_not_an_error(webfs_so, repo, tmp_
     assert again.stdout == first.stdout
     assert b"no mirror answered" in again.stderr and b"using the cached catalog" in again.stderr
     # what was never fetched cannot be had: the transport's errno, said, within the timeouts
-    gone = run(webfs_so, ["cat", "/software/share/data.bin"], env)
-    assert gone.returncode == 1 and gone.stdout == b"" and b"/software/share/data.bin: no mirror could send it (Connection timed out)" in gone.stderr
+    gone = run(webfs_so, ["cat", "/software/lib/pkg/__init__.py"], env)
+    assert gone.returncode == 1 and gone.stdout == b"", gone.stderr
+    assert b"/software/lib/pkg/__init__.py: no mirror could send it (Connection timed out)" in gone.stderr
+    # nor a subtree whose catalog was never fetched
+    gone = run(webfs_so, ["ls", "/software/share"], env)
+    assert gone.returncode == 2 and gone.stdout == b"", gone.stderr
+    assert b"/software/share: no mirror could send it (Connection timed out)" in gone.stderr
 
 
 def test_only_the_catalogs_of_walked_subtrees_are_fetched(webfs_so, repo, tmp_path):
