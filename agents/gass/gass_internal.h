@@ -87,6 +87,9 @@ int gass_proxied(const struct gass_url *u);
 /* This thread's proxy for its next requests, set by a caller that chooses proxies itself (webfs,
  * per repository): NULL the environment's as above, "" none, else the proxy's URL. */
 extern __thread const char *gass_proxy_override;
+/* This thread's bound on the next bodies, below BYPASS_GASS_MAX_SIZE (0: none): a caller that
+ * knows how long an answer can be (webfs: a file's size in a catalog) refuses longer ones early. */
+extern __thread long long gass_max_size_override;
 
 /* gass_http.c */
 struct gass_response {

@@ -352,6 +352,8 @@ static double seconds_setting(const char *name, double fallback)
     return value;
 }
 
+__thread long long gass_max_size_override;
+
 void gass_limits_init(struct gass_limits *l)
 {
     l->started = gass_now();
@@ -361,6 +363,8 @@ void gass_limits_init(struct gass_limits *l)
     l->low_speed = gass_env_number("BYPASS_GASS_LOW_SPEED", 1024);
     l->max_size = gass_env_number("BYPASS_GASS_MAX_SIZE",
                                   gass_env_number("BYPASS_GASS_CACHE_MAX", GASS_DEFAULT_CACHE_MAX));
+    if (gass_max_size_override > 0 && gass_max_size_override < l->max_size)
+        l->max_size = gass_max_size_override;
 }
 
 void gass_progress_start(struct gass_progress *p, double started)

@@ -434,7 +434,17 @@ int wf_fetch(const char *url, int fd)
     return 0;
 }
 
-int wf_fetch_via(struct wf_mount *m, const char *url, int fd)
+static int fetch_via(struct wf_mount *m, const char *url, int fd);
+
+int wf_fetch_via(struct wf_mount *m, const char *url, int fd, long long limit)
+{
+    gass_max_size_override = limit;
+    int e = fetch_via(m, url, fd);
+    gass_max_size_override = 0;
+    return e;
+}
+
+static int fetch_via(struct wf_mount *m, const char *url, int fd)
 {
     if (!m->nproxies)
         return wf_fetch(url, fd);
@@ -745,7 +755,7 @@ static int fetch_catalog(struct wf_mount *m, char *tmp, size_t tsize, char sum[4
         int fd = mkostemp(tmp, O_CLOEXEC);
         if (fd < 0)
             return errno;
-        int e = wf_fetch_via(m, url, fd);
+        int e = wf_fetch_via(m, url, fd, 4096);
         char text[128];
         ssize_t n = e ? -1 : pread(fd, text, sizeof text - 1, 0);
         if (!e && (n < 40 || strspn(text, "0123456789abcdef") < 40 || (n > 40 && !strchr(" \t\n", text[40])))) {
@@ -756,7 +766,7 @@ static int fetch_catalog(struct wf_mount *m, char *tmp, size_t tsize, char sum[4
             memcpy(sum, text, 40);
             sum[40] = '\0';
             snprintf(url, sizeof url, "%s/.growfsdir", m->mirror[i]);
-            e = wf_fetch_via(m, url, fd);
+            e = wf_fetch_via(m, url, fd, 0);
         }
         if (!e) {
             char got[41];
@@ -1301,7 +1311,11 @@ static int growfs_fill(struct wf_mount *m, const char *rel, int fd, struct wf_fi
     for (int i = 0; i < m->nmirrors; i++) {
         char url[WF_URL_MAX + PATH_MAX];
         wf_url_for(m, i, rel, url, sizeof url);
-        int e = wf_fetch_via(m, url, fd);
+        int e = wf_fetch_via(m, url, fd, w.size ? w.size : 1);
+        if (e == EFBIG) {
+            wf_say("%s%s: %s sent more than the catalog's %lld bytes: refused", m->prefix, rel, m->mirror[i], w.size);
+            e = EIO;
+        }
         if (!e) {
             char got[41];
             long long size;

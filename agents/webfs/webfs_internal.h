@@ -74,7 +74,9 @@ extern int wf_repo_pending; /* nested catalogs of loaded repositories not in the
 int wf_lock_path(const char *path);     /* an flock'ed lock file's descriptor, or -1 */
 int wf_lock_tree(const char *sum, char tree[PATH_MAX]); /* CACHE/trees/<sum>'s lock; its path */
 int wf_fetch(const char *url, int fd);  /* GET into fd (truncated first); 0 or an errno, logged */
-int wf_fetch_via(struct wf_mount *m, const char *url, int fd); /* ... through m's proxies, in turn */
+/* ... through m's proxies in turn; a body longer than limit (0: no bound) is EFBIG, for the caller
+ * to say what it is (the catalog says how long it can be: a longer body is a broken server) */
+int wf_fetch_via(struct wf_mount *m, const char *url, int fd, long long limit);
 void wf_url_for(const struct wf_mount *m, int mirror, const char *rel, char *out, size_t size);
 
 /* What an open needs to put a fetched file in place. */

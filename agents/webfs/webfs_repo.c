@@ -226,7 +226,11 @@ static int ask_manifest(struct wf_mount *m, int i, struct manifest *mf, int have
     if (fd < 0)
         return errno;
     unlink(tmp);
-    int e = wf_fetch_via(m, url, fd);
+    int e = wf_fetch_via(m, url, fd, MANIFEST_MAX);
+    if (e == EFBIG) {
+        wf_say("%s/" MANIFEST_FILE ": larger than a manifest can be: refused", m->mirror[i]);
+        e = EIO;
+    }
     char text[MANIFEST_MAX + 1];
     ssize_t n = e ? -1 : pread(fd, text, sizeof text, 0);
     close(fd);
@@ -419,7 +423,12 @@ static int get_object(struct wf_mount *m, const char *hash, long long limit, int
         char rel[80], url[WF_URL_MAX + 80];
         snprintf(rel, sizeof rel, "/data/%.2s/%s", hash, hash + 2);
         wf_url_for(m, i, rel, url, sizeof url);
-        int e = wf_fetch_via(m, url, in);
+        /* zlib's worst case for `limit` bytes is a little more than limit (compressBound) */
+        int e = wf_fetch_via(m, url, in, limit + limit / 1000 + 1024);
+        if (e == EFBIG) {
+            wf_say("%s%s: %s sent more than the object can be: refused", m->prefix, what, m->mirror[i]);
+            e = EIO;
+        }
         if (!e && (e = from_compressed(in, hash, limit, out, size)) != 0) {
             wf_say("%s%s: %s sent object %.16s... that is corrupt, truncated or not what its name says: refused",
                    m->prefix, what, m->mirror[i], hash);

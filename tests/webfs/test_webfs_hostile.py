@@ -146,3 +146,13 @@ def test_a_listed_file_missing_on_the_server_is_eio(webfs_so, env, served, tmp_p
     assert p.returncode == 1 and b"Input/output error" in p.stderr
     assert b"listed in the catalog but no mirror serves it" in p.stderr
     assert _placeholder(tmp_path / "cache", "share/data.bin").st_blocks == 0
+
+
+def test_a_body_longer_than_the_catalog_says_is_refused_as_it_comes(webfs_so, env, served, tmp_path):
+    _, tree, _ = served
+    (tree / "share" / "data.bin").write_bytes(os.urandom(3_000_000))     # the catalog says 200000
+    p = run(webfs_so, ["cat", "/software/share/data.bin"], env)
+    assert p.returncode == 1 and p.stdout == b"" and b"Input/output error" in p.stderr
+    assert b"/software/share/data.bin: http://127.0.0.1" in p.stderr
+    assert b"sent more than the catalog's 200000 bytes: refused" in p.stderr
+    assert _placeholder(tmp_path / "cache", "share/data.bin").st_blocks == 0

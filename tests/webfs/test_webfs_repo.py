@@ -143,6 +143,7 @@ def test_unsigned_mis_signed_and_wrong_key_manifests_are_refused(webfs_so, repo,
         "unsigned": (body, b"not signed"),
         "altered": (body.replace("revision 1", "revision 9") + "signature " + sig, b"does not match the configured key"),
         "garbage": ("\x00\x01binary", b"not a manifest"),
+        "huge": (good * 100, b"larger than a manifest can be: refused"),
     }
     for i, (name, (text, needle)) in enumerate(cases.items()):
         (site / "bypass.manifest").write_text(text)
@@ -182,12 +183,17 @@ def test_tampered_and_truncated_objects_are_eio_and_never_cached(webfs_so, repo,
              packed[: len(packed) // 2],                   # the stream cut short
              packed + b"tail",                             # bytes after the stream
              zlib.compress(bytes(raw) + b"more"),          # longer than the catalog says
-             b"not zlib at all"]
+             b"not zlib at all",
+             os.urandom(3_000_000)]                        # far longer than it can be: not taken whole
     for bad in cases:
         data.write_bytes(bad)
         p = run(webfs_so, ["cat", "/software/share/data.bin"], env)
         assert p.returncode == 1 and p.stdout == b"" and b"Input/output error" in p.stderr, p.stderr
-        assert b"/software/share/data.bin: http://127.0.0.1" in p.stderr and b"refused" in p.stderr
+        if len(bad) > 1_000_000:     # zlib's bound for 200000 bytes, and more: refused as it comes
+            assert b"/software/share/data.bin: " + srv.url("repo").encode() + b" sent more than the object can be: refused" \
+                in p.stderr, p.stderr
+        else:
+            assert b"/software/share/data.bin: http://127.0.0.1" in p.stderr and b"refused" in p.stderr
     data.write_bytes(packed)
     srv.set_mode("truncate")                               # Content-Length says more than is sent
     p = run(webfs_so, ["cat", "/software/share/doc/README with spaces.txt"], env)
