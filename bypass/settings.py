@@ -65,12 +65,16 @@ def mount_variable(spec_path) -> str:
 def webfs_inline(items: list[str], already: str | None) -> str:
     """`-M PREFIX=URL[,URL...][,key=FILE]` entries → BYPASS_WEBFS_MOUNTS (after any --set one); the
     agent checks the URLs and the key when it starts, with a clear error."""
+    entries = []
     for item in items:
         prefix, sep, urls = item.partition("=")
         if not sep or not prefix.startswith("/") or not urls or any(c.isspace() for c in item):
             raise BypassError(f"-M wants PREFIX=URL[,URL...][,key=FILE] (e.g. -M /software=http://host/repo,"
                               f"key=repo.pub), got {item!r}")
-    return " ".join(filter(None, [already, *items]))
+        # the agent wants the key's absolute path (each process reads it, wherever it runs)
+        words = [f"key={os.path.abspath(w[4:])}" if w.startswith("key=") else w for w in urls.split(",")]
+        entries.append(f"{prefix}={','.join(words)}")
+    return " ".join(filter(None, [already, *entries]))
 
 
 def check_run_options(args) -> None:

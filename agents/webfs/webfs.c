@@ -104,8 +104,6 @@ static int add_mirror(const char *url, size_t len, char *err, size_t esize)
     return 0;
 }
 
-/* key=FILE (the mount is a Bypass repository signed with that key's private half), proxy=URL or
- * proxy=DIRECT (requests go through the proxies, in turn), or a mirror's URL. */
 static int add_proxy(const char *url, size_t len, char *err, size_t esize)
 {
     struct wf_mount *m = &wf_mounts[wf_nmounts - 1];
@@ -127,6 +125,8 @@ static int add_proxy(const char *url, size_t len, char *err, size_t esize)
     return 0;
 }
 
+/* key=FILE (the mount is a Bypass repository signed with that key's private half), proxy=URL or
+ * proxy=DIRECT (requests go through the proxies, in turn), or a mirror's URL. */
 static int add_option_or_mirror(const char *word, size_t len, char *err, size_t esize)
 {
     if (len >= 6 && strncmp(word, "proxy=", 6) == 0)
@@ -134,8 +134,9 @@ static int add_option_or_mirror(const char *word, size_t len, char *err, size_t 
     if (len < 4 || strncmp(word, "key=", 4) != 0)
         return add_mirror(word, len, err, esize);
     char file[PATH_MAX];
-    if (len - 4 == 0 || len - 4 >= sizeof file) {
-        snprintf(err, esize, "%s: key= wants the public key's file", wf_mounts[wf_nmounts - 1].prefix);
+    if (len - 4 == 0 || len - 4 >= sizeof file || word[4] != '/') {
+        /* absolute: every process of the job reads it at start, wherever its current directory is */
+        snprintf(err, esize, "%s: key= wants the public key file's absolute path", wf_mounts[wf_nmounts - 1].prefix);
         return -1;
     }
     memcpy(file, word + 4, len - 4);

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from repo_lib import Proxy, cli, file_hash, listing, manifest, nested, object_path, software_tree
-from webfs_lib import Server, dead_port, run
+from repo_lib import Proxy, catalog, cli, file_hash, listing, manifest, nested, object_path, software_tree
+from webfs_lib import REPO, Server, dead_port, run
 
 
 @pytest.fixture
@@ -227,7 +227,8 @@ def test_bad_key_settings_stop_the_program(webfs_so, repo, tmp_path):
     for key, needle in ((tmp_path / "missing.pub", b"No such file"), (tmp_path / "bad.pub", b"not a public key")):
         p = run(webfs_so, ["true"], agent_env(tmp_path, srv, key))
         assert p.returncode == 2 and b"bypass[webfs]: error: /software: key file" in p.stderr and needle in p.stderr
-    for extra, needle in ((f",key={pub}", b"more than one key="), (",proxy=ftp://x", b"proxy 'ftp://x' is not DIRECT")):
+    for extra, needle in ((f",key={pub}", b"more than one key="), (",proxy=ftp://x", b"proxy 'ftp://x' is not DIRECT"),
+                          (",key=k.pub", b"key= wants the public key file's absolute path")):
         env = agent_env(tmp_path, srv, pub)
         env["BYPASS_WEBFS_MOUNTS"] += extra
         p = run(webfs_so, ["true"], env)
@@ -323,11 +324,35 @@ def test_publish_refuses_what_it_cannot_do(tmp_path):
 
 def test_bypass_run_mounts_with_dash_m(webfs_so, repo, tmp_path):
     _, _, pub, srv = repo
-    p = cli("run", "agents/webfs/webfs.bypass", "--agent", webfs_so, "-M", f"/software={srv.url('repo')},key={pub}",
-            "--set", f"BYPASS_WEBFS_CACHE={tmp_path / 'cache'}", "--", "cat", "/software/lib/pkg/sub/mod.py")
+    relative = os.path.relpath(pub, REPO)          # cli() runs in REPO: -M makes the key's path absolute
+    p = cli("run", "agents/webfs/webfs.bypass", "--agent", webfs_so, "-M", f"/software={srv.url('repo')},key={relative}",
+            "--set", f"BYPASS_WEBFS_CACHE={tmp_path / 'cache'}", "--", "sh", "-c", "cd / && cat /software/lib/pkg/sub/mod.py")
     assert p.stdout == "VALUE = sum(range(10))\n"
     p = cli("run", "agents/webfs/webfs.bypass", "--agent", webfs_so, "-M", "software", "--", "true", check=False)
     assert p.returncode == 2 and "-M wants PREFIX=URL" in p.stderr
     p = cli("run", "agents/webfs/webfs.bypass", "--agent", webfs_so, "-M", f"/software={srv.url('repo')},key=/nope",
             "--", "true", check=False)
     assert p.returncode == 2 and "bypass[webfs]: error: /software: key file /nope" in p.stderr
+
+
+def test_publish_nests_catalogs_by_depth_and_by_marker(tmp_path):
+    tree = tmp_path / "t"
+    (tree / "a" / "deep" / "er").mkdir(parents=True)
+    (tree / "a" / "deep" / "er" / "f").write_text("f\n")
+    (tree / "a" / "deep" / ".bypasscatalog").write_text("")
+    (tree / "b" / "c").mkdir(parents=True)
+    cli("publish", tree, tmp_path / "repo", "--key", tmp_path / "k", "--nest-depth", "1")
+    repo = tmp_path / "repo"
+    root = manifest(repo)["root"]
+    assert nested(repo, tmp_path / "s.db").keys() == {"/a", "/b"}
+    db = catalog(repo, nested(repo, tmp_path / "s.db")["/a"], tmp_path / "a.db")
+    assert dict(db.execute("SELECT path, nested IS NOT NULL FROM entries")) == {"/a": 0, "/a/deep": 1}
+    deep = db.execute("SELECT nested FROM entries WHERE path = '/a/deep'").fetchone()[0]
+    db.close()
+    db = catalog(repo, deep, tmp_path / "d.db")
+    assert sorted(r[0] for r in db.execute("SELECT path FROM entries")) == [
+        "/a/deep", "/a/deep/.bypasscatalog", "/a/deep/er", "/a/deep/er/f"]
+    db.close()
+    cli("publish", tree, repo, "--key", tmp_path / "k", "--nest-depth", "0")
+    assert manifest(repo)["revision"] == "2" and manifest(repo)["root"] != root
+    assert nested(repo, tmp_path / "s.db").keys() == {"/a/deep"}
