@@ -7,6 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from webfs_lib import Server, make_growfs, require, run
 
 
@@ -44,9 +46,10 @@ def test_program_with_origin_libraries_runs_from_the_tree(webfs_so, tmp_path):
         assert p.stdout == b"greet 42\n" * 2, p.stderr
 
 
-def test_python_runs_with_its_standard_library_from_the_tree(webfs_so, tmp_path):
+@pytest.mark.parametrize("published", ["growfs", "repository"])
+def test_python_runs_with_its_standard_library_from_the_tree(webfs_so, tmp_path, published):
     """The interpreter, its pure-Python standard library and its C extension modules (dlopen'd
-    from lib-dynload) all come from the tree."""
+    from lib-dynload) all come from the tree, published by make_growfs or by bypass publish."""
     import sys
     import sysconfig
 
@@ -60,7 +63,12 @@ def test_python_runs_with_its_standard_library_from_the_tree(webfs_so, tmp_path)
                                                   "pydoc_data", "config-*"))
     local = tmp_path / "local"
     shutil.copytree(tree, local, symlinks=True)
-    make_growfs(tree)
+    if published == "growfs":
+        make_growfs(tree)
+    else:
+        from repo_lib import cli
+        cli("keygen", tmp_path / "k")
+        cli("publish", local, tmp_path / "site" / "repo", "--key", tmp_path / "k")
     script = ("import sys, json, decimal, datetime, email.parser, collections; "
               "print(sys.prefix, decimal.__file__, sys.modules['_decimal'].__file__, json.dumps([decimal.Decimal(1) / 7]"
               "[0].as_tuple().exponent), datetime.date(2000, 1, 1).isoformat())")
@@ -68,12 +76,14 @@ def test_python_runs_with_its_standard_library_from_the_tree(webfs_so, tmp_path)
                             capture_output=True)
     assert native.returncode == 0, native.stderr
     with Server(tmp_path / "site") as srv:
-        env = {"BYPASS_WEBFS_MOUNTS": f"/software={srv.url('tree')}", "BYPASS_WEBFS_CACHE": str(tmp_path / "cache")}
+        mount = srv.url("tree") if published == "growfs" else f"{srv.url('repo')},key={tmp_path}/k.pub"
+        env = {"BYPASS_WEBFS_MOUNTS": f"/software={mount}", "BYPASS_WEBFS_CACHE": str(tmp_path / "cache")}
         p = run(webfs_so, ["env", "PYTHONHOME=/software", "/software/bin/python3", "-S", "-B", "-c", script], env)
         assert p.returncode == 0, p.stderr
         assert p.stdout == native.stdout.replace(str(local).encode(), b"/software")
         assert b"/software/lib/" in p.stdout and b"lib-dynload/_decimal" in p.stdout
-        assert any("lib-dynload/_decimal" in r for r in srv.requests)
+        if published == "growfs":
+            assert any("lib-dynload/_decimal" in r for r in srv.requests)
         # only what was used was fetched: a fraction of the library
         files = sum(1 for q in tree.rglob("*") if q.is_file())
         assert len(srv.requests) < files / 2
