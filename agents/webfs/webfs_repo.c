@@ -650,6 +650,12 @@ static int build(const char *prefix, const char *db, const char *hash, const cha
 fail:
     rc = errno ? errno : EIO;
     wf_query_close(&q);
+    if (rc == ENOENT || rc == EEXIST || rc == ENOTDIR) {
+        /* an entry without its directory, or one twice: the catalog, not the cache, is wrong */
+        wf_say("catalog %.16s... (%s): entries that do not make a tree (%s): refused", hash, *croot ? croot : "/",
+               strerror(rc));
+        return EIO;
+    }
     wf_say("cannot build %s: %s", base, strerror(rc));
     return rc;
 }

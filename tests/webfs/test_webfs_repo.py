@@ -356,3 +356,45 @@ def test_publish_nests_catalogs_by_depth_and_by_marker(tmp_path):
     cli("publish", tree, repo, "--key", tmp_path / "k", "--nest-depth", "0")
     assert manifest(repo)["revision"] == "2" and manifest(repo)["root"] != root
     assert nested(repo, tmp_path / "s.db").keys() == {"/a/deep"}
+
+
+def test_a_signed_catalog_that_does_not_make_a_tree_is_refused(webfs_so, tmp_path):
+    """A publisher's bug, not an attack (the catalog is signed): entries outside the subtree, with
+    `..`, without their directory, or of an unknown type are EIO, and nothing of them is built."""
+    import hashlib
+    import sqlite3
+
+    from bypass.publish import SCHEMA, keygen, load_private_key, manifest_text
+
+    keygen(tmp_path / "k")
+    key = load_private_key(tmp_path / "k")
+    empty = hashlib.sha256(b"").hexdigest()
+    rows = {
+        "dotdot": [("/../escape", "F", 0o100644, 0, 1, 0, empty, None, None)],
+        "orphan": [("/no/dir/f", "F", 0o100644, 0, 1, 0, empty, None, None)],
+        "type": [("/x", "Q", 0o100644, 0, 1, 0, None, None, None)],
+        "mode": [("/x", "D", 0o100644, 0, 1, 0, None, None, None)],
+    }
+    for i, (name, extra) in enumerate(rows.items()):
+        repo = tmp_path / f"site{i}" / "repo"
+        (repo / "data").mkdir(parents=True)
+        db_path = tmp_path / f"{name}.db"
+        db = sqlite3.connect(db_path)
+        db.executescript(SCHEMA)
+        db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       [("", "D", 0o40755, 0, 1, 0, None, None, None), *extra])
+        db.commit()
+        db.close()
+        data = db_path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        object_path(repo, digest).parent.mkdir(parents=True)
+        object_path(repo, digest).write_bytes(zlib.compress(data))
+        (repo / "bypass.manifest").write_text(manifest_text(1, digest, 1, key.sign))
+        with Server(tmp_path / f"site{i}") as srv:
+            env = agent_env(tmp_path, srv, tmp_path / "k.pub", BYPASS_WEBFS_CACHE=str(tmp_path / f"c{i}"))
+            p = run(webfs_so, ["ls", "/software"], env)
+        assert p.returncode == 2 and b"Input/output error" in p.stderr, (name, p.stderr)
+        assert b"refused" in p.stderr, p.stderr
+        assert not list((tmp_path / f"c{i}").rglob("escape"))
+        assert not (tmp_path / f"c{i}" / "trees").exists() or not [
+            q for q in (tmp_path / f"c{i}" / "trees").iterdir() if not q.name.endswith(".lock")]
