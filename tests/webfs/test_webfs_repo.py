@@ -398,3 +398,19 @@ def test_a_signed_catalog_that_does_not_make_a_tree_is_refused(webfs_so, tmp_pat
         assert not list((tmp_path / f"c{i}").rglob("escape"))
         assert not (tmp_path / f"c{i}" / "trees").exists() or not [
             q for q in (tmp_path / f"c{i}" / "trees").iterdir() if not q.name.endswith(".lock")]
+
+
+def test_the_bounded_cache_evicts_and_refetches_repository_files(webfs_so, repo, tmp_path):
+    local, site, pub, srv = repo
+    env = agent_env(tmp_path, srv, pub, BYPASS_WEBFS_CACHE_MAX="230000")   # data.bin: 200,000 bytes
+    job = "cat {T}/share/data.bin | md5sum; cat {T}/bin/greet | md5sum; {T}/bin/greet"
+    want = subprocess.run(job.format(T=local), shell=True, capture_output=True).stdout
+    assert run(webfs_so, ["sh", "-c", job.format(T="/software")], env).stdout == want
+    [tree] = [q for q in (tmp_path / "cache" / "trees").iterdir() if q.is_dir()]
+    filled = sum(q.stat().st_size for q in (tree / "root").rglob("*")
+                 if q.is_file() and not q.is_symlink() and q.stat().st_blocks > 0)
+    assert filled <= 230_000 and (tree / "root" / "share" / "data.bin").stat().st_blocks == 0
+    digest = file_hash(site, "/share/data.bin", tmp_path / "s.db")
+    data = f"/repo/data/{digest[:2]}/{digest[2:]}"
+    assert run(webfs_so, ["sh", "-c", job.format(T="/software")], env).stdout == want
+    assert srv.requests.count(data) == 2                   # fetched again, checked again
