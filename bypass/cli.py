@@ -162,6 +162,8 @@ def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
     from .settings import agent_settings, check_run_options
 
     check_run_options(args)                      # before anything is built, written or run
+    from .rpc.shadow_cli import load_policy
+    policy = load_policy(args, args.export)
     extra = agent_settings(args.set, args.mounts, args.mount)
     if args.trace:
         extra["BYPASS_TRACE"] = os.path.abspath(args.trace)
@@ -177,7 +179,8 @@ def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
         from .rpc.shadow_cli import run_with_shadow   # the spec's shadow, served by this process
         return run_with_shadow(args.spec, args.export, args.listen,
                                lambda env: run_under_agent(agent, command, {**extra, **env}),
-                               summary=args.summary)
+                               summary=args.summary, policy=policy,
+                               summary_json=args.summary_json)
     return run_under_agent(agent, command, extra)
 
 
@@ -246,8 +249,8 @@ def _parser() -> argparse.ArgumentParser:
     p_run.add_argument("--export", metavar="DIR",
                        help="serve the spec's shadow from this process, its file calls inside DIR")
     p_run.add_argument("--listen", metavar="ADDR", help="with --export: where the shadow listens")
-    p_run.add_argument("--summary", action="store_true",
-                       help="with --export: print the per-file I/O summary at the end")
+    from .rpc.shadow_cli import add_policy_arguments
+    add_policy_arguments(p_run)              # with --export: the served shadow's policy and report
     p_shadow = sub.add_parser("shadow", help=COMMAND_HELP["shadow"],
                               description="bypass shadow SPEC [--export DIR] [--listen ADDR]")
     from .rpc.shadow_cli import add_arguments as shadow_arguments

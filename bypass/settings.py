@@ -55,8 +55,11 @@ def _check_trace_file(name: str) -> None:
 
 def check_run_options(args) -> None:
     """Refuse, before anything is built or run, the options of `bypass run` that cannot apply."""
-    if args.summary and not args.export:
-        raise BypassError("--summary needs --export DIR: the summary is the shadow's, and only --export serves one")
+    for flag, given in (("--summary", args.summary), ("--summary-json", args.summary_json),
+                        ("--policy", args.policy), ("--process", args.process is not None)):
+        if given and not args.export:
+            raise BypassError(f"{flag} needs --export DIR: the I/O report and policy are the shadow's, "
+                              "and only --export serves one")
     if args.listen and not args.export:
         raise BypassError("--listen needs --export DIR: it says where the served shadow listens")
     given = [(flag, variable) for dest, (flag, variable) in RUN_OPTIONS.items() if getattr(args, dest, None)]

@@ -32,6 +32,7 @@
 #include "rpc_client.h"
 #include "bypass_neutral.h"
 #include "remote.h"
+#include "policy.h"
 
 /* ---- the shadow calls of remote.bypass (generated as bypass_shadow_<name>) ---- */
 int bypass_shadow_bypass_rx_open(int dslot, const char *path, int flags, mode_t mode, int cmask, int slot, long id);
@@ -126,6 +127,7 @@ struct rfile {
     size_t ra_cap, ra_len, ra_pos;
     size_t ra_next;         /* size of the next refill */
     unsigned ra_gen;        /* write_gen when the read-ahead was filled */
+    struct pol *pol;        /* the shadow's decision for it, and the program's counts (policy.c) */
 };
 
 /* Descriptor number -> open file, in chunks allocated when a number that high is first used
@@ -151,6 +153,9 @@ static void wrote(void)
 {
     __atomic_add_fetch(&write_gen, 1, __ATOMIC_RELAXED);
 }
+
+unsigned rmt_write_gen(void) { return __atomic_load_n(&write_gen, __ATOMIC_RELAXED); }
+void rmt_wrote(void) { wrote(); }
 
 static void sync_maps(int fd);
 
@@ -184,6 +189,9 @@ int rmt_is_fd(int fd)
 {
     return get(fd) != NULL;
 }
+
+static int in_vfork_child(void);
+int rmt_in_vfork(void) { return in_vfork_child(); }
 
 static int in_vfork_child(void)
 {
@@ -419,6 +427,7 @@ static struct rfile *new_rfile(int flags)
 static void unref(struct rfile *r)
 {
     if (r && --r->refs == 0) {
+        pol_free(r->pol);
         free(r->ra);
         free(r);
     }
@@ -427,6 +436,8 @@ static void unref(struct rfile *r)
 /* Hand unread read-ahead back: move the shared offset to where the program really is. */
 static int give_back(int fd, struct rfile *r)
 {
+    if (r->pol && pol_settle(fd, r->pol) < 0)
+        return -1;
     if (r->ra_pos < r->ra_len) {
         off_t back = (off_t)(r->ra_len - r->ra_pos);
         r->ra_len = r->ra_pos = 0;
@@ -477,6 +488,7 @@ void rmt_settle_all(void)
     pthread_mutex_lock(&lock);
     settle_locked();
     pthread_mutex_unlock(&lock);
+    pol_shared(-1);
 }
 
 /* Around fork (called by the RPC client): children share offsets, so settle them now, and
@@ -496,6 +508,7 @@ void bypass_rpc_after_fork(int in_child)
     } else {
         pthread_mutex_unlock(&lock);
     }
+    pol_shared(in_child);
 }
 
 int rmt_mkstemp(char *tmpl, int dslot, char *rpath, int suffixlen, int flags, int dir)
@@ -783,6 +796,10 @@ int rmt_open(int dslot, const char *rpath, int flags, mode_t mode)
         errno = ENOTSUP;         /* the table is the parent's: a vfork child may chdir, dup, exec */
         return -1;
     }
+    struct pol_choice choice;
+    int elsewhere = pol_choose(&dslot, &rpath, flags, mode, &choice);
+    if (elsewhere != -2)
+        return elsewhere;        /* a local: or URL remap, opened here */
     long long id = ((long long)getpid() << 32) | (long long)__atomic_add_fetch(&ph_count, 1, __ATOMIC_RELAXED);
     int ph = placeholder(flags, id);
     if (ph < 0)
@@ -803,6 +820,7 @@ int rmt_open(int dslot, const char *rpath, int flags, mode_t mode)
         wrote();
     /* O_TMPFILE contains O_DIRECTORY's bit, and makes a regular file */
     r->is_dir = (flags & O_DIRECTORY) != 0 && (flags & O_TMPFILE) != O_TMPFILE;
+    r->pol = pol_new(&choice, flags, ph);
     *slot = r;
     pthread_mutex_unlock(&lock);
     return ph;
@@ -823,7 +841,7 @@ int rmt_close(int fd)
     if (r->refs == 1)
         give_back(fd, r);        /* the offset may be shared with other processes */
     *slot_of(fd) = NULL;
-    int rc = bypass_shadow_bypass_rx_close(fd);
+    int rc = r->pol ? pol_close(fd, r->pol, r->refs == 1) : bypass_shadow_bypass_rx_close(fd);
     int e = errno;
     unref(r);
     pthread_mutex_unlock(&lock);
@@ -846,7 +864,10 @@ void rmt_forget(int fd)
     struct rfile *r = get(fd);
     if (r) {
         *slot_of(fd) = NULL;
-        bypass_shadow_bypass_rx_close(fd);
+        if (r->pol)
+            pol_close(fd, r->pol, r->refs == 1);
+        else
+            bypass_shadow_bypass_rx_close(fd);
         unref(r);
     }
     pthread_mutex_unlock(&lock);
@@ -1000,6 +1021,8 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
         errno = EBADF;       /* the kernel's answer even for 0 bytes */
     } else if (r->is_dir) {
         errno = EISDIR;
+    } else if (pol_buffered(r->pol, r->flags, 0)) {
+        got = pol_read(fd, r->pol, buf, n);
     } else if (r->ra_pos < r->ra_len && r->ra_gen != __atomic_load_n(&write_gen, __ATOMIC_RELAXED) &&
                give_back(fd, r) < 0) {
         /* (stale read-ahead could not go back: errno is set, nothing is read) */
@@ -1018,6 +1041,7 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
             if (k < 0) {
                 if (done)
                     break;       /* what was read is the answer; the error comes next time */
+                pol_count(fd, r->pol, 0, -1);
                 pthread_mutex_unlock(&lock);
                 return -1;
             }
@@ -1027,6 +1051,8 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
         }
         got = (ssize_t)done;
     }
+    if (r)
+        pol_count(fd, r->pol, 0, got);
     pthread_mutex_unlock(&lock);
     return got;
 }
@@ -1040,12 +1066,16 @@ ssize_t rmt_write(int fd, const void *buf, size_t n)
     ssize_t done = -1;
     if (!r) {
         errno = EBADF;
+    } else if (pol_buffered(r->pol, r->flags, 1) && !(r->flags & O_PATH) && (r->flags & O_ACCMODE) != O_RDONLY) {
+        done = pol_write(fd, r->pol, buf, n);
     } else if (give_back(fd, r) == 0) {
         r->ra_next = RA_FIRST;
         /* synchronous: a write is reported done only once the shadow performed it */
         done = bypass_shadow_bypass_rx_write(fd, n ? buf : "", n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n);
         wrote();
     }
+    if (r)
+        pol_count(fd, r->pol, 1, done);
     pthread_mutex_unlock(&lock);
     return done;
 }
@@ -1054,7 +1084,11 @@ ssize_t rmt_pread(int fd, void *buf, size_t n, off_t off)
 {
     if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
         return -1;
-    return bypass_shadow_bypass_rx_pread(fd, buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
+    ssize_t got = bypass_shadow_bypass_rx_pread(fd, buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
+    struct rfile *r = get(fd);
+    if (r)
+        pol_count(fd, r->pol, 0, got);
+    return got;
 }
 
 ssize_t rmt_pwrite(int fd, const void *buf, size_t n, off_t off)
@@ -1064,6 +1098,9 @@ ssize_t rmt_pwrite(int fd, const void *buf, size_t n, off_t off)
     settle_fd(fd);
     ssize_t done = bypass_shadow_bypass_rx_pwrite(fd, n ? buf : "", n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
     wrote();                     /* after: read-ahead filled meanwhile is stale too */
+    struct rfile *r = get(fd);
+    if (r)
+        pol_count(fd, r->pol, 1, done);
     return done;
 }
 
@@ -1074,6 +1111,8 @@ off_t rmt_lseek(int fd, off_t off, int whence)
     off_t rc = -1;
     if (!r) {
         errno = EBADF;
+    } else if (pol_buffered(r->pol, r->flags, 0) && !r->is_dir) {
+        rc = pol_lseek(fd, r->pol, off, whence);
     } else {
         if (whence == SEEK_CUR)
             off -= (off_t)(r->ra_len - r->ra_pos);   /* the shadow is ahead by the unread part */
@@ -1081,6 +1120,8 @@ off_t rmt_lseek(int fd, off_t off, int whence)
         r->ra_next = RA_FIRST;
         rc = bypass_shadow_bypass_rx_lseek(fd, off, whence);
     }
+    if (r)
+        pol_count(fd, r->pol, 2, 0);
     pthread_mutex_unlock(&lock);
     return rc;
 }
@@ -1517,6 +1558,9 @@ int rmt_truncate(int dslot, const char *rpath, off_t len)
 
 int rmt_fsync(int fd)
 {
+    struct rfile *r = get(fd);
+    if (r && r->pol && pol_sync(r->pol) < 0)
+        return -1;               /* a write the buffer reported done could not be written back */
     return bypass_shadow_bypass_rx_fsync(fd);
 }
 
@@ -1757,6 +1801,8 @@ static int record_lock(int fd, int cmd, struct flock *fl)
     struct flock wire = *fl;
     pthread_mutex_lock(&lock);
     struct rfile *r = get(fd);
+    if (r && wire.l_whence == SEEK_CUR && pol_buffered(r->pol, r->flags, 0))
+        give_back(fd, r);                                 /* the offset is the buffer's */
     if (r && wire.l_whence == SEEK_CUR)
         wire.l_start -= (off_t)(r->ra_len - r->ra_pos);   /* the shadow's offset is ahead */
     pthread_mutex_unlock(&lock);
@@ -2437,6 +2483,8 @@ __attribute__((constructor)) static void remote_init(void)
                 if (slot) {
                     kept[nkept++] = fd;
                     *slot = new_rfile(flags);
+                    if (*slot)
+                        (*slot)->pol = pol_new(NULL, flags, fd);     /* counted, not buffered */
                 }
             }
         }
