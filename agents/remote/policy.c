@@ -262,7 +262,7 @@ void pol_free(struct pol *p)
     if (!p)
         return;
     pthread_mutex_lock(&pol_lock);
-    for (size_t i = 0; i < p->nblk; i++)
+    for (size_t i = 0; p->b && i < p->nblk; i++)
         if (p->b[i].dhi > p->b[i].dlo)
             dirty--;                /* (a close wrote them back; a lost file cannot) */
     unlist(p);

@@ -154,6 +154,14 @@ static void wrote(void)
     __atomic_add_fetch(&write_gen, 1, __ATOMIC_RELAXED);
 }
 
+/* What the program did, for the I/O report (not what the agent does for it: mappings). */
+static __thread int for_mapping;
+static void count(int fd, struct rfile *r, int what, ssize_t n)
+{
+    if (r && !for_mapping)
+        pol_count(fd, r->pol, what, n);
+}
+
 unsigned rmt_write_gen(void) { return __atomic_load_n(&write_gen, __ATOMIC_RELAXED); }
 void rmt_wrote(void) { wrote(); }
 
@@ -607,7 +615,9 @@ static int fill_from(int fd, char *p, size_t length, off_t offset)
 {
     size_t done = 0;
     while (done < length) {
+        for_mapping = 1;
         ssize_t k = rmt_pread(fd, p + done, length - done, offset + (off_t)done);
+        for_mapping = 0;
         if (k < 0)
             return -1;
         if (k == 0)
@@ -640,7 +650,9 @@ static int write_back(struct rmap *m, char *lo, char *hi)
         while (p + run < hi && p[run] != m->orig[i + run])
             run++;
         for (size_t done = 0; done < run;) {
+            for_mapping = 1;
             ssize_t k = rmt_pwrite(m->fd, p + done, run - done, m->off + (off_t)(i + done));
+            for_mapping = 0;
             if (k <= 0) {
                 rc = -1;
                 break;
@@ -1041,7 +1053,7 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
             if (k < 0) {
                 if (done)
                     break;       /* what was read is the answer; the error comes next time */
-                pol_count(fd, r->pol, 0, -1);
+                count(fd, r, 0, -1);
                 pthread_mutex_unlock(&lock);
                 return -1;
             }
@@ -1051,8 +1063,7 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
         }
         got = (ssize_t)done;
     }
-    if (r)
-        pol_count(fd, r->pol, 0, got);
+    count(fd, r, 0, got);
     pthread_mutex_unlock(&lock);
     return got;
 }
@@ -1074,8 +1085,7 @@ ssize_t rmt_write(int fd, const void *buf, size_t n)
         done = bypass_shadow_bypass_rx_write(fd, n ? buf : "", n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n);
         wrote();
     }
-    if (r)
-        pol_count(fd, r->pol, 1, done);
+    count(fd, r, 1, done);
     pthread_mutex_unlock(&lock);
     return done;
 }
@@ -1086,8 +1096,7 @@ ssize_t rmt_pread(int fd, void *buf, size_t n, off_t off)
         return -1;
     ssize_t got = bypass_shadow_bypass_rx_pread(fd, buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
     struct rfile *r = get(fd);
-    if (r)
-        pol_count(fd, r->pol, 0, got);
+    count(fd, r, 0, got);
     return got;
 }
 
@@ -1099,8 +1108,7 @@ ssize_t rmt_pwrite(int fd, const void *buf, size_t n, off_t off)
     ssize_t done = bypass_shadow_bypass_rx_pwrite(fd, n ? buf : "", n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
     wrote();                     /* after: read-ahead filled meanwhile is stale too */
     struct rfile *r = get(fd);
-    if (r)
-        pol_count(fd, r->pol, 1, done);
+    count(fd, r, 1, done);
     return done;
 }
 
@@ -1120,8 +1128,7 @@ off_t rmt_lseek(int fd, off_t off, int whence)
         r->ra_next = RA_FIRST;
         rc = bypass_shadow_bypass_rx_lseek(fd, off, whence);
     }
-    if (r)
-        pol_count(fd, r->pol, 2, 0);
+    count(fd, r, 2, 0);
     pthread_mutex_unlock(&lock);
     return rc;
 }
