@@ -638,6 +638,21 @@ void pol_shared(int how)
     pthread_mutex_unlock(&pol_lock);
 }
 
+void pol_settle_for_vfork_child(void)
+{
+    pthread_mutex_lock(&pol_lock);
+    for (struct pol *p = all; p; p = p->next) {
+        if (p->mode == DIRECT || p->slot < 0)
+            continue;
+        write_back_file(p);
+        if (p->have_pos)
+            bypass_shadow_bypass_rx_lseek(p->slot, p->pos, SEEK_SET);
+        p->have_pos = 0;
+        p->off = 1;
+    }
+    pthread_mutex_unlock(&pol_lock);
+}
+
 __attribute__((destructor)) static void pol_at_exit(void)
 {
     bypass_guard_enter();

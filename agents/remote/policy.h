@@ -44,6 +44,9 @@ int pol_close(int fd, struct pol *p, int last);
 /* fork (in_child 0/1) and exec/spawn (-1): the offsets are shared from now on, so the files
  * open now go direct; counts are sent (exec) or start again (the child's). */
 void pol_shared(int how);
+/* exec in a vfork child (the parent waits, its memory is ours): write the parent's held
+ * writes back and move the shared offsets to the parent's, which goes direct from then on */
+void pol_settle_for_vfork_child(void);
 
 /* from remote.c */
 unsigned rmt_write_gen(void);

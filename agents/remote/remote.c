@@ -490,8 +490,10 @@ void rmt_creds_changed(void)
 
 void rmt_settle_all(void)
 {
-    if (in_vfork_child())
+    if (in_vfork_child()) {
+        pol_settle_for_vfork_child();   /* the parent's held writes: before the exec'd image reads */
         return;                  /* the read-ahead is the parent's */
+    }
     sync_maps(-1);
     pthread_mutex_lock(&lock);
     settle_locked();
