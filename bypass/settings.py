@@ -55,11 +55,10 @@ def _check_trace_file(name: str) -> None:
 
 def check_run_options(args) -> None:
     """Refuse, before anything is built or run, the options of `bypass run` that cannot apply."""
-    for flag, given in (("--summary", args.summary), ("--summary-json", args.summary_json),
-                        ("--policy", args.policy), ("--process", args.process is not None)):
+    for flag, given, what in (("--summary", args.summary, "summary"), ("--summary-json", args.summary_json, "summary"),
+                              ("--policy", args.policy, "policy"), ("--process", args.process is not None, "policy")):
         if given and not args.export:
-            raise BypassError(f"{flag} needs --export DIR: the I/O report and policy are the shadow's, "
-                              "and only --export serves one")
+            raise BypassError(f"{flag} needs --export DIR: the {what} is the shadow's, and only --export serves one")
     if args.listen and not args.export:
         raise BypassError("--listen needs --export DIR: it says where the served shadow listens")
     given = [(flag, variable) for dest, (flag, variable) in RUN_OPTIONS.items() if getattr(args, dest, None)]
