@@ -86,8 +86,10 @@ static int exiting;                     /* after the exit handlers: nothing wait
 
 struct known {
     struct known *next;
+    int kind;
     long size, block;
-    char *where;            /* "" : the path itself */
+    int fd;                 /* a URL's copy, once made (an agent descriptor: see url_copy) */
+    char *where;            /* the local path or URL ("" for the export) */
     char path[];
 };
 #define KNOWN_BUCKETS 256
@@ -109,35 +111,30 @@ static struct known *recall(const char *path)
     return NULL;
 }
 
-static void remember(const char *path, const struct pol_choice *c)
+static struct known *remember(const char *path, const struct pol_choice *c)
 {
     size_t n = strlen(path) + 1;
     struct known *k = malloc(sizeof *k + n);
     char *where = k ? strdup(c->where) : NULL;
     if (!where) {
         free(k);
-        return;                 /* asked again next time: only slower */
+        return NULL;            /* asked again next time: only slower */
     }
     memcpy(k->path, path, n);
+    k->kind = c->kind;
+    k->fd = -1;
     k->size = c->size;
     k->block = c->block;
     k->where = where;
     unsigned h = hash(path);
     k->next = known[h];
     known[h] = k;
+    return k;
 }
 
-/* A URL's bytes, pulled from the shadow's copy into a sealed memfd, opened read-only. */
-static int open_url(const char *url, int flags)
+/* A URL's bytes, pulled from the shadow's copy into a sealed, read-only (0444) memfd. */
+static int url_copy(const char *url)
 {
-    if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC)) {
-        errno = EROFS;
-        return -1;
-    }
-    if ((flags & (O_CREAT | O_EXCL)) == (O_CREAT | O_EXCL)) {
-        errno = EEXIST;
-        return -1;
-    }
     int m = memfd_create("bypass-url", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     char *chunk = m >= 0 ? malloc(PULL_CHUNK) : NULL;
     int e = errno;
@@ -154,19 +151,9 @@ static int open_url(const char *url, int flags)
             break;
     }
     free(chunk);
-    chunk = NULL;
     fcntl(m, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
-    char self[40];
-    snprintf(self, sizeof self, "/proc/self/fd/%d", m);
-    int fd = open(self, O_RDONLY | (flags & (O_CLOEXEC | O_NONBLOCK | O_NOATIME)));
-    if (fd < 0) {
-        if (flags & O_CLOEXEC)
-            return m;           /* no /proc: the sealed memfd itself (writes fail: EPERM) */
-        e = errno;
-        goto fail;
-    }
-    close(m);
-    return fd;
+    fchmod(m, 0444);
+    return m;
 fail:
     free(chunk);
     if (m >= 0)
@@ -175,48 +162,123 @@ fail:
     return -1;
 }
 
-int pol_choose(int *dslot, const char **rpath, int flags, mode_t mode, struct pol_choice *c)
+/* The shadow's decision for (dslot, rpath) into *c: from memory, else asked (and remembered
+ * for absolute names).  Returns the entry remembered (or NULL), with *asked_failed set when the
+ * shadow refused (errno set: a URL it could not fetch). */
+static struct known *decide(int dslot, const char *rpath, struct pol_choice *c, int *failed)
 {
     c->kind = EXPORT;
     c->size = c->block = 0;
     c->where[0] = 0;
+    *failed = 0;
     if (__atomic_load_n(&no_policy, __ATOMIC_RELAXED))
-        return -2;
+        return NULL;
     pthread_mutex_lock(&pol_lock);
-    struct known *k = *dslot < 0 ? recall(*rpath) : NULL;
+    struct known *k = dslot < 0 ? recall(rpath) : NULL;
     if (k) {
+        c->kind = k->kind;
         c->size = k->size;
         c->block = k->block;
         snprintf(c->where, sizeof c->where, "%s", k->where);
     }
     pthread_mutex_unlock(&pol_lock);
-    if (!k) {
-        int kind = bypass_shadow_bypass_rx_policy(*dslot, *rpath, c->where, sizeof c->where, &c->size, &c->block);
-        if (kind < 0)
-            return -1;          /* (a URL that could not be fetched: the open's error) */
-        c->where[sizeof c->where - 1] = 0;
-        c->kind = kind;
-        if (kind == NO_POLICY) {
-            __atomic_store_n(&no_policy, 1, __ATOMIC_RELAXED);
-            c->kind = EXPORT;
-            return -2;
-        }
-        if (kind == EXPORT && *dslot < 0) {
-            pthread_mutex_lock(&pol_lock);
-            if (!recall(*rpath))
-                remember(*rpath, c);
-            pthread_mutex_unlock(&pol_lock);
+    if (k)
+        return k;
+    int kind = bypass_shadow_bypass_rx_policy(dslot, rpath, c->where, sizeof c->where, &c->size, &c->block);
+    if (kind < 0) {
+        c->kind = EXPORT;
+        *failed = 1;
+        return NULL;
+    }
+    c->where[sizeof c->where - 1] = 0;
+    if (kind == NO_POLICY) {
+        __atomic_store_n(&no_policy, 1, __ATOMIC_RELAXED);
+        return NULL;
+    }
+    c->kind = kind;
+    if (dslot >= 0)
+        return NULL;
+    pthread_mutex_lock(&pol_lock);
+    k = recall(rpath);
+    if (!k)
+        k = remember(rpath, c);
+    pthread_mutex_unlock(&pol_lock);
+    return k;
+}
+
+/* A URL's copy for this process, kept as one of the agent's own descriptors (the program can
+ * neither close nor reuse its number): -1 when none can be kept. */
+#define URL_COPIES_MAX 8
+static int url_copies;
+
+static int kept_copy(struct known *k)
+{
+    pthread_mutex_lock(&pol_lock);
+    if (k->fd < 0 && url_copies < URL_COPIES_MAX) {
+        int m = url_copy(k->where);
+        if (m >= 0) {
+            k->fd = bypass_fd_move_high(m);
+            if (bypass_fd_register(&k->fd) < 0) {
+                close(k->fd);
+                k->fd = -1;
+            } else {
+                url_copies++;
+            }
         }
     }
+    int fd = k->fd;
+    pthread_mutex_unlock(&pol_lock);
+    return fd;
+}
+
+int pol_redirect(int dslot, char *rpath, size_t cap)
+{
+    struct pol_choice c;
+    int failed;
+    if (dslot >= 0 || __atomic_load_n(&no_policy, __ATOMIC_RELAXED))
+        return 0;
+    int e = errno;
+    struct known *k = decide(dslot, rpath, &c, &failed);
+    errno = e;
+    if (!k || (c.kind != LOCAL && c.kind != URL))
+        return 0;               /* (a URL the shadow could not fetch: its name in the export) */
+    if (c.kind == LOCAL) {
+        if (snprintf(rpath, cap, "%s", c.where) >= (int)cap)
+            return 0;
+        return 1;
+    }
+    int fd = kept_copy(k);
+    if (fd < 0)
+        return 0;               /* (opens still read the URL: pol_choose) */
+    snprintf(rpath, cap, "/proc/self/fd/%d", fd);
+    return 1;
+}
+
+int pol_choose(int *dslot, const char **rpath, int flags, mode_t mode, struct pol_choice *c)
+{
+    int failed;
+    decide(*dslot, *rpath, c, &failed);
+    if (failed)
+        return -1;              /* (a URL that could not be fetched: the open's error) */
     if (c->kind == LOCAL)
         return open(c->where, flags, mode);      /* (libc's: we are inside the agent) */
-    if (c->kind == URL)
-        return open_url(c->where, flags);
-    if (c->where[0]) {
-        *dslot = -1;
-        *rpath = c->where;
+    if (c->kind == URL) {
+        if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC)) {
+            errno = EROFS;
+            return -1;
+        }
+        int m = url_copy(c->where);
+        if (m < 0)
+            return -1;
+        char self[40];
+        snprintf(self, sizeof self, "/proc/self/fd/%d", m);
+        int fd = open(self, O_RDONLY | (flags & (O_CLOEXEC | O_NONBLOCK | O_NOATIME)));
+        int e = errno;
+        close(m);
+        errno = e;
+        return fd;
     }
-    return -2;
+    return -2;                  /* the export (a remap there is the shadow's: see _full) */
 }
 
 /* ---- the open files ------------------------------------------------------------------------- */

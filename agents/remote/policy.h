@@ -10,15 +10,18 @@
 
 struct pol;     /* one open remote file's buffering and counters (struct rfile's) */
 
-/* Before a remote open of (dslot, rpath): -2 means open it remotely, at *dslot and *rpath (which
- * a remap may have replaced; *choice is then filled for pol_new); otherwise the answer of the
- * open (a local descriptor for a local: or URL remap, or -1 with errno). */
+/* Before a remote open of (dslot, rpath): -2 means open it remotely (*choice is then filled
+ * for pol_new); otherwise the answer of the open (a local descriptor for a local: or URL
+ * remap, or -1 with errno). */
 struct pol_choice {
     int kind;
     long size, block;
     char where[2 * 4096];
 };
 int pol_choose(int *dslot, const char **rpath, int flags, mode_t mode, struct pol_choice *choice);
+/* For every call that takes a name: 1 when the absolute remote name rpath (dslot -1) is
+ * remapped to local: or a URL, rpath then holding the local path to use instead. */
+int pol_redirect(int dslot, char *rpath, size_t cap);
 
 /* A file just opened remotely (choice NULL: an inherited placeholder, counted but not
  * buffered); NULL when out of memory (the file is then neither buffered nor counted). */

@@ -2035,6 +2035,18 @@ FILE *rmt_fdopen_user(int fd, const char *mode)
     return f;
 }
 
+/* fopen of a name the policy remapped to local: or a URL: a plain stdio stream of that file. */
+static FILE *local_stream(int fd, const char *mode)
+{
+    FILE *f = fdopen(fd, mode);
+    if (!f) {
+        int e = errno;
+        close(fd);
+        errno = e;
+    }
+    return f;
+}
+
 FILE *rmt_fopen(int dslot, const char *rpath, const char *mode)
 {
     int flags = mode ? mode_flags(mode) : -1;
@@ -2043,6 +2055,8 @@ FILE *rmt_fopen(int dslot, const char *rpath, const char *mode)
     int fd = rmt_open(dslot, rpath, flags, 0666);
     if (fd < 0)
         return NULL;
+    if (!rmt_is_fd(fd))
+        return local_stream(fd, mode);      /* remapped to local: or a URL (policy.c) */
     FILE *f = rmt_fdopen(fd, mode);
     if (!f) {
         int e = errno;
@@ -2084,6 +2098,10 @@ FILE *rmt_freopen(int dslot, const char *rpath, const char *mode, FILE *stream)
     int fd = rmt_open(dslot, rpath, flags, 0666);
     if (fd < 0)
         return NULL;
+    if (!rmt_is_fd(fd)) {
+        close(fd);               /* remapped to local: or a URL: not made a standard stream here */
+        return freopen_failed(stream, ENOTSUP);
+    }
     if (dup2(fd, std) < 0 || rmt_dup_done(fd, std) < 0) {
         int e = errno;
         rmt_close(fd);
@@ -2200,6 +2218,15 @@ DIR *rmt_opendir(int dslot, const char *rpath)
     int fd = rmt_open(dslot, rpath, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
     if (fd < 0)
         return NULL;
+    if (!rmt_is_fd(fd)) {
+        DIR *local = fdopendir(fd);         /* remapped to a local: directory */
+        if (!local) {
+            int e = errno;
+            close(fd);
+            errno = e;
+        }
+        return local;
+    }
     DIR *d = rmt_fdopendir(fd);
     if (!d) {
         int e = errno;
@@ -2788,6 +2815,11 @@ int rmt_spawn_actions(const posix_spawn_file_actions_t *fa, posix_spawn_file_act
                 err = EMFILE;
             } else {
                 int fd = rmt_open(ds, rp, a[i].action.open_action.oflag | O_CLOEXEC, a[i].action.open_action.mode);
+                if (fd >= 0 && !rmt_is_fd(fd)) {
+                    close(fd);          /* remapped to local: or a URL: not handed over here */
+                    fd = -1;
+                    errno = ENOTSUP;
+                }
                 if (fd >= 0) {
                     /* out of the way of the numbers the actions name (a descriptor the program
                      * closed before spawning must stay closed for them) */

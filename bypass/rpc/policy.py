@@ -81,6 +81,16 @@ class Policy:
     def empty(self) -> bool:
         return not (self.remaps or self.buffer_size or self.buffer_files or self.fetch_files)
 
+    def export_name(self, export_path: str) -> str:
+        """The export file a name stands for: its file_remaps target inside the export, or the
+        name itself, untouched (".", "..", symlinks and trailing slashes keep their meaning)."""
+        if not self.remaps:
+            return export_path
+        kind, where = self.remaps.get(posixpath.normpath("/" + export_path.lstrip("/")), (EXPORT, ""))
+        if kind != EXPORT or not where:
+            return export_path
+        return where + "/" if export_path.endswith("/") else where
+
     def decide(self, export_path: str) -> Decision:
         name = posixpath.normpath("/" + export_path.lstrip("/"))
         kind, where = self.remaps.get(name, (EXPORT, ""))

@@ -66,9 +66,7 @@ class Report:
         with self.lock:
             row = self._row(export_path)
             row.decision = decision
-            if local:                  # opened on the execution machine: each answer is an open
-                row.local = True
-                row.opens += 1
+            row.local = local          # opened and read on the execution machine: unseen
 
     def program(self, export_path: str, counts) -> None:
         with self.lock:
@@ -95,7 +93,7 @@ class Report:
                          "local_io_unseen": row.local,
                          "wire": dict(zip(PROGRAM, row.wire))}
                 out.append(entry)
-        out = [e for e in out if e["opens"]]
+        out = [e for e in out if e["opens"] or e["local_io_unseen"]]
         return sorted(out, key=lambda e: (-(e["bytes_read"] + e["bytes_written"]), e["path"]))
 
     def totals(self, files: list[dict] | None = None) -> dict:
@@ -133,7 +131,7 @@ class Report:
         ]
         for f in files:
             unseen = f["local_io_unseen"]
-            cells = ["-"] * 5 if unseen else [str(f[k]) for k in PROGRAM]
-            lines.append(f"{f['opens']:>6} {f['failed_opens']:>6} {cells[0]:>8} {cells[1]:>12} "
-                         f"{cells[2]:>8} {cells[3]:>13} {cells[4]:>8}  {escape(f['decision']):28} {f['path']}")
+            cells = ["-"] * 7 if unseen else [str(f[k]) for k in ("opens", "failed_opens", *PROGRAM)]
+            lines.append(f"{cells[0]:>6} {cells[1]:>6} {cells[2]:>8} {cells[3]:>12} "
+                         f"{cells[4]:>8} {cells[5]:>13} {cells[6]:>8}  {escape(f['decision']):28} {f['path']}")
         return "\n".join(lines)

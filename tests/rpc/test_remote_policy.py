@@ -58,10 +58,12 @@ def test_remap_with_process_gives_each_job_its_own_data(agent, tmp_path):
     (export / "data.1").write_text("job one's data\n")
     policy = 'file_remaps = "datafile = data.$(PROCESS) ; out = result.$(Process)"\n'
     for n in (0, 1):
-        p, report = run_job(agent, export, policy, "sh", "-c", "cat /job/datafile; echo done > /job/out",
-                            tmp_path=tmp_path, process=n)
+        p, report = run_job(agent, export, policy, "sh", "-c",
+                            "cat /job/datafile; stat -c %s /job/datafile; test -r /job/datafile && "
+                            "echo done > /job/out", tmp_path=tmp_path, process=n)
         assert p.returncode == 0, p.stderr
-        assert p.stdout == (export / f"data.{n}").read_text()
+        data = (export / f"data.{n}").read_text()
+        assert p.stdout == data + f"{len(data)}\n"            # every call on the name is the file's
         assert (export / f"result.{n}").read_text() == "done\n"
         rows = {f["path"]: f for f in report["files"]}
         assert rows[f"/job/data.{n}"]["decision"] == "remote,from:/job/datafile"
@@ -95,16 +97,19 @@ def test_remap_to_a_url_reads_the_fetched_copy(agent, tmp_path, web):
             "f = open('/job/calib', 'rb'); f.seek(1000); a = f.read(10); f.seek(0); b = f.read(); f.close()\n"
             "print(a.hex(), len(b), os.stat('/proc/self/exe') is not None)\n"
             "import hashlib; print(hashlib.sha256(b).hexdigest())\n"
-            "for flags in (os.O_WRONLY, os.O_RDWR):\n"
-            "    try: os.open('/job/calib', flags)\n"
+            "print(os.stat('/job/calib').st_size, os.access('/job/calib', os.R_OK))\n"
+            "for flags in (os.O_WRONLY, os.O_RDWR | os.O_TRUNC):\n"
+            "    try: os.write(os.open('/job/calib', flags), b'no')\n"
             "    except OSError as e: print(errno.errorcode[e.errno])\n"
             "try: open('/job/gone')\n"
             "except OSError as e: print(errno.errorcode[e.errno])\n")
     p, report = run_job(agent, export, policy, sys.executable, "-c", code, tmp_path=tmp_path)
     assert p.returncode == 0, p.stderr
     import hashlib
+    refused = "EPERM" if os.geteuid() == 0 else "EACCES"     # (root may open it: the copy is sealed)
     assert p.stdout.splitlines() == [calib[1000:1010].hex() + f" {len(calib)} True",
-                                     hashlib.sha256(calib).hexdigest(), "EROFS", "EROFS", "ENOENT"]
+                                     hashlib.sha256(calib).hexdigest(), f"{len(calib)} True", refused, refused,
+                                     "ENOENT"]
     assert "HTTP 404" in p.stderr and f"{base}/missing" in p.stderr
     rows = {f["path"]: f for f in report["files"]}
     assert rows["/job/calib"]["decision"] == f"{base}/calib" and rows["/job/calib"]["local_io_unseen"]
@@ -121,6 +126,22 @@ def test_remap_to_a_local_path(agent, tmp_path):
     assert p.stdout == "local\n" and (scratch / "t.dat").read_text() == "local\n"
     assert not (export / "tmp.dat").exists()
     assert {f["path"]: f["decision"] for f in report["files"]} == {"/job/tmp.dat": f"local:{scratch}/t.dat"}
+
+
+def test_fopen_and_opendir_of_remapped_names(agent, tmp_path, web):
+    """sort reads with fopen, ls with opendir: a remap to local: or a URL is a plain local
+    stream or directory for them."""
+    root, base = web
+    (root / "words").write_text("pear\napple\nfig\n")
+    export, scratch = tmp_path / "export", tmp_path / "scratch"
+    export.mkdir()
+    (scratch / "dir").mkdir(parents=True)
+    (scratch / "dir" / "inside").write_text("")
+    (scratch / "list").write_text("b\na\n")
+    policy = f'file_remaps = "words = {base}/words ; list = local:{scratch}/list ; d = local:{scratch}/dir"\n'
+    p, _ = run_job(agent, export, policy, "sh", "-c", "sort /job/words; sort /job/list; ls /job/d/", tmp_path=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["apple", "fig", "pear", "a", "b", "inside"]
 
 
 # ---- bad policy files --------------------------------------------------------------------------
@@ -208,6 +229,52 @@ def test_another_process_sees_what_a_buffered_writer_wrote(agent, tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["400", "405"]
     assert (export / "w").read_bytes() == b"".join(b"%03d\n" % i for i in range(100)) + b"tail\n"
+
+
+WRITE_PAST_LIMIT = r"""
+import errno, os
+fd = os.open('/job/big', os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+said = []
+try:
+    for i in range(40):
+        os.write(fd, b'x' * 4096)
+    os.fsync(fd)
+except OSError as e:
+    said.append(errno.errorcode[e.errno])
+try:
+    os.close(fd)
+except OSError as e:
+    said.append(errno.errorcode[e.errno])
+print(said[0] if said else 'no error')
+"""
+
+
+@pytest.mark.parametrize("policy", ["", "buffer_size = 1000000\n", "fetch_files = big\n"])
+def test_a_write_that_fails_when_written_back_is_not_reported_done(agent, tmp_path, policy):
+    """A shadow whose files may not grow past 64 KiB (RLIMIT_FSIZE): the direct write fails at
+    once; a held write makes fsync (or close) fail with the same error, never success."""
+    import resource
+    import signal as sig
+    export = tmp_path / "export"
+    export.mkdir()
+    (tmp_path / "p.txt").write_text(policy or "# none\n")
+
+    def limit():
+        sig.signal(sig.SIGXFSZ, sig.SIG_IGN)           # EFBIG instead of the signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+    shadow = subprocess.Popen([sys.executable, "-m", "bypass.cli", "shadow", SPEC, "--export", export,
+                               "--policy", tmp_path / "p.txt"], stdout=subprocess.PIPE, text=True,
+                              preexec_fn=limit)
+    try:
+        address = shadow.stdout.readline().strip().split("=", 1)[1]
+        p = subprocess.run([sys.executable, "-c", WRITE_PAST_LIMIT], capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, LD_PRELOAD=str(agent), BYPASS_SHADOW=address))
+    finally:
+        shadow.terminate()
+        shadow.wait(30)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "EFBIG"
+    assert (export / "big").stat().st_size <= 65536
 
 
 @pytest.mark.parametrize("policy", [None, "buffer_size = 65536\nbuffer_block_size = 1024\n", "fetch_files = *\n"])
