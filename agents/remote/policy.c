@@ -78,7 +78,7 @@ struct pol {
 static pthread_mutex_t pol_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct pol *all;
 static int dirty;                       /* blocks waiting to be written back, all files */
-static __thread int writing_back;       /* this thread is in write_back: no hook */
+static __thread int own_call;           /* a call policy.c makes (pol_lock held): no hook */
 static int no_policy;                   /* the shadow has none: ask no more */
 static int exiting;                     /* after the exit handlers: nothing waits */
 
@@ -215,7 +215,9 @@ static int kept_copy(struct known *k)
 {
     pthread_mutex_lock(&pol_lock);
     if (k->fd < 0 && url_copies < URL_COPIES_MAX) {
+        own_call = 1;
         int m = url_copy(k->where);
+        own_call = 0;
         if (m >= 0) {
             k->fd = bypass_fd_move_high(m);
             if (bypass_fd_register(&k->fd) < 0) {
@@ -388,7 +390,7 @@ static void write_back(struct pol *p, struct blk *b, char *mem)
 {
     if (b->dhi <= b->dlo)
         return;
-    writing_back = 1;
+    own_call = 1;
     off_t at = (off_t)b->tag * (off_t)p->block + (off_t)b->dlo;
     for (size_t done = b->dlo; done < b->dhi;) {
         ssize_t n = bypass_shadow_bypass_rx_pwrite(p->slot, mem + done, b->dhi - done, at);
@@ -400,7 +402,7 @@ static void write_back(struct pol *p, struct blk *b, char *mem)
         done += (size_t)n;
         at += n;
     }
-    writing_back = 0;
+    own_call = 0;
     int current = p->gen == rmt_write_gen();
     rmt_wrote();                    /* other descriptors' cached bytes may be stale now */
     if (current)
@@ -427,7 +429,7 @@ static void write_back_all(void)
 void bypass_rpc_before_call(int64_t call)
 {
     (void)call;
-    if (writing_back || __atomic_load_n(&dirty, __ATOMIC_RELAXED) <= 0 || rmt_in_vfork())
+    if (own_call || __atomic_load_n(&dirty, __ATOMIC_RELAXED) <= 0 || rmt_in_vfork())
         return;
     int e = errno;
     pthread_mutex_lock(&pol_lock);
@@ -452,9 +454,9 @@ static int fetch(struct pol *p, struct blk *b, char *mem, long long tag)
 {
     write_back_all();              /* a read sees every write of this process */
     check_fresh(p);
-    writing_back = 1;              /* (nothing waits now: no hook needed) */
+    own_call = 1;              /* (nothing waits now: no hook needed) */
     ssize_t n = bypass_shadow_bypass_rx_pread(p->slot, mem, p->block, (off_t)tag * (off_t)p->block);
-    writing_back = 0;
+    own_call = 0;
     if (n < 0)
         return -1;
     memset(mem + n, 0, p->block - (size_t)n);
@@ -467,9 +469,9 @@ static int know_pos(int fd, struct pol *p)
     p->slot = fd;
     if (p->have_pos)
         return 0;
-    writing_back = 1;
+    own_call = 1;
     off_t at = bypass_shadow_bypass_rx_lseek(fd, 0, SEEK_CUR);
-    writing_back = 0;
+    own_call = 0;
     if (at < 0)
         return -1;
     p->pos = at;
@@ -597,11 +599,11 @@ off_t pol_lseek(int fd, struct pol *p, off_t off, int whence)
     } else {
         /* SEEK_END, SEEK_DATA, SEEK_HOLE: the shadow knows the file (our writes sent first) */
         write_back_file(p);
-        writing_back = 1;
+        own_call = 1;
         rc = p->have_pos ? bypass_shadow_bypass_rx_lseek(fd, p->pos, SEEK_SET) : 0;
         if (rc >= 0)
             rc = bypass_shadow_bypass_rx_lseek(fd, off, whence);
-        writing_back = 0;
+        own_call = 0;
         if (rc >= 0) {
             p->pos = rc;
             p->have_pos = 1;
@@ -620,9 +622,9 @@ int pol_settle(int fd, struct pol *p)
     write_back_file(p);
     int rc = 0;
     if (p->have_pos) {
-        writing_back = 1;
+        own_call = 1;
         rc = bypass_shadow_bypass_rx_lseek(fd, p->pos, SEEK_SET) < 0 ? -1 : 0;
-        writing_back = 0;
+        own_call = 0;
         p->have_pos = 0;
     }
     pthread_mutex_unlock(&pol_lock);
@@ -680,9 +682,11 @@ int pol_close(int fd, struct pol *p, int last)
  * Under pol_lock. */
 static void send_all_counts(void)
 {
+    own_call = 1;
     for (struct pol *p = all; p; p = p->next)
         if (p->slot >= 0)
             send_counts(p->slot, p, 0);
+    own_call = 0;
 }
 
 void pol_shared(int how)
