@@ -357,7 +357,7 @@ static struct blk *slot_for(struct pol *p, long long tag, char **mem)
 {
     size_t i = p->mode == STAGE ? (size_t)tag : (size_t)tag % p->nblk;
     if (p->mode == STAGE && i >= p->nblk) {
-        size_t n = p->nblk ? p->nblk : 4;
+        size_t n = p->nblk ? p->nblk : 1;
         while (n <= i)
             n *= 2;
         struct blk *b = realloc(p->b, n * sizeof *b);
@@ -459,7 +459,6 @@ static int fetch(struct pol *p, struct blk *b, char *mem, long long tag)
     own_call = 0;
     if (n < 0)
         return -1;
-    memset(mem + n, 0, p->block - (size_t)n);
     *b = (struct blk){ .tag = tag, .len = (size_t)n, .full = 1 };
     return 0;
 }
@@ -563,6 +562,8 @@ ssize_t pol_write(int fd, struct pol *p, const void *buf, size_t n)
             write_back(p, b, mem);      /* (another block's, or not next to these bytes) */
             *b = (struct blk){ .tag = tag, .dlo = in, .dhi = in };
         }
+        if (b->full && in > b->len)
+            memset(mem + b->len, 0, in - b->len);   /* a hole between the file's end and these */
         memcpy(mem + in, (const char *)buf + done, k);
         if (b->dhi <= b->dlo) {
             b->dlo = in;
@@ -573,7 +574,7 @@ ssize_t pol_write(int fd, struct pol *p, const void *buf, size_t n)
             b->dhi = in + k > b->dhi ? in + k : b->dhi;
         }
         if (b->full && in + k > b->len)
-            b->len = in + k;            /* (bytes between were zeros: a hole) */
+            b->len = in + k;
         done += k;
         p->pos += (off_t)k;
     }
