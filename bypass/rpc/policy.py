@@ -221,8 +221,8 @@ def _job_name(name: str, prefix: str, fail) -> str:
         if name != prefix and not name.startswith(prefix.rstrip("/") + "/"):
             fail(f"{name!r} is not under {prefix}: the job's remote files are")
         name = name[len(prefix.rstrip("/")):]
-    clean = posixpath.normpath("/" + name)
-    if clean in ("/", "//") or ".." in name.split("/"):
+    clean = posixpath.normpath("/" + name.lstrip("/"))
+    if clean == "/" or ".." in name.split("/"):
         fail(f"{name!r} does not name a file of the job")
     return clean
 

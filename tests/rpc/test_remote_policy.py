@@ -426,3 +426,32 @@ def test_report_names_are_escaped_and_job_relative(agent, tmp_path):
     assert len(rows) == 3 and all(len(r.split()) == 9 for r in rows)
     x = next(r for r in rows if r.endswith(" /job/x")).split()
     assert x[0] == "3" and x[3] == "4"          # three opens, 2 + 2 bytes read by cat
+
+
+# ---- the policy's decisions (no agent needed) -----------------------------------------------------
+
+def test_decisions_follow_condors_precedence(tmp_path):
+    from bypass.rpc.policy import EXPORT, LOCAL, STAGE, URL, parse
+    (tmp_path / "sub").mkdir()
+    policy = parse('file_remaps = "in = sub/in.$(PROCESS) ; /job/cal = http://h/c ; t = local:/s/t"\n'
+                   "buffer_size = 100000\nbuffer_block_size = 200000\n"
+                   'buffer_files = "sub/*.log = (0, 0) ; *.big = (4000000, 65536)"\n'
+                   "fetch_files = *.db, sub/keep*\n", "p", process=7, export=str(tmp_path))
+    assert policy.decide("/in").where == "/sub/in.7" and policy.export_name("/./in") == "/sub/in.7"
+    assert policy.export_name("/in/") == "/sub/in.7/" and policy.export_name("/other") == "/other"
+    assert policy.decide("/cal") == policy.decide("/cal").__class__(URL, "http://h/c", STAGE, 0)
+    assert policy.decide("/t").kind == LOCAL and policy.decide("/t").where == "/s/t"
+    assert (policy.decide("/x").size, policy.decide("/x").block) == (100000, 100000)   # block <= buffer
+    assert (policy.decide("/sub/a.log").size, policy.decide("/a.log").size) == (0, 100000)
+    assert policy.decide("/deep/er/f.big").size == 4000000                # no "/": any directory
+    assert policy.decide("/a/b.db").size == STAGE and policy.decide("/sub/keep.txt").size == STAGE
+    assert policy.decide("/keep.txt").size == 100000 and policy.decide("/x").kind == EXPORT
+    assert parse("# only comments\n\n").empty()
+
+
+def test_a_bad_policy_is_refused_by_bypass_shadow_too(tmp_path):
+    policy = tmp_path / "p.txt"
+    policy.write_text('fetch_files = *.db\nfile_remaps = "a = $(PROCESS"\n')
+    p = bypass("shadow", SPEC, "--export", tmp_path, "--policy", policy, timeout=60)
+    assert p.returncode == 2 and f"{policy}:2: error: unclosed $(" in p.stderr and "Traceback" not in p.stderr
+    assert "BYPASS_SHADOW=" not in p.stdout
