@@ -80,6 +80,7 @@ static struct pol *all;
 static int dirty;                       /* blocks waiting to be written back, all files */
 static __thread int own_call;           /* a call policy.c makes (pol_lock held): no hook */
 static int no_policy;                   /* the shadow has none: ask no more */
+static int names_stay;                  /* no local: or URL remaps: pol_redirect need not ask */
 static int exiting;                     /* after the exit handlers: nothing waits */
 
 /* ---- the decisions: one round trip per path, remembered ----------------------------------- */
@@ -191,6 +192,10 @@ static struct known *decide(int dslot, const char *rpath, struct pol_choice *c, 
         return NULL;
     }
     c->where[sizeof c->where - 1] = 0;
+    if (kind & 16) {
+        __atomic_store_n(&names_stay, 1, __ATOMIC_RELAXED);
+        kind &= ~16;
+    }
     if (kind == NO_POLICY) {
         __atomic_store_n(&no_policy, 1, __ATOMIC_RELAXED);
         return NULL;
@@ -237,7 +242,7 @@ int pol_redirect(int dslot, char *rpath, size_t cap)
 {
     struct pol_choice c;
     int failed;
-    if (dslot >= 0 || __atomic_load_n(&no_policy, __ATOMIC_RELAXED))
+    if (dslot >= 0 || __atomic_load_n(&no_policy, __ATOMIC_RELAXED) || __atomic_load_n(&names_stay, __ATOMIC_RELAXED))
         return 0;
     int e = errno;
     struct known *k = decide(dslot, rpath, &c, &failed);
