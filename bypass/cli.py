@@ -164,6 +164,8 @@ def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
     from .settings import agent_settings, check_run_options, mount_variable, webfs_inline
 
     check_run_options(args)                      # before anything is built, written or run
+    from .rpc.shadow_cli import load_policy
+    policy = load_policy(args, args.export)
     webfs_mounts = args.mount and mount_variable(args.spec) == "BYPASS_WEBFS_MOUNTS"
     extra = agent_settings(args.set, args.mounts, None if webfs_mounts else args.mount)
     if webfs_mounts:
@@ -182,7 +184,8 @@ def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
         from .rpc.shadow_cli import run_with_shadow   # the spec's shadow, served by this process
         return run_with_shadow(args.spec, args.export, args.listen,
                                lambda env: run_under_agent(agent, command, {**extra, **env}),
-                               summary=args.summary)
+                               summary=args.summary, policy=policy,
+                               summary_json=args.summary_json)
     return run_under_agent(agent, command, extra)
 
 
@@ -254,8 +257,8 @@ def _parser() -> argparse.ArgumentParser:
     p_run.add_argument("--export", metavar="DIR",
                        help="serve the spec's shadow from this process, its file calls inside DIR")
     p_run.add_argument("--listen", metavar="ADDR", help="with --export: where the shadow listens")
-    p_run.add_argument("--summary", action="store_true",
-                       help="with --export: print the per-file I/O summary at the end")
+    from .rpc.shadow_cli import add_policy_arguments
+    add_policy_arguments(p_run)              # with --export: the served shadow's policy and report
     p_shadow = sub.add_parser("shadow", help=COMMAND_HELP["shadow"],
                               description="bypass shadow SPEC [--export DIR] [--listen ADDR]")
     from .rpc.shadow_cli import add_arguments as shadow_arguments

@@ -79,8 +79,10 @@ def webfs_inline(items: list[str], already: str | None) -> str:
 
 def check_run_options(args) -> None:
     """Refuse, before anything is built or run, the options of `bypass run` that cannot apply."""
-    if args.summary and not args.export:
-        raise BypassError("--summary needs --export DIR: the summary is the shadow's, and only --export serves one")
+    for flag, given, what in (("--summary", args.summary, "summary"), ("--summary-json", args.summary_json, "summary"),
+                              ("--policy", args.policy, "policy"), ("--process", args.process is not None, "policy")):
+        if given and not args.export:
+            raise BypassError(f"{flag} needs --export DIR: the {what} is the shadow's, and only --export serves one")
     if args.listen and not args.export:
         raise BypassError("--listen needs --export DIR: it says where the served shadow listens")
     given = [(flag, variable) for dest, (flag, variable) in RUN_OPTIONS.items() if getattr(args, dest, None)]

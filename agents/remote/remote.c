@@ -32,6 +32,7 @@
 #include "rpc_client.h"
 #include "bypass_neutral.h"
 #include "remote.h"
+#include "policy.h"
 
 /* ---- the shadow calls of remote.bypass (generated as bypass_shadow_<name>) ---- */
 int bypass_shadow_bypass_rx_open(int dslot, const char *path, int flags, mode_t mode, int cmask, int slot, long id);
@@ -126,6 +127,7 @@ struct rfile {
     size_t ra_cap, ra_len, ra_pos;
     size_t ra_next;         /* size of the next refill */
     unsigned ra_gen;        /* write_gen when the read-ahead was filled */
+    struct pol *pol;        /* the shadow's decision for it, and the program's counts (policy.c) */
 };
 
 /* Descriptor number -> open file, in chunks allocated when a number that high is first used
@@ -151,6 +153,17 @@ static void wrote(void)
 {
     __atomic_add_fetch(&write_gen, 1, __ATOMIC_RELAXED);
 }
+
+/* What the program did, for the I/O report (not what the agent does for it: mappings). */
+static __thread int for_mapping;
+static void count(int fd, struct rfile *r, int what, ssize_t n)
+{
+    if (r && !for_mapping)
+        pol_count(fd, r->pol, what, n);
+}
+
+unsigned rmt_write_gen(void) { return __atomic_load_n(&write_gen, __ATOMIC_RELAXED); }
+void rmt_wrote(void) { wrote(); }
 
 static void sync_maps(int fd);
 
@@ -184,6 +197,9 @@ int rmt_is_fd(int fd)
 {
     return get(fd) != NULL;
 }
+
+static int in_vfork_child(void);
+int rmt_in_vfork(void) { return in_vfork_child(); }
 
 static int in_vfork_child(void)
 {
@@ -419,6 +435,7 @@ static struct rfile *new_rfile(int flags)
 static void unref(struct rfile *r)
 {
     if (r && --r->refs == 0) {
+        pol_free(r->pol);
         free(r->ra);
         free(r);
     }
@@ -427,6 +444,8 @@ static void unref(struct rfile *r)
 /* Hand unread read-ahead back: move the shared offset to where the program really is. */
 static int give_back(int fd, struct rfile *r)
 {
+    if (r->pol && pol_settle(fd, r->pol) < 0)
+        return -1;
     if (r->ra_pos < r->ra_len) {
         off_t back = (off_t)(r->ra_len - r->ra_pos);
         r->ra_len = r->ra_pos = 0;
@@ -471,12 +490,15 @@ void rmt_creds_changed(void)
 
 void rmt_settle_all(void)
 {
-    if (in_vfork_child())
+    if (in_vfork_child()) {
+        pol_settle_for_vfork_child();   /* the parent's held writes: before the exec'd image reads */
         return;                  /* the read-ahead is the parent's */
+    }
     sync_maps(-1);
     pthread_mutex_lock(&lock);
     settle_locked();
     pthread_mutex_unlock(&lock);
+    pol_shared(-1);
 }
 
 /* Around fork (called by the RPC client): children share offsets, so settle them now, and
@@ -496,6 +518,7 @@ void bypass_rpc_after_fork(int in_child)
     } else {
         pthread_mutex_unlock(&lock);
     }
+    pol_shared(in_child);
 }
 
 int rmt_mkstemp(char *tmpl, int dslot, char *rpath, int suffixlen, int flags, int dir)
@@ -594,7 +617,9 @@ static int fill_from(int fd, char *p, size_t length, off_t offset)
 {
     size_t done = 0;
     while (done < length) {
+        for_mapping = 1;
         ssize_t k = rmt_pread(fd, p + done, length - done, offset + (off_t)done);
+        for_mapping = 0;
         if (k < 0)
             return -1;
         if (k == 0)
@@ -627,7 +652,9 @@ static int write_back(struct rmap *m, char *lo, char *hi)
         while (p + run < hi && p[run] != m->orig[i + run])
             run++;
         for (size_t done = 0; done < run;) {
+            for_mapping = 1;
             ssize_t k = rmt_pwrite(m->fd, p + done, run - done, m->off + (off_t)(i + done));
+            for_mapping = 0;
             if (k <= 0) {
                 rc = -1;
                 break;
@@ -783,6 +810,10 @@ int rmt_open(int dslot, const char *rpath, int flags, mode_t mode)
         errno = ENOTSUP;         /* the table is the parent's: a vfork child may chdir, dup, exec */
         return -1;
     }
+    struct pol_choice choice;
+    int elsewhere = pol_choose(&dslot, &rpath, flags, mode, &choice);
+    if (elsewhere != -2)
+        return elsewhere;        /* a local: or URL remap, opened here */
     long long id = ((long long)getpid() << 32) | (long long)__atomic_add_fetch(&ph_count, 1, __ATOMIC_RELAXED);
     int ph = placeholder(flags, id);
     if (ph < 0)
@@ -803,6 +834,7 @@ int rmt_open(int dslot, const char *rpath, int flags, mode_t mode)
         wrote();
     /* O_TMPFILE contains O_DIRECTORY's bit, and makes a regular file */
     r->is_dir = (flags & O_DIRECTORY) != 0 && (flags & O_TMPFILE) != O_TMPFILE;
+    r->pol = pol_new(&choice, flags, ph);
     *slot = r;
     pthread_mutex_unlock(&lock);
     return ph;
@@ -823,7 +855,7 @@ int rmt_close(int fd)
     if (r->refs == 1)
         give_back(fd, r);        /* the offset may be shared with other processes */
     *slot_of(fd) = NULL;
-    int rc = bypass_shadow_bypass_rx_close(fd);
+    int rc = r->pol ? pol_close(fd, r->pol, r->refs == 1) : bypass_shadow_bypass_rx_close(fd);
     int e = errno;
     unref(r);
     pthread_mutex_unlock(&lock);
@@ -846,7 +878,10 @@ void rmt_forget(int fd)
     struct rfile *r = get(fd);
     if (r) {
         *slot_of(fd) = NULL;
-        bypass_shadow_bypass_rx_close(fd);
+        if (r->pol)
+            pol_close(fd, r->pol, r->refs == 1);
+        else
+            bypass_shadow_bypass_rx_close(fd);
         unref(r);
     }
     pthread_mutex_unlock(&lock);
@@ -1000,6 +1035,8 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
         errno = EBADF;       /* the kernel's answer even for 0 bytes */
     } else if (r->is_dir) {
         errno = EISDIR;
+    } else if (pol_buffered(r->pol, r->flags, 0)) {
+        got = pol_read(fd, r->pol, buf, n);
     } else if (r->ra_pos < r->ra_len && r->ra_gen != __atomic_load_n(&write_gen, __ATOMIC_RELAXED) &&
                give_back(fd, r) < 0) {
         /* (stale read-ahead could not go back: errno is set, nothing is read) */
@@ -1018,6 +1055,7 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
             if (k < 0) {
                 if (done)
                     break;       /* what was read is the answer; the error comes next time */
+                count(fd, r, 0, -1);
                 pthread_mutex_unlock(&lock);
                 return -1;
             }
@@ -1027,6 +1065,7 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
         }
         got = (ssize_t)done;
     }
+    count(fd, r, 0, got);
     pthread_mutex_unlock(&lock);
     return got;
 }
@@ -1040,12 +1079,15 @@ ssize_t rmt_write(int fd, const void *buf, size_t n)
     ssize_t done = -1;
     if (!r) {
         errno = EBADF;
+    } else if (pol_buffered(r->pol, r->flags, 1) && !(r->flags & O_PATH) && (r->flags & O_ACCMODE) != O_RDONLY) {
+        done = pol_write(fd, r->pol, buf, n);
     } else if (give_back(fd, r) == 0) {
         r->ra_next = RA_FIRST;
         /* synchronous: a write is reported done only once the shadow performed it */
         done = bypass_shadow_bypass_rx_write(fd, n ? buf : "", n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n);
         wrote();
     }
+    count(fd, r, 1, done);
     pthread_mutex_unlock(&lock);
     return done;
 }
@@ -1054,7 +1096,10 @@ ssize_t rmt_pread(int fd, void *buf, size_t n, off_t off)
 {
     if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
         return -1;
-    return bypass_shadow_bypass_rx_pread(fd, buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
+    ssize_t got = bypass_shadow_bypass_rx_pread(fd, buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
+    struct rfile *r = get(fd);
+    count(fd, r, 0, got);
+    return got;
 }
 
 ssize_t rmt_pwrite(int fd, const void *buf, size_t n, off_t off)
@@ -1064,6 +1109,8 @@ ssize_t rmt_pwrite(int fd, const void *buf, size_t n, off_t off)
     settle_fd(fd);
     ssize_t done = bypass_shadow_bypass_rx_pwrite(fd, n ? buf : "", n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
     wrote();                     /* after: read-ahead filled meanwhile is stale too */
+    struct rfile *r = get(fd);
+    count(fd, r, 1, done);
     return done;
 }
 
@@ -1074,6 +1121,8 @@ off_t rmt_lseek(int fd, off_t off, int whence)
     off_t rc = -1;
     if (!r) {
         errno = EBADF;
+    } else if (pol_buffered(r->pol, r->flags, 0) && !r->is_dir) {
+        rc = pol_lseek(fd, r->pol, off, whence);
     } else {
         if (whence == SEEK_CUR)
             off -= (off_t)(r->ra_len - r->ra_pos);   /* the shadow is ahead by the unread part */
@@ -1081,6 +1130,7 @@ off_t rmt_lseek(int fd, off_t off, int whence)
         r->ra_next = RA_FIRST;
         rc = bypass_shadow_bypass_rx_lseek(fd, off, whence);
     }
+    count(fd, r, 2, 0);
     pthread_mutex_unlock(&lock);
     return rc;
 }
@@ -1517,6 +1567,9 @@ int rmt_truncate(int dslot, const char *rpath, off_t len)
 
 int rmt_fsync(int fd)
 {
+    struct rfile *r = get(fd);
+    if (r && r->pol && pol_sync(r->pol) < 0)
+        return -1;               /* a write the buffer reported done could not be written back */
     return bypass_shadow_bypass_rx_fsync(fd);
 }
 
@@ -1757,6 +1810,8 @@ static int record_lock(int fd, int cmd, struct flock *fl)
     struct flock wire = *fl;
     pthread_mutex_lock(&lock);
     struct rfile *r = get(fd);
+    if (r && wire.l_whence == SEEK_CUR && pol_buffered(r->pol, r->flags, 0))
+        give_back(fd, r);                                 /* the offset is the buffer's */
     if (r && wire.l_whence == SEEK_CUR)
         wire.l_start -= (off_t)(r->ra_len - r->ra_pos);   /* the shadow's offset is ahead */
     pthread_mutex_unlock(&lock);
@@ -1980,6 +2035,18 @@ FILE *rmt_fdopen_user(int fd, const char *mode)
     return f;
 }
 
+/* fopen of a name the policy remapped to local: or a URL: a plain stdio stream of that file. */
+static FILE *local_stream(int fd, const char *mode)
+{
+    FILE *f = fdopen(fd, mode);
+    if (!f) {
+        int e = errno;
+        close(fd);
+        errno = e;
+    }
+    return f;
+}
+
 FILE *rmt_fopen(int dslot, const char *rpath, const char *mode)
 {
     int flags = mode ? mode_flags(mode) : -1;
@@ -1988,6 +2055,8 @@ FILE *rmt_fopen(int dslot, const char *rpath, const char *mode)
     int fd = rmt_open(dslot, rpath, flags, 0666);
     if (fd < 0)
         return NULL;
+    if (!rmt_is_fd(fd))
+        return local_stream(fd, mode);      /* remapped to local: or a URL (policy.c) */
     FILE *f = rmt_fdopen(fd, mode);
     if (!f) {
         int e = errno;
@@ -2029,6 +2098,10 @@ FILE *rmt_freopen(int dslot, const char *rpath, const char *mode, FILE *stream)
     int fd = rmt_open(dslot, rpath, flags, 0666);
     if (fd < 0)
         return NULL;
+    if (!rmt_is_fd(fd)) {
+        close(fd);               /* remapped to local: or a URL: not made a standard stream here */
+        return freopen_failed(stream, ENOTSUP);
+    }
     if (dup2(fd, std) < 0 || rmt_dup_done(fd, std) < 0) {
         int e = errno;
         rmt_close(fd);
@@ -2145,6 +2218,15 @@ DIR *rmt_opendir(int dslot, const char *rpath)
     int fd = rmt_open(dslot, rpath, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
     if (fd < 0)
         return NULL;
+    if (!rmt_is_fd(fd)) {
+        DIR *local = fdopendir(fd);         /* remapped to a local: directory */
+        if (!local) {
+            int e = errno;
+            close(fd);
+            errno = e;
+        }
+        return local;
+    }
     DIR *d = rmt_fdopendir(fd);
     if (!d) {
         int e = errno;
@@ -2437,6 +2519,8 @@ __attribute__((constructor)) static void remote_init(void)
                 if (slot) {
                     kept[nkept++] = fd;
                     *slot = new_rfile(flags);
+                    if (*slot)
+                        (*slot)->pol = pol_new(NULL, flags, fd);     /* counted, not buffered */
                 }
             }
         }
@@ -2731,6 +2815,11 @@ int rmt_spawn_actions(const posix_spawn_file_actions_t *fa, posix_spawn_file_act
                 err = EMFILE;
             } else {
                 int fd = rmt_open(ds, rp, a[i].action.open_action.oflag | O_CLOEXEC, a[i].action.open_action.mode);
+                if (fd >= 0 && !rmt_is_fd(fd)) {
+                    close(fd);          /* remapped to local: or a URL: not handed over here */
+                    fd = -1;
+                    errno = ENOTSUP;
+                }
                 if (fd >= 0) {
                     /* out of the way of the numbers the actions name (a descriptor the program
                      * closed before spawning must stay closed for them) */

@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", metavar="NAME=VALUE", help="an agent setting (environment)")
     parser.add_argument("--export", metavar="DIR",
                         help="serve the spec's shadow inside DIR; the agent side works below --prefix")
+    parser.add_argument("--policy", metavar="FILE",
+                        help="with --export: the shadow's remote-I/O policy, as `bypass run --policy` (a "
+                             "policy that buffers or stages every file must change nothing the program sees)")
     parser.add_argument("--prefix", default=None,
                         help="with --export: the path the agent maps to DIR (default $BYPASS_REMOTE_PREFIX "
                              "or /job)")
@@ -61,6 +64,8 @@ def _check(args) -> None:
         raise BypassError(f"conform: --export {args.export}: not a directory")
     if args.workdir and not os.path.isdir(args.workdir):
         raise BypassError(f"conform: --workdir {args.workdir}: not a directory")
+    if args.policy and not args.export:
+        raise BypassError("conform: --policy needs --export DIR (the policy is the shadow's)")
     if args.export and args.workdir:
         raise BypassError("conform: --workdir and --export exclude each other (with --export both sides "
                           "work inside the export)")
@@ -81,7 +86,11 @@ def _sides(args, stack: ExitStack, agent: Path) -> tuple[Side, Side]:
     if args.export:
         from ..rpc.shadow_cli import make_server
         export = os.path.realpath(args.export)
-        server = make_server(args.spec, export)
+        policy = None
+        if args.policy:
+            from ..rpc.policy import load
+            policy = load(args.policy, 0, export, args.prefix or agent_env.get("BYPASS_REMOTE_PREFIX") or "/job")
+        server = make_server(args.spec, export, policy=policy)
         agent_env["BYPASS_SHADOW"] = server.listen(None)
         server.start()
         stack.callback(server.close)

@@ -60,9 +60,16 @@ def load_shadow(spec_path: str | Path) -> types.ModuleType:
     return module
 
 
-def make_server(spec_path, export: str | None = None, secret: bytes | None = None, **options):
+def make_server(spec_path, export: str | None = None, secret: bytes | None = None, *,
+                policy=None, summary: bool = False, **options):
+    """policy: a bypass.rpc.policy.Policy for the shadow's per-file decisions; summary: the
+    caller will print the I/O report (refused for a spec whose shadow keeps none)."""
     from .export import ExportRoot
     module = load_shadow(spec_path)
+    if (summary or policy is not None) and not hasattr(module, "report"):
+        what = "--policy" if policy is not None else "--summary"
+        raise BypassError(f"{what}: the shadow of {spec_path} keeps no I/O report and takes no "
+                          "policy (the remote agent's does)")
     server = module.make_server(secret=secret, **options)
     server.module = module
     if export is not None:
@@ -71,7 +78,23 @@ def make_server(spec_path, export: str | None = None, secret: bytes | None = Non
         server.export = ExportRoot(export, getattr(module, "EXPORT_ALIAS", None))
     else:
         server.export = None
+    if policy is not None:
+        from .policy import Fetched
+        server.policy = policy
+        server.fetched = Fetched()
+        server._cleanup.append(server.fetched.close)
+        module.report().buffer = (policy.buffer_size, policy.block if policy.buffer_size else 0)
     return server
+
+
+def load_policy(args, export: str | None):
+    """--policy FILE [--process N] → a Policy (None without --policy)."""
+    if args.policy is None:
+        if args.process is not None:
+            raise BypassError("--process needs --policy FILE: it is the $(PROCESS) of the policy's file_remaps")
+        return None
+    from .policy import load
+    return load(args.policy, args.process or 0, export, os.environ.get("BYPASS_REMOTE_PREFIX", "/job"))
 
 
 def _secret(args, listen: str | None) -> bytes | None:
@@ -97,27 +120,38 @@ def add_arguments(parser) -> None:
     parser.add_argument("--secret-file", metavar="FILE",
                         help=f"shared secret for TCP (default ${ENV_SECRET} or ${ENV_SECRET_FILE}; "
                              "a fresh one is printed when none is set)")
-    parser.add_argument("--summary", action="store_true",
-                        help="at exit, print the per-file I/O summary (specs that keep one)")
+    add_policy_arguments(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
 
 
-def print_summary(server, out=sys.stderr) -> None:
-    """The shadow module's per-file I/O summary (Condor printed one at the end of a job)."""
-    rows = server.module.summary() if hasattr(server.module, "summary") else None
-    if rows is None:
-        print("bypass shadow: this spec's shadow keeps no I/O summary", file=out)
-        return
-    print(f"{'file':40} {'opens':>5} {'reads':>7} {'bytes read':>12} {'writes':>7} "
-          f"{'bytes written':>13} {'seeks':>6}", file=out)
-    for path, opens, reads, rbytes, writes, wbytes, seeks in rows:
-        print(f"{path:40} {opens:5} {reads:7} {rbytes:12} {writes:7} {wbytes:13} {seeks:6}", file=out)
+def add_policy_arguments(parser) -> None:
+    parser.add_argument("--policy", metavar="FILE",
+                        help="Condor-style remote-I/O policy: file_remaps, buffer_size, buffer_block_size, "
+                             "buffer_files, fetch_files (see agents/remote/README.md)")
+    parser.add_argument("--process", metavar="N", type=int,
+                        help="with --policy: the job number that $(PROCESS) stands for (default 0)")
+    parser.add_argument("--summary", action="store_true",
+                        help="at the end, print the I/O report (totals, then per file) on stderr")
+    parser.add_argument("--summary-json", metavar="FILE",
+                        help="at the end, write the I/O report as JSON to FILE")
+
+
+def print_summary(server, out=sys.stderr, json_file: str | None = None, text: bool = True) -> None:
+    """The I/O report (Condor printed one at the end of a job)."""
+    report = server.module.report()
+    if text:
+        print(report.as_text(), file=out)
+    if json_file:
+        with open(json_file, "w") as f:
+            f.write(report.as_json() + "\n")
 
 
 def cmd_shadow(args) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="bypass shadow: %(message)s")
-    server = make_server(args.spec, args.export, _secret(args, args.listen))
+    server = make_server(args.spec, args.export, _secret(args, args.listen),
+                         policy=load_policy(args, args.export),
+                         summary=args.summary or bool(args.summary_json))
     address = server.listen(args.listen)
     print(f"{ENV_ADDRESS}={address}", flush=True)
     stop = threading.Event()
@@ -129,19 +163,19 @@ def cmd_shadow(args) -> int:
             pass
     finally:
         server.close()
-        if args.summary:
-            print_summary(server)
+        if args.summary or args.summary_json:
+            print_summary(server, json_file=args.summary_json, text=args.summary)
     return 0
 
 
 def run_with_shadow(spec_path, export: str | None, listen: str | None, run,
-                    summary: bool = False) -> int:
+                    summary: bool = False, policy=None, summary_json: str | None = None) -> int:
     """Serve the shadow in this process while `run(extra_env)` runs the program."""
     logging.basicConfig(level=logging.WARNING, format="bypass shadow: %(message)s")
     secret = auth.secret_from_env()
     if listen and parse_address(listen)[0] == "tcp" and secret is None:
         secret = auth.new_secret().encode()
-    server = make_server(spec_path, export, secret)
+    server = make_server(spec_path, export, secret, policy=policy, summary=summary or bool(summary_json))
     address = server.listen(listen)
     server.start()
     env = {ENV_ADDRESS: address}
@@ -151,5 +185,5 @@ def run_with_shadow(spec_path, export: str | None, listen: str | None, run,
         return run(env)
     finally:
         server.close()       # releases every process state: open files get counted
-        if summary:
-            print_summary(server)
+        if summary or summary_json:
+            print_summary(server, json_file=summary_json, text=summary)

@@ -442,10 +442,12 @@ def test_io_summary_at_the_end_of_a_run(agent, export):
                         "cat /job/data/input.txt > /dev/null; echo hi > /job/s.txt"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    rows = {line.split()[0]: line.split()[1:] for line in p.stderr.splitlines()[1:]}
+    lines = p.stderr.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["opens", "failed"])
+    rows = {line.split()[-1]: line.split()[:-1] for line in lines[header + 1:]}
     size = (export / "data" / "input.txt").stat().st_size
-    assert rows["/data/input.txt"][0] == "1" and rows["/data/input.txt"][2] == str(size)
-    assert rows["/s.txt"][3:5] == ["1", "3"]          # one write of 3 bytes
+    assert rows["/job/data/input.txt"][0] == "1" and rows["/job/data/input.txt"][3] == str(size)
+    assert rows["/job/s.txt"][4:6] == ["1", "3"]          # one write of 3 bytes
 
 
 def test_everyday_tools(agent, shadow, export):

@@ -47,6 +47,9 @@ extern void bypass_rpc_after_fork(int in_child) __attribute__((weak));
 /* An agent that can tell a vfork child (which runs in its parent's memory, where a call must
  * not take over the parent's connection) from a forked one defines this (see agents/remote). */
 extern int bypass_rpc_shares_memory(void) __attribute__((weak));
+/* An agent that holds writes back (agents/remote/policy.c) defines this: it runs before each
+ * call, outside the connection's lock, so that the call sees what the agent held. */
+extern void bypass_rpc_before_call(int64_t call_no) __attribute__((weak));
 
 #define HANDSHAKE_MAX 4096
 #define NONCE_SIZE 32
@@ -1087,6 +1090,8 @@ static int forked_behind_our_back(void)
 
 int bypass_rpc_begin(int64_t call_no, uint32_t nargs, bp_mp_writer **w)
 {
+    if (bypass_rpc_before_call)
+        bypass_rpc_before_call(call_no);
     int saved_errno = errno;
     sigset_t all, old;
     int oldcancel;
