@@ -220,6 +220,10 @@ int sb_fchdir_done(int fd);                /* after a successful real fchdir */
 /* Descriptor table: remember the virtual path of descriptors opened through
  * the agent, kept up to date by the close/dup/fcntl actions.  */
 void sb_fd_note(int fd, const char *vpath);
+/* The same after an open checked by sb_resolve, from its answer; dir: opened as a
+ * directory.  A file's descriptor is remembered too, so that fchmod, fchown, futimens...
+ * find its place without asking the kernel (forgotten when that is not exact). */
+void sb_fd_note_result(int fd, const struct sb_result *r, int dir);
 void sb_fd_forget(int fd);
 void sb_fd_forget_range(unsigned int lo, unsigned int hi);
 void sb_fd_dup(int oldfd, int newfd);
