@@ -1620,11 +1620,9 @@ static __attribute__((noinline)) int hidden_name_errno(const struct walk *w, int
  * 1 if answered (res complete), 0 to walk. */
 static int name_below_base(int op, int dirfd, const char *name, struct sb_result *res)
 {
-    size_t nl = 0;
-    while (name[nl] && name[nl] != '/')
-        if (++nl > NAME_MAX)
-            return 0;
-    if (name[nl] || (name[0] == '.' && (nl == 1 || (nl == 2 && name[1] == '.'))))
+    const char *end = strchrnul(name, '/');
+    size_t nl = (size_t)(end - name);
+    if (*end || nl > NAME_MAX || (name[0] == '.' && (nl == 1 || (nl == 2 && name[1] == '.'))))
         return 0;
     struct base b;
     if (dirfd == AT_FDCWD) {

@@ -270,6 +270,17 @@ char *const *sb_env_fix(char *const *envp, char **room, size_t n);
 /* The same for `environ` itself (system, popen: their spawn is out of sight). */
 void sb_environ_fix(void);
 
+/* posix_spawn file-actions lists (spawn_actions.c): the directory an addchdir_np or
+ * addfchdir_np moves the child to, for the relative paths checked after it.  All return 0 or
+ * an errno (ENOMEM: no room to remember the list; EACCES: an fchdir to a descriptor the list
+ * itself dup'ed over or closed, whose place cannot be known). */
+int sb_spawn_resolve(const void *fa, int op, const char *path, int flags, struct sb_result *r);
+int sb_spawn_chdir(const void *fa, const struct sb_result *r);
+int sb_spawn_fchdir(const void *fa, int fd);
+int sb_spawn_opened(const void *fa, int fd, const struct sb_result *r);
+int sb_spawn_fd_changed(const void *fa, int fd);
+void sb_spawn_forget(const void *fa);
+
 /* Private directory. */
 const char *sb_private_dir(void);
 void sb_atexit_report(void);
