@@ -1456,8 +1456,17 @@ static __attribute__((noinline)) int splice_link(char *rem, size_t remsize, cons
 /* Contents of the symlink at w->r, in the virtual namespace.  0: target
  * holds the path to continue with; 1: pass the /proc path through; else
  * errno. */
+/* A place the walk could only see by its path from the walk's directory (dirfd, p[0..n)): see
+ * lstat_rel.  p NULL: by its real path. */
+struct rel_at {
+    int dirfd;
+    const char *p;
+    size_t n;
+};
+
 static __attribute__((noinline)) int read_link(struct walk *w, int op, int last,
-                                               char *target, size_t size, int *jumped, int *lookup)
+                                               char *target, size_t size, int *jumped, int *lookup,
+                                               const struct rel_at *rel)
 {
     if (w->rl > 6 && !entry_hides(w->e) && strncmp(w->r, "/proc/", 6) == 0) {
         int m = magic_target(w->r, op, last, 1, target, size);
@@ -1472,6 +1481,12 @@ static __attribute__((noinline)) int read_link(struct walk *w, int op, int last,
     }
     STAT_INC(readlinks);
     ssize_t n = readlink(w->r, target, size - 1);
+    if (n < 0 && errno == EACCES && rel->p) {
+        char *pre = alloca(rel->n + 1);
+        memcpy(pre, rel->p, rel->n);
+        pre[rel->n] = '\0';
+        n = readlinkat(rel->dirfd, pre, target, size - 1);
+    }
     if (n < 0) {
         *lookup = 2;                    /* the file system's answer, not the policy's */
         return errno;
@@ -1565,10 +1580,10 @@ static void memo_put(const char *path, size_t klen, uint32_t gen, const struct w
 /* Follow the symlink the walk stands on: rem becomes target + rest. */
 static __attribute__((noinline)) int follow_link(struct walk *w, int op, int last, const char *after,
                                                  char *rem, size_t parent_vl, int *magic, int *jumped,
-                                                 int *lookup)
+                                                 int *lookup, const struct rel_at *rel)
 {
     char target[PATH_MAX];
-    int rc = read_link(w, op, last, target, sizeof target, jumped, lookup);
+    int rc = read_link(w, op, last, target, sizeof target, jumped, lookup, rel);
     if (rc == -1) {                     /* a /proc link to pass through as it is */
         *magic = 1;
         return 0;
@@ -1716,6 +1731,10 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
     if (rc)
         goto out;
     const struct sb_entry *base_e = w.e;
+    /* the walk stays below its relative base while w.v keeps the base's text as its start:
+     * a place met after a symlink is then also a relative path from the base (below) */
+    size_t base_vl = path[0] == '/' ? 0 : w.vl;
+    int left_base = path[0] == '/';
     ident = w.e->kind == SB_IDENTITY;
 
     size_t plen = strlen(path);
@@ -1765,6 +1784,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
             if (cl == 2) {
                 if ((rc = walk_pop(&w)))
                     goto out;
+                left_base |= w.vl < base_vl;
                 ident &= w.e->kind == SB_IDENTITY;
                 /* the kernel's ".." is the same step while it stays inside the entry it
                  * started in (at its root at most): not across a redirect's root */
@@ -1798,9 +1818,17 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         struct stat st;
         STAT_INC(lstats);
         int sr = lstat(w.rl ? w.r : "/", &st);
+        struct rel_at rel = { dirfd, NULL, 0 };
         if (sr < 0 && (errno == EACCES || errno == ENAMETOOLONG) && (ident || relok) && !rem &&
             path[0] != '/')
-            sr = lstat_rel(dirfd, path, (size_t)(p - path), &st);
+            rel.p = path, rel.n = (size_t)(p - path);
+        else if (sr < 0 && errno == EACCES && ident && rem && !left_base && w.vl > base_vl)
+            /* after a symlink: the same place by its path from the base, which the kernel
+             * walks from the directory too (a cwd below a directory this process may not
+             * search); every entry maps paths to themselves, so it is the place checked */
+            rel.p = w.v + base_vl + 1, rel.n = w.vl - base_vl - 1;
+        if (rel.p)
+            sr = lstat_rel(dirfd, rel.p, rel.n, &st);
         if (sr < 0) {
             int e = errno;
             if (entry_hides(w.e))
@@ -1850,8 +1878,9 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         int have_proc = last && w.rl < sizeof proc;
         if (have_proc)
             memcpy(proc, w.r, w.rl + 1);
-        if ((rc = follow_link(&w, op, last, after, rem, parent_vl, &magic, &jumped, &lookup)))
+        if ((rc = follow_link(&w, op, last, after, rem, parent_vl, &magic, &jumped, &lookup, &rel)))
             goto out;
+        left_base |= w.vl < base_vl;
         ident &= w.e->kind == SB_IDENTITY;
         if (magic) {
             res->magic = 1;
