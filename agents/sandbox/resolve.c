@@ -516,7 +516,7 @@ void sb_fd_note_result(int fd, const struct sb_result *res, int dir)
     if (fd < 0 || fd >= FD_MAX || !g_active || !res->entry || res->magic || g_has_globs ||
         vl < 2 || vl + 1 > FD_PATH || rl < 2 || rl + 1 > FD_PATH || r[0] != '/' ||
         r[rl - 1] == '/' || (r[rl - 1] == '.' && r[rl - 2] == '/') || res->vpath[vl - 1] == '/' ||
-        strncmp(r, "/proc/", 6) == 0) {
+        memcmp(r, "/proc/", 6) == 0) {
         if (dir)
             sb_fd_note(fd, res->vpath);
         else
@@ -1118,16 +1118,24 @@ static void plen_bits_prepare(void)
     }
 }
 
-/* Latest entry whose prefix is exactly v[0..vl) ("" = "/"; v[vl] is '\0'). */
-static const struct sb_entry *exact_entry(const char *v, size_t vl)
+static __attribute__((noinline)) const struct sb_entry *exact_entry_scan(const char *v, size_t vl);
+
+/* Latest entry whose prefix is exactly v[0..vl) ("" = "/"; v[vl] is '\0').  Inline: nearly
+ * every component is turned away by the filter, on the hot path of every walk. */
+static inline const struct sb_entry *exact_entry(const char *v, size_t vl)
 {
-    const struct sb_entry *best = NULL;
-    size_t want = vl ? vl : 1;
     if (vl && !g_has_globs) {
         unsigned k = plen_key(v, vl);
         if (!(g_plen_bits[k / 64] & (1ULL << (k % 64))))
             return NULL;
     }
+    return exact_entry_scan(v, vl);
+}
+
+static const struct sb_entry *exact_entry_scan(const char *v, size_t vl)
+{
+    const struct sb_entry *best = NULL;
+    size_t want = vl ? vl : 1;
     for (int i = 0; i < g_m.n; i++) {
         const struct sb_entry *e = &g_m.e[i];
         if (e->glob) {
