@@ -265,7 +265,7 @@ void sb_set_cache(int on)
  * a relative path only costs its own components. */
 struct base {
     unsigned vl, rl, hl;
-    int notdir;                 /* a descriptor of a file: no name is below it */
+    int notdir;                 /* opened without O_DIRECTORY: maybe a file (the kernel says) */
     const struct sb_entry *e;   /* NULL: only v is known */
     uint64_t h;
 };
@@ -1278,7 +1278,11 @@ static int walk_from_base(struct walk *w, int dirfd, int *from_fd, int need_dir)
     } else if (fd_table_get(dirfd, w->v, PATH_MAX, w->r, &b)) {
         STAT_INC(fd_hits);
         *from_fd = b.e != NULL;
-        rc = need_dir && b.notdir ? ENOTDIR : 0;   /* a name below a file: the kernel's answer */
+        rc = 0;
+        struct stat st;
+        /* a name below a descriptor that may be a file: the kernel's ENOTDIR if it is one */
+        if (need_dir && b.notdir && (fstat(dirfd, &st) < 0 || !S_ISDIR(st.st_mode)))
+            rc = ENOTDIR;
     } else {
         b.e = NULL;
         rc = sb_fd_path(dirfd, w->v, PATH_MAX);

@@ -374,3 +374,32 @@ def test_spawn_lists_beyond_the_agents_room(agent, work, escape):
     p = run(agent, work, [str(escape / "dyn"), "spawn-many", str(work / "out")])
     assert p.stdout == ("dup2-failed 0; chdir-full Cannot allocate memory; "
                         "fchdir-full Permission denied; chdir-after ok\n"), p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("kernel", ["1", "0"])
+def test_names_below_a_directory_opened_without_o_directory(agent, work, kernel):
+    """The agent notes every descriptor it opens, a file's too; a directory opened without
+    O_DIRECTORY must still have the names below it checked (not handed to the kernel as if
+    below a file), and a name below a real file still gets the kernel's ENOTDIR."""
+    code = textwrap.dedent(f"""
+        import os
+        fd = os.open("{work}", os.O_RDONLY)
+        for name, flags in (("deny/secret", os.O_RDONLY), ("ro/f", os.O_WRONLY | os.O_TRUNC),
+                            ("out/new", os.O_WRONLY | os.O_CREAT)):
+            try:
+                got = os.read(os.open(name, flags, 0o644, dir_fd=fd), 100) if flags == os.O_RDONLY \\
+                    else os.write(os.open(name, flags, 0o644, dir_fd=fd), b"escaped")
+                print(name, "ok", got)
+            except OSError as e:
+                print(name, e.strerror)
+        f = os.open("{work}/ro/f", os.O_RDONLY)
+        try:
+            os.stat("x", dir_fd=f)
+        except OSError as e:
+            print("below a file", e.strerror)
+    """)
+    p = run(agent, work, [PY, "-c", code], BYPASS_SANDBOX_KERNEL_ENFORCEMENT=kernel)
+    assert p.stdout.splitlines() == ["deny/secret Permission denied", "ro/f Permission denied",
+                                     "out/new ok 7", "below a file Not a directory"], \
+        p.stdout + p.stderr
+    assert (work / "ro/f").read_text() == "original\n"
