@@ -126,6 +126,18 @@ static inline int sb_open_no_links(int dirfd, const char *path, int flags, mode_
     return fd;
 }
 
+/* Remember what an open through the agent opened: directories (the base of later names) and
+ * files opened to write (fchmod, fchown, futimens usually follow: tar, cp -p, install).  A file
+ * opened only to read is left to the kernel's /proc answer, should such a call come. */
+#define SB_NOTE_OPENED(fd, r, flags)                                           \
+    do {                                                                       \
+        int sb_dir_ = ((flags) & O_DIRECTORY) && ((flags) & O_TMPFILE) != O_TMPFILE; \
+        if (sb_dir_ || ((flags) & O_ACCMODE) != O_RDONLY || ((flags) & O_CREAT)) \
+            sb_fd_note_result((fd), (r), sb_dir_);                             \
+        else                                                                   \
+            sb_fd_forget(fd);                                                  \
+    } while (0)
+
 /* Same for an fopen() mode string. */
 static inline int sb_fopen_op(const char *mode)
 {
