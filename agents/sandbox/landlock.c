@@ -112,21 +112,34 @@ static int narrower_below(const struct ll *ll, const char *p, size_t pl, uint64_
     return 0;
 }
 
-static void add_rule(struct ll *ll, const char *p, uint64_t r)
+/* Grant r on (at, p); kind: 'd' a directory, 'f' not one, 0 unknown (asked here). */
+static void add_rule_at(struct ll *ll, int at, const char *p, int kind, uint64_t r)
 {
     r &= ll->handled;
     if (!r)
         return;
-    int fd = open(p, O_PATH | O_CLOEXEC | O_NOFOLLOW);
+    int fd = openat(at, p, O_PATH | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0)
         return;                         /* not there: nothing to grant */
     struct stat st;
-    if (fstat(fd, &st) == 0 && !S_ISDIR(st.st_mode))
+    if (kind == 'f' || (kind == 0 && fstat(fd, &st) == 0 && !S_ISDIR(st.st_mode)))
         r &= LL_FILE;
     struct landlock_path_beneath_attr pb = { .allowed_access = r, .parent_fd = fd };
-    if (r && syscall(SYS_landlock_add_rule, ll->ruleset, LANDLOCK_RULE_PATH_BENEATH, &pb, 0) < 0)
+    long rc = r ? syscall(SYS_landlock_add_rule, ll->ruleset, LANDLOCK_RULE_PATH_BENEATH, &pb, 0) : 0;
+    if (rc < 0 && errno == EINVAL && kind == 'd' && (r & LL_FILE) != r) {
+        /* no longer the directory the listing named: grant what a file may have */
+        pb.allowed_access = r & LL_FILE;
+        rc = pb.allowed_access ? syscall(SYS_landlock_add_rule, ll->ruleset,
+                                         LANDLOCK_RULE_PATH_BENEATH, &pb, 0) : 0;
+    }
+    if (rc < 0)
         ll->failed = errno;
     close(fd);
+}
+
+static void add_rule(struct ll *ll, const char *p, uint64_t r)
+{
+    add_rule_at(ll, AT_FDCWD, p, 0, r);
 }
 
 static void note_inexact(struct ll *ll, const char *p)
@@ -164,12 +177,26 @@ static void grant(struct ll *ll, const char *p, uint64_t r, int depth)
         char c[PATH_MAX];
         if ((size_t)snprintf(c, sizeof c, "%s/%s", pl == 1 ? "" : p, de->d_name) >= sizeof c)
             continue;
-        struct stat st;
-        if (lstat(c, &st) < 0 || S_ISLNK(st.st_mode))
+        /* the listing's own type where the file system gives one: a stat less per child */
+        int dir = de->d_type == DT_DIR;
+        if (de->d_type == DT_UNKNOWN) {
+            struct stat st;
+            if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+                continue;
+            de->d_type = S_ISLNK(st.st_mode) ? DT_LNK : S_ISDIR(st.st_mode) ? DT_DIR : DT_REG;
+            dir = S_ISDIR(st.st_mode);
+        }
+        if (de->d_type == DT_LNK)
             continue;                   /* a link's target is granted where it lives */
         uint64_t cr = rights_at(ll, c, strlen(c));
-        if (cr)
-            grant(ll, c, S_ISDIR(st.st_mode) ? cr : cr & LL_FILE, depth + 1);
+        if (!cr)
+            continue;
+        if (!dir)
+            cr &= LL_FILE;
+        if (narrower_below(ll, c, strlen(c), cr))
+            grant(ll, c, cr, depth + 1);
+        else
+            add_rule_at(ll, dirfd(d), de->d_name, dir ? 'd' : 'f', cr);
     }
     closedir(d);
 }

@@ -575,7 +575,9 @@ static int mkdir_p(const char *path, mode_t mode)
         if (*c == '/' || *c == '\0') {
             char save = *c;
             *c = '\0';
-            if (mkdir(buf, mode) < 0 && errno != EEXIST)
+            if (mkdir(buf, mode) == 0)
+                chmod(buf, mode);       /* whatever the umask */
+            else if (errno != EEXIST)
                 return errno;
             *c = save;
             if (!save)
@@ -595,10 +597,35 @@ int sb_private_attach(struct sb_mounts *m, const char *dir, char *err, size_t er
     return sb_private_attach_canonical(m, base, 1, err, errsize);
 }
 
+/* The private directory standing for `place`: its permission bits (a private /tmp is 1777, as
+ * /tmp is, so that a child that changes its uid can use it as it would the real one; 0700 when
+ * the place does not exist), made on the way 0711 (passable, not listable).  0 or errno. */
+static int private_mkdir(const char *t, const char *place)
+{
+    struct stat st;
+    mode_t mode = stat(place, &st) == 0 && S_ISDIR(st.st_mode) ? (st.st_mode & 07777) : 0700;
+    int rc = mkdir(t, 0700) == 0 ? 0 : errno;
+    if (rc == ENOENT) {
+        char parent[PATH_MAX];
+        snprintf(parent, sizeof parent, "%s", t);
+        char *slash = strrchr(parent, '/');
+        if (slash && slash != parent) {
+            *slash = '\0';
+            rc = mkdir_p(parent, 0711);
+            if (!rc)
+                rc = mkdir(t, 0700) == 0 ? 0 : errno;
+        }
+    }
+    if (rc == EEXIST && stat(t, &st) == 0 && S_ISDIR(st.st_mode))
+        rc = 0;                         /* made on the way to a longer PRIVATE line */
+    if (!rc && chmod(t, mode) < 0)      /* the bits exactly, whatever the umask */
+        rc = errno;
+    return rc;
+}
+
 int sb_private_attach_canonical(struct sb_mounts *m, const char *base, int make, char *err,
                                 size_t errsize)
 {
-    struct stat st;
     for (int i = 0; i < m->n; i++) {
         struct sb_entry *e = &m->e[i];
         if (e->kind != SB_PRIVATE)
@@ -608,7 +635,7 @@ int sb_private_attach_canonical(struct sb_mounts *m, const char *base, int make,
             set_err(err, errsize, m->file, e->line, "private directory path too long");
             return -1;
         }
-        int rc = (!make || (stat(t, &st) == 0 && S_ISDIR(st.st_mode))) ? 0 : mkdir_p(t, 0700);
+        int rc = make ? private_mkdir(t, e->prefix) : 0;
         if (rc) {
             set_err(err, errsize, m->file, e->line, "cannot make private directory %s: %s",
                     t, strerror(rc));

@@ -61,6 +61,7 @@ static int g_quiet;
 static int g_cleanup;
 static int g_landlock;                  /* the run is held by a Landlock ruleset */
 static int g_landlock_wanted;
+static int g_has_globs;                 /* the list has a glob line (root_prepare) */
 static pid_t g_private_owner;
 /* A copy of stderr for the report at exit: programs such as coreutils close
  * fd 2 in their own exit handlers, which run before ours. */
@@ -264,6 +265,7 @@ void sb_set_cache(int on)
  * a relative path only costs its own components. */
 struct base {
     unsigned vl, rl, hl;
+    int notdir;                 /* opened without O_DIRECTORY: maybe a file (the kernel says) */
     const struct sb_entry *e;   /* NULL: only v is known */
     uint64_t h;
 };
@@ -386,45 +388,65 @@ struct fdslot {
 };
 static struct fdslot g_fds[FD_MAX];
 /* FD_MAX * 2 * FD_PATH (virtual, real), mapped on first use.  Kept small so
- * that a program's few directory descriptors share a page or two; longer
- * paths are not kept (the kernel is asked through /proc instead). */
+ * that a program's few descriptors share a page or two; longer paths are not
+ * kept (the kernel is asked through /proc instead). */
 #define FD_PATH 512
 static char *g_fdpaths;
 
 static inline char *fd_vbuf(int fd) { return g_fdpaths + (size_t)fd * 2 * FD_PATH; }
 static inline char *fd_rbuf(int fd) { return fd_vbuf(fd) + FD_PATH; }
 
+/* The paths' room, mapped on first use.  0 if it cannot be. */
+static int fd_paths_map(void)
+{
+    if (__atomic_load_n(&g_fdpaths, __ATOMIC_ACQUIRE))
+        return 1;
+    void *a = mmap(NULL, (size_t)FD_MAX * 2 * FD_PATH, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (a == MAP_FAILED)
+        return 0;
+    char *expected = NULL;
+    if (!__atomic_compare_exchange_n(&g_fdpaths, &expected, (char *)a, 0,
+                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        munmap(a, (size_t)FD_MAX * 2 * FD_PATH);
+    return 1;
+}
+
+static void fd_slot_put(int fd, const char *v, size_t l, const char *r, const struct base *b,
+                        int notdir);
+
 void sb_fd_note(int fd, const char *vpath)
 {
     if (fd < 0 || fd >= FD_MAX || !vpath)
         return;
-    if (!g_fdpaths) {
-        void *a = mmap(NULL, (size_t)FD_MAX * 2 * FD_PATH, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (a == MAP_FAILED)
-            return;
-        char *expected = NULL;
-        if (!__atomic_compare_exchange_n(&g_fdpaths, &expected, (char *)a, 0,
-                                         __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-            munmap(a, (size_t)FD_MAX * 2 * FD_PATH);
-    }
     size_t l = strlen(vpath);
-    struct fdslot *s = &g_fds[fd];
-    __atomic_add_fetch(&s->seq, 1, __ATOMIC_ACQ_REL);
     char r[PATH_MAX];
     struct base b;
     b.e = NULL;
     if (l + 1 <= FD_PATH && vpath[0] == '/' &&
-        (!g_active || (base_compute(vpath, l, r, &b) == 0 && b.rl + 1 <= FD_PATH))) {
-        memcpy(fd_vbuf(fd), vpath, l + 1);
-        s->len = (unsigned)l;
-        s->b = b;
-        s->b.vl = b.e ? b.vl : (unsigned)l;
-        if (b.e)
-            memcpy(fd_rbuf(fd), r, b.rl + 1);
-    } else {
-        s->len = 0;
-    }
+        (!g_active || (base_compute(vpath, l, r, &b) == 0 && b.rl + 1 <= FD_PATH)))
+        fd_slot_put(fd, vpath, l, r, &b, 0);
+    else
+        sb_fd_forget(fd);
+}
+
+/* Fill fd's slot: the virtual path v (l bytes) and, when b->e is known, the base with its real
+ * path r.  Readers check seq (odd while written, see fd_table_get). */
+static void fd_slot_put(int fd, const char *v, size_t l, const char *r, const struct base *b,
+                        int notdir)
+{
+    if (!fd_paths_map())
+        return;
+    struct fdslot *s = &g_fds[fd];
+    __atomic_add_fetch(&s->seq, 1, __ATOMIC_ACQ_REL);
+    memcpy(fd_vbuf(fd), v, l);
+    fd_vbuf(fd)[l] = '\0';
+    s->len = (unsigned)l;
+    s->b = *b;
+    s->b.notdir = notdir;
+    s->b.vl = b->e ? b->vl : (unsigned)l;
+    if (b->e)
+        memcpy(fd_rbuf(fd), r, b->rl + 1);
     __atomic_add_fetch(&s->seq, 1, __ATOMIC_ACQ_REL);
 }
 
@@ -469,15 +491,42 @@ static int fd_table_get(int fd, char *out, size_t outsize, char *r, struct base 
     return __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE) == s1;
 }
 
+/* A copy names what the original names: its slot as it is, nothing computed again. */
 void sb_fd_dup(int oldfd, int newfd)
 {
-    char buf[PATH_MAX];
+    char v[FD_PATH], r[FD_PATH];
+    struct base b;
     if (oldfd == newfd)
         return;
-    if (fd_table_get(oldfd, buf, sizeof buf, NULL, NULL))
-        sb_fd_note(newfd, buf);
-    else
+    if (newfd < 0 || newfd >= FD_MAX || !fd_table_get(oldfd, v, sizeof v, r, &b)) {
         sb_fd_forget(newfd);
+        return;
+    }
+    fd_slot_put(newfd, v, strlen(v), r, &b, b.notdir);
+}
+
+/* After an open through the agent: the walk that checked the path has just computed what
+ * sb_fd_note would compute again from the virtual path (the entry and the real path). */
+void sb_fd_note_result(int fd, const struct sb_result *res, int dir)
+{
+    size_t vl = strlen(res->vpath), rl = strlen(res->rpath);
+    const char *r = res->rpath;
+    /* the walk's own answer only: not a /proc object, not the root, without the "/" or "/."
+     * kept at the end for the kernel (sb_resolve), no glob entry to match again */
+    if (fd < 0 || fd >= FD_MAX || !g_active || !res->entry || res->magic || g_has_globs ||
+        vl < 2 || vl + 1 > FD_PATH || rl < 2 || rl + 1 > FD_PATH || r[0] != '/' ||
+        r[rl - 1] == '/' || (r[rl - 1] == '.' && r[rl - 2] == '/') || res->vpath[vl - 1] == '/' ||
+        memcmp(r, "/proc/", 6) == 0) {
+        if (dir)
+            sb_fd_note(fd, res->vpath);
+        else
+            sb_fd_forget(fd);           /* the kernel names it when asked (sb_fd_path) */
+        return;
+    }
+    /* a file is no base for names: its hash is left to the rare walk that needs it */
+    struct base b = { .vl = (unsigned)vl, .rl = (unsigned)rl, .hl = dir ? (unsigned)rl : 0,
+                      .e = res->entry, .h = dir ? fnv_add(FNV_INIT, r, rl) : FNV_INIT };
+    fd_slot_put(fd, res->vpath, vl, r, &b, !dir);
 }
 
 /* Real path behind a descriptor, from the kernel.  0 or errno. */
@@ -974,7 +1023,8 @@ int sb_init_from_env(char *err, size_t errsize)
         keep_stderr();
         if (sb_private_attach_canonical(&m, g_private, 1, err, errsize) < 0)
             goto fail;
-        if (start_watcher() < 0) {
+        /* kept in silence: the end of the run has nothing to do, no helper waits for it */
+        if ((g_cleanup || !g_quiet) && start_watcher() < 0) {
             g_private_owner = getpid();         /* no helper: the exit handler does what it can */
             atexit(sb_atexit_report);
         }
@@ -1068,18 +1118,24 @@ static void plen_bits_prepare(void)
     }
 }
 
-static int g_has_globs;
+static __attribute__((noinline)) const struct sb_entry *exact_entry_scan(const char *v, size_t vl);
 
-/* Latest entry whose prefix is exactly v[0..vl) ("" = "/"; v[vl] is '\0'). */
-static const struct sb_entry *exact_entry(const char *v, size_t vl)
+/* Latest entry whose prefix is exactly v[0..vl) ("" = "/"; v[vl] is '\0').  Inline: nearly
+ * every component is turned away by the filter, on the hot path of every walk. */
+static inline const struct sb_entry *exact_entry(const char *v, size_t vl)
 {
-    const struct sb_entry *best = NULL;
-    size_t want = vl ? vl : 1;
     if (vl && !g_has_globs) {
         unsigned k = plen_key(v, vl);
         if (!(g_plen_bits[k / 64] & (1ULL << (k % 64))))
             return NULL;
     }
+    return exact_entry_scan(v, vl);
+}
+
+static const struct sb_entry *exact_entry_scan(const char *v, size_t vl)
+{
+    const struct sb_entry *best = NULL;
+    size_t want = vl ? vl : 1;
     for (int i = 0; i < g_m.n; i++) {
         const struct sb_entry *e = &g_m.e[i];
         if (e->glob) {
@@ -1200,6 +1256,7 @@ static int base_compute(const char *v, size_t vl, char *r, struct base *b)
         return rc;
     b->vl = (unsigned)w.vl;
     b->rl = (unsigned)w.rl;
+    b->notdir = 0;
     b->e = w.e;
     b->h = walk_hash(&w);
     b->hl = (unsigned)w.hl;
@@ -1222,12 +1279,16 @@ static int walk_from_base(struct walk *w, int dirfd, int *from_fd, int need_dir)
         STAT_INC(fd_hits);
         *from_fd = b.e != NULL;
         rc = 0;
+        struct stat st;
+        /* a name below a descriptor that may be a file: the kernel's ENOTDIR if it is one */
+        if (need_dir && b.notdir && (fstat(dirfd, &st) < 0 || !S_ISDIR(st.st_mode)))
+            rc = ENOTDIR;
     } else {
         b.e = NULL;
         rc = sb_fd_path(dirfd, w->v, PATH_MAX);
         struct stat st;
-        /* a name below a descriptor that is no directory: the kernel's ENOTDIR (a descriptor
-         * the agent noted is one, and "" with AT_EMPTY_PATH is the file itself) */
+        /* a name below a descriptor that is no directory: the kernel's ENOTDIR ("" with
+         * AT_EMPTY_PATH is the file itself) */
         if (rc == 0 && need_dir && (fstat(dirfd, &st) < 0 || !S_ISDIR(st.st_mode)))
             rc = ENOTDIR;
     }
@@ -1407,8 +1468,17 @@ static __attribute__((noinline)) int splice_link(char *rem, size_t remsize, cons
 /* Contents of the symlink at w->r, in the virtual namespace.  0: target
  * holds the path to continue with; 1: pass the /proc path through; else
  * errno. */
+/* A place the walk could only see by its path from the walk's directory (dirfd, p[0..n)): see
+ * lstat_rel.  p NULL: by its real path. */
+struct rel_at {
+    int dirfd;
+    const char *p;
+    size_t n;
+};
+
 static __attribute__((noinline)) int read_link(struct walk *w, int op, int last,
-                                               char *target, size_t size, int *jumped, int *lookup)
+                                               char *target, size_t size, int *jumped, int *lookup,
+                                               const struct rel_at *rel)
 {
     if (w->rl > 6 && !entry_hides(w->e) && strncmp(w->r, "/proc/", 6) == 0) {
         int m = magic_target(w->r, op, last, 1, target, size);
@@ -1423,6 +1493,12 @@ static __attribute__((noinline)) int read_link(struct walk *w, int op, int last,
     }
     STAT_INC(readlinks);
     ssize_t n = readlink(w->r, target, size - 1);
+    if (n < 0 && errno == EACCES && rel->p) {
+        char *pre = alloca(rel->n + 1);
+        memcpy(pre, rel->p, rel->n);
+        pre[rel->n] = '\0';
+        n = readlinkat(rel->dirfd, pre, target, size - 1);
+    }
     if (n < 0) {
         *lookup = 2;                    /* the file system's answer, not the policy's */
         return errno;
@@ -1516,10 +1592,10 @@ static void memo_put(const char *path, size_t klen, uint32_t gen, const struct w
 /* Follow the symlink the walk stands on: rem becomes target + rest. */
 static __attribute__((noinline)) int follow_link(struct walk *w, int op, int last, const char *after,
                                                  char *rem, size_t parent_vl, int *magic, int *jumped,
-                                                 int *lookup)
+                                                 int *lookup, const struct rel_at *rel)
 {
     char target[PATH_MAX];
-    int rc = read_link(w, op, last, target, sizeof target, jumped, lookup);
+    int rc = read_link(w, op, last, target, sizeof target, jumped, lookup, rel);
     if (rc == -1) {                     /* a /proc link to pass through as it is */
         *magic = 1;
         return 0;
@@ -1564,6 +1640,45 @@ static __attribute__((noinline)) int hidden_name_errno(const struct walk *w, int
     return op == SB_OP_CREATE ? EACCES : ENOENT;
 }
 
+/* The commonest call of a tree walk (find, cp -r, tar, rm -r, du): one plain name, not
+ * followed, below the cwd or a directory the agent opened.  The walk below would take the
+ * base as it is, append the name, find no entry starting there and, the name being the last
+ * component and not followed, look at nothing on disk: this is that answer without the walk.
+ * 1 if answered (res complete), 0 to walk. */
+static int name_below_base(int op, int dirfd, const char *name, struct sb_result *res)
+{
+    const char *end = strchrnul(name, '/');
+    size_t nl = (size_t)(end - name);
+    if (*end || nl > NAME_MAX || (name[0] == '.' && (nl == 1 || (nl == 2 && name[1] == '.'))))
+        return 0;
+    struct base b;
+    if (dirfd == AT_FDCWD) {
+        if (cwd_get(res->vpath, PATH_MAX, res->rpath, &b) != 0)
+            return 0;
+    } else if (!fd_table_get(dirfd, res->vpath, PATH_MAX, res->rpath, &b)) {
+        return 0;
+    }
+    if (!b.e || b.notdir || entry_hides(b.e) || res->vpath[0] != '/' ||
+        b.vl + nl + 2 > PATH_MAX || b.rl + nl + 2 > PATH_MAX)
+        return 0;
+    if (dirfd != AT_FDCWD)
+        STAT_INC(fd_hits);
+    char *v = res->vpath + b.vl, *r = res->rpath + b.rl;
+    *v++ = '/';
+    memcpy(v, name, nl + 1);
+    if (exact_entry(res->vpath, b.vl + 1 + nl))
+        return 0;                       /* an entry starts at the name: the walk decides */
+    *r++ = '/';
+    memcpy(r, name, nl + 1);
+    res->entry = b.e;
+    res->rel_ok = 1;                    /* below the base as given: the kernel walks the name */
+    int rc = sb_check(b.e, op);
+    if (rc)
+        res->vpath[0] = res->rpath[0] = '\0';
+    res->err = rc;
+    return 1;
+}
+
 int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result *res)
 {
     STAT_INC(resolves);
@@ -1593,6 +1708,9 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         return 0;
     }
     res->rel_ok = 0;
+    if (path[0] != '/' && path[0] != '\0' && (flags & (SB_NOFOLLOW | SB_STRICT)) == SB_NOFOLLOW &&
+        name_below_base(op, dirfd, path, res))
+        return res->err;
 
     struct walk w;
     w.v = res->vpath;                   /* the walk builds the answer in place */
@@ -1625,6 +1743,10 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
     if (rc)
         goto out;
     const struct sb_entry *base_e = w.e;
+    /* the walk stays below its relative base while w.v keeps the base's text as its start:
+     * a place met after a symlink is then also a relative path from the base (below) */
+    size_t base_vl = path[0] == '/' ? 0 : w.vl;
+    int left_base = path[0] == '/';
     ident = w.e->kind == SB_IDENTITY;
 
     size_t plen = strlen(path);
@@ -1674,6 +1796,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
             if (cl == 2) {
                 if ((rc = walk_pop(&w)))
                     goto out;
+                left_base |= w.vl < base_vl;
                 ident &= w.e->kind == SB_IDENTITY;
                 /* the kernel's ".." is the same step while it stays inside the entry it
                  * started in (at its root at most): not across a redirect's root */
@@ -1707,9 +1830,17 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         struct stat st;
         STAT_INC(lstats);
         int sr = lstat(w.rl ? w.r : "/", &st);
+        struct rel_at rel = { dirfd, NULL, 0 };
         if (sr < 0 && (errno == EACCES || errno == ENAMETOOLONG) && (ident || relok) && !rem &&
             path[0] != '/')
-            sr = lstat_rel(dirfd, path, (size_t)(p - path), &st);
+            rel.p = path, rel.n = (size_t)(p - path);
+        else if (sr < 0 && errno == EACCES && ident && rem && !left_base && w.vl > base_vl)
+            /* after a symlink: the same place by its path from the base, which the kernel
+             * walks from the directory too (a cwd below a directory this process may not
+             * search); every entry maps paths to themselves, so it is the place checked */
+            rel.p = w.v + base_vl + 1, rel.n = w.vl - base_vl - 1;
+        if (rel.p)
+            sr = lstat_rel(dirfd, rel.p, rel.n, &st);
         if (sr < 0) {
             int e = errno;
             if (entry_hides(w.e))
@@ -1759,8 +1890,9 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         int have_proc = last && w.rl < sizeof proc;
         if (have_proc)
             memcpy(proc, w.r, w.rl + 1);
-        if ((rc = follow_link(&w, op, last, after, rem, parent_vl, &magic, &jumped, &lookup)))
+        if ((rc = follow_link(&w, op, last, after, rem, parent_vl, &magic, &jumped, &lookup, &rel)))
             goto out;
+        left_base |= w.vl < base_vl;
         ident &= w.e->kind == SB_IDENTITY;
         if (magic) {
             res->magic = 1;

@@ -220,6 +220,10 @@ int sb_fchdir_done(int fd);                /* after a successful real fchdir */
 /* Descriptor table: remember the virtual path of descriptors opened through
  * the agent, kept up to date by the close/dup/fcntl actions.  */
 void sb_fd_note(int fd, const char *vpath);
+/* The same after an open checked by sb_resolve, from its answer; dir: opened as a
+ * directory.  A file's descriptor is remembered too, so that fchmod, fchown, futimens...
+ * find its place without asking the kernel (forgotten when that is not exact). */
+void sb_fd_note_result(int fd, const struct sb_result *r, int dir);
 void sb_fd_forget(int fd);
 void sb_fd_forget_range(unsigned int lo, unsigned int hi);
 void sb_fd_dup(int oldfd, int newfd);
@@ -265,6 +269,17 @@ int sb_find_program(const char *file, struct sb_result *r);
 char *const *sb_env_fix(char *const *envp, char **room, size_t n);
 /* The same for `environ` itself (system, popen: their spawn is out of sight). */
 void sb_environ_fix(void);
+
+/* posix_spawn file-actions lists (spawn_actions.c): the directory an addchdir_np or
+ * addfchdir_np moves the child to, for the relative paths checked after it.  All return 0 or
+ * an errno (ENOMEM: no room to remember the list; EACCES: an fchdir to a descriptor the list
+ * itself dup'ed over or closed, whose place cannot be known). */
+int sb_spawn_resolve(const void *fa, int op, const char *path, int flags, struct sb_result *r);
+int sb_spawn_chdir(const void *fa, const struct sb_result *r);
+int sb_spawn_fchdir(const void *fa, int fd);
+int sb_spawn_opened(const void *fa, int fd, const struct sb_result *r);
+int sb_spawn_fd_changed(const void *fa, int fd);
+void sb_spawn_forget(const void *fa);
 
 /* Private directory. */
 const char *sb_private_dir(void);

@@ -87,20 +87,14 @@ static inline int sb_open_einval(int flags)
  * how the agent learns, at no extra cost, that the name it checked is the file opened: the
  * descriptor keeps the program's own flags (an added O_NOFOLLOW would show in F_GETFL).
  * -1 with ENOSYS when openat2 is missing (before Linux 5.6) or filtered (a seccomp profile
- * may answer EPERM): tried once on "/" to tell. */
+ * may answer EPERM): the first call tells, and only an ENOSYS or EPERM answer is checked once
+ * more on "/" (no extra system call per process otherwise). */
 static inline int sb_open_no_links(int dirfd, const char *path, int flags, mode_t mode)
 {
     static int have_openat2;            /* 0 not yet known, 1 yes, -1 no */
     struct sb_open_how {
         unsigned long long flags, mode, resolve;
     } how;
-    if (__builtin_expect(have_openat2 == 0, 0)) {
-        struct sb_open_how root = {010000000 | 02000000 /* O_PATH|O_CLOEXEC */, 0, 0x04};
-        long t = syscall(437 /* SYS_openat2 */, AT_FDCWD, "/", &root, sizeof root);
-        if (t >= 0)
-            syscall(SYS_close, (int)t);
-        __atomic_store_n(&have_openat2, t >= 0 ? 1 : -1, __ATOMIC_RELAXED);
-    }
     if (have_openat2 < 0) {
         errno = ENOSYS;
         return -1;
@@ -110,8 +104,39 @@ static inline int sb_open_no_links(int dirfd, const char *path, int flags, mode_
     how.flags = (unsigned long long)(flags & 077777703) | 0100000;
     how.mode = (flags & (O_CREAT | (O_TMPFILE & ~O_DIRECTORY))) ? (mode & 07777) : 0;
     how.resolve = 0x04;                 /* RESOLVE_NO_SYMLINKS */
-    return (int)syscall(437 /* SYS_openat2 */, dirfd, path, &how, sizeof how);
+    int fd = (int)syscall(437 /* SYS_openat2 */, dirfd, path, &how, sizeof how);
+    if (__builtin_expect(have_openat2 == 0, 0)) {
+        /* the first call tells, unless its answer could be a filter's as well as the file's */
+        int e = errno;
+        int known = fd >= 0 || (e != ENOSYS && e != EPERM);
+        if (!known) {
+            struct sb_open_how root = {010000000 | 02000000 /* O_PATH|O_CLOEXEC */, 0, 0x04};
+            long t = syscall(437 /* SYS_openat2 */, AT_FDCWD, "/", &root, sizeof root);
+            if (t >= 0)
+                syscall(SYS_close, (int)t);
+            known = t >= 0;
+        }
+        __atomic_store_n(&have_openat2, known ? 1 : -1, __ATOMIC_RELAXED);
+        if (!known) {
+            errno = ENOSYS;
+            return -1;
+        }
+        errno = e;
+    }
+    return fd;
 }
+
+/* Remember what an open through the agent opened: directories (the base of later names) and
+ * files opened to write (fchmod, fchown, futimens usually follow: tar, cp -p, install).  A file
+ * opened only to read is left to the kernel's /proc answer, should such a call come. */
+#define SB_NOTE_OPENED(fd, r, flags)                                           \
+    do {                                                                       \
+        int sb_dir_ = ((flags) & O_DIRECTORY) && ((flags) & O_TMPFILE) != O_TMPFILE; \
+        if (sb_dir_ || ((flags) & O_ACCMODE) != O_RDONLY || ((flags) & O_CREAT)) \
+            sb_fd_note_result((fd), (r), sb_dir_);                             \
+        else                                                                   \
+            sb_fd_forget(fd);                                                  \
+    } while (0)
 
 /* Same for an fopen() mode string. */
 static inline int sb_fopen_op(const char *mode)

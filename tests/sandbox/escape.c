@@ -1,7 +1,8 @@
 /*
  * escape.c - what the preload layer cannot see: raw system calls (built
  * static too, and run through the loader by the tests), io_uring, a file
- * handle, dlopen.  Prints one line per attempt: "read ok <bytes>" or
+ * handle, dlopen; and posix_spawn file actions that move the child before
+ * naming a relative path.  Prints one line per attempt: "read ok <bytes>" or
  * "read <error>", "write ok" or "write <error>", and so on.
  */
 #define _GNU_SOURCE
@@ -9,11 +10,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/io_uring.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* One IORING_OP_OPENAT, no liburing: the file descriptor, or -errno. */
@@ -87,8 +90,75 @@ static void report(long rfd, long wfd)
     printf("write %s\n", n == 8 ? "ok" : strerror((int)-n));
 }
 
+/* echo NAME's text into NAME, relative to DIR, which the child reaches by `how`: "chdir"
+ * (addchdir_np), "fchdir" (addopen of DIR, then addfchdir_np), "dup" (the same through a
+ * dup2 of the list's own), "fchdir-parent" (the parent's descriptor of DIR).  Prints
+ * "spawn-write ok" or the error the list or the spawn gave. */
+static void spawn_write(const char *how, const char *dir, const char *name)
+{
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    int e = 0;
+    if (strcmp(how, "chdir") == 0) {
+        e = posix_spawn_file_actions_addchdir_np(&fa, dir);
+    } else if (strcmp(how, "fchdir-parent") == 0) {
+        int d = open(dir, O_RDONLY | O_DIRECTORY);
+        e = d < 0 ? errno : posix_spawn_file_actions_addfchdir_np(&fa, d);
+    } else {
+        e = posix_spawn_file_actions_addopen(&fa, 7, dir, O_RDONLY | O_DIRECTORY, 0);
+        if (!e && strcmp(how, "dup") == 0)
+            e = posix_spawn_file_actions_adddup2(&fa, 7, 8);
+        if (!e)
+            e = posix_spawn_file_actions_addfchdir_np(&fa, strcmp(how, "dup") == 0 ? 8 : 7);
+    }
+    if (!e)
+        e = posix_spawn_file_actions_addopen(&fa, 1, name, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    pid_t pid;
+    char *args[] = {"echo", "escaped", NULL};
+    if (!e)
+        e = posix_spawn(&pid, "/bin/echo", &fa, NULL, args, environ);
+    int status = 0;
+    if (!e && waitpid(pid, &status, 0) == pid && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+        e = ECHILD;
+    posix_spawn_file_actions_destroy(&fa);
+    printf("spawn-write %s\n", e ? strerror(e) : "ok");
+}
+
+/* Many lists alive at once: the agent's room for them runs out.  Prints how many dup2 actions
+ * failed, then what a chdir action gives with the room full and after the lists are freed. */
+static void spawn_many(const char *dir)
+{
+    enum { N = 20 };
+    posix_spawn_file_actions_t fa[N], more;
+    int failed = 0;
+    for (int i = 0; i < N; i++) {
+        posix_spawn_file_actions_init(&fa[i]);
+        failed += posix_spawn_file_actions_adddup2(&fa[i], 1, 9) != 0;
+    }
+    posix_spawn_file_actions_init(&more);
+    int full = posix_spawn_file_actions_addchdir_np(&more, dir);
+    int fchdir_full = posix_spawn_file_actions_addfchdir_np(&fa[N - 1], 9);
+    for (int i = 0; i < N; i++)
+        posix_spawn_file_actions_destroy(&fa[i]);
+    posix_spawn_file_actions_destroy(&more);
+    posix_spawn_file_actions_init(&more);
+    int after = posix_spawn_file_actions_addchdir_np(&more, dir);
+    posix_spawn_file_actions_destroy(&more);
+    printf("dup2-failed %d; chdir-full %s; fchdir-full %s; chdir-after %s\n", failed,
+           full ? strerror(full) : "ok", fchdir_full ? strerror(fchdir_full) : "ok",
+           after ? strerror(after) : "ok");
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 3 && strcmp(argv[1], "spawn-many") == 0) {
+        spawn_many(argv[2]);
+        return 0;
+    }
+    if (argc == 5 && strcmp(argv[1], "spawn") == 0) {
+        spawn_write(argv[2], argv[3], argv[4]);
+        return 0;
+    }
     if (argc == 4 && strcmp(argv[1], "raw") == 0) {
         char buf[256];
         long fd = syscall(SYS_openat, AT_FDCWD, argv[2], O_RDONLY, 0);
@@ -132,6 +202,6 @@ int main(int argc, char **argv)
         return 0;
     }
     fprintf(stderr, "usage: escape raw|uring READ WRITE | name PATH | handle DIR HREAD HWRITE | "
-                    "dlopen LIB\n");
+                    "dlopen LIB | spawn chdir|fchdir|dup|fchdir-parent DIR NAME | spawn-many DIR\n");
     return 2;
 }

@@ -7,9 +7,11 @@ lives under /var/tmp (the mount lists make /tmp private, so the test's own files
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -581,6 +583,41 @@ def test_private_works_for_a_child_that_changes_its_uid(agent, work):
                           "user=65534, group=65534, capture_output=True, text=True))"])
     assert "returncode=" in p.stdout and "stdout='65534\\n'" in p.stdout, p.stdout + p.stderr
     assert "cannot make private directory" not in p.stdout + p.stderr
+
+
+def test_the_private_tmp_serves_a_child_that_changes_its_uid_as_tmp_would(agent, work):
+    """The private /tmp has /tmp's own bits (1777): a child running as another user writes and
+    reads its files there, and the sticky bit keeps it from removing the parent's, as in the
+    real /tmp; the private root stays unlistable for that user."""
+    os.chmod(work, 0o711)
+    os.chmod(work / "priv", 0o711)
+    mine = work / "sandbox.so"              # where that user can load it from
+    shutil.copy(agent, mine)
+    os.chmod(mine, 0o755)
+    child = textwrap.dedent("""\
+        import os
+        def attempt(f):
+            try:
+                return f()
+            except OSError as e:
+                return e.errno
+        print(attempt(lambda: open('/tmp/mine', 'w').write('x')))
+        print(attempt(lambda: open('/tmp/mine').read()))
+        print(attempt(lambda: os.unlink('/tmp/parents')))
+        print(attempt(lambda: os.listdir(os.environ['BYPASS_SANDBOX_PRIVATE'])))
+        print(attempt(lambda: os.mkdir('/tmp/sub')))
+        """)
+    # the system's python: the test's own may live where user 65534 cannot reach
+    script = ("import subprocess; open('/tmp/parents', 'w').write('p'); "
+              f"r = subprocess.run(['/usr/bin/python3', '-c', {child!r}], user=65534, group=65534, "
+              "capture_output=True, text=True); print(r.stdout + r.stderr, end='')")
+    p = run(mine, work, [PY, "-c", script])
+    assert p.stdout.split() == ["1", "x", str(errno.EPERM), str(errno.EACCES), "None"], \
+        p.stdout + p.stderr
+    tmp = private_tmp(work)
+    assert stat.S_IMODE(tmp.stat().st_mode) == stat.S_IMODE(os.stat("/tmp").st_mode) == 0o1777
+    assert stat.S_IMODE(tmp.parent.stat().st_mode) == 0o711
+    assert (tmp / "mine").stat().st_uid == 65534 and (tmp / "parents").exists()
 
 
 def test_python_multiprocessing_under_a_read_only_root(agent, work):

@@ -51,7 +51,7 @@ def tree(root: Path) -> list[tuple[str, str, int]]:
     return sorted(out)
 
 
-def both(agent: Path, area: Path, cmd: list[str]):
+def both(agent: Path, area: Path, cmd: list[str], **extra: str):
     """Run cmd natively and under the agent, each in its own fresh directory."""
     results = []
     for mode in ("native", "agent"):
@@ -60,7 +60,7 @@ def both(agent: Path, area: Path, cmd: list[str]):
         env = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_")}
         env["LC_ALL"] = "C"
         if mode == "agent":
-            env.update(LD_PRELOAD=str(agent), BYPASS_MOUNTS=str(area / "mounts.txt"))
+            env.update(LD_PRELOAD=str(agent), BYPASS_MOUNTS=str(area / "mounts.txt"), **extra)
         p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
         results.append((p.returncode, p.stdout, tree(cwd)))
         assert p.returncode in (0, 1), p.stderr
@@ -73,6 +73,52 @@ def test_probe_case_matches_the_kernel(agent, probe, identity_list, case):
     native, sandboxed = both(agent, identity_list, [str(probe), case])
     assert native[0] == 0, native[1]
     assert sandboxed == native
+
+
+@pytest.mark.parametrize("case", ["unsearchable", "unsearchable-links"])
+def test_below_an_unsearchable_directory_without_landlock(agent, probe, identity_list, case):
+    """Without a Landlock ruleset the agent cannot hand a walk it could not make to the kernel:
+    it looks at each place by its path from the cwd, as the kernel walks it, links included."""
+    native, sandboxed = both(agent, identity_list, [str(probe), case],
+                             BYPASS_SANDBOX_KERNEL_ENFORCEMENT="0")
+    assert native[0] == 0, native[1]
+    assert sandboxed == native
+
+
+def test_links_below_an_unsearchable_directory_still_meet_the_list(agent, identity_list):
+    """Looking at places by their path from the cwd (no Landlock) must not skip the list:
+    links, direct or through "..", into a DENY place below the cwd are refused."""
+    w = identity_list
+    inside = w / "lock/in"
+    (inside / "secret").mkdir(parents=True)
+    (inside / "secret/file").write_text("needle\n")
+    (inside / "d").mkdir()
+    os.chmod(w / "lock", 0o700)
+    for d in (inside, inside / "d", inside / "secret"):
+        os.chmod(d, 0o777)
+    os.chmod(inside / "secret/file", 0o644)
+    os.symlink("secret", inside / "link")
+    os.symlink("d/../secret", inside / "link2")
+    (w / "mounts.txt").write_text(f"/ rwx\n{inside}/secret DENY\n")
+    code = textwrap.dedent("""
+        import os
+        os.chdir("lock/in")
+        os.setgid(65534)
+        os.setuid(65534)
+        for name in ("secret/file", "link/file", "link2/file", "d/../link/file"):
+            try:
+                print(name, open(name).read().strip())
+            except OSError as e:
+                print(name, e.strerror)
+        open("d/made", "w").write("ok")
+        print(open("d/made").read())
+    """)
+    env = dict(os.environ, LD_PRELOAD=str(agent), BYPASS_MOUNTS=str(w / "mounts.txt"),
+               BYPASS_SANDBOX_KERNEL_ENFORCEMENT="0")
+    p = subprocess.run([PY, "-c", code], cwd=w, env=env, capture_output=True, text=True, timeout=60)
+    assert p.stdout.splitlines() == [f"{n} Permission denied" for n in
+                                     ("secret/file", "link/file", "link2/file", "d/../link/file")] + ["ok"], \
+        p.stdout + p.stderr
 
 
 def test_subprocess_cwd_leaves_the_parents_cwd_alone(agent, identity_list):

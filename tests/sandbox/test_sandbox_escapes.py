@@ -345,3 +345,61 @@ def test_another_runs_private_directory_is_out_of_reach(agent, work, escape):
         assert "needle" not in p.stdout and "read Permission denied" in p.stdout, p.stdout
     finally:
         first.communicate("\n", timeout=30)
+
+
+@pytest.mark.parametrize("how", ["chdir", "fchdir", "dup", "fchdir-parent"])
+@pytest.mark.parametrize("kernel", ["1", "0"])
+def test_spawn_file_actions_after_a_chdir_are_checked_where_the_child_is(agent, work, escape,
+                                                                          how, kernel):
+    """A list that moves its child (addchdir_np, addfchdir_np of a descriptor it opened,
+    dup'ed or inherited) and then opens a relative name: the name is checked in the directory
+    the child will be in, not in the parent's writable cwd.  Without Landlock too."""
+    p = run(agent, work, [str(escape / "dyn"), "spawn", how, str(work / "ro"), "f"],
+            cwd=work / "out", BYPASS_SANDBOX_KERNEL_ENFORCEMENT=kernel)
+    assert p.stdout == "spawn-write Permission denied\n", p.stdout + p.stderr
+    assert (work / "ro/f").read_text() == "original\n"
+    assert not (work / "out/f").exists()
+    # the same list into a writable place works, and writes where the child stood
+    p = run(agent, work, [str(escape / "dyn"), "spawn", how, str(work / "out"), "made"],
+            cwd=work / "ro", BYPASS_SANDBOX_KERNEL_ENFORCEMENT=kernel)
+    expected = "Permission denied" if how == "dup" else "ok"     # a dup'ed place is unknown
+    assert p.stdout == f"spawn-write {expected}\n", p.stdout + p.stderr
+    assert (work / "out/made").exists() == (how != "dup")
+
+
+def test_spawn_lists_beyond_the_agents_room(agent, work, escape):
+    """20 lists alive at once: descriptor actions are never refused; a chdir action with the
+    room full is (ENOMEM), and so is an fchdir in a list the agent could not follow (EACCES),
+    so no relative path is checked in the wrong place; freed lists give the room back."""
+    p = run(agent, work, [str(escape / "dyn"), "spawn-many", str(work / "out")])
+    assert p.stdout == ("dup2-failed 0; chdir-full Cannot allocate memory; "
+                        "fchdir-full Permission denied; chdir-after ok\n"), p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("kernel", ["1", "0"])
+def test_names_below_a_directory_opened_without_o_directory(agent, work, kernel):
+    """The agent notes every descriptor it opens, a file's too; a directory opened without
+    O_DIRECTORY must still have the names below it checked (not handed to the kernel as if
+    below a file), and a name below a real file still gets the kernel's ENOTDIR."""
+    code = textwrap.dedent(f"""
+        import os
+        fd = os.open("{work}", os.O_RDONLY)
+        for name, flags in (("deny/secret", os.O_RDONLY), ("ro/f", os.O_WRONLY | os.O_TRUNC),
+                            ("out/new", os.O_WRONLY | os.O_CREAT)):
+            try:
+                got = os.read(os.open(name, flags, 0o644, dir_fd=fd), 100) if flags == os.O_RDONLY \\
+                    else os.write(os.open(name, flags, 0o644, dir_fd=fd), b"escaped")
+                print(name, "ok", got)
+            except OSError as e:
+                print(name, e.strerror)
+        f = os.open("{work}/ro/f", os.O_RDONLY)
+        try:
+            os.stat("x", dir_fd=f)
+        except OSError as e:
+            print("below a file", e.strerror)
+    """)
+    p = run(agent, work, [PY, "-c", code], BYPASS_SANDBOX_KERNEL_ENFORCEMENT=kernel)
+    assert p.stdout.splitlines() == ["deny/secret Permission denied", "ro/f Permission denied",
+                                     "out/new ok 7", "below a file Not a directory"], \
+        p.stdout + p.stderr
+    assert (work / "ro/f").read_text() == "original\n"
