@@ -78,6 +78,14 @@ static double wf_fetch_seconds;
         if (wf_debug_on)                                                       \
             wf_say(__VA_ARGS__);                                               \
     } while (0)
+/* A line of one debug subsystem: `bypass run -d cache,policy -o FILE` when it is on, else as wf_dbg. */
+#define wf_dbg_to(subsystem, ...)                                              \
+    do {                                                                       \
+        if (BYPASS_DEBUG_ON(subsystem))                                        \
+            bypass_debug_write((subsystem), __VA_ARGS__);                      \
+        else                                                                   \
+            wf_dbg(__VA_ARGS__);                                               \
+    } while (0)
 
 /* ------------------------------------------------------------------ configuration */
 
@@ -421,7 +429,7 @@ static int fetch(const char *url, int fd)
         wf_say("%s: %s", u.logname, r.error[0] ? r.error : strerror(e));
         return e;
     }
-    wf_dbg("fetched %s (%lld bytes, %.3f s)", u.logname, (long long)lseek(fd, 0, SEEK_END), gass_now() - t0);
+    wf_dbg_to(BYPASS_DEBUG_CACHE, "fetched %s (%lld bytes, %.3f s)", u.logname, (long long)lseek(fd, 0, SEEK_END), gass_now() - t0);
     return 0;
 }
 
@@ -873,7 +881,7 @@ static int load(struct wf_mount *m)
         goto fail;
 ok:
     rc = 0;
-    wf_dbg("%s is %s", m->prefix, m->root);
+    wf_dbg_to(BYPASS_DEBUG_POLICY, "%s is %s", m->prefix, m->root);
     __atomic_store_n(&m->state, 1, __ATOMIC_RELEASE);
     wf_loaded_any = 1;
     goto out;
@@ -1179,7 +1187,7 @@ static void account(long long added, const char *keep)
                     used -= vs.v[i].size;
                     evicted++;
                 }
-            wf_dbg("cache over %lld bytes: %zu files evicted, %lld bytes kept", wf_cache_max, evicted, used);
+            wf_dbg_to(BYPASS_DEBUG_CACHE, "cache over %lld bytes: %zu files evicted, %lld bytes kept", wf_cache_max, evicted, used);
         }
         free(vs.v);
     }
@@ -1309,6 +1317,8 @@ int wf_after_open(int fd, int flags, int dirfd, const struct wf_path *r)
     if (!is_placeholder(&st)) {
         if (wf_debug_on && r->m && S_ISREG(st.st_mode))
             __atomic_add_fetch(&wf_hits, 1, __ATOMIC_RELAXED);
+        if (BYPASS_DEBUG_ON(BYPASS_DEBUG_CACHE) && r->m && S_ISREG(st.st_mode))
+            bypass_debug_write(BYPASS_DEBUG_CACHE, "hit %s (in the cache)", r->use);
         return 0;
     }
     char proc[64], real[PATH_MAX];
