@@ -36,7 +36,10 @@ environment read by agents:
   BYPASS_SHADOW_SECRET=S   shared secret for a TCP shadow (or BYPASS_SHADOW_SECRET_FILE=FILE)
   BYPASS_SHADOW_TIMEOUT=N  seconds a shadow call may take (default 60); then it fails with EIO
   BYPASS_REMOTE_PREFIX=P   remote agent: paths under P go to the shadow (default /job)
-  BYPASS_CACHE_DIR=DIR     where `bypass run` keeps built agents (default ~/.cache/bypass/agents)
+  BYPASS_DEBUG=LIST        every agent: debug output of these subsystems (bypass run -d)
+  BYPASS_DEBUG_FILE=FILE   every agent: append it to FILE instead of stderr (bypass run -o)
+  BYPASS_CACHE_DIR=DIR     where `bypass run` keeps built agents and the compiled runtime
+                           (default ~/.cache/bypass/agents)
 read by the shadow:
   BYPASS_SHADOW_LOOP=L     auto (default), c or python: the per-connection call loop (the C one
                            is built on first use and is several µs faster per call)

@@ -163,6 +163,8 @@ class Runtime:
         done = subprocess.run([archiver, "rcs", str(self._staging / ARCHIVE), *objects], capture_output=True, text=True)
         if done.returncode != 0:
             raise BuildError(f"ar could not make the runtime archive: {done.stderr.strip()}")
+        for job in self.jobs:                         # the archive holds them now
+            job.obj.unlink(missing_ok=True)
         staging, self._staging = self._staging, None
         if staging.parent.name != "runtime":          # a scratch folder: used as it is
             self.folder = staging
