@@ -53,6 +53,7 @@ def _calls_shadow(spec_path: str) -> bool:
 def _check_set(spec_path: str, assignments: list[str], declared) -> None:
     """--set NAME=VALUE: NAME is a setting the agent reads, VALUE of the declared type."""
     import difflib
+    from .declared import check_value
     known = dict(RUNTIME_SETTINGS)
     for item in assignments:
         name, sep, value = item.partition("=")
@@ -61,20 +62,15 @@ def _check_set(spec_path: str, assignments: list[str], declared) -> None:
         if name in SHADOW_SETTINGS and _calls_shadow(spec_path):
             known.update(SHADOW_SETTINGS)
         matching = [d for d in declared if fnmatch.fnmatchcase(name, d.pattern)]
-        if matching:
-            from .declared import check_value
-            check_value(name, matching[-1].type, value)       # later rules win, as everywhere in a spec
-            continue
-        if name in known:
-            from .declared import check_value
-            check_value(name, known[name], value)
+        if matching or name in known:
+            # the spec's own declaration first; among those, the last rule wins, as in options
+            check_value(name, matching[-1].type if matching else known[name], value)
             continue
         names = sorted({d.pattern for d in declared} | set(known))
         close = difflib.get_close_matches(name, [n for n in names if "*" not in n], n=1, cutoff=0.7)
         hint = f"; did you mean {close[0]}?" if close else ""
-        reads = ", ".join(names)
-        raise BypassError(f"--set {name}: {spec_path} does not read {name}{hint} (it reads {reads}; to give the "
-                          f"command an environment variable, put it after '--': -- env {name}=... COMMAND)")
+        raise BypassError(f"--set {name}: {spec_path} does not read {name}{hint} (it reads {', '.join(names)}; "
+                          f"to give the command an environment variable, put it after '--': -- env {name}=... COMMAND)")
 
 
 def debug_subsystems(spec_path: str, wanted: str) -> str:

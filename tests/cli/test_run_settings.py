@@ -45,6 +45,16 @@ def test_a_setting_of_another_agent_is_refused(tmp_path):
     assert "does not read BYPASS_SANDBOX_EROFS" in message and "did you mean" not in message
 
 
+def test_shadow_settings_only_for_an_agent_with_shadow_calls(tmp_path):
+    remote = AGENTS / "remote" / "remote.bypass"
+    message = refused(bypass("run", str(remote), "--set", "BYPASS_SHADOW_TIMEOUT=later", "--", "touch", "ran",
+                             cwd=tmp_path), tmp_path)
+    assert "BYPASS_SHADOW_TIMEOUT wants seconds" in message
+    message = refused(bypass("run", str(TRACE), "--set", "BYPASS_SHADOW_TIMEOUT=5", "--", "touch", "ran",
+                             cwd=tmp_path), tmp_path)
+    assert "does not read BYPASS_SHADOW_TIMEOUT" in message
+
+
 def test_plain_environment_variables_are_pointed_after_the_separator(tmp_path):
     message = refused(bypass("run", str(TRACE), "--set", "LANG=C", "--", "touch", "ran", cwd=tmp_path), tmp_path)
     assert "-- env LANG=... COMMAND" in message
