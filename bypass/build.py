@@ -17,8 +17,8 @@ from .errors import BuildError, SpecError
 from .knowledge.loader import KNOWLEDGE_DIR, load_knowledge
 from .plan import AgentPlan, make_plan
 from .spec.parser import load_spec
-from .toolchain import COMPILE_FLAGS, LINK_FLAGS, RUNTIME_DIR, RUNTIME_SOURCES, CompileJob, Runtime, \
-    compile_and_link, parallel_jobs
+from .toolchain import COMPILE_FLAGS, LINK_FLAGS, RUNTIME_DIR, RUNTIME_SOURCES, CompileJob, CompilePool, \
+    Runtime, link, parallel_jobs
 
 # Agents of the shipped specs, compiled when the package is built (setup.py), named like the
 # cache's entries: used while their fingerprint matches, so a changed spec or runtime rebuilds.
@@ -191,23 +191,40 @@ def part_names(plan: AgentPlan) -> list[str]:
     return [f"{plan.name}_agent.c"] + [f"{plan.name}_agent_{n}.c" for n in range(2, count + 1)]
 
 
-def compile_agent(plan: AgentPlan, parts: list[tuple[str, str]], output: Path, workdir: Path,
-                  runtime_cache: Path | None) -> Path:
-    """Compile the agent's parts, its @source files and (when not cached) the runtime side by
-    side, and link them into `output`. `runtime_cache`: where the compiled runtime is kept
-    between builds (None: compiled in workdir, for this build only)."""
-    compiler = find_compiler()
-    spec_dir = Path(plan.spec.path).resolve().parent
-    runtime = Runtime(compiler, runtime_cache, workdir)
-    includes = [RUNTIME_DIR, runtime.include_dir, workdir, spec_dir]
+def _write_parts(plan: AgentPlan, parts: list[tuple[str, str]], workdir: Path,
+                 includes: list[Path]) -> list[CompileJob]:
     jobs = []
     for name, text in parts:
         (workdir / name).write_text(text)
         jobs.append(CompileJob(workdir / name, workdir / (Path(name).stem + ".o"), includes, generated=True))
     for number, source in enumerate(_spec_sources(plan)):     # two @source files may share a name
         jobs.append(CompileJob(source, workdir / f"src{number}-{source.stem}.o", includes))
-    return compile_and_link(compiler, jobs, runtime, output,
-                            f"the agent for {plan.spec.path} (errors in the spec's C code point at the spec's lines)")
+    return jobs
+
+
+def compile_agent(plan: AgentPlan, output: Path, workdir: Path, runtime_cache: Path | None,
+                  quiet_family: bool) -> Path:
+    """Render the agent's parts and compile them, its @source files and (when not cached) the
+    runtime side by side, then link them into `output`. The runtime starts compiling first, while
+    the parts are rendered. `runtime_cache`: where the compiled runtime is kept between builds
+    (None: compiled in workdir, for this build only)."""
+    compiler = find_compiler()
+    runtime = Runtime(compiler, runtime_cache, workdir)
+    pool = CompilePool(compiler)
+    what = f"the agent for {plan.spec.path} (errors in the spec's C code point at the spec's lines)"
+    try:
+        pool.add(runtime.jobs)
+        parts = render_agent_parts(plan, part_names(plan))
+        warn_family(plan, quiet_family)
+        spec_dir = Path(plan.spec.path).resolve().parent
+        jobs = _write_parts(plan, parts, workdir, [RUNTIME_DIR, runtime.include_dir, workdir, spec_dir])
+        pool.add(jobs)
+        pool.wait(what)
+        runtime.finish()
+    finally:
+        pool.close()
+        runtime.abandon()
+    return link(compiler, jobs, runtime, output, what)
 
 
 def build(spec_path: str | Path, output: str | Path, keep_c: str | Path | None = None,
@@ -216,8 +233,6 @@ def build(spec_path: str | Path, output: str | Path, keep_c: str | Path | None =
     (cache_dir()) unless runtime_cache names another folder, or is None (not kept)."""
     output = Path(output).resolve()
     plan = plan_spec(spec_path)
-    parts = render_agent_parts(plan, part_names(plan))
-    warn_family(plan, quiet_family)
     find_compiler()                 # a missing compiler is reported before any folder is made
     output.parent.mkdir(parents=True, exist_ok=True)
     if runtime_cache is True:
@@ -225,9 +240,9 @@ def build(spec_path: str | Path, output: str | Path, keep_c: str | Path | None =
     if keep_c:
         workdir = Path(keep_c)
         workdir.mkdir(parents=True, exist_ok=True)
-        return compile_agent(plan, parts, output, workdir, runtime_cache)
+        return compile_agent(plan, output, workdir, runtime_cache, quiet_family)
     with tempfile.TemporaryDirectory(prefix="bypass-build-") as tmp:
-        return compile_agent(plan, parts, output, Path(tmp), runtime_cache)
+        return compile_agent(plan, output, Path(tmp), runtime_cache, quiet_family)
 
 
 def cache_dir() -> Path:

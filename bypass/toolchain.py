@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -69,33 +70,60 @@ class CompileJob:
             return 0
 
 
-def compile_parallel(compiler: str, jobs: list[CompileJob], what: str) -> None:
-    """Compile every job, as many at once as there are cores, the largest first so that no long
-    file starts last. All are waited for; their errors are reported together, in job order."""
-    pending = sorted(jobs, key=lambda j: -j.cost)
-    running: list[tuple[CompileJob, subprocess.Popen]] = []
-    failed: dict[int, str] = {}
-    width = parallel_jobs()
-    try:
-        while pending or running:
-            while pending and len(running) < width:
-                job = pending.pop(0)
-                try:
-                    process = subprocess.Popen(job.command(compiler), stdout=subprocess.DEVNULL,
-                                               stderr=subprocess.PIPE, text=True)
-                except OSError as exc:
-                    raise BuildError(f"cannot run the C compiler {compiler}: {exc.strerror}") from None
-                running.append((job, process))
-            job, process = running.pop(0)
-            stderr = process.communicate()[1]
-            if process.returncode != 0:
-                failed[jobs.index(job)] = stderr.strip() or f"{job.source}: {compiler} exited {process.returncode}"
-    finally:
-        for _, process in running:        # only on an exception: no compiler is left behind
+class CompilePool:
+    """Compiles jobs as many at once as there are cores, the largest first so that no long file
+    starts last. Jobs may be added while earlier ones run: the runtime compiles while Python is
+    still rendering the agent. Errors are reported together, in the order the jobs were added."""
+
+    def __init__(self, compiler: str):
+        self.compiler = compiler
+        self.width = parallel_jobs()
+        self.pending: list[CompileJob] = []
+        self.running: list[tuple[CompileJob, subprocess.Popen, object]] = []
+        self.added: list[CompileJob] = []
+        self.failed: dict[int, str] = {}
+
+    def add(self, jobs: list[CompileJob]) -> None:
+        self.added += jobs
+        self.pending = sorted(self.pending + jobs, key=lambda j: -j.cost)
+        self._start()
+
+    def _start(self) -> None:
+        while self.pending and len(self.running) < self.width:
+            job = self.pending.pop(0)
+            errors = tempfile.TemporaryFile(mode="w+")     # a file, not a pipe: nothing can fill up
+            try:
+                process = subprocess.Popen(job.command(self.compiler), stdout=subprocess.DEVNULL, stderr=errors)
+            except OSError as exc:
+                errors.close()
+                raise BuildError(f"cannot run the C compiler {self.compiler}: {exc.strerror}") from None
+            self.running.append((job, process, errors))
+
+    def wait(self, what: str) -> None:
+        while self.running:
+            finished = [entry for entry in self.running if entry[1].poll() is not None]
+            if not finished:
+                time.sleep(0.005)
+                continue
+            for job, process, errors in finished:
+                self.running.remove((job, process, errors))
+                errors.seek(0)
+                text = errors.read().strip()
+                errors.close()
+                if process.returncode != 0:
+                    self.failed[self.added.index(job)] = text or f"{job.source}: {self.compiler} exited {process.returncode}"
+            self._start()
+        if self.failed:
+            raise BuildError(f"the C compiler rejected {what}:\n" + "\n".join(self.failed[i] for i in sorted(self.failed)))
+
+    def close(self) -> None:
+        """After an error: no compiler is left running."""
+        for _, process, errors in self.running:
             process.kill()
             process.wait()
-    if failed:
-        raise BuildError(f"the C compiler rejected {what}:\n" + "\n".join(failed[i] for i in sorted(failed)))
+            errors.close()
+        self.running = []
+        self.pending = []
 
 
 class Runtime:
@@ -182,14 +210,7 @@ class Runtime:
         self._staging = None
 
 
-def compile_and_link(compiler: str, sources: list[CompileJob], runtime: Runtime, output: Path,
-                     what: str) -> Path:
-    """Compile the agent's files (and the runtime, if it is not cached yet) together, then link."""
-    try:
-        compile_parallel(compiler, sources + runtime.jobs, what)
-        runtime.finish()
-    finally:
-        runtime.abandon()
+def link(compiler: str, sources: list[CompileJob], runtime: Runtime, output: Path, what: str) -> Path:
     tmp_output = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     # The archive after the generated parts, and again after the spec's own files for what
     # only they use: the runtime's members come in the order a single compile had them.
