@@ -219,8 +219,11 @@ def compile_agent(plan: AgentPlan, output: Path, workdir: Path, runtime_cache: P
         spec_dir = Path(plan.spec.path).resolve().parent
         jobs = _write_parts(plan, parts, workdir, [RUNTIME_DIR, runtime.include_dir, workdir, spec_dir])
         pool.add(jobs)
-        pool.wait(what)
-        runtime.finish()
+        failed = pool.wait()
+        if not set(failed) & set(range(len(runtime.jobs))):
+            runtime.finish()            # kept even when the agent's own code did not compile
+        if failed:
+            raise BuildError(f"the C compiler rejected {what}:\n" + "\n".join(failed[i] for i in sorted(failed)))
     finally:
         pool.close()
         runtime.abandon()

@@ -73,7 +73,7 @@ class CompileJob:
 class CompilePool:
     """Compiles jobs as many at once as there are cores, the largest first so that no long file
     starts last. Jobs may be added while earlier ones run: the runtime compiles while Python is
-    still rendering the agent. Errors are reported together, in the order the jobs were added."""
+    still rendering the agent. All are waited for, and their errors kept in the order added."""
 
     def __init__(self, compiler: str):
         self.compiler = compiler
@@ -99,7 +99,8 @@ class CompilePool:
                 raise BuildError(f"cannot run the C compiler {self.compiler}: {exc.strerror}") from None
             self.running.append((job, process, errors))
 
-    def wait(self, what: str) -> None:
+    def wait(self) -> dict[int, str]:
+        """Wait for every job; the compiler's messages of those that failed, by order added."""
         while self.running:
             finished = [entry for entry in self.running if entry[1].poll() is not None]
             if not finished:
@@ -113,8 +114,7 @@ class CompilePool:
                 if process.returncode != 0:
                     self.failed[self.added.index(job)] = text or f"{job.source}: {self.compiler} exited {process.returncode}"
             self._start()
-        if self.failed:
-            raise BuildError(f"the C compiler rejected {what}:\n" + "\n".join(self.failed[i] for i in sorted(self.failed)))
+        return self.failed
 
     def close(self) -> None:
         """After an error: no compiler is left running."""
@@ -169,6 +169,9 @@ class Runtime:
             return None
         try:
             (cache / "runtime").mkdir(parents=True, exist_ok=True)
+            for stale in (cache / "runtime").glob(".*-*"):     # left by a build that was killed
+                if time.time() - stale.stat().st_mtime > 3600:
+                    shutil.rmtree(stale, ignore_errors=True)
             return Path(tempfile.mkdtemp(prefix=f".{self.key}-", dir=cache / "runtime"))
         except OSError:
             return None

@@ -107,3 +107,18 @@ def test_a_prologue_with_definitions_stays_in_one_part(tmp_path):
     remote = plan_spec(AGENTS / "remote" / "remote.bypass")
     assert not splittable(remote)                   # it defines remote_call_read()
     assert splittable(plan_spec(TRACE))             # includes only
+
+
+def test_a_spec_that_does_not_compile_still_leaves_the_runtime_compiled(tmp_path):
+    spec = tmp_path / "typo.bypass"
+    spec.write_text("int unlink( in string const char *path )\nagent_action {{\n    return unlink(pat);\n}};\n")
+    cache = tmp_path / "cache"
+    try:
+        build(spec, tmp_path / "typo.so", runtime_cache=cache)
+    except bypass.build.BuildError as exc:
+        assert re.search(r"typo\.bypass:3:\d+: error: .pat. undeclared", str(exc)), exc
+    else:
+        raise AssertionError("a spec with an undeclared name built")
+    assert not (tmp_path / "typo.so").exists()
+    entries = list((cache / "runtime").iterdir())
+    assert len(entries) == 1 and (entries[0] / "libbypass_runtime.a").is_file(), entries
