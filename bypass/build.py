@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -13,25 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .codegen.render import TEMPLATES, render_agent, render_shadow
+from .codegen.render import TEMPLATES, render_agent, render_agent_parts, render_shadow
 from .errors import BuildError, SpecError
 from .knowledge.loader import KNOWLEDGE_DIR, load_knowledge
 from .plan import AgentPlan, make_plan
 from .spec.parser import load_spec
+from .toolchain import COMPILE_FLAGS, LINK_FLAGS, RUNTIME_DIR, RUNTIME_SOURCES, CompileJob, CompilePool, \
+    Runtime, link, parallel_jobs
 
-RUNTIME_DIR = Path(__file__).parent / "rpc" / "c"
 # Agents of the shipped specs, compiled when the package is built (setup.py), named like the
 # cache's entries: used while their fingerprint matches, so a changed spec or runtime rebuilds.
 PREBUILT_DIR = Path(__file__).parent / "prebuilt"
-# The C runtime files every agent links: core runtime, msgpack codec, SHA-256 for the
-# handshake, the shadow RPC client (plus bypass_neutral.c, generated per build from
-# bypass/rpc/neutral.toml against the build machine's headers).
-RUNTIME_SOURCES = ["runtime.c", "msgpack.c", "sha256.c", "rpc_client.c"]
 NEUTRAL_FILES = [Path(__file__).parent / "rpc" / "neutral.toml", Path(__file__).parent / "rpc" / "neutral_c.py",
                  Path(__file__).parent / "codegen" / "rpc_marshal.py"]
-CFLAGS = ["-shared", "-fPIC", "-O2", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
-          "-fvisibility=hidden", "-U_FORTIFY_SOURCE"]
-LIBS = ["-ldl", "-lpthread"]
 
 
 @dataclass
@@ -41,19 +34,30 @@ class Generated:
     shadow_py: str
 
 
-def generate(spec_path: str | Path, agent_name: str | None = None, quiet_family: bool = True) -> Generated:
-    """The agent's C and the shadow's Python. The family warnings are for the spec's author, who
-    asks for them with `bypass -agent` or `bypass build`; `bypass run` of a spec stays quiet."""
+def plan_spec(spec_path: str | Path) -> AgentPlan:
     spec = load_spec(spec_path)
     knowledge = load_knowledge()
-    from .spec.checks import check_names, family_warnings
+    from .spec.checks import check_names
     check_names(spec, knowledge)
-    plan = make_plan(spec, knowledge)
-    name = agent_name or f"{spec.name}_agent.c"
-    generated = Generated(plan, render_agent(plan, name), render_shadow(plan))
-    if not quiet_family:            # after every error: a spec that fails shows its error alone
-        for warning in family_warnings(spec, knowledge):
+    return make_plan(spec, knowledge)
+
+
+def warn_family(plan: AgentPlan, quiet_family: bool) -> None:
+    """The family warnings are for the spec's author, who asks for them with `bypass -agent` or
+    `bypass build`; `bypass run` of a spec stays quiet. Called after rendering: a spec that fails
+    shows its error alone."""
+    if not quiet_family:
+        from .spec.checks import family_warnings
+        for warning in family_warnings(plan.spec, load_knowledge()):
             print(warning, file=sys.stderr)
+
+
+def generate(spec_path: str | Path, agent_name: str | None = None, quiet_family: bool = True) -> Generated:
+    """The agent's C (one file) and the shadow's Python."""
+    plan = plan_spec(spec_path)
+    name = agent_name or f"{plan.spec.name}_agent.c"
+    generated = Generated(plan, render_agent(plan, name), render_shadow(plan))
+    warn_family(plan, quiet_family)
     return generated
 
 
@@ -154,7 +158,7 @@ def _support_files(spec_path: Path) -> list[tuple[str, Path]]:
 
 def fingerprint(spec_path: str | Path) -> str:
     spec_path = Path(spec_path)
-    digest = hashlib.sha256(f"bypass {__version__} {CFLAGS} {os.environ.get('CC', '')}\n".encode())
+    digest = hashlib.sha256(f"bypass {__version__} {COMPILE_FLAGS} {LINK_FLAGS} {os.environ.get('CC', '')}\n".encode())
     try:
         digest.update(spec_path.read_bytes())
     except OSError as exc:
@@ -173,49 +177,75 @@ def prebuild_shipped(package: Path) -> list[Path]:
     folder.mkdir(exist_ok=True)
     for stale in folder.glob("*.so"):        # pip builds in the tree: an earlier build's agents linger
         stale.unlink()
-    for spec in sorted((package / "agents").glob("*/*.bypass")):
-        output = folder / f"{spec.stem}-{fingerprint(spec)}.so"
-        print(f"bypass: building {output.name} …", file=sys.stderr, flush=True)
-        built.append(build(spec, output))
+    with tempfile.TemporaryDirectory(prefix="bypass-runtime-") as runtime:   # shared by these builds only
+        for spec in sorted((package / "agents").glob("*/*.bypass")):
+            output = folder / f"{spec.stem}-{fingerprint(spec)}.so"
+            print(f"bypass: building {output.name} …", file=sys.stderr, flush=True)
+            built.append(build(spec, output, runtime_cache=Path(runtime)))
     return built
 
 
-def compile_agent(generated: Generated, output: Path, workdir: Path) -> Path:
+def part_names(plan: AgentPlan) -> list[str]:
+    """One C file per core for a large agent (the trace agent's hundred calls), one for a small."""
+    count = parallel_jobs() if len(plan.calls) >= 40 else 1
+    return [f"{plan.name}_agent.c"] + [f"{plan.name}_agent_{n}.c" for n in range(2, count + 1)]
+
+
+def _write_parts(plan: AgentPlan, parts: list[tuple[str, str]], workdir: Path,
+                 includes: list[Path]) -> list[CompileJob]:
+    jobs = []
+    for name, text in parts:
+        (workdir / name).write_text(text)
+        jobs.append(CompileJob(workdir / name, workdir / (Path(name).stem + ".o"), includes, generated=True))
+    for number, source in enumerate(_spec_sources(plan)):     # two @source files may share a name
+        jobs.append(CompileJob(source, workdir / f"src{number}-{source.stem}.o", includes))
+    return jobs
+
+
+def compile_agent(plan: AgentPlan, output: Path, workdir: Path, runtime_cache: Path | None,
+                  quiet_family: bool) -> Path:
+    """Render the agent's parts and compile them, its @source files and (when not cached) the
+    runtime side by side, then link them into `output`. The runtime starts compiling first, while
+    the parts are rendered. `runtime_cache`: where the compiled runtime is kept between builds
+    (None: compiled in workdir, for this build only)."""
     compiler = find_compiler()
-    c_file = workdir / f"{generated.plan.name}_agent.c"
-    c_file.write_text(generated.agent_c)
-    spec_dir = Path(generated.plan.spec.path).resolve().parent
-    from .rpc.neutral_c import write_sources
-    neutral_c = [p for p in write_sources(workdir) if p.suffix == ".c"]
-    sources = [str(c_file)] + [str(RUNTIME_DIR / s) for s in RUNTIME_SOURCES] + [str(p) for p in neutral_c]
-    sources += [str(p) for p in _spec_sources(generated.plan)]
-    tmp_output = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    command = [compiler, *CFLAGS, f"-I{RUNTIME_DIR}", f"-I{workdir}", f"-I{spec_dir}", "-o", str(tmp_output),
-               *sources, *LIBS]
+    runtime = Runtime(compiler, runtime_cache, workdir)
+    pool = CompilePool(compiler)
+    what = f"the agent for {plan.spec.path} (errors in the spec's C code point at the spec's lines)"
     try:
-        done = subprocess.run(command, capture_output=True, text=True)
-    except OSError as exc:
-        raise BuildError(f"cannot run the C compiler {compiler}: {exc.strerror}") from None
-    if done.returncode != 0:
-        tmp_output.unlink(missing_ok=True)
-        raise BuildError(f"the C compiler rejected the agent for {generated.plan.spec.path} "
-                         f"(errors in the spec's C code point at the spec's lines):\n{done.stderr.strip()}")
-    os.replace(tmp_output, output)      # atomic: a concurrent `bypass run` never sees half a file
-    return output
+        pool.add(runtime.jobs)
+        parts = render_agent_parts(plan, part_names(plan))
+        warn_family(plan, quiet_family)
+        spec_dir = Path(plan.spec.path).resolve().parent
+        jobs = _write_parts(plan, parts, workdir, [RUNTIME_DIR, runtime.include_dir, workdir, spec_dir])
+        pool.add(jobs)
+        failed = pool.wait()
+        if not set(failed) & set(range(len(runtime.jobs))):
+            runtime.finish()            # kept even when the agent's own code did not compile
+        if failed:
+            raise BuildError(f"the C compiler rejected {what}:\n" + "\n".join(failed[i] for i in sorted(failed)))
+    finally:
+        pool.close()
+        runtime.abandon()
+    return link(compiler, jobs, runtime, output, what)
 
 
 def build(spec_path: str | Path, output: str | Path, keep_c: str | Path | None = None,
-          quiet_family: bool = True) -> Path:
+          quiet_family: bool = True, runtime_cache: Path | None | bool = True) -> Path:
+    """Generate and compile the agent. The compiled runtime is kept in the agent cache
+    (cache_dir()) unless runtime_cache names another folder, or is None (not kept)."""
     output = Path(output).resolve()
-    generated = generate(spec_path, quiet_family=quiet_family)
+    plan = plan_spec(spec_path)
     find_compiler()                 # a missing compiler is reported before any folder is made
     output.parent.mkdir(parents=True, exist_ok=True)
+    if runtime_cache is True:
+        runtime_cache = cache_dir()
     if keep_c:
         workdir = Path(keep_c)
         workdir.mkdir(parents=True, exist_ok=True)
-        return compile_agent(generated, output, workdir)
+        return compile_agent(plan, output, workdir, runtime_cache, quiet_family)
     with tempfile.TemporaryDirectory(prefix="bypass-build-") as tmp:
-        return compile_agent(generated, output, Path(tmp))
+        return compile_agent(plan, output, Path(tmp), runtime_cache, quiet_family)
 
 
 def cache_dir() -> Path:

@@ -51,14 +51,24 @@ _FUNCTION_TYPEDEFS = [
 ]
 
 
-def _prelude() -> str:
-    lines = [f"typedef {base} {name};" for name, base in _INTEGER_TYPEDEFS.items()]
-    lines += [f"typedef {base} {name};" for name, base in _OPAQUE_TYPEDEFS.items()]
-    lines += _FUNCTION_TYPEDEFS
-    return "\n".join(lines) + "\n"
+def _prelude_lines() -> dict[str, str]:
+    """Each stand-in typedef, by the name it declares."""
+    lines = {name: f"typedef {base} {name};" for name, base in _INTEGER_TYPEDEFS.items()}
+    lines.update({name: f"typedef {base} {name};" for name, base in _OPAQUE_TYPEDEFS.items()})
+    lines.update({re.search(r"\(\*(\w+)\)", line)[1]: line for line in _FUNCTION_TYPEDEFS})
+    return lines
 
 
-PRELUDE = _prelude()
+_PRELUDE_LINES = _prelude_lines()
+_WORD = re.compile(r"[A-Za-z_]\w*")
+
+
+def _prelude_for(text: str) -> str:
+    """The typedefs `text` names. A typedef the text does not name cannot change its parse, and
+    pycparser's time goes mostly into the prelude: the knowledge base's few hundred declarations,
+    each with the whole prelude, took seconds of every build."""
+    names = set(_WORD.findall(text))
+    return "".join(line + "\n" for name, line in _PRELUDE_LINES.items() if name in names)
 KNOWN_TYPE_NAMES = frozenset(_INTEGER_TYPEDEFS) | frozenset(_OPAQUE_TYPEDEFS) | {
     "__ftw_func_t", "__nftw_func_t", "__ftw64_func_t", "__nftw64_func_t", "__compar_fn_t"}
 
@@ -194,7 +204,7 @@ _PYCPARSER_ERROR = re.compile(r"^(?P<file>.*?):(?P<line>\d+):(?P<col>\d+): (?P<m
 
 def _parse(text: str, path: str, line: int, col: int, source: str | None, prefix: str = "") -> c_ast.FileAST:
     """Parse `prefix + text`, reporting errors at the spec position where `text` starts."""
-    padded = PRELUDE + f'# {line} "{path}"\n' + prefix + text + "\n"
+    padded = _prelude_for(text) + f'# {line} "{path}"\n' + prefix + text + "\n"
     try:
         return c_parser.CParser().parse(padded, filename=path)
     except c_parser.ParseError as exc:

@@ -38,7 +38,10 @@ environment read by agents:
   BYPASS_SHADOW_SECRET=S   shared secret for a TCP shadow (or BYPASS_SHADOW_SECRET_FILE=FILE)
   BYPASS_SHADOW_TIMEOUT=N  seconds a shadow call may take (default 60); then it fails with EIO
   BYPASS_REMOTE_PREFIX=P   remote agent: paths under P go to the shadow (default /job)
-  BYPASS_CACHE_DIR=DIR     where `bypass run` keeps built agents (default ~/.cache/bypass/agents)
+  BYPASS_DEBUG=LIST        every agent: debug output of these subsystems (bypass run -d)
+  BYPASS_DEBUG_FILE=FILE   every agent: append it to FILE instead of stderr (bypass run -o)
+  BYPASS_CACHE_DIR=DIR     where `bypass run` keeps built agents and the compiled runtime
+                           (default ~/.cache/bypass/agents)
 read by the shadow:
   BYPASS_SHADOW_LOOP=L     auto (default), c or python: the per-connection call loop (the C one
                            is built on first use and is several µs faster per call)
@@ -176,6 +179,10 @@ def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
         extra["BYPASS_SANDBOX_KEEP_PRIVATE"] = "1"
     if args.no_kernel_enforcement:
         extra["BYPASS_SANDBOX_KERNEL_ENFORCEMENT"] = "0"
+    if args.debug:
+        extra["BYPASS_DEBUG"] = args.debug
+    if args.debug_file:
+        extra["BYPASS_DEBUG_FILE"] = os.path.abspath(args.debug_file)
     if "BYPASS_MOUNTS" in extra:
         from .mounts import check_program          # the agent checks every later exec itself
         command = check_program(command, {**os.environ, **extra})
@@ -253,7 +260,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="sandbox agent: keep the run's PRIVATE directory and say where it is")
     p_run.add_argument("--no-kernel-enforcement", action="store_true",
                        help="sandbox agent: do not also install the mount list as a Landlock ruleset")
-    p_run.add_argument("--set", action="append", metavar="NAME=VALUE", help="set an environment variable")
+    p_run.add_argument("--set", action="append", metavar="NAME=VALUE",
+                       help="set one of the agent's settings (those the spec declares: options \"BYPASS_...\" setting;)")
+    p_run.add_argument("-d", "--debug", metavar="SUBSYSTEM[,...]",
+                       help="debug output of the agent: all, calls (syscall), process, resolve, rpc, and those the "
+                            "spec declares (policy, cache, http); unknown names are listed")
+    p_run.add_argument("-o", "--debug-file", metavar="FILE",
+                       help="append the debug output to FILE (default: stderr); the program's descriptors are untouched")
     p_run.add_argument("--export", metavar="DIR",
                        help="serve the spec's shadow from this process, its file calls inside DIR")
     p_run.add_argument("--listen", metavar="ADDR", help="with --export: where the shadow listens")

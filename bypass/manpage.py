@@ -28,6 +28,22 @@ def _option_lines(parser: argparse.ArgumentParser) -> list[str]:
     return out
 
 
+def _debug_section() -> list[str]:
+    """The subsystems of `bypass run -d`, from the table the command line checks them against."""
+    from .declared import RPC_SUBSYSTEM, RUNTIME_SUBSYSTEMS, SPEC_SUBSYSTEMS
+    out = [".SH DEBUG OUTPUT", _escape(
+        "bypass run SPEC -d SUBSYSTEM[,...] [-o FILE] -- COMMAND: the agent writes one line per event, "
+        "\"AGENT PID SUBSYSTEM: text\", to FILE (appended; default stderr), from every process of the run. "
+        "The file is held above the program's descriptors, close-on-exec, and carried through exec, so the "
+        "program's output and descriptor numbers do not change; off, it costs one test per call. "
+        "A name the agent does not report on is refused with the list of those it does. all: every one.")]
+    for table, who in ((RUNTIME_SUBSYSTEMS, "every agent"), (RPC_SUBSYSTEM, "agents with shadow calls"),
+                       (SPEC_SUBSYSTEMS, "agents whose spec declares it: options \"policy\" debug;")):
+        for name, text in table.items():
+            out += [".TP", f"\\fB{name}\\fR", _escape(f"{text} ({who})")]
+    return out
+
+
 def render() -> str:
     from .cli import ENVIRONMENT_HELP, _classic_parser, _parser
     top = _parser()
@@ -49,6 +65,7 @@ def render() -> str:
             out += _option_lines(sub)
         else:
             out += [".PP", f"Its options: \\fBbypass {name} \\-\\-help\\fR."]
+    out += _debug_section()
     out += [".SH ENVIRONMENT", ".nf", _escape(ENVIRONMENT_HELP.strip()), ".fi",
             ".SH EXIT STATUS", "The command's own status under \\fBbypass run\\fR; 2 for bad input (a malformed "
             "spec, an option that cannot apply), with a one-line message and nothing written.",

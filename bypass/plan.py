@@ -96,6 +96,7 @@ class PlannedCall:
     function: Function | None
     call: Call | None
     needs_next_decls: list[NextCall] = field(default_factory=list)
+    shadow_client: bool = False      # the agent carries bypass_shadow_<call>() (see _shadow_clients)
 
     @property
     def fixed_values(self) -> list[Value]:
@@ -173,6 +174,7 @@ class Planner:
                 calls.append(planned)
         for planned in calls:
             self.link_next_declarations(planned)
+        _mark_shadow_clients(self.spec, calls)
         headers = sorted({h for c in calls if c.call for h in c.call.headers})
         digest = hashlib.sha256()
         for planned in calls:
@@ -293,6 +295,26 @@ class Planner:
     @staticmethod
     def link_next_declarations(planned: PlannedCall) -> None:
         planned.needs_next_decls = planned.real_symbols()
+
+
+def _mark_shadow_clients(spec: Spec, calls: list[PlannedCall]) -> None:
+    """Give bypass_shadow_<call>() only to the calls that use it: those forwarded by default and
+    those whose name some C of the spec writes (an action, the prologue, the C files beside the
+    spec that @source compiles or @include reads). An agent that forwards nothing carries no
+    marshalling code, and the C compiler — most of a build's time — compiles only what runs."""
+    import re
+    from pathlib import Path
+    texts = [spec.source]
+    folder = Path(spec.path).resolve().parent
+    for path in sorted(folder.glob("*.[ch]")) + [folder / name for name in spec.sources]:
+        try:
+            texts.append(path.read_text(errors="replace"))
+        except OSError:
+            pass                     # a missing @source is reported by the build, by its name
+    named = set(re.findall(r"\bbypass_shadow_(\w+)", "\n".join(texts)))
+    for planned in calls:
+        planned.shadow_client = planned.number is not None and (planned.action_kind == "shadow"
+                                                                or planned.name in named)
 
 
 def _split_args(text: str | None) -> list[str]:

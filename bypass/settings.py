@@ -24,41 +24,81 @@ RUN_OPTIONS = {
 }
 
 
-def declared_settings(spec_path: str | os.PathLike[str]) -> list[str]:
-    """The setting patterns a spec declares, read with the lexer alone: `bypass run` with a warm
-    cache must not pay for a full parse (seconds for a large spec)."""
-    from .spec.lexer import Lexer
-    from .spec.parser import read_spec_text
-    tokens = Lexer(read_spec_text(spec_path), str(spec_path)).tokens()
-    found: list[str] = []
-    for at, token in enumerate(tokens):
-        if token.kind != "ident" or token.text != "options":
-            continue
-        end = at + 1
-        while end < len(tokens) and tokens[end].kind == "string":
-            end += 1
-        if end < len(tokens) and tokens[end].kind == "ident" and tokens[end].text == "setting":
-            found += [t.text for t in tokens[at + 1:end]]
-    return found
-
-
-def _check_trace_file(name: str) -> None:
+def _check_output_file(flag: str, name: str) -> None:
     path = Path(name)
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
-        raise BypassError(f"--trace {name}: is a directory; give a file to append the trace to")
+        raise BypassError(f"{flag} {name}: is a directory; give a file to append to")
     if not folder.is_dir():
-        raise BypassError(f"--trace {name}: no such directory {folder}")
+        raise BypassError(f"{flag} {name}: no such directory {folder}")
     if path.exists() and not os.access(path, os.W_OK) or not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
-        raise BypassError(f"--trace {name}: not writable (permission denied)")
+        raise BypassError(f"{flag} {name}: not writable (permission denied)")
+
+
+# Settings of the runtime, which every agent reads (bypass_runtime.h), and of the shadow client,
+# which an agent with shadow calls reads (rpc_client.c).
+RUNTIME_SETTINGS = {"BYPASS_DEBUG": None, "BYPASS_DEBUG_FILE": "path"}
+SHADOW_SETTINGS = {"BYPASS_SHADOW": None, "BYPASS_SHADOW_SECRET": None, "BYPASS_SHADOW_SECRET_FILE": "file",
+                   "BYPASS_SHADOW_TIMEOUT": "seconds"}
+
+
+def _calls_shadow(spec_path: str) -> bool:
+    """Whether the agent has shadow calls (a full parse: asked only when an option depends on it)."""
+    from .spec.parser import load_spec
+    spec = load_spec(spec_path)
+    return "bypass_shadow_" in spec.source or (
+        spec.agent_default_action is None and any(f.agent_action is None for f in spec.functions))
+
+
+def _check_set(spec_path: str, assignments: list[str], declared) -> None:
+    """--set NAME=VALUE: NAME is a setting the agent reads, VALUE of the declared type."""
+    import difflib
+    from .declared import check_value
+    known = dict(RUNTIME_SETTINGS)
+    for item in assignments:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise BypassError(f"--set wants NAME=VALUE, got {item!r}")
+        if name in SHADOW_SETTINGS and _calls_shadow(spec_path):
+            known.update(SHADOW_SETTINGS)
+        matching = [d for d in declared if fnmatch.fnmatchcase(name, d.pattern)]
+        if matching or name in known:
+            # the spec's own declaration first; among those, the last rule wins, as in options
+            check_value(name, matching[-1].type if matching else known[name], value)
+            continue
+        names = sorted({d.pattern for d in declared} | set(known))
+        close = difflib.get_close_matches(name, [n for n in names if "*" not in n], n=1, cutoff=0.7)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise BypassError(f"--set {name}: {spec_path} does not read {name}{hint} (it reads {', '.join(names)}; "
+                          f"to give the command an environment variable, put it after '--': -- env {name}=... COMMAND)")
+
+
+def debug_subsystems(spec_path: str, wanted: str) -> str:
+    """`-d a,b`: each name one the agent reports on; returns the list for BYPASS_DEBUG."""
+    from .declared import RPC_SUBSYSTEM, RUNTIME_SUBSYSTEMS, SPEC_SUBSYSTEMS, declared_subsystems
+    names = [n.strip() for n in wanted.split(",") if n.strip()]
+    if not names:
+        raise BypassError("-d wants one or more subsystems, comma-separated (or all)")
+    offered = dict(RUNTIME_SUBSYSTEMS)
+    declared = set(declared_subsystems(spec_path))
+    offered.update({n: text for n, text in SPEC_SUBSYSTEMS.items() if n in declared})
+    unknown = [n for n in names if n != "all" and n not in offered]
+    if unknown and _calls_shadow(spec_path):       # a full parse, only when it decides something
+        offered.update(RPC_SUBSYSTEM)
+        unknown = [n for n in unknown if n not in offered]
+    if unknown:
+        listing = "; ".join(f"{n}: {text}" for n, text in offered.items())
+        raise BypassError(f"-d {unknown[0]}: no such debug subsystem for {spec_path}; it has all, {listing}")
+    return ",".join(names)
 
 
 def mount_variable(spec_path) -> str:
     """What `-M` sets for this spec: the webfs agent's inline mounts (PREFIX=URL) where the spec reads
     them, else the sandbox's mount list (PREFIX=TARGET)."""
-    declared = declared_settings(spec_path)
-    webfs = any(fnmatch.fnmatchcase("BYPASS_WEBFS_MOUNTS", p) for p in declared)
-    sandbox = any(fnmatch.fnmatchcase("BYPASS_MOUNTS", p) for p in declared)
+    from .declared import declared_settings
+    patterns = [d.pattern for d in declared_settings(spec_path)]
+    webfs = any(fnmatch.fnmatchcase("BYPASS_WEBFS_MOUNTS", p) for p in patterns)
+    sandbox = any(fnmatch.fnmatchcase("BYPASS_MOUNTS", p) for p in patterns)
     return "BYPASS_WEBFS_MOUNTS" if webfs and not sandbox else "BYPASS_MOUNTS"
 
 
@@ -79,6 +119,7 @@ def webfs_inline(items: list[str], already: str | None) -> str:
 
 def check_run_options(args) -> None:
     """Refuse, before anything is built or run, the options of `bypass run` that cannot apply."""
+    from .declared import declared_settings
     for flag, given, what in (("--summary", args.summary, "summary"), ("--summary-json", args.summary_json, "summary"),
                               ("--policy", args.policy, "policy"), ("--process", args.process is not None, "policy")):
         if given and not args.export:
@@ -86,18 +127,26 @@ def check_run_options(args) -> None:
     if args.listen and not args.export:
         raise BypassError("--listen needs --export DIR: it says where the served shadow listens")
     given = [(flag, variable) for dest, (flag, variable) in RUN_OPTIONS.items() if getattr(args, dest, None)]
-    if given:
-        declared = declared_settings(args.spec)
-        if args.mount:
-            given = [(f, mount_variable(args.spec) if f == "-M" else v) for f, v in given]
-        for flag, variable in given:
-            if not any(fnmatch.fnmatchcase(variable, pattern) for pattern in declared):
-                reads = f"it reads {', '.join(declared)}" if declared else "it declares no settings"
-                raise BypassError(
-                    f"{flag} sets {variable}, which {args.spec} does not read ({reads}); a spec whose agent "
-                    f"reads it declares so with: options \"{variable}\" setting;")
+    declared = declared_settings(args.spec) if given or args.set else []
+    if args.mount:
+        given = [(f, mount_variable(args.spec) if f == "-M" else v) for f, v in given]
+    for flag, variable in given:
+        if not any(fnmatch.fnmatchcase(variable, d.pattern) for d in declared):
+            patterns = [d.pattern for d in declared]
+            reads = f"it reads {', '.join(patterns)}" if patterns else "it declares no settings"
+            raise BypassError(
+                f"{flag} sets {variable}, which {args.spec} does not read ({reads}); a spec whose agent "
+                f"reads it declares so with: options \"{variable}\" setting;")
+    if args.set:
+        _check_set(args.spec, args.set, declared)
     if args.trace:
-        _check_trace_file(args.trace)
+        _check_output_file("--trace", args.trace)
+    if args.debug_file and not args.debug:
+        raise BypassError("-o FILE is where the debug output goes: give the subsystems with -d (e.g. -d all -o FILE)")
+    if args.debug:
+        args.debug = debug_subsystems(args.spec, args.debug)
+    if args.debug_file:
+        _check_output_file("-o", args.debug_file)
     if args.keep_private and args.private_cleanup:
         raise BypassError("--keep-private and --private-cleanup contradict each other: give one")
 

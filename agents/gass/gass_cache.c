@@ -270,8 +270,7 @@ static void evict(const char *root, const char *keep)
             remove_entry(root, list[i].name);
             unlock_file(lock);
             total -= list[i].size;
-            if (gass_debug())
-                gass_log("cache: evicted %s (%lld bytes)", list[i].name, list[i].size);
+            gass_dlog(GASS_DEBUG_CACHE, "cache: evicted %s (%lld bytes)", list[i].name, list[i].size);
         }
     }
     free(list);
@@ -346,6 +345,7 @@ int gass_cache_open(const struct gass_url *u, int extra_flags, struct gass_respo
     int downloaded = 0;
 
     if (have && max_age > 0 && now - m.validated < max_age) {
+        gass_dlog(GASS_DEBUG_CACHE, "cache: %s hit (validated %lld s ago)", u->logname, (long long)(now - m.validated));
         r->status = 0; /* trusted without asking */
         r->length = m.size;
         snprintf(r->etag, sizeof r->etag, "%s", m.etag);
@@ -395,6 +395,8 @@ int gass_cache_open(const struct gass_url *u, int extra_flags, struct gass_respo
         }
         m.validated = now;
         write_meta(root, u->key, &m); /* best effort: without it the next open refetches */
+        gass_dlog(GASS_DEBUG_CACHE, "cache: %s %s", u->logname,
+                  downloaded ? (have ? "changed, fetched again" : "miss, fetched") : "revalidated (304)");
     }
 
     int fd = open(data_path, O_RDONLY | O_CLOEXEC | extra_flags);

@@ -443,8 +443,7 @@ static int open_for_writing(const struct gass_url *u, int flags)
         errno = saved;
         return -1;
     }
-    if (gass_debug())
-        gass_log("staging %s for upload%s", u->logname, e->always_upload ? "" : " (if changed)");
+    gass_dlog(GASS_DEBUG_CACHE, "staging %s for upload%s", u->logname, e->always_upload ? "" : " (if changed)");
     return fd;
 
 fail_stage:;
@@ -739,8 +738,7 @@ static int upload(struct open_url *e, int fd, int told)
         rc = -1;
         saved = errno;
     } else if (!changed(e, &st)) {
-        if (gass_debug())
-            gass_log("%s unchanged, not uploaded", e->url->logname);
+        gass_dlog(GASS_DEBUG_HTTP, "%s unchanged, not uploaded", e->url->logname);
     } else {
         struct gass_response r;
         rc = gass_http_put(e->url, fd, st.st_size, &r);

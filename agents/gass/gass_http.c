@@ -242,11 +242,11 @@ static int on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off
     curl_off_t sofar = ultotal > 0 ? ulnow : dlnow;
     double rate = sofar / (now - x->started) / 1048576.0;
     if (total > 0)
-        gass_log("%s %s: %.1f / %.1f MiB (%d%%), %.1f MiB/s", x->method, x->url->logname,
-                 sofar / 1048576.0, total / 1048576.0, (int)(100.0 * sofar / total), rate);
+        gass_dlog(GASS_DEBUG_HTTP, "%s %s: %.1f / %.1f MiB (%d%%), %.1f MiB/s", x->method, x->url->logname,
+                  sofar / 1048576.0, total / 1048576.0, (int)(100.0 * sofar / total), rate);
     else
-        gass_log("%s %s: %.1f MiB, %.1f MiB/s", x->method, x->url->logname, sofar / 1048576.0,
-                 rate);
+        gass_dlog(GASS_DEBUG_HTTP, "%s %s: %.1f MiB, %.1f MiB/s", x->method, x->url->logname,
+                  sofar / 1048576.0, rate);
     return 0;
 }
 
@@ -368,8 +368,8 @@ static int perform(struct exchange *x, struct curl_slist *headers)
         return -1;
     }
     if (debug)
-        gass_log("%s %s -> %ld, %lld bytes in %.3f s (%.1f MiB/s)", x->method, x->url->logname,
-                 status, x->bytes, took, took > 0 ? x->bytes / took / 1048576.0 : 0.0);
+        gass_dlog(GASS_DEBUG_HTTP, "%s %s -> %ld, %lld bytes in %.3f s (%.1f MiB/s)", x->method,
+                  x->url->logname, status, x->bytes, took, took > 0 ? x->bytes / took / 1048576.0 : 0.0);
     if ((status >= 200 && status <= 299) || status == 304)
         return 0;
     errno = gass_status_errno(status);

@@ -39,6 +39,11 @@ const char *gass_env(const char *name);
 long long gass_env_number(const char *name, long long fallback); /* K/M/G suffixes allowed */
 int gass_debug(void);
 void gass_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* A debug line of one subsystem: into `bypass run -d http,cache -o FILE` when that subsystem is
+ * on, else to stderr under BYPASS_GASS_DEBUG=1, else nowhere. */
+#define GASS_DEBUG_CACHE (1u << 5)     /* BYPASS_DEBUG_CACHE of bypass_runtime.h */
+#define GASS_DEBUG_HTTP (1u << 6)      /* BYPASS_DEBUG_HTTP */
+void gass_dlog(unsigned subsystem, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int gass_status_errno(long status);
 double gass_now(void); /* CLOCK_MONOTONIC seconds, for progress and rates */
 time_t gass_http_date(const char *text); /* an HTTP date as Unix time, -1 if unreadable */

@@ -306,8 +306,8 @@ static int receive_body(int fd, int out, char *buf, size_t buf_size, size_t have
         gass_progress_update(&progress, u, done, length);
         if (debug && gass_now() - last_log >= 1.0) {
             last_log = gass_now();
-            gass_log("GET %s: %.1f / %.1f MiB (%d%%)", u->logname, done / 1048576.0,
-                     length / 1048576.0, (int)(100.0 * done / (length ? length : 1)));
+            gass_dlog(GASS_DEBUG_HTTP, "GET %s: %.1f / %.1f MiB (%d%%)", u->logname, done / 1048576.0,
+                      length / 1048576.0, (int)(100.0 * done / (length ? length : 1)));
         }
         if (done == length)
             break;
@@ -340,8 +340,8 @@ static int receive_body(int fd, int out, char *buf, size_t buf_size, size_t have
     }
     rc = 0;
     if (debug)
-        gass_log("GET %s -> 200, %lld bytes in %.3f s (without libcurl)", u->logname, done,
-                 gass_now() - pace->limits->started);
+        gass_dlog(GASS_DEBUG_HTTP, "GET %s -> 200, %lld bytes in %.3f s (without libcurl)", u->logname, done,
+                  gass_now() - pace->limits->started);
 out:;
     int saved = errno;
     gass_progress_end(&progress);
@@ -493,9 +493,8 @@ int gass_quick_request(const struct gass_url *u, const char *method, const char 
     } else {
         *rc = 0;
     }
-    if (gass_debug())
-        gass_log("%s %s -> %ld in %.3f s (without libcurl)", method, u->logname, h.status,
-                 gass_now() - l->started);
+    gass_dlog(GASS_DEBUG_HTTP, "%s %s -> %ld in %.3f s (without libcurl)", method, u->logname, h.status,
+              gass_now() - l->started);
     goto out;
 answer:
     result = 1;

@@ -1679,6 +1679,24 @@ static int name_below_base(int op, int dirfd, const char *name, struct sb_result
     return 1;
 }
 
+/* Debug output of the runtime (weak: the tests load this file without it), `bypass run -d policy`. */
+extern unsigned bypass_debug_mask __attribute__((weak));
+extern void bypass_debug_write(unsigned subsystem, const char *fmt, ...) __attribute__((weak, format(printf, 2, 3)));
+#define SB_DEBUG_POLICY (1u << 4)      /* BYPASS_DEBUG_POLICY */
+
+static __attribute__((noinline, cold)) void debug_decision(int op, const char *path, const struct sb_result *res)
+{
+    static const char *const ops[] = {"lookup", "read", "write", "create", "delete", "exec", "chdir"};
+    const char *what = op >= 0 && op < (int)(sizeof ops / sizeof ops[0]) ? ops[op] : "?";
+    int line = res->entry ? res->entry->line : 0;
+    if (res->err)
+        bypass_debug_write(SB_DEBUG_POLICY, "%s %s: %s (mount list line %d)", what, path,
+                           strerrorname_np(res->err) ? strerrorname_np(res->err) : "E?", line);
+    else
+        bypass_debug_write(SB_DEBUG_POLICY, "%s %s -> %s (mount list line %d)", what, path,
+                           res->rpath[0] ? res->rpath : "as given", line);
+}
+
 int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result *res)
 {
     STAT_INC(resolves);
@@ -1709,8 +1727,11 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
     }
     res->rel_ok = 0;
     if (path[0] != '/' && path[0] != '\0' && (flags & (SB_NOFOLLOW | SB_STRICT)) == SB_NOFOLLOW &&
-        name_below_base(op, dirfd, path, res))
+        name_below_base(op, dirfd, path, res)) {
+        if (&bypass_debug_mask && (bypass_debug_mask & SB_DEBUG_POLICY))
+            debug_decision(op, path, res);
         return res->err;
+    }
 
     struct walk w;
     w.v = res->vpath;                   /* the walk builds the answer in place */
@@ -1960,6 +1981,8 @@ out:
         res->vpath[0] = res->rpath[0] = '\0';
     }
     res->err = rc;
+    if (&bypass_debug_mask && (bypass_debug_mask & SB_DEBUG_POLICY))     /* bypass run -d policy */
+        debug_decision(op, path, res);
     return rc;
 }
 

@@ -431,7 +431,7 @@ int wf_fetch(const char *url, int fd)
         wf_say("%s: %s", u.logname, r.error[0] ? r.error : strerror(e));
         return e;
     }
-    wf_dbg("fetched %s (%lld bytes, %.3f s)", u.logname, (long long)lseek(fd, 0, SEEK_END), gass_now() - t0);
+    wf_dbg_to(BYPASS_DEBUG_CACHE, "fetched %s (%lld bytes, %.3f s)", u.logname, (long long)lseek(fd, 0, SEEK_END), gass_now() - t0);
     return 0;
 }
 
@@ -961,7 +961,7 @@ ok:
         }
     }
     rc = 0;
-    wf_dbg("%s is %s", m->prefix, m->root);
+    wf_dbg_to(BYPASS_DEBUG_POLICY, "%s is %s", m->prefix, m->root);
     __atomic_store_n(&m->state, 1, __ATOMIC_RELEASE);
     wf_loaded_any = 1;
     goto out;
@@ -1273,7 +1273,7 @@ static void account(long long added, const char *keep)
                     used -= vs.v[i].size;
                     evicted++;
                 }
-            wf_dbg("cache over %lld bytes: %zu files evicted, %lld bytes kept", wf_cache_max, evicted, used);
+            wf_dbg_to(BYPASS_DEBUG_CACHE, "cache over %lld bytes: %zu files evicted, %lld bytes kept", wf_cache_max, evicted, used);
         }
         free(vs.v);
     }
@@ -1416,6 +1416,8 @@ int wf_after_open(int fd, int flags, int dirfd, const struct wf_path *r)
     if (!is_placeholder(&st)) {
         if (wf_debug_on && r->m && S_ISREG(st.st_mode))
             __atomic_add_fetch(&wf_hits, 1, __ATOMIC_RELAXED);
+        if (BYPASS_DEBUG_ON(BYPASS_DEBUG_CACHE) && r->m && S_ISREG(st.st_mode))
+            bypass_debug_write(BYPASS_DEBUG_CACHE, "hit %s (in the cache)", r->use);
         return 0;
     }
     char proc[64], real[PATH_MAX];

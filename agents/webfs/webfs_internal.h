@@ -70,6 +70,14 @@ extern int wf_repo_pending; /* nested catalogs of loaded repositories not in the
         if (wf_debug_on)                                                       \
             wf_say(__VA_ARGS__);                                               \
     } while (0)
+/* A line of one debug subsystem: `bypass run -d cache,policy -o FILE` when it is on, else as wf_dbg. */
+#define wf_dbg_to(subsystem, ...)                                              \
+    do {                                                                       \
+        if (BYPASS_DEBUG_ON(subsystem))                                        \
+            bypass_debug_write((subsystem), __VA_ARGS__);                      \
+        else                                                                   \
+            wf_dbg(__VA_ARGS__);                                               \
+    } while (0)
 
 int wf_lock_path(const char *path);     /* an flock'ed lock file's descriptor, or -1 */
 int wf_lock_tree(const char *sum, char tree[PATH_MAX]); /* CACHE/trees/<sum>'s lock; its path */

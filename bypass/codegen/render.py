@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import jinja2
@@ -29,6 +30,7 @@ def _environment() -> jinja2.Environment:
         next_params=next_params, action_params=action_params, version_expr=version_expr, cast_ret=cast_ret,
         cast_value_to_canonical=cast_value_to_canonical, entry_action_args=entry_action_args,
         format_value=format_value, format_result=format_result, version=__version__, failed_test=failed_test,
+        is_exec=lambda call: bool(call.call and call.call.family == "exec"), debug_failed=debug_failed,
     )
     # agent <-> shadow calls (docs/protocol.md): both sides from one classification
     env.globals.update(
@@ -124,6 +126,14 @@ def format_result(call: PlannedCall) -> str:
     return _format_expr(ret, "bypass_result", "0", False)
 
 
+def debug_failed(call: PlannedCall) -> str:
+    """failed_test for debug lines, with the failure value in the result's own type: a spec's own
+    call (umask returning mode_t) gets the knowledge's default -1, which must not warn."""
+    if call.spec_ret.is_void or call.failure_value == "errno":
+        return failed_test(call, "bypass_result")
+    return f"bypass_result == ({call.spec_ret.text})({call.failure_value})"
+
+
 def failed_test(call: PlannedCall, result: str) -> str:
     """C test for "this result means the call failed" (posix_spawn returns an error number)."""
     if call.spec_ret.is_void:
@@ -142,11 +152,51 @@ def _reset_line_markers(text: str, output_name: str) -> str:
     return "\n".join(lines)
 
 
-def render_agent(plan: AgentPlan, output_name: str) -> str:
+def _agent_template() -> jinja2.Template:
     env = _environment()
     env.globals["shadow_forward"] = lambda call: env.get_template("shadow_call.c.j2").module.forward(call)
-    text = env.get_template("agent.c.j2").render(plan=plan, spec_file=plan.spec.path)
+    return env.get_template("agent.c.j2")
+
+
+def render_agent(plan: AgentPlan, output_name: str) -> str:
+    text = _agent_template().render(plan=plan, calls=plan.calls, part=0, parts=1, spec_file=plan.spec.path)
     return _reset_line_markers(text, output_name)
+
+
+def _weight(call: PlannedCall) -> int:
+    """Roughly what a call costs the C compiler: its action is inlined into every entry point."""
+    action = len(call.action.text) if call.action else 200
+    return (1 + len(call.entries)) * (200 + action) + (2000 if call.shadow_client else 0)
+
+
+def splittable(plan: AgentPlan) -> bool:
+    """Parts each repeat the agent_prologue, which is harmless only for a prologue of preprocessor
+    lines (includes, macros): a function or variable defined there would be defined once per part."""
+    for block in plan.spec.agent_prologue:
+        text = re.sub(r"/\*.*?\*/|//[^\n]*", " ", block.text, flags=re.S).replace("\\\n", " ")
+        if any(line.strip() and not line.lstrip().startswith("#") for line in text.split("\n")):
+            return False
+    return True
+
+
+def render_agent_parts(plan: AgentPlan, names: list[str]) -> list[tuple[str, str]]:
+    """The agent as len(names) translation units of about equal compile cost, for a parallel build.
+    The first part defines the agent's constants; a call's code stays whole and in spec order."""
+    if len(names) == 1 or not splittable(plan):
+        return [(names[0], render_agent(plan, names[0]))]
+    loads = [0] * len(names)
+    where: dict[int, int] = {}
+    for index in sorted(range(len(plan.calls)), key=lambda i: -_weight(plan.calls[i])):
+        lightest = loads.index(min(loads))
+        where[index] = lightest
+        loads[lightest] += _weight(plan.calls[index])
+    template = _agent_template()
+    parts = []
+    for number, name in enumerate(names):
+        calls = [call for index, call in enumerate(plan.calls) if where[index] == number]
+        text = template.render(plan=plan, calls=calls, part=number + 1, parts=len(names), spec_file=plan.spec.path)
+        parts.append((name, _reset_line_markers(text, name)))
+    return parts
 
 
 def render_shadow(plan: AgentPlan) -> str:

@@ -345,7 +345,7 @@ def _untransportable(call: PlannedCall, w: Wire) -> SpecError:
 
 def c_struct_codecs(calls: list[PlannedCall]) -> str:
     """`bypass_put_<s>()` / `bypass_get_<s>()` for each [structs] layout these calls use."""
-    used = sorted({w.struct for c in calls if c.number for w in wires(c) if w.struct})
+    used = sorted({w.struct for c in calls if c.shadow_client for w in wires(c) if w.struct})
     if not used:
         return ""
     headers = sorted({struct_layout(t).header for t in used})

@@ -21,7 +21,7 @@ from .model import Block, Function, OptionRule, Param, Position, Spec
 
 DIRECTIONS = ("in", "out")
 FORMS = ("string", "opaque", "array")
-OPTION_KEYWORDS = ("ignore", "not_supported", "entry", "setting", "quiet_family")
+OPTION_KEYWORDS = ("ignore", "not_supported", "entry", "setting", "quiet_family", "debug")
 _SECTION_WORDS = ("agent_prologue", "shadow_prologue", "agent_default_action")
 _ACTION_WORDS = ("agent_action", "shadow_action")
 _DIRECTIVE = re.compile(r'^(?P<indent>\s*)@(?P<word>\w+)\s*(?P<arg>.*?)\s*$')
@@ -124,6 +124,18 @@ class Parser:
         argument = None
         if keyword.text == "entry":
             argument = self.expect("string", None, "the quoted name of the call these symbols enter").text
+        elif keyword.text == "setting" and self.peek().kind == "string":     # its type, for bypass run --set
+            from ..declared import check_type_name
+            problem = check_type_name(self.peek().text)
+            if problem:
+                raise self.error(self.peek(), problem)
+            argument = self.take().text
+        elif keyword.text == "debug":
+            from ..declared import SPEC_SUBSYSTEMS
+            for pattern in patterns:
+                if pattern not in SPEC_SUBSYSTEMS:
+                    raise self.error(start, f"options ... debug: unknown subsystem \"{pattern}\"; a spec's code "
+                                            f"reports on {', '.join(SPEC_SUBSYSTEMS)} (the runtime on the others)")
         self.expect("punct", ";", "';' after the options rule")
         self.spec.options.append(OptionRule(tuple(patterns), keyword.text, argument,
                                             Position(self.path, start.line, start.col)))

@@ -162,6 +162,27 @@ size_t bypass_count_varargs(const char *first, va_list ap);
         va_end(name##_ap);                                                            \
     }
 
+/* ---- debug output by subsystem (debug.c): BYPASS_DEBUG=calls,policy,... BYPASS_DEBUG_FILE=path ---- */
+#define BYPASS_DEBUG_CALLS   (1u << 0)   /* every trapped call: arguments, result, errno (generated code) */
+#define BYPASS_DEBUG_PROCESS (1u << 1)   /* agent start-up in each process image */
+#define BYPASS_DEBUG_RESOLVE (1u << 2)   /* where each original function was found */
+#define BYPASS_DEBUG_RPC     (1u << 3)   /* the shadow: connections, requests, answers */
+#define BYPASS_DEBUG_POLICY  (1u << 4)   /* the agent's decision for a path (a spec's own code) */
+#define BYPASS_DEBUG_CACHE   (1u << 5)   /* cache hits, misses, fetches (a spec's own code) */
+#define BYPASS_DEBUG_HTTP    (1u << 6)   /* HTTP requests and responses (a spec's own code) */
+extern unsigned bypass_debug_mask;
+#define BYPASS_DEBUG_ON(subsystem) BYPASS_UNLIKELY(bypass_debug_mask & (subsystem))
+void bypass_debug_write(unsigned subsystem, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* One line, `subsystem` on: costs one test when off. Keeps errno. */
+#define bypass_debug(subsystem, ...)                        \
+    do {                                                    \
+        if (BYPASS_DEBUG_ON(subsystem))                     \
+            bypass_debug_write((subsystem), __VA_ARGS__);   \
+    } while (0)
+void bypass_debug_call(const char *entry, const char *name, const char *args, const char *result, int err);
+void bypass_debug_init(void);
+void bypass_debug_exec(int before);
+
 /* ---- text for traces and debug messages; each appends at `at` and returns the new length ---- */
 size_t bypass_fmt(char *buf, size_t size, size_t at, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 size_t bypass_fmt_string(char *buf, size_t size, size_t at, const char *s);

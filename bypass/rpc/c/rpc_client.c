@@ -50,6 +50,18 @@ extern int bypass_rpc_shares_memory(void) __attribute__((weak));
 /* An agent that holds writes back (agents/remote/policy.c) defines this: it runs before each
  * call, outside the connection's lock, so that the call sees what the agent held. */
 extern void bypass_rpc_before_call(int64_t call_no) __attribute__((weak));
+/* Debug output (debug.c) and the call names (the generated agent), for `bypass run -d rpc`. */
+extern unsigned bypass_debug_mask __attribute__((weak));
+extern void bypass_debug_write(unsigned subsystem, const char *fmt, ...) __attribute__((weak, format(printf, 2, 3)));
+extern const char *const bypass_call_names[] __attribute__((weak));
+extern const unsigned bypass_call_names_count __attribute__((weak));
+#define RPC_DEBUG_BIT (1u << 3)      /* BYPASS_DEBUG_RPC in bypass_runtime.h */
+#define RPC_DEBUG_ON() (&bypass_debug_mask != NULL && (bypass_debug_mask & RPC_DEBUG_BIT) && bypass_debug_write)
+/* The call in progress, for its debug line (written by bypass_rpc_end, under the lock). */
+static struct {
+    int64_t call_no, started_ns;
+    int err;
+} dbg;
 
 #define HANDSHAKE_MAX 4096
 #define NONCE_SIZE 32
@@ -549,6 +561,9 @@ static void declare_dead(const char *what, const char *why)
 {
     drop_connection();
     S.dead = 1;
+    dbg.err = -1;
+    if (RPC_DEBUG_ON())
+        bypass_debug_write(RPC_DEBUG_BIT, "shadow %s: %s", what, why);
     if (!S.warned) {
         const char *a = address();
         S.warned = 1;
@@ -734,6 +749,8 @@ static int ensure_connected(void)
     S.pid = getpid();
     S.connected_before = 1;
     S.ticket = 0;
+    if (RPC_DEBUG_ON())
+        bypass_debug_write(RPC_DEBUG_BIT, "connected to %s", a);
     return 0;
 }
 
@@ -810,8 +827,21 @@ __attribute__((constructor)) static void rpc_client_init(void)
 /* ---------------------------------------------------------------------------------------- */
 /* calls                                                                                     */
 
+static const char *call_name(int64_t call_no)
+{
+    if (&bypass_call_names_count != NULL && bypass_call_names && call_no > 0 &&
+        (uint64_t)call_no < bypass_call_names_count)
+        return bypass_call_names[call_no];
+    return "internal";
+}
+
 static void start_request(int64_t call_no, uint32_t nargs)
 {
+    if (RPC_DEBUG_ON()) {
+        dbg.call_no = call_no;
+        dbg.started_ns = now_ns();
+        dbg.err = 0;
+    }
     bp_mp_writer_init(&S.w, S.buf, S.cap, writer_grow, NULL);
     S.w.len = 4;
     bp_mp_write_array(&S.w, 2 + nargs);
@@ -873,6 +903,7 @@ static int decode_envelope(size_t len)
             return -1;
         }
         errno = (int)bypass_errno_to_local(neutral, NULL);
+        dbg.err = errno;
         return -1;
     }
     const char *msg = "";
@@ -1133,6 +1164,16 @@ int bypass_rpc_finish(bp_mp_reader **r)
 void bypass_rpc_end(void)
 {
     int e = errno;
+    if (RPC_DEBUG_ON() && dbg.started_ns) {
+        double us = (double)(now_ns() - dbg.started_ns) / 1e3;
+        if (dbg.err > 0)
+            bypass_debug_write(RPC_DEBUG_BIT, "call %s (%lld): %s, %.0f us", call_name(dbg.call_no),
+                               (long long)dbg.call_no, strerrorname_np(dbg.err) ? strerrorname_np(dbg.err) : "E?", us);
+        else
+            bypass_debug_write(RPC_DEBUG_BIT, "call %s (%lld): %s, %.0f us", call_name(dbg.call_no),
+                               (long long)dbg.call_no, dbg.err ? "failed" : "answered", us);
+        dbg.started_ns = 0;
+    }
     sigset_t m = S.saved_mask;
     int c = S.saved_cancel;
     call_ends();

@@ -35,6 +35,12 @@ void *bypass_resolve_slow(void **slot, const char *name, const char *version)
     /* Two threads may race here; both find the same address, so the second store is harmless. */
     if (found)
         __atomic_store_n(slot, found, __ATOMIC_RELEASE);
+    if (BYPASS_DEBUG_ON(BYPASS_DEBUG_RESOLVE)) {
+        Dl_info info;
+        int known = found && dladdr(found, &info) && info.dli_fname;
+        bypass_debug_write(BYPASS_DEBUG_RESOLVE, "%s%s%s -> %s", name, version ? "@" : "", version ? version : "",
+                           found ? (known ? info.dli_fname : "?") : "not found (ENOSYS)");
+    }
     errno = saved_errno;
     return found;
 }
@@ -110,12 +116,21 @@ static void capture_settings(void)
         used += length;
     }
     __atomic_store_n(&runtime_ready, 1, __ATOMIC_RELEASE);
+    bypass_debug_init();
     errno = saved_errno;
 }
 
-__attribute__((constructor(101))) void bypass_runtime_init(void)
+void bypass_runtime_init(void)
 {
     pthread_once(&runtime_once, capture_settings);
+}
+
+/* Before every other constructor of the agent (its support code's read settings). A priority
+ * on bypass_runtime_init itself would be ignored: GCC drops it when the header's declaration
+ * came first, and the order was then the link order's. */
+__attribute__((constructor(101))) static void runtime_constructor(void)
+{
+    bypass_runtime_init();
 }
 
 static void ensure_ready(void)
@@ -384,7 +399,11 @@ static char *const *env_repair(char *const *envp, char **out, char *preload, siz
                                             sizeof fixed_env##_preload);                 \
         int saved_depth = bypass_depth;                                                  \
         bypass_depth = 0;                                                                \
+        if (bypass_debug_mask)                                                           \
+            bypass_debug_exec(1);                                                        \
         call;                                                                            \
+        if (bypass_debug_mask)                                                           \
+            bypass_debug_exec(0);                                                        \
         bypass_depth = saved_depth;                                                      \
     } while (0)
 
@@ -460,13 +479,23 @@ static void repair_environ(void)
 int bypass_hook_system(int (*real)(const char *), const char *command)
 {
     repair_environ();
-    return real(command);
+    if (bypass_debug_mask)
+        bypass_debug_exec(1);
+    int result = real(command);
+    if (bypass_debug_mask)
+        bypass_debug_exec(0);
+    return result;
 }
 
 FILE *bypass_hook_popen(FILE *(*real)(const char *, const char *), const char *command, const char *type)
 {
     repair_environ();
-    return real(command, type);
+    if (bypass_debug_mask)
+        bypass_debug_exec(1);
+    FILE *result = real(command, type);
+    if (bypass_debug_mask)
+        bypass_debug_exec(0);
+    return result;
 }
 
 size_t bypass_count_varargs(const char *first, va_list ap)
@@ -499,6 +528,8 @@ size_t bypass_fmt_string(char *buf, size_t size, size_t at, const char *s)
 {
     if (s == NULL)
         return bypass_fmt(buf, size, at, "NULL");
+    if (bypass_bad_pointer(s))          /* the call answers EFAULT; reading it would crash */
+        return bypass_fmt(buf, size, at, "%p", (const void *)s);
     at = bypass_fmt(buf, size, at, "\"");
     size_t shown = 0;
     for (const unsigned char *c = (const unsigned char *)s; *c && at + 8 < size; c++, shown++) {
