@@ -113,6 +113,13 @@ def test_text_report_and_expected_rules(agents, tmp_path):
     unlink_items = [i for i in result["items"] if i["step"] and (i["step"] or "").startswith("unlink(")]
     assert unlink_items and all(i["expected"] and "on purpose" in i["reason"] for i in unlink_items)
     assert done.returncode == (1 if result["unexpected"] else 0)
+    # a rule that names the agent's outcome excuses that outcome only (the agent answers 0)
+    for outcome, excused in (("-1 E*", False), ("0", True)):
+        rules.write_text(f"result: unlink(* -> {outcome} | unlink answers {outcome} on purpose\n")
+        done = conform(HERE / "wrong_unlink.bypass", "--agent", agents["wrong_unlink"], "--seed", 3, "--ops", 300,
+                       "--expected", rules, "--json", "--workdir", tmp_path)
+        unlink_items = [i for i in report(done)["items"] if (i["step"] or "").startswith("unlink(")]
+        assert unlink_items and all(i["expected"] == excused for i in unlink_items), (outcome, unlink_items[0])
 
 
 def test_replay_of_a_report_and_of_a_script(agents, tmp_path):
@@ -242,6 +249,9 @@ def test_bad_input_is_refused(trace_agent, tmp_path):
     bad_rules.write_text("no separator here\n")
     done = conform(AGENTS / "trace" / "trace.bypass", "--agent", trace_agent, "--expected", bad_rules)
     assert done.returncode == 2 and f"{bad_rules}:1: error:" in done.stderr
+    bad_rules.write_text("# fine\nresult: open(* -> | no outcome after the arrow\n")
+    done = conform(AGENTS / "trace" / "trace.bypass", "--agent", trace_agent, "--expected", bad_rules)
+    assert done.returncode == 2 and f"{bad_rules}:2: error: want 'PATTERN -> OUTCOME | REASON'" in done.stderr
     done = conform(AGENTS / "trace" / "trace.bypass", "--export", tmp_path / "nowhere")
     assert done.returncode == 2 and "not a directory" in done.stderr
     done = conform(AGENTS / "trace" / "trace.bypass", "--ops", "many")
