@@ -35,6 +35,8 @@ int rmt_is_cwd_remote(void);
 
 /* ---- operations on remote objects (errno set on failure, like the calls they stand for) -- */
 int rmt_open(int dslot, const char *rpath, int flags, mode_t mode);
+/* 1 (errno EINVAL) for open flags this kernel refuses before it looks at the path */
+int rmt_open_flags_bad(int flags);
 int rmt_close(int fd);
 ssize_t rmt_read(int fd, void *buf, size_t n);
 ssize_t rmt_write(int fd, const void *buf, size_t n);
@@ -69,19 +71,23 @@ int rmt_ftw(const char *dir, void *fn, int flags, int nftw);
 long rmt_pathconf(int dslot, const char *rpath, int fd, int name);
 int rmt_rename2(int od, const char *op, int nd, const char *np, unsigned flags);
 ssize_t rmt_readlink(int dslot, const char *rpath, char *buf, size_t size);
-int rmt_link(int od, const char *op, int nd, const char *np);
+int rmt_link(int od, const char *op, int nd, const char *np, int follow);
 /* rename/link between a remote and a local name: -1 with EXDEV, or with the error the kernel
  * finds first in the local side's directory descriptor (EBADF, ENOTDIR) */
 int rmt_cross_device(int olddirfd, const char *oldpath, int old_remote, int newdirfd, const char *newpath,
                      int new_remote);
 char *rmt_realpath(int dslot, const char *rpath, char *resolved);
 int rmt_symlink(const char *target, int dslot, const char *rpath);
+/* symlink's first check, on the target: EFAULT, or ENOENT for "" (1, errno set; else 0) */
+int rmt_symlink_target_error(const char *target);
 int rmt_chmod(int dslot, const char *rpath, int fd, mode_t mode);
 /* get (name) or list (name NULL) / set (flags >= 0) or remove (flags -1) extended attributes
  * of a remote path (dslot/rpath) or descriptor (fd >= 0) */
 ssize_t rmt_getxattr(int dslot, const char *rpath, int fd, int follow, const char *name, void *buf, size_t size);
 int rmt_setxattr(int dslot, const char *rpath, int fd, int follow, const char *name, const void *value, size_t size,
                  int flags);
+/* fd is AT_FDCWD for an f*xattr call that this kernel applies to a remote current directory */
+int rmt_xattr_cwd(int fd);
 int rmt_lchmod(int dslot, const char *rpath, mode_t mode);
 int rmt_mknod(int dslot, const char *rpath, mode_t mode, dev_t dev);
 /* like rmt_where, for the path of an AF_UNIX address (0 for other families, abstract names) */
@@ -90,6 +96,7 @@ int rmt_where_sockaddr(const struct sockaddr *addr, unsigned addrlen, int *dslot
 struct timeval;
 int rmt_utimes(int dslot, const char *rpath, int fd, const struct timeval times[2], int follow);
 FILE *rmt_freopen(int dslot, const char *rpath, const char *mode, FILE *stream);
+FILE *rmt_freopen_failed(FILE *stream);
 int rmt_chown(int dslot, const char *rpath, int fd, uid_t uid, gid_t gid, int follow);
 int rmt_utimens(int dslot, const char *rpath, int fd, const struct timespec times[2], int follow);
 int rmt_ftruncate(int fd, off_t len);
