@@ -128,6 +128,8 @@ void rmt_settle_all(void);
 int rmt_mkstemp(char *tmpl, int dslot, char *rpath, int suffixlen, int flags, int dir);
 /* copy a remote executable into an exec-able local memfd; *local receives its /proc path */
 int rmt_stage_exec(int dslot, const char *rpath, char *local, size_t cap);
+/* 1 (errno ENOENT) when fd is close-on-exec and its staged copy is a #! script */
+int rmt_exec_script_hidden(int fd, const char *local);
 void *rmt_mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset);
 /* msync (unmapping 0) or munmap (1) of a range: shared remote mappings in it written back */
 int rmt_sync_range(void *addr, size_t len, int unmapping);
