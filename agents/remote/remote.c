@@ -41,6 +41,7 @@ int bypass_shadow_bypass_rx_close(int slot);
 ssize_t bypass_shadow_bypass_rx_pread(int slot, void *buf, size_t count, off_t offset);
 ssize_t bypass_shadow_bypass_rx_write(int slot, const void *buf, size_t count);
 ssize_t bypass_shadow_bypass_rx_pwrite(int slot, const void *buf, size_t count, off_t offset);
+ssize_t bypass_shadow_bypass_rx_append(int slot, const void *buf, size_t count, off_t offset);
 off_t bypass_shadow_bypass_rx_lseek(int slot, off_t offset, int whence);
 int bypass_shadow_bypass_rx_fstat(int slot, struct stat *st);
 int bypass_shadow_bypass_rx_stat(int dslot, const char *path, int follow, struct stat *st);
@@ -676,6 +677,10 @@ void *rmt_mmap(void *addr, size_t length, int prot, int flags, int fd, off_t off
         errno = EINVAL;          /* the kernel checks the arguments before the file */
         return MAP_FAILED;
     }
+    if (r && r->is_dir) {
+        errno = ENODEV;          /* a directory has no pages to map */
+        return MAP_FAILED;
+    }
     if (acc == O_WRONLY || (shared && (prot & PROT_WRITE) && acc != O_RDWR)) {
         errno = EACCES;          /* as the kernel: readable, and writable for shared writes */
         return MAP_FAILED;
@@ -892,7 +897,7 @@ int rmt_transfer_fds_ok(int in_fd, int out_fd, int copy)
             return 0;
         }
     }
-    for (int i = 0; copy && i < 2; i++) {
+    for (int i = 0; copy == 1 && i < 2; i++) {
         struct rfile *r = get(fds[i]);
         struct stat st;
         if (r ? r->is_dir : (fstat(fds[i], &st) == 0 && S_ISDIR(st.st_mode))) {
@@ -900,8 +905,12 @@ int rmt_transfer_fds_ok(int in_fd, int out_fd, int copy)
             return 0;
         }
     }
-    if ((fl[0] & O_ACCMODE) == O_WRONLY || (fl[1] & O_ACCMODE) == O_RDONLY || (copy && (fl[1] & O_APPEND))) {
+    if ((fl[0] & O_ACCMODE) == O_WRONLY || (fl[1] & O_ACCMODE) == O_RDONLY || (copy == 1 && (fl[1] & O_APPEND))) {
         errno = EBADF;
+        return 0;
+    }
+    if (copy == 0 && (fl[1] & O_APPEND)) {
+        errno = EINVAL;          /* sendfile never writes to an O_APPEND file */
         return 0;
     }
     return 1;
@@ -1092,6 +1101,10 @@ ssize_t rmt_write(int fd, const void *buf, size_t n)
 
 ssize_t rmt_pread(int fd, void *buf, size_t n, off_t off)
 {
+    if (off < 0) {
+        errno = EINVAL;          /* before the descriptor, as pread64/pwrite64 */
+        return -1;
+    }
     if (mode_bad(fd, 0))
         return -1;
     if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
@@ -1101,6 +1114,10 @@ ssize_t rmt_pread(int fd, void *buf, size_t n, off_t off)
 
 ssize_t rmt_pwrite(int fd, const void *buf, size_t n, off_t off)
 {
+    if (off < 0) {
+        errno = EINVAL;          /* before the descriptor, as pread64/pwrite64 */
+        return -1;
+    }
     if (mode_bad(fd, 1))
         return -1;
     if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
@@ -1449,19 +1466,24 @@ int rmt_setxattr(int dslot, const char *rpath, int fd, int follow, const char *n
                                             flags);
 }
 
-/* f*xattr(AT_FDCWD, ...) name the current directory on kernels that take it (6.13 on; older
- * ones say EBADF): with a remote current directory, the remote one.  Asked of this kernel once. */
-int rmt_xattr_cwd(int fd)
+/* f*xattr(AT_FDCWD, ...) name the current directory on kernels that take it (Linux 6.18 does for
+ * fgetxattr/fsetxattr, not for flistxattr/fremovexattr; older ones never): with a remote current
+ * directory, the remote one.  Asked of this kernel once per kind (get stands for set too). */
+int rmt_xattr_cwd(int fd, int kind)
 {
-    static int takes_cwd = -1;
-    if (fd != AT_FDCWD || !rmt_is_cwd_remote())
+    static int takes_cwd[3] = { -1, -1, -1 };
+    if (fd != AT_FDCWD || !rmt_is_cwd_remote() || kind < 0 || kind > 2)
         return 0;
-    if (takes_cwd < 0) {
+    if (takes_cwd[kind] < 0) {
+        /* (questions with no effect: a name that is not there, a size of 0) */
         int saved = errno;
-        takes_cwd = !(syscall(SYS_fgetxattr, AT_FDCWD, "user.bypass-probe", NULL, 0) < 0 && errno == EBADF);
+        long rc = kind == RMT_XATTR_GET ? syscall(SYS_fgetxattr, AT_FDCWD, "user.bypass-probe", NULL, 0)
+                : kind == RMT_XATTR_LIST ? syscall(SYS_flistxattr, AT_FDCWD, NULL, 0)
+                : syscall(SYS_fremovexattr, AT_FDCWD, "user.bypass-probe");
+        takes_cwd[kind] = !(rc < 0 && errno == EBADF);
         errno = saved;
     }
-    return takes_cwd;
+    return takes_cwd[kind];
 }
 
 int rmt_lchmod(int dslot, const char *rpath, mode_t mode)
@@ -1582,6 +1604,34 @@ static ssize_t rmt_rw(int fd, void *buf, size_t n, off_t off, int writing)
 #define RWF_SYNC 0x4
 #define RWF_NOWAIT 0x8
 #endif
+#ifndef RWF_APPEND
+#define RWF_APPEND 0x10
+#endif
+
+/* A write with RWF_APPEND: the shadow writes at the end in one step (read-ahead handed back
+ * first, as for any write). */
+static ssize_t append_write(int fd, const void *buf, size_t n, off_t off)
+{
+    pthread_mutex_lock(&lock);
+    struct rfile *r = get(fd);
+    ssize_t done = -1;
+    if (!r) {
+        errno = EBADF;
+    } else if (give_back(fd, r) == 0) {
+        r->ra_next = RA_FIRST;
+        done = bypass_shadow_bypass_rx_append(fd, n ? buf : "", n, off);
+        wrote();
+    }
+    pthread_mutex_unlock(&lock);
+    return done;
+}
+
+static ssize_t iov_rw(int fd, void *buf, size_t n, off_t off, int writing, int flags)
+{
+    if (writing && (flags & RWF_APPEND))
+        return append_write(fd, buf, n, off);
+    return rmt_rw(fd, buf, n, off, writing);
+}
 
 /* One call for the whole vector, gathered or scattered here: a vectored write stays one write
  * (O_APPEND, concurrent readers), as the kernel makes it. */
@@ -1589,8 +1639,8 @@ ssize_t rmt_iov(int fd, const struct iovec *iov, int iovcnt, off_t off, int flag
 {
     if (mode_bad(fd, writing))
         return -1;                 /* the kernel looks at the open file before the flags */
-    if (flags & ~(RWF_HIPRI | RWF_DSYNC | RWF_SYNC | RWF_NOWAIT)) {
-        errno = EOPNOTSUPP;        /* RWF_APPEND and anything newer: not done remotely */
+    if (flags & ~(RWF_HIPRI | RWF_DSYNC | RWF_SYNC | RWF_NOWAIT | RWF_APPEND)) {
+        errno = EOPNOTSUPP;        /* anything newer: not done remotely */
         return -1;
     }
     if (iovcnt < 0 || iovcnt > IOV_MAX) {
@@ -1634,7 +1684,7 @@ ssize_t rmt_iov(int fd, const struct iovec *iov, int iovcnt, off_t off, int flag
         total = BYPASS_RPC_MAX_PAYLOAD;    /* a short transfer, as the kernel may make */
     ssize_t n;
     if (used <= 1) {
-        n = rmt_rw(fd, used ? iov[one].iov_base : (void *)"", total, off, writing);
+        n = iov_rw(fd, used ? iov[one].iov_base : (void *)"", total, off, writing, flags);
     } else {
         char *tmp = malloc(total);
         if (!tmp) {
@@ -1647,7 +1697,7 @@ ssize_t rmt_iov(int fd, const struct iovec *iov, int iovcnt, off_t off, int flag
             memcpy(tmp + at, iov[i].iov_base, k);
             at += k;
         }
-        n = rmt_rw(fd, tmp, total, off, writing);
+        n = iov_rw(fd, tmp, total, off, writing, flags);
         at = 0;
         for (int i = 0; !writing && n > 0 && at < (size_t)n; i++) {
             size_t k = iov[i].iov_len < (size_t)n - at ? iov[i].iov_len : (size_t)n - at;
@@ -1693,7 +1743,7 @@ ssize_t rmt_transfer(int in, off64_t *in_off, int out, off64_t *out_off, size_t 
          * directory to read from (EINVAL) */
         if (len == 0)
             return 0;
-        if (!rmt_transfer_fds_ok(in, out, 0))
+        if (!rmt_transfer_fds_ok(in, out, 2))
             return -1;
         struct stat st;
         int pipe_end = rin ? out : in;
@@ -1888,7 +1938,8 @@ int rmt_fcntl(int fd, int cmd, long arg, int *handled)
     case F_GETFL:
         /* the kernel forgets the open-time flags (O_CLOEXEC is the descriptor's, F_GETFD) and
          * always reports O_LARGEFILE on 64 bits */
-        return r ? (r->flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC | O_CLOEXEC)) | RMT_O_LARGEFILE : -1;
+        return r ? (r->flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC | O_CLOEXEC)) |
+                   ((r->flags & O_PATH) ? 0 : RMT_O_LARGEFILE) : -1;
     case F_SETFL: {
         int keep = O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
         int flags = (r->flags & keep) | ((int)arg & ~keep);
@@ -2017,16 +2068,6 @@ static int mode_flags(const char *mode)
     return flags;
 }
 
-/* freopen gave up on the path: the stream is closed all the same, as glibc closes it first */
-FILE *rmt_freopen_failed(FILE *stream)
-{
-    int e = errno;
-    if (stream)
-        fclose(stream);
-    errno = e;
-    return NULL;
-}
-
 FILE *rmt_fdopen(int fd, const char *mode)
 {
     cookie_io_functions_t io = { cookie_read, cookie_write, cookie_seek, cookie_close };
@@ -2109,6 +2150,12 @@ static FILE *freopen_failed(FILE *stream, int e)
     return NULL;
 }
 
+/* freopen gave up on the path: the stream is closed all the same, as glibc closes it first */
+FILE *rmt_freopen_failed(FILE *stream)
+{
+    return freopen_failed(stream, errno);
+}
+
 FILE *rmt_freopen(int dslot, const char *rpath, const char *mode, FILE *stream)
 {
     int std = stream == stdin ? 0 : stream == stdout ? 1 : stream == stderr ? 2 : -1;
@@ -2118,7 +2165,11 @@ FILE *rmt_freopen(int dslot, const char *rpath, const char *mode, FILE *stream)
     if (std < 0) {
         /* Another stream cannot become remote (its FILE is glibc's, with glibc's own I/O):
          * ENOTSUP, but the path's own error first, found without creating or truncating. */
-        int fd = rmt_open(dslot, rpath, flags & ~(O_CREAT | O_EXCL | O_TRUNC), 0);
+        int probe = flags & ~(O_CREAT | O_EXCL | O_TRUNC);
+        size_t len = strlen(rpath);
+        if ((flags & O_CREAT) && len && rpath[len - 1] == '/')
+            probe = flags & ~O_TRUNC;      /* a create with a trailing slash fails (EISDIR) */
+        int fd = rmt_open(dslot, rpath, probe, 0);
         if (fd >= 0)
             rmt_close(fd);
         else if (errno != ENOENT || !(flags & O_CREAT) || !rmt_parent_ok(dslot, rpath))

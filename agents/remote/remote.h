@@ -62,6 +62,7 @@ int rmt_spawn_actions(const posix_spawn_file_actions_t *fa, posix_spawn_file_act
 void rmt_spawn_done(posix_spawn_file_actions_t *out, const int *staged, int nstaged, int spawned);
 ssize_t rmt_getdents64(int fd, void *buf, size_t length, off_t *basep);
 void rmt_forget_range(unsigned first, unsigned last);
+/* copy: 0 sendfile, 1 copy_file_range, 2 splice (the access modes only) */
 int rmt_transfer_fds_ok(int in_fd, int out_fd, int copy);
 const char *rmt_squeeze_path(const char *path, char *buf, size_t cap);
 int rmt_times_omitted(const struct timespec *times);
@@ -86,8 +87,9 @@ int rmt_chmod(int dslot, const char *rpath, int fd, mode_t mode);
 ssize_t rmt_getxattr(int dslot, const char *rpath, int fd, int follow, const char *name, void *buf, size_t size);
 int rmt_setxattr(int dslot, const char *rpath, int fd, int follow, const char *name, const void *value, size_t size,
                  int flags);
-/* fd is AT_FDCWD for an f*xattr call that this kernel applies to a remote current directory */
-int rmt_xattr_cwd(int fd);
+/* fd is AT_FDCWD for an f*xattr call (kind) that this kernel applies to a remote current directory */
+enum { RMT_XATTR_GET, RMT_XATTR_LIST, RMT_XATTR_REMOVE };
+int rmt_xattr_cwd(int fd, int kind);
 int rmt_lchmod(int dslot, const char *rpath, mode_t mode);
 int rmt_mknod(int dslot, const char *rpath, mode_t mode, dev_t dev);
 /* like rmt_where, for the path of an AF_UNIX address (0 for other families, abstract names) */

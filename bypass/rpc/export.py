@@ -358,7 +358,20 @@ class ExportRoot:
             self._at(path, lambda d, n: os.utime(n, ns=ns, dir_fd=d, follow_symlinks=False))
 
     def truncate(self, path, length: int) -> None:
-        fd = self.open(path, os.O_WRONLY)
+        """truncate(2)'s order: a negative length, the lookup, a directory (EISDIR), not a
+        regular file (EINVAL: a FIFO is never opened, which would wait for a peer), then
+        the write permission as the open checks it."""
+        if length < 0:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        pfd = self.open(path, os.O_PATH)
+        try:
+            mode = os.fstat(pfd).st_mode
+            if not stat.S_ISREG(mode):
+                e = errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL
+                raise OSError(e, os.strerror(e), os.fsdecode(path))
+            fd = os.open(f"/proc/self/fd/{pfd}", os.O_WRONLY | os.O_CLOEXEC)
+        finally:
+            os.close(pfd)
         try:
             os.ftruncate(fd, length)
         finally:
