@@ -1612,17 +1612,9 @@ static ssize_t rmt_rw(int fd, void *buf, size_t n, off_t off, int writing)
  * first, as for any write). */
 static ssize_t append_write(int fd, const void *buf, size_t n, off_t off)
 {
-    pthread_mutex_lock(&lock);
-    struct rfile *r = get(fd);
-    ssize_t done = -1;
-    if (!r) {
-        errno = EBADF;
-    } else if (give_back(fd, r) == 0) {
-        r->ra_next = RA_FIRST;
-        done = bypass_shadow_bypass_rx_append(fd, n ? buf : "", n, off);
-        wrote();
-    }
-    pthread_mutex_unlock(&lock);
+    settle_fd(fd);
+    ssize_t done = bypass_shadow_bypass_rx_append(fd, n ? buf : "", n, off);
+    wrote();
     return done;
 }
 
