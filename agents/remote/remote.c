@@ -677,12 +677,12 @@ void *rmt_mmap(void *addr, size_t length, int prot, int flags, int fd, off_t off
         errno = EINVAL;          /* the kernel checks the arguments before the file */
         return MAP_FAILED;
     }
-    if (r && r->is_dir) {
-        errno = ENODEV;          /* a directory has no pages to map */
-        return MAP_FAILED;
-    }
     if (acc == O_WRONLY || (shared && (prot & PROT_WRITE) && acc != O_RDWR)) {
         errno = EACCES;          /* as the kernel: readable, and writable for shared writes */
+        return MAP_FAILED;
+    }
+    if (r && r->is_dir) {
+        errno = ENODEV;          /* a directory has no pages to map */
         return MAP_FAILED;
     }
     int anon = (flags & ~(MAP_SHARED | MAP_PRIVATE)) | MAP_ANONYMOUS | (shared ? MAP_SHARED : MAP_PRIVATE);
@@ -1339,6 +1339,20 @@ int rmt_parent_ok(int dslot, const char *rpath)
     return 1;
 }
 
+/* The names glibc answers with a constant, never looking at the path (PIPE_BUF, PATH_MAX...):
+ * found by asking this glibc about a name that cannot exist.  1 with *value set for those. */
+int rmt_pathconf_constant(int name, long *value)
+{
+    int saved = errno;
+    errno = 0;
+    long v = pathconf("/\x01bypass-no-such-file", name);
+    int constant = v != -1 || errno == 0;
+    errno = saved;
+    if (constant)
+        *value = v;
+    return constant;
+}
+
 long rmt_pathconf(int dslot, const char *rpath, int fd, int name)
 {
     long value = -1;
@@ -1497,19 +1511,24 @@ int rmt_lchmod(int dslot, const char *rpath, mode_t mode)
     return rmt_chmod(dslot, rpath, -1, mode);
 }
 
-int rmt_mknod(int dslot, const char *rpath, mode_t mode, dev_t dev)
+int rmt_mknod_mode_bad(mode_t mode)
 {
-    /* the kernel judges the file type before the path */
     switch (mode & S_IFMT) {
     case 0: case S_IFREG: case S_IFCHR: case S_IFBLK: case S_IFIFO: case S_IFSOCK:
-        break;
+        return 0;
     case S_IFDIR:
         errno = EPERM;
-        return -1;
+        return 1;
     default:
         errno = EINVAL;
-        return -1;
+        return 1;
     }
+}
+
+int rmt_mknod(int dslot, const char *rpath, mode_t mode, dev_t dev)
+{
+    if (rmt_mknod_mode_bad(mode))
+        return -1;
     return bypass_shadow_bypass_rx_mknod(dslot, rpath, mode, (int)cur_umask, (int)major(dev), (int)minor(dev));
 }
 

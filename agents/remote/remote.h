@@ -70,6 +70,8 @@ int rmt_access2(int dslot, const char *rpath, int mode, int follow);
 int rmt_string_ok(const char *s);
 int rmt_ftw(const char *dir, void *fn, int flags, int nftw);
 long rmt_pathconf(int dslot, const char *rpath, int fd, int name);
+/* 1 when glibc answers pathconf(name) without the path (*value: its answer) */
+int rmt_pathconf_constant(int name, long *value);
 int rmt_rename2(int od, const char *op, int nd, const char *np, unsigned flags);
 ssize_t rmt_readlink(int dslot, const char *rpath, char *buf, size_t size);
 int rmt_link(int od, const char *op, int nd, const char *np, int follow);
@@ -92,6 +94,8 @@ enum { RMT_XATTR_GET, RMT_XATTR_LIST, RMT_XATTR_REMOVE };
 int rmt_xattr_cwd(int fd, int kind);
 int rmt_lchmod(int dslot, const char *rpath, mode_t mode);
 int rmt_mknod(int dslot, const char *rpath, mode_t mode, dev_t dev);
+/* the kernel judges a node's type before its path: 1 (errno EPERM/EINVAL) for a bad one */
+int rmt_mknod_mode_bad(mode_t mode);
 /* like rmt_where, for the path of an AF_UNIX address (0 for other families, abstract names) */
 struct sockaddr;
 int rmt_where_sockaddr(const struct sockaddr *addr, unsigned addrlen, int *dslot, char *rpath, size_t cap);

@@ -269,8 +269,12 @@ class ExportRoot:
             nd, nn = self.parent(new)
             try:
                 ob, nb = self._b(old), self._b(new)
-                if not _last_is_name(ob) or not _last_is_name(nb):
+                if not _last_is_name(ob):
                     raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), os.fsdecode(old))
+                if not _last_is_name(nb):
+                    # (with RENAME_NOREPLACE the kernel has already chosen EEXIST)
+                    e = errno.EEXIST if flags & _RENAME_NOREPLACE else errno.EBUSY
+                    raise OSError(e, os.strerror(e), os.fsdecode(new))
                 src = os.stat(on, dir_fd=od, follow_symlinks=False)
                 try:
                     dst = os.stat(nn, dir_fd=nd, follow_symlinks=False)

@@ -794,6 +794,14 @@ def test_kernel_order_of_checks_found_by_conform(agent, shadow, export, tmp_path
         sock = socket.socket(socket.AF_UNIX)
         show("bind file/", lambda: sock.bind("data/rw/"))
         show("bind missing/", lambda: sock.bind("data/nothing/"))
+        show("rename NOREPLACE to '..'", lambda: c(libc.renameat2(-100, b"data/rw", -100, b"data/sub/..", 1)))
+        show("mkfifo with a file type, bad path", lambda: c(libc.mkfifo(NONE, 0o100644)))
+        show("mknod a directory, bad path", lambda: c(libc.mknod(NONE, 0o40755, 0)))
+        show("mmap a directory for writing", lambda: c(-1 if libc.mmap(None, 4096, 3, 1, os.open("data", os.O_RDONLY), 0) in (None, 2**64 - 1) else 0))
+        show("pathconf PIPE_BUF, missing", lambda: os.pathconf("data/none", "PC_PIPE_BUF"))
+        show("pathconf PIPE_BUF, too long", lambda: os.pathconf("./" * 2100, "PC_PIPE_BUF"))
+        show("pathconf NAME_MAX, too long", lambda: os.pathconf("./" * 2100, "PC_NAME_MAX"))
+        show("pathconf PIPE_BUF ''", lambda: c(libc.pathconf(b"", 5)))
         ''')
     assert "linkat FOLLOW dangling: 'ENOENT'" in out and "splice into O_APPEND: 'EINVAL'" in out
 
