@@ -42,6 +42,7 @@ ssize_t bypass_shadow_bypass_rx_pread(int slot, void *buf, size_t count, off_t o
 ssize_t bypass_shadow_bypass_rx_write(int slot, const void *buf, size_t count);
 ssize_t bypass_shadow_bypass_rx_pwrite(int slot, const void *buf, size_t count, off_t offset);
 ssize_t bypass_shadow_bypass_rx_append(int slot, const void *buf, size_t count, off_t offset);
+ssize_t bypass_shadow_bypass_rx_mapwrite(int slot, const void *buf, size_t count, off_t offset);
 off_t bypass_shadow_bypass_rx_lseek(int slot, off_t offset, int whence);
 int bypass_shadow_bypass_rx_fstat(int slot, struct stat *st);
 int bypass_shadow_bypass_rx_stat(int dslot, const char *path, int follow, struct stat *st);
@@ -623,7 +624,11 @@ static int write_back(struct rmap *m, char *lo, char *hi)
         while (p + run < hi && p[run] != m->orig[i + run])
             run++;
         for (size_t done = 0; done < run;) {
-            ssize_t k = rmt_pwrite(m->fd, p + done, run - done, m->off + (off_t)(i + done));
+            /* at the offset, also in an O_APPEND file (where pwrite would append) */
+            settle_fd(m->fd);
+            size_t want = run - done < BYPASS_RPC_MAX_PAYLOAD ? run - done : BYPASS_RPC_MAX_PAYLOAD;
+            ssize_t k = bypass_shadow_bypass_rx_mapwrite(m->fd, p + done, want, m->off + (off_t)(i + done));
+            wrote();
             if (k <= 0) {
                 rc = -1;
                 break;

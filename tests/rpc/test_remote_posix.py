@@ -802,6 +802,16 @@ def test_kernel_order_of_checks_found_by_conform(agent, shadow, export, tmp_path
         show("pathconf PIPE_BUF, too long", lambda: os.pathconf("./" * 2100, "PC_PIPE_BUF"))
         show("pathconf NAME_MAX, too long", lambda: os.pathconf("./" * 2100, "PC_NAME_MAX"))
         show("pathconf PIPE_BUF ''", lambda: c(libc.pathconf(b"", 5)))
+        ap = os.open("data/apm", os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        os.write(ap, b"hello world\n")
+        import mmap
+        mm = mmap.mmap(ap, 12)
+        mm[0:5] = b"HELLO"
+        mm.flush()
+        show("a shared mapping of an O_APPEND file, written back in place", lambda: (os.fstat(ap).st_size, os.pread(ap, 30, 0)))
+        mm.close()
+        omit = (ctypes.c_long * 4)(0, (1 << 30) - 2, 0, (1 << 30) - 2)      # UTIME_OMIT twice
+        show("utimensat(AT_FDCWD, NULL, omit)", lambda: c(libc.utimensat(-100, None, omit, 0)))
         ''')
     assert "linkat FOLLOW dangling: 'ENOENT'" in out and "splice into O_APPEND: 'EINVAL'" in out
 
