@@ -15,6 +15,12 @@
               bar: no errors, throughput does not collapse
   startup     200 starts of /bin/true with the remote agent loaded (no remote files) vs without
               bar: <= 1 ms extra per process
+  make        a configure-free C project (8 files, a Makefile) rebuilt with `make -j2`, sources and
+              objects under /job, vs the same project built natively on local disk
+              goal: <= 1.5 x
+  python      `python3 -c "import ..."` of 40 modules (with their __pycache__) from /job
+              (PYTHONPATH), vs the same start-up importing them from local disk
+              goal: <= 1.5 x
 
 Measurements are interleaved and the best of --rounds is reported (a shared machine is noisy).
 """
@@ -276,13 +282,85 @@ def bench_startup(agent: Path, rounds: int, n: int = 200) -> tuple[float, float]
     return best[0], best[1]
 
 
+def _project(root: Path) -> None:
+    """A small C project: 8 files of some arithmetic each, one header, a Makefile."""
+    root.mkdir(parents=True)
+    (root / "lib.h").write_text("".join(f"long f{i}(long x);\n" for i in range(8)))
+    for i in range(8):
+        body = "".join(f"    x = (x * {k + 3} + {i}) % 1000003;\n    if (x & {1 << (k % 8)}) x ^= {k};\n"
+                       for k in range(60))
+        (root / f"m{i}.c").write_text(f'#include <stdio.h>\n#include <string.h>\n#include "lib.h"\n'
+                                      f"long f{i}(long x)\n{{\n{body}    return x;\n}}\n")
+    calls = " + ".join(f"f{i}(argc)" for i in range(8))
+    (root / "main.c").write_text(f'#include <stdio.h>\n#include "lib.h"\nint main(int argc, char **argv)\n'
+                                 f'{{\n    (void)argv;\n    printf("%ld\\n", {calls});\n    return 0;\n}}\n')
+    objs = " ".join(f"m{i}.o" for i in range(8)) + " main.o"
+    (root / "Makefile").write_text(f"CFLAGS = -O1\nprog: {objs}\n\t$(CC) -o $@ $^\n%.o: %.c lib.h\n"
+                                   f"\t$(CC) $(CFLAGS) -c -o $@ $<\nclean:\n\trm -f prog *.o\n")
+
+
+def _pylib(root: Path, modules: int = 40) -> str:
+    """A package of `modules` modules, each with a class and some functions; returns the import."""
+    pkg = root / "benchpkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    for i in range(modules):
+        funcs = "".join(f"def g{k}(x):\n    return [x * {k} + j for j in range({k + 1})]\n\n" for k in range(20))
+        (pkg / f"mod{i}.py").write_text(f'"""module {i}"""\nimport os\n\nclass C{i}:\n    n = {i}\n\n{funcs}')
+    return "import " + ", ".join(f"benchpkg.mod{i}" for i in range(modules))
+
+
+def bench_jobs(rounds: int, work: Path) -> dict[str, tuple[float, float]]:
+    """A make -j2 build and a python3 start-up, each under /job and on local disk: best seconds."""
+    export = work / "jobs-export"
+    local = work / "jobs-local"
+    for root in (export, local):
+        _project(root / "proj")
+        imports = _pylib(root / "pylib")
+    spec = REPO / "agents" / "remote" / "remote.bypass"
+    agent = work / "remote.so"
+    if not agent.exists():
+        build(spec, agent)
+    server = make_server(spec, str(export))
+    server.listen()
+    server.start()
+    # python3 as a user runs it: compiled modules kept in __pycache__ (written in the warm-up)
+    local_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
+    remote_env = dict(local_env, LD_PRELOAD=str(agent), BYPASS_SHADOW=server.address)
+    jobs = {
+        "make": lambda base, env: [
+            subprocess.run(["make", "-s", "-C", f"{base}/proj", "clean"], env=env, check=True),
+            subprocess.run(["make", "-s", "-j2", "-C", f"{base}/proj"], env=env, check=True)],
+        "python": lambda base, env: [
+            subprocess.run([sys.executable, "-c", imports], env=dict(env, PYTHONPATH=f"{base}/pylib"), check=True)
+            for _ in range(10)],
+    }
+    best = {name: [float("inf"), float("inf")] for name in jobs}
+    try:
+        for name, job in jobs.items():
+            job("/job", remote_env)                    # warm: caches, the shadow, __pycache__
+            job(str(local), local_env)
+            for _ in range(rounds):
+                for k, (base, env) in enumerate(((str(local), local_env), ("/job", remote_env))):
+                    t = time.perf_counter()
+                    job(base, env)
+                    best[name][k] = min(best[name][k], time.perf_counter() - t)
+        out = subprocess.run([f"{export}/proj/prog"], capture_output=True, text=True, check=True).stdout
+        assert out == subprocess.run([f"{local}/proj/prog"], capture_output=True, text=True).stdout
+        for root in (export, local):                   # both imported their own compiled modules
+            assert len(list((root / "pylib" / "benchpkg" / "__pycache__").iterdir())) == 41
+    finally:
+        server.close()
+    return {name: (b[0], b[1]) for name, b in best.items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=20000)
     ap.add_argument("--size-mib", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--procs", type=int, default=64)
-    ap.add_argument("--only", choices=["sync", "stream", "many", "startup"], help="run one benchmark")
+    ap.add_argument("--only", choices=["sync", "stream", "many", "startup", "jobs"], help="run one benchmark")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-rpc-") as tmp:
         work = Path(tmp)
@@ -303,6 +381,11 @@ def main() -> int:
             native, loaded = bench_startup(agent, max(2, args.rounds // 2))
             print(f"startup        native {native * 1e3:.2f} ms   with the remote agent {loaded * 1e3:.2f} ms"
                   f"   extra {(loaded - native) * 1e3:.2f} ms per process   bar <= 1 ms")
+        if args.only in (None, "jobs"):
+            for name, (local, remote) in bench_jobs(max(2, args.rounds // 2), work).items():
+                what = "make -j2  " if name == "make" else "python3   "
+                print(f"{what}     local disk {local:6.3f} s   under /job {remote:6.3f} s   ratio {remote / local:4.2f}x"
+                      f"   goal <= 1.5x")
         if args.only in (None, "many"):
             m = bench_many(tools, args.procs, max(200, args.calls // 20))
             line = "   ".join(f"{n:3d} procs {rate:8.0f} calls/s errors {err}" for n, (rate, err) in m.items())

@@ -26,6 +26,7 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "bypass_runtime.h"
@@ -36,10 +37,13 @@
 
 /* ---- the shadow calls of remote.bypass (generated as bypass_shadow_<name>) ---- */
 int bypass_shadow_bypass_rx_open(int dslot, const char *path, int flags, mode_t mode, int cmask, int slot, long id);
+int bypass_shadow_bypass_rx_exec_open(int dslot, const char *path, int slot);
 int bypass_shadow_bypass_rx_close(int slot);
 ssize_t bypass_shadow_bypass_rx_pread(int slot, void *buf, size_t count, off_t offset);
 ssize_t bypass_shadow_bypass_rx_write(int slot, const void *buf, size_t count);
 ssize_t bypass_shadow_bypass_rx_pwrite(int slot, const void *buf, size_t count, off_t offset);
+ssize_t bypass_shadow_bypass_rx_append(int slot, const void *buf, size_t count, off_t offset);
+ssize_t bypass_shadow_bypass_rx_mapwrite(int slot, const void *buf, size_t count, off_t offset);
 off_t bypass_shadow_bypass_rx_lseek(int slot, off_t offset, int whence);
 int bypass_shadow_bypass_rx_fstat(int slot, struct stat *st);
 int bypass_shadow_bypass_rx_stat(int dslot, const char *path, int follow, struct stat *st);
@@ -54,7 +58,7 @@ int bypass_shadow_bypass_rx_mkdir(int dslot, const char *path, mode_t mode, int 
 int bypass_shadow_bypass_rx_rename(int odslot, const char *oldpath, int ndslot, const char *newpath, int flags);
 ssize_t bypass_shadow_bypass_rx_readlink(int dslot, const char *path, char *buf, size_t size);
 int bypass_shadow_bypass_rx_symlink(const char *target, int dslot, const char *path);
-int bypass_shadow_bypass_rx_link(int odslot, const char *oldpath, int ndslot, const char *newpath);
+int bypass_shadow_bypass_rx_link(int odslot, const char *oldpath, int ndslot, const char *newpath, int follow);
 int bypass_shadow_bypass_rx_chmod(int dslot, const char *path, int slot, mode_t mode);
 int bypass_shadow_bypass_rx_chown(int dslot, const char *path, int slot, int uid, int gid, int follow);
 int bypass_shadow_bypass_rx_utimens(int dslot, const char *path, int slot, long asec, long ansec,
@@ -76,7 +80,7 @@ int bypass_shadow_bypass_rx_setxattr(int dslot, const char *path, int slot, int 
 ssize_t bypass_shadow_bypass_rx_getdents(int slot, void *buf, size_t size);
 int bypass_shadow_bypass_rx_rewinddir(int slot);
 ssize_t bypass_shadow_bypass_rx_fdpath(int slot, char *buf, size_t size);
-int bypass_shadow_bypass_rx_setcwd(const char *path);
+ssize_t bypass_shadow_bypass_rx_chdir(int dslot, const char *path, char *buf, size_t size);
 ssize_t bypass_shadow_bypass_rx_getcwd(char *buf, size_t size);
 int bypass_shadow_bypass_rx_keep(const int *slots, const long *ids, int count);
 int bypass_shadow_bypass_rx_fallocate(int slot, int mode, off_t offset, off_t length, int posix);
@@ -548,20 +552,13 @@ int rmt_mkstemp(char *tmpl, int dslot, char *rpath, int suffixlen, int flags, in
 
 int rmt_stage_exec(int dslot, const char *rpath, char *local, size_t cap)
 {
-    struct stat st;
-    if (rmt_stat(dslot, rpath, &st, 1) < 0)
-        return -1;
-    if (S_ISDIR(st.st_mode) || !(st.st_mode & 0111)) {
-        errno = EACCES;
-        return -1;
-    }
     /* not close-on-exec: a script's interpreter opens it by this path after the exec */
     int dst = memfd_create("bypass-exec", 0);
     if (dst < 0)
         return -1;
     /* Read by the memfd's number, outside the table (this may be a vfork child, whose table
      * is its parent's). */
-    if (bypass_shadow_bypass_rx_open(dslot, rpath, O_RDONLY | O_CLOEXEC, 0, 0, dst, 0) < 0) {
+    if (bypass_shadow_bypass_rx_exec_open(dslot, rpath, dst) < 0) {
         int e = errno;
         close(dst);
         errno = e;
@@ -652,9 +649,11 @@ static int write_back(struct rmap *m, char *lo, char *hi)
         while (p + run < hi && p[run] != m->orig[i + run])
             run++;
         for (size_t done = 0; done < run;) {
-            for_mapping = 1;
-            ssize_t k = rmt_pwrite(m->fd, p + done, run - done, m->off + (off_t)(i + done));
-            for_mapping = 0;
+            /* at the offset, also in an O_APPEND file (where pwrite would append) */
+            settle_fd(m->fd);
+            size_t want = run - done < BYPASS_RPC_MAX_PAYLOAD ? run - done : BYPASS_RPC_MAX_PAYLOAD;
+            ssize_t k = bypass_shadow_bypass_rx_mapwrite(m->fd, p + done, want, m->off + (off_t)(i + done));
+            wrote();
             if (k <= 0) {
                 rc = -1;
                 break;
@@ -679,17 +678,41 @@ static int forget_map(struct rmap *m)
     return fd;
 }
 
+/* fexecve/execveat(fd, "", AT_EMPTY_PATH) of a script whose descriptor is close-on-exec: the
+ * interpreter could not open /dev/fd/N after the exec, so the kernel refuses with ENOENT. */
+int rmt_exec_script_hidden(int fd, const char *local)
+{
+    int flags = fcntl(fd, F_GETFD);
+    char head[2];
+    if (flags < 0 || !(flags & FD_CLOEXEC) || strncmp(local, "/proc/self/fd/", 14) != 0)
+        return 0;
+    int copy = atoi(local + 14);
+    if (pread(copy, head, 2, 0) != 2 || head[0] != '#' || head[1] != '!')
+        return 0;
+    close(copy);
+    errno = ENOENT;
+    return 1;
+}
+
 void *rmt_mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
 {
     int shared = (flags & MAP_SHARED) && !(flags & MAP_PRIVATE);
     struct rfile *r = get(fd);
     int acc = r ? (r->flags & O_ACCMODE) : O_RDONLY;
+    if (!(offset & (off_t)(page_size - 1)) && r && (r->flags & O_PATH)) {
+        errno = EBADF;           /* after the offset, an O_PATH descriptor is not open for I/O */
+        return MAP_FAILED;
+    }
     if (length == 0 || (offset & (off_t)(page_size - 1))) {
         errno = EINVAL;          /* the kernel checks the arguments before the file */
         return MAP_FAILED;
     }
     if (acc == O_WRONLY || (shared && (prot & PROT_WRITE) && acc != O_RDWR)) {
         errno = EACCES;          /* as the kernel: readable, and writable for shared writes */
+        return MAP_FAILED;
+    }
+    if (r && r->is_dir) {
+        errno = ENODEV;          /* a directory has no pages to map */
         return MAP_FAILED;
     }
     int anon = (flags & ~(MAP_SHARED | MAP_PRIVATE)) | MAP_ANONYMOUS | (shared ? MAP_SHARED : MAP_PRIVATE);
@@ -804,6 +827,17 @@ static int placeholder(int flags, long long id)
     return m;
 }
 
+/* Flag combinations the kernel refuses before it reads the path (O_CREAT|O_DIRECTORY since
+ * Linux 6.4): asked of this kernel with a path that can name nothing, so the answer is its own. */
+int rmt_open_flags_bad(int flags)
+{
+    if (!((flags & O_CREAT) && (flags & O_DIRECTORY)))
+        return 0;
+    if (syscall(SYS_openat, -1, "", flags, 0) < 0 && errno == EINVAL)
+        return 1;
+    return 0;
+}
+
 int rmt_open(int dslot, const char *rpath, int flags, mode_t mode)
 {
     if (in_vfork_child()) {
@@ -832,8 +866,7 @@ int rmt_open(int dslot, const char *rpath, int flags, mode_t mode)
     }
     if (flags & O_TRUNC)
         wrote();
-    /* O_TMPFILE contains O_DIRECTORY's bit, and makes a regular file */
-    r->is_dir = (flags & O_DIRECTORY) != 0 && (flags & O_TMPFILE) != O_TMPFILE;
+    r->is_dir = rc == 1;         /* the shadow says whether it opened a directory */
     r->pol = pol_new(&choice, flags, ph);
     *slot = r;
     pthread_mutex_unlock(&lock);
@@ -902,7 +935,7 @@ int rmt_transfer_fds_ok(int in_fd, int out_fd, int copy)
             return 0;
         }
     }
-    for (int i = 0; copy && i < 2; i++) {
+    for (int i = 0; copy == 1 && i < 2; i++) {
         struct rfile *r = get(fds[i]);
         struct stat st;
         if (r ? r->is_dir : (fstat(fds[i], &st) == 0 && S_ISDIR(st.st_mode))) {
@@ -910,8 +943,12 @@ int rmt_transfer_fds_ok(int in_fd, int out_fd, int copy)
             return 0;
         }
     }
-    if ((fl[0] & O_ACCMODE) == O_WRONLY || (fl[1] & O_ACCMODE) == O_RDONLY || (copy && (fl[1] & O_APPEND))) {
+    if ((fl[0] & O_ACCMODE) == O_WRONLY || (fl[1] & O_ACCMODE) == O_RDONLY || (copy == 1 && (fl[1] & O_APPEND))) {
         errno = EBADF;
+        return 0;
+    }
+    if (copy == 0 && (fl[1] & O_APPEND)) {
+        errno = EINVAL;          /* sendfile never writes to an O_APPEND file */
         return 0;
     }
     return 1;
@@ -1022,8 +1059,21 @@ static ssize_t fetch(int fd, struct rfile *r, char *dst, size_t n, size_t *asked
 
 /* As the kernel reads a regular file: all that was asked for, short only at its end (so
  * what is left in the read-ahead is topped up from the shadow). */
+/* The kernel looks at the open file's access mode before the buffer: EBADF first. */
+static int mode_bad(int fd, int writing)
+{
+    struct rfile *r = get(fd);
+    if (r && ((r->flags & O_PATH) || (r->flags & O_ACCMODE) == (writing ? O_RDONLY : O_WRONLY))) {
+        errno = EBADF;
+        return 1;
+    }
+    return 0;
+}
+
 ssize_t rmt_read(int fd, void *buf, size_t n)
 {
+    if (mode_bad(fd, 0))
+        return -1;
     if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
         return -1;
     pthread_mutex_lock(&lock);
@@ -1072,6 +1122,8 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
 
 ssize_t rmt_write(int fd, const void *buf, size_t n)
 {
+    if (mode_bad(fd, 1))
+        return -1;
     if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
         return -1;
     pthread_mutex_lock(&lock);
@@ -1094,6 +1146,12 @@ ssize_t rmt_write(int fd, const void *buf, size_t n)
 
 ssize_t rmt_pread(int fd, void *buf, size_t n, off_t off)
 {
+    if (off < 0) {
+        errno = EINVAL;          /* before the descriptor, as pread64/pwrite64 */
+        return -1;
+    }
+    if (mode_bad(fd, 0))
+        return -1;
     if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
         return -1;
     ssize_t got = bypass_shadow_bypass_rx_pread(fd, buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
@@ -1104,6 +1162,12 @@ ssize_t rmt_pread(int fd, void *buf, size_t n, off_t off)
 
 ssize_t rmt_pwrite(int fd, const void *buf, size_t n, off_t off)
 {
+    if (off < 0) {
+        errno = EINVAL;          /* before the descriptor, as pread64/pwrite64 */
+        return -1;
+    }
+    if (mode_bad(fd, 1))
+        return -1;
     if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
         return -1;
     settle_fd(fd);
@@ -1328,6 +1392,20 @@ int rmt_parent_ok(int dslot, const char *rpath)
     return 1;
 }
 
+/* The names glibc answers with a constant, never looking at the path (PIPE_BUF, PATH_MAX...):
+ * found by asking this glibc about a name that cannot exist.  1 with *value set for those. */
+int rmt_pathconf_constant(int name, long *value)
+{
+    int saved = errno;
+    errno = 0;
+    long v = pathconf("/\x01bypass-no-such-file", name);
+    int constant = v != -1 || errno == 0;
+    errno = saved;
+    if (constant)
+        *value = v;
+    return constant;
+}
+
 long rmt_pathconf(int dslot, const char *rpath, int fd, int name)
 {
     long value = -1;
@@ -1362,9 +1440,9 @@ ssize_t rmt_readlink(int dslot, const char *rpath, char *buf, size_t size)
     return bypass_shadow_bypass_rx_readlink(dslot, rpath, buf, size);
 }
 
-int rmt_link(int od, const char *op, int nd, const char *np)
+int rmt_link(int od, const char *op, int nd, const char *np, int follow)
 {
-    return bypass_shadow_bypass_rx_link(od, op, nd, np);
+    return bypass_shadow_bypass_rx_link(od, op, nd, np, follow);
 }
 
 int rmt_cross_device(int olddirfd, const char *oldpath, int old_remote, int newdirfd, const char *newpath,
@@ -1372,6 +1450,11 @@ int rmt_cross_device(int olddirfd, const char *oldpath, int old_remote, int newd
 {
     int dirfds[2] = { old_remote ? AT_FDCWD : olddirfd, new_remote ? AT_FDCWD : newdirfd };
     const char *paths[2] = { oldpath, newpath };
+    for (int i = 0; i < 2; i++)
+        if (!paths[i][0]) {
+            errno = ENOENT;      /* the kernel takes both names before either directory */
+            return -1;
+        }
     for (int i = 0; i < 2; i++) {
         struct stat st;
         if (dirfds[i] == AT_FDCWD || paths[i][0] == '/')
@@ -1387,40 +1470,6 @@ int rmt_cross_device(int olddirfd, const char *oldpath, int old_remote, int newd
     return -1;
 }
 
-/* Lexical clean-up of an absolute remote path: no "//", ".", or ".." (never above "/"). */
-static void normalize(char *p)
-{
-    char out[RMT_PATH_MAX];
-    size_t n = 0;
-    const char *s = p;
-    while (*s) {
-        while (*s == '/')
-            s++;
-        if (!*s)
-            break;
-        const char *e = strchr(s, '/');
-        size_t len = e ? (size_t)(e - s) : strlen(s);
-        if (len == 1 && s[0] == '.') {
-            /* nothing */
-        } else if (len == 2 && s[0] == '.' && s[1] == '.') {
-            while (n > 0 && out[n - 1] != '/')
-                n--;
-            if (n > 0)
-                n--;
-        } else if (n + 1 + len < sizeof out) {
-            out[n++] = '/';
-            memcpy(out + n, s, len);
-            n += len;
-        }
-        s += len;
-    }
-    if (n == 0)
-        out[n++] = '/';
-    out[n] = 0;
-    memcpy(p, out, n + 1);
-}
-
-/* realpath of a remote path: lexical (symlinks are not followed) and it must exist. */
 /* realpath of a remote path: resolved by the shadow inside the export (symlinks followed, as
  * the kernel would), then named under the prefix. */
 char *rmt_realpath(int dslot, const char *rpath, char *resolved)
@@ -1441,6 +1490,17 @@ char *rmt_realpath(int dslot, const char *rpath, char *resolved)
         return NULL;
     memcpy(resolved, out, (size_t)len + 1);
     return resolved;
+}
+
+int rmt_symlink_target_error(const char *target)
+{
+    if (!target || !string_ok(target))
+        errno = EFAULT;
+    else if (!target[0])
+        errno = ENOENT;
+    else
+        return 0;
+    return 1;
 }
 
 int rmt_symlink(const char *target, int dslot, const char *rpath)
@@ -1473,6 +1533,26 @@ int rmt_setxattr(int dslot, const char *rpath, int fd, int follow, const char *n
                                             flags);
 }
 
+/* f*xattr(AT_FDCWD, ...) name the current directory on kernels that take it (Linux 6.18 does for
+ * fgetxattr/fsetxattr, not for flistxattr/fremovexattr; older ones never): with a remote current
+ * directory, the remote one.  Asked of this kernel once per kind (get stands for set too). */
+int rmt_xattr_cwd(int fd, int kind)
+{
+    static int takes_cwd[3] = { -1, -1, -1 };
+    if (fd != AT_FDCWD || !rmt_is_cwd_remote() || kind < 0 || kind > 2)
+        return 0;
+    if (takes_cwd[kind] < 0) {
+        /* (questions with no effect: a name that is not there, a size of 0) */
+        int saved = errno;
+        long rc = kind == RMT_XATTR_GET ? syscall(SYS_fgetxattr, AT_FDCWD, "user.bypass-probe", NULL, 0)
+                : kind == RMT_XATTR_LIST ? syscall(SYS_flistxattr, AT_FDCWD, NULL, 0)
+                : syscall(SYS_fremovexattr, AT_FDCWD, "user.bypass-probe");
+        takes_cwd[kind] = !(rc < 0 && errno == EBADF);
+        errno = saved;
+    }
+    return takes_cwd[kind];
+}
+
 int rmt_lchmod(int dslot, const char *rpath, mode_t mode)
 {
     struct stat st;
@@ -1484,19 +1564,24 @@ int rmt_lchmod(int dslot, const char *rpath, mode_t mode)
     return rmt_chmod(dslot, rpath, -1, mode);
 }
 
-int rmt_mknod(int dslot, const char *rpath, mode_t mode, dev_t dev)
+int rmt_mknod_mode_bad(mode_t mode)
 {
-    /* the kernel judges the file type before the path */
     switch (mode & S_IFMT) {
     case 0: case S_IFREG: case S_IFCHR: case S_IFBLK: case S_IFIFO: case S_IFSOCK:
-        break;
+        return 0;
     case S_IFDIR:
         errno = EPERM;
-        return -1;
+        return 1;
     default:
         errno = EINVAL;
-        return -1;
+        return 1;
     }
+}
+
+int rmt_mknod(int dslot, const char *rpath, mode_t mode, dev_t dev)
+{
+    if (rmt_mknod_mode_bad(mode))
+        return -1;
     return bypass_shadow_bypass_rx_mknod(dslot, rpath, mode, (int)cur_umask, (int)major(dev), (int)minor(dev));
 }
 
@@ -1594,18 +1679,35 @@ static ssize_t rmt_rw(int fd, void *buf, size_t n, off_t off, int writing)
 #define RWF_SYNC 0x4
 #define RWF_NOWAIT 0x8
 #endif
+#ifndef RWF_APPEND
+#define RWF_APPEND 0x10
+#endif
+
+/* A write with RWF_APPEND: the shadow writes at the end in one step (read-ahead handed back
+ * first, as for any write). */
+static ssize_t append_write(int fd, const void *buf, size_t n, off_t off)
+{
+    settle_fd(fd);
+    ssize_t done = bypass_shadow_bypass_rx_append(fd, n ? buf : "", n, off);
+    wrote();
+    return done;
+}
+
+static ssize_t iov_rw(int fd, void *buf, size_t n, off_t off, int writing, int flags)
+{
+    if (writing && (flags & RWF_APPEND))
+        return append_write(fd, buf, n, off);
+    return rmt_rw(fd, buf, n, off, writing);
+}
 
 /* One call for the whole vector, gathered or scattered here: a vectored write stays one write
  * (O_APPEND, concurrent readers), as the kernel makes it. */
 ssize_t rmt_iov(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags, int writing)
 {
-    struct rfile *r0 = get(fd);
-    if (r0 && ((r0->flags & O_PATH) || (r0->flags & O_ACCMODE) == (writing ? O_RDONLY : O_WRONLY))) {
-        errno = EBADF;             /* the kernel looks at the open file before the flags */
-        return -1;
-    }
-    if (flags & ~(RWF_HIPRI | RWF_DSYNC | RWF_SYNC | RWF_NOWAIT)) {
-        errno = EOPNOTSUPP;        /* RWF_APPEND and anything newer: not done remotely */
+    if (mode_bad(fd, writing))
+        return -1;                 /* the kernel looks at the open file before the flags */
+    if (flags & ~(RWF_HIPRI | RWF_DSYNC | RWF_SYNC | RWF_NOWAIT | RWF_APPEND)) {
+        errno = EOPNOTSUPP;        /* anything newer: not done remotely */
         return -1;
     }
     if (iovcnt < 0 || iovcnt > IOV_MAX) {
@@ -1622,6 +1724,24 @@ ssize_t rmt_iov(int fd, const struct iovec *iov, int iovcnt, off_t off, int flag
             return -1;
         }
         total += iov[i].iov_len;
+    }
+    for (int i = 0; i < iovcnt; i++)
+        if ((uintptr_t)iov[i].iov_base >= 4096 && bypass_bad_pointer(iov[i].iov_base)) {
+            errno = EFAULT;        /* the kernel's access_ok: no kernel address, even for 0 bytes */
+            return -1;
+        }
+    /* a buffer it cannot reach ends the transfer there (EFAULT if it is the first) */
+    total = 0;
+    for (int i = 0; i < iovcnt; i++) {
+        if (iov[i].iov_len && !range_ok((uintptr_t)iov[i].iov_base, iov[i].iov_len)) {
+            if (!total) {
+                errno = EFAULT;
+                return -1;
+            }
+            iovcnt = i;
+            break;
+        }
+        total += iov[i].iov_len;
         if (iov[i].iov_len) {
             used++;
             one = i;
@@ -1631,7 +1751,7 @@ ssize_t rmt_iov(int fd, const struct iovec *iov, int iovcnt, off_t off, int flag
         total = BYPASS_RPC_MAX_PAYLOAD;    /* a short transfer, as the kernel may make */
     ssize_t n;
     if (used <= 1) {
-        n = rmt_rw(fd, used ? iov[one].iov_base : (void *)"", total, off, writing);
+        n = iov_rw(fd, used ? iov[one].iov_base : (void *)"", total, off, writing, flags);
     } else {
         char *tmp = malloc(total);
         if (!tmp) {
@@ -1644,7 +1764,7 @@ ssize_t rmt_iov(int fd, const struct iovec *iov, int iovcnt, off_t off, int flag
             memcpy(tmp + at, iov[i].iov_base, k);
             at += k;
         }
-        n = rmt_rw(fd, tmp, total, off, writing);
+        n = iov_rw(fd, tmp, total, off, writing, flags);
         at = 0;
         for (int i = 0; !writing && n > 0 && at < (size_t)n; i++) {
             size_t k = iov[i].iov_len < (size_t)n - at ? iov[i].iov_len : (size_t)n - at;
@@ -1685,6 +1805,13 @@ ssize_t rmt_transfer(int in, off64_t *in_off, int out, off64_t *out_off, size_t 
     int rin = rmt_is_fd(in), rout = rmt_is_fd(out);
     size_t chunk = len < XFER_CHUNK ? len : XFER_CHUNK;
     if (kind & RMT_SPLICE) {
+        /* fs/splice.c's order: nothing to move (0), the access modes (EBADF), a pipe at one
+         * end (EINVAL), no offset on it (ESPIPE), no O_APPEND file to write to and no
+         * directory to read from (EINVAL) */
+        if (len == 0)
+            return 0;
+        if (!rmt_transfer_fds_ok(in, out, 2))
+            return -1;
         struct stat st;
         int pipe_end = rin ? out : in;
         if (rin && rout) {
@@ -1701,6 +1828,13 @@ ssize_t rmt_transfer(int in, off64_t *in_off, int out, off64_t *out_off, size_t 
             errno = ESPIPE;
             return -1;
         }
+        struct rfile *r = get(rin ? in : out);
+        if (r && (rin ? r->is_dir : (r->flags & O_APPEND) != 0)) {
+            errno = EINVAL;
+            return -1;
+        }
+        if (fcntl(pipe_end, F_GETFL) & O_NONBLOCK)
+            kind |= RMT_NONBLOCK;
         int queued = 0, size = fcntl(pipe_end, F_GETPIPE_SZ);
         if (size < 0 || ioctl(pipe_end, FIONREAD, &queued) < 0)
             return -1;
@@ -1846,14 +1980,35 @@ int rmt_fcntl(int fd, int cmd, long arg, int *handled)
 #ifdef F_GET_SEALS
     case F_GET_SEALS:
     case F_ADD_SEALS:
-        /* seals are for memfds, which a remote file is not (an O_PATH one is not even open) */
-        errno = r && !(r->flags & O_PATH) ? EINVAL : EBADF;
+        /* seals are for memfds, which a remote file is not (an O_PATH one is not even open);
+         * adding them wants a writable descriptor first */
+        errno = !r || (r->flags & O_PATH) ? EBADF
+              : cmd == F_ADD_SEALS && (r->flags & O_ACCMODE) == O_RDONLY ? EPERM : EINVAL;
         return -1;
 #endif
+    case F_GETLEASE:
+        /* no lease is ever granted on a remote file (see F_SETLEASE): there is none to report */
+        if (!r || (r->flags & O_PATH)) {
+            errno = EBADF;
+            return -1;
+        }
+        return F_UNLCK;
+    case F_SETLEASE:
+        /* a lease cannot be kept across machines: EAGAIN, the kernel's answer when another
+         * process has the file open; giving none up (F_UNLCK) is done */
+        if (!r || (r->flags & O_PATH)) {
+            errno = EBADF;
+            return -1;
+        }
+        if (arg == F_UNLCK)
+            return 0;
+        errno = (arg == F_RDLCK || arg == F_WRLCK) ? EAGAIN : EINVAL;
+        return -1;
     case F_GETFL:
         /* the kernel forgets the open-time flags (O_CLOEXEC is the descriptor's, F_GETFD) and
          * always reports O_LARGEFILE on 64 bits */
-        return r ? (r->flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC | O_CLOEXEC)) | RMT_O_LARGEFILE : -1;
+        return r ? (r->flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC | O_CLOEXEC)) |
+                   ((r->flags & O_PATH) ? 0 : RMT_O_LARGEFILE) : -1;
     case F_SETFL: {
         int keep = O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
         int flags = (r->flags & keep) | ((int)arg & ~keep);
@@ -2078,6 +2233,12 @@ static FILE *freopen_failed(FILE *stream, int e)
     return NULL;
 }
 
+/* freopen gave up on the path: the stream is closed all the same, as glibc closes it first */
+FILE *rmt_freopen_failed(FILE *stream)
+{
+    return freopen_failed(stream, errno);
+}
+
 FILE *rmt_freopen(int dslot, const char *rpath, const char *mode, FILE *stream)
 {
     int std = stream == stdin ? 0 : stream == stdout ? 1 : stream == stderr ? 2 : -1;
@@ -2087,7 +2248,11 @@ FILE *rmt_freopen(int dslot, const char *rpath, const char *mode, FILE *stream)
     if (std < 0) {
         /* Another stream cannot become remote (its FILE is glibc's, with glibc's own I/O):
          * ENOTSUP, but the path's own error first, found without creating or truncating. */
-        int fd = rmt_open(dslot, rpath, flags & ~(O_CREAT | O_EXCL | O_TRUNC), 0);
+        int probe = flags & ~(O_CREAT | O_EXCL | O_TRUNC);
+        size_t len = strlen(rpath);
+        if ((flags & O_CREAT) && len && rpath[len - 1] == '/')
+            probe = flags & ~O_TRUNC;      /* a create with a trailing slash fails (EISDIR) */
+        int fd = rmt_open(dslot, rpath, probe, 0);
         if (fd >= 0)
             rmt_close(fd);
         else if (errno != ENOENT || !(flags & O_CREAT) || !rmt_parent_ok(dslot, rpath))
@@ -2389,20 +2554,13 @@ static int enter_marker(void)
     return chdir(m);
 }
 
-static int set_cwd(const char *full)
+int rmt_chdir(int dslot, const char *rpath)
 {
     char next[RMT_PATH_MAX];
-    snprintf(next, sizeof next, "%s", full);
-    normalize(next);
-    struct stat st;
-    if (rmt_stat(-1, full, &st, 1) < 0)
+    ssize_t n = bypass_shadow_bypass_rx_chdir(dslot, rpath, next, sizeof next - 1);
+    if (n < 0 || enter_marker() < 0)
         return -1;
-    if (!S_ISDIR(st.st_mode)) {
-        errno = ENOTDIR;
-        return -1;
-    }
-    if (enter_marker() < 0 || bypass_shadow_bypass_rx_setcwd(next) < 0)
-        return -1;
+    next[n] = 0;
     if (in_vfork_child()) {
         snprintf(vfork_cwd, sizeof vfork_cwd, "%s", next);
         vfork_pid = getpid();
@@ -2412,24 +2570,9 @@ static int set_cwd(const char *full)
     return 0;
 }
 
-int rmt_chdir(int dslot, const char *rpath)
-{
-    char full[RMT_PATH_MAX], base[RMT_PATH_MAX];
-    if (dslot >= 0) {
-        ssize_t n = bypass_shadow_bypass_rx_fdpath(dslot, base, sizeof base);
-        if (n < 0)
-            return -1;
-        base[n < (ssize_t)sizeof base ? n : (ssize_t)sizeof base - 1] = 0;
-        if (join(full, sizeof full, base, rpath) < 0)
-            return -1;
-        return set_cwd(full);
-    }
-    return set_cwd(rpath);
-}
-
 int rmt_fchdir(int fd)
 {
-    return rmt_chdir(fd, ".");
+    return rmt_chdir(fd, "");
 }
 
 void rmt_chdir_local(void)

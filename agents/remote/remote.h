@@ -35,6 +35,8 @@ int rmt_is_cwd_remote(void);
 
 /* ---- operations on remote objects (errno set on failure, like the calls they stand for) -- */
 int rmt_open(int dslot, const char *rpath, int flags, mode_t mode);
+/* 1 (errno EINVAL) for open flags this kernel refuses before it looks at the path */
+int rmt_open_flags_bad(int flags);
 int rmt_close(int fd);
 ssize_t rmt_read(int fd, void *buf, size_t n);
 ssize_t rmt_write(int fd, const void *buf, size_t n);
@@ -60,6 +62,7 @@ int rmt_spawn_actions(const posix_spawn_file_actions_t *fa, posix_spawn_file_act
 void rmt_spawn_done(posix_spawn_file_actions_t *out, const int *staged, int nstaged, int spawned);
 ssize_t rmt_getdents64(int fd, void *buf, size_t length, off_t *basep);
 void rmt_forget_range(unsigned first, unsigned last);
+/* copy: 0 sendfile, 1 copy_file_range, 2 splice (the access modes only) */
 int rmt_transfer_fds_ok(int in_fd, int out_fd, int copy);
 const char *rmt_squeeze_path(const char *path, char *buf, size_t cap);
 int rmt_times_omitted(const struct timespec *times);
@@ -67,29 +70,39 @@ int rmt_access2(int dslot, const char *rpath, int mode, int follow);
 int rmt_string_ok(const char *s);
 int rmt_ftw(const char *dir, void *fn, int flags, int nftw);
 long rmt_pathconf(int dslot, const char *rpath, int fd, int name);
+/* 1 when glibc answers pathconf(name) without the path (*value: its answer) */
+int rmt_pathconf_constant(int name, long *value);
 int rmt_rename2(int od, const char *op, int nd, const char *np, unsigned flags);
 ssize_t rmt_readlink(int dslot, const char *rpath, char *buf, size_t size);
-int rmt_link(int od, const char *op, int nd, const char *np);
+int rmt_link(int od, const char *op, int nd, const char *np, int follow);
 /* rename/link between a remote and a local name: -1 with EXDEV, or with the error the kernel
  * finds first in the local side's directory descriptor (EBADF, ENOTDIR) */
 int rmt_cross_device(int olddirfd, const char *oldpath, int old_remote, int newdirfd, const char *newpath,
                      int new_remote);
 char *rmt_realpath(int dslot, const char *rpath, char *resolved);
 int rmt_symlink(const char *target, int dslot, const char *rpath);
+/* symlink's first check, on the target: EFAULT, or ENOENT for "" (1, errno set; else 0) */
+int rmt_symlink_target_error(const char *target);
 int rmt_chmod(int dslot, const char *rpath, int fd, mode_t mode);
 /* get (name) or list (name NULL) / set (flags >= 0) or remove (flags -1) extended attributes
  * of a remote path (dslot/rpath) or descriptor (fd >= 0) */
 ssize_t rmt_getxattr(int dslot, const char *rpath, int fd, int follow, const char *name, void *buf, size_t size);
 int rmt_setxattr(int dslot, const char *rpath, int fd, int follow, const char *name, const void *value, size_t size,
                  int flags);
+/* fd is AT_FDCWD for an f*xattr call (kind) that this kernel applies to a remote current directory */
+enum { RMT_XATTR_GET, RMT_XATTR_LIST, RMT_XATTR_REMOVE };
+int rmt_xattr_cwd(int fd, int kind);
 int rmt_lchmod(int dslot, const char *rpath, mode_t mode);
 int rmt_mknod(int dslot, const char *rpath, mode_t mode, dev_t dev);
+/* the kernel judges a node's type before its path: 1 (errno EPERM/EINVAL) for a bad one */
+int rmt_mknod_mode_bad(mode_t mode);
 /* like rmt_where, for the path of an AF_UNIX address (0 for other families, abstract names) */
 struct sockaddr;
 int rmt_where_sockaddr(const struct sockaddr *addr, unsigned addrlen, int *dslot, char *rpath, size_t cap);
 struct timeval;
 int rmt_utimes(int dslot, const char *rpath, int fd, const struct timeval times[2], int follow);
 FILE *rmt_freopen(int dslot, const char *rpath, const char *mode, FILE *stream);
+FILE *rmt_freopen_failed(FILE *stream);
 int rmt_chown(int dslot, const char *rpath, int fd, uid_t uid, gid_t gid, int follow);
 int rmt_utimens(int dslot, const char *rpath, int fd, const struct timespec times[2], int follow);
 int rmt_ftruncate(int fd, off_t len);
@@ -121,6 +134,8 @@ void rmt_settle_all(void);
 int rmt_mkstemp(char *tmpl, int dslot, char *rpath, int suffixlen, int flags, int dir);
 /* copy a remote executable into an exec-able local memfd; *local receives its /proc path */
 int rmt_stage_exec(int dslot, const char *rpath, char *local, size_t cap);
+/* 1 (errno ENOENT) when fd is close-on-exec and its staged copy is a #! script */
+int rmt_exec_script_hidden(int fd, const char *local);
 void *rmt_mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset);
 /* msync (unmapping 0) or munmap (1) of a range: shared remote mappings in it written back */
 int rmt_sync_range(void *addr, size_t len, int unmapping);

@@ -182,14 +182,14 @@ def run(args) -> int:
                     div = None
                 if div is not None:
                     div.seed = f"replayed sequence {index + 1}" if replay else f"seed {seed}, sequence {index}"
-                    rule = match(rules, div.title())
+                    rule = match(rules, div.title(), div.agent)
                     # an expected divergence is shown once per rule, unshrunk: the report's room
                     # and the time to shrink are kept for what nobody explained
                     sig = ("expected", rule.line) if rule else div.signature()
                     occurrences[sig] = occurrences.get(sig, 0) + 1
                     if sig not in found and (rule or sum(not d.expected for d in found.values()) < args.max_reports):
                         small = div if rule else oracle.shrink(div)
-                        rule = rule or match(rules, small.title())
+                        rule = rule or match(rules, small.title(), small.agent)
                         small.expected = f"{rule.reason} (rule at line {rule.line})" if rule else None
                         found[sig] = small
                         if not args.json:

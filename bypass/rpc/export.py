@@ -118,6 +118,14 @@ def _walk_in_root(rootfd: int, path: bytes, flags: int, mode: int, alias: bytes 
             os.close(fd)
 
 
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+
+
+def _last_is_name(path: bytes) -> bool:
+    """Whether a path's last component is a name (not ".", ".." or the root): rename's rule."""
+    return path.rstrip(b"/").rpartition(b"/")[2] not in (b"", b".", b"..")
+
+
 class ExportRoot:
     def __init__(self, root: str, alias: str | None = None):
         """alias: where agents see the root (the remote agent's /job): an absolute symlink
@@ -253,23 +261,56 @@ class ExportRoot:
         self._at(path, lambda d, n: os.symlink(self._b(target), n, dir_fd=d), "create")
 
     def rename(self, old, new, flags: int = 0) -> None:
+        """renameat2 with the kernel's checks in its order (fs/namei.c do_renameat2): both
+        parents, "."/".."/"/" as a last component (EBUSY), the old name (ENOENT), NOREPLACE,
+        EXCHANGE's target, trailing slashes; the rest (ancestors, types) by the call itself."""
         od, on = self.parent(old)
         try:
-            # the kernel finds both parents before it looks at either last component
-            os.close(self.parent(new)[0])
-            if self._b(old).endswith(b"/") or self._b(new).endswith(b"/"):
-                # a trailing slash on either name: the source must be a directory
-                st = os.stat(on, dir_fd=od, follow_symlinks=False)
-                if not stat.S_ISDIR(st.st_mode):
+            nd, nn = self.parent(new)
+            try:
+                ob, nb = self._b(old), self._b(new)
+                if not _last_is_name(ob):
+                    raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), os.fsdecode(old))
+                if not _last_is_name(nb):
+                    # (with RENAME_NOREPLACE the kernel has already chosen EEXIST)
+                    e = errno.EEXIST if flags & _RENAME_NOREPLACE else errno.EBUSY
+                    raise OSError(e, os.strerror(e), os.fsdecode(new))
+                src = os.stat(on, dir_fd=od, follow_symlinks=False)
+                try:
+                    dst = os.stat(nn, dir_fd=nd, follow_symlinks=False)
+                except FileNotFoundError:
+                    dst = None
+                if flags & _RENAME_NOREPLACE and dst is not None:
+                    raise OSError(errno.EEXIST, os.strerror(errno.EEXIST), os.fsdecode(new))
+                if flags & _RENAME_EXCHANGE:
+                    if dst is None:
+                        raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), os.fsdecode(new))
+                    if not stat.S_ISDIR(dst.st_mode) and nb.endswith(b"/"):
+                        raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), os.fsdecode(new))
+                if not stat.S_ISDIR(src.st_mode) and (
+                        ob.endswith(b"/") or (not flags & _RENAME_EXCHANGE and nb.endswith(b"/"))):
                     raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), os.fsdecode(old))
-            if flags:
-                self._at(new, lambda d, n: _renameat2(od, on, d, n, flags))
-            else:
-                self._at(new, lambda d, n: os.rename(on, n, src_dir_fd=od, dst_dir_fd=d))
+                if flags:
+                    _renameat2(od, on, nd, nn, flags)
+                else:
+                    os.rename(on, nn, src_dir_fd=od, dst_dir_fd=nd)
+            finally:
+                os.close(nd)
         finally:
             os.close(od)
 
-    def link(self, old, new) -> None:
+    def link(self, old, new, follow: bool = False) -> None:
+        if follow:
+            # AT_SYMLINK_FOLLOW: the old name resolved in full inside the root (ENOENT for a
+            # dangling link, ELOOP), then linked through its descriptor: the kernel then makes
+            # room for the new name (EEXIST...) and refuses a directory (EPERM)
+            fd = self.open(old, os.O_PATH)
+            try:
+                self._at(new, lambda d, n: os.link(f"/proc/self/fd/{fd}", n, dst_dir_fd=d,
+                                                   follow_symlinks=True), "create")
+            finally:
+                os.close(fd)
+            return
         od, on = self.parent(old)
         try:
             if not self._b(old).endswith(b"/"):
@@ -321,7 +362,20 @@ class ExportRoot:
             self._at(path, lambda d, n: os.utime(n, ns=ns, dir_fd=d, follow_symlinks=False))
 
     def truncate(self, path, length: int) -> None:
-        fd = self.open(path, os.O_WRONLY)
+        """truncate(2)'s order: a negative length, the lookup, a directory (EISDIR), not a
+        regular file (EINVAL: a FIFO is never opened, which would wait for a peer), then
+        the write permission as the open checks it."""
+        if length < 0:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        pfd = self.open(path, os.O_PATH)
+        try:
+            mode = os.fstat(pfd).st_mode
+            if not stat.S_ISREG(mode):
+                e = errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL
+                raise OSError(e, os.strerror(e), os.fsdecode(path))
+            fd = os.open(f"/proc/self/fd/{pfd}", os.O_WRONLY | os.O_CLOEXEC)
+        finally:
+            os.close(pfd)
         try:
             os.ftruncate(fd, length)
         finally:
@@ -333,6 +387,10 @@ class ExportRoot:
             return _entries(fd)
         finally:
             os.close(fd)
+
+
+_DT_OF = {stat.S_IFDIR: "DT_DIR", stat.S_IFREG: "DT_REG", stat.S_IFLNK: "DT_LNK", stat.S_IFIFO: "DT_FIFO",
+          stat.S_IFSOCK: "DT_SOCK", stat.S_IFCHR: "DT_CHR", stat.S_IFBLK: "DT_BLK"}
 
 
 def _entries(fd: int) -> list:
@@ -347,8 +405,7 @@ def _entries(fd: int) -> list:
             for e in it:
                 try:
                     mode = e.stat(follow_symlinks=False).st_mode
-                    kind = ("DT_DIR" if stat.S_ISDIR(mode) else "DT_REG" if stat.S_ISREG(mode) else
-                            "DT_LNK" if stat.S_ISLNK(mode) else "DT_UNKNOWN")
+                    kind = _DT_OF.get(stat.S_IFMT(mode), "DT_UNKNOWN")
                 except OSError:
                     kind = "DT_UNKNOWN"
                 out.append([os.fsencode(e.name), dt.neutral(kind), e.inode()])

@@ -697,7 +697,10 @@ envp = (ctypes.c_char_p * 1)(None)
 if sys.argv[1] == "relative":
     libc.execveat(-100, b"./s.sh", argv, envp, 0)
 else:
-    libc.execveat(os.open("/job/bin/s.sh", os.O_RDONLY), b"", argv, envp, 0x1000)   # AT_EMPTY_PATH
+    # (inheritable: a script's interpreter reads it through /dev/fd/N after the exec)
+    fd = os.open("/job/bin/s.sh", os.O_RDONLY)
+    os.set_inheritable(fd, True)
+    libc.execveat(fd, b"", argv, envp, 0x1000)   # AT_EMPTY_PATH
 print("execveat failed", ctypes.get_errno())
 '''
 
@@ -711,3 +714,155 @@ def test_execveat_of_a_remote_program(agent, shadow, export):
                            capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stderr
         assert p.stdout == f"ran in /job/bin with {how}\n"
+
+
+def test_kernel_order_of_checks_found_by_conform(agent, shadow, export, tmp_path):
+    """What `bypass conform` found (issue 12): flags before paths, access modes before
+    buffers, iovec bases, splice's rules, symlink targets, a bad directory descriptor after the
+    old name, AT_SYMLINK_FOLLOW, rename's EBUSY and trailing slashes, leases and seals."""
+    out = differential(agent, shadow, export, tmp_path, r'''
+        os.chdir(B)
+        BAD = ctypes.c_void_p(-1)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        NONE = ctypes.c_void_p(libc.mmap(None, 4096, 0, 0x22, -1, 0))      # PROT_NONE, private anonymous
+        O_CD = os.O_CREAT | os.O_DIRECTORY
+        show("open O_CREAT|O_DIRECTORY ''", lambda: c(libc.open(b"", os.O_WRONLY | O_CD, 0o777)))
+        show("open O_CREAT|O_DIRECTORY bad path", lambda: c(libc.open(NONE, O_CD | os.O_TRUNC, 0o644)))
+        show("openat O_CREAT|O_DIRECTORY", lambda: os.open("data/n2", os.O_RDWR | O_CD, 0o700))
+        ro = os.open("data/input.txt", os.O_RDONLY)
+        rw = os.open("data/rw", os.O_RDWR | os.O_CREAT, 0o644)
+        show("write(read-only, bad buffer)", lambda: c(libc.write(ro, BAD, 5)))
+        show("read(write-only... bad buffer)", lambda: c(libc.read(os.open("data/rw", os.O_WRONLY), BAD, 5)))
+        class iovec(ctypes.Structure):
+            _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+        iov = (iovec * 2)(iovec(ctypes.c_void_p(-1).value, 0), iovec(ctypes.cast(ctypes.c_char_p(b"abc"), ctypes.c_void_p).value, 3))
+        show("pwritev, a zero-length kernel address", lambda: c(libc.pwritev(rw, iov, 2, ctypes.c_long(0))))
+        iov2 = (iovec * 2)(iovec(ctypes.cast(ctypes.c_char_p(b"abc"), ctypes.c_void_p).value, 3), iovec(NONE.value, 5))
+        show("pwritev, an unreadable second buffer", lambda: c(libc.pwritev(rw, iov2, 2, ctypes.c_long(0))))
+        show("after", lambda: os.pread(rw, 20, 0))
+        r, w = os.pipe()
+        os.write(w, b"hello")
+        app = os.open("data/app", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        show("splice into O_APPEND", lambda: os.splice(r, app, 5))
+        show("splice from a directory", lambda: os.splice(os.open("data/sub", os.O_RDONLY), w, 10))
+        show("splice of nothing", lambda: os.splice(r, app, 0))
+        show("splice read-only out", lambda: os.splice(r, ro, 5))
+        show("symlink('', new)", lambda: os.symlink("", "x/."))
+        show("symlink('', bad)", lambda: c(libc.symlink(b"", NONE)))
+        show("symlink('', dir//)", lambda: os.symlink("", "data//"))
+        os.symlink("nowhere", "dangling")
+        os.symlink("loop", "loop")
+        os.symlink("data/sub", "dlnk")
+        os.symlink("data/input.txt", "flnk")
+        FOLLOW = 0x400                               # AT_SYMLINK_FOLLOW (os.link would not pass it)
+        show("linkat FOLLOW dangling", lambda: c(libc.linkat(-100, b"dangling", -100, b"n1", FOLLOW)))
+        show("linkat FOLLOW loop", lambda: c(libc.linkat(-100, b"loop", -100, b"n1", FOLLOW)))
+        show("linkat FOLLOW to a directory", lambda: c(libc.linkat(-100, b"dlnk", -100, b"n1", FOLLOW)))
+        show("linkat FOLLOW to a file", lambda: (c(libc.linkat(-100, b"flnk", -100, b"n2", FOLLOW)), os.lstat("n2").st_nlink))
+        show("linkat FOLLOW onto a name taken", lambda: c(libc.linkat(-100, b"flnk", -100, b"dlnk", FOLLOW)))
+        show("linkat missing, bad new dirfd", lambda: os.link(B + "/missing", "x", dst_dir_fd=9999))
+        show("linkat loop, file as new dirfd", lambda: c(libc.linkat(-100, b"loop", rw, b"n3/x", FOLLOW)))
+        show("renameat missing parent, bad new dirfd", lambda: os.rename("nodir/f", "y", dst_dir_fd=9999))
+        show("renameat2 '', bad old dirfd", lambda: c(libc.renameat2(9999, b"", -100, b"data/n5", 1)))
+        show("rename to '.'", lambda: os.rename("dangling//", "."))
+        show("rename to '..'", lambda: os.rename("flnk", "data/.."))
+        show("exchange with an ancestor", lambda: c(libc.renameat2(-100, b"data/rw", -100, b"data//", 2)))
+        show("exchange a directory with file/", lambda: c(libc.renameat2(-100, b"data/sub", -100, b"data/rw/", 2)))
+        show("F_GETLEASE", lambda: fcntl.fcntl(ro, fcntl.F_GETLEASE))
+        show("F_ADD_SEALS read-only", lambda: fcntl.fcntl(ro, 1033, 1))
+        show("F_ADD_SEALS read-write", lambda: fcntl.fcntl(rw, 1033, 1))
+        show("mmap O_PATH", lambda: c(-1 if libc.mmap(None, 4096, 3, 1, os.open(".", os.O_PATH), 0) in (None, 2**64 - 1) else 0))
+        show("mmap a directory", lambda: c(-1 if libc.mmap(None, 4096, 1, 1, os.open("data", os.O_RDONLY), 0) in (None, 2**64 - 1) else 0))
+        show("F_GETFL of O_PATH", lambda: oct(fcntl.fcntl(os.open("data", os.O_PATH), fcntl.F_GETFL)))
+        show("F_GETFL", lambda: oct(fcntl.fcntl(rw, fcntl.F_GETFL)))
+        wo = os.open("data/rw", os.O_WRONLY)
+        show("pread(write-only, offset -1)", lambda: os.pread(wo, 5, -1))
+        show("pwrite(read-only, offset -1)", lambda: os.pwrite(ro, b"x", -1))
+        show("sendfile into O_APPEND, 0 bytes", lambda: os.sendfile(app, rw, None, 0))
+        show("pwritev2 RWF_APPEND at 0", lambda: (os.pwritev(rw, [b"end", b"!"], 0, os.RWF_APPEND), os.lseek(rw, 0, 1)))
+        show("pwritev2 RWF_APPEND at -1", lambda: (os.pwritev(rw, [b"more"], -1, os.RWF_APPEND), os.lseek(rw, 0, 1)))
+        show("contents", lambda: os.pread(rw, 50, 0))
+        os.mkfifo("data/fifo")
+        show("truncate a FIFO", lambda: os.truncate("data/fifo", 0))
+        show("truncate a directory", lambda: os.truncate("data", 0))
+        show("truncate negative", lambda: os.truncate("data/rw", -1))
+        libc.freopen.restype = ctypes.c_void_p
+        libc.fopen.restype = ctypes.c_void_p
+        show("freopen file/ w+", lambda: c(-1 if libc.freopen(b"data/rw/", b"w+", ctypes.c_void_p(libc.fopen(b"/dev/null", b"r"))) is None else 0))
+        show("freopen '' in a remote cwd", lambda: c(-1 if libc.freopen(b"", b"a", ctypes.c_void_p(libc.fopen(b"/dev/null", b"r"))) is None else 0))
+        sock = socket.socket(socket.AF_UNIX)
+        show("bind file/", lambda: sock.bind("data/rw/"))
+        show("bind missing/", lambda: sock.bind("data/nothing/"))
+        show("rename NOREPLACE to '..'", lambda: c(libc.renameat2(-100, b"data/rw", -100, b"data/sub/..", 1)))
+        show("mkfifo with a file type, bad path", lambda: c(libc.mkfifo(NONE, 0o100644)))
+        show("mknod a directory, bad path", lambda: c(libc.mknod(NONE, 0o40755, 0)))
+        show("mmap a directory for writing", lambda: c(-1 if libc.mmap(None, 4096, 3, 1, os.open("data", os.O_RDONLY), 0) in (None, 2**64 - 1) else 0))
+        show("pathconf PIPE_BUF, missing", lambda: os.pathconf("data/none", "PC_PIPE_BUF"))
+        show("pathconf PIPE_BUF, too long", lambda: os.pathconf("./" * 2100, "PC_PIPE_BUF"))
+        show("pathconf NAME_MAX, too long", lambda: os.pathconf("./" * 2100, "PC_NAME_MAX"))
+        show("pathconf PIPE_BUF ''", lambda: c(libc.pathconf(b"", 5)))
+        ap = os.open("data/apm", os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        os.write(ap, b"hello world\n")
+        import mmap
+        mm = mmap.mmap(ap, 12)
+        mm[0:5] = b"HELLO"
+        mm.flush()
+        show("a shared mapping of an O_APPEND file, written back in place", lambda: (os.fstat(ap).st_size, os.pread(ap, 30, 0)))
+        mm.close()
+        omit = (ctypes.c_long * 4)(0, (1 << 30) - 2, 0, (1 << 30) - 2)      # UTIME_OMIT twice
+        show("utimensat(AT_FDCWD, NULL, omit)", lambda: c(libc.utimensat(-100, None, omit, 0)))
+        ''')
+    assert "linkat FOLLOW dangling: 'ENOENT'" in out and "splice into O_APPEND: 'EINVAL'" in out
+
+
+def test_current_directory_is_where_the_kernel_puts_it(agent, shadow, export, tmp_path):
+    """chdir through a symlink, fchdir to a renamed directory or to a file, xattrs of the
+    current directory, exec of "" and of symlinks, a file open for writing (ETXTBSY)."""
+    (export / "prog").write_text("#!/bin/sh\nexit 3\n")
+    (export / "prog").chmod(0o755)
+    out = differential(agent, shadow, export, tmp_path, r'''
+        os.chdir(B)
+        os.symlink("data/sub", "dlnk")
+        os.symlink("prog", "plnk")
+        libc.get_current_dir_name.restype = ctypes.c_char_p
+        os.chdir("dlnk")
+        show("getcwd through a link", lambda: os.getcwd())
+        show("get_current_dir_name", lambda: libc.get_current_dir_name())
+        os.chdir("..")
+        show("after ..", lambda: os.getcwd())
+        os.chdir(B)
+        d = os.open("data/sub", os.O_RDONLY)
+        os.rename("data/sub", "data/moved")
+        show("fchdir to a renamed directory", lambda: (os.fchdir(d), os.getcwd()))
+        show("flistxattr(AT_FDCWD)", lambda: c(libc.flistxattr(-100, None, 0)))
+        show("fremovexattr(AT_FDCWD)", lambda: c(libc.fremovexattr(-100, b"user.none")))
+        show("fsetxattr(AT_FDCWD)", lambda: c(libc.fsetxattr(-100, b"user.k", b"v3", 2, 0)))
+        val = ctypes.create_string_buffer(16)
+        show("fgetxattr(AT_FDCWD)", lambda: (c(libc.fgetxattr(-100, b"user.k", val, 16)), val.value))
+        os.chdir(B)
+        f = os.open("data/input.txt", os.O_RDONLY)
+        show("fchdir to a file", lambda: os.fchdir(f))
+
+        def child(fn):
+            pid = os.fork()
+            if pid == 0:
+                fn()
+                os._exit(ctypes.get_errno() & 0x7f)
+            return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        argv = (ctypes.c_char_p * 2)(b"x", None)
+        envp = (ctypes.c_char_p * 1)(None)
+        show("execveat NOFOLLOW of a file", lambda: child(lambda: libc.execveat(-100, b"./prog", argv, envp, 0x100 | 0x1000)))
+        show("execveat NOFOLLOW of a link", lambda: child(lambda: libc.execveat(-100, b"plnk", argv, envp, 0x100)))
+        show("execveat of '' at the cwd", lambda: child(lambda: libc.execveat(-100, b"", argv, envp, 0x1000)))
+        w = os.open("prog", os.O_WRONLY)
+        show("fexecve of a file open for writing", lambda: child(lambda: libc.fexecve(w, argv, envp)))
+        os.close(w)
+        show("fexecve of a close-on-exec script", lambda: child(lambda: libc.fexecve(os.open("prog", os.O_RDONLY), argv, envp)))
+        r = os.open("prog", os.O_RDONLY)
+        os.set_inheritable(r, True)
+        show("fexecve once closed", lambda: child(lambda: libc.fexecve(r, argv, envp)))
+        t = os.open("data/t", os.O_RDWR | os.O_CREAT, 0o600)
+        show("fexecve of a file without x", lambda: child(lambda: libc.fexecve(t, argv, envp)))
+        ''')
+    assert "fexecve once closed: 3" in out and "fexecve of a file open for writing: 26" in out
