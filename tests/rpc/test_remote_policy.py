@@ -279,8 +279,8 @@ def test_a_write_that_fails_when_written_back_is_not_reported_done(agent, tmp_pa
 
 @pytest.mark.parametrize("policy", [None, "buffer_size = 65536\nbuffer_block_size = 1024\n", "fetch_files = *\n"])
 def test_conform_finds_nothing_a_buffer_or_stage_changes(agent, tmp_path, policy):
-    """`bypass conform` with a policy that buffers or stages every file finds exactly the
-    divergences it finds without one (those remote.expected gives reasons for, and issue 12's)."""
+    """`bypass conform` with a policy that buffers or stages every file finds no divergence
+    from the kernel but those remote.expected gives reasons for, as without a policy."""
     export = tmp_path / "export"
     export.mkdir()
     extra = []
@@ -292,14 +292,8 @@ def test_conform_finds_nothing_a_buffer_or_stage_changes(agent, tmp_path, policy
     items = json.loads(done.stdout)["items"]
     unexpected = sorted(i["title"] for i in items if not i["expected"])
     assert not any(i["agent"].startswith("killed") or "child killed" in i["agent"] for i in items), unexpected
-    assert unexpected == sorted(BASELINE_UNEXPECTED), unexpected
+    assert unexpected == [], unexpected
     assert list(export.iterdir()) == []
-
-
-# what conform finds with seed 1 and no policy (issue 12's open defects, fixed elsewhere)
-BASELINE_UNEXPECTED = ['result: open("n2", O_RDWR|O_EXCL|O_APPEND|O_NOFOLLOW, 0777)',
-                       'result: fdopen_read(fd13, "a")',
-                       'result: fopen_write(ROOT "/" "n2", "r", (const char *)PROT_NONE_PAGE)']
 
 
 # ---- the report --------------------------------------------------------------------------------
