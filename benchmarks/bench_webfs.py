@@ -20,7 +20,8 @@ used (the price of preloading any agent into every process: the job starts ~16 p
 /software through webfs (GROW-FS); and from /repo through webfs (the Bypass repository).  The table gives medians of wall time over rounds, and the
 median of the per-round ratios to local disk (steadier on a shared machine).  The bar
 (DESIGN.md section 6) is 1.05x local disk.
-Cold cache: bytes fetched against the tree's size and the time of the first run.
+Cold cache: bytes fetched against the tree's size and the time of the first run, and the time
+curl takes to fetch every file of the tree, 8 at a time, without an agent.
 """
 
 from __future__ import annotations
@@ -117,6 +118,16 @@ def main(argv=None) -> int:
                 cold = timed(job(mount), webfs)
                 print(f"cold cache, {name}: {cold:.2f} s, {httpd.sent} requests, {httpd.bytes / 1e6:.1f} MB sent "
                       f"for a {size / 1e6:.1f} MB tree ({count} files)")
+            if shutil.which("curl"):
+                # what the cold job's downloads cost without an agent: every file of the tree
+                # (the job reads them all) fetched by curl, 8 transfers at a time
+                listing = work / "curl.cfg"
+                listing.write_text("".join(f'url = "{url}/tree/{p.relative_to(tree)}"\noutput = "/dev/null"\n'
+                                           for p in sorted(tree.rglob("*")) if p.is_file()))
+                httpd.sent = 0
+                fetch = timed(f"curl -s -f --no-progress-meter -Z --parallel-max 8 -K {listing}", base)
+                print(f"cold, the same {count} files fetched by curl (8 in parallel, no agent): {fetch:.2f} s, "
+                      f"{httpd.sent} requests")
             timed(job(str(tree)), base)
             timed(job(str(tree)), webfs)
             variants = {"local disk": (job(str(tree)), base), "agent, local": (job(str(tree)), webfs),
