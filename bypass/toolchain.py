@@ -26,7 +26,7 @@ RUNTIME_DIR = Path(__file__).parent / "rpc" / "c"
 # The C runtime files every agent links: core runtime, debug output, msgpack codec, SHA-256 for
 # the handshake, the shadow RPC client (plus bypass_neutral.c, generated from bypass/rpc/neutral.toml
 # and compiled against the build machine's headers).
-RUNTIME_SOURCES = ["runtime.c", "debug.c", "msgpack.c", "sha256.c", "rpc_client.c"]
+RUNTIME_SOURCES = ["runtime.c", "debug.c", "memory.c", "msgpack.c", "sha256.c", "rpc_client.c"]
 COMPILE_FLAGS = ["-fPIC", "-O2", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
                  "-fvisibility=hidden", "-U_FORTIFY_SOURCE"]
 LINK_FLAGS = ["-shared"]

@@ -52,7 +52,7 @@ static const char *absolutized_url(const char *path)
 int gass_is_url(const char *path)
 {
     /* Called for every path of every trapped call: test the first byte before anything else. */
-    if (bypass_bad_pointer(path))           /* the next layer answers EFAULT */
+    if (bypass_unreadable_string(path))           /* the next layer answers EFAULT */
         return 0;
     if (path[0] == 'h' || path[0] == 'H')
         return strncasecmp(path, "http://", 7) == 0 || strncasecmp(path, "https://", 8) == 0;

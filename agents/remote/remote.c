@@ -227,35 +227,14 @@ int rmt_is_cwd_remote(void)
 }
 
 /* ---- memory the program hands us -------------------------------------------------------------
- * The kernel answers EFAULT for a bad pointer; reading it here would crash the program.  A page
- * is checked with mincore (ENOMEM: not mapped) and remembered per thread, so paths and buffers
- * on the stack or in a few heap pages cost nothing after the first call. */
+ * The kernel answers EFAULT for a bad pointer; reading it here would crash the program.  Pages
+ * are checked by the runtime (memory.c) and remembered per thread. */
 
-#define OK_PAGES 8
-static __thread uintptr_t ok_pages[OK_PAGES];
 static uintptr_t page_size;
 
 static int page_ok(uintptr_t a)
 {
-    uintptr_t page = a & ~(page_size - 1);
-    unsigned slot = (unsigned)(page / page_size) % OK_PAGES;
-    if (page == 0)
-        return 0;
-    if (ok_pages[slot] == page)
-        return 1;
-    /* Reading one byte of the page through the kernel tells mapped and readable (PROT_NONE
-     * included) without faulting; mincore, where that is refused, tells mapped only. */
-    unsigned char v;
-    struct iovec here = { &v, 1 }, there = { (void *)page, 1 };
-    int saved = errno;
-    ssize_t k = process_vm_readv(getpid(), &here, 1, &there, 1, 0);
-    if (k < 0 && errno != EPERM && errno != ENOSYS)
-        return 0;
-    if (k < 0 && mincore((void *)page, 1, &v) < 0)
-        return 0;
-    errno = saved;
-    ok_pages[slot] = page;
-    return 1;
+    return bypass_page_readable((const void *)a);
 }
 
 /* Can [p, p + n) be read (or written: a read-only page is not told apart)?  One mincore for
@@ -293,15 +272,7 @@ int rmt_string_ok(const char *s)
 
 static int string_ok(const char *s)
 {
-    uintptr_t a = (uintptr_t)s;
-    for (;;) {
-        if (!page_ok(a))
-            return 0;
-        size_t room = page_size - (a & (page_size - 1));
-        if (memchr((const void *)a, 0, room))
-            return 1;
-        a += room;
-    }
+    return bypass_string_readable(s);
 }
 
 int rmt_is_empty(const char *path)

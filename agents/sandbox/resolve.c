@@ -1715,7 +1715,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         return EFAULT;
     }
     res->rel_ok = 1;
-    if (sb_unreadable(path)) {
+    if (sb_string_unreadable(path)) {
         /* only the kernel can tell (EFAULT): the call as given */
         res->vpath[0] = res->rpath[0] = '\0';
         return 0;
@@ -2214,7 +2214,7 @@ int sb_exec_check(const char *realpath_, const char *vpath)
 
 int sb_loader_check(const char *program, char *const *argv)
 {
-    if (!g_active || sb_unreadable(program) || sb_unreadable(argv) || !argv[0] ||
+    if (!g_active || sb_string_unreadable(program) || sb_unreadable(argv) || !argv[0] ||
         !is_loader_name(program))
         return 0;
     /* ld.so [OPTION]... PROGRAM: the loader maps PROGRAM itself, out of exec's sight (and of

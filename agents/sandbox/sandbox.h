@@ -130,18 +130,33 @@ int sb_landlock_install(const struct sb_mounts *m, const char *private_dir, char
 
 /* ---- global state and operations (resolve.c) ------------------------------ */
 
-/* Addresses no user-space string can live at.  The kernel answers EFAULT for
- * them; reading them in the agent would crash the program instead. */
+/* The runtime's memory checks (bypass/rpc/c/memory.c). */
+int bypass_page_readable(const void *p);
+int bypass_string_readable(const char *s);
+
+/* Memory the kernel would answer EFAULT for: reading it in the agent would crash the program
+ * instead.  Addresses no user-space object can live at are told without a system call; a
+ * mapped but unreadable page (PROT_NONE) by the runtime, once per page and thread. */
 static inline int sb_unreadable(const void *p)
 {
     unsigned long a = (unsigned long)p;
 #if defined(__x86_64__)
-    return a < 4096 || a >= (1UL << 47);
+    if (a < 4096 || a >= (1UL << 47))
+        return 1;
 #elif defined(__LP64__)
-    return a < 4096 || a >= (1UL << 52);
+    if (a < 4096 || a >= (1UL << 52))
+        return 1;
 #else
-    return a < 4096;
+    if (a < 4096)
+        return 1;
 #endif
+    return !bypass_page_readable(p);
+}
+
+/* The same for a whole string, to its NUL (a path may end in a page that cannot be read). */
+static inline int sb_string_unreadable(const char *s)
+{
+    return sb_unreadable(s) || !bypass_string_readable(s);
 }
 
 /* Operations, i.e. what the call will do to the final path. */

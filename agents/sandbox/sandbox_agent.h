@@ -171,7 +171,7 @@ static inline int sb_at_flags(int atflags)
  * says so itself). */
 static inline int sb_on_fd(const char *path, int atflags)
 {
-    return (atflags & AT_EMPTY_PATH) && (path == NULL || (!sb_unreadable(path) && path[0] == '\0'));
+    return (atflags & AT_EMPTY_PATH) && (path == NULL || (!sb_string_unreadable(path) && path[0] == '\0'));
 }
 
 /* utimensat with both times UTIME_OMIT: the kernel changes nothing and returns 0 before it

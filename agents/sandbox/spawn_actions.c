@@ -87,7 +87,7 @@ int sb_spawn_resolve(const void *fa, int op, const char *path, int flags, struct
 {
     char joined[PATH_MAX];
     int use = 0;
-    if (fa && path && !sb_unreadable(path) && path[0] != '/' && path[0] != '\0') {
+    if (fa && path && !sb_string_unreadable(path) && path[0] != '/' && path[0] != '\0') {
         lists_lock();
         struct spawn_list *l = list_of(fa, 0);
         if (l && l->dir[0]) {

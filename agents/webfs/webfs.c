@@ -1062,7 +1062,7 @@ int wf_map(int op, int dirfd, const char *path, struct wf_path *r)
 {
     r->use = path;
     r->m = NULL;
-    if (!wf_nmounts || !path || bypass_bad_pointer(path))
+    if (!wf_nmounts || !path || bypass_unreadable_string(path))
         return 0;
     char v[PATH_MAX];
     const char *src;

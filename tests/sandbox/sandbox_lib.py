@@ -8,6 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SANDBOX = ROOT / "agents" / "sandbox"
+RUNTIME = ROOT / "bypass" / "rpc" / "c"           # memory.c: the pointer checks resolve.c makes
 PATH_MAX = 4096
 
 CDEF = """
@@ -59,7 +60,8 @@ AT_FDCWD = -100
 def build_library(out_dir: Path) -> Path:
     lib = out_dir / "libsandbox_test.so"
     cmd = ["gcc", "-Wall", "-Wextra", "-Werror", "-O2", "-g", "-fPIC", "-shared",
-           "-o", str(lib), str(SANDBOX / "mounts.c"), str(SANDBOX / "resolve.c"), str(SANDBOX / "landlock.c")]
+           "-I", str(RUNTIME), "-o", str(lib), str(SANDBOX / "mounts.c"), str(SANDBOX / "resolve.c"),
+           str(SANDBOX / "landlock.c"), str(RUNTIME / "memory.c")]
     subprocess.run(cmd, check=True)
     return lib
 

@@ -51,8 +51,7 @@ static inline int bypass_passing_through(void) { return bypass_depth > 0; }
  * and small offsets from it) and the kernel's half of the address space (e.g. (char *)-1).
  * An action that reads a path in user space asks first and hands such a pointer to the next
  * layer untouched, so the program gets EFAULT instead of a crash in the agent.  A pointer to a
- * mapped but inaccessible page (PROT_NONE) still faults: telling needs a system call (~1 µs),
- * too much for every path; `bypass conform` lists it among each agent's expected divergences. */
+ * mapped but inaccessible page (PROT_NONE) needs the kernel's word: bypass_string_readable(). */
 static inline int bypass_bad_pointer(const void *p)
 {
     uintptr_t at = (uintptr_t)p;
@@ -63,6 +62,15 @@ static inline int bypass_bad_pointer(const void *p)
 #else
     return at < 4096 || at >= (uintptr_t)-4096;
 #endif
+}
+/* memory.c: whether every page of the string s (to its NUL), or the page holding p, can be
+ * read; one system call per page not seen before by this thread. */
+int bypass_string_readable(const char *s);
+int bypass_page_readable(const void *p);
+/* A path the kernel would answer EFAULT for, which an action must hand on unread. */
+static inline int bypass_unreadable_string(const char *s)
+{
+    return bypass_bad_pointer(s) || !bypass_string_readable(s);
 }
 static inline void bypass_enter(void) { bypass_depth++; }
 static inline void bypass_leave(void) { bypass_depth--; }
