@@ -51,6 +51,7 @@
  * unit tests that load this library on its own. */
 extern void bypass_guard_enter(void) __attribute__((weak));
 extern void bypass_guard_leave(void) __attribute__((weak));
+extern const char *bypass_self_path(void) __attribute__((weak));
 
 static struct sb_mounts g_m;
 static int g_active;
@@ -989,6 +990,16 @@ static void kernel_enforce(const struct sb_mounts *m)
                "get no access", inexact);
 }
 
+/* What a child needs to start its own children, made once in the parent rather than in each
+ * fork child (where it would be made again for every exec, on copied pages). */
+static void before_fork(void)
+{
+    if (g_active && g_policy_fd >= 0)
+        env_strings();
+    if (bypass_self_path)
+        bypass_self_path();
+}
+
 int sb_init_from_env(char *err, size_t errsize)
 {
     const char *file = getenv(SB_ENV_MOUNTS);
@@ -996,7 +1007,7 @@ int sb_init_from_env(char *err, size_t errsize)
     if ((!file || !*file) && !named)
         return 0;
     g_pid = getpid();
-    pthread_atfork(NULL, NULL, note_fork_child);
+    pthread_atfork(before_fork, NULL, note_fork_child);
 
     int fd = -1;
     char *text = NULL;
@@ -2182,6 +2193,43 @@ static int is_loader_name(const char *path)
            strncmp(b, "ld64.so", 7) == 0 || strncmp(b, "ld-musl", 7) == 0;
 }
 
+static int elf_is_static_depth(const char *path, int depth, char *why, size_t whysize);
+
+/* A "#!" script: its interpreter decides.  Out of line, so that its 16 KB walk result is on
+ * the stack only for scripts: an exec runs in a fork child, where every stack page touched is
+ * one more page fault. */
+static __attribute__((noinline)) int shebang_is_static(char *head, ssize_t n, int depth, char *why,
+                                                         size_t whysize)
+{
+    head[n] = '\0';
+    if (n > 255)                        /* the kernel reads a "#!" line's first 255 bytes */
+        head[255] = '\0';
+    char *s = head + 2;
+    while (*s == ' ' || *s == '\t')
+        s++;
+    char *e = s;
+    while (*e && *e != ' ' && *e != '\t' && *e != '\n' && *e != '\r')
+        e++;
+    *e = '\0';
+    if (!*s)
+        return 0;
+    /* the interpreter must be allowed to run too (a relative one is found from the
+     * cwd, as the kernel does); the kernel runs it by its real path */
+    struct sb_result r;
+    if (g_active) {
+        if (sb_resolve(SB_OP_EXEC, AT_FDCWD, s, 0, &r) != 0) {
+            if (why)
+                snprintf(why, whysize, "%s", s);
+            return -2;
+        }
+        s = r.rpath;
+    }
+    int st = elf_is_static_depth(s, depth + 1, why, whysize);
+    if (st == 1 && why && why[0] == '\0')
+        snprintf(why, whysize, "%s", s);
+    return st;
+}
+
 static int elf_is_static_depth(const char *path, int depth, char *why, size_t whysize)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -2191,33 +2239,7 @@ static int elf_is_static_depth(const char *path, int depth, char *why, size_t wh
     ssize_t n = pread(fd, head, sizeof head - 1, 0);
     if (n >= 2 && head[0] == '#' && head[1] == '!' && depth < 4) {
         close(fd);
-        head[n] = '\0';
-        if (n > 255)                    /* the kernel reads a "#!" line's first 255 bytes */
-            head[255] = '\0';
-        char *s = head + 2;
-        while (*s == ' ' || *s == '\t')
-            s++;
-        char *e = s;
-        while (*e && *e != ' ' && *e != '\t' && *e != '\n' && *e != '\r')
-            e++;
-        *e = '\0';
-        if (!*s)
-            return 0;
-        /* the interpreter must be allowed to run too (a relative one is found from the
-         * cwd, as the kernel does); the kernel runs it by its real path */
-        struct sb_result r;
-        if (g_active) {
-            if (sb_resolve(SB_OP_EXEC, AT_FDCWD, s, 0, &r) != 0) {
-                if (why)
-                    snprintf(why, whysize, "%s", s);
-                return -2;
-            }
-            s = r.rpath;
-        }
-        int st = elf_is_static_depth(s, depth + 1, why, whysize);
-        if (st == 1 && why && why[0] == '\0')
-            snprintf(why, whysize, "%s", s);
-        return st;
+        return shebang_is_static(head, n, depth, why, whysize);
     }
     int st = elf_static_fd(fd, (const unsigned char *)head, n > 0 ? (size_t)n : 0);
     close(fd);
