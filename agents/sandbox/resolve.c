@@ -353,16 +353,17 @@ static int cwd_get(char *buf, size_t size, char *r, struct base *b)
     }
     if (__builtin_expect(__atomic_load_n(&g_cwd_unknown, __ATOMIC_ACQUIRE), 0)) {
         char c[PATH_MAX];
-        if (real_cwd_virtual(c, sizeof c))
-            strcpy(c, "/");             /* as sb_install did when it asked at start */
-        if (g_pid && getpid() != g_pid) {
-            /* a vfork child: what it learns must not become its parent's cwd */
+        int rc = real_cwd_virtual(c, sizeof c);
+        if (rc || (g_pid && getpid() != g_pid)) {
+            /* the kernel cannot say (a removed cwd: its errno, asked again next time), or a
+             * vfork child, whose answer must not become its parent's cwd */
             if (b)
                 b->e = NULL;
-            if (strlen(c) + 1 > size)
-                return ERANGE;
-            strcpy(buf, c);
-            return 0;
+            if (!rc && strlen(c) + 1 > size)
+                rc = ERANGE;
+            if (!rc)
+                strcpy(buf, c);
+            return rc;
         }
         sb_set_cwd(c);
     }
