@@ -27,9 +27,16 @@ RUNTIME_DIR = Path(__file__).parent / "rpc" / "c"
 # the handshake, the shadow RPC client (plus bypass_neutral.c, generated from bypass/rpc/neutral.toml
 # and compiled against the build machine's headers).
 RUNTIME_SOURCES = ["runtime.c", "debug.c", "memory.c", "msgpack.c", "sha256.c", "rpc_client.c"]
+# Start-up cost of every process that loads an agent (each page fault ~2 us here): one
+# variable per section and the linker's sort by alignment put the small variables together,
+# after the large buffers, so a process touches one or two pages of them instead of one page per
+# buffer they sat between; -z noseparate-code maps code and constants as one segment (two mmaps
+# per process instead of four).  Lazy binding is kept: -z now measured no faster.
+START_UP_COMPILE_FLAGS = ["-fdata-sections"]
+START_UP_LINK_FLAGS = ["-Wl,-z,noseparate-code", "-Wl,--sort-section=alignment"]
 COMPILE_FLAGS = ["-fPIC", "-O2", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
-                 "-fvisibility=hidden", "-U_FORTIFY_SOURCE"]
-LINK_FLAGS = ["-shared"]
+                 "-fvisibility=hidden", "-U_FORTIFY_SOURCE", *START_UP_COMPILE_FLAGS]
+LINK_FLAGS = ["-shared", *START_UP_LINK_FLAGS]
 LIBS = ["-ldl", "-lpthread"]
 ARCHIVE = "libbypass_runtime.a"
 

@@ -51,6 +51,7 @@
  * unit tests that load this library on its own. */
 extern void bypass_guard_enter(void) __attribute__((weak));
 extern void bypass_guard_leave(void) __attribute__((weak));
+extern const char *bypass_self_path(void) __attribute__((weak));
 
 static struct sb_mounts g_m;
 static int g_active;
@@ -293,6 +294,10 @@ static char g_cwdbuf[2][PATH_MAX];
 static char g_cwdreal[2][PATH_MAX];
 static struct base g_cwdbase[2];
 static unsigned g_cwd_seq;   /* (seq / 2) & 1 is the current buffer */
+/* Set by sb_install: the cwd is asked of the kernel where it is first needed, not at start,
+ * so that a program that never names a relative path pays neither the getcwd nor the pages
+ * of the buffers above.  A chdir seen by the agent makes it known. */
+static int g_cwd_unknown;
 
 void sb_set_cwd(const char *vpath)
 {
@@ -309,6 +314,7 @@ void sb_set_cwd(const char *vpath)
     if (g_active && vpath[0] == '/' && base_compute(g_cwdbuf[idx], b->vl, g_cwdreal[idx], b) != 0)
         b->e = NULL;
     __atomic_store_n(&g_cwd_seq, s + 2, __ATOMIC_RELEASE);
+    __atomic_store_n(&g_cwd_unknown, 0, __ATOMIC_RELEASE);
 }
 
 static int real_cwd_virtual(char *out, size_t size);
@@ -344,6 +350,22 @@ static int cwd_get(char *buf, size_t size, char *r, struct base *b)
             return real_cwd_virtual(buf, size);
         }
         __atomic_compare_exchange_n(&g_vfork_pid, &vf, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    }
+    if (__builtin_expect(__atomic_load_n(&g_cwd_unknown, __ATOMIC_ACQUIRE), 0)) {
+        char c[PATH_MAX];
+        int rc = real_cwd_virtual(c, sizeof c);
+        if (rc || (g_pid && getpid() != g_pid)) {
+            /* the kernel cannot say (a removed cwd: its errno, asked again next time), or a
+             * vfork child, whose answer must not become its parent's cwd */
+            if (b)
+                b->e = NULL;
+            if (!rc && strlen(c) + 1 > size)
+                rc = ERANGE;
+            if (!rc)
+                strcpy(buf, c);
+            return rc;
+        }
+        sb_set_cwd(c);
     }
     for (int tries = 0; tries < 8; tries++) {
         unsigned s = __atomic_load_n(&g_cwd_seq, __ATOMIC_ACQUIRE);
@@ -618,12 +640,10 @@ void sb_install(struct sb_mounts *m, const char *cwd)
     if (g_fdpaths)                      /* a list installed before (tests): start afresh */
         for (int i = 0; i < FD_MAX; i++)
             sb_fd_forget(i);
-    char c[PATH_MAX];
     if (cwd)
-        snprintf(c, sizeof c, "%s", cwd);
-    else if (real_cwd_virtual(c, sizeof c))
-        strcpy(c, "/");
-    sb_set_cwd(c);
+        sb_set_cwd(cwd);
+    else
+        __atomic_store_n(&g_cwd_unknown, 1, __ATOMIC_RELEASE);
     if (!g_settings_read)
         read_settings();
     g_settings_read = 0;
@@ -761,9 +781,14 @@ extern int bypass_fd_register(int *slot) __attribute__((weak));
 static int g_policy_fd = -1;
 static char g_mounts_file[PATH_MAX];
 static int g_tamper_said;
+/* "NAME=value" of the variables the run fixes in its children's environment: written where a
+ * child is about to start (env_strings), not at start-up, so that a process that starts none
+ * pays neither the formatting nor the pages. */
 static char g_env_policy[64];
 static char g_env_mounts[PATH_MAX + 32];
 static char g_env_private[PATH_MAX + 32];
+static int g_env_policy_fd = -1;       /* the descriptor g_env_policy names */
+static int g_env_paths_ready;
 
 static void say_tamper(const char *name, const char *value)
 {
@@ -791,9 +816,23 @@ static void policy_keep(int fd)
     g_policy_fd = fd;
     if (bypass_fd_register)
         bypass_fd_register(&g_policy_fd);
-    snprintf(g_env_policy, sizeof g_env_policy, "%s=%d", SB_ENV_POLICY, fd);
-    snprintf(g_env_mounts, sizeof g_env_mounts, "%s=%s", SB_ENV_MOUNTS, g_mounts_file);
-    snprintf(g_env_private, sizeof g_env_private, "%s=%s", SB_ENV_PRIVATE, g_private);
+}
+
+/* Fill the strings above.  The descriptor's number is read each time: the runtime moves the
+ * descriptor when the program dup2()s over it.  Two threads may fill them at once; they
+ * write the same bytes. */
+static void env_strings(void)
+{
+    int fd = __atomic_load_n(&g_policy_fd, __ATOMIC_ACQUIRE);
+    if (__atomic_load_n(&g_env_policy_fd, __ATOMIC_ACQUIRE) != fd) {
+        snprintf(g_env_policy, sizeof g_env_policy, "%s=%d", SB_ENV_POLICY, fd);
+        __atomic_store_n(&g_env_policy_fd, fd, __ATOMIC_RELEASE);
+    }
+    if (!__atomic_load_n(&g_env_paths_ready, __ATOMIC_ACQUIRE)) {
+        snprintf(g_env_mounts, sizeof g_env_mounts, "%s=%s", SB_ENV_MOUNTS, g_mounts_file);
+        snprintf(g_env_private, sizeof g_env_private, "%s=%s", SB_ENV_PRIVATE, g_private);
+        __atomic_store_n(&g_env_paths_ready, 1, __ATOMIC_RELEASE);
+    }
 }
 
 /* Seal the run's policy: header lines, a blank line, the mount list's text. */
@@ -825,6 +864,7 @@ static int policy_make(const char *text, char *err, size_t errsize)
         fd = hi;
     }
     policy_keep(fd);
+    env_strings();
     setenv(SB_ENV_POLICY, g_env_policy + sizeof SB_ENV_POLICY, 1);
     return 0;
 }
@@ -918,7 +958,7 @@ static int policy_install(int fd, char *text, char *err, size_t errsize)
         return -1;
     }
     g_private_owner = (pid_t)atoi(owner);
-    if (g_private[0] && g_private_owner == getpid()) {
+    if (g_private[0] && g_private_owner == g_pid) {
         keep_stderr();                  /* the first process of the run, after an exec */
         atexit(sb_atexit_report);
     }
@@ -951,6 +991,16 @@ static void kernel_enforce(const struct sb_mounts *m)
                "get no access", inexact);
 }
 
+/* What a child needs to start its own children, made once in the parent rather than in each
+ * fork child (where it would be made again for every exec, on copied pages). */
+static void before_fork(void)
+{
+    if (g_active && g_policy_fd >= 0)
+        env_strings();
+    if (bypass_self_path)
+        bypass_self_path();
+}
+
 int sb_init_from_env(char *err, size_t errsize)
 {
     const char *file = getenv(SB_ENV_MOUNTS);
@@ -958,7 +1008,7 @@ int sb_init_from_env(char *err, size_t errsize)
     if ((!file || !*file) && !named)
         return 0;
     g_pid = getpid();
-    pthread_atfork(NULL, NULL, note_fork_child);
+    pthread_atfork(before_fork, NULL, note_fork_child);
 
     int fd = -1;
     char *text = NULL;
@@ -2073,22 +2123,30 @@ ssize_t sb_readlink(const struct sb_result *r, char *buf, size_t size)
 
 /* ---- exec: static executables ---------------------------------------------- */
 
-static int read_at(int fd, void *buf, size_t n, off_t off)
+/* n bytes at off: from the file's first bytes already read (head, hl of them) when they hold
+ * them, else from the file. */
+static int read_at(int fd, const unsigned char *head, size_t hl, void *buf, size_t n, uint64_t off)
 {
-    ssize_t k = pread(fd, buf, n, off);
+    if (off <= hl && n <= hl - off) {
+        memcpy(buf, head + off, n);
+        return 0;
+    }
+    ssize_t k = pread(fd, buf, n, (off_t)off);
     return k == (ssize_t)n ? 0 : -1;
 }
 
-static int elf_static_fd(int fd)
+/* The program headers of a usual executable lie within its first kilobyte, which the caller
+ * read once: no system call per header. */
+static int elf_static_fd(int fd, const unsigned char *head, size_t hl)
 {
     unsigned char id[EI_NIDENT];
-    if (read_at(fd, id, sizeof id, 0) < 0 || memcmp(id, ELFMAG, SELFMAG) != 0)
+    if (read_at(fd, head, hl, id, sizeof id, 0) < 0 || memcmp(id, ELFMAG, SELFMAG) != 0)
         return 0;
     uint64_t phoff;
     unsigned phnum, phentsize;
     if (id[EI_CLASS] == ELFCLASS64) {
         Elf64_Ehdr eh;
-        if (read_at(fd, &eh, sizeof eh, 0) < 0)
+        if (read_at(fd, head, hl, &eh, sizeof eh, 0) < 0)
             return -1;
         if (eh.e_type != ET_EXEC && eh.e_type != ET_DYN)
             return 0;
@@ -2099,7 +2157,7 @@ static int elf_static_fd(int fd)
             return -1;
         for (unsigned i = 0; i < phnum && i < 4096; i++) {
             Elf64_Phdr ph;
-            if (read_at(fd, &ph, sizeof ph, (off_t)(phoff + (uint64_t)i * phentsize)) < 0)
+            if (read_at(fd, head, hl, &ph, sizeof ph, phoff + (uint64_t)i * phentsize) < 0)
                 return -1;
             if (ph.p_type == PT_INTERP)
                 return 0;
@@ -2107,7 +2165,7 @@ static int elf_static_fd(int fd)
         return 1;
     } else if (id[EI_CLASS] == ELFCLASS32) {
         Elf32_Ehdr eh;
-        if (read_at(fd, &eh, sizeof eh, 0) < 0)
+        if (read_at(fd, head, hl, &eh, sizeof eh, 0) < 0)
             return -1;
         if (eh.e_type != ET_EXEC && eh.e_type != ET_DYN)
             return 0;
@@ -2118,7 +2176,7 @@ static int elf_static_fd(int fd)
             return -1;
         for (unsigned i = 0; i < phnum && i < 4096; i++) {
             Elf32_Phdr ph;
-            if (read_at(fd, &ph, sizeof ph, (off_t)(phoff + (uint64_t)i * phentsize)) < 0)
+            if (read_at(fd, head, hl, &ph, sizeof ph, phoff + (uint64_t)i * phentsize) < 0)
                 return -1;
             if (ph.p_type == PT_INTERP)
                 return 0;
@@ -2136,42 +2194,55 @@ static int is_loader_name(const char *path)
            strncmp(b, "ld64.so", 7) == 0 || strncmp(b, "ld-musl", 7) == 0;
 }
 
+static int elf_is_static_depth(const char *path, int depth, char *why, size_t whysize);
+
+/* A "#!" script: its interpreter decides.  Out of line, so that its 16 KB walk result is on
+ * the stack only for scripts: an exec runs in a fork child, where every stack page touched is
+ * one more page fault. */
+static __attribute__((noinline)) int shebang_is_static(char *head, ssize_t n, int depth, char *why,
+                                                         size_t whysize)
+{
+    head[n] = '\0';
+    if (n > 255)                        /* the kernel reads a "#!" line's first 255 bytes */
+        head[255] = '\0';
+    char *s = head + 2;
+    while (*s == ' ' || *s == '\t')
+        s++;
+    char *e = s;
+    while (*e && *e != ' ' && *e != '\t' && *e != '\n' && *e != '\r')
+        e++;
+    *e = '\0';
+    if (!*s)
+        return 0;
+    /* the interpreter must be allowed to run too (a relative one is found from the
+     * cwd, as the kernel does); the kernel runs it by its real path */
+    struct sb_result r;
+    if (g_active) {
+        if (sb_resolve(SB_OP_EXEC, AT_FDCWD, s, 0, &r) != 0) {
+            if (why)
+                snprintf(why, whysize, "%s", s);
+            return -2;
+        }
+        s = r.rpath;
+    }
+    int st = elf_is_static_depth(s, depth + 1, why, whysize);
+    if (st == 1 && why && why[0] == '\0')
+        snprintf(why, whysize, "%s", s);
+    return st;
+}
+
 static int elf_is_static_depth(const char *path, int depth, char *why, size_t whysize)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -1;
-    char head[256];
+    char head[1024];
     ssize_t n = pread(fd, head, sizeof head - 1, 0);
     if (n >= 2 && head[0] == '#' && head[1] == '!' && depth < 4) {
         close(fd);
-        head[n] = '\0';
-        char *s = head + 2;
-        while (*s == ' ' || *s == '\t')
-            s++;
-        char *e = s;
-        while (*e && *e != ' ' && *e != '\t' && *e != '\n' && *e != '\r')
-            e++;
-        *e = '\0';
-        if (!*s)
-            return 0;
-        /* the interpreter must be allowed to run too (a relative one is found from the
-         * cwd, as the kernel does); the kernel runs it by its real path */
-        struct sb_result r;
-        if (g_active) {
-            if (sb_resolve(SB_OP_EXEC, AT_FDCWD, s, 0, &r) != 0) {
-                if (why)
-                    snprintf(why, whysize, "%s", s);
-                return -2;
-            }
-            s = r.rpath;
-        }
-        int st = elf_is_static_depth(s, depth + 1, why, whysize);
-        if (st == 1 && why && why[0] == '\0')
-            snprintf(why, whysize, "%s", s);
-        return st;
+        return shebang_is_static(head, n, depth, why, whysize);
     }
-    int st = elf_static_fd(fd);
+    int st = elf_static_fd(fd, (const unsigned char *)head, n > 0 ? (size_t)n : 0);
     close(fd);
     if (st == 1 && is_loader_name(path))
         st = 0;
@@ -2344,6 +2415,7 @@ char *const *sb_env_fix(char *const *envp, char **room, size_t n)
         return envp;
     /* whatever the program did to the descriptor's flags, the child inherits it */
     fcntl(g_policy_fd, F_SETFD, 0);
+    env_strings();
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         const char *f = forced_entry(envp[i]);
@@ -2371,6 +2443,7 @@ void sb_environ_fix(void)
     if (!g_active || g_policy_fd < 0)
         return;
     fcntl(g_policy_fd, F_SETFD, 0);
+    env_strings();
     char *fixed[3] = { g_env_policy, g_env_mounts, g_private[0] ? g_env_private : NULL };
     for (int i = 0; i < 3; i++) {
         if (!fixed[i])

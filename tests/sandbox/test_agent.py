@@ -625,3 +625,45 @@ def test_python_multiprocessing_under_a_read_only_root(agent, work):
     implicit /dev/shm line lets them be."""
     p = run(agent, work, [PY, "-c", "import multiprocessing as m; print(m.Pool(2).map(abs, [-1, -2]))"])
     assert p.returncode == 0 and p.stdout == "[1, 2]\n", p.stderr
+
+
+# ---------------------------------------------------------------- the cwd, learned where first needed
+
+REMOVED_CWD_C = r"""
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    if (rmdir(argv[1]) != 0) { printf("rmdir %s\n", strerror(errno)); return 1; }
+    int fd = open("f", O_WRONLY | O_CREAT, 0644);
+    printf("open %s\n", fd < 0 ? strerror(errno) : "ok");
+    char buf[4096];
+    printf("getcwd %s\n", getcwd(buf, sizeof buf) ? buf : strerror(errno));
+    return 0;
+}
+"""
+
+
+def test_a_cwd_removed_before_the_first_relative_path(agent, work, tmp_path):
+    """The agent asks the kernel for the cwd at the first relative path, not at start (a process
+    that names none pays nothing for it).  A cwd removed before then gets the kernel's answers,
+    never a path below some other directory: the first relative name is the first thing the
+    program does after removing its own cwd by its absolute path."""
+    (tmp_path / "p.c").write_text(REMOVED_CWD_C)
+    subprocess.run(["gcc", "-o", str(tmp_path / "p"), str(tmp_path / "p.c")], check=True)
+    outs = []
+    for under_agent in (False, True):
+        d = work / "out" / "doomed"
+        d.mkdir()
+        if under_agent:
+            p = run(agent, work, [str(tmp_path / "p"), str(d)], cwd=d)
+        else:
+            p = subprocess.run([str(tmp_path / "p"), str(d)], cwd=d, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        outs.append(p.stdout)
+        assert not d.exists()
+    assert outs[0] == "open No such file or directory\ngetcwd No such file or directory\n"
+    assert outs[1] == outs[0]
+    assert sorted(os.listdir(work / "out")) == []

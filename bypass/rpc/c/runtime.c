@@ -95,15 +95,30 @@ static int is_setting(const char *entry)
     return strncmp(entry, "BYPASS_", 7) == 0 || strncmp(entry, "LD_PRELOAD=", 11) == 0;
 }
 
-static void capture_settings(void)
+/* Where the agent was loaded from, asked of the loader where a child is about to start (not
+ * at start-up: dladdr searches the symbol tables, and most processes start nothing).  Two
+ * threads may ask at once; they write the same bytes. */
+static int self_path_known;
+
+static const char *self_path_get(void)
 {
+    if (__atomic_load_n(&self_path_known, __ATOMIC_ACQUIRE))
+        return self_path;
     int saved_errno = errno;
     Dl_info info;
-    if (dladdr((void *)&capture_settings, &info) && info.dli_fname) {
+    if (dladdr((void *)&self_path_get, &info) && info.dli_fname) {
         size_t length = strlen(info.dli_fname);
         if (length < sizeof self_path)
             memcpy(self_path, info.dli_fname, length + 1);
     }
+    __atomic_store_n(&self_path_known, 1, __ATOMIC_RELEASE);
+    errno = saved_errno;
+    return self_path;
+}
+
+static void capture_settings(void)
+{
+    int saved_errno = errno;
     size_t used = 0;
     for (char **entry = environ; entry && *entry; entry++) {
         if (!is_setting(*entry) || settings_count == SETTINGS_MAX)
@@ -152,7 +167,7 @@ const char *bypass_getenv(const char *name)
 const char *bypass_self_path(void)
 {
     ensure_ready();
-    return self_path;
+    return self_path_get();
 }
 
 /* ------------------------------------------------------------------ the agent's descriptors */
@@ -347,7 +362,7 @@ static size_t preload_bytes(char *const *envp)
 {
     const char *current = env_value(envp, "LD_PRELOAD", 10);
     const char *startup = bypass_getenv("LD_PRELOAD");
-    return 16 + strlen(self_path) + (current ? strlen(current) : 0) + (startup ? strlen(startup) : 0);
+    return 16 + strlen(self_path_get()) + (current ? strlen(current) : 0) + (startup ? strlen(startup) : 0);
 }
 
 /*
@@ -358,6 +373,7 @@ static size_t preload_bytes(char *const *envp)
 static char *const *env_repair(char *const *envp, char **out, char *preload, size_t preload_size)
 {
     const char *current = env_value(envp, "LD_PRELOAD", 10);
+    self_path_get();
     int need_preload = self_path[0] && !(current && list_has(current, self_path));
     size_t missing = 0;
     for (size_t i = 0; i < settings_count; i++) {
