@@ -27,7 +27,7 @@ def gass_driver(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("gass-build") / "gass_driver"
     sources = sorted(str(p) for p in GASS_SRC.glob("gass_*.c"))
     subprocess.run(["gcc", *CFLAGS, f"-I{GASS_SRC}", f"-I{REPO / 'bypass' / 'rpc' / 'c'}", str(HERE / "gass_driver.c"),
-                    *sources,
+                    *sources, str(REPO / "bypass" / "rpc" / "c" / "memory.c"),    # the pointer checks of gass_url.c
                     "-o", str(out), "-ldl", "-lpthread"], check=True)
     return out
 
