@@ -156,7 +156,7 @@ static inline int sb_unreadable(const void *p)
 /* The same for a whole string, to its NUL (a path may end in a page that cannot be read). */
 static inline int sb_string_unreadable(const char *s)
 {
-    return sb_unreadable(s) || !bypass_string_readable(s);
+    return !bypass_string_readable(s);     /* the bad-pointer test included */
 }
 
 /* Operations, i.e. what the call will do to the final path. */

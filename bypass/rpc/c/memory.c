@@ -19,52 +19,62 @@
 #include <unistd.h>
 
 #define OK_PAGES 8
-static __thread uintptr_t ok_pages[OK_PAGES];
+/* initial-exec: an agent is loaded with the program (LD_PRELOAD), so its thread-local data sits
+ * in the static TLS block and a hit costs a compare, not a __tls_get_addr call per path */
+static __thread uintptr_t ok_pages[OK_PAGES] __attribute__((tls_model("initial-exec")));
+static unsigned page_shift;       /* log2 of the page size, found at the first check */
 
-static uintptr_t page_size(void)
+static inline unsigned shift(void)
 {
-    static uintptr_t size;
-    if (!size)
-        size = (uintptr_t)sysconf(_SC_PAGESIZE);
-    return size;
+    if (__builtin_expect(!page_shift, 0))
+        page_shift = (unsigned)__builtin_ctzl((unsigned long)sysconf(_SC_PAGESIZE));
+    return page_shift;
 }
 
-int bypass_page_readable(const void *p)
+static int ask_kernel(uintptr_t page, uintptr_t *slot)
 {
-    uintptr_t ps = page_size(), page = (uintptr_t)p & ~(ps - 1);
-    unsigned slot = (unsigned)(page / ps) % OK_PAGES;
-    if (bypass_bad_pointer(p))
-        return 0;
-    if (ok_pages[slot] == page)
-        return 1;
     /* Reading one byte of the page through the kernel tells mapped and readable (PROT_NONE
      * included) without faulting; mincore, where that is refused (seccomp, YAMA), tells mapped. */
     unsigned char byte;
     struct iovec here = { &byte, 1 }, there = { (void *)page, 1 };
-    int saved = errno;
+    int saved = errno, ok = 1;
     ssize_t got = process_vm_readv(getpid(), &here, 1, &there, 1, 0);
-    if (got < 0 && errno != EPERM && errno != ENOSYS) {
-        errno = saved;
-        return 0;
-    }
-    if (got < 0 && mincore((void *)page, 1, &byte) < 0) {
-        errno = saved;
-        return 0;
-    }
+    if (got < 0 && errno != EPERM && errno != ENOSYS)
+        ok = 0;
+    else if (got < 0 && mincore((void *)page, 1, &byte) < 0)
+        ok = 0;
     errno = saved;
-    ok_pages[slot] = page;
-    return 1;
+    if (ok)
+        *slot = page;
+    return ok;
+}
+
+static inline int page_ok(uintptr_t at, unsigned sh)
+{
+    uintptr_t page = at >> sh << sh;
+    uintptr_t *slot = &ok_pages[(at >> sh) % OK_PAGES];
+    return *slot == page || ask_kernel(page, slot);
+}
+
+int bypass_page_readable(const void *p)
+{
+    return !bypass_bad_pointer(p) && page_ok((uintptr_t)p, shift());
 }
 
 int bypass_string_readable(const char *s)
 {
-    uintptr_t ps = page_size(), at = (uintptr_t)s;
+    if (bypass_bad_pointer(s))
+        return 0;
+    unsigned sh = shift();
+    uintptr_t at = (uintptr_t)s;
     for (;;) {
-        if (!bypass_page_readable((const void *)at))
+        if (!page_ok(at, sh))
             return 0;
-        size_t room = ps - (at & (ps - 1));
+        size_t room = ((uintptr_t)1 << sh) - (at & (((uintptr_t)1 << sh) - 1));
         if (memchr((const void *)at, 0, room))
             return 1;
         at += room;
+        if (bypass_bad_pointer((const void *)at))
+            return 0;                   /* ran into the kernel's half */
     }
 }
