@@ -74,6 +74,7 @@ KNOWN_TYPE_NAMES = frozenset(_INTEGER_TYPEDEFS) | frozenset(_OPAQUE_TYPEDEFS) | 
 
 _generator = c_generator.CGenerator()
 _INTEGER_WORDS = {"char", "short", "int", "long", "signed", "unsigned", "_Bool"}
+_declarations: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,12 @@ class CType:
 
     def declare(self, name: str) -> str:
         """This type declaring `name`, e.g. `char *const argv[]` style placement for pointers to functions."""
-        node = copy.deepcopy(self.node)
-        _rename(node, name)
-        return _generator.visit(c_ast.Decl(name, [], [], [], [], node, None, None)).strip()
+        key = (self.text, name)         # the text names the type whole: same text, same declaration
+        if key not in _declarations:    # a large agent declares the same few thousand times
+            node = copy.deepcopy(self.node)
+            _rename(node, name)
+            _declarations[key] = _generator.visit(c_ast.Decl(name, [], [], [], [], node, None, None)).strip()
+        return _declarations[key]
 
     @property
     def is_void(self) -> bool:

@@ -27,7 +27,10 @@ RUNTIME_DIR = Path(__file__).parent / "rpc" / "c"
 # the handshake, the shadow RPC client (plus bypass_neutral.c, generated from bypass/rpc/neutral.toml
 # and compiled against the build machine's headers).
 RUNTIME_SOURCES = ["runtime.c", "debug.c", "msgpack.c", "sha256.c", "rpc_client.c"]
-COMPILE_FLAGS = ["-fPIC", "-O2", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
+# -fno-var-tracking: debug info keeps functions and lines (enough for a backtrace) but not where
+# each optimised variable lives at each instruction, the most expensive part of -g at -O2 (a fifth
+# of the trace agent's compile time); the machine code is the same.
+COMPILE_FLAGS = ["-fPIC", "-O2", "-g", "-fno-var-tracking", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
                  "-fvisibility=hidden", "-U_FORTIFY_SOURCE"]
 LINK_FLAGS = ["-shared"]
 LIBS = ["-ldl", "-lpthread"]
