@@ -141,6 +141,20 @@ def _spec_sources(plan: AgentPlan) -> list[Path]:
     return sources
 
 
+# The headers of the runtime's shadow-client archive (toolchain.RPC_SOURCES).
+_CLIENT_HEADERS = ("rpc_client.h", "msgpack.h", "sha256.h", "bypass_neutral.h")
+
+
+def links_shadow_client(plan: AgentPlan) -> bool:
+    """Whether the agent needs the runtime's shadow-client archive: it calls its shadow, or C of
+    its own (the spec's blocks, the files beside the spec) includes one of that archive's headers."""
+    if any(call.shadow_client for call in plan.calls):
+        return True
+    base = Path(plan.spec.path).resolve().parent
+    texts = [plan.spec.source] + [p.read_text(errors="replace") for p in sorted(base.glob("*.[ch]"))]
+    return any(header in text for text in texts for header in _CLIENT_HEADERS)
+
+
 def _support_files(spec_path: Path) -> list[tuple[str, Path]]:
     """Files whose change makes a cached agent stale, found without parsing the spec (parsing a
     large spec takes seconds; `bypass run` with a warm cache must not pay that): the C next to the
@@ -209,7 +223,7 @@ def compile_agent(plan: AgentPlan, output: Path, workdir: Path, runtime_cache: P
     the parts are rendered. `runtime_cache`: where the compiled runtime is kept between builds
     (None: compiled in workdir, for this build only)."""
     compiler = find_compiler()
-    runtime = Runtime(compiler, runtime_cache, workdir)
+    runtime = Runtime(compiler, runtime_cache, workdir, rpc=links_shadow_client(plan))
     pool = CompilePool(compiler)
     what = f"the agent for {plan.spec.path} (errors in the spec's C code point at the spec's lines)"
     try:

@@ -73,6 +73,28 @@ def _check_set(spec_path: str, assignments: list[str], declared) -> None:
                           f"to give the command an environment variable, put it after '--': -- env {name}=... COMMAND)")
 
 
+def _check_given(spec_path: str, given: list[tuple[str, str]], assignments: list[str] | None, declared) -> None:
+    for flag, variable in given:
+        if not any(fnmatch.fnmatchcase(variable, d.pattern) for d in declared):
+            patterns = [d.pattern for d in declared]
+            reads = f"it reads {', '.join(patterns)}" if patterns else "it declares no settings"
+            raise BypassError(
+                f"{flag} sets {variable}, which {spec_path} does not read ({reads}); a spec whose agent "
+                f"reads it declares so with: options \"{variable}\" setting;")
+    if assignments:
+        _check_set(spec_path, assignments, declared)
+
+
+def check_agent_options(spec_path: str, assignments: list[str] | None, mounts: str | None) -> None:
+    """`--set` and `-m` of the commands that run a program under a spec's agent (conform, escapes),
+    checked as `bypass run` checks them: a setting the agent does not read, or a value not of its
+    declared type, is refused before anything runs."""
+    from .declared import declared_settings
+    given = [("-m", "BYPASS_MOUNTS")] if mounts else []
+    if given or assignments:
+        _check_given(spec_path, given, assignments, declared_settings(spec_path))
+
+
 def debug_subsystems(spec_path: str, wanted: str) -> str:
     """`-d a,b`: each name one the agent reports on; returns the list for BYPASS_DEBUG."""
     from .declared import RPC_SUBSYSTEM, RUNTIME_SUBSYSTEMS, SPEC_SUBSYSTEMS, declared_subsystems
@@ -130,15 +152,7 @@ def check_run_options(args) -> None:
     declared = declared_settings(args.spec) if given or args.set else []
     if args.mount:
         given = [(f, mount_variable(args.spec) if f == "-M" else v) for f, v in given]
-    for flag, variable in given:
-        if not any(fnmatch.fnmatchcase(variable, d.pattern) for d in declared):
-            patterns = [d.pattern for d in declared]
-            reads = f"it reads {', '.join(patterns)}" if patterns else "it declares no settings"
-            raise BypassError(
-                f"{flag} sets {variable}, which {args.spec} does not read ({reads}); a spec whose agent "
-                f"reads it declares so with: options \"{variable}\" setting;")
-    if args.set:
-        _check_set(args.spec, args.set, declared)
+    _check_given(args.spec, given, args.set, declared)
     if args.trace:
         _check_output_file("--trace", args.trace)
     if args.debug_file and not args.debug:

@@ -29,8 +29,8 @@ def _environment() -> jinja2.Environment:
     env.globals.update(
         next_params=next_params, action_params=action_params, version_expr=version_expr, cast_ret=cast_ret,
         cast_value_to_canonical=cast_value_to_canonical, entry_action_args=entry_action_args,
-        format_value=format_value, format_result=format_result, version=__version__, failed_test=failed_test,
-        is_exec=lambda call: bool(call.call and call.call.family == "exec"), debug_failed=debug_failed,
+        format_args=format_args, format_result=format_result, version=__version__, failed_test=failed_test,
+        is_exec=lambda call: bool(call.call and call.call.family == "exec"), debug_failed=debug_failed, debug_line=debug_line,
     )
     # agent <-> shadow calls (docs/protocol.md): both sides from one classification
     env.globals.update(
@@ -84,46 +84,76 @@ def entry_action_args(call: PlannedCall, entry: PlannedEntry) -> list[str]:
     return args
 
 
-def _format_expr(ctype: CType, expr: str, at: str, is_string: bool) -> str:
+# Arguments are shown by one runtime function reading a letter per value (bypass_fmt_values in
+# runtime.c): a call's formatter is one line of C instead of one printf per argument, which the
+# compiler would otherwise optimise again for each of the hundred calls of a large agent.
+def _format_kind(ctype: CType, expr: str, is_string: bool) -> tuple[str, str]:
+    """(letter, C argument) showing one value."""
     if ctype.is_string_array:
-        return f"bypass_fmt_strings(bypass_buf, bypass_size, {at}, {expr})"
+        return "v", f"(char *const *)({expr})"
     if is_string:
-        return f"bypass_fmt_string(bypass_buf, bypass_size, {at}, {expr})"
+        return "s", f"(const char *)({expr})"
     if ctype.is_pointer:
-        return f'bypass_fmt(bypass_buf, bypass_size, {at}, "%p", (const void *){expr})'
+        return "p", f"(const void *)({expr})"
     if ctype.is_integer:
         if ctype.is_unsigned:
-            return f'bypass_fmt(bypass_buf, bypass_size, {at}, "%llu", (unsigned long long){expr})'
-        return f'bypass_fmt(bypass_buf, bypass_size, {at}, "%lld", (long long){expr})'
+            return "u", f"(unsigned long long)({expr})"
+        return "d", f"(long long)({expr})"
     if ctype.text.endswith("_func_t") or ctype.text.endswith("_fn_t"):
-        return f'bypass_fmt(bypass_buf, bypass_size, {at}, "%p", (const void *){expr})'
-    return f'((void)({expr}), bypass_fmt(bypass_buf, bypass_size, {at}, "<%s>", "{ctype.text}"))'
+        return "p", f"(const void *)({expr})"
+    return "t", f'((void)({expr}), "{ctype.text}")'     # shown by its type's name: <struct timespec>
 
 
 _FLAG_NAMES = {"flags", "oflag", "mask"}
 _MODE_NAMES = {"mode"}
 
 
-def format_value(value: Value, first: bool) -> str:
-    """C expression appending one argument: strings quoted, flags in hex, modes in octal."""
-    at = "bypass_at" if first else 'bypass_fmt(bypass_buf, bypass_size, bypass_at, ", ")'
-    ctype, name = value.spec_type, value.spec_name
+def format_kind(value: Value, expr: str | None = None) -> tuple[str, str]:
+    """How one argument (read from `expr`, by default its name) is shown: strings quoted, flags in
+    hex, modes in octal."""
+    ctype, name = value.spec_type, expr or value.spec_name
     if ctype.is_integer and value.name in _FLAG_NAMES:
-        return f'bypass_fmt(bypass_buf, bypass_size, {at}, "0x%llx", (unsigned long long){name})'
+        return "x", f"(unsigned long long)({name})"
     if ctype.is_integer and value.name in _MODE_NAMES:
-        return f'bypass_fmt(bypass_buf, bypass_size, {at}, "0%llo", (unsigned long long){name})'
+        return "o", f"(unsigned long long)({name})"
     is_string = ctype.is_char_pointer and (ctype.is_const_pointee or (value.spec is not None and value.spec.form == "string"
                                                                      and value.spec.direction != "out"))
-    return _format_expr(ctype, name, at, is_string)
+    return _format_kind(ctype, name, is_string)
+
+
+def _format_call(kinds: list[tuple[str, str]]) -> str:
+    letters = "".join(kind for kind, _ in kinds)
+    return f'bypass_fmt_values(bypass_buf, bypass_size, "{letters}"' + "".join(f", {arg}" for _, arg in kinds) + ")"
+
+
+def format_args(call: PlannedCall) -> str:
+    """C expression writing the call's arguments into bypass_buf (bypass_size bytes)."""
+    return _format_call([format_kind(v) for v in call.values])
 
 
 def format_result(call: PlannedCall) -> str:
     ret = call.spec_ret
     if ret.is_void:
-        return "0"
-    if ret.is_char_pointer:
-        return "bypass_fmt_string(bypass_buf, bypass_size, 0, bypass_result)"
-    return _format_expr(ret, "bypass_result", "0", False)
+        return _format_call([])
+    return _format_call([_format_kind(ret, "bypass_result", ret.is_char_pointer)])
+
+
+def debug_line(call: PlannedCall, entry: PlannedEntry, returned: bool) -> str:
+    """The C call writing the `-d calls` line of this entry point: one runtime function reads the
+    values as the letters say, so no call carries a formatter of its own for debugging."""
+    shown = [format_kind(value, expr) for value, expr in zip(call.values, entry_action_args(call, entry))]
+    kinds = "".join(letter for letter, _ in shown)
+    args = [arg for _, arg in shown]
+    err = "0"
+    if returned:
+        kinds += "="
+        if not call.spec_ret.is_void:
+            letter, arg = _format_kind(call.spec_ret, "bypass_result", call.spec_ret.is_char_pointer)
+            kinds += letter
+            args.append(arg)
+        failed = debug_failed(call)
+        err = "0" if failed == "0" else f"{failed} ? errno : 0"
+    return f'bypass_debug_values("{entry.symbol}", "{call.name}", {err}, "{kinds}"' + "".join(f", {a}" for a in args) + ")"
 
 
 def debug_failed(call: PlannedCall) -> str:

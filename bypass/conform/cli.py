@@ -69,6 +69,8 @@ def _check(args) -> None:
     if args.export and args.workdir:
         raise BypassError("conform: --workdir and --export exclude each other (with --export both sides "
                           "work inside the export)")
+    from ..settings import check_agent_options
+    check_agent_options(args.spec, args.set, args.mounts)
 
 
 def _sides(args, stack: ExitStack, agent: Path) -> tuple[Side, Side]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import BypassError
 from ..knowledge.elfsyms import read_program
 from ..knowledge.loader import load_knowledge
-from ..settings import agent_settings
+from ..settings import agent_settings, check_agent_options
 from ..shipped import agent_spec
 from .analyse import Analyser, summarise
 from .strace_log import parse_strace
@@ -140,7 +140,7 @@ def main(argv: list[str], command: list[str] | None = None) -> int:
         "calls the agent did not see, grouped by cause. Usage: bypass escapes SPEC [options] -- CMD [ARGS...]")
     parser.add_argument("spec", help="the agent's .bypass spec (the trace agent is stacked under it)")
     parser.add_argument("--json", action="store_true", help="machine-readable report on stdout")
-    parser.add_argument("--set", action="append", metavar="NAME=VALUE", help="environment for the command")
+    parser.add_argument("--set", action="append", metavar="NAME=VALUE", help="an agent setting the spec declares (environment)")
     parser.add_argument("-m", "--mounts", metavar="FILE", help="set BYPASS_MOUNTS=FILE (sandbox agent)")
     parser.add_argument("-q", "--quiet", action="store_true", help="discard the command's own output")
     parser.add_argument("--keep", metavar="DIR", help="keep strace.log and trace.log in DIR")
@@ -151,6 +151,7 @@ def main(argv: list[str], command: list[str] | None = None) -> int:
         spec = Path(args.spec)
         if not spec.is_file():
             raise EscapesError(f"{spec}: no such spec")
+        check_agent_options(str(spec), args.set, args.mounts)
         extra = agent_settings(args.set, args.mounts)
         program = _resolve_program(command[0])
         if program is None:

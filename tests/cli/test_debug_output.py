@@ -149,3 +149,24 @@ def test_a_spec_declares_only_known_subsystems(tmp_path):
     done = bypass("-agent", str(spec), cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert re.search(r"mine\.bypass:2:1: error: options \.\.\. debug: unknown subsystem \"polcy\"", done.stderr)
+
+
+def test_a_calls_line_shows_each_argument_in_its_form(tmp_path):
+    """Strings quoted, flags in hex (O_WRONLY|O_CREAT|O_CLOEXEC from Python), modes in octal, a failure's errno by name, an exec's line
+    before it happens (it does not return when it works); the trace log shows the same values."""
+    log, trace = tmp_path / "debug.log", tmp_path / "trace.log"
+    made = tmp_path / "made"
+    program = ("import os; os.close(os.open(os.sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o640))\n"
+               "try:\n    os.rmdir('/nonexistent-bypass-dir')\nexcept OSError:\n    pass\n"
+               "os.execv('/bin/true', ['true', 'a\"b'])")
+    done = bypass("run", str(TRACE), "--trace", str(trace), "-d", "calls", "-o", str(log), "--",
+                  sys.executable, "-c", program, str(made), cwd=tmp_path)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    text = "\n".join(lines_of(log))
+    assert re.search(rf'calls: open\("{re.escape(str(made))}", 0x80041, 0640\) = \d+ <open\w*>$', text, re.M), text
+    assert re.search(r'calls: rmdir\("/nonexistent-bypass-dir"\) = -1 ENOENT <rmdir>$', text, re.M), text
+    assert re.search(r'calls: execv\w*\("/bin/true", \["true", "a\\"b"\](, \[.*\])?\) = \.\.\. <execv\w*>$',
+                     text, re.M), text
+    logged = trace.read_text()
+    assert re.search(rf'^\d+ open\("{re.escape(str(made))}", 0x80041, 0640\) = \d+ <open\w*>$', logged, re.M), logged
+    assert re.search(r'^\d+ rmdir\("/nonexistent-bypass-dir"\) = -1 ENOENT <rmdir>$', logged, re.M), logged

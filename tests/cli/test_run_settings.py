@@ -95,3 +95,34 @@ def test_a_spec_gives_only_known_types(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert re.search(r'mine\.bypass:2:31: error: unknown setting type "sekonds"; the types are number, seconds',
                      done.stderr), done.stderr
+
+
+# -- conform and escapes run a program under the agent too: the same checks, before anything runs --
+
+def test_conform_checks_set_like_run(tmp_path):
+    done = bypass("conform", str(TRACE), "--set", "BYPASS_TRAC=x", "--ops", "5", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and done.stdout == ""
+    assert f"--set BYPASS_TRAC: {TRACE} does not read BYPASS_TRAC; did you mean BYPASS_TRACE?" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_conform_checks_the_declared_type(tmp_path):
+    done = bypass("conform", str(GASS), "--set", "BYPASS_GASS_TIMEOUT=soon", "--ops", "5", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "BYPASS_GASS_TIMEOUT wants seconds, a number >= 0" in done.stderr
+
+
+def test_conform_refuses_a_mount_list_the_agent_does_not_read(tmp_path):
+    (tmp_path / "deny.txt").write_text("/home DENY\n")
+    done = bypass("conform", str(TRACE), "-m", "deny.txt", "--ops", "5", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"-m sets BYPASS_MOUNTS, which {TRACE} does not read (it reads BYPASS_TRACE)" in done.stderr
+
+
+def test_escapes_checks_set_like_run(tmp_path):
+    message = refused(bypass("escapes", str(SANDBOX), "--set", "BYPASS_SANDBOX_EROFZ=1", "--", "touch", "ran",
+                             cwd=tmp_path), tmp_path)
+    assert f"--set BYPASS_SANDBOX_EROFZ: {SANDBOX} does not read BYPASS_SANDBOX_EROFZ; did you mean" in message
+    message = refused(bypass("escapes", str(GASS), "--set", "BYPASS_GASS_TIMEOUT=soon", "--", "touch", "ran",
+                             cwd=tmp_path), tmp_path)
+    assert "BYPASS_GASS_TIMEOUT wants seconds, a number >= 0" in message

@@ -122,3 +122,24 @@ def test_a_spec_that_does_not_compile_still_leaves_the_runtime_compiled(tmp_path
     assert not (tmp_path / "typo.so").exists()
     entries = list((cache / "runtime").iterdir())
     assert len(entries) == 1 and (entries[0] / "libbypass_runtime.a").is_file(), entries
+
+
+def test_the_shadow_client_is_compiled_only_for_an_agent_that_links_it(tmp_path):
+    cache = tmp_path / "cache"
+    quiet = tmp_path / "quiet.bypass"
+    quiet.write_text("int close( int fd )\nagent_action {{\n    return close(fd);\n}};\n")
+    forwarding = tmp_path / "fwd.bypass"
+    forwarding.write_text("int close( int fd );\n")
+    build(quiet, tmp_path / "quiet.so", runtime_cache=cache)
+    (folder,) = list((cache / "runtime").iterdir())
+    assert sorted(p.name for p in folder.glob("*.a")) == ["libbypass_runtime.a"]
+    core = (folder / "libbypass_runtime.a").stat().st_mtime_ns
+    # the next agent that calls its shadow adds the client to the same folder, the core untouched
+    build(forwarding, tmp_path / "fwd.so", runtime_cache=cache)
+    assert list((cache / "runtime").iterdir()) == [folder]
+    assert sorted(p.name for p in folder.glob("*.a")) == ["libbypass_rpc.a", "libbypass_runtime.a"]
+    assert (folder / "libbypass_runtime.a").stat().st_mtime_ns == core
+    assert "bypass_rpc_begin" in defined_symbols(tmp_path / "fwd.so", dynamic=False)
+    # with no cache to keep it in, both archives are compiled for this build alone
+    build(forwarding, tmp_path / "alone.so", runtime_cache=None)
+    assert "bypass_rpc_begin" in defined_symbols(tmp_path / "alone.so", dynamic=False)

@@ -195,6 +195,14 @@ void bypass_debug_exec(int before);
 size_t bypass_fmt(char *buf, size_t size, size_t at, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 size_t bypass_fmt_string(char *buf, size_t size, size_t at, const char *s);
 size_t bypass_fmt_strings(char *buf, size_t size, size_t at, char *const *list);
+/* The values after `kinds`, one letter each, comma-separated from the start of buf:
+ * d long long, u unsigned long long, x the same in hex (flags), o in octal (modes),
+ * s const char * (quoted), v char *const * (a list of strings), p const void *,
+ * t const char * naming a type whose value is not shown (<struct timespec>). */
+size_t bypass_fmt_values(char *buf, size_t size, const char *kinds, ...);
+/* `bypass run -d calls`: the debug line of one call, its arguments then, after '=' in `kinds`,
+ * its result (without '=': the call has not returned yet, shown as "..."). */
+void bypass_debug_values(const char *entry, const char *name, int err, const char *kinds, ...);
 const char *bypass_errno_name(int err);
 
 #endif

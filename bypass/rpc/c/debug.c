@@ -9,7 +9,11 @@
  * program's descriptors (BYPASS_FD_FLOOR), close-on-exec, and registered so that close,
  * close_range and dup2 cannot take it. The runtime's exec hooks let it through an exec (a
  * sandboxed child may not open the path again: Landlock), and the next image's agent takes it
- * over, close-on-exec again, or opens the path when there is none. When the descriptor cannot
+ * over, close-on-exec again, or opens the path when there is none. The window: from the hook's
+ * F_SETFD to its return the descriptor is inheritable, and a program without the agent started
+ * in it (static, set-uid, or exec'd by another thread's raw fork+exec) keeps it open; a descriptor
+ * cannot both survive exec and be closed by it, and the path cannot replace it (Landlock), so this
+ * is documented (README.md) rather than closed. When the descriptor cannot
  * be moved up there (a low RLIMIT_NOFILE), each line opens the path, writes and closes instead. A line is built on the stack and written with one write() on an O_APPEND
  * descriptor, so lines of threads and forked processes interleave whole.
  *

@@ -580,6 +580,51 @@ size_t bypass_fmt_strings(char *buf, size_t size, size_t at, char *const *list)
     return bypass_fmt(buf, size, at, "]");
 }
 
+/* `count` values read from ap as `kinds` says (bypass_runtime.h), comma-separated from buf's start. */
+static size_t fmt_kinds(char *buf, size_t size, const char *kinds, size_t count, va_list *ap)
+{
+    size_t at = 0;
+    if (size)
+        buf[0] = '\0';
+    for (size_t i = 0; i < count; i++) {
+        if (i)
+            at = bypass_fmt(buf, size, at, ", ");
+        switch (kinds[i]) {
+        case 'd': at = bypass_fmt(buf, size, at, "%lld", va_arg(*ap, long long)); break;
+        case 'u': at = bypass_fmt(buf, size, at, "%llu", va_arg(*ap, unsigned long long)); break;
+        case 'x': at = bypass_fmt(buf, size, at, "0x%llx", va_arg(*ap, unsigned long long)); break;
+        case 'o': at = bypass_fmt(buf, size, at, "0%llo", va_arg(*ap, unsigned long long)); break;
+        case 's': at = bypass_fmt_string(buf, size, at, va_arg(*ap, const char *)); break;
+        case 'v': at = bypass_fmt_strings(buf, size, at, va_arg(*ap, char *const *)); break;
+        case 'p': at = bypass_fmt(buf, size, at, "%p", va_arg(*ap, const void *)); break;
+        default:  at = bypass_fmt(buf, size, at, "<%s>", va_arg(*ap, const char *)); break;
+        }
+    }
+    return at;
+}
+
+size_t bypass_fmt_values(char *buf, size_t size, const char *kinds, ...)
+{
+    va_list ap;
+    va_start(ap, kinds);
+    size_t at = fmt_kinds(buf, size, kinds, strlen(kinds), &ap);
+    va_end(ap);
+    return at;
+}
+
+void bypass_debug_values(const char *entry, const char *name, int err, const char *kinds, ...)
+{
+    char args[1024], shown[320] = "...";
+    const char *result = strchr(kinds, '=');
+    va_list ap;
+    va_start(ap, kinds);
+    fmt_kinds(args, sizeof args, kinds, result ? (size_t)(result - kinds) : strlen(kinds), &ap);
+    if (result)
+        fmt_kinds(shown, sizeof shown, result + 1, strlen(result + 1), &ap);
+    va_end(ap);
+    bypass_debug_call(entry, name, args, shown, err);
+}
+
 const char *bypass_errno_name(int err)
 {
     const char *name = strerrorname_np(err);
