@@ -7,6 +7,10 @@
  * readable (PROT_NONE, a guard page) needs the kernel's word.  One system call per page, and the
  * answer is remembered per thread: paths live in a few pages (stack, a heap buffer, a tree
  * walk's entries), so the cost after the first call is a compare.
+ *
+ * Known limit: the answer is not taken back when the program later unmaps a remembered page or
+ * makes it PROT_NONE (that would need a hook on every munmap/mprotect, glibc's internal ones
+ * included); a path pointer into such a page, a use after unmap, still faults in the agent.
  */
 #define _GNU_SOURCE
 #include "bypass_runtime.h"
