@@ -302,7 +302,7 @@ def test_concurrent_cold_processes_fetch_each_object_once(webfs_so, repo, tmp_pa
     full = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_")}
     full.update(env, LD_PRELOAD=str(webfs_so))
     procs = [subprocess.Popen(["md5sum", "/software/share/data.bin", "/software/lib/pkg/__init__.py"], env=full,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(16)]
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(12)]
     done = [p.communicate(timeout=60) for p in procs]
     outs = {out for out, _ in done}
     assert len(outs) == 1 and b"data.bin" in outs.pop(), [err for _, err in done if err]
