@@ -1115,15 +1115,20 @@ ssize_t rmt_write(int fd, const void *buf, size_t n)
     return done;
 }
 
-ssize_t rmt_pread(int fd, void *buf, size_t n, off_t off)
+/* pread/pwrite's checks in the kernel's order: the offset before the descriptor, then its
+ * access mode, then the buffer (as much of it as one call carries). */
+static int positional_bad(int fd, const void *buf, size_t n, off_t off, int writing)
 {
     if (off < 0) {
-        errno = EINVAL;          /* before the descriptor, as pread64/pwrite64 */
-        return -1;
+        errno = EINVAL;
+        return 1;
     }
-    if (mode_bad(fd, 0))
-        return -1;
-    if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
+    return mode_bad(fd, writing) || fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0;
+}
+
+ssize_t rmt_pread(int fd, void *buf, size_t n, off_t off)
+{
+    if (positional_bad(fd, buf, n, off, 0))
         return -1;
     ssize_t got = bypass_shadow_bypass_rx_pread(fd, buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
     struct rfile *r = get(fd);
@@ -1133,13 +1138,7 @@ ssize_t rmt_pread(int fd, void *buf, size_t n, off_t off)
 
 ssize_t rmt_pwrite(int fd, const void *buf, size_t n, off_t off)
 {
-    if (off < 0) {
-        errno = EINVAL;          /* before the descriptor, as pread64/pwrite64 */
-        return -1;
-    }
-    if (mode_bad(fd, 1))
-        return -1;
-    if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
+    if (positional_bad(fd, buf, n, off, 1))
         return -1;
     settle_fd(fd);
     ssize_t done = bypass_shadow_bypass_rx_pwrite(fd, n ? buf : "", n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);

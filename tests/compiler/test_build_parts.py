@@ -39,12 +39,18 @@ def test_forwarding_code_only_for_calls_that_forward_or_name_it(tmp_path):
     assert not re.search(r"bypass_shadow_\w+\(", generate(TRACE).agent_c)
 
 
+def close_specs(folder):
+    """Two one-call specs: close forwarded to the shadow, and close handled by the agent itself."""
+    forwarding = folder / "fwd.bypass"
+    forwarding.write_text("int close( int fd );\n")
+    quiet = folder / "quiet.bypass"
+    quiet.write_text("int close( int fd )\nagent_action {{\n    return close(fd);\n}};\n")
+    return forwarding, quiet
+
+
 def test_runtime_is_compiled_once_and_an_agent_without_shadow_calls_has_no_client(tmp_path):
     cache = tmp_path / "cache"
-    forwarding = tmp_path / "fwd.bypass"
-    forwarding.write_text("int close( int fd );\n")
-    quiet = tmp_path / "quiet.bypass"
-    quiet.write_text("int close( int fd )\nagent_action {{\n    return close(fd);\n}};\n")
+    forwarding, quiet = close_specs(tmp_path)
     build(forwarding, tmp_path / "fwd.so", runtime_cache=cache)
     keys = list((cache / "runtime").iterdir())
     assert len(keys) == 1 and (keys[0] / "libbypass_runtime.a").is_file()
@@ -126,10 +132,7 @@ def test_a_spec_that_does_not_compile_still_leaves_the_runtime_compiled(tmp_path
 
 def test_the_shadow_client_is_compiled_only_for_an_agent_that_links_it(tmp_path):
     cache = tmp_path / "cache"
-    quiet = tmp_path / "quiet.bypass"
-    quiet.write_text("int close( int fd )\nagent_action {{\n    return close(fd);\n}};\n")
-    forwarding = tmp_path / "fwd.bypass"
-    forwarding.write_text("int close( int fd );\n")
+    forwarding, quiet = close_specs(tmp_path)
     build(quiet, tmp_path / "quiet.so", runtime_cache=cache)
     (folder,) = list((cache / "runtime").iterdir())
     assert sorted(p.name for p in folder.glob("*.a")) == ["libbypass_runtime.a"]
