@@ -16,7 +16,8 @@ from .test_remote_agent import SPEC, agent, export  # noqa: F401  (the same agen
 def start_shadow_process(export: Path, sock: Path, *options: str) -> subprocess.Popen:
     """`bypass shadow` as a process of its own (so that it can be stopped)."""
     p = subprocess.Popen([sys.executable, "-m", "bypass.cli", "shadow", str(SPEC), "--export", str(export),
-                          "--listen", f"unix:{sock}", *options], stderr=subprocess.PIPE, text=True)
+                          "--listen", f"unix:{sock}", *options], stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, PYTHONFAULTHANDLER="1"))
     for _ in range(200):
         if sock.exists():
             return p
@@ -61,8 +62,38 @@ def test_a_stopped_shadow_costs_one_timeout_per_call(agent, export, tmp_path):
         assert "shadow" in err
     finally:
         os.kill(shadow.pid, signal.SIGCONT)
-        shadow.terminate()
+        stop_shadow_process(shadow)
+
+
+def stop_shadow_process(shadow: subprocess.Popen) -> None:
+    """SIGTERM must end `bypass shadow` promptly; if it does not, show where it hangs."""
+    shadow.terminate()
+    try:
         shadow.wait(10)
+    except subprocess.TimeoutExpired:
+        shadow.send_signal(signal.SIGABRT)          # faulthandler prints every thread's stack
+        _, err = shadow.communicate(timeout=10)
+        raise AssertionError(f"the shadow did not end on SIGTERM:\n{err}") from None
+
+
+def test_sigterm_ends_the_shadow_at_any_moment(export, tmp_path):
+    """However the signal lands (during start-up, idle, twice in a row), `bypass shadow`
+    ends at once, cleanly, with its exit status 0 and no traceback."""
+    for i, delay in enumerate((0.0, 0.05, 0.3, 0.6, 1.1, 1.7)):
+        sock = tmp_path / f"s{i}" / "shadow.sock"
+        sock.parent.mkdir(mode=0o700)
+        shadow = start_shadow_process(export, sock)
+        time.sleep(delay)
+        if i % 2:
+            shadow.send_signal(signal.SIGINT)       # Ctrl-C, then an impatient SIGTERM
+        try:
+            stop_shadow_process(shadow)
+        finally:
+            if shadow.poll() is None:
+                shadow.kill()
+                shadow.wait()
+        err = shadow.stderr.read()
+        assert shadow.returncode == 0 and "Traceback" not in err, (shadow.returncode, err)
 
 
 GREEDY = r'''
