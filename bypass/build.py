@@ -17,8 +17,8 @@ from .errors import BuildError, SpecError
 from .knowledge.loader import KNOWLEDGE_DIR, load_knowledge
 from .plan import AgentPlan, make_plan
 from .spec.parser import load_spec
-from .toolchain import COMPILE_FLAGS, LINK_FLAGS, RUNTIME_DIR, RUNTIME_SOURCES, CompileJob, CompilePool, \
-    Runtime, link, parallel_jobs
+from .toolchain import COMPILE_FLAGS, LINK_FLAGS, RUNTIME_DIRS, RUNTIME_SOURCES, CompileJob, CompilePool, \
+    Runtime, link, parallel_jobs, runtime_file, runtime_headers
 
 # Agents of the shipped specs, compiled when the package is built (setup.py), named like the
 # cache's entries: used while their fingerprint matches, so a changed spec or runtime rebuilds.
@@ -89,9 +89,8 @@ def standalone_files(generated: Generated, agent_c: Path) -> dict[Path, str]:
     msgpack.c) never overwrite a user's files next to the spec."""
     from .rpc.neutral_c import render_header, render_source
     folder = agent_c.parent / STANDALONE_DIR
-    files = {folder / name: (RUNTIME_DIR / name).read_text()
-             for name in sorted(p.name for p in RUNTIME_DIR.glob("*.h"))}
-    files.update({folder / name: (RUNTIME_DIR / name).read_text() for name in RUNTIME_SOURCES})
+    files = {folder / path.name: path.read_text() for path in runtime_headers()}
+    files.update({folder / name: runtime_file(name).read_text() for name in RUNTIME_SOURCES})
     files[folder / "bypass_neutral.h"] = render_header()
     files[folder / "bypass_neutral.c"] = render_source()
     text = generated.agent_c
@@ -164,7 +163,7 @@ def _support_files(spec_path: Path) -> list[tuple[str, Path]]:
     base = spec_path.resolve().parent
     package = Path(__file__).resolve().parent
     files = [(f"spec/{p.name}", p) for p in sorted(base.glob("*.[ch]"))]
-    ours = sorted(KNOWLEDGE_DIR.rglob("*.toml")) + sorted(TEMPLATES.glob("*.j2")) + sorted(RUNTIME_DIR.glob("*.[ch]"))
+    ours = sorted(KNOWLEDGE_DIR.rglob("*.toml")) + sorted(TEMPLATES.glob("*.j2")) + sorted(p for d in RUNTIME_DIRS for p in d.glob("*.[ch]"))
     ours += list(NEUTRAL_FILES) + sorted(package.rglob("*.py"))
     files += [(f"bypass/{p.resolve().relative_to(package)}", p) for p in ours]
     return files
@@ -231,7 +230,7 @@ def compile_agent(plan: AgentPlan, output: Path, workdir: Path, runtime_cache: P
         parts = render_agent_parts(plan, part_names(plan))
         warn_family(plan, quiet_family)
         spec_dir = Path(plan.spec.path).resolve().parent
-        jobs = _write_parts(plan, parts, workdir, [RUNTIME_DIR, runtime.include_dir, workdir, spec_dir])
+        jobs = _write_parts(plan, parts, workdir, [*RUNTIME_DIRS, runtime.include_dir, workdir, spec_dir])
         pool.add(jobs)
         failed = pool.wait()
         if not set(failed) & set(range(len(runtime.jobs))):

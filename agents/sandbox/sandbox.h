@@ -130,7 +130,7 @@ int sb_landlock_install(const struct sb_mounts *m, const char *private_dir, char
 
 /* ---- global state and operations (resolve.c) ------------------------------ */
 
-/* The runtime's memory checks (bypass/rpc/c/memory.c). */
+/* The runtime's memory checks (bypass/runtime/memory.c). */
 int bypass_page_readable(const void *p);
 int bypass_string_readable(const char *s);
 

@@ -26,8 +26,8 @@ def gass_driver(tmp_path_factory) -> Path:
         pytest.fail("gcc is needed (installed by .ci/run)")
     out = tmp_path_factory.mktemp("gass-build") / "gass_driver"
     sources = sorted(str(p) for p in GASS_SRC.glob("gass_*.c"))
-    subprocess.run(["gcc", *CFLAGS, f"-I{GASS_SRC}", f"-I{REPO / 'bypass' / 'rpc' / 'c'}", str(HERE / "gass_driver.c"),
-                    *sources, str(REPO / "bypass" / "rpc" / "c" / "memory.c"),    # the pointer checks of gass_url.c
+    subprocess.run(["gcc", *CFLAGS, f"-I{GASS_SRC}", f"-I{REPO / 'bypass' / 'runtime'}", str(HERE / "gass_driver.c"),
+                    *sources, str(REPO / "bypass" / "runtime" / "memory.c"),    # the pointer checks of gass_url.c
                     "-o", str(out), "-ldl", "-lpthread"], check=True)
     return out
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SANDBOX = ROOT / "agents" / "sandbox"
-RUNTIME = ROOT / "bypass" / "rpc" / "c"           # memory.c: the pointer checks resolve.c makes
+RUNTIME = ROOT / "bypass" / "runtime"           # memory.c: the pointer checks resolve.c makes
 PATH_MAX = 4096
 
 CDEF = """
