@@ -1342,8 +1342,36 @@ static int growfs_fill(struct wf_mount *m, const char *rel, int fd, struct wf_fi
     return rc;
 }
 
-/* Fetch the file behind skeleton path `real` (a placeholder), check it, put it in place. */
-static int fill(struct wf_mount *m, const char *real)
+/* The skeleton path of placeholder descriptor fd, read under the tree's fetch.lock.  Another
+ * process may have renamed the fetched file over the placeholder since this one opened it: the
+ * kernel then names the old inode "PATH (deleted)", and PATH is where the content now is.  Every
+ * rename over a placeholder is a fill's, made under the same lock, so here it has finished: a
+ * link count of 0 (a placeholder is never hard-linked) means the suffix is there and is the
+ * kernel's, never part of the file's own name. */
+static int held_path(int fd, char *out, size_t size)
+{
+    static const char gone[] = " (deleted)";
+    const size_t glen = sizeof gone - 1;
+    struct stat st;
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+    if (fstat(fd, &st) < 0)
+        return errno;
+    ssize_t n = readlink(proc, out, size - 1);
+    if (n <= 0 || (size_t)n >= size - 1)
+        return EIO;
+    out[n] = '\0';
+    if (st.st_nlink == 0) {
+        if ((size_t)n <= glen || strcmp(out + n - glen, gone) != 0)
+            return EIO;
+        out[n - glen] = '\0';
+    }
+    return 0;
+}
+
+/* Fetch the file behind skeleton path `real` (a placeholder), check it, put it in place.  With
+ * `held`, a descriptor of the placeholder, real (size bytes) is first read again from it. */
+static int fill(struct wf_mount *m, char *real, size_t size, int held)
 {
     const char *rel = real + m->rlen;
     char lockp[PATH_MAX];
@@ -1354,6 +1382,14 @@ static int fill(struct wf_mount *m, const char *real)
     int rc = 0, fetched = 0;
     struct wf_file f = {0};
     struct stat st;
+    if (held >= 0) {
+        const char *rest;
+        rc = held_path(held, real, size);
+        if (!rc && root_of(real, &rest) != m)
+            rc = EIO;
+        if (rc)
+            goto out;
+    }
     if (stat(real, &st) < 0) {
         rc = errno;
         goto out;
@@ -1420,6 +1456,7 @@ int wf_after_open(int fd, int flags, int dirfd, const struct wf_path *r)
             bypass_debug_write(BYPASS_DEBUG_CACHE, "hit %s (in the cache)", r->use);
         return 0;
     }
+    /* the mount only: the exact name is read under the fetch lock */
     char proc[64], real[PATH_MAX];
     snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
     ssize_t n = readlink(proc, real, sizeof real - 1);
@@ -1431,7 +1468,7 @@ int wf_after_open(int fd, int flags, int dirfd, const struct wf_path *r)
     if (!m)
         return 0;
     double t0 = gass_now();
-    int e = fill(m, real);
+    int e = fill(m, real, sizeof real, fd);
     if (wf_debug_on) {
         __atomic_add_fetch(e ? &wf_fetch_errors : &wf_misses, 1, __ATOMIC_RELAXED);
         if (!e) {
@@ -1477,7 +1514,7 @@ static off_t vaddr_to_offset(const Elf64_Phdr *ph, size_t n, Elf64_Addr va)
     return -1;
 }
 
-static int fill(struct wf_mount *m, const char *real);
+static int fill(struct wf_mount *m, char *real, size_t size, int held);
 
 /* A Bypass repository's library directory may be a subtree whose catalog is not loaded yet. */
 static int enter_subtree(const char *skeleton_path)
@@ -1552,7 +1589,7 @@ static void prefetch_libs(const char *file, int depth)
                 struct wf_mount *m = root_of(real, &in);
                 struct stat st;
                 if (m && stat(real, &st) == 0 && S_ISREG(st.st_mode)) {
-                    if (is_placeholder(&st) && fill(m, real) != 0)
+                    if (is_placeholder(&st) && fill(m, real, sizeof real, -1) != 0)
                         break; /* the loader will say what is missing */
                     prefetch_libs(real, depth + 1);
                     break;

@@ -4,15 +4,17 @@ checked by SHA-256). Real programs compared with the same tree on local disk."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import zlib
 
 import pytest
 
 from repo_lib import Proxy, catalog, cli, file_hash, listing, manifest, nested, object_path, software_tree
-from webfs_lib import REPO, Server, dead_port, run
+from webfs_lib import REOPEN_HELD, REPO, Server, dead_port, run
 
 
 @pytest.fixture
@@ -296,18 +298,102 @@ def test_the_alien_cache_serves_other_nodes_and_is_checked(webfs_so, repo, tmp_p
     assert p.stdout == b"greet 42\n" and b"alien cache's copy" in p.stderr and b"damaged: ignored" in p.stderr
 
 
-def test_concurrent_cold_processes_fetch_each_object_once(webfs_so, repo, tmp_path):
-    _, _, pub, srv = repo
-    env = agent_env(tmp_path, srv, pub)
+def concurrently(agent, cmd, env, n=16) -> list[tuple[bytes, bytes, int]]:
+    """(stdout, stderr, exit status) of n processes started at once on the same cache."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_")}
-    full.update(env, LD_PRELOAD=str(webfs_so))
-    procs = [subprocess.Popen(["md5sum", "/software/share/data.bin", "/software/lib/pkg/__init__.py"], env=full,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(12)]
-    done = [p.communicate(timeout=60) for p in procs]
-    outs = {out for out, _ in done}
-    assert len(outs) == 1 and b"data.bin" in outs.pop(), [err for _, err in done if err]
+    full.update(env, LD_PRELOAD=str(agent))
+    procs = [subprocess.Popen(cmd, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(n)]
+    return [p.communicate(timeout=60) + (p.returncode,) for p in procs]
+
+
+def assert_cache_whole(cache, local):
+    """Nothing half-written is left for the next process: no temporary file or tree; every file
+    of the skeleton is either a placeholder of the right size or the whole local file; the tree's
+    list of nested catalogs has each subtree listed and loaded at most once, loaded only once
+    listed, and ends with a whole line."""
+    assert list((cache / "tmp").iterdir()) == []
+    leftovers = [q for q in cache.rglob("*") if any(t in q.name for t in (".tmp-", ".new.", ".new-", ".evict-"))
+                 or (q.name.startswith("fetch.") and q.name != "fetch.lock")]
+    assert leftovers == []
+    [tree] = [q for q in (cache / "trees").iterdir() if q.is_dir()]
+    for q in (tree / "root").rglob("*"):
+        if q.is_file() and not q.is_symlink():
+            mine = local / q.relative_to(tree / "root")
+            assert q.stat().st_size == mine.stat().st_size, q
+            assert q.stat().st_blocks == 0 or q.read_bytes() == mine.read_bytes(), q
+    text = (tree / "nested").read_text()
+    assert text.endswith("\n")
+    listed, loaded = [], []
+    for line in text.splitlines():
+        kind, rest = line.split(" ", 1)
+        if kind == "N":
+            listed.append(rest.split(" ", 1)[1])
+        elif kind == "L":
+            assert rest in listed, line
+            loaded.append(rest)
+    assert len(listed) == len(set(listed)) and len(loaded) == len(set(loaded)), text
+
+
+def test_concurrent_cold_processes_fetch_each_object_once(webfs_so, repo, tmp_path):
+    local, _, pub, srv = repo
+    done = concurrently(webfs_so, ["md5sum", "/software/share/data.bin", "/software/lib/pkg/__init__.py"],
+                        agent_env(tmp_path, srv, pub))
+    outs = {out for out, _, _ in done}
+    assert len(outs) == 1 and b"data.bin" in outs.pop(), [err for _, err, _ in done if err]
+    assert all(status == 0 for _, _, status in done)
     objects = [r for r in srv.requests if "/data/" in r]
     assert len(objects) == len(set(objects)), objects
+    assert_cache_whole(tmp_path / "cache", local)
+
+
+def test_a_placeholder_filled_after_it_was_opened_reads_the_content(webfs_so, repo, tmp_path):
+    """A descriptor opened on a placeholder that another fetch has since replaced: the kernel
+    names the old inode "... (deleted)"; the agent finds the file by its own name. Here one process
+    makes it happen on purpose (an O_PATH descriptor kept across the fetch, reopened through
+    /proc/self/fd); 16 cold processes reading the same files make it happen by chance."""
+    local, _, pub, srv = repo
+    p = run(webfs_so, ["python3", "-c", REOPEN_HELD], agent_env(tmp_path, srv, pub))
+    want = hashlib.md5((local / "share" / "data.bin").read_bytes()).hexdigest()
+    assert p.returncode == 0 and p.stdout.decode().split() == [want, want], p.stderr
+    assert_cache_whole(tmp_path / "cache", local)
+
+
+MISSING = """import errno, os, sys
+def e(f, *a):
+    try:
+        f(*a)
+        return "ok"
+    except OSError as x:
+        return errno.errorcode[x.errno]
+T = sys.argv[1]
+for name in ("/share/nosuch", "/lib/pkg/nosuch", "/share/nodir/x", "/frozen/nosuch", "/nosuch", "/nodir/x"):
+    print(name, e(os.stat, T + name), e(os.open, T + name, os.O_RDONLY), e(os.listdir, T + name))
+print("/share/data.bin/x", e(os.stat, T + "/share/data.bin/x"))
+with open(T + "/share/doc/README with spaces.txt") as f:
+    print(f.read(19), end="")
+"""
+
+
+def test_missing_names_under_nested_catalogs_are_enoent(webfs_so, repo, tmp_path):
+    """As the kernel answers for the local tree, cold and concurrently (the lookup waits for the
+    subtree's catalog, then the skeleton answers), and warm with the server gone (nothing is asked
+    for a name no catalog lists)."""
+    local, site, pub, srv = repo
+    want = subprocess.run([sys.executable, "-c", MISSING, str(local)], capture_output=True).stdout
+    assert want.count(b"ENOENT") == 18 and want.endswith(b"needle in the tree\n")
+    env = agent_env(tmp_path, srv, pub)
+    done = concurrently(webfs_so, [sys.executable, "-c", MISSING, "/software"], env)
+    assert [(out, status) for out, _, status in done] == [(want, 0)] * 16, [err for _, err, _ in done if err]
+    subs = nested(site, tmp_path / "scratch.db")
+    catalogs = [f"/repo/data/{h[:2]}/{h[2:]}" for h in (manifest(site)["root"], subs["/share"], subs["/lib"],
+                                                          subs["/frozen"])]
+    objects = sorted(r for r in srv.requests if "/data/" in r)
+    assert len(objects) == len(set(objects)) and set(catalogs) <= set(objects), objects
+    assert len(objects) == len(catalogs) + 1                # and the README, once
+    assert_cache_whole(tmp_path / "cache", local)
+    srv.set_mode("silent")
+    again = run(webfs_so, [sys.executable, "-c", MISSING, "/software"], env)
+    assert again.stdout == want and again.stderr == b"", again.stderr
 
 
 def test_publish_refuses_what_it_cannot_do(tmp_path):

@@ -3,11 +3,12 @@ same tree as on local disk, byte for byte; writes are EROFS; programs run from t
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from pathlib import Path
 
-from webfs_lib import run
+from webfs_lib import REOPEN_HELD, run
 
 
 def _same(agent, env, local: Path, shell_cmd: str):
@@ -133,6 +134,15 @@ def test_16_concurrent_cold_processes_fetch_each_file_once(webfs_so, env, served
     files = [r for r in srv.requests if not r.endswith((".growfsdir", ".growfschecksum"))]
     assert len(files) == len(set(files)), sorted(files)
     assert sum(r.endswith(".growfsdir") for r in srv.requests) == 1
+
+
+def test_a_placeholder_filled_after_it_was_opened_reads_the_content(webfs_so, env, served):
+    """What one of many concurrent cold processes meets by chance, made to happen on purpose:
+    the descriptor's placeholder was replaced by the fetched file (test_webfs_repo.py has more)."""
+    local, _, _ = served
+    p = run(webfs_so, ["python3", "-c", REOPEN_HELD], env)
+    want = hashlib.md5((local / "share" / "data.bin").read_bytes()).hexdigest()
+    assert p.returncode == 0 and p.stdout.decode().split() == [want, want], p.stderr
 
 
 def test_cache_size_is_bounded_least_recently_used_first(webfs_so, env, served, tmp_path):

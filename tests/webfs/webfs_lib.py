@@ -136,6 +136,20 @@ def dead_port() -> int:
     return port
 
 
+# A descriptor kept (O_PATH) on share/data.bin's placeholder while the file is fetched, reopened
+# through /proc/self/fd afterwards: the kernel names the replaced inode "... (deleted)".
+# Prints the MD5 of the file as read, then through the kept descriptor.
+REOPEN_HELD = """import hashlib, os
+os.chdir("/software/share")
+held = os.open("data.bin", os.O_PATH)
+with open("data.bin", "rb") as f:
+    first = f.read()
+with open(f"/proc/self/fd/{held}", "rb") as f:
+    again = f.read()
+print(hashlib.md5(first).hexdigest(), hashlib.md5(again).hexdigest())
+"""
+
+
 def run(agent: Path, cmd, env: dict, cwd=None, timeout: float = 60, shell: bool = False):
     full = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_") and k != "LD_PRELOAD"}
     full.update(env)
