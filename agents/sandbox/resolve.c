@@ -1154,9 +1154,19 @@ static inline uint64_t walk_hash(struct walk *w)
  * entry's prefix, and this answers that without scanning the list. */
 static uint64_t g_plen_bits[64];        /* 4096-bit filter */
 
+static inline unsigned plen_key_of(size_t len, unsigned char last, unsigned char mid)
+{
+    return (unsigned)(len * 31u + last * 7u + mid) & 4095u;
+}
+
 static inline unsigned plen_key(const char *p, size_t len)
 {
-    return (unsigned)(len * 31u + (unsigned char)p[len - 1] * 7u + (unsigned char)p[len / 2]) & 4095u;
+    return plen_key_of(len, (unsigned char)p[len - 1], (unsigned char)p[len / 2]);
+}
+
+static inline int plen_may_end(unsigned k)
+{
+    return (g_plen_bits[k / 64] >> (k % 64)) & 1;
 }
 
 static void plen_bits_prepare(void)
@@ -1175,8 +1185,7 @@ static __attribute__((noinline)) const struct sb_entry *exact_entry_scan(const c
 static inline const struct sb_entry *exact_entry(const char *v, size_t vl)
 {
     if (vl && !g_has_globs) {
-        unsigned k = plen_key(v, vl);
-        if (!(g_plen_bits[k / 64] & (1ULL << (k % 64))))
+        if (!plen_may_end(plen_key(v, vl)))
             return NULL;
     }
     return exact_entry_scan(v, vl);
@@ -1733,6 +1742,49 @@ static int name_below_base(int op, int dirfd, const char *name, struct sb_result
 extern unsigned bypass_debug_mask __attribute__((weak));
 extern void bypass_debug_write(unsigned subsystem, const char *fmt, ...) __attribute__((weak, format(printf, 2, 3)));
 #define SB_DEBUG_POLICY (1u << 4)      /* BYPASS_DEBUG_POLICY */
+
+/* Character i of the virtual path name_below_base would build, base + "/" + name, without
+ * building it: the slot's text, the slash, then the name. */
+static inline unsigned char joined_at(const char *base, size_t bl, const char *name, size_t i)
+{
+    return (unsigned char)(i < bl ? base[i] : i == bl ? '/' : name[i - bl - 1]);
+}
+
+int sb_name_verdict(int op, int dirfd, const char *name)
+{
+    if (!g_active || dirfd < 0 || dirfd >= FD_MAX || !g_fdpaths || g_has_globs ||
+        (&bypass_debug_mask && (bypass_debug_mask & SB_DEBUG_POLICY)) || !bypass_page_readable(name))
+        return -1;
+    /* the name to its NUL, within the page just found readable (the rare name that runs into
+     * the next page is left to sb_resolve, which checks that page too) */
+    static size_t page;
+    if (__builtin_expect(!page, 0))
+        page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t room = page - ((uintptr_t)name & (page - 1));
+    size_t nl = strnlen(name, room < NAME_MAX + 1 ? room : NAME_MAX + 1);
+    if (nl == 0 || nl > NAME_MAX || nl == room || memchr(name, '/', nl) ||
+        (name[0] == '.' && (nl == 1 || (nl == 2 && name[1] == '.'))))
+        return -1;
+    const struct fdslot *s = &g_fds[dirfd];
+    unsigned s1 = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
+    const struct sb_entry *e = s->b.e;
+    size_t bl = s->b.vl;
+    const char *base = fd_vbuf(dirfd);
+    if ((s1 & 1) || s->len == 0 || !e || s->b.notdir || entry_hides(e) || base[0] != '/' ||
+        bl + nl + 2 > PATH_MAX || s->b.rl + nl + 2 > PATH_MAX)
+        return -1;
+    /* exact_entry's filter on the joined path: an entry may start at the name, the walk decides */
+    size_t jl = bl + 1 + nl;
+    if (plen_may_end(plen_key_of(jl, joined_at(base, bl, name, jl - 1), joined_at(base, bl, name, jl / 2))))
+        return -1;
+    int rc = sb_check(e, op);
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    if (__atomic_load_n(&s->seq, __ATOMIC_ACQUIRE) != s1)
+        return -1;
+    STAT_INC(resolves);
+    STAT_INC(fd_hits);
+    return rc;
+}
 
 static __attribute__((noinline, cold)) void debug_decision(int op, const char *path, const struct sb_result *res)
 {

@@ -214,6 +214,12 @@ const struct sb_mounts *sb_current(void);
  * (also stored in r->err). dirfd may be AT_FDCWD. */
 int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result *r);
 
+/* The quick answer for the step of a tree walk, one plain name below a directory the agent
+ * opened, for a call that hands the program's (dirfd, name) to the kernel as they are and needs
+ * nothing else from sb_resolve: 0 (allowed, as given), an errno, or -1 when there is no quick
+ * answer (then sb_resolve, which finds the same answer, decides).  No path is copied. */
+int sb_name_verdict(int op, int dirfd, const char *name);
+
 /* Permission check of an entry for an op: 0 or errno. */
 int sb_check(const struct sb_entry *e, int op);
 
