@@ -516,15 +516,33 @@ static int fd_table_get(int fd, char *out, size_t outsize, char *r, struct base 
 /* A copy names what the original names: its slot as it is, nothing computed again. */
 void sb_fd_dup(int oldfd, int newfd)
 {
-    char v[FD_PATH], r[FD_PATH];
-    struct base b;
     if (oldfd == newfd)
         return;
-    if (newfd < 0 || newfd >= FD_MAX || !fd_table_get(oldfd, v, sizeof v, r, &b)) {
+    if (newfd < 0 || newfd >= FD_MAX || oldfd < 0 || oldfd >= FD_MAX || !g_fdpaths) {
         sb_fd_forget(newfd);
         return;
     }
-    fd_slot_put(newfd, v, strlen(v), r, &b, b.notdir);
+    /* straight from slot to slot (a tree walk dups every directory it opens), then the old
+     * slot's sequence number says whether what was copied is whole */
+    const struct fdslot *o = &g_fds[oldfd];
+    struct fdslot *s = &g_fds[newfd];
+    unsigned s1 = __atomic_load_n(&o->seq, __ATOMIC_ACQUIRE);
+    unsigned l = o->len;
+    if ((s1 & 1) || l == 0) {
+        sb_fd_forget(newfd);
+        return;
+    }
+    __atomic_add_fetch(&s->seq, 1, __ATOMIC_ACQ_REL);
+    s->len = l;
+    s->b = o->b;
+    memcpy(fd_vbuf(newfd), fd_vbuf(oldfd), l + 1);
+    if (s->b.e)
+        memcpy(fd_rbuf(newfd), fd_rbuf(oldfd), s->b.rl + 1);
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    int whole = __atomic_load_n(&o->seq, __ATOMIC_ACQUIRE) == s1;
+    if (!whole)
+        s->len = 0;
+    __atomic_add_fetch(&s->seq, 1, __ATOMIC_ACQ_REL);
 }
 
 /* After an open through the agent: the walk that checked the path has just computed what
@@ -636,6 +654,7 @@ void sb_install(struct sb_mounts *m, const char *cwd)
     memset(m, 0, sizeof *m);
     g_active = 1;
     root_prepare();
+    __atomic_store_n(&sb_listings_filtered, g_hides_names, __ATOMIC_RELEASE);
     sb_cache_flush();
     if (g_fdpaths)                      /* a list installed before (tests): start afresh */
         for (int i = 0; i < FD_MAX; i++)
@@ -655,6 +674,7 @@ void sb_uninstall(void)
     if (g_active)
         sb_mounts_free(&g_m);
     g_active = 0;
+    __atomic_store_n(&sb_listings_filtered, 0, __ATOMIC_RELEASE);
     sb_cache_flush();
 }
 
@@ -1101,7 +1121,7 @@ void sb_get_stats(struct sb_stats *s)
 
 /* ---- permission check ------------------------------------------------------ */
 
-int sb_check(const struct sb_entry *e, int op)
+static inline int check_entry(const struct sb_entry *e, int op)
 {
     if (!e)
         return 0;
@@ -1126,6 +1146,11 @@ int sb_check(const struct sb_entry *e, int op)
     if (need == SB_W && g_erofs)
         return EROFS;
     return EACCES;
+}
+
+int sb_check(const struct sb_entry *e, int op)
+{
+    return check_entry(e, op);
 }
 
 /* ---- the walk ------------------------------------------------------------- */
@@ -1777,7 +1802,7 @@ int sb_name_verdict(int op, int dirfd, const char *name)
     size_t jl = bl + 1 + nl;
     if (plen_may_end(plen_key_of(jl, joined_at(base, bl, name, jl - 1), joined_at(base, bl, name, jl / 2))))
         return -1;
-    int rc = sb_check(e, op);
+    int rc = check_entry(e, op);
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
     if (__atomic_load_n(&s->seq, __ATOMIC_ACQUIRE) != s1)
         return -1;
@@ -2416,10 +2441,7 @@ int sb_find_program(const char *file, struct sb_result *r)
 /* ---- listings ---------------------------------------------------------- */
 
 
-int sb_hides_names(void)
-{
-    return g_active && g_hides_names;
-}
+int sb_listings_filtered;
 
 int sb_name_hidden(int fd, const char *name)
 {

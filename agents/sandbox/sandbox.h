@@ -260,8 +260,13 @@ int sb_reverse_inplace(char *buf, size_t size);
 ssize_t sb_readlink(const struct sb_result *r, char *buf, size_t size);
 
 /* Listings: is `name` in the directory open on `fd` hidden by an ENOENT
- * entry?  sb_hides_names() says whether the list has such entries at all. */
-int sb_hides_names(void);
+ * entry?  sb_hides_names() says whether the list has such entries at all (asked on every
+ * readdir: one variable, set when a list is installed). */
+extern int sb_listings_filtered;
+static inline int sb_hides_names(void)
+{
+    return __atomic_load_n(&sb_listings_filtered, __ATOMIC_ACQUIRE);
+}
 int sb_name_hidden(int fd, const char *name);
 
 /* Directory cache invalidation (after rename/rmdir/... in this process). */
