@@ -1021,6 +1021,8 @@ static void before_fork(void)
         bypass_self_path();
 }
 
+static int first_process_init(const char *file, char *err, size_t errsize);
+
 int sb_init_from_env(char *err, size_t errsize)
 {
     const char *file = getenv(SB_ENV_MOUNTS);
@@ -1050,8 +1052,15 @@ int sb_init_from_env(char *err, size_t errsize)
                  "this process; refusing to run without it", SB_ENV_POLICY, named);
         return -1;
     }
+    return first_process_init(file, err, errsize);
+}
 
-    /* the first process of the run */
+/* The run's first process: read the list and the settings, make the private directory, hold
+ * the run with Landlock, seal the policy.  Apart, so that its large buffers do not deepen the
+ * stack of every later process, which only reads the sealed policy. */
+static __attribute__((noinline)) int first_process_init(const char *file, char *err, size_t errsize)
+{
+    char *text;
     read_settings();
     snprintf(g_mounts_file, sizeof g_mounts_file, "%s", file);
     const char *private_env = getenv(SB_ENV_PRIVATE);
@@ -1287,11 +1296,13 @@ static int walk_refresh(struct walk *w)
 /* The walk state of "/" only changes with the mount list: computed once. */
 static void root_prepare(void)
 {
+    /* the walk of "/" writes no virtual path past its first byte: no room for one (every
+     * process makes this walk, and its stack pages are faults) */
     struct walk w;
-    char wv[PATH_MAX], wr[PATH_MAX];
+    char wv[1];
     w.v = wv;
-    w.r = wr;
-    w.cap = PATH_MAX;
+    w.r = g_root_r;
+    w.cap = sizeof g_root_r;
     g_root_e = NULL;
     plen_bits_prepare();
     g_hides_names = 0;
@@ -1304,7 +1315,6 @@ static void root_prepare(void)
     }
     w.vl = 0;
     if (walk_refresh(&w) == 0) {
-        memcpy(g_root_r, w.r, w.rl + 1);
         g_root_rl = w.rl;
         g_root_h = w.h;
         (void)g_root_h;

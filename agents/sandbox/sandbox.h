@@ -69,7 +69,8 @@ struct sb_entry {
 struct sb_mounts {
     struct sb_entry *e;
     int n;
-    char file[PATH_MAX];
+    char *file;         /* the list's name, for messages (malloc'd; every process of a run
+                           parses the list, and a buffer of PATH_MAX here cost it pages) */
 };
 
 /* ---- mount list (mounts.c) ------------------------------------------------ */
