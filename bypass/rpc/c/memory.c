@@ -5,8 +5,8 @@
  * pointer in user space would crash the program instead.  bypass_bad_pointer() (the header)
  * catches NULL and the kernel's half without a system call; a page that is mapped but not
  * readable (PROT_NONE, a guard page) needs the kernel's word.  One system call per page, and the
- * answer is remembered per thread: paths live in a few pages (stack, a heap buffer, a tree
- * walk's entries), so the cost after the first call is a compare.
+ * answer is remembered: paths live in a few pages (stack, a heap buffer, a tree walk's
+ * entries), so the cost after the first call is a compare.
  *
  * Known limit: the answer is not taken back when the program later unmaps a remembered page or
  * makes it PROT_NONE (that would need a hook on every munmap/mprotect, glibc's internal ones
@@ -24,10 +24,13 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#define OK_PAGES 8
-/* initial-exec: an agent is loaded with the program (LD_PRELOAD), so its thread-local data sits
- * in the static TLS block and a hit costs a compare, not a __tls_get_addr call per path */
-static __thread uintptr_t ok_pages[OK_PAGES] __attribute__((tls_model("initial-exec")));
+/* Pages found readable, one process-wide table (readability is the address space's, not a
+ * thread's): a tree walk (find, tar) hands names from a few dozen heap pages and comes back to
+ * them (a directory's entries, then its subdirectories'), which 8 slots per thread kept asking
+ * again: 260 system calls for one find of 2,000 files, 56 with 64 slots.  Slots are written
+ * and read whole (relaxed atomics); a torn race only costs a question asked again. */
+#define OK_PAGES 64
+static uintptr_t ok_pages[OK_PAGES];
 static unsigned page_shift;       /* log2 of the page size, found at the first check */
 
 static inline unsigned shift(void)
@@ -75,7 +78,7 @@ static int ask_kernel(uintptr_t page, uintptr_t *slot)
     }
     errno = saved;
     if (ok)
-        *slot = page;
+        __atomic_store_n(slot, page, __ATOMIC_RELAXED);
     return ok;
 }
 
@@ -83,7 +86,7 @@ static inline int page_ok(uintptr_t at, unsigned sh)
 {
     uintptr_t page = at >> sh << sh;
     uintptr_t *slot = &ok_pages[(at >> sh) % OK_PAGES];
-    return *slot == page || ask_kernel(page, slot);
+    return __atomic_load_n(slot, __ATOMIC_RELAXED) == page || ask_kernel(page, slot);
 }
 
 int bypass_page_readable(const void *p)
