@@ -216,6 +216,8 @@ void sb_mounts_free(struct sb_mounts *m)
     free(m->e);
     m->e = NULL;
     m->n = 0;
+    free(m->file);
+    m->file = NULL;
 }
 
 /* Canonical form of a redirect target: the real path if it exists (so that
@@ -235,7 +237,11 @@ int sb_mounts_parse(struct sb_mounts *m, const char *text, const char *file,
                     char *err, size_t errsize)
 {
     memset(m, 0, sizeof *m);
-    snprintf(m->file, sizeof m->file, "%s", file ? file : "<mounts>");
+    m->file = strdup(file ? file : "<mounts>");
+    if (!m->file) {
+        set_err(err, errsize, file ? file : "<mounts>", 0, "out of memory");
+        return -1;
+    }
     file = m->file;
     int cap = 0;
     struct sb_entry root = { strdup("/"), 1, NULL, 1, SB_IDENTITY, SB_R | SB_W | SB_X, 0, 0 };
@@ -268,11 +274,11 @@ int sb_mounts_parse(struct sb_mounts *m, const char *text, const char *file,
         lineno++;
         const char *eol = strchr(p, '\n');
         size_t len = eol ? (size_t)(eol - p) : strlen(p);
-        char line[PATH_MAX * 2 + 64];
-        if (len >= sizeof line) {
+        if (len >= PATH_MAX * 2 + 64) {
             set_err(err, errsize, file, lineno, "line too long");
             goto fail;
         }
+        char line[len + 1];             /* as long as the line: each page of stack is a fault */
         memcpy(line, p, len);
         line[len] = '\0';
         p = eol ? eol + 1 : p + len;
@@ -315,13 +321,16 @@ int sb_mounts_parse(struct sb_mounts *m, const char *text, const char *file,
         struct sb_entry e = { 0 };
         e.line = lineno;
         e.mode = SB_R | SB_W | SB_X;
-        char norm[PATH_MAX];
+        /* normalising never lengthens a path: the field's length is room enough */
+        size_t room = strlen(f[0]) + 2 < PATH_MAX ? strlen(f[0]) + 2 : PATH_MAX;
+        char norm[room];
         if (sb_normalise(f[0], norm, sizeof norm)) {
             set_err(err, errsize, file, lineno, "prefix too long");
             goto fail;
         }
         const char *what = f[1];
-        char tnorm[PATH_MAX];
+        size_t troom = strlen(what) + 2 < PATH_MAX ? strlen(what) + 2 : PATH_MAX;
+        char tnorm[troom];
         if (what[0] == '/') {
             e.kind = SB_REDIRECT;
             if (sb_normalise(what, tnorm, sizeof tnorm)) {
@@ -630,7 +639,9 @@ int sb_private_attach_canonical(struct sb_mounts *m, const char *base, int make,
         struct sb_entry *e = &m->e[i];
         if (e->kind != SB_PRIVATE)
             continue;
-        char t[PATH_MAX];
+        /* as long as the path: every process of a run comes here, and stack pages are faults */
+        size_t room = strlen(base) + e->plen + 2 < PATH_MAX ? strlen(base) + e->plen + 2 : PATH_MAX;
+        char t[room];
         if (join(base, strlen(base), e->plen == 1 ? "" : e->prefix, t, sizeof t)) {
             set_err(err, errsize, m->file, e->line, "private directory path too long");
             return -1;

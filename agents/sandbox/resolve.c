@@ -516,15 +516,33 @@ static int fd_table_get(int fd, char *out, size_t outsize, char *r, struct base 
 /* A copy names what the original names: its slot as it is, nothing computed again. */
 void sb_fd_dup(int oldfd, int newfd)
 {
-    char v[FD_PATH], r[FD_PATH];
-    struct base b;
     if (oldfd == newfd)
         return;
-    if (newfd < 0 || newfd >= FD_MAX || !fd_table_get(oldfd, v, sizeof v, r, &b)) {
+    if (newfd < 0 || newfd >= FD_MAX || oldfd < 0 || oldfd >= FD_MAX || !g_fdpaths) {
         sb_fd_forget(newfd);
         return;
     }
-    fd_slot_put(newfd, v, strlen(v), r, &b, b.notdir);
+    /* straight from slot to slot (a tree walk dups every directory it opens), then the old
+     * slot's sequence number says whether what was copied is whole */
+    const struct fdslot *o = &g_fds[oldfd];
+    struct fdslot *s = &g_fds[newfd];
+    unsigned s1 = __atomic_load_n(&o->seq, __ATOMIC_ACQUIRE);
+    unsigned l = o->len;
+    if ((s1 & 1) || l == 0) {
+        sb_fd_forget(newfd);
+        return;
+    }
+    __atomic_add_fetch(&s->seq, 1, __ATOMIC_ACQ_REL);
+    s->len = l;
+    s->b = o->b;
+    memcpy(fd_vbuf(newfd), fd_vbuf(oldfd), l + 1);
+    if (s->b.e)
+        memcpy(fd_rbuf(newfd), fd_rbuf(oldfd), s->b.rl + 1);
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    int whole = __atomic_load_n(&o->seq, __ATOMIC_ACQUIRE) == s1;
+    if (!whole)
+        s->len = 0;
+    __atomic_add_fetch(&s->seq, 1, __ATOMIC_ACQ_REL);
 }
 
 /* After an open through the agent: the walk that checked the path has just computed what
@@ -636,6 +654,7 @@ void sb_install(struct sb_mounts *m, const char *cwd)
     memset(m, 0, sizeof *m);
     g_active = 1;
     root_prepare();
+    __atomic_store_n(&sb_listings_filtered, g_hides_names, __ATOMIC_RELEASE);
     sb_cache_flush();
     if (g_fdpaths)                      /* a list installed before (tests): start afresh */
         for (int i = 0; i < FD_MAX; i++)
@@ -655,6 +674,7 @@ void sb_uninstall(void)
     if (g_active)
         sb_mounts_free(&g_m);
     g_active = 0;
+    __atomic_store_n(&sb_listings_filtered, 0, __ATOMIC_RELEASE);
     sb_cache_flush();
 }
 
@@ -1001,6 +1021,8 @@ static void before_fork(void)
         bypass_self_path();
 }
 
+static int first_process_init(const char *file, char *err, size_t errsize);
+
 int sb_init_from_env(char *err, size_t errsize)
 {
     const char *file = getenv(SB_ENV_MOUNTS);
@@ -1030,8 +1052,15 @@ int sb_init_from_env(char *err, size_t errsize)
                  "this process; refusing to run without it", SB_ENV_POLICY, named);
         return -1;
     }
+    return first_process_init(file, err, errsize);
+}
 
-    /* the first process of the run */
+/* The run's first process: read the list and the settings, make the private directory, hold
+ * the run with Landlock, seal the policy.  Apart, so that its large buffers do not deepen the
+ * stack of every later process, which only reads the sealed policy. */
+static __attribute__((noinline)) int first_process_init(const char *file, char *err, size_t errsize)
+{
+    char *text;
     read_settings();
     snprintf(g_mounts_file, sizeof g_mounts_file, "%s", file);
     const char *private_env = getenv(SB_ENV_PRIVATE);
@@ -1101,7 +1130,7 @@ void sb_get_stats(struct sb_stats *s)
 
 /* ---- permission check ------------------------------------------------------ */
 
-int sb_check(const struct sb_entry *e, int op)
+static inline int check_entry(const struct sb_entry *e, int op)
 {
     if (!e)
         return 0;
@@ -1126,6 +1155,11 @@ int sb_check(const struct sb_entry *e, int op)
     if (need == SB_W && g_erofs)
         return EROFS;
     return EACCES;
+}
+
+int sb_check(const struct sb_entry *e, int op)
+{
+    return check_entry(e, op);
 }
 
 /* ---- the walk ------------------------------------------------------------- */
@@ -1154,9 +1188,19 @@ static inline uint64_t walk_hash(struct walk *w)
  * entry's prefix, and this answers that without scanning the list. */
 static uint64_t g_plen_bits[64];        /* 4096-bit filter */
 
+static inline unsigned plen_key_of(size_t len, unsigned char last, unsigned char mid)
+{
+    return (unsigned)(len * 31u + last * 7u + mid) & 4095u;
+}
+
 static inline unsigned plen_key(const char *p, size_t len)
 {
-    return (unsigned)(len * 31u + (unsigned char)p[len - 1] * 7u + (unsigned char)p[len / 2]) & 4095u;
+    return plen_key_of(len, (unsigned char)p[len - 1], (unsigned char)p[len / 2]);
+}
+
+static inline int plen_may_end(unsigned k)
+{
+    return (g_plen_bits[k / 64] >> (k % 64)) & 1;
 }
 
 static void plen_bits_prepare(void)
@@ -1175,8 +1219,7 @@ static __attribute__((noinline)) const struct sb_entry *exact_entry_scan(const c
 static inline const struct sb_entry *exact_entry(const char *v, size_t vl)
 {
     if (vl && !g_has_globs) {
-        unsigned k = plen_key(v, vl);
-        if (!(g_plen_bits[k / 64] & (1ULL << (k % 64))))
+        if (!plen_may_end(plen_key(v, vl)))
             return NULL;
     }
     return exact_entry_scan(v, vl);
@@ -1253,11 +1296,13 @@ static int walk_refresh(struct walk *w)
 /* The walk state of "/" only changes with the mount list: computed once. */
 static void root_prepare(void)
 {
+    /* the walk of "/" writes no virtual path past its first byte: no room for one (every
+     * process makes this walk, and its stack pages are faults) */
     struct walk w;
-    char wv[PATH_MAX], wr[PATH_MAX];
+    char wv[1];
     w.v = wv;
-    w.r = wr;
-    w.cap = PATH_MAX;
+    w.r = g_root_r;
+    w.cap = sizeof g_root_r;
     g_root_e = NULL;
     plen_bits_prepare();
     g_hides_names = 0;
@@ -1270,7 +1315,6 @@ static void root_prepare(void)
     }
     w.vl = 0;
     if (walk_refresh(&w) == 0) {
-        memcpy(g_root_r, w.r, w.rl + 1);
         g_root_rl = w.rl;
         g_root_h = w.h;
         (void)g_root_h;
@@ -1733,6 +1777,49 @@ static int name_below_base(int op, int dirfd, const char *name, struct sb_result
 extern unsigned bypass_debug_mask __attribute__((weak));
 extern void bypass_debug_write(unsigned subsystem, const char *fmt, ...) __attribute__((weak, format(printf, 2, 3)));
 #define SB_DEBUG_POLICY (1u << 4)      /* BYPASS_DEBUG_POLICY */
+
+/* Character i of the virtual path name_below_base would build, base + "/" + name, without
+ * building it: the slot's text, the slash, then the name. */
+static inline unsigned char joined_at(const char *base, size_t bl, const char *name, size_t i)
+{
+    return (unsigned char)(i < bl ? base[i] : i == bl ? '/' : name[i - bl - 1]);
+}
+
+int sb_name_verdict(int op, int dirfd, const char *name)
+{
+    if (!g_active || dirfd < 0 || dirfd >= FD_MAX || !g_fdpaths || g_has_globs ||
+        (&bypass_debug_mask && (bypass_debug_mask & SB_DEBUG_POLICY)) || !bypass_page_readable(name))
+        return -1;
+    /* the name to its NUL, within the page just found readable (the rare name that runs into
+     * the next page is left to sb_resolve, which checks that page too) */
+    static size_t page;
+    if (__builtin_expect(!page, 0))
+        page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t room = page - ((uintptr_t)name & (page - 1));
+    size_t nl = strnlen(name, room < NAME_MAX + 1 ? room : NAME_MAX + 1);
+    if (nl == 0 || nl > NAME_MAX || nl == room || memchr(name, '/', nl) ||
+        (name[0] == '.' && (nl == 1 || (nl == 2 && name[1] == '.'))))
+        return -1;
+    const struct fdslot *s = &g_fds[dirfd];
+    unsigned s1 = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
+    const struct sb_entry *e = s->b.e;
+    size_t bl = s->b.vl;
+    const char *base = fd_vbuf(dirfd);
+    if ((s1 & 1) || s->len == 0 || !e || s->b.notdir || entry_hides(e) || base[0] != '/' ||
+        bl + nl + 2 > PATH_MAX || s->b.rl + nl + 2 > PATH_MAX)
+        return -1;
+    /* exact_entry's filter on the joined path: an entry may start at the name, the walk decides */
+    size_t jl = bl + 1 + nl;
+    if (plen_may_end(plen_key_of(jl, joined_at(base, bl, name, jl - 1), joined_at(base, bl, name, jl / 2))))
+        return -1;
+    int rc = check_entry(e, op);
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    if (__atomic_load_n(&s->seq, __ATOMIC_ACQUIRE) != s1)
+        return -1;
+    STAT_INC(resolves);
+    STAT_INC(fd_hits);
+    return rc;
+}
 
 static __attribute__((noinline, cold)) void debug_decision(int op, const char *path, const struct sb_result *res)
 {
@@ -2364,10 +2451,7 @@ int sb_find_program(const char *file, struct sb_result *r)
 /* ---- listings ---------------------------------------------------------- */
 
 
-int sb_hides_names(void)
-{
-    return g_active && g_hides_names;
-}
+int sb_listings_filtered;
 
 int sb_name_hidden(int fd, const char *name)
 {

@@ -69,7 +69,8 @@ struct sb_entry {
 struct sb_mounts {
     struct sb_entry *e;
     int n;
-    char file[PATH_MAX];
+    char *file;         /* the list's name, for messages (malloc'd; every process of a run
+                           parses the list, and a buffer of PATH_MAX here cost it pages) */
 };
 
 /* ---- mount list (mounts.c) ------------------------------------------------ */
@@ -214,6 +215,12 @@ const struct sb_mounts *sb_current(void);
  * (also stored in r->err). dirfd may be AT_FDCWD. */
 int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result *r);
 
+/* The quick answer for the step of a tree walk, one plain name below a directory the agent
+ * opened, for a call that hands the program's (dirfd, name) to the kernel as they are and needs
+ * nothing else from sb_resolve: 0 (allowed, as given), an errno, or -1 when there is no quick
+ * answer (then sb_resolve, which finds the same answer, decides).  No path is copied. */
+int sb_name_verdict(int op, int dirfd, const char *name);
+
 /* Permission check of an entry for an op: 0 or errno. */
 int sb_check(const struct sb_entry *e, int op);
 
@@ -254,8 +261,13 @@ int sb_reverse_inplace(char *buf, size_t size);
 ssize_t sb_readlink(const struct sb_result *r, char *buf, size_t size);
 
 /* Listings: is `name` in the directory open on `fd` hidden by an ENOENT
- * entry?  sb_hides_names() says whether the list has such entries at all. */
-int sb_hides_names(void);
+ * entry?  sb_hides_names() says whether the list has such entries at all (asked on every
+ * readdir: one variable, set when a list is installed). */
+extern int sb_listings_filtered;
+static inline int sb_hides_names(void)
+{
+    return __atomic_load_n(&sb_listings_filtered, __ATOMIC_ACQUIRE);
+}
 int sb_name_hidden(int fd, const char *name);
 
 /* Directory cache invalidation (after rename/rmdir/... in this process). */

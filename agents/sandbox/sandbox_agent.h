@@ -38,6 +38,20 @@
             (var) = sb_r_##var.rpath;                                          \
     } while (0)
 
+/* A call that hands the program's (dirfd, var) to the kernel unchanged when allowed: the quick
+ * answer for a tree walk's step (sb_name_verdict), with no path built; where there is none,
+ * the action goes on to SB_MAP. */
+#define SB_VERDICT_FIRST(op, dirfd, var, failval)                              \
+    do {                                                                       \
+        int sb_v_ = sb_name_verdict((op), (dirfd), (var));                     \
+        if (sb_v_ == 0)                                                        \
+            return BYPASS_NEXT();                                              \
+        if (sb_v_ > 0) {                                                       \
+            errno = sb_v_;                                                     \
+            return failval;                                                    \
+        }                                                                      \
+    } while (0)
+
 /* The path to hand the kernel after a check: the program's own wherever it
  * reaches the place checked (see sb_result.rel_ok), else the real one. */
 #define SB_KPATH(r, asked) ((r).rel_ok ? (asked) : (r).rpath)

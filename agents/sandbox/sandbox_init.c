@@ -15,8 +15,9 @@
 __attribute__((constructor(102))) void sb_agent_init(void)
 {
     bypass_guard_enter();
-    char err[PATH_MAX + 256];
-    err[0] = '\0';
+    /* static, and written only on failure: a buffer this size on the stack would deepen every
+     * process's start by a page */
+    static char err[PATH_MAX + 256];
     if (sb_init_from_env(err, sizeof err) < 0) {
         size_t n = strlen(err);
         if (n < sizeof err - 1)

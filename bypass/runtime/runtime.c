@@ -26,10 +26,43 @@ void bypass_guard_leave(void) { bypass_depth--; }
 
 /* ------------------------------------------------------------------ originals */
 
+/* A fork child that execs (a shell, make) would look its exec original up itself, in every
+ * child, on pages the fork left it to fault in again (the loader's code, the C library's symbol
+ * tables: about ten page faults per child), and readlink's, which a sandbox's check of the
+ * program's path needs on a merged /usr (/bin is a link).  The parent looks them up once,
+ * before its first fork, and its children find them here.  Only names every C library has: a
+ * failed lookup would leave a message for the program's dlerror(). */
+static const char *const prefork_names[] = {"execve", "execvpe", "readlink"};
+static void *prefork_found[sizeof prefork_names / sizeof prefork_names[0]];
+static int prefork_done;
+
+static void prefork_resolve(void)
+{
+    if (__atomic_load_n(&prefork_done, __ATOMIC_ACQUIRE))
+        return;
+    int saved_errno = errno;
+    for (size_t i = 0; i < sizeof prefork_names / sizeof prefork_names[0]; i++)
+        prefork_found[i] = dlsym(RTLD_NEXT, prefork_names[i]);
+    __atomic_store_n(&prefork_done, 1, __ATOMIC_RELEASE);
+    errno = saved_errno;
+}
+
+static void *prefork_lookup(const char *name)
+{
+    if (!__atomic_load_n(&prefork_done, __ATOMIC_ACQUIRE))
+        return NULL;
+    for (size_t i = 0; i < sizeof prefork_names / sizeof prefork_names[0]; i++)
+        if (strcmp(name, prefork_names[i]) == 0)
+            return prefork_found[i];
+    return NULL;
+}
+
 void *bypass_resolve_slow(void **slot, const char *name, const char *version)
 {
     int saved_errno = errno;
-    void *found = version ? dlvsym(RTLD_NEXT, name, version) : dlsym(RTLD_NEXT, name);
+    void *found = version ? dlvsym(RTLD_NEXT, name, version) : prefork_lookup(name);
+    if (!found && !version)
+        found = dlsym(RTLD_NEXT, name);
     if (!found && version)
         found = dlsym(RTLD_NEXT, name);
     /* Two threads may race here; both find the same address, so the second store is harmless. */
@@ -146,6 +179,7 @@ void bypass_runtime_init(void)
 __attribute__((constructor(101))) static void runtime_constructor(void)
 {
     bypass_runtime_init();
+    pthread_atfork(prefork_resolve, NULL, NULL);
 }
 
 static void ensure_ready(void)

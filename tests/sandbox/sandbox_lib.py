@@ -13,7 +13,7 @@ PATH_MAX = 4096
 
 CDEF = """
 struct sb_entry { char *prefix; size_t plen; char *target; size_t tlen; int kind; int mode; int line; int glob; };
-struct sb_mounts { struct sb_entry *e; int n; char file[4096]; };
+struct sb_mounts { struct sb_entry *e; int n; char *file; };
 struct sb_result { int err; const struct sb_entry *entry; int magic; int is_link; int rel_ok;
                    char vpath[8192]; char rpath[8192]; };
 struct sb_stats { unsigned long resolves, lstats, cache_hits, readlinks, fd_hits, fd_misses, memo_hits; };
