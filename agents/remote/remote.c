@@ -131,6 +131,9 @@ struct rfile {
     size_t ra_cap, ra_len, ra_pos;
     size_t ra_next;         /* size of the next refill */
     unsigned ra_gen;        /* write_gen when the read-ahead was filled */
+    off_t pos;              /* the program's offset, while only this process can move it
+                               (-1: ask the shadow); see offset_known */
+    unsigned share_gen;     /* share_gen when opened here (0: inherited through exec) */
     struct pol *pol;        /* the shadow's decision for it, and the program's counts (policy.c) */
 };
 
@@ -152,6 +155,11 @@ static mode_t cur_umask;                   /* the program's (umask is wrapped) *
 /* Bumped by every remote write of this process: read-ahead filled before it may be stale
  * (another descriptor of the same file, a mapping written back) and is given back. */
 static unsigned write_gen;
+
+/* Bumped before every fork, exec and spawn (and by a vfork child, in its parent's memory,
+ * before it execs): an open file opened before then may share its offset with another
+ * process, which can move it behind our back; one opened since cannot. */
+static unsigned share_gen = 1;
 
 static void wrote(void)
 {
@@ -403,8 +411,34 @@ static struct rfile *new_rfile(int flags)
         r->refs = 1;
         r->flags = flags;
         r->ra_next = RA_FIRST;
+        r->pos = -1;
     }
     return r;
+}
+
+/* Whether r->pos is the open file's offset: it was opened by this process and no fork, exec
+ * or spawn happened since (then no other process has it: lseek(fd, 0, SEEK_CUR), what
+ * stdio and Python ask of every file they open, needs no round trip).  Under the lock. */
+static int offset_known(struct rfile *r)
+{
+    if (r->share_gen != __atomic_load_n(&share_gen, __ATOMIC_RELAXED))
+        r->pos = -1;             /* shared now, perhaps: the shadow's offset is the truth */
+    return r->pos >= 0;
+}
+
+/* The offset is now `at` (what a read, write or lseek of this process made it), or unknown
+ * (-1) after a call that moved it where only the shadow knows. */
+static void offset_is(struct rfile *r, off_t at)
+{
+    if (r->share_gen == __atomic_load_n(&share_gen, __ATOMIC_RELAXED) && !r->is_dir && !(r->flags & O_PATH))
+        r->pos = at;
+    else
+        r->pos = -1;
+}
+
+static void offset_moved(struct rfile *r, ssize_t by)
+{
+    offset_is(r, by >= 0 && offset_known(r) ? r->pos + by : -1);
 }
 
 static void unref(struct rfile *r)
@@ -449,6 +483,16 @@ static void settle_fd(int fd)
     pthread_mutex_unlock(&lock);
 }
 
+/* fd's offset was moved by a call of the shadow that does not say where to */
+static void forget_offset(int fd)
+{
+    pthread_mutex_lock(&lock);
+    struct rfile *r = get(fd);
+    if (r)
+        r->pos = -1;
+    pthread_mutex_unlock(&lock);
+}
+
 void rmt_umask_set(mode_t mask)
 {
     __atomic_store_n(&cur_umask, mask & 0777, __ATOMIC_RELAXED);
@@ -463,11 +507,24 @@ void rmt_creds_changed(void)
                    strerror(errno));
 }
 
+/* After a spawn returned: a file opened meanwhile by another thread may be the child's too. */
+void rmt_children_started(void)
+{
+    __atomic_add_fetch(&share_gen, 1, __ATOMIC_RELAXED);
+}
+
 void rmt_settle_all(void)
 {
+    __atomic_add_fetch(&share_gen, 1, __ATOMIC_RELAXED);   /* (a vfork child: in its parent) */
     if (in_vfork_child()) {
         pol_settle_for_vfork_child();   /* the parent's held writes: before the exec'd image reads */
-        return;                  /* the read-ahead is the parent's */
+        /* The image about to run shares the parent's offsets: the parent's read-ahead goes back
+         * (through this child's connection, whose table holds the same open files; the parent
+         * is suspended, and its other threads wait for the lock). */
+        pthread_mutex_lock(&lock);
+        settle_locked();
+        pthread_mutex_unlock(&lock);
+        return;
     }
     sync_maps(-1);
     pthread_mutex_lock(&lock);
@@ -480,6 +537,7 @@ void rmt_settle_all(void)
  * hold the table's lock through the fork so that the child never inherits it taken. */
 void bypass_rpc_before_fork(void)
 {
+    __atomic_add_fetch(&share_gen, 1, __ATOMIC_RELAXED);
     pthread_mutex_lock(&lock);
     settle_locked();
 }
@@ -820,6 +878,8 @@ int rmt_open(int dslot, const char *rpath, int flags, mode_t mode)
     if (elsewhere != -2)
         return elsewhere;        /* a local: or URL remap, opened here */
     long long id = ((long long)getpid() << 32) | (long long)__atomic_add_fetch(&ph_count, 1, __ATOMIC_RELAXED);
+    /* (taken before the placeholder exists: a child spawned meanwhile bumps it) */
+    unsigned gen = __atomic_load_n(&share_gen, __ATOMIC_RELAXED);
     int ph = placeholder(flags, id);
     if (ph < 0)
         return -1;
@@ -838,6 +898,8 @@ int rmt_open(int dslot, const char *rpath, int flags, mode_t mode)
     if (flags & O_TRUNC)
         wrote();
     r->is_dir = rc == 1;         /* the shadow says whether it opened a directory */
+    r->share_gen = gen;
+    offset_is(r, 0);
     r->pol = pol_new(&choice, flags, ph);
     *slot = r;
     pthread_mutex_unlock(&lock);
@@ -1058,6 +1120,7 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
         errno = EISDIR;
     } else if (pol_buffered(r->pol, r->flags, 0)) {
         got = pol_read(fd, r->pol, buf, n);
+        r->pos = -1;             /* (the policy keeps the offset of a buffered file) */
     } else if (r->ra_pos < r->ra_len && r->ra_gen != __atomic_load_n(&write_gen, __ATOMIC_RELAXED) &&
                give_back(fd, r) < 0) {
         /* (stale read-ahead could not go back: errno is set, nothing is read) */
@@ -1077,6 +1140,7 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
                 if (done)
                     break;       /* what was read is the answer; the error comes next time */
                 count(fd, r, 0, -1);
+                offset_is(r, -1);
                 pthread_mutex_unlock(&lock);
                 return -1;
             }
@@ -1085,6 +1149,7 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
                 break;           /* the end of the file */
         }
         got = (ssize_t)done;
+        offset_moved(r, got);
     }
     count(fd, r, 0, got);
     pthread_mutex_unlock(&lock);
@@ -1104,11 +1169,13 @@ ssize_t rmt_write(int fd, const void *buf, size_t n)
         errno = EBADF;
     } else if (pol_buffered(r->pol, r->flags, 1) && !(r->flags & O_PATH) && (r->flags & O_ACCMODE) != O_RDONLY) {
         done = pol_write(fd, r->pol, buf, n);
+        r->pos = -1;
     } else if (give_back(fd, r) == 0) {
         r->ra_next = RA_FIRST;
         /* synchronous: a write is reported done only once the shadow performed it */
         done = bypass_shadow_bypass_rx_write(fd, n ? buf : "", n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n);
         wrote();
+        offset_moved(r, (r->flags & O_APPEND) ? -1 : done);     /* appended: at an end only the shadow knows */
     }
     count(fd, r, 1, done);
     pthread_mutex_unlock(&lock);
@@ -1157,12 +1224,17 @@ off_t rmt_lseek(int fd, off_t off, int whence)
         errno = EBADF;
     } else if (pol_buffered(r->pol, r->flags, 0) && !r->is_dir) {
         rc = pol_lseek(fd, r->pol, off, whence);
+        r->pos = -1;
+    } else if (offset_known(r) && ((whence == SEEK_CUR && off == 0) || (whence == SEEK_SET && off == r->pos))) {
+        rc = r->pos;             /* a regular file's offset staying where it is: always granted */
     } else {
         if (whence == SEEK_CUR)
             off -= (off_t)(r->ra_len - r->ra_pos);   /* the shadow is ahead by the unread part */
         r->ra_len = r->ra_pos = 0;
         r->ra_next = RA_FIRST;
         rc = bypass_shadow_bypass_rx_lseek(fd, off, whence);
+        if (rc >= 0)
+            offset_is(r, rc);
     }
     count(fd, r, 2, 0);
     pthread_mutex_unlock(&lock);
@@ -1660,6 +1732,8 @@ static ssize_t append_write(int fd, const void *buf, size_t n, off_t off)
     settle_fd(fd);
     ssize_t done = bypass_shadow_bypass_rx_append(fd, n ? buf : "", n, off);
     wrote();
+    if (off < 0)
+        forget_offset(fd);       /* moved to the file's end */
     return done;
 }
 
@@ -1831,6 +1905,10 @@ ssize_t rmt_transfer(int in, off64_t *in_off, int out, off64_t *out_off, size_t 
         ssize_t n = bypass_shadow_bypass_rx_copy(in, in_off ? *in_off : -1, out, out_off ? *out_off : -1, k,
                                                  (kind & RMT_SENDFILE) != 0);
         wrote();
+        if (!in_off)
+            forget_offset(in);       /* moved by the shadow's copy */
+        if (!out_off)
+            forget_offset(out);
         if (n > 0 && in_off)
             *in_off += n;
         if (n > 0 && out_off)

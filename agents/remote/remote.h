@@ -129,6 +129,8 @@ void rmt_umask_set(mode_t mask);
 void rmt_creds_changed(void);
 /* hand all read-ahead back (before fork, exec, spawn) */
 void rmt_settle_all(void);
+/* a spawn returned (rmt_settle_all came before it) */
+void rmt_children_started(void);
 /* mkstemp/mkdtemp on a remote template (tmpl is the program's, rpath the remote copy of it):
  * the same random letters go into both; returns a descriptor (or 0 for a directory) */
 int rmt_mkstemp(char *tmpl, int dslot, char *rpath, int suffixlen, int flags, int dir);

@@ -866,3 +866,67 @@ def test_current_directory_is_where_the_kernel_puts_it(agent, shadow, export, tm
         show("fexecve of a file without x", lambda: child(lambda: libc.fexecve(t, argv, envp)))
         ''')
     assert "fexecve once closed: 3" in out and "fexecve of a file open for writing: 26" in out
+
+
+def test_file_offsets_known_here_stay_the_kernels(agent, shadow, export, tmp_path):
+    """The agent answers lseek(fd, 0, SEEK_CUR) itself while only this process can move the
+    offset: after its own reads, writes and seeks, through a dup; never for an offset another
+    process shares (fork, subprocess, posix_spawn), an O_APPEND write or a copy made by the
+    shadow's kernel moves."""
+    out = differential(agent, shadow, export, tmp_path, r'''
+    import subprocess
+    p = B + "/data/off.txt"
+    with open(p, "wb") as f:
+        f.write(b"0123456789" * 1000)
+    tell = lambda fd: os.lseek(fd, 0, os.SEEK_CUR)
+    fd = os.open(p, os.O_RDWR)
+    show("opened", lambda: tell(fd))
+    show("read", lambda: (os.read(fd, 100), tell(fd))[1])
+    show("written", lambda: (os.write(fd, b"abc"), tell(fd))[1])
+    show("set where it is", lambda: os.lseek(fd, 103, os.SEEK_SET))
+    show("negative", lambda: os.lseek(fd, -1, os.SEEK_SET))
+    show("after the error", lambda: tell(fd))
+    d = os.dup(fd)
+    show("read through a dup", lambda: (os.read(d, 10), tell(fd))[1])
+    show("vectored", lambda: (os.readv(fd, [bytearray(4), bytearray(5)]), tell(d))[1])
+    show("positional", lambda: (os.pread(fd, 7, 0), os.pwrite(fd, b"P", 1), tell(fd))[2])
+    show("past the end", lambda: (os.lseek(fd, 20000, os.SEEK_SET), os.read(fd, 5), tell(fd)))
+    show("end", lambda: (os.lseek(fd, -6, os.SEEK_END), os.read(fd, 100), tell(fd)))
+    os.lseek(fd, 200, os.SEEK_SET)
+    pid = os.fork()
+    if pid == 0:
+        os.read(fd, 50)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    show("after a forked child read", lambda: tell(fd))
+    show("and again", lambda: (os.read(fd, 1), tell(fd))[1])
+    g = os.open(p, os.O_RDONLY)
+    os.read(g, 7)
+    code = "import os, sys; os.read(int(sys.argv[1]), 20)"
+    subprocess.run([sys.executable, "-c", code, str(g)], pass_fds=(g,), check=True)
+    show("after a subprocess read", lambda: tell(g))
+    h = os.open(p, os.O_RDONLY)
+    os.read(h, 3)
+    os.waitpid(os.posix_spawn(sys.executable, [sys.executable, "-c", code, str(h)], os.environ), 0)
+    show("after a spawned child read", lambda: tell(h))
+    a = os.open(p, os.O_WRONLY | os.O_APPEND)
+    show("append", lambda: (tell(a), os.write(a, b"xyz"), tell(a)))
+    w = os.open(p, os.O_WRONLY)
+    fcntl.fcntl(w, fcntl.F_SETFL, os.O_APPEND)
+    show("append set later", lambda: (os.write(w, b"!"), tell(w)))
+    src = os.open(p, os.O_RDONLY)
+    dst = os.open(B + "/data/copy.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.read(src, 5)
+    show("sendfile", lambda: (os.sendfile(dst, src, None, 30), tell(src), tell(dst)))
+    show("copy_file_range", lambda: (os.copy_file_range(src, dst, 40), tell(src), tell(dst)))
+    ''')
+    assert "after a forked child read: 250" in out and "after a subprocess read: 27" in out
+
+
+def test_a_python_open_and_read_asks_no_offset_of_the_shadow(agent, shadow, export):
+    """Python asks the offset of every file it opens (twice); the agent knows it."""
+    p = subprocess.run([sys.executable, "-c", "print(len(open('/job/data/input.txt', 'rb').read()))"],
+                       env=agent_env(agent, shadow), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    row = next(f for f in shadow.module.report().files() if f["path"] == "/job/data/input.txt")
+    assert row["seeks"] >= 1 and row["wire"]["seeks"] == 0, row
