@@ -341,7 +341,7 @@ static int fd_link(const char *path, const char **rest)
     return (int)fd;
 }
 
-int rmt_where(int dirfd, const char *path, int *dslot, char *rpath, size_t cap)
+static int where_named(int dirfd, const char *path, int *dslot, char *rpath, size_t cap)
 {
     if (!path)
         return 0;
@@ -400,6 +400,53 @@ int rmt_where(int dirfd, const char *path, int *dslot, char *rpath, size_t cap)
     }
     *dslot = dirfd;
     return 1;
+}
+
+/* Whether a remote path has a ".." component: only such a path can climb out of the export. */
+static int has_dotdot(const char *p)
+{
+    for (const char *c = p; (c = strstr(c, "..")) != NULL; c += 2)
+        if ((c == p || c[-1] == '/') && (c[2] == 0 || c[2] == '/'))
+            return 1;
+    return 0;
+}
+
+ssize_t bypass_shadow_bypass_rx_escape(int dslot, const char *path, char *buf, size_t size);
+
+/* The export is a directory of the program's root, /job: ".." of its top is "/" here, as for
+ * a file system mounted there.  A remote path with ".." is looked up by the shadow (symlinks
+ * and all, as the kernel would) as far as its "..": when one climbs above the export, the
+ * rest of the path goes on from this machine's "/" (and may come back under /job). */
+int rmt_where(int dirfd, const char *path, int *dslot, char *rpath, size_t cap)
+{
+    int w = where_named(dirfd, path, dslot, rpath, cap);
+    for (int hops = 0; w == 1 && has_dotdot(rpath); hops++) {
+        char here[RMT_PATH_MAX];
+        int e = errno;
+        ssize_t n = bypass_shadow_bypass_rx_escape(*dslot, rpath, here, sizeof here - 1);
+        errno = e;
+        if (n <= 0 || hops >= 40)
+            break;               /* it stays in the export (the call itself finds any error) */
+        here[n] = 0;
+        w = where_named(AT_FDCWD, here, dslot, rpath, cap);
+        if (w == 0) {
+            if ((size_t)n >= cap) {
+                errno = ENAMETOOLONG;
+                return -1;
+            }
+            memcpy(rpath, here, (size_t)n + 1);
+            *dslot = RMT_LOCAL_PATH;
+        }
+    }
+    return w;
+}
+
+int rmt_where2(int dirfd, const char **path, int *dslot, char *rpath, size_t cap)
+{
+    int w = rmt_where(dirfd, *path, dslot, rpath, cap);
+    if (w == 0 && *dslot == RMT_LOCAL_PATH)
+        *path = rpath;
+    return w;
 }
 
 /* ---- the table ------------------------------------------------------------------------------ */
@@ -2760,7 +2807,7 @@ static int walk_stat(const char *path, struct stat *st, int follow)
 {
     char rp[RMT_PATH_MAX];
     int ds = -1;
-    int w = rmt_where(AT_FDCWD, path, &ds, rp, sizeof rp);
+    int w = rmt_where2(AT_FDCWD, &path, &ds, rp, sizeof rp);
     if (w < 0)
         return -1;
     if (!w)
@@ -2842,8 +2889,9 @@ static int walk_dir(struct rwalk *w, const struct stat *st, int level, int base)
 {
     char rp[RMT_PATH_MAX];
     int ds = -1;
-    int where = rmt_where(AT_FDCWD, w->path, &ds, rp, sizeof rp);
-    DIR *d = where < 0 ? NULL : where ? rmt_opendir(ds, rp) : opendir(w->path);
+    const char *path = w->path;
+    int where = rmt_where2(AT_FDCWD, &path, &ds, rp, sizeof rp);
+    DIR *d = where < 0 ? NULL : where ? rmt_opendir(ds, rp) : opendir(path);
     if (!d)
         return errno == EACCES ? walk_call(w, st, FTW_DNR, level, base) : -1;
     int result = 0;

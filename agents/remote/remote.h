@@ -27,6 +27,10 @@
 /* 1: remote; *dslot is -1 (rpath is absolute in the remote namespace) or the remote directory
  * descriptor rpath is relative to.  0: local.  -1: error (errno set, e.g. ENAMETOOLONG). */
 int rmt_where(int dirfd, const char *path, int *dslot, char *rpath, size_t cap);
+/* 0 with *dslot RMT_LOCAL_PATH: local, but at rpath (a ".." above the export led there) */
+#define RMT_LOCAL_PATH (-2)
+/* rmt_where, and *path made rpath when it is local elsewhere */
+int rmt_where2(int dirfd, const char **path, int *dslot, char *rpath, size_t cap);
 int rmt_is_fd(int fd);
 /* path is a readable "" (for AT_EMPTY_PATH), never read when it is not a readable pointer */
 int rmt_is_empty(const char *path);

@@ -930,3 +930,37 @@ def test_a_python_open_and_read_asks_no_offset_of_the_shadow(agent, shadow, expo
     assert p.returncode == 0, p.stderr
     row = next(f for f in shadow.module.report().files() if f["path"] == "/job/data/input.txt")
     assert row["seeks"] >= 1 and row["wire"]["seeks"] == 0, row
+
+
+def test_job_is_a_directory_of_the_root(agent, shadow, export):
+    """".." of /job is this machine's "/", as for a file system mounted at /job: a path may
+    climb out of the export and come back; ".." after a symlink is the kernel's (physical)."""
+    (export / "l").symlink_to("data/sub")
+    code = textwrap.dedent(r'''
+        import errno, os
+        def show(fn):
+            try:
+                return fn()
+            except OSError as e:
+                return errno.errorcode[e.errno]
+        print(show(lambda: open('/job/../job/data/sub/a.txt').read().strip()))
+        print(show(lambda: open('/job/l/../../data/sub/a.txt').read().strip()))
+        print(show(lambda: open('/job/missing/../data/sub/a.txt').read()))
+        print(show(lambda: open('/job/data/input.txt/../sub/a.txt').read()))
+        d = os.open('/job/data', os.O_RDONLY | os.O_DIRECTORY)
+        print(show(lambda: open(os.open('../../job/data/sub/a.txt', os.O_RDONLY, dir_fd=d)).read().strip()))
+        print(os.path.realpath('/job/..'), os.path.realpath('/job/data/..'))
+        os.chdir('/job')
+        print(show(lambda: open('../job/data/sub/a.txt').read().strip()))
+        print(sorted(os.listdir('..')) == sorted(os.listdir('/')) and len(os.listdir('/job/..')) > 1)
+        os.chdir('data')
+        print(show(lambda: os.stat('../../job/data/sub').st_nlink), os.getcwd())
+        os.chdir('../..')
+        print(os.getcwd(), os.path.exists('job'))
+    ''')
+    p = subprocess.run([sys.executable, "-c", code], env=agent_env(agent, shadow), capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == [
+        "needle in a", "needle in a", "ENOENT", "ENOTDIR", "needle in a", "/ /job", "needle in a", "True",
+        f"{(export / 'data' / 'sub').stat().st_nlink} /job/data", "/ False"]
