@@ -964,3 +964,24 @@ def test_job_is_a_directory_of_the_root(agent, shadow, export):
     assert p.stdout.splitlines() == [
         "needle in a", "needle in a", "ENOENT", "ENOTDIR", "needle in a", "/ /job", "needle in a", "True",
         f"{(export / 'data' / 'sub').stat().st_nlink} /job/data", "/ False"]
+
+
+def test_names_relative_to_a_directory_descriptor_follow_the_directory(agent, shadow, export, tmp_path):
+    """openat(dirfd, name) and friends look the name up from the directory itself, as the
+    kernel does, after the directory was renamed or removed (not by its old name)."""
+    differential(agent, shadow, export, tmp_path, r'''
+    os.makedirs(B + "/data/sub/deeper")
+    d = os.open(B + "/data/sub", os.O_RDONLY | os.O_DIRECTORY)
+    os.rename(B + "/data/sub", B + "/data/moved")
+    show("read", lambda: open(os.open("a.txt", os.O_RDONLY, dir_fd=d)).read())
+    show("stat", lambda: os.stat("deeper", dir_fd=d).st_nlink)
+    show("mkdir", lambda: os.mkdir("made", dir_fd=d))
+    show("rename", lambda: os.rename("b.txt", "c.txt", src_dir_fd=d, dst_dir_fd=d))
+    show("unlink", lambda: os.unlink("c.txt", dir_fd=d))
+    show("above", lambda: os.stat("../input.txt", dir_fd=d).st_size)
+    p = os.open(B + "/data/moved/deeper", os.O_PATH)
+    os.rmdir(B + "/data/moved/deeper")
+    show("access removed", lambda: os.access("./", os.X_OK, dir_fd=p))
+    show("stat removed", lambda: os.stat(".", dir_fd=p).st_nlink)
+    show("create in removed", lambda: os.open("new", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=p))
+    ''')
