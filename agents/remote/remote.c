@@ -83,6 +83,7 @@ ssize_t bypass_shadow_bypass_rx_fdpath(int slot, char *buf, size_t size);
 ssize_t bypass_shadow_bypass_rx_chdir(int dslot, const char *path, char *buf, size_t size);
 ssize_t bypass_shadow_bypass_rx_getcwd(char *buf, size_t size);
 int bypass_shadow_bypass_rx_keep(const int *slots, const long *ids, int count);
+int bypass_shadow_bypass_rx_staged(int slot);
 int bypass_shadow_bypass_rx_fallocate(int slot, int mode, off_t offset, off_t length, int posix);
 ssize_t bypass_shadow_bypass_rx_copy(int islot, off_t ioff, int oslot, off_t ooff, size_t count, int sendfile);
 
@@ -3073,6 +3074,8 @@ int rmt_spawn_actions(const posix_spawn_file_actions_t *fa, posix_spawn_file_act
                 if (fd < 0) {
                     err = errno;
                 } else {
+                    /* ours only to hand over: the child's copy is the file's user */
+                    bypass_shadow_bypass_rx_staged(fd);
                     staged[(*nstaged)++] = fd;
                     err = posix_spawn_file_actions_adddup2(out, fd, a[i].action.open_action.fd);
                 }

@@ -985,3 +985,25 @@ def test_names_relative_to_a_directory_descriptor_follow_the_directory(agent, sh
     show("stat removed", lambda: os.stat(".", dir_fd=p).st_nlink)
     show("create in removed", lambda: os.open("new", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=p))
     ''')
+
+
+def test_a_spawned_writer_that_exited_leaves_the_file_executable(agent, shadow, export, tmp_path):
+    """posix_spawn's addopen for writing is opened by the shadow in the parent: once the child
+    is gone, nothing holds the file open for writing (no ETXTBSY), as natively."""
+    differential(agent, shadow, export, tmp_path, r'''
+    p = B + "/data/prog"
+    fd = os.open(p, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o700)
+    acts = [(os.POSIX_SPAWN_OPEN, 0, p, os.O_WRONLY | os.O_TRUNC, 0o644),
+            (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0)]
+    show("spawned", lambda: os.waitstatus_to_exitcode(os.waitpid(
+        os.posix_spawn("/bin/cat", ["cat"], os.environ, file_actions=acts), 0)[1]))
+    def run():
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.execve(fd, ["x"], os.environ)
+            except OSError as e:
+                os._exit(e.errno)
+        return errno.errorcode.get(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    show("fexecve", run)
+    ''')
