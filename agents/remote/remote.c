@@ -83,6 +83,7 @@ ssize_t bypass_shadow_bypass_rx_fdpath(int slot, char *buf, size_t size);
 ssize_t bypass_shadow_bypass_rx_chdir(int dslot, const char *path, char *buf, size_t size);
 ssize_t bypass_shadow_bypass_rx_getcwd(char *buf, size_t size);
 int bypass_shadow_bypass_rx_keep(const int *slots, const long *ids, int count);
+int bypass_shadow_bypass_rx_staged(int slot);
 int bypass_shadow_bypass_rx_fallocate(int slot, int mode, off_t offset, off_t length, int posix);
 ssize_t bypass_shadow_bypass_rx_copy(int islot, off_t ioff, int oslot, off_t ooff, size_t count, int sendfile);
 
@@ -131,6 +132,9 @@ struct rfile {
     size_t ra_cap, ra_len, ra_pos;
     size_t ra_next;         /* size of the next refill */
     unsigned ra_gen;        /* write_gen when the read-ahead was filled */
+    off_t pos;              /* the program's offset, while only this process can move it
+                               (-1: ask the shadow); see offset_known */
+    unsigned share_gen;     /* share_gen when opened here (0: inherited through exec) */
     struct pol *pol;        /* the shadow's decision for it, and the program's counts (policy.c) */
 };
 
@@ -152,6 +156,11 @@ static mode_t cur_umask;                   /* the program's (umask is wrapped) *
 /* Bumped by every remote write of this process: read-ahead filled before it may be stale
  * (another descriptor of the same file, a mapping written back) and is given back. */
 static unsigned write_gen;
+
+/* Bumped before every fork, exec and spawn (and by a vfork child, in its parent's memory,
+ * before it execs): an open file opened before then may share its offset with another
+ * process, which can move it behind our back; one opened since cannot. */
+static unsigned share_gen = 1;
 
 static void wrote(void)
 {
@@ -333,7 +342,7 @@ static int fd_link(const char *path, const char **rest)
     return (int)fd;
 }
 
-int rmt_where(int dirfd, const char *path, int *dslot, char *rpath, size_t cap)
+static int where_named(int dirfd, const char *path, int *dslot, char *rpath, size_t cap)
 {
     if (!path)
         return 0;
@@ -394,6 +403,53 @@ int rmt_where(int dirfd, const char *path, int *dslot, char *rpath, size_t cap)
     return 1;
 }
 
+/* Whether a remote path has a ".." component: only such a path can climb out of the export. */
+static int has_dotdot(const char *p)
+{
+    for (const char *c = p; (c = strstr(c, "..")) != NULL; c += 2)
+        if ((c == p || c[-1] == '/') && (c[2] == 0 || c[2] == '/'))
+            return 1;
+    return 0;
+}
+
+ssize_t bypass_shadow_bypass_rx_escape(int dslot, const char *path, char *buf, size_t size);
+
+/* The export is a directory of the program's root, /job: ".." of its top is "/" here, as for
+ * a file system mounted there.  A remote path with ".." is looked up by the shadow (symlinks
+ * and all, as the kernel would) as far as its "..": when one climbs above the export, the
+ * rest of the path goes on from this machine's "/" (and may come back under /job). */
+int rmt_where(int dirfd, const char *path, int *dslot, char *rpath, size_t cap)
+{
+    int w = where_named(dirfd, path, dslot, rpath, cap);
+    for (int hops = 0; w == 1 && has_dotdot(rpath); hops++) {
+        char here[RMT_PATH_MAX];
+        int e = errno;
+        ssize_t n = bypass_shadow_bypass_rx_escape(*dslot, rpath, here, sizeof here - 1);
+        errno = e;
+        if (n <= 0 || hops >= 40)
+            break;               /* it stays in the export (the call itself finds any error) */
+        here[n] = 0;
+        w = where_named(AT_FDCWD, here, dslot, rpath, cap);
+        if (w == 0) {
+            if ((size_t)n >= cap) {
+                errno = ENAMETOOLONG;
+                return -1;
+            }
+            memcpy(rpath, here, (size_t)n + 1);
+            *dslot = RMT_LOCAL_PATH;
+        }
+    }
+    return w;
+}
+
+int rmt_where2(int dirfd, const char **path, int *dslot, char *rpath, size_t cap)
+{
+    int w = rmt_where(dirfd, *path, dslot, rpath, cap);
+    if (w == 0 && *dslot == RMT_LOCAL_PATH)
+        *path = rpath;
+    return w;
+}
+
 /* ---- the table ------------------------------------------------------------------------------ */
 
 static struct rfile *new_rfile(int flags)
@@ -403,8 +459,34 @@ static struct rfile *new_rfile(int flags)
         r->refs = 1;
         r->flags = flags;
         r->ra_next = RA_FIRST;
+        r->pos = -1;
     }
     return r;
+}
+
+/* Whether r->pos is the open file's offset: it was opened by this process and no fork, exec
+ * or spawn happened since (then no other process has it: lseek(fd, 0, SEEK_CUR), what
+ * stdio and Python ask of every file they open, needs no round trip).  Under the lock. */
+static int offset_known(struct rfile *r)
+{
+    if (r->share_gen != __atomic_load_n(&share_gen, __ATOMIC_RELAXED))
+        r->pos = -1;             /* shared now, perhaps: the shadow's offset is the truth */
+    return r->pos >= 0;
+}
+
+/* The offset is now `at` (what a read, write or lseek of this process made it), or unknown
+ * (-1) after a call that moved it where only the shadow knows. */
+static void offset_is(struct rfile *r, off_t at)
+{
+    if (r->share_gen == __atomic_load_n(&share_gen, __ATOMIC_RELAXED) && !r->is_dir && !(r->flags & O_PATH))
+        r->pos = at;
+    else
+        r->pos = -1;
+}
+
+static void offset_moved(struct rfile *r, ssize_t by)
+{
+    offset_is(r, by >= 0 && offset_known(r) ? r->pos + by : -1);
 }
 
 static void unref(struct rfile *r)
@@ -449,6 +531,16 @@ static void settle_fd(int fd)
     pthread_mutex_unlock(&lock);
 }
 
+/* fd's offset was moved by a call of the shadow that does not say where to */
+static void forget_offset(int fd)
+{
+    pthread_mutex_lock(&lock);
+    struct rfile *r = get(fd);
+    if (r)
+        r->pos = -1;
+    pthread_mutex_unlock(&lock);
+}
+
 void rmt_umask_set(mode_t mask)
 {
     __atomic_store_n(&cur_umask, mask & 0777, __ATOMIC_RELAXED);
@@ -463,11 +555,24 @@ void rmt_creds_changed(void)
                    strerror(errno));
 }
 
+/* After a spawn returned: a file opened meanwhile by another thread may be the child's too. */
+void rmt_children_started(void)
+{
+    __atomic_add_fetch(&share_gen, 1, __ATOMIC_RELAXED);
+}
+
 void rmt_settle_all(void)
 {
+    __atomic_add_fetch(&share_gen, 1, __ATOMIC_RELAXED);   /* (a vfork child: in its parent) */
     if (in_vfork_child()) {
         pol_settle_for_vfork_child();   /* the parent's held writes: before the exec'd image reads */
-        return;                  /* the read-ahead is the parent's */
+        /* The image about to run shares the parent's offsets: the parent's read-ahead goes back
+         * (through this child's connection, whose table holds the same open files; the parent
+         * is suspended, and its other threads wait for the lock). */
+        pthread_mutex_lock(&lock);
+        settle_locked();
+        pthread_mutex_unlock(&lock);
+        return;
     }
     sync_maps(-1);
     pthread_mutex_lock(&lock);
@@ -480,6 +585,7 @@ void rmt_settle_all(void)
  * hold the table's lock through the fork so that the child never inherits it taken. */
 void bypass_rpc_before_fork(void)
 {
+    __atomic_add_fetch(&share_gen, 1, __ATOMIC_RELAXED);
     pthread_mutex_lock(&lock);
     settle_locked();
 }
@@ -820,6 +926,8 @@ int rmt_open(int dslot, const char *rpath, int flags, mode_t mode)
     if (elsewhere != -2)
         return elsewhere;        /* a local: or URL remap, opened here */
     long long id = ((long long)getpid() << 32) | (long long)__atomic_add_fetch(&ph_count, 1, __ATOMIC_RELAXED);
+    /* (taken before the placeholder exists: a child spawned meanwhile bumps it) */
+    unsigned gen = __atomic_load_n(&share_gen, __ATOMIC_RELAXED);
     int ph = placeholder(flags, id);
     if (ph < 0)
         return -1;
@@ -838,6 +946,8 @@ int rmt_open(int dslot, const char *rpath, int flags, mode_t mode)
     if (flags & O_TRUNC)
         wrote();
     r->is_dir = rc == 1;         /* the shadow says whether it opened a directory */
+    r->share_gen = gen;
+    offset_is(r, 0);
     r->pol = pol_new(&choice, flags, ph);
     *slot = r;
     pthread_mutex_unlock(&lock);
@@ -1058,6 +1168,7 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
         errno = EISDIR;
     } else if (pol_buffered(r->pol, r->flags, 0)) {
         got = pol_read(fd, r->pol, buf, n);
+        r->pos = -1;             /* (the policy keeps the offset of a buffered file) */
     } else if (r->ra_pos < r->ra_len && r->ra_gen != __atomic_load_n(&write_gen, __ATOMIC_RELAXED) &&
                give_back(fd, r) < 0) {
         /* (stale read-ahead could not go back: errno is set, nothing is read) */
@@ -1077,6 +1188,7 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
                 if (done)
                     break;       /* what was read is the answer; the error comes next time */
                 count(fd, r, 0, -1);
+                offset_is(r, -1);
                 pthread_mutex_unlock(&lock);
                 return -1;
             }
@@ -1085,6 +1197,7 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
                 break;           /* the end of the file */
         }
         got = (ssize_t)done;
+        offset_moved(r, got);
     }
     count(fd, r, 0, got);
     pthread_mutex_unlock(&lock);
@@ -1104,11 +1217,13 @@ ssize_t rmt_write(int fd, const void *buf, size_t n)
         errno = EBADF;
     } else if (pol_buffered(r->pol, r->flags, 1) && !(r->flags & O_PATH) && (r->flags & O_ACCMODE) != O_RDONLY) {
         done = pol_write(fd, r->pol, buf, n);
+        r->pos = -1;
     } else if (give_back(fd, r) == 0) {
         r->ra_next = RA_FIRST;
         /* synchronous: a write is reported done only once the shadow performed it */
         done = bypass_shadow_bypass_rx_write(fd, n ? buf : "", n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n);
         wrote();
+        offset_moved(r, (r->flags & O_APPEND) ? -1 : done);     /* appended: at an end only the shadow knows */
     }
     count(fd, r, 1, done);
     pthread_mutex_unlock(&lock);
@@ -1157,12 +1272,17 @@ off_t rmt_lseek(int fd, off_t off, int whence)
         errno = EBADF;
     } else if (pol_buffered(r->pol, r->flags, 0) && !r->is_dir) {
         rc = pol_lseek(fd, r->pol, off, whence);
+        r->pos = -1;
+    } else if (offset_known(r) && ((whence == SEEK_CUR && off == 0) || (whence == SEEK_SET && off == r->pos))) {
+        rc = r->pos;             /* a regular file's offset staying where it is: always granted */
     } else {
         if (whence == SEEK_CUR)
             off -= (off_t)(r->ra_len - r->ra_pos);   /* the shadow is ahead by the unread part */
         r->ra_len = r->ra_pos = 0;
         r->ra_next = RA_FIRST;
         rc = bypass_shadow_bypass_rx_lseek(fd, off, whence);
+        if (rc >= 0)
+            offset_is(r, rc);
     }
     count(fd, r, 2, 0);
     pthread_mutex_unlock(&lock);
@@ -1660,6 +1780,8 @@ static ssize_t append_write(int fd, const void *buf, size_t n, off_t off)
     settle_fd(fd);
     ssize_t done = bypass_shadow_bypass_rx_append(fd, n ? buf : "", n, off);
     wrote();
+    if (off < 0)
+        forget_offset(fd);       /* moved to the file's end */
     return done;
 }
 
@@ -1831,6 +1953,10 @@ ssize_t rmt_transfer(int in, off64_t *in_off, int out, off64_t *out_off, size_t 
         ssize_t n = bypass_shadow_bypass_rx_copy(in, in_off ? *in_off : -1, out, out_off ? *out_off : -1, k,
                                                  (kind & RMT_SENDFILE) != 0);
         wrote();
+        if (!in_off)
+            forget_offset(in);       /* moved by the shadow's copy */
+        if (!out_off)
+            forget_offset(out);
         if (n > 0 && in_off)
             *in_off += n;
         if (n > 0 && out_off)
@@ -2682,7 +2808,7 @@ static int walk_stat(const char *path, struct stat *st, int follow)
 {
     char rp[RMT_PATH_MAX];
     int ds = -1;
-    int w = rmt_where(AT_FDCWD, path, &ds, rp, sizeof rp);
+    int w = rmt_where2(AT_FDCWD, &path, &ds, rp, sizeof rp);
     if (w < 0)
         return -1;
     if (!w)
@@ -2764,8 +2890,9 @@ static int walk_dir(struct rwalk *w, const struct stat *st, int level, int base)
 {
     char rp[RMT_PATH_MAX];
     int ds = -1;
-    int where = rmt_where(AT_FDCWD, w->path, &ds, rp, sizeof rp);
-    DIR *d = where < 0 ? NULL : where ? rmt_opendir(ds, rp) : opendir(w->path);
+    const char *path = w->path;
+    int where = rmt_where2(AT_FDCWD, &path, &ds, rp, sizeof rp);
+    DIR *d = where < 0 ? NULL : where ? rmt_opendir(ds, rp) : opendir(path);
     if (!d)
         return errno == EACCES ? walk_call(w, st, FTW_DNR, level, base) : -1;
     int result = 0;
@@ -2947,6 +3074,8 @@ int rmt_spawn_actions(const posix_spawn_file_actions_t *fa, posix_spawn_file_act
                 if (fd < 0) {
                     err = errno;
                 } else {
+                    /* ours only to hand over: the child's copy is the file's user */
+                    bypass_shadow_bypass_rx_staged(fd);
                     staged[(*nstaged)++] = fd;
                     err = posix_spawn_file_actions_adddup2(out, fd, a[i].action.open_action.fd);
                 }

@@ -27,6 +27,10 @@
 /* 1: remote; *dslot is -1 (rpath is absolute in the remote namespace) or the remote directory
  * descriptor rpath is relative to.  0: local.  -1: error (errno set, e.g. ENAMETOOLONG). */
 int rmt_where(int dirfd, const char *path, int *dslot, char *rpath, size_t cap);
+/* 0 with *dslot RMT_LOCAL_PATH: local, but at rpath (a ".." above the export led there) */
+#define RMT_LOCAL_PATH (-2)
+/* rmt_where, and *path made rpath when it is local elsewhere */
+int rmt_where2(int dirfd, const char **path, int *dslot, char *rpath, size_t cap);
 int rmt_is_fd(int fd);
 /* path is a readable "" (for AT_EMPTY_PATH), never read when it is not a readable pointer */
 int rmt_is_empty(const char *path);
@@ -129,6 +133,8 @@ void rmt_umask_set(mode_t mask);
 void rmt_creds_changed(void);
 /* hand all read-ahead back (before fork, exec, spawn) */
 void rmt_settle_all(void);
+/* a spawn returned (rmt_settle_all came before it) */
+void rmt_children_started(void);
 /* mkstemp/mkdtemp on a remote template (tmpl is the program's, rpath the remote copy of it):
  * the same random letters go into both; returns a descriptor (or 0 for a directory) */
 int rmt_mkstemp(char *tmpl, int dslot, char *rpath, int suffixlen, int flags, int dir);

@@ -18,15 +18,20 @@ import struct
 
 _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}.get(os.uname().machine, 437)
 RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
+# openat2 gets a syscall of its own, typed once (every path of an agent passes here)
+_syscall_openat2 = ctypes.CDLL(None, use_errno=True).syscall
+_syscall_openat2.restype = ctypes.c_long
+_syscall_openat2.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
 
 
 def _openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> int:
     how = struct.pack("QQQ", flags, mode, resolve)
-    fd = _libc.syscall(_SYS_OPENAT2, dirfd, path, how, len(how))
+    fd = _syscall_openat2(_SYS_OPENAT2, dirfd, path, how, len(how))
     if fd < 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e), path.decode(errors="surrogateescape"))
@@ -121,6 +126,19 @@ def _walk_in_root(rootfd: int, path: bytes, flags: int, mode: int, alias: bytes 
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 
 
+class InDirectory(str):
+    """A path of the export that is also `rel` relative to `dirfd`, an open directory of the
+    export: looked up from that directory, as the kernel looks up a name relative to a
+    directory descriptor, whatever became of the directory's own name (removed, renamed),
+    and with no permission needed on the directories above it.  A path that climbs out of
+    it (a "..", an absolute symlink) is looked up by its whole name from the root instead."""
+
+    def __new__(cls, path: str, dirfd: int, rel: str):
+        self = super().__new__(cls, path)
+        self.dirfd, self.rel = dirfd, rel
+        return self
+
+
 def _last_is_name(path: bytes) -> bool:
     """Whether a path's last component is a name (not ".", ".." or the root): rename's rule."""
     return path.rstrip(b"/").rpartition(b"/")[2] not in (b"", b".", b"..")
@@ -155,6 +173,17 @@ class ExportRoot:
         if not flags & os.O_CREAT and not (tmpfile and flags & tmpfile == tmpfile):
             mode = 0              # openat2 insists on a zero mode without O_CREAT
         mode &= 0o7777            # open(2) ignores file-type bits, openat2 refuses them
+        at = getattr(path, "dirfd", None)
+        if at is not None and self.kernel_resolve:
+            try:
+                return _openat2(at, os.fsencode(path.rel), flags | os.O_CLOEXEC, mode,
+                                RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EAGAIN):    # (EAGAIN: a rename raced a "..")
+                    raise
+            here = self._now_at(at)
+            if here is not None:
+                p = (here + b"/" + os.fsencode(path.rel)).lstrip(b"/")
         if not self.kernel_resolve or len(p) >= _PATH_MAX:
             # (a remote cwd plus a relative path may be longer than the kernel takes at once)
             return _walk_in_root(self.rootfd, p, flags, mode, self.alias)
@@ -168,13 +197,35 @@ class ExportRoot:
                 raise
             return _walk_in_root(self.rootfd, p, flags, mode, self.alias)
 
+    def _now_at(self, dirfd: int) -> bytes | None:
+        """Where a directory of the export is now (it may have moved since it was opened), as
+        a path from the root; None when it has no name any more."""
+        where = os.fsencode(os.readlink(f"/proc/self/fd/{dirfd}"))
+        root = os.fsencode(self.root.rstrip("/"))
+        if where != root and not where.startswith(root + b"/"):
+            return None
+        rel = where[len(root):] or b"/"
+        try:
+            if os.stat(rel.lstrip(b"/") or b".", dir_fd=self.rootfd)[1:3] != os.fstat(dirfd)[1:3]:
+                return None       # (removed: the kernel's name ends in " (deleted)")
+        except OSError:
+            return None
+        return rel
+
     def parent(self, path) -> tuple[int, bytes]:
         """(descriptor of the parent directory, last component).  The caller closes it."""
         p = self._b(path).rstrip(b"/")
         head, _, name = p.rpartition(b"/")
+        at = getattr(path, "dirfd", None)
         if name in (b"", b".", b".."):
-            return self.open(p or b"/", os.O_PATH | os.O_DIRECTORY), b"."
-        return self.open(head or b"/", os.O_PATH | os.O_DIRECTORY), name
+            where = p or b"/"
+            if at is not None:
+                where = InDirectory(os.fsdecode(where), at, path.rel.rstrip("/") or ".")
+            return self.open(where, os.O_PATH | os.O_DIRECTORY), b"."
+        head = head or b"/"
+        if at is not None:        # (rel ends with the same name as the whole path)
+            head = InDirectory(os.fsdecode(head), at, path.rel.rstrip("/").rpartition("/")[0] or ".")
+        return self.open(head, os.O_PATH | os.O_DIRECTORY), name
 
     @staticmethod
     def _slash_error(dfd: int, name: bytes, kind: str) -> int:

@@ -13,6 +13,7 @@ shadow runs on.
 from __future__ import annotations
 
 import importlib
+import operator
 import os
 import stat as _stat
 import tomllib
@@ -227,12 +228,18 @@ def oserror(neutral_errno: int, message: str | None = None) -> OSError:
 
 # -- st_mode, device numbers, struct stat ------------------------------------------------------
 
+_NEUTRAL_TYPE: dict[int, int] = {}      # local S_IFMT bits -> neutral, as they are met
+
+
 def mode_to_neutral(mode: int) -> int:
     ftype = _stat.S_IFMT(mode)
-    try:
-        nt = file_types.to_neutral(ftype, strict=True) if ftype else 0
-    except NeutralError:
-        nt = 0
+    nt = _NEUTRAL_TYPE.get(ftype)
+    if nt is None:
+        try:
+            nt = file_types.to_neutral(ftype, strict=True) if ftype else 0
+        except NeutralError:
+            nt = 0
+        _NEUTRAL_TYPE[ftype] = nt
     return nt | (mode & 0o7777)
 
 
@@ -256,20 +263,22 @@ def devnum_to_local(neutral_dev: int) -> int:
 NeutralStat = namedtuple("NeutralStat", STAT_FIELDS)
 
 
+# stat_to_neutral computes the members in this order, then picks them in STAT_FIELDS order
+# (every stat and fstat of a remote file passes here: no dict, one call per member at most)
+_STAT_COMPUTED = ("dev", "ino", "mode", "nlink", "uid", "gid", "rdev", "size", "blksize", "blocks",
+                  "atime_sec", "atime_nsec", "mtime_sec", "mtime_nsec", "ctime_sec", "ctime_nsec")
+_stat_in_wire_order = operator.itemgetter(*(_STAT_COMPUTED.index(f) for f in STAT_FIELDS))
+
+
 def stat_to_neutral(st: os.stat_result) -> list[int]:
     """An os.stat_result as the wire's list of neutral integers (STAT_FIELDS order)."""
-    a_s, a_ns = divmod(st.st_atime_ns, 10**9)
-    m_s, m_ns = divmod(st.st_mtime_ns, 10**9)
-    c_s, c_ns = divmod(st.st_ctime_ns, 10**9)
-    by_name = {
-        "dev": devnum_to_neutral(st.st_dev), "ino": st.st_ino, "mode": mode_to_neutral(st.st_mode),
-        "nlink": st.st_nlink, "uid": st.st_uid, "gid": st.st_gid,
-        "rdev": devnum_to_neutral(getattr(st, "st_rdev", 0)), "size": st.st_size,
-        "blksize": getattr(st, "st_blksize", 0), "blocks": getattr(st, "st_blocks", 0),
-        "atime_sec": a_s, "atime_nsec": a_ns, "mtime_sec": m_s, "mtime_nsec": m_ns,
-        "ctime_sec": c_s, "ctime_nsec": c_ns,
-    }
-    return [by_name[f] for f in STAT_FIELDS]
+    a_s, a_ns = divmod(st.st_atime_ns, 1_000_000_000)
+    m_s, m_ns = divmod(st.st_mtime_ns, 1_000_000_000)
+    c_s, c_ns = divmod(st.st_ctime_ns, 1_000_000_000)
+    return list(_stat_in_wire_order((
+        devnum_to_neutral(st.st_dev), st.st_ino, mode_to_neutral(st.st_mode), st.st_nlink, st.st_uid,
+        st.st_gid, devnum_to_neutral(getattr(st, "st_rdev", 0)), st.st_size, getattr(st, "st_blksize", 0),
+        getattr(st, "st_blocks", 0), a_s, a_ns, m_s, m_ns, c_s, c_ns)))
 
 
 def stat_from_neutral(fields) -> NeutralStat:

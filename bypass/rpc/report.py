@@ -42,6 +42,7 @@ class Report:
     def __init__(self, prefix: str = "/job"):
         self.prefix = prefix
         self.rows: dict[str, Row] = {}
+        self.keys: dict[str, str] = {}           # the names the shadow used -> the job's
         self.tried: dict[str, int] = {}
         self.first = self.last = None
         self.buffer = (0, 0)           # the policy's default buffer (size, block)
@@ -52,14 +53,20 @@ class Report:
         if self.first is None:
             self.first = now
         self.last = now
-        key = job_path(export_path, self.prefix)
-        return self.rows.setdefault(key, Row())
+        return self.rows.setdefault(self._key(export_path), Row())
+
+    def _key(self, export_path: str) -> str:
+        # (a file is opened, tallied and closed under one name: made into the job's once)
+        key = self.keys.get(export_path)
+        if key is None:
+            key = self.keys[export_path] = job_path(export_path, self.prefix)
+        return key
 
     def attempt(self, export_path: str) -> None:
         """The shadow is about to open it (a failed open is one that never closes)."""
         with self.lock:
             self._row(export_path)
-            key = job_path(export_path, self.prefix)
+            key = self._key(export_path)
             self.tried[key] = self.tried.get(key, 0) + 1
 
     def decided(self, export_path: str, decision: str, local: bool = False) -> None:

@@ -168,11 +168,17 @@ def test_tar_extracts_into_the_remote_tree(agent, shadow, export, tmp_path):
 
 
 def test_no_escape_from_the_export_root(agent, shadow, export):
+    """The shadow never reaches past its export.  ".." above /job is the program's own "/"
+    (where a file beside the export is not: the shadow's machine is not there), and a symlink
+    of the export stays in it: an absolute one starts at its top, ".." stops there."""
+    (export.parent / "secret").write_text("the shadow's own\n")
     (export / "data" / "evil").symlink_to("/etc/passwd")
-    p = sh(agent, shadow, "cat /job/../../../etc/passwd; cat /job/data/evil; cat /job/data/../../etc/hostname")
-    assert p.returncode != 0
-    assert p.stdout == ""
-    assert p.stderr.count("No such file or directory") == 3, p.stderr
+    (export / "data" / "sneaky").symlink_to("../../secret")
+    p = sh(agent, shadow, f"cat /job/../secret; cat /job/data/evil; cat /job/data/sneaky; "
+                          f"cat /job/../{export.name}/../secret; cat /job/data/../../etc/hostname")
+    assert p.returncode == 0           # (the last cat: this machine's own /etc/hostname)
+    assert p.stdout == Path("/etc/hostname").read_text()
+    assert p.stderr.count("No such file or directory") == 4, p.stderr
 
 
 def test_fork_shares_the_offset_and_exec_keeps_descriptors(agent, shadow, export):

@@ -866,3 +866,144 @@ def test_current_directory_is_where_the_kernel_puts_it(agent, shadow, export, tm
         show("fexecve of a file without x", lambda: child(lambda: libc.fexecve(t, argv, envp)))
         ''')
     assert "fexecve once closed: 3" in out and "fexecve of a file open for writing: 26" in out
+
+
+def test_file_offsets_known_here_stay_the_kernels(agent, shadow, export, tmp_path):
+    """The agent answers lseek(fd, 0, SEEK_CUR) itself while only this process can move the
+    offset: after its own reads, writes and seeks, through a dup; never for an offset another
+    process shares (fork, subprocess, posix_spawn), an O_APPEND write or a copy made by the
+    shadow's kernel moves."""
+    out = differential(agent, shadow, export, tmp_path, r'''
+    import subprocess
+    p = B + "/data/off.txt"
+    with open(p, "wb") as f:
+        f.write(b"0123456789" * 1000)
+    tell = lambda fd: os.lseek(fd, 0, os.SEEK_CUR)
+    fd = os.open(p, os.O_RDWR)
+    show("opened", lambda: tell(fd))
+    show("read", lambda: (os.read(fd, 100), tell(fd))[1])
+    show("written", lambda: (os.write(fd, b"abc"), tell(fd))[1])
+    show("set where it is", lambda: os.lseek(fd, 103, os.SEEK_SET))
+    show("negative", lambda: os.lseek(fd, -1, os.SEEK_SET))
+    show("after the error", lambda: tell(fd))
+    d = os.dup(fd)
+    show("read through a dup", lambda: (os.read(d, 10), tell(fd))[1])
+    show("vectored", lambda: (os.readv(fd, [bytearray(4), bytearray(5)]), tell(d))[1])
+    show("positional", lambda: (os.pread(fd, 7, 0), os.pwrite(fd, b"P", 1), tell(fd))[2])
+    show("past the end", lambda: (os.lseek(fd, 20000, os.SEEK_SET), os.read(fd, 5), tell(fd)))
+    show("end", lambda: (os.lseek(fd, -6, os.SEEK_END), os.read(fd, 100), tell(fd)))
+    os.lseek(fd, 200, os.SEEK_SET)
+    pid = os.fork()
+    if pid == 0:
+        os.read(fd, 50)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    show("after a forked child read", lambda: tell(fd))
+    show("and again", lambda: (os.read(fd, 1), tell(fd))[1])
+    g = os.open(p, os.O_RDONLY)
+    os.read(g, 7)
+    code = "import os, sys; os.read(int(sys.argv[1]), 20)"
+    subprocess.run([sys.executable, "-c", code, str(g)], pass_fds=(g,), check=True)
+    show("after a subprocess read", lambda: tell(g))
+    h = os.open(p, os.O_RDONLY)
+    os.read(h, 3)
+    os.waitpid(os.posix_spawn(sys.executable, [sys.executable, "-c", code, str(h)], os.environ), 0)
+    show("after a spawned child read", lambda: tell(h))
+    a = os.open(p, os.O_WRONLY | os.O_APPEND)
+    show("append", lambda: (tell(a), os.write(a, b"xyz"), tell(a)))
+    w = os.open(p, os.O_WRONLY)
+    fcntl.fcntl(w, fcntl.F_SETFL, os.O_APPEND)
+    show("append set later", lambda: (os.write(w, b"!"), tell(w)))
+    src = os.open(p, os.O_RDONLY)
+    dst = os.open(B + "/data/copy.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.read(src, 5)
+    show("sendfile", lambda: (os.sendfile(dst, src, None, 30), tell(src), tell(dst)))
+    show("copy_file_range", lambda: (os.copy_file_range(src, dst, 40), tell(src), tell(dst)))
+    ''')
+    assert "after a forked child read: 250" in out and "after a subprocess read: 27" in out
+
+
+def test_a_python_open_and_read_asks_no_offset_of_the_shadow(agent, shadow, export):
+    """Python asks the offset of every file it opens (twice); the agent knows it."""
+    p = subprocess.run([sys.executable, "-c", "print(len(open('/job/data/input.txt', 'rb').read()))"],
+                       env=agent_env(agent, shadow), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    row = next(f for f in shadow.module.report().files() if f["path"] == "/job/data/input.txt")
+    assert row["seeks"] >= 1 and row["wire"]["seeks"] == 0, row
+
+
+def test_job_is_a_directory_of_the_root(agent, shadow, export):
+    """".." of /job is this machine's "/", as for a file system mounted at /job: a path may
+    climb out of the export and come back; ".." after a symlink is the kernel's (physical)."""
+    (export / "l").symlink_to("data/sub")
+    code = textwrap.dedent(r'''
+        import errno, os
+        def show(fn):
+            try:
+                return fn()
+            except OSError as e:
+                return errno.errorcode[e.errno]
+        print(show(lambda: open('/job/../job/data/sub/a.txt').read().strip()))
+        print(show(lambda: open('/job/l/../../data/sub/a.txt').read().strip()))
+        print(show(lambda: open('/job/missing/../data/sub/a.txt').read()))
+        print(show(lambda: open('/job/data/input.txt/../sub/a.txt').read()))
+        d = os.open('/job/data', os.O_RDONLY | os.O_DIRECTORY)
+        print(show(lambda: open(os.open('../../job/data/sub/a.txt', os.O_RDONLY, dir_fd=d)).read().strip()))
+        print(os.path.realpath('/job/..'), os.path.realpath('/job/data/..'))
+        os.chdir('/job')
+        print(show(lambda: open('../job/data/sub/a.txt').read().strip()))
+        print(sorted(os.listdir('..')) == sorted(os.listdir('/')) and len(os.listdir('/job/..')) > 1)
+        os.chdir('data')
+        print(show(lambda: os.stat('../../job/data/sub').st_nlink), os.getcwd())
+        os.chdir('../..')
+        print(os.getcwd(), os.path.exists('job'))
+    ''')
+    p = subprocess.run([sys.executable, "-c", code], env=agent_env(agent, shadow), capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == [
+        "needle in a", "needle in a", "ENOENT", "ENOTDIR", "needle in a", "/ /job", "needle in a", "True",
+        f"{(export / 'data' / 'sub').stat().st_nlink} /job/data", "/ False"]
+
+
+def test_names_relative_to_a_directory_descriptor_follow_the_directory(agent, shadow, export, tmp_path):
+    """openat(dirfd, name) and friends look the name up from the directory itself, as the
+    kernel does, after the directory was renamed or removed (not by its old name)."""
+    differential(agent, shadow, export, tmp_path, r'''
+    os.makedirs(B + "/data/sub/deeper")
+    d = os.open(B + "/data/sub", os.O_RDONLY | os.O_DIRECTORY)
+    os.rename(B + "/data/sub", B + "/data/moved")
+    show("read", lambda: open(os.open("a.txt", os.O_RDONLY, dir_fd=d)).read())
+    show("stat", lambda: os.stat("deeper", dir_fd=d).st_nlink)
+    show("mkdir", lambda: os.mkdir("made", dir_fd=d))
+    show("rename", lambda: os.rename("b.txt", "c.txt", src_dir_fd=d, dst_dir_fd=d))
+    show("unlink", lambda: os.unlink("c.txt", dir_fd=d))
+    show("above", lambda: os.stat("../input.txt", dir_fd=d).st_size)
+    p = os.open(B + "/data/moved/deeper", os.O_PATH)
+    os.rmdir(B + "/data/moved/deeper")
+    show("access removed", lambda: os.access("./", os.X_OK, dir_fd=p))
+    show("stat removed", lambda: os.stat(".", dir_fd=p).st_nlink)
+    show("create in removed", lambda: os.open("new", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=p))
+    ''')
+
+
+def test_a_spawned_writer_that_exited_leaves_the_file_executable(agent, shadow, export, tmp_path):
+    """posix_spawn's addopen for writing is opened by the shadow in the parent: once the child
+    is gone, nothing holds the file open for writing (no ETXTBSY), as natively."""
+    differential(agent, shadow, export, tmp_path, r'''
+    p = B + "/data/prog"
+    fd = os.open(p, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o700)
+    acts = [(os.POSIX_SPAWN_OPEN, 0, p, os.O_WRONLY | os.O_TRUNC, 0o644),
+            (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0)]
+    show("spawned", lambda: os.waitstatus_to_exitcode(os.waitpid(
+        os.posix_spawn("/bin/cat", ["cat"], os.environ, file_actions=acts), 0)[1]))
+    def run():
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.execve(fd, ["x"], os.environ)
+            except OSError as e:
+                os._exit(e.errno)
+        return errno.errorcode.get(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    show("fexecve", run)
+    ''')
