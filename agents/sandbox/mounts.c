@@ -116,7 +116,11 @@ static int mode_bits(const char *t)
 
 static int is_glob(const char *p)
 {
-    return strpbrk(p, "*?[") != NULL;
+    /* by hand: strpbrk's page of the C library is one more fault in every process of a run */
+    for (; *p; p++)
+        if (*p == '*' || *p == '?' || *p == '[')
+            return 1;
+    return 0;
 }
 
 static size_t components(const char *p)

@@ -936,6 +936,21 @@ static int policy_find(void)
     return found;
 }
 
+/* A descriptor or pid number as the policy and the environment write it: decimal digits only,
+ * below INT_MAX; -1 for anything else.  (Not strtol: its code is pages of the C library that
+ * most processes of a run would touch for this alone.) */
+static int decimal(const char *s)
+{
+    long n = 0;
+    if (!*s)
+        return -1;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9' || (n = n * 10 + (*s - '0')) >= INT_MAX)
+            return -1;
+    }
+    return (int)n;
+}
+
 static const char *policy_field(const char *text, const char *key, char *out, size_t size)
 {
     size_t kl = strlen(key);
@@ -944,7 +959,13 @@ static const char *policy_field(const char *text, const char *key, char *out, si
         if (!e)
             break;
         if ((size_t)(e - l) > kl && memcmp(l, key, kl) == 0 && l[kl] == '=') {
-            snprintf(out, size, "%.*s", (int)(e - l - (long)kl - 1), l + kl + 1);
+            /* copied by hand: snprintf would fault in the C library's formatting code in
+             * every process of the run, most of which never format anything */
+            size_t n = (size_t)(e - l) - kl - 1;
+            if (n >= size)
+                n = size - 1;
+            memcpy(out, l + kl + 1, n);
+            out[n] = '\0';
             return out;
         }
     }
@@ -969,7 +990,11 @@ static int policy_install(int fd, char *text, char *err, size_t errsize)
         g_landlock = flags[5] == '1';
     }
     g_settings_read = 1;
-    const char *body = strstr(text, "\n\n");
+    const char *body = text;            /* after the blank line (not strstr: one page less) */
+    while (*body && !(body[0] == '\n' && body[1] == '\n'))
+        body++;
+    if (!*body)
+        body = NULL;
     struct sb_mounts m;
     if (!body || sb_mounts_parse(&m, body + 2, g_mounts_file, err, errsize) < 0)
         return -1;
@@ -977,7 +1002,7 @@ static int policy_install(int fd, char *text, char *err, size_t errsize)
         sb_mounts_free(&m);
         return -1;
     }
-    g_private_owner = (pid_t)atoi(owner);
+    g_private_owner = (pid_t)decimal(owner);
     if (g_private[0] && g_private_owner == g_pid) {
         keep_stderr();                  /* the first process of the run, after an exec */
         atexit(sb_atexit_report);
@@ -1035,10 +1060,9 @@ int sb_init_from_env(char *err, size_t errsize)
     int fd = -1;
     char *text = NULL;
     if (named && *named) {
-        char *end;
-        long n = strtol(named, &end, 10);
-        if (*end == '\0' && n >= 0 && n < INT_MAX && (text = policy_read((int)n)) != NULL)
-            fd = (int)n;
+        int n = decimal(named);
+        if (n >= 0 && (text = policy_read(n)) != NULL)
+            fd = n;
     }
     if (!text && (fd = policy_find()) >= 0 && (text = policy_read(fd)) != NULL)
         say_tamper(SB_ENV_POLICY, named ? named : "(nothing)");
