@@ -307,7 +307,7 @@ void sb_set_cwd(const char *vpath)
     }
     unsigned s = __atomic_load_n(&g_cwd_seq, __ATOMIC_ACQUIRE);
     unsigned idx = ((s / 2) + 1) & 1;
-    snprintf(g_cwdbuf[idx], PATH_MAX, "%s", vpath);
+    sb_copy(g_cwdbuf[idx], PATH_MAX, vpath);
     struct base *b = &g_cwdbase[idx];
     b->vl = (unsigned)strlen(g_cwdbuf[idx]);
     b->e = NULL;
@@ -573,10 +573,23 @@ void sb_fd_note_result(int fd, const struct sb_result *res, int dir)
 static int proc_fd_real(pid_t pid, int fd, char *out, size_t outsize)
 {
     char link[64];
-    if (pid)
+    if (pid) {
         snprintf(link, sizeof link, "/proc/%d/fd/%d", (int)pid, fd);
-    else
-        snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    } else if (fd < 0) {
+        return EBADF;
+    } else {
+        /* the number written by hand: the common case, asked by programs that format nothing */
+        char digits[16];
+        int k = 0;
+        unsigned u = (unsigned)fd;
+        do
+            digits[k++] = (char)('0' + u % 10);
+        while ((u /= 10) != 0);
+        memcpy(link, "/proc/self/fd/", 14);
+        for (int i = 0; i < k; i++)
+            link[14 + i] = digits[k - 1 - i];
+        link[14 + k] = '\0';
+    }
     STAT_INC(readlinks);
     ssize_t n = readlink(link, out, outsize - 1);
     if (n < 0)
@@ -601,7 +614,7 @@ int sb_fd_path(int fd, char *out, size_t outsize)
     if (g_active)
         sb_reverse(&g_m, real, out, outsize);
     else
-        snprintf(out, outsize, "%s", real);
+        sb_copy(out, outsize, real);
     return 0;
 }
 
@@ -1882,8 +1895,8 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         return 0;
     }
     if (!g_active) {
-        snprintf(res->rpath, sizeof res->rpath, "%s", path);
-        snprintf(res->vpath, sizeof res->vpath, "%s", path);
+        sb_copy(res->rpath, sizeof res->rpath, path);
+        sb_copy(res->vpath, sizeof res->vpath, path);
         return 0;
     }
     res->rel_ok = 0;
