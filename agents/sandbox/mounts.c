@@ -51,6 +51,17 @@ static void set_err(char *err, size_t errsize, const char *file, int line, const
     va_end(ap);
 }
 
+void sb_copy(char *out, size_t outsize, const char *src)
+{
+    if (!outsize)
+        return;
+    size_t n = strlen(src);
+    if (n >= outsize)
+        n = outsize - 1;
+    memmove(out, src, n);
+    out[n] = '\0';
+}
+
 int sb_normalise(const char *in, char *out, size_t outsize)
 {
     if (!in || in[0] != '/')
@@ -114,9 +125,25 @@ static int mode_bits(const char *t)
     return m;
 }
 
+/* word equals the upper-case keyword, in either case (by hand, not strcasecmp: every process
+ * of a run parses the list at start, and that is one more page of the C library for each) */
+static int is_keyword(const char *word, const char *keyword)
+{
+    for (; *keyword; word++, keyword++) {
+        char c = *word >= 'a' && *word <= 'z' ? (char)(*word - 'a' + 'A') : *word;
+        if (c != *keyword)
+            return 0;
+    }
+    return *word == '\0';
+}
+
 static int is_glob(const char *p)
 {
-    return strpbrk(p, "*?[") != NULL;
+    /* by hand: strpbrk's page of the C library is one more fault in every process of a run */
+    for (; *p; p++)
+        if (*p == '*' || *p == '?' || *p == '[')
+            return 1;
+    return 0;
 }
 
 static size_t components(const char *p)
@@ -337,13 +364,13 @@ int sb_mounts_parse(struct sb_mounts *m, const char *text, const char *file,
                 set_err(err, errsize, file, lineno, "redirect path too long");
                 goto fail;
             }
-        } else if (strcasecmp(what, "DENY") == 0) {
+        } else if (is_keyword(what, "DENY")) {
             e.kind = SB_DENY;
             e.mode = 0;
-        } else if (strcasecmp(what, "ENOENT") == 0) {
+        } else if (is_keyword(what, "ENOENT")) {
             e.kind = SB_ENOENT;
             e.mode = 0;
-        } else if (strcasecmp(what, "PRIVATE") == 0) {
+        } else if (is_keyword(what, "PRIVATE")) {
             e.kind = SB_PRIVATE;
         } else if (is_mode(what)) {
             e.kind = SB_IDENTITY;
@@ -567,7 +594,7 @@ int sb_reverse(const struct sb_mounts *m, const char *real, char *out, size_t ou
     }
     const char *rest = best->tlen == 1 ? (real[1] ? real : "") : real + best->tlen;
     char tmp[PATH_MAX];
-    snprintf(tmp, sizeof tmp, "%s", rest);
+    sb_copy(tmp, sizeof tmp, rest);
     if (join(best->prefix, best->plen, tmp, out, outsize))
         return 0;
     return 1;

@@ -307,7 +307,7 @@ void sb_set_cwd(const char *vpath)
     }
     unsigned s = __atomic_load_n(&g_cwd_seq, __ATOMIC_ACQUIRE);
     unsigned idx = ((s / 2) + 1) & 1;
-    snprintf(g_cwdbuf[idx], PATH_MAX, "%s", vpath);
+    sb_copy(g_cwdbuf[idx], PATH_MAX, vpath);
     struct base *b = &g_cwdbase[idx];
     b->vl = (unsigned)strlen(g_cwdbuf[idx]);
     b->e = NULL;
@@ -573,10 +573,23 @@ void sb_fd_note_result(int fd, const struct sb_result *res, int dir)
 static int proc_fd_real(pid_t pid, int fd, char *out, size_t outsize)
 {
     char link[64];
-    if (pid)
+    if (pid) {
         snprintf(link, sizeof link, "/proc/%d/fd/%d", (int)pid, fd);
-    else
-        snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    } else if (fd < 0) {
+        return EBADF;
+    } else {
+        /* the number written by hand: the common case, asked by programs that format nothing */
+        char digits[16];
+        int k = 0;
+        unsigned u = (unsigned)fd;
+        do
+            digits[k++] = (char)('0' + u % 10);
+        while ((u /= 10) != 0);
+        memcpy(link, "/proc/self/fd/", 14);
+        for (int i = 0; i < k; i++)
+            link[14 + i] = digits[k - 1 - i];
+        link[14 + k] = '\0';
+    }
     STAT_INC(readlinks);
     ssize_t n = readlink(link, out, outsize - 1);
     if (n < 0)
@@ -601,7 +614,7 @@ int sb_fd_path(int fd, char *out, size_t outsize)
     if (g_active)
         sb_reverse(&g_m, real, out, outsize);
     else
-        snprintf(out, outsize, "%s", real);
+        sb_copy(out, outsize, real);
     return 0;
 }
 
@@ -936,6 +949,21 @@ static int policy_find(void)
     return found;
 }
 
+/* A descriptor or pid number as the policy and the environment write it: decimal digits only,
+ * below INT_MAX; -1 for anything else.  (Not strtol: its code is pages of the C library that
+ * most processes of a run would touch for this alone.) */
+static int decimal(const char *s)
+{
+    long n = 0;
+    if (!*s)
+        return -1;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9' || (n = n * 10 + (*s - '0')) >= INT_MAX)
+            return -1;
+    }
+    return (int)n;
+}
+
 static const char *policy_field(const char *text, const char *key, char *out, size_t size)
 {
     size_t kl = strlen(key);
@@ -944,7 +972,13 @@ static const char *policy_field(const char *text, const char *key, char *out, si
         if (!e)
             break;
         if ((size_t)(e - l) > kl && memcmp(l, key, kl) == 0 && l[kl] == '=') {
-            snprintf(out, size, "%.*s", (int)(e - l - (long)kl - 1), l + kl + 1);
+            /* copied by hand: snprintf would fault in the C library's formatting code in
+             * every process of the run, most of which never format anything */
+            size_t n = (size_t)(e - l) - kl - 1;
+            if (n >= size)
+                n = size - 1;
+            memcpy(out, l + kl + 1, n);
+            out[n] = '\0';
             return out;
         }
     }
@@ -969,7 +1003,11 @@ static int policy_install(int fd, char *text, char *err, size_t errsize)
         g_landlock = flags[5] == '1';
     }
     g_settings_read = 1;
-    const char *body = strstr(text, "\n\n");
+    const char *body = text;            /* after the blank line (not strstr: one page less) */
+    while (*body && !(body[0] == '\n' && body[1] == '\n'))
+        body++;
+    if (!*body)
+        body = NULL;
     struct sb_mounts m;
     if (!body || sb_mounts_parse(&m, body + 2, g_mounts_file, err, errsize) < 0)
         return -1;
@@ -977,7 +1015,7 @@ static int policy_install(int fd, char *text, char *err, size_t errsize)
         sb_mounts_free(&m);
         return -1;
     }
-    g_private_owner = (pid_t)atoi(owner);
+    g_private_owner = (pid_t)decimal(owner);
     if (g_private[0] && g_private_owner == g_pid) {
         keep_stderr();                  /* the first process of the run, after an exec */
         atexit(sb_atexit_report);
@@ -1035,10 +1073,9 @@ int sb_init_from_env(char *err, size_t errsize)
     int fd = -1;
     char *text = NULL;
     if (named && *named) {
-        char *end;
-        long n = strtol(named, &end, 10);
-        if (*end == '\0' && n >= 0 && n < INT_MAX && (text = policy_read((int)n)) != NULL)
-            fd = (int)n;
+        int n = decimal(named);
+        if (n >= 0 && (text = policy_read(n)) != NULL)
+            fd = n;
     }
     if (!text && (fd = policy_find()) >= 0 && (text = policy_read(fd)) != NULL)
         say_tamper(SB_ENV_POLICY, named ? named : "(nothing)");
@@ -1858,8 +1895,8 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         return 0;
     }
     if (!g_active) {
-        snprintf(res->rpath, sizeof res->rpath, "%s", path);
-        snprintf(res->vpath, sizeof res->vpath, "%s", path);
+        sb_copy(res->rpath, sizeof res->rpath, path);
+        sb_copy(res->vpath, sizeof res->vpath, path);
         return 0;
     }
     res->rel_ok = 0;

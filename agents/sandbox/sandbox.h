@@ -116,6 +116,9 @@ int sb_private_attach_canonical(struct sb_mounts *m, const char *dir, int make, 
 /* Lexically normalise an absolute path: collapse "//", ".", ".." and the
  * trailing slash.  Returns 0 or ENAMETOOLONG/EINVAL. */
 int sb_normalise(const char *in, char *out, size_t outsize);
+/* Copy src into out, cut to outsize - 1 bytes as snprintf("%s") would, without the C library's
+ * formatting code: a process that formats nothing itself need not fault its pages in. */
+void sb_copy(char *out, size_t outsize, const char *src);
 
 /* ---- kernel enforcement (landlock.c) ---------------------------------------- */
 

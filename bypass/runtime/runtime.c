@@ -13,6 +13,7 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,11 +122,22 @@ static const char *settings[SETTINGS_MAX];
 static size_t settings_count;
 static char self_path[4096];
 static int runtime_ready;
-static pthread_once_t runtime_once = PTHREAD_ONCE_INIT;
+static int runtime_state;               /* 0 not started, 1 capturing, 2 captured */
 
+static int starts_with(const char *s, const char *prefix)
+{
+    while (*prefix)
+        if (*s++ != *prefix++)
+            return 0;
+    return 1;
+}
+
+/* Compared by hand, as the once below is done by hand: every process of a run comes here at
+ * start, and the C library's strncmp and pthread_once are pages a process like /bin/true
+ * would fault in for this alone. */
 static int is_setting(const char *entry)
 {
-    return strncmp(entry, "BYPASS_", 7) == 0 || strncmp(entry, "LD_PRELOAD=", 11) == 0;
+    return starts_with(entry, "BYPASS_") || starts_with(entry, "LD_PRELOAD=");
 }
 
 /* Where the agent was loaded from, asked of the loader where a child is about to start (not
@@ -170,7 +182,15 @@ static void capture_settings(void)
 
 void bypass_runtime_init(void)
 {
-    pthread_once(&runtime_once, capture_settings);
+    int expected = 0;
+    if (__atomic_compare_exchange_n(&runtime_state, &expected, 1, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE)) {
+        capture_settings();
+        __atomic_store_n(&runtime_state, 2, __ATOMIC_RELEASE);
+        return;
+    }
+    while (__atomic_load_n(&runtime_state, __ATOMIC_ACQUIRE) != 2)
+        sched_yield();                  /* another thread is capturing: a few microseconds */
 }
 
 /* Before every other constructor of the agent (its support code's read settings). A priority
