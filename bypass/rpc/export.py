@@ -29,13 +29,30 @@ _syscall_openat2.restype = ctypes.c_long
 _syscall_openat2.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
 
 
-def _openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> int:
-    how = struct.pack("QQQ", flags, mode, resolve)
+_pack_how = struct.Struct("QQQ").pack
+
+
+def _ctypes_openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> int:
+    how = _pack_how(flags, mode, resolve)
     fd = _syscall_openat2(_SYS_OPENAT2, dirfd, path, how, len(how))
     if fd < 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e), path.decode(errors="surrogateescape"))
     return fd
+
+
+def _openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> int:
+    """openat2(2); the first call picks the shadow's C module's (a fraction of ctypes' cost per
+    call, and every path of an agent passes here) when it is built, ctypes otherwise."""
+    global _openat2
+    fast = None
+    try:
+        from .c_loop import c_loop
+        fast = getattr(c_loop(), "openat2", None)
+    except Exception:             # (BYPASS_SHADOW_LOOP=c without a compiler...): ctypes, then
+        pass
+    _openat2 = fast or _ctypes_openat2
+    return _openat2(dirfd, path, flags, mode, resolve)
 
 
 def _renameat2(od: int, on: bytes, nd: int, nn: bytes, flags: int) -> None:
@@ -46,6 +63,7 @@ def _renameat2(od: int, on: bytes, nd: int, nn: bytes, flags: int) -> None:
 
 
 _MAX_SYMLINKS = 40
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0)
 _PATH_MAX = 4096
 
 
@@ -168,9 +186,8 @@ class ExportRoot:
 
     def open(self, path, flags: int, mode: int = 0o666) -> int:
         """open(2) inside the root; a real descriptor of the shadow."""
-        p = self._b(path).lstrip(b"/") or b"."
-        tmpfile = getattr(os, "O_TMPFILE", 0)
-        if not flags & os.O_CREAT and not (tmpfile and flags & tmpfile == tmpfile):
+        p = (path if type(path) is bytes else os.fsencode(path)).lstrip(b"/") or b"."
+        if not flags & os.O_CREAT and not (_O_TMPFILE and flags & _O_TMPFILE == _O_TMPFILE):
             mode = 0              # openat2 insists on a zero mode without O_CREAT
         mode &= 0o7777            # open(2) ignores file-type bits, openat2 refuses them
         at = getattr(path, "dirfd", None)
