@@ -264,8 +264,17 @@ def mode_to_local(neutral_mode: int) -> int:
     return lt | (neutral_mode & 0o7777)
 
 
+_DEVNUM_NEUTRAL: dict[int, int] = {0: 0}      # local -> neutral, as they are met
+
+
 def devnum_to_neutral(dev: int) -> int:
-    return (os.major(dev) << 32) | os.minor(dev)
+    # (every stat passes here twice, with the few device numbers of the export's file systems)
+    n = _DEVNUM_NEUTRAL.get(dev)
+    if n is None:
+        n = (os.major(dev) << 32) | os.minor(dev)
+        if len(_DEVNUM_NEUTRAL) < 4096:
+            _DEVNUM_NEUTRAL[dev] = n
+    return n
 
 
 def devnum_to_local(neutral_dev: int) -> int:
