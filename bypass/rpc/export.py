@@ -486,8 +486,16 @@ def _entries(fd: int) -> list:
         with os.scandir(dup) as it:
             for e in it:
                 try:
-                    mode = e.stat(follow_symlinks=False).st_mode
-                    kind = _DT_OF.get(stat.S_IFMT(mode), "DT_UNKNOWN")
+                    # the type getdents gave, when the file system gives one (no lstat)
+                    if e.is_symlink():
+                        kind = "DT_LNK"
+                    elif e.is_dir(follow_symlinks=False):
+                        kind = "DT_DIR"
+                    elif e.is_file(follow_symlinks=False):
+                        kind = "DT_REG"
+                    else:
+                        mode = e.stat(follow_symlinks=False).st_mode
+                        kind = _DT_OF.get(stat.S_IFMT(mode), "DT_UNKNOWN")
                 except OSError:
                     kind = "DT_UNKNOWN"
                 out.append([os.fsencode(e.name), dt.neutral(kind), e.inode()])

@@ -140,3 +140,29 @@ def test_c_openat2_is_ctypes_openat2(tmp_path):
             assert got[0][3] == name.decode(errors="surrogateescape")
     finally:
         os.close(top)
+
+
+def test_directory_entry_types(tmp_path):
+    """Each entry's type is the one lstat gives (from getdents' d_type where it has one)."""
+    import socket
+    import stat
+
+    from bypass.rpc.neutral import SETS
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "link").symlink_to("file")
+    (tmp_path / "dangling").symlink_to("nowhere")
+    os.mkfifo(tmp_path / "fifo")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "sock"))
+    names = {stat.S_IFDIR: "DT_DIR", stat.S_IFREG: "DT_REG", stat.S_IFLNK: "DT_LNK",
+             stat.S_IFIFO: "DT_FIFO", stat.S_IFSOCK: "DT_SOCK"}
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        got = {name: kind for name, kind, _ in export.dir_entries(fd)}
+    finally:
+        os.close(fd)
+        sock.close()
+    want = {os.fsencode(p.name): SETS["dirent_types"].neutral(names[stat.S_IFMT(p.lstat().st_mode)])
+            for p in tmp_path.iterdir()}
+    assert got == want and len(want) == 6
