@@ -18,6 +18,7 @@ import struct
 
 _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}.get(os.uname().machine, 437)
 RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
 
@@ -29,13 +30,30 @@ _syscall_openat2.restype = ctypes.c_long
 _syscall_openat2.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
 
 
-def _openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> int:
-    how = struct.pack("QQQ", flags, mode, resolve)
+_pack_how = struct.Struct("QQQ").pack
+
+
+def _ctypes_openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> int:
+    how = _pack_how(flags, mode, resolve)
     fd = _syscall_openat2(_SYS_OPENAT2, dirfd, path, how, len(how))
     if fd < 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e), path.decode(errors="surrogateescape"))
     return fd
+
+
+def _openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> int:
+    """openat2(2); the first call picks the shadow's C module's (a fraction of ctypes' cost per
+    call, and every path of an agent passes here) when it is built, ctypes otherwise."""
+    global _openat2
+    fast = None
+    try:
+        from .c_loop import c_loop
+        fast = getattr(c_loop(), "openat2", None)
+    except Exception:             # (BYPASS_SHADOW_LOOP=c without a compiler...): ctypes, then
+        pass
+    _openat2 = fast or _ctypes_openat2
+    return _openat2(dirfd, path, flags, mode, resolve)
 
 
 def _renameat2(od: int, on: bytes, nd: int, nn: bytes, flags: int) -> None:
@@ -46,6 +64,7 @@ def _renameat2(od: int, on: bytes, nd: int, nn: bytes, flags: int) -> None:
 
 
 _MAX_SYMLINKS = 40
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0)
 _PATH_MAX = 4096
 
 
@@ -168,9 +187,8 @@ class ExportRoot:
 
     def open(self, path, flags: int, mode: int = 0o666) -> int:
         """open(2) inside the root; a real descriptor of the shadow."""
-        p = self._b(path).lstrip(b"/") or b"."
-        tmpfile = getattr(os, "O_TMPFILE", 0)
-        if not flags & os.O_CREAT and not (tmpfile and flags & tmpfile == tmpfile):
+        p = (path if type(path) is bytes else os.fsencode(path)).lstrip(b"/") or b"."
+        if not flags & os.O_CREAT and not (_O_TMPFILE and flags & _O_TMPFILE == _O_TMPFILE):
             mode = 0              # openat2 insists on a zero mode without O_CREAT
         mode &= 0o7777            # open(2) ignores file-type bits, openat2 refuses them
         at = getattr(path, "dirfd", None)
@@ -195,7 +213,20 @@ class ExportRoot:
             # failed lookup can have met one, and pays for the walk by hand.
             if self.alias is None or e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                 raise
+            if e.errno != errno.ELOOP and not flags & os.O_CREAT and self._fails_without_links(p, e.errno):
+                raise
             return _walk_in_root(self.rootfd, p, flags, mode, self.alias)
+
+    def _fails_without_links(self, p: bytes, err: int) -> bool:
+        """Whether looking p up fails with err before meeting any symlink: then no symlink
+        into the alias was involved, and the walk by hand (~10 system calls) would only
+        find the same error.  (A lookup that creates nothing: O_CREAT is not asked here.)"""
+        try:
+            os.close(_openat2(self.rootfd, p, os.O_PATH | os.O_CLOEXEC, 0,
+                              RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS))
+        except OSError as e:
+            return e.errno == err
+        return False
 
     def _now_at(self, dirfd: int) -> bytes | None:
         """Where a directory of the export is now (it may have moved since it was opened), as
@@ -455,8 +486,16 @@ def _entries(fd: int) -> list:
         with os.scandir(dup) as it:
             for e in it:
                 try:
-                    mode = e.stat(follow_symlinks=False).st_mode
-                    kind = _DT_OF.get(stat.S_IFMT(mode), "DT_UNKNOWN")
+                    # the type getdents gave, when the file system gives one (no lstat)
+                    if e.is_symlink():
+                        kind = "DT_LNK"
+                    elif e.is_dir(follow_symlinks=False):
+                        kind = "DT_DIR"
+                    elif e.is_file(follow_symlinks=False):
+                        kind = "DT_REG"
+                    else:
+                        mode = e.stat(follow_symlinks=False).st_mode
+                        kind = _DT_OF.get(stat.S_IFMT(mode), "DT_UNKNOWN")
                 except OSError:
                     kind = "DT_UNKNOWN"
                 out.append([os.fsencode(e.name), dt.neutral(kind), e.inode()])

@@ -38,6 +38,7 @@ class NeutralSet:
 
     def __init__(self, name: str, spec: dict):
         self.name = name
+        self._local_memo: dict[int, int] = {}     # neutral -> local, for to_local
         self.kind = spec["kind"]
         if self.kind not in ("bits", "enum"):
             raise ValueError(f"neutral.toml: [{name}] has unknown kind {self.kind!r}")
@@ -134,6 +135,17 @@ class NeutralSet:
     def to_local(self, neutral: int, strict: bool = False) -> int:
         """Neutral value -> local.  Names this platform lacks are dropped (bits) or become the
         default (enum); with strict, NeutralError instead."""
+        if strict or type(neutral) is not int:
+            return self._to_local(neutral, strict)
+        # (open flags...: a program uses few distinct values, and converts one on every call)
+        local = self._local_memo.get(neutral)
+        if local is None:
+            local = self._to_local(neutral)
+            if len(self._local_memo) < 1024:
+                self._local_memo[neutral] = local
+        return local
+
+    def _to_local(self, neutral: int, strict: bool = False) -> int:
         if self.kind == "enum":
             for _, nv, lv in self._pairs:
                 if nv == neutral:
@@ -252,8 +264,17 @@ def mode_to_local(neutral_mode: int) -> int:
     return lt | (neutral_mode & 0o7777)
 
 
+_DEVNUM_NEUTRAL: dict[int, int] = {0: 0}      # local -> neutral, as they are met
+
+
 def devnum_to_neutral(dev: int) -> int:
-    return (os.major(dev) << 32) | os.minor(dev)
+    # (every stat passes here twice, with the few device numbers of the export's file systems)
+    n = _DEVNUM_NEUTRAL.get(dev)
+    if n is None:
+        n = (os.major(dev) << 32) | os.minor(dev)
+        if len(_DEVNUM_NEUTRAL) < 4096:
+            _DEVNUM_NEUTRAL[dev] = n
+    return n
 
 
 def devnum_to_local(neutral_dev: int) -> int:

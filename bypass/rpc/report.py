@@ -53,7 +53,11 @@ class Report:
         if self.first is None:
             self.first = now
         self.last = now
-        return self.rows.setdefault(self._key(export_path), Row())
+        key = self._key(export_path)
+        row = self.rows.get(key)
+        if row is None:                # (not setdefault: a Row for every call is not free)
+            row = self.rows[key] = Row()
+        return row
 
     def _key(self, export_path: str) -> str:
         # (a file is opened, tallied and closed under one name: made into the job's once)
@@ -66,7 +70,7 @@ class Report:
         """The shadow is about to open it (a failed open is one that never closes)."""
         with self.lock:
             self._row(export_path)
-            key = self._key(export_path)
+            key = self.keys[export_path]          # (made by _row)
             self.tried[key] = self.tried.get(key, 0) + 1
 
     def decided(self, export_path: str, decision: str, local: bool = False) -> None:

@@ -57,20 +57,45 @@ def wrap(fn: Callable, outs: tuple[str, ...]) -> Callable:
             return _ret(fn(ctx, *args))
         return handler
 
+    if outs == ("stat",):
+        # stat and fstat: the calls a program makes most; an os.stat_result goes straight
+        # to its wire form
+        to_neutral = neutral.stat_to_neutral
+
+        def handler_stat(ctx, *args):
+            r = fn(ctx, *args)
+            if type(r) is os.stat_result:
+                return [0, to_neutral(r)]
+            return _with_outs(r, outs)
+        return handler_stat
+
+    if outs == ("opaque",):
+        # read, pread and the like: bytes go out as they are (their length is the result)
+        def handler_bytes(ctx, *args):
+            r = fn(ctx, *args)
+            if type(r) is bytes:
+                return [len(r), r]
+            return _with_outs(r, outs)
+        return handler_bytes
+
     def handler_with_outs(ctx, *args):
-        r = fn(ctx, *args)
-        # (result, outs...); a struct sequence (os.stat_result, os.statvfs_result) is one out
-        if isinstance(r, tuple) and not hasattr(r, "n_fields"):
-            if len(r) != 1 + len(outs):
-                raise TypeError(f"shadow action returned {len(r)} values, expected {1 + len(outs)}")
-            return [_ret(r[0]), *(_encode(f, v) for f, v in zip(outs, r[1:]))]
-        if len(outs) == 1:
-            if isinstance(r, (bytes, bytearray, memoryview, str)):
-                return [len(r), _encode(outs[0], r)]
-            if isinstance(r, os.stat_result) or (outs[0].startswith("struct:") and r is not None):
-                return [0, _encode(outs[0], r)]
-        raise TypeError("a call with out parameters must return a tuple (result, outs...)")
+        return _with_outs(fn(ctx, *args), outs)
     return handler_with_outs
+
+
+def _with_outs(r, outs: tuple[str, ...]) -> list:
+    """A shadow function's result, with out parameters, in its wire form."""
+    # (result, outs...); a struct sequence (os.stat_result, os.statvfs_result) is one out
+    if isinstance(r, tuple) and not hasattr(r, "n_fields"):
+        if len(r) != 1 + len(outs):
+            raise TypeError(f"shadow action returned {len(r)} values, expected {1 + len(outs)}")
+        return [_ret(r[0]), *(_encode(f, v) for f, v in zip(outs, r[1:]))]
+    if len(outs) == 1:
+        if isinstance(r, (bytes, bytearray, memoryview, str)):
+            return [len(r), _encode(outs[0], r)]
+        if isinstance(r, os.stat_result) or (outs[0].startswith("struct:") and r is not None):
+            return [0, _encode(outs[0], r)]
+    raise TypeError("a call with out parameters must return a tuple (result, outs...)")
 
 
 # ---- the file system a default action sees -------------------------------------------------------
