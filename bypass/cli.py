@@ -184,7 +184,7 @@ def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
     if args.debug_file:
         extra["BYPASS_DEBUG_FILE"] = os.path.abspath(args.debug_file)
     if "BYPASS_MOUNTS" in extra:
-        from .mounts import check_program          # the agent checks every later exec itself
+        from .agents.sandbox.mounts import check_program          # the agent checks every later exec itself
         command = check_program(command, {**os.environ, **extra})
     agent = Path(args.agent) if args.agent else build_cached(args.spec)
     if args.export or args.listen:
@@ -285,7 +285,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("conform", help=COMMAND_HELP["conform"], add_help=False)
     sub.add_parser("publish", help=COMMAND_HELP["publish"], add_help=False)
     sub.add_parser("keygen", help=COMMAND_HELP["keygen"], add_help=False)
-    from .gass_cache import add_subcommand as add_gass_subcommand
+    from .agents.gass.gass_cache import add_subcommand as add_gass_subcommand
     add_gass_subcommand(sub)
     return parser
 
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         return status
     except BypassError as exc:
         from .errors import SpecError
-        from .mounts import MountListError
+        from .agents.sandbox.mounts import MountListError
         located = isinstance(exc, (SpecError, MountListError))      # already file:line: error: …
         _say(str(exc) if located else f"bypass: {exc}", sys.stderr)
         return 2

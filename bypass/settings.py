@@ -188,7 +188,7 @@ def agent_settings(assignments: list[str] | None, mounts: str | None = None,
             raise BypassError(f"--set wants NAME=VALUE, got {item!r}")
         settings[name] = value
     if inline:
-        from .mounts import load_mounts, parse
+        from .agents.sandbox.mounts import load_mounts, parse
         if mounts:
             load_mounts(mounts)
         text = (Path(mounts).read_text() + "\n" if mounts else "") + inline_mounts(inline)
@@ -201,7 +201,7 @@ def agent_settings(assignments: list[str] | None, mounts: str | None = None,
         Path(combined).write_text(text)
         mounts = combined
     if mounts:
-        from .mounts import load_mounts
+        from .agents.sandbox.mounts import load_mounts
         load_mounts(mounts)
         settings["BYPASS_MOUNTS"] = os.path.abspath(mounts)
     return settings

@@ -18,7 +18,7 @@
  * wins.  Implicit entries come first: "/ rwx", and "rw" for /dev/null,
  * /dev/zero, /dev/full, /dev/random, /dev/urandom, /dev/tty and /dev/shm.
  *
- * bypass/mounts.py is the Python mirror of this parser; keep them in step
+ * mounts.py beside it is the Python mirror of this parser; keep them in step
  * (tests/sandbox/test_mounts.py compares the two).
  */
 #define _GNU_SOURCE

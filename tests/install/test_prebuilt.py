@@ -32,6 +32,8 @@ def test_wheel_carries_the_shipped_agents_and_run_uses_them(tmp_path, monkeypatc
         archive.extractall(tmp_path / "unpacked", [n for n in archive.namelist() if n.startswith("bypass/prebuilt/")])
         [man] = [n for n in archive.namelist() if n.endswith("/data/share/man/man1/bypass.1")]
         assert archive.read(man).decode() == render()
+        # an agent's Python helpers travel in its folder, importable as bypass.agents.NAME.MODULE
+        assert {"bypass/agents/sandbox/mounts.py", "bypass/agents/gass/gass_cache.py"} <= set(archive.namelist())
     folder = tmp_path / "unpacked" / "bypass" / "prebuilt"
     trace = folder / f"trace-{fingerprint(AGENTS / 'trace' / 'trace.bypass')}.so"
     ran = run(["cat", "/etc/hostname"], agent=trace, env={"BYPASS_TRACE": str(tmp_path / "t.log")})

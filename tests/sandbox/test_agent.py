@@ -342,7 +342,7 @@ def test_scripts_with_a_denied_interpreter_do_not_run(agent, work):
 
 
 def test_bypass_run_with_a_static_first_program(agent, work, static_prog):
-    from bypass.mounts import is_static_executable
+    from bypass.agents.sandbox.mounts import is_static_executable
     assert is_static_executable(static_prog)
     assert not is_static_executable("/bin/ls") and not is_static_executable(PY)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_")}

@@ -1,4 +1,4 @@
-"""The mount-list parser: the C library and bypass/mounts.py must agree, and errors are clear."""
+"""The mount-list parser: the C library and agents/sandbox/mounts.py must agree, and errors are clear."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from bypass import mounts
+from bypass.agents.sandbox import mounts
 
 GOOD = """\
 # comment line

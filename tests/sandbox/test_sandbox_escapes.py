@@ -134,7 +134,7 @@ def raw_args(w):
 
 def test_landlock_is_here():
     """This machine's kernel has Landlock (the tests below rely on it)."""
-    from bypass.mounts import landlock_abi
+    from bypass.agents.sandbox.mounts import landlock_abi
 
     assert landlock_abi() >= 4
 

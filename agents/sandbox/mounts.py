@@ -30,7 +30,7 @@ import shutil
 import struct
 from dataclasses import dataclass
 
-from .errors import BypassError
+from ...errors import BypassError
 
 __all__ = [
     "MountListError",

@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     add_subcommand(sub)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] != ["gass"]:
-        argv = ["gass", "cache"] + argv  # run directly: `python3 -m bypass.gass_cache clear`
+        argv = ["gass", "cache"] + argv  # run directly: `python3 -m bypass.agents.gass.gass_cache clear`
     args = parser.parse_args(argv)
     return args.func(args)
 
