@@ -716,6 +716,36 @@ def test_execveat_of_a_remote_program(agent, shadow, export):
         assert p.stdout == f"ran in /job/bin with {how}\n"
 
 
+def test_null_paths_beside_a_remote_descriptor(agent, shadow, export, tmp_path):
+    """conform seed 301: a NULL path with AT_EMPTY_PATH is the descriptor's file to statx and
+    fstatat (Linux 6.11 on; EFAULT without the flag), and glibc's utimensat refuses any NULL
+    path with EINVAL.  The agent answered the local placeholder's stat, and changed times."""
+    differential(agent, shadow, export, tmp_path, r'''
+        import struct
+        os.chdir(B)
+        fd = os.open("data/input.txt", os.O_RDONLY)
+        new = os.open("data/new", os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o444)
+        sx, st = ctypes.create_string_buffer(256), ctypes.create_string_buffer(256)
+        def statx_null(d, flags):
+            c(libc.statx(d, None, flags, 0x7ff, sx))
+            nlink, uid, gid, mode = struct.unpack_from("IIIH", sx.raw, 16)
+            return oct(mode), nlink, uid, struct.unpack_from("Q", sx.raw, 40)[0]
+        def fstatat_null(d, flags):
+            c(libc.fstatat(d, None, st, flags))
+            nlink, mode, uid = struct.unpack_from("QII", st.raw, 16)
+            return oct(mode), nlink, uid, struct.unpack_from("q", st.raw, 48)[0]
+        for d, name in ((fd, "input.txt"), (new, "a new 0444 file")):
+            show(f"statx NULL AT_EMPTY_PATH, {name}", lambda: statx_null(d, 0x1000))
+            show(f"statx NULL, {name}", lambda: statx_null(d, 0))
+            show(f"fstatat NULL AT_EMPTY_PATH, {name}", lambda: fstatat_null(d, 0x1000))
+            show(f"fstatat NULL, {name}", lambda: fstatat_null(d, 0))
+        ts = (ctypes.c_long * 4)(300000000, 0, 300000000, 0)
+        show("utimensat NULL", lambda: c(libc.utimensat(fd, None, ts, 0)))
+        show("utimensat NULL NOFOLLOW", lambda: c(libc.utimensat(fd, None, ts, 0x100)))
+        show("mtime after", lambda: os.stat("data/input.txt").st_mtime_ns != 300000000 * 10**9)
+        ''')
+
+
 def test_kernel_order_of_checks_found_by_conform(agent, shadow, export, tmp_path):
     """What `bypass conform` found (issue 12): flags before paths, access modes before
     buffers, iovec bases, splice's rules, symlink targets, a bad directory descriptor after the
