@@ -2476,7 +2476,8 @@ DIR *rmt_fdopendir(int fd)
 
 DIR *rmt_opendir(int dslot, const char *rpath)
 {
-    int fd = rmt_open(dslot, rpath, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+    /* glibc's opendir opens with O_NONBLOCK too, and F_GETFL of dirfd() shows it */
+    int fd = rmt_open(dslot, rpath, O_RDONLY | O_NONBLOCK | O_DIRECTORY | O_CLOEXEC, 0);
     if (fd < 0)
         return NULL;
     if (!rmt_is_fd(fd)) {

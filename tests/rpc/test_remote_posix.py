@@ -716,10 +716,11 @@ def test_execveat_of_a_remote_program(agent, shadow, export):
         assert p.stdout == f"ran in /job/bin with {how}\n"
 
 
-def test_null_paths_beside_a_remote_descriptor(agent, shadow, export, tmp_path):
+def test_descriptor_calls_found_by_later_conform_seeds(agent, shadow, export, tmp_path):
     """conform seed 301: a NULL path with AT_EMPTY_PATH is the descriptor's file to statx and
     fstatat (Linux 6.11 on; EFAULT without the flag), and glibc's utimensat refuses any NULL
-    path with EINVAL.  The agent answered the local placeholder's stat, and changed times."""
+    path with EINVAL.  The agent answered the local placeholder's stat, and changed times.
+    Seed 323: glibc's opendir opens with O_NONBLOCK, which F_GETFL of dirfd() shows."""
     differential(agent, shadow, export, tmp_path, r'''
         import struct
         os.chdir(B)
@@ -743,6 +744,9 @@ def test_null_paths_beside_a_remote_descriptor(agent, shadow, export, tmp_path):
         show("utimensat NULL", lambda: c(libc.utimensat(fd, None, ts, 0)))
         show("utimensat NULL NOFOLLOW", lambda: c(libc.utimensat(fd, None, ts, 0x100)))
         show("mtime after", lambda: os.stat("data/input.txt").st_mtime_ns != 300000000 * 10**9)
+        libc.opendir.restype = ctypes.c_void_p
+        stream = ctypes.c_void_p(libc.opendir(b"data/sub"))
+        show("F_GETFL of an opendir stream", lambda: hex(fcntl.fcntl(c(libc.dirfd(stream)), fcntl.F_GETFL)))
         ''')
 
 
