@@ -5,8 +5,9 @@
  * the Python handler, encode [seq, status, result], send.  Written in Python, everything but
  * the handler costs ~5 µs of interpreter time per call, as much as the whole C-to-C socket
  * round trip; here it costs well under 1 µs, so only the handler (the shadow action, which
- * stays Python) is paid for in Python.  cffi cannot build Python objects from C, hence the
- * plain C API.
+ * stays Python) is paid for in Python — but for the few actions a spec declares native,
+ * performed here ("native actions" below).  cffi cannot build Python objects from C, hence
+ * the plain C API.
  *
  * It speaks exactly what bypass/rpc/server.py's Python loop speaks (that loop remains the
  * fallback when no compiler is at hand and the reference for behaviour):
@@ -690,7 +691,7 @@ static int int_attr(PyObject *o, PyObject *name, long long *v)
 }
 
 /* ctx.process.fds[slot] and its shared object, as ProcessState.entry finds them (EBADF when
- * the slot is not open).  N_SENT: *entry_shared and *obj are new references; N_RAISED;
+ * the slot is not open).  N_SENT (found: *shared and *obj are new references), N_RAISED,
  * N_PYTHON when the object is not of the declared type. */
 static int slot_object(conn *c, int64_t slot, PyObject *file_type, PyObject **shared, PyObject **obj)
 {
