@@ -181,6 +181,37 @@ def test_a_server_that_wraps_a_native_handler_runs_the_wrapper(tree):
     assert seen == [(-1, "/f", 1)]
 
 
+def test_the_common_calls_never_reach_python(tree):
+    """With the Python actions replaced by ones that fail (still declared native), the common
+    calls are answered all the same: the C loop performed them; the others reach Python."""
+    top, root = tree
+    s = make_server(SPEC, str(root), loop="c")
+    reached = []
+    for call in (4, 5, 11, 12):
+        def python_action(ctx, *args, call=call):
+            reached.append((call, *args))
+            raise OSError(5, "the Python action")
+        python_action.native = s.dispatch[call].native
+        s.dispatch[call] = python_action
+    s.start()
+    try:
+        c = Raw(s, f"native-only:{time.monotonic_ns()}")
+        assert msgpack.unpackb(c.call(1, 1, -1, "/f", O_RDONLY, 0, 0o22, 20, 20))[1] == 0
+        common = [(12, -1, "/f", 1), (12, -1, "/d/g", 0), (12, -1, "/nope", 1), (12, -1, "/f/", 1),
+                  (11, 20), (11, 99), (4, 20, 10, 100), (5, 20, 10, 0), (5, 20, 10, -1)]
+        for seq, (call, *args) in enumerate(common, 2):
+            status = msgpack.unpackb(c.call(call, seq, *args))[1]
+            assert status in (0, 1), (call, args)           # an answer or an errno, not EIO
+        assert reached == []
+        for seq, (call, *args) in enumerate([(12, -1, "/tojob", 1), (12, 21, "g", 1), (4, 20, -1, -1),
+                                             (4, 20, 1, 70000), (5, 20, "1", 0)], 50):
+            c.call(call, seq, *args)
+        assert len(reached) == 5
+        c.sock.close()
+    finally:
+        s.close()
+
+
 PROBE = r'''
 import errno, os, sys
 B = sys.argv[1]

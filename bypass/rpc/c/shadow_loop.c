@@ -958,6 +958,7 @@ static int native_read(conn *c, const struct native_call *nc, bp_mp_reader *r, u
     int rc = slot_object(c, slot, nc->file_type, &shared, &obj);
     if (rc != N_SENT)
         return rc;
+    rc = 0;                              /* from here: 0 go on, 1 Python's, -1 raised */
     int64_t n = count;
     if (!positional) {
         long long refs, regular = 0;
