@@ -29,7 +29,7 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
-from . import auth, creds
+from . import auth, creds, neutral
 from .framing import _HEADER, _RECV_SIZE, _SMALL, FrameReader, new_packer, send_frame, send_frame_body
 from .c_loop import c_loop
 from .neutral import errno_to_neutral
@@ -43,6 +43,14 @@ from .protocol import (
 log = logging.getLogger("bypass.shadow")
 
 Handler = Callable[..., Any]
+
+
+# Native actions (c/shadow_loop.c): the kinds, and the neutral forms of struct stat's members
+# and of the 16 possible file types, as neutral.stat_to_neutral makes them.
+_NATIVE_KINDS = {"fstat": 1, "stat": 2, "read": 3, "pread": 4}
+_NATIVE_MAX = 8
+_STAT_ORDER = tuple(neutral._STAT_COMPUTED.index(f) for f in neutral.STAT_FIELDS)
+_FILE_TYPES = tuple(neutral.mode_to_neutral(t << 12) & ~0o7777 for t in range(16))
 
 
 def _no_such_call(ctx, *args):
@@ -267,6 +275,9 @@ class ShadowServer:
         # A root shadow acts, per connection thread, as the agent process it serves (creds).
         self.as_caller = os.geteuid() == 0 and creds.of_process(os.getpid()) is not None
         self._c_loop = c_loop(loop)
+        # the C loop performs the actions a spec declares native itself (False: never; tests
+        # and benchmarks compare the two)
+        self.native_actions = True
 
     # -- listening ---------------------------------------------------------------------------------
 
@@ -489,7 +500,32 @@ class ShadowServer:
             lambda call, exc: self._exception_reply(ctx, call, exc),
             lambda seq, call, result: self._pack_reply(packer, seq, call, result),
             FileRegion, ProtocolError, self.max_frame, _SMALL, pending, self.max_pending_bytes,
-            self.frame_timeout)
+            self.frame_timeout, self._native())
+
+    def _native(self) -> tuple | None:
+        """What the C loop needs to perform the native actions of this dispatch table itself
+        (c/shadow_loop.c), or None.  Taken per connection, from the handlers as they are now
+        (one replaced by another, a wrapper, is not native any more).  A path lookup is
+        native only in an export root that the kernel resolves (openat2) with no policy that
+        renames files (the remote agent's _full)."""
+        if not self.native_actions:
+            return None
+        from .export import ExportRoot
+        export, rootfd = self.export, -1
+        if type(export) is ExportRoot and export.kernel_resolve and getattr(self, "policy", None) is None:
+            rootfd = export.rootfd
+        calls = []
+        for call, handler in self.dispatch.items():
+            native = getattr(handler, "native", None)
+            if native is None or len(calls) == _NATIVE_MAX:
+                continue
+            kind, file_type = native
+            if kind in _NATIVE_KINDS and (kind != "stat" or rootfd >= 0):
+                calls.append((call, _NATIVE_KINDS[kind], file_type))
+        if not calls:
+            return None
+        return (tuple(calls), rootfd, export is not None and getattr(export, "alias", None) is not None,
+                _STAT_ORDER, _FILE_TYPES)
 
     def _exception_reply(self, ctx: CallContext, call: int, exc: Exception) -> list:
         """[status, value] for a handler that raised: its errno, or a failure (logged)."""

@@ -51,7 +51,18 @@ def _ret(v):
 
 
 def wrap(fn: Callable, outs: tuple[str, ...]) -> Callable:
-    """A dispatch-table handler for a generated shadow function."""
+    """A dispatch-table handler for a generated shadow function.  When the spec's module
+    declares the action native (NATIVE_ACTIONS: {call name: (kind, type of the descriptor
+    objects)}), the handler says so (`handler.native`): the C call loop may then perform
+    it itself (bypass/rpc/c/shadow_loop.c, "native actions": what each kind does)."""
+    handler = _handler(fn, outs)
+    native = fn.__globals__.get("NATIVE_ACTIONS", {}).get(fn.__name__.removeprefix("shadow_"))
+    if native is not None:
+        handler.native = native
+    return handler
+
+
+def _handler(fn: Callable, outs: tuple[str, ...]) -> Callable:
     if not outs:
         def handler(ctx, *args):
             return _ret(fn(ctx, *args))
