@@ -2106,6 +2106,10 @@ int rmt_fcntl(int fd, int cmd, long arg, int *handled)
         return r ? (r->flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC | O_CLOEXEC)) |
                    ((r->flags & O_PATH) ? 0 : RMT_O_LARGEFILE) : -1;
     case F_SETFL: {
+        if (!r || (r->flags & O_PATH)) {
+            errno = EBADF;          /* the kernel's answer for an O_PATH descriptor */
+            return -1;
+        }
         int keep = O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
         int flags = (r->flags & keep) | ((int)arg & ~keep);
         if (bypass_shadow_bypass_rx_setfl(fd, flags) < 0)
@@ -2121,6 +2125,10 @@ int rmt_fcntl(int fd, int cmd, long arg, int *handled)
     case F_OFD_SETLK:
     case F_OFD_SETLKW:
 #endif
+        if (!r || (r->flags & O_PATH)) {
+            errno = EBADF;          /* before the kernel reads the lock it is given */
+            return -1;
+        }
         return record_lock(fd, cmd, (struct flock *)arg);
     default:
         *handled = 0;

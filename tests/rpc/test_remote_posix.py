@@ -720,7 +720,8 @@ def test_descriptor_calls_found_by_later_conform_seeds(agent, shadow, export, tm
     """conform seed 301: a NULL path with AT_EMPTY_PATH is the descriptor's file to statx and
     fstatat (Linux 6.11 on; EFAULT without the flag), and glibc's utimensat refuses any NULL
     path with EINVAL.  The agent answered the local placeholder's stat, and changed times.
-    Seed 323: glibc's opendir opens with O_NONBLOCK, which F_GETFL of dirfd() shows."""
+    Seed 323: glibc's opendir opens with O_NONBLOCK, which F_GETFL of dirfd() shows.  Seed
+    350: record locks and F_SETFL on an O_PATH descriptor are EBADF before the lock is read."""
     differential(agent, shadow, export, tmp_path, r'''
         import struct
         os.chdir(B)
@@ -747,6 +748,12 @@ def test_descriptor_calls_found_by_later_conform_seeds(agent, shadow, export, tm
         libc.opendir.restype = ctypes.c_void_p
         stream = ctypes.c_void_p(libc.opendir(b"data/sub"))
         show("F_GETFL of an opendir stream", lambda: hex(fcntl.fcntl(c(libc.dirfd(stream)), fcntl.F_GETFL)))
+        path_fd = os.open("data/input.txt", os.O_PATH)
+        unlocked = struct.pack("hhqqi", fcntl.F_UNLCK, 0, 10, 100, 0)
+        for name, cmd in (("F_GETLK", fcntl.F_GETLK), ("F_SETLK", fcntl.F_SETLK), ("F_OFD_GETLK", 36)):
+            show(f"{name} F_UNLCK on O_PATH", lambda: fcntl.fcntl(path_fd, cmd, unlocked))
+        show("F_SETFL on O_PATH", lambda: fcntl.fcntl(path_fd, fcntl.F_SETFL, os.O_NONBLOCK))
+        show("F_GETFL on O_PATH", lambda: hex(fcntl.fcntl(path_fd, fcntl.F_GETFL)))
         ''')
 
 
