@@ -754,6 +754,23 @@ def test_descriptor_calls_found_by_later_conform_seeds(agent, shadow, export, tm
             show(f"{name} F_UNLCK on O_PATH", lambda: fcntl.fcntl(path_fd, cmd, unlocked))
         show("F_SETFL on O_PATH", lambda: fcntl.fcntl(path_fd, fcntl.F_SETFL, os.O_NONBLOCK))
         show("F_GETFL on O_PATH", lambda: hex(fcntl.fcntl(path_fd, fcntl.F_GETFL)))
+        # every descriptor call on an O_PATH descriptor: what the kernel allows, and EBADF
+        buf = ctypes.create_string_buffer(64)
+        for name, call in (
+                ("fsync", lambda: os.fsync(path_fd)), ("fdatasync", lambda: os.fdatasync(path_fd)),
+                ("ftruncate", lambda: os.ftruncate(path_fd, 0)), ("fchmod", lambda: os.fchmod(path_fd, 0o600)),
+                ("fchown", lambda: os.fchown(path_fd, 0, 0)), ("fstatvfs", lambda: os.fstatvfs(path_fd).f_namemax),
+                ("fadvise", lambda: os.posix_fadvise(path_fd, 0, 0, os.POSIX_FADV_NORMAL)),
+                ("fallocate", lambda: c(libc.fallocate(path_fd, 0, ctypes.c_long(0), ctypes.c_long(10)))),
+                ("flock", lambda: fcntl.flock(path_fd, fcntl.LOCK_SH)), ("lseek", lambda: os.lseek(path_fd, 0, 1)),
+                ("read", lambda: os.read(path_fd, 5)), ("write", lambda: os.write(path_fd, b"x")),
+                ("pread", lambda: os.pread(path_fd, 5, 0)), ("getxattr", lambda: os.listxattr(path_fd)),
+                ("setxattr", lambda: os.setxattr(path_fd, "user.x", b"1")),
+                ("futimens", lambda: os.utime(path_fd, (1, 1))), ("fstat", lambda: os.fstat(path_fd).st_size),
+                ("fchdir", lambda: os.fchdir(c(os.open("data", os.O_PATH))) or os.getcwd().replace(B, "B")),
+                ("getdents", lambda: c(libc.getdents64(c(os.open(".", os.O_PATH)), buf, 64))),
+                ("dup", lambda: os.fstat(os.dup(path_fd)).st_size)):
+            show(f"{name} on O_PATH", call)
         ''')
 
 
