@@ -65,7 +65,7 @@ struct ll {
     const struct want *w;
     int n;
     char *reached;              /* per wanted place: granted on the way by grant() */
-    int kept[128];              /* the rules' descriptors not closed yet (close_kept) */
+    int kept[128];              /* the walk's descriptors not closed yet (close_kept) */
     int nkept;
     char *inexact;              /* the directories split, for the message */
     size_t inexact_size, inexact_len;
@@ -150,11 +150,18 @@ static void add_rule_fd(struct ll *ll, int fd, int kind, uint64_t r)
         sb_landlock_rules++;
 }
 
-/* Close the rules' descriptors kept open so far.  While none is closed, each open takes the
- * lowest free number, so the numbers kept rise and mostly follow each other: a close_range per
- * run of consecutive numbers (all of them ours) instead of a close per rule. */
+/* Close the descriptors the walk kept open so far.  None is closed during the walk, so each open
+ * takes the lowest free number and the numbers kept mostly follow each other: sorted, they are
+ * closed a run of consecutive numbers (all of them ours) at a time, a close_range for many rules
+ * instead of a close each. */
 static void close_kept(struct ll *ll)
 {
+    for (int i = 1; i < ll->nkept; i++)
+        for (int j = i; j > 0 && ll->kept[j - 1] > ll->kept[j]; j--) {
+            int t = ll->kept[j];
+            ll->kept[j] = ll->kept[j - 1];
+            ll->kept[j - 1] = t;
+        }
     for (int i = 0; i < ll->nkept; ) {
         int j = i;
         while (j + 1 < ll->nkept && ll->kept[j + 1] == ll->kept[j] + 1)
@@ -163,6 +170,13 @@ static void close_kept(struct ll *ll)
         i = j + 1;
     }
     ll->nkept = 0;
+}
+
+static void keep(struct ll *ll, int fd)
+{
+    ll->kept[ll->nkept++] = fd;
+    if (ll->nkept == (int)(sizeof ll->kept / sizeof ll->kept[0]))
+        close_kept(ll);
 }
 
 /* Grant r on (at, p). */
@@ -179,11 +193,7 @@ static void add_rule_at(struct ll *ll, int at, const char *p, int kind, uint64_t
     if (fd < 0)
         return;                         /* not there: nothing to grant */
     add_rule_fd(ll, fd, kind, r);
-    if (ll->nkept && fd < ll->kept[ll->nkept - 1])
-        close_kept(ll);                 /* a lower number came free: keep the order */
-    ll->kept[ll->nkept++] = fd;
-    if (ll->nkept == (int)(sizeof ll->kept / sizeof ll->kept[0]))
-        close_kept(ll);
+    keep(ll, fd);
 }
 
 static void add_rule(struct ll *ll, const char *p, uint64_t r)
@@ -227,6 +237,11 @@ static void grant(struct ll *ll, const char *p, uint64_t r, int depth)
     /* one descriptor both for the directory's own READ_DIR and for its listing */
     int d = (int)sb_sys4(SYS_openat, AT_FDCWD, (long)p,
                          O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW, 0);
+    if (d == -EMFILE && ll->nkept) {
+        close_kept(ll);
+        d = (int)sb_sys4(SYS_openat, AT_FDCWD, (long)p,
+                         O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW, 0);
+    }
     if (d >= 0) {
         if (r & ll->handled & LANDLOCK_ACCESS_FS_READ_DIR)
             add_rule_fd(ll, d, 'd', r & ll->handled & LANDLOCK_ACCESS_FS_READ_DIR);
@@ -279,7 +294,7 @@ static void grant(struct ll *ll, const char *p, uint64_t r, int depth)
                 add_rule_at(ll, d, de->d_name, dir ? 'd' : 'f', cr);
         }
     }
-    sb_sys4(SYS_close, d, 0, 0, 0);
+    keep(ll, d);
 }
 
 int sb_landlock_rules;
