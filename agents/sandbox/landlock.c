@@ -72,14 +72,6 @@ struct ll {
     int failed;
 };
 
-struct linux_dirent64_ {
-    uint64_t d_ino;
-    int64_t d_off;
-    unsigned short d_reclen;
-    unsigned char d_type;
-    char d_name[];
-};
-
 static uint64_t mode_rights(int mode)
 {
     uint64_t r = 0;
@@ -256,7 +248,7 @@ static void grant(struct ll *ll, const char *p, uint64_t r, int depth)
     long got;
     while ((got = sb_sys4(SYS_getdents64, d, (long)buf, sizeof buf, 0)) > 0) {
         for (long off = 0; off < got; ) {
-            struct linux_dirent64_ *de = (struct linux_dirent64_ *)(buf + off);
+            struct sb_dirent64 *de = (struct sb_dirent64 *)(buf + off);
             off += de->d_reclen;
             if (de->d_name[0] == '.' &&
                 (!de->d_name[1] || (de->d_name[1] == '.' && !de->d_name[2])))
@@ -419,7 +411,7 @@ int sb_landlock_install(const struct sb_mounts *m, const char *private_dir, char
         long got;
         while (d >= 0 && (got = sb_sys4(SYS_getdents64, d, (long)buf, sizeof buf, 0)) > 0) {
             for (long off = 0; off < got; ) {
-                struct linux_dirent64_ *de = (struct linux_dirent64_ *)(buf + off);
+                struct sb_dirent64 *de = (struct sb_dirent64 *)(buf + off);
                 off += de->d_reclen;
                 char sib[PATH_MAX];
                 size_t nl = strlen(de->d_name);

@@ -970,15 +970,9 @@ static int policy_find(void)
     long got;
     while (found < 0 && (got = sb_sys4(SYS_getdents64, d, (long)buf, sizeof buf, 0)) > 0) {
         for (long off = 0; found < 0 && off < got; ) {
-            struct {
-                uint64_t ino;
-                int64_t off;
-                unsigned short reclen;
-                unsigned char type;
-                char name[];
-            } *de = (void *)(buf + off);
-            off += de->reclen;
-            int fd = decimal(de->name);
+            struct sb_dirent64 *de = (struct sb_dirent64 *)(buf + off);
+            off += de->d_reclen;
+            int fd = decimal(de->d_name);
             if (fd < 0 || fd == d)
                 continue;
             char *text = policy_read(fd);

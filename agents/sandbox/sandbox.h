@@ -45,6 +45,15 @@ static inline long sb_sys4(long nr, long a, long b, long c, long d)
 #endif
 }
 
+/* A record of getdents64, for the listings the agent makes by raw system calls. */
+struct sb_dirent64 {
+    unsigned long long d_ino;
+    long long d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
 #ifdef __cplusplus
 extern "C" {
 #endif
