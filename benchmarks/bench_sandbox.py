@@ -12,6 +12,12 @@ Workloads (all in a work directory under /var/tmp, writable in the sandbox's mou
 * cp -r      - copy the tree;
 * build      - make -j2 of a generated 48-file C project.
 
+and, for the sandbox alone, the start-up of a process of the run: what its first process
+spends reading the list, making the private directory, installing the Landlock ruleset and
+sealing the policy, and what every later process spends reading the sealed policy (CPU time of
+each step, which the agent reports under `BYPASS_DEBUG=process`), plus what Landlock's checks
+cost a `/bin/true` child at run time (kernel enforcement on against off, interleaved).
+
 Each workload runs `--reps` rounds (every tool once per round, after one warm-up run each); the
 table shows medians of wall time and of CPU time (user+sys of all processes) and their ratio to
 native; a second table gives, per workload, the median over rounds of the CPU-time ratio within
@@ -213,6 +219,83 @@ class Bench:
         return results
 
 
+    # ------------------------------------------------------------ start-up
+    def startup_run(self, script: str, extra: dict[str, str] | None = None) -> list[str]:
+        """The agent's start-up lines (BYPASS_DEBUG=process) of one sandboxed run of script."""
+        log = self.w / "startup.log"
+        log.unlink(missing_ok=True)
+        argv, env = self.command("sandbox", script)
+        env.update(BYPASS_DEBUG="process", BYPASS_DEBUG_FILE=str(log), **(extra or {}))
+        subprocess.run(argv, env=env, capture_output=True, text=True, cwd=self.w, check=True)
+        for d in (self.w / "priv").iterdir():
+            shutil.rmtree(d, ignore_errors=True)
+        text = log.read_text() if log.exists() else ""
+        return [line for line in text.splitlines() if "sandbox start-up" in line]
+
+    def startup(self, rounds: int) -> str:
+        """Start-up of a process of the run, step by step (see the module's docstring)."""
+        def steps(line: str) -> dict[str, float]:
+            # "... (CPU time, us): list read 175.2, private directory 297.3, Landlock 867.4
+            # (55 rules), policy sealed 48.5, installed 5.7, in all 1394.4"
+            out = {}
+            for part in line.split("us):", 1)[1].split(","):
+                words = part.split("(")[0].split()
+                if words:
+                    out[" ".join(words[:-1])] = float(words[-1])
+                if "rules)" in part:
+                    out["rules"] = float(part.split("(")[1].split()[0])
+            return out
+
+        first: list[dict[str, float]] = []
+        later: list[dict[str, float]] = []
+        for _ in range(rounds):
+            first += [steps(x) for x in self.startup_run("/bin/true") if "first process" in x]
+            later += [steps(x) for x in self.startup_run("for i in 1 2 3 4 5 6 7 8 9 10; do /bin/true; done")
+                      if "a process of the run" in x]
+        # Landlock's own checks at run time (every open and exec walks the ruleset): CPU time of
+        # children with kernel enforcement on against off, the two interleaved
+        n = 100 if self.quick else 300
+        loop = f"i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done"
+        per_child = []
+        for _ in range(rounds):
+            cpu = {}
+            for ll in ("1", "0"):
+                argv, env = self.command("sandbox", loop)
+                env["BYPASS_SANDBOX_KERNEL_ENFORCEMENT"] = ll
+                r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                subprocess.run(argv, env=env, capture_output=True, cwd=self.w, check=True)
+                r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu[ll] = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+                for d in (self.w / "priv").iterdir():
+                    shutil.rmtree(d, ignore_errors=True)
+            per_child.append((cpu["1"] - cpu["0"]) / n * 1e6)
+
+        def cell(rows: list[dict[str, float]], key: str) -> str:
+            v = [r[key] for r in rows if key in r]
+            if not v:
+                return "-"
+            return f"{statistics.median(v):7.1f}  [{min(v):.1f}-{max(v):.1f}]"
+
+        lines = [f"start-up of a process of the run, CPU time in us: median [min-max] "
+                 f"({len(first)} first processes, {len(later)} later ones)", "-" * 72]
+        for key in ("list read", "private directory", "Landlock", "policy sealed", "installed",
+                    "in all"):
+            lines.append(f"  first process: {key:33}{cell(first, key)}")
+        if first and "rules" in first[0]:
+            lines.append(f"  first process: {'Landlock rules added':33}{first[0]['rules']:7.0f}")
+        for key in ("sealed policy checked and read", "list installed", "in all"):
+            lines.append(f"  later process: {key:33}{cell(later, key)}")
+        lines.append(f"  Landlock's checks at run time, per /bin/true child: "
+                     f"{statistics.median(per_child):.0f} us [{min(per_child):.0f} to {max(per_child):.0f}]")
+        seal = [r.get("Landlock", 0) + r.get("policy sealed", 0) for r in first]
+        read = [r.get("sealed policy checked and read", 0) for r in later]
+        if seal and read:
+            lines.append(f"  bar 300 us per process: first process seals and installs Landlock in "
+                         f"{statistics.median(seal):.0f} us, a later process reads the policy in "
+                         f"{statistics.median(read):.0f} us")
+        return "\n".join(lines)
+
+
 def table(results: dict, tools: list[str]) -> str:
     head = f"{'workload':22}" + "".join(f"{t:>20}" for t in tools)
     lines = [head, "-" * len(head)]
@@ -262,17 +345,27 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller inputs (a smoke run)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--agent", help="use this prebuilt sandbox agent instead of building one")
+    ap.add_argument("--startup-rounds", type=int, default=10,
+                    help="rounds of the start-up measurement (0: leave it out)")
+    ap.add_argument("--startup-only", action="store_true",
+                    help="measure only the sandbox's start-up (no workloads, no other tools)")
     args = ap.parse_args(argv)
     tools = args.only.split(",") if args.only else list(TOOLS)
     work = Path(tempfile.mkdtemp(prefix="bypass-bench-sandbox-", dir="/var/tmp")).resolve()
     try:
         bench = Bench(work, args.reps, args.quick, args.agent)
+        if args.startup_only:
+            tools = ["sandbox"]
         bench.setup(tools)
-        results = bench.measure(tools)
-        print(table(results, tools))
-        if "native" in tools and len(tools) > 1:
+        if not args.startup_only:
+            results = bench.measure(tools)
+            print(table(results, tools))
+            if "native" in tools and len(tools) > 1:
+                print()
+                print(paired_table(bench.paired, tools))
+        if "sandbox" in tools and args.startup_rounds > 0:
             print()
-            print(paired_table(bench.paired, tools))
+            print(bench.startup(args.startup_rounds))
     finally:
         if args.keep:
             print(f"work directory kept: {work}", file=sys.stderr)

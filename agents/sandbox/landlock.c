@@ -64,6 +64,9 @@ struct ll {
     uint64_t handled;
     const struct want *w;
     int n;
+    char *reached;              /* per wanted place: granted on the way by grant() */
+    int kept[128];              /* the walk's descriptors not closed yet (close_kept) */
+    int nkept;
     char *inexact;              /* the directories split, for the message */
     size_t inexact_size, inexact_len;
     int failed;
@@ -112,29 +115,77 @@ static int narrower_below(const struct ll *ll, const char *p, size_t pl, uint64_
     return 0;
 }
 
-/* Grant r on (at, p); kind: 'd' a directory, 'f' not one, 0 unknown (asked here). */
+/* The walk below uses raw system calls (sb_sys4): a call by name here would reach the agent's
+ * own wrapper of openat, opendir or readdir first, and the ruleset is built once per run, in
+ * its first process's start, where every call counts (issue 11: under 0.3 ms). */
+
+/* Grant r through fd, a descriptor of the place; kind: 'd' a directory, 'f' not one, 0 unknown
+ * (asked here). */
+static void add_rule_fd(struct ll *ll, int fd, int kind, uint64_t r)
+{
+    struct stat st;
+    if (kind == 'f' || (kind == 0 && sb_sys4(SYS_fstat, fd, (long)&st, 0, 0) == 0 &&
+                        !S_ISDIR(st.st_mode)))
+        r &= LL_FILE;
+    struct landlock_path_beneath_attr pb = { .allowed_access = r, .parent_fd = fd };
+    long rc = r ? sb_sys4(SYS_landlock_add_rule, ll->ruleset, LANDLOCK_RULE_PATH_BENEATH,
+                          (long)&pb, 0) : 0;
+    if (rc == -EINVAL && kind == 'd' && (r & LL_FILE) != r) {
+        /* no longer the directory the listing named: grant what a file may have */
+        pb.allowed_access = r & LL_FILE;
+        rc = pb.allowed_access ? sb_sys4(SYS_landlock_add_rule, ll->ruleset,
+                                         LANDLOCK_RULE_PATH_BENEATH, (long)&pb, 0) : 0;
+    }
+    if (rc < 0)
+        ll->failed = (int)-rc;
+    else if (pb.allowed_access)
+        sb_landlock_rules++;
+}
+
+/* Close the descriptors the walk kept open so far.  None is closed during the walk, so each open
+ * takes the lowest free number and the numbers kept mostly follow each other: sorted, they are
+ * closed a run of consecutive numbers (all of them ours) at a time, a close_range for many rules
+ * instead of a close each. */
+static void close_kept(struct ll *ll)
+{
+    for (int i = 1; i < ll->nkept; i++)
+        for (int j = i; j > 0 && ll->kept[j - 1] > ll->kept[j]; j--) {
+            int t = ll->kept[j];
+            ll->kept[j] = ll->kept[j - 1];
+            ll->kept[j - 1] = t;
+        }
+    for (int i = 0; i < ll->nkept; ) {
+        int j = i;
+        while (j + 1 < ll->nkept && ll->kept[j + 1] == ll->kept[j] + 1)
+            j++;
+        sb_sys4(SYS_close_range, ll->kept[i], ll->kept[j], 0, 0);
+        i = j + 1;
+    }
+    ll->nkept = 0;
+}
+
+static void keep(struct ll *ll, int fd)
+{
+    ll->kept[ll->nkept++] = fd;
+    if (ll->nkept == (int)(sizeof ll->kept / sizeof ll->kept[0]))
+        close_kept(ll);
+}
+
+/* Grant r on (at, p). */
 static void add_rule_at(struct ll *ll, int at, const char *p, int kind, uint64_t r)
 {
     r &= ll->handled;
     if (!r)
         return;
-    int fd = openat(at, p, O_PATH | O_CLOEXEC | O_NOFOLLOW);
+    int fd = (int)sb_sys4(SYS_openat, at, (long)p, O_PATH | O_CLOEXEC | O_NOFOLLOW, 0);
+    if (fd == -EMFILE && ll->nkept) {
+        close_kept(ll);
+        fd = (int)sb_sys4(SYS_openat, at, (long)p, O_PATH | O_CLOEXEC | O_NOFOLLOW, 0);
+    }
     if (fd < 0)
         return;                         /* not there: nothing to grant */
-    struct stat st;
-    if (kind == 'f' || (kind == 0 && fstat(fd, &st) == 0 && !S_ISDIR(st.st_mode)))
-        r &= LL_FILE;
-    struct landlock_path_beneath_attr pb = { .allowed_access = r, .parent_fd = fd };
-    long rc = r ? syscall(SYS_landlock_add_rule, ll->ruleset, LANDLOCK_RULE_PATH_BENEATH, &pb, 0) : 0;
-    if (rc < 0 && errno == EINVAL && kind == 'd' && (r & LL_FILE) != r) {
-        /* no longer the directory the listing named: grant what a file may have */
-        pb.allowed_access = r & LL_FILE;
-        rc = pb.allowed_access ? syscall(SYS_landlock_add_rule, ll->ruleset,
-                                         LANDLOCK_RULE_PATH_BENEATH, &pb, 0) : 0;
-    }
-    if (rc < 0)
-        ll->failed = errno;
-    close(fd);
+    add_rule_fd(ll, fd, kind, r);
+    keep(ll, fd);
 }
 
 static void add_rule(struct ll *ll, const char *p, uint64_t r)
@@ -158,6 +209,15 @@ static void note_inexact(struct ll *ll, const char *p)
     }
 }
 
+/* The wanted place at exactly p, if any: the walk below reaches it and grants it as a later
+ * grant() of its own would, so that one is left out. */
+static void mark_reached(const struct ll *ll, const char *p, size_t pl, uint64_t r)
+{
+    for (int i = 0; i < ll->n; i++)
+        if (ll->w[i].len == pl && ll->w[i].rights == r && memcmp(ll->w[i].path, p, pl) == 0)
+            ll->reached[i] = 1;
+}
+
 static void grant(struct ll *ll, const char *p, uint64_t r, int depth)
 {
     size_t pl = strlen(p);
@@ -166,40 +226,70 @@ static void grant(struct ll *ll, const char *p, uint64_t r, int depth)
         return;
     }
     note_inexact(ll, p);
-    add_rule(ll, p, r & LANDLOCK_ACCESS_FS_READ_DIR);
-    DIR *d = opendir(p);
-    if (!d)
-        return;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        if (de->d_name[0] == '.' && (!de->d_name[1] || (de->d_name[1] == '.' && !de->d_name[2])))
-            continue;
-        char c[PATH_MAX];
-        if ((size_t)snprintf(c, sizeof c, "%s/%s", pl == 1 ? "" : p, de->d_name) >= sizeof c)
-            continue;
-        /* the listing's own type where the file system gives one: a stat less per child */
-        int dir = de->d_type == DT_DIR;
-        if (de->d_type == DT_UNKNOWN) {
-            struct stat st;
-            if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-                continue;
-            de->d_type = S_ISLNK(st.st_mode) ? DT_LNK : S_ISDIR(st.st_mode) ? DT_DIR : DT_REG;
-            dir = S_ISDIR(st.st_mode);
-        }
-        if (de->d_type == DT_LNK)
-            continue;                   /* a link's target is granted where it lives */
-        uint64_t cr = rights_at(ll, c, strlen(c));
-        if (!cr)
-            continue;
-        if (!dir)
-            cr &= LL_FILE;
-        if (narrower_below(ll, c, strlen(c), cr))
-            grant(ll, c, cr, depth + 1);
-        else
-            add_rule_at(ll, dirfd(d), de->d_name, dir ? 'd' : 'f', cr);
+    /* one descriptor both for the directory's own READ_DIR and for its listing */
+    int d = (int)sb_sys4(SYS_openat, AT_FDCWD, (long)p,
+                         O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW, 0);
+    if (d == -EMFILE && ll->nkept) {
+        close_kept(ll);
+        d = (int)sb_sys4(SYS_openat, AT_FDCWD, (long)p,
+                         O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW, 0);
     }
-    closedir(d);
+    if (d >= 0) {
+        if (r & ll->handled & LANDLOCK_ACCESS_FS_READ_DIR)
+            add_rule_fd(ll, d, 'd', r & ll->handled & LANDLOCK_ACCESS_FS_READ_DIR);
+    } else {
+        /* a link: no grant of its own, its target listed (as opendir follows it) */
+        add_rule(ll, p, r & LANDLOCK_ACCESS_FS_READ_DIR);
+        d = (int)sb_sys4(SYS_openat, AT_FDCWD, (long)p, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+        if (d < 0)
+            return;
+    }
+    char buf[4096] __attribute__((aligned(8)));
+    long got;
+    while ((got = sb_sys4(SYS_getdents64, d, (long)buf, sizeof buf, 0)) > 0) {
+        for (long off = 0; off < got; ) {
+            struct sb_dirent64 *de = (struct sb_dirent64 *)(buf + off);
+            off += de->d_reclen;
+            if (de->d_name[0] == '.' &&
+                (!de->d_name[1] || (de->d_name[1] == '.' && !de->d_name[2])))
+                continue;
+            char c[PATH_MAX];
+            size_t nl = strlen(de->d_name);
+            size_t base = pl == 1 ? 0 : pl;
+            if (base + 1 + nl + 1 > sizeof c)
+                continue;
+            memcpy(c, p, base);
+            c[base] = '/';
+            memcpy(c + base + 1, de->d_name, nl + 1);
+            size_t cl = base + 1 + nl;
+            /* the listing's own type where the file system gives one: a stat less per child */
+            unsigned char type = de->d_type;
+            if (type == DT_UNKNOWN) {
+                struct stat st;
+                if (sb_sys4(SYS_newfstatat, d, (long)de->d_name, (long)&st,
+                            AT_SYMLINK_NOFOLLOW) < 0)
+                    continue;
+                type = S_ISLNK(st.st_mode) ? DT_LNK : S_ISDIR(st.st_mode) ? DT_DIR : DT_REG;
+            }
+            if (type == DT_LNK)
+                continue;               /* a link's target is granted where it lives */
+            int dir = type == DT_DIR;
+            uint64_t cr = rights_at(ll, c, cl);
+            if (!cr)
+                continue;
+            mark_reached(ll, c, cl, cr);
+            if (!dir)
+                cr &= LL_FILE;
+            if (narrower_below(ll, c, cl, cr))
+                grant(ll, c, cr, depth + 1);
+            else
+                add_rule_at(ll, d, de->d_name, dir ? 'd' : 'f', cr);
+        }
+    }
+    keep(ll, d);
 }
+
+int sb_landlock_rules;
 
 int sb_landlock_abi(void)
 {
@@ -304,18 +394,38 @@ int sb_landlock_install(const struct sb_mounts *m, const char *private_dir, char
     free(reals);
     if (private_dir && *private_dir) {
         /* other runs' private directories beside this one's: no access, whatever the list
-         * grants around them (those made later get none anyway: see note_inexact) */
-        char pat[PATH_MAX];
+         * grants around them (those made later get none anyway: see note_inexact).  Listed by
+         * hand rather than by glob(): the C library's listing costs this start more. */
         const char *slash = strrchr(private_dir, '/');
-        glob_t g = { 0 };
-        if (slash && (size_t)snprintf(pat, sizeof pat, "%.*s/bypass-private-*",
-                                      (int)(slash - private_dir), private_dir) < sizeof pat &&
-            glob(pat, GLOB_NOSORT, NULL, &g) == 0) {
-            for (size_t k = 0; k < g.gl_pathc; k++)
-                if (strcmp(g.gl_pathv[k], private_dir) != 0)
-                    want_put(&w, &n, &cap, g.gl_pathv[k], 0, 1);
+        size_t dl = slash ? (size_t)(slash - private_dir) : 0;
+        char dir[PATH_MAX];
+        int d = -1;
+        if (slash && dl < sizeof dir) {
+            memcpy(dir, private_dir, dl);
+            dir[dl ? dl : 1] = '\0';
+            if (!dl)
+                dir[0] = '/';
+            d = (int)sb_sys4(SYS_openat, AT_FDCWD, (long)dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
         }
-        globfree(&g);
+        char buf[4096] __attribute__((aligned(8)));
+        long got;
+        while (d >= 0 && (got = sb_sys4(SYS_getdents64, d, (long)buf, sizeof buf, 0)) > 0) {
+            for (long off = 0; off < got; ) {
+                struct sb_dirent64 *de = (struct sb_dirent64 *)(buf + off);
+                off += de->d_reclen;
+                char sib[PATH_MAX];
+                size_t nl = strlen(de->d_name);
+                if (strncmp(de->d_name, "bypass-private-", 15) != 0 || dl + 1 + nl + 1 > sizeof sib)
+                    continue;
+                memcpy(sib, private_dir, dl);
+                sib[dl] = '/';
+                memcpy(sib + dl + 1, de->d_name, nl + 1);
+                if (strcmp(sib, private_dir) != 0)
+                    want_put(&w, &n, &cap, sib, 0, 1);
+            }
+        }
+        if (d >= 0)
+            sb_sys4(SYS_close, d, 0, 0, 0);
         want_put(&w, &n, &cap, private_dir, 0, 1);
     }
 
@@ -325,13 +435,23 @@ int sb_landlock_install(const struct sb_mounts *m, const char *private_dir, char
         rc = errno;
         goto out;
     }
-    struct ll ll = { rs, handled, w, n, inexact, inexact_size, 0, 0 };
+    char *reached = calloc((size_t)n + 1, 1);
+    if (!reached) {
+        close(rs);
+        rc = ENOMEM;
+        goto out;
+    }
+    struct ll ll = { .ruleset = rs, .handled = handled, .w = w, .n = n, .reached = reached,
+                     .inexact = inexact, .inexact_size = inexact_size };
+    sb_landlock_rules = 0;
     if (inexact_size)
         inexact[0] = '\0';
     grant(&ll, "/", rights_at(&ll, "/", 1), 0);
     for (int i = 0; i < n; i++)
-        if (w[i].len > 1 && w[i].rights)
+        if (w[i].len > 1 && w[i].rights && !reached[i])
             grant(&ll, w[i].path, w[i].rights, 0);
+    close_kept(&ll);
+    free(reached);
     if (note_inexact_glob)
         note_inexact(&ll, "names a glob line matches later");
     rc = ll.failed;

@@ -45,6 +45,7 @@
 #include <pthread.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Hooks into the Bypass runtime when linked into an agent; absent (NULL) in
@@ -52,6 +53,12 @@
 extern void bypass_guard_enter(void) __attribute__((weak));
 extern void bypass_guard_leave(void) __attribute__((weak));
 extern const char *bypass_self_path(void) __attribute__((weak));
+/* Debug output of the runtime (weak: the tests load this file without it), `bypass run -d policy`
+ * and `-d process`. */
+extern unsigned bypass_debug_mask __attribute__((weak));
+extern void bypass_debug_write(unsigned subsystem, const char *fmt, ...) __attribute__((weak, format(printf, 2, 3)));
+#define SB_DEBUG_PROCESS (1u << 1)     /* BYPASS_DEBUG_PROCESS */
+#define SB_DEBUG_POLICY (1u << 4)      /* BYPASS_DEBUG_POLICY */
 
 static struct sb_mounts g_m;
 static int g_active;
@@ -290,8 +297,9 @@ static void note_fork_child(void)
     g_vfork_pid = 0;
 }
 
-static char g_cwdbuf[2][PATH_MAX];
-static char g_cwdreal[2][PATH_MAX];
+/* Each buffer holds the virtual cwd and, right after its NUL, its real path: one page for both
+ * where they are short (two arrays cost every process that sets its cwd two page faults). */
+static char g_cwdbuf[2][2 * PATH_MAX];
 static struct base g_cwdbase[2];
 static unsigned g_cwd_seq;   /* (seq / 2) & 1 is the current buffer */
 /* Set by sb_install: the cwd is asked of the kernel where it is first needed, not at start,
@@ -311,7 +319,8 @@ void sb_set_cwd(const char *vpath)
     struct base *b = &g_cwdbase[idx];
     b->vl = (unsigned)strlen(g_cwdbuf[idx]);
     b->e = NULL;
-    if (g_active && vpath[0] == '/' && base_compute(g_cwdbuf[idx], b->vl, g_cwdreal[idx], b) != 0)
+    if (g_active && vpath[0] == '/' &&
+        base_compute(g_cwdbuf[idx], b->vl, g_cwdbuf[idx] + b->vl + 1, b) != 0)
         b->e = NULL;
     __atomic_store_n(&g_cwd_seq, s + 2, __ATOMIC_RELEASE);
     __atomic_store_n(&g_cwd_unknown, 0, __ATOMIC_RELEASE);
@@ -381,7 +390,7 @@ static int cwd_get(char *buf, size_t size, char *r, struct base *b)
         if (b) {
             *b = g_cwdbase[idx];
             if (b->e && b->vl == l)
-                memcpy(r, g_cwdreal[idx], b->rl + 1);
+                memcpy(r, c + l + 1, b->rl + 1);
             else
                 b->e = NULL;
         }
@@ -883,17 +892,22 @@ static int policy_make(const char *text, char *err, size_t errsize)
         return -1;
     }
     int fd = memfd_create("bypass-sandbox-policy", MFD_ALLOW_SEALING);
+    long sealed = 0;
     if (fd < 0 || write_all(fd, head, (size_t)hl) < 0 || write_all(fd, text, strlen(text)) < 0 ||
-        fcntl(fd, F_ADD_SEALS, POLICY_SEALS) < 0) {
+        (sealed = sb_sys4(SYS_fcntl, fd, F_ADD_SEALS, POLICY_SEALS, 0)) < 0) {
+        if (sealed < 0)
+            errno = (int)-sealed;
         snprintf(err, errsize, "%s:0: error: cannot seal the policy: %s", g_mounts_file,
                  strerror(errno));
         if (fd >= 0)
             close(fd);
         return -1;
     }
-    int hi = fcntl(fd, F_DUPFD, POLICY_FD_MIN);    /* inherited by every exec of the run */
+    /* inherited by every exec of the run; raw calls: the agent's own fcntl and close wrappers
+     * would note and forget a descriptor the program never had */
+    int hi = (int)sb_sys4(SYS_fcntl, fd, F_DUPFD, POLICY_FD_MIN, 0);
     if (hi >= 0) {
-        close(fd);
+        sb_sys4(SYS_close, fd, 0, 0, 0);
         fd = hi;
     }
     policy_keep(fd);
@@ -902,18 +916,21 @@ static int policy_make(const char *text, char *err, size_t errsize)
     return 0;
 }
 
-/* The policy text behind fd (malloc'd), if fd is a sealed policy. */
+/* The policy text behind fd (malloc'd), if fd is a sealed policy.  Raw system calls: by name,
+ * fcntl() would reach the agent's own wrapper, and with it a dlsym of the real function, in
+ * every process of the run. */
 static char *policy_read(int fd)
 {
     struct stat st;
-    int seals = fcntl(fd, F_GET_SEALS);
-    if (seals < 0 || (seals & POLICY_SEALS) != POLICY_SEALS || fstat(fd, &st) < 0 ||
+    long seals = sb_sys4(SYS_fcntl, fd, F_GET_SEALS, 0, 0);
+    if (seals < 0 || (seals & POLICY_SEALS) != POLICY_SEALS ||
+        sb_sys4(SYS_fstat, fd, (long)&st, 0, 0) < 0 ||
         st.st_size < (off_t)sizeof POLICY_MAGIC || st.st_size > (16 << 20))
         return NULL;
     char *text = malloc((size_t)st.st_size + 1);
     if (!text)
         return NULL;
-    if (pread(fd, text, (size_t)st.st_size, 0) != st.st_size ||
+    if (sb_sys4(SYS_pread64, fd, (long)text, (long)st.st_size, 0) != st.st_size ||
         memcmp(text, POLICY_MAGIC, sizeof POLICY_MAGIC - 1) != 0 ||
         memchr(text, '\0', (size_t)st.st_size)) {
         free(text);
@@ -921,32 +938,6 @@ static char *policy_read(int fd)
     }
     text[st.st_size] = '\0';
     return text;
-}
-
-/* An inherited policy the environment no longer names. */
-static int policy_find(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    if (!d)
-        return -1;
-    int found = -1;
-    struct dirent *de;
-    while (found < 0 && (de = readdir(d)) != NULL) {
-        char link[300], target[128];
-        snprintf(link, sizeof link, "/proc/self/fd/%s", de->d_name);
-        ssize_t n = readlink(link, target, sizeof target - 1);
-        if (n < 0)
-            continue;
-        target[n] = '\0';
-        if (strncmp(target, "/memfd:bypass-sandbox-policy", 28) == 0) {
-            char *text = policy_read(atoi(de->d_name));
-            if (text)
-                found = atoi(de->d_name);
-            free(text);
-        }
-    }
-    closedir(d);
-    return found;
 }
 
 /* A descriptor or pid number as the policy and the environment write it: decimal digits only,
@@ -962,6 +953,36 @@ static int decimal(const char *s)
             return -1;
     }
     return (int)n;
+}
+
+/* An inherited policy the environment no longer names: each open descriptor is asked for its
+ * seals (one fcntl, which fails at once for anything but a memfd), not for its name in /proc
+ * (a readlink each); policy_read checks the seals and the text.  Listed by raw system calls:
+ * this runs in the start of every run's first process. */
+static int policy_find(void)
+{
+    int d = (int)sb_sys4(SYS_openat, AT_FDCWD, (long)"/proc/self/fd",
+                         O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+    if (d < 0)
+        return -1;
+    int found = -1;
+    char buf[2048] __attribute__((aligned(8)));
+    long got;
+    while (found < 0 && (got = sb_sys4(SYS_getdents64, d, (long)buf, sizeof buf, 0)) > 0) {
+        for (long off = 0; found < 0 && off < got; ) {
+            struct sb_dirent64 *de = (struct sb_dirent64 *)(buf + off);
+            off += de->d_reclen;
+            int fd = decimal(de->d_name);
+            if (fd < 0 || fd == d)
+                continue;
+            char *text = policy_read(fd);
+            if (text)
+                found = fd;
+            free(text);
+        }
+    }
+    sb_sys4(SYS_close, d, 0, 0, 0);
+    return found;
 }
 
 static const char *policy_field(const char *text, const char *key, char *out, size_t size)
@@ -1059,7 +1080,26 @@ static void before_fork(void)
         bypass_self_path();
 }
 
-static int first_process_init(const char *file, char *err, size_t errsize);
+/* The start-up's account (`bypass run -d process`): the CPU time of each step of a process's
+ * start, in the thread's own clock (a clock the kernel keeps to the nanosecond, which neither
+ * waiting nor other jobs move).  Asked of the kernel only when that output is on. */
+static int startup_timed(void)
+{
+    return &bypass_debug_mask && (bypass_debug_mask & SB_DEBUG_PROCESS) && bypass_debug_write;
+}
+
+static uint64_t cpu_ns(void)
+{
+    struct timespec t;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t) != 0)
+        return 0;
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* microseconds, one decimal, as the debug line prints them */
+#define US(ns) (unsigned)((ns) / 1000), (unsigned)((ns) / 100 % 10)
+
+static int first_process_init(const char *file, char *err, size_t errsize, uint64_t t0);
 
 int sb_init_from_env(char *err, size_t errsize)
 {
@@ -1070,6 +1110,8 @@ int sb_init_from_env(char *err, size_t errsize)
     g_pid = getpid();
     pthread_atfork(before_fork, NULL, note_fork_child);
 
+    int timed = startup_timed();
+    uint64_t t0 = timed ? cpu_ns() : 0;
     int fd = -1;
     char *text = NULL;
     if (named && *named) {
@@ -1080,8 +1122,15 @@ int sb_init_from_env(char *err, size_t errsize)
     if (!text && (fd = policy_find()) >= 0 && (text = policy_read(fd)) != NULL)
         say_tamper(SB_ENV_POLICY, named ? named : "(nothing)");
     if (text) {
+        uint64_t t1 = timed ? cpu_ns() : 0;
         int rc = policy_install(fd, text, err, errsize);
         free(text);
+        if (timed && rc == 0) {
+            uint64_t t2 = cpu_ns();
+            bypass_debug_write(SB_DEBUG_PROCESS, "sandbox start-up, a process of the run (CPU "
+                               "time, us): sealed policy checked and read %u.%u, list installed "
+                               "%u.%u, in all %u.%u", US(t1 - t0), US(t2 - t1), US(t2 - t0));
+        }
         return rc;
     }
     if (named) {
@@ -1089,15 +1138,18 @@ int sb_init_from_env(char *err, size_t errsize)
                  "this process; refusing to run without it", SB_ENV_POLICY, named);
         return -1;
     }
-    return first_process_init(file, err, errsize);
+    return first_process_init(file, err, errsize, t0);
 }
 
 /* The run's first process: read the list and the settings, make the private directory, hold
  * the run with Landlock, seal the policy.  Apart, so that its large buffers do not deepen the
  * stack of every later process, which only reads the sealed policy. */
-static __attribute__((noinline)) int first_process_init(const char *file, char *err, size_t errsize)
+static __attribute__((noinline)) int first_process_init(const char *file, char *err, size_t errsize,
+                                                        uint64_t t0)
 {
     char *text;
+    int timed = startup_timed();
+    uint64_t t_list = 0, t_private = 0, t_landlock = 0, t_seal = 0;
     read_settings();
     snprintf(g_mounts_file, sizeof g_mounts_file, "%s", file);
     const char *private_env = getenv(SB_ENV_PRIVATE);
@@ -1116,6 +1168,8 @@ static __attribute__((noinline)) int first_process_init(const char *file, char *
     if (sb_mounts_parrot_differs(&m, differs, sizeof differs))
         sb_msg("%s: where Parrot would let a later, shorter line win, the longer prefix decides "
                "here: %s", file, differs);
+    if (timed)
+        t_list = cpu_ns();
     int has_private = 0;
     for (int i = 0; i < m.n; i++)
         if (m.e[i].kind == SB_PRIVATE)
@@ -1147,12 +1201,27 @@ static __attribute__((noinline)) int first_process_init(const char *file, char *
     } else {
         unsetenv(SB_ENV_PRIVATE);
     }
+    if (timed)
+        t_private = cpu_ns();
     if (g_landlock_wanted)
         kernel_enforce(&m);
+    if (timed)
+        t_landlock = cpu_ns();
     if (policy_make(text, err, errsize) < 0)
         goto fail;
+    if (timed)
+        t_seal = cpu_ns();
     free(text);
     sb_install(&m, NULL);
+    if (timed) {
+        uint64_t t_end = cpu_ns();
+        bypass_debug_write(SB_DEBUG_PROCESS, "sandbox start-up, first process (CPU time, us): "
+                           "list read %u.%u, private directory %u.%u, Landlock %u.%u (%d rules), "
+                           "policy sealed %u.%u, installed %u.%u, in all %u.%u",
+                           US(t_list - t0), US(t_private - t_list), US(t_landlock - t_private),
+                           g_landlock ? sb_landlock_rules : 0, US(t_seal - t_landlock),
+                           US(t_end - t_seal), US(t_end - t0));
+    }
     return 0;
 fail:
     free(text);
@@ -1810,10 +1879,6 @@ static int name_below_base(int op, int dirfd, const char *name, struct sb_result
     return 1;
 }
 
-/* Debug output of the runtime (weak: the tests load this file without it), `bypass run -d policy`. */
-extern unsigned bypass_debug_mask __attribute__((weak));
-extern void bypass_debug_write(unsigned subsystem, const char *fmt, ...) __attribute__((weak, format(printf, 2, 3)));
-#define SB_DEBUG_POLICY (1u << 4)      /* BYPASS_DEBUG_POLICY */
 
 /* Character i of the virtual path name_below_base would build, base + "/" + name, without
  * building it: the slot's text, the slash, then the name. */
@@ -2247,6 +2312,12 @@ ssize_t sb_readlink(const struct sb_result *r, char *buf, size_t size)
 
 /* ---- exec: static executables ---------------------------------------------- */
 
+/* The exec check runs in the fork child before every exec, where each page touched is a page
+ * fault of its own (copy-on-write data, stack, and text the child had not run yet).  So the
+ * program's header is read by raw system calls (sb_sys4): not through the agent's own open()
+ * and close() (16 KB of stack frame each, and a dlsym of the real function in a child whose
+ * parent never called it), nor through the C library's wrappers (their pages and errno). */
+
 /* n bytes at off: from the file's first bytes already read (head, hl of them) when they hold
  * them, else from the file. */
 static int read_at(int fd, const unsigned char *head, size_t hl, void *buf, size_t n, uint64_t off)
@@ -2255,8 +2326,8 @@ static int read_at(int fd, const unsigned char *head, size_t hl, void *buf, size
         memcpy(buf, head + off, n);
         return 0;
     }
-    ssize_t k = pread(fd, buf, n, (off_t)off);
-    return k == (ssize_t)n ? 0 : -1;
+    long k = sb_sys4(SYS_pread64, fd, (long)buf, (long)n, (long)off);
+    return k == (long)n ? 0 : -1;
 }
 
 /* The program headers of a usual executable lie within its first kilobyte, which the caller
@@ -2357,17 +2428,17 @@ static __attribute__((noinline)) int shebang_is_static(char *head, ssize_t n, in
 
 static int elf_is_static_depth(const char *path, int depth, char *why, size_t whysize)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = (int)sb_sys4(SYS_openat, AT_FDCWD, (long)path, O_RDONLY | O_CLOEXEC, 0);
     if (fd < 0)
         return -1;
     char head[1024];
-    ssize_t n = pread(fd, head, sizeof head - 1, 0);
+    ssize_t n = sb_sys4(SYS_pread64, fd, (long)head, sizeof head - 1, 0);
     if (n >= 2 && head[0] == '#' && head[1] == '!' && depth < 4) {
-        close(fd);
+        sb_sys4(SYS_close, fd, 0, 0, 0);
         return shebang_is_static(head, n, depth, why, whysize);
     }
     int st = elf_static_fd(fd, (const unsigned char *)head, n > 0 ? (size_t)n : 0);
-    close(fd);
+    sb_sys4(SYS_close, fd, 0, 0, 0);
     if (st == 1 && is_loader_name(path))
         st = 0;
     return st;
@@ -2378,7 +2449,10 @@ int sb_elf_is_static(const char *realpath_)
     return elf_is_static_depth(realpath_, 0, NULL, 0);
 }
 
-int sb_exec_check(const char *realpath_, const char *vpath)
+/* What a refused or noted program is told: apart, with its 8 KB for the interpreter's name,
+ * so that the usual exec (a dynamic program, allowed) keeps a shallow stack in the fork child.
+ * The check is made again here with the name kept; its result is the one used. */
+static __attribute__((noinline, cold)) int exec_check_say(const char *realpath_, const char *vpath)
 {
     char why[SB_PATH_MAX];
     why[0] = '\0';
@@ -2407,13 +2481,19 @@ int sb_exec_check(const char *realpath_, const char *vpath)
     return EACCES;
 }
 
-int sb_loader_check(const char *program, char *const *argv)
+int sb_exec_check(const char *realpath_, const char *vpath)
 {
-    if (!g_active || sb_string_unreadable(program) || sb_unreadable(argv) || !argv[0] ||
-        !is_loader_name(program))
-        return 0;
-    /* ld.so [OPTION]... PROGRAM: the loader maps PROGRAM itself, out of exec's sight (and of
-     * Landlock's EXECUTE right), so PROGRAM needs x here */
+    int st = elf_is_static_depth(realpath_, 0, NULL, 0);
+    if (st == -2 || (st == 1 && !g_allow_static))
+        return exec_check_say(realpath_, vpath);
+    return 0;
+}
+
+/* ld.so [OPTION]... PROGRAM: the loader maps PROGRAM itself, out of exec's sight (and of
+ * Landlock's EXECUTE right), so PROGRAM needs x here.  Apart from sb_loader_check, whose every
+ * call would otherwise carry this walk's 16 KB result on the fork child's stack. */
+static __attribute__((noinline)) int loader_program_check(const char *program, char *const *argv)
+{
     static const char *const with_value[] = {
         "--library-path", "--inhibit-rpath", "--audit", "--preload", "--argv0",
         "--glibc-hwcaps-prepend", "--glibc-hwcaps-mask", NULL,
@@ -2441,12 +2521,23 @@ int sb_loader_check(const char *program, char *const *argv)
     return 0;
 }
 
-int sb_find_program(const char *file, struct sb_result *r)
+int sb_loader_check(const char *program, char *const *argv)
+{
+    if (!g_active || sb_string_unreadable(program) || sb_unreadable(argv) || !argv[0] ||
+        !is_loader_name(program))
+        return 0;
+    return loader_program_check(program, argv);
+}
+
+int sb_find_program(const void *fa, const char *file, struct sb_result *r)
 {
     if (!file || !*file)
         return ENOENT;
+    /* sb_spawn_resolve: with posix_spawnp's file actions (fa), a relative name or PATH entry is
+     * found from the directory their chdir actions leave the child in, where the C library's
+     * search runs; without (fa NULL), from this process's cwd */
     if (strchr(file, '/')) {
-        int e = sb_resolve(SB_OP_EXEC, AT_FDCWD, file, 0, r);
+        int e = sb_spawn_resolve(fa, SB_OP_EXEC, file, 0, r);
         return e ? e : sb_exec_check(r->rpath, file);
     }
     const char *path = getenv("PATH");
@@ -2466,7 +2557,7 @@ int sb_find_program(const char *file, struct sb_result *r)
                 cand[dl] = '/';
                 memcpy(cand + dl + 1, file, fl + 1);
             }
-            int e = sb_resolve(SB_OP_EXEC, AT_FDCWD, cand, 0, r);
+            int e = sb_spawn_resolve(fa, SB_OP_EXEC, cand, 0, r);
             if (e == EACCES) {
                 denied = 1;
             } else if (e == 0) {

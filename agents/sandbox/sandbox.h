@@ -19,9 +19,40 @@
 #ifndef BYPASS_SANDBOX_H
 #define BYPASS_SANDBOX_H
 
+#include <errno.h>
 #include <limits.h>
 #include <stddef.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
+#include <unistd.h>
+
+/* A raw system call: the result, or -errno.  For the agent's own work where the C library's
+ * wrapper, or the agent's wrapper of the same name (which a call by name inside the agent
+ * reaches first), would cost more than the call: the exec check in a fork child, the Landlock
+ * ruleset's walk.  Hand-written for x86-64 (no errno, no page of the C library touched);
+ * other architectures take libc's syscall(). */
+static inline long sb_sys4(long nr, long a, long b, long c, long d)
+{
+#if defined(__x86_64__)
+    register long r10 __asm__("r10") = d;
+    long ret;
+    __asm__ volatile("syscall" : "=a"(ret) : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10)
+                     : "rcx", "r11", "memory");
+    return ret;
+#else
+    long ret = syscall(nr, a, b, c, d);
+    return ret < 0 ? -errno : ret;
+#endif
+}
+
+/* A record of getdents64, for the listings the agent makes by raw system calls. */
+struct sb_dirent64 {
+    unsigned long long d_ino;
+    long long d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
 
 #ifdef __cplusplus
 extern "C" {
@@ -131,6 +162,8 @@ int sb_landlock_abi(void);
  * (comma separated; "" when none). */
 int sb_landlock_install(const struct sb_mounts *m, const char *private_dir, char *inexact,
                         size_t inexact_size);
+/* Rules the last sb_landlock_install added (the start-up's account, `-d process`). */
+extern int sb_landlock_rules;
 
 /* ---- global state and operations (resolve.c) ------------------------------ */
 
@@ -288,8 +321,10 @@ int sb_loader_check(const char *program, char *const *argv);
 
 /* execvp/posix_spawnp: find `file` the way execvp would (PATH search when it
  * has no slash), checking each candidate against the mount list; r->rpath is
- * the real program to run.  0 or errno. */
-int sb_find_program(const char *file, struct sb_result *r);
+ * the real program to run.  fa: posix_spawnp's file actions (or NULL), whose
+ * chdir actions move where a relative name or PATH entry is found, as in the
+ * child.  0 or errno. */
+int sb_find_program(const void *fa, const char *file, struct sb_result *r);
 
 /* An environment for a child: envp with the run's own BYPASS_MOUNTS,
  * BYPASS_SANDBOX_POLICY and BYPASS_SANDBOX_PRIVATE in place of whatever the

@@ -124,6 +124,26 @@ static void spawn_write(const char *how, const char *dir, const char *name)
     printf("spawn-write %s\n", e ? strerror(e) : "ok");
 }
 
+/* posix_spawnp of NAME with a list that moves the child to DIR first: the C library searches
+ * PATH (this process's) in the child, so a relative name or PATH entry is found from DIR.
+ * The program's own output comes first; then "spawnp ok" or the error. */
+static void spawnp_from(const char *dir, const char *name)
+{
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    int e = posix_spawn_file_actions_addchdir_np(&fa, dir);
+    pid_t pid;
+    char *args[] = {(char *)name, NULL};
+    fflush(stdout);
+    if (!e)
+        e = posix_spawnp(&pid, name, &fa, NULL, args, environ);
+    int status = 0;
+    if (!e && waitpid(pid, &status, 0) == pid && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+        e = ECHILD;
+    posix_spawn_file_actions_destroy(&fa);
+    printf("spawnp %s\n", e ? strerror(e) : "ok");
+}
+
 /* Many lists alive at once: the agent's room for them runs out.  Prints how many dup2 actions
  * failed, then what a chdir action gives with the room full and after the lists are freed. */
 static void spawn_many(const char *dir)
@@ -153,6 +173,10 @@ int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "spawn-many") == 0) {
         spawn_many(argv[2]);
+        return 0;
+    }
+    if (argc == 4 && strcmp(argv[1], "spawnp") == 0) {
+        spawnp_from(argv[2], argv[3]);
         return 0;
     }
     if (argc == 5 && strcmp(argv[1], "spawn") == 0) {
@@ -202,6 +226,7 @@ int main(int argc, char **argv)
         return 0;
     }
     fprintf(stderr, "usage: escape raw|uring READ WRITE | name PATH | handle DIR HREAD HWRITE | "
-                    "dlopen LIB | spawn chdir|fchdir|dup|fchdir-parent DIR NAME | spawn-many DIR\n");
+                    "dlopen LIB | spawn chdir|fchdir|dup|fchdir-parent DIR NAME | spawn-many DIR | "
+                    "spawnp DIR NAME\n");
     return 2;
 }

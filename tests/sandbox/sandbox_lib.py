@@ -61,7 +61,7 @@ def build_library(out_dir: Path) -> Path:
     lib = out_dir / "libsandbox_test.so"
     cmd = ["gcc", "-Wall", "-Wextra", "-Werror", "-O2", "-g", "-fPIC", "-shared",
            "-I", str(RUNTIME), "-o", str(lib), str(SANDBOX / "mounts.c"), str(SANDBOX / "resolve.c"),
-           str(SANDBOX / "landlock.c"), str(RUNTIME / "memory.c")]
+           str(SANDBOX / "landlock.c"), str(SANDBOX / "spawn_actions.c"), str(RUNTIME / "memory.c")]
     subprocess.run(cmd, check=True)
     return lib
 

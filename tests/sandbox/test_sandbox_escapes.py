@@ -367,6 +367,40 @@ def test_spawn_file_actions_after_a_chdir_are_checked_where_the_child_is(agent, 
     assert (work / "out/made").exists() == (how != "dup")
 
 
+@pytest.mark.parametrize("kernel", ["1", "0"])
+def test_spawnp_searches_relative_path_entries_where_the_child_is(agent, work, escape, kernel):
+    """posix_spawnp after a chdir action: the C library searches PATH in the child, so a
+    relative PATH entry, the empty one and a relative name with a slash are found from the
+    directory the child moved to, natively and in the sandbox alike; a candidate there in a
+    denied place is refused, and the parent's own directory is never searched instead."""
+    for d, word in (("a", "parent"), ("b", "child")):
+        for sub in ("bin", "deny"):
+            (work / f"out/{d}/{sub}").mkdir(parents=True)
+            tool = work / f"out/{d}/{sub}/tool"
+            tool.write_text(f"#!/bin/sh\necho {word} {sub}/tool\n")
+            tool.chmod(0o755)
+        shutil.copy(work / f"out/{d}/bin/tool", work / f"out/{d}/tool")
+    (work / "deny/tool").write_text("#!/bin/sh\necho denied tool\n")
+    (work / "deny/tool").chmod(0o755)
+    dyn = str(escape / "dyn")
+    cases = [("bin", "tool", "child bin/tool\nspawnp ok\n"),
+             ("", "tool", "child bin/tool\nspawnp ok\n"),          # the empty entry: the cwd
+             ("/nowhere", "bin/tool", "child bin/tool\nspawnp ok\n")]  # a slash: no search
+    for path, name, want in cases:
+        env = {"PATH": path}
+        native = subprocess.run([dyn, "spawnp", str(work / "out/b"), name], cwd=work / "out/a",
+                                env={**os.environ, **env}, capture_output=True, text=True)
+        assert native.stdout == want, (path, name, native.stdout, native.stderr)
+        p = run(agent, work, [dyn, "spawnp", str(work / "out/b"), name], cwd=work / "out/a",
+                BYPASS_SANDBOX_KERNEL_ENFORCEMENT=kernel, **env)
+        assert p.stdout == want, (path, name, p.stdout, p.stderr)
+    # from the work area the child finds deny/tool, in a denied place: refused, and the
+    # parent's own out/a/deny/tool is not run in its stead
+    p = run(agent, work, [dyn, "spawnp", str(work), "tool"], cwd=work / "out/a",
+            BYPASS_SANDBOX_KERNEL_ENFORCEMENT=kernel, PATH="deny")
+    assert p.stdout == "spawnp Permission denied\n", p.stdout + p.stderr
+
+
 def test_spawn_lists_beyond_the_agents_room(agent, work, escape):
     """20 lists alive at once: descriptor actions are never refused; a chdir action with the
     room full is (ENOMEM), and so is an fchdir in a list the agent could not follow (EACCES),
