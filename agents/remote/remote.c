@@ -2343,6 +2343,46 @@ FILE *rmt_freopen_failed(FILE *stream)
     return freopen_failed(stream, errno);
 }
 
+/* freopen of a stream over a remote file (one of the agent's cookie streams): glibc's freopen
+ * would take the FILE for one of its own file streams, which it is not, and crashed.  A standard
+ * stream becomes the new file: a remote one as rmt_freopen makes it, a local one (path, already
+ * resolved by the caller) as a new glibc stream on the same descriptor, which the slot
+ * stdin/stdout/stderr then names, as after rmt_rebind_std.  Another stream cannot be given a new
+ * file in place: ENOTSUP, the stream left as it was (closing its file under it would let a later
+ * fclose close another file that took the number). */
+int rmt_is_remote_stream(FILE *stream)
+{
+    return stream && rmt_is_fd(stream->_fileno);
+}
+
+FILE *rmt_freopen_remote_stream(int remote, int dslot, const char *path, const char *mode, FILE *stream)
+{
+    int std = stream == stdin ? 0 : stream == stdout ? 1 : stream == stderr ? 2 : -1;
+    if (std < 0 || mode_flags(mode) < 0) {
+        if (std < 0)
+            errno = ENOTSUP;
+        return NULL;
+    }
+    if (remote)
+        return rmt_freopen(dslot, path, mode, stream);
+    fflush(stream);
+    FILE *opened = fopen(path, mode);
+    if (!opened)
+        return NULL;
+    char plain[3] = { mode[0], strchr(mode, '+') ? '+' : 0, 0 };
+    FILE *local = NULL;
+    if (dup2(fileno(opened), std) >= 0) {
+        rmt_forget(std);
+        local = fdopen(std, plain);
+    }
+    int e = errno;
+    fclose(opened);
+    errno = e;
+    if (local)
+        *std_slot(std) = local;
+    return local;
+}
+
 FILE *rmt_freopen(int dslot, const char *rpath, const char *mode, FILE *stream)
 {
     int std = stream == stdin ? 0 : stream == stdout ? 1 : stream == stderr ? 2 : -1;

@@ -107,6 +107,8 @@ struct timeval;
 int rmt_utimes(int dslot, const char *rpath, int fd, const struct timeval times[2], int follow);
 FILE *rmt_freopen(int dslot, const char *rpath, const char *mode, FILE *stream);
 FILE *rmt_freopen_failed(FILE *stream);
+int rmt_is_remote_stream(FILE *stream);
+FILE *rmt_freopen_remote_stream(int remote, int dslot, const char *path, const char *mode, FILE *stream);
 int rmt_chown(int dslot, const char *rpath, int fd, uid_t uid, gid_t gid, int follow);
 int rmt_utimens(int dslot, const char *rpath, int fd, const struct timespec times[2], int follow);
 int rmt_ftruncate(int fd, off_t len);

@@ -279,6 +279,49 @@ def test_fifos_and_sockets_under_job_fail_clearly(agent, shadow, export):
     assert stat.S_ISFIFO((export / "data" / "f").lstat().st_mode)
 
 
+def test_freopen_of_a_stream_over_a_remote_file(agent, shadow, export, tmp_path):
+    """A stream over a /job file is the agent's cookie stream, which glibc's freopen cannot
+    reuse (it crashed): stdout made remote can be sent to another /job file or to a local one
+    and back; another such stream fails ENOTSUP and stays usable (agents/remote/README.md)."""
+    local = tmp_path / "local.txt"
+    code = textwrap.dedent(r'''
+        import ctypes, errno, sys
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.fopen.restype = libc.freopen.restype = ctypes.c_void_p
+        libc.freopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p]
+        libc.fputs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+        libc.fflush.argtypes = libc.fclose.argtypes = [ctypes.c_void_p]
+        libc.fgets.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p]
+        stdout = ctypes.c_void_p.in_dll(libc, "stdout")
+        def reopen(path, mode, stream):
+            r = libc.freopen(path, mode, stream)
+            return "ok" if r else errno.errorcode[ctypes.get_errno()]
+        out = []
+        for path in (b"/job/data/o1", b"/job/data/o2", sys.argv[1].encode(), b"/job/data/o3"):
+            out.append(reopen(path, b"w", stdout))
+            libc.fputs(b"to " + path + b"\n", stdout)
+            libc.fflush(stdout)
+        f = libc.fopen(b"/job/data/input.txt", b"r")
+        out.append(reopen(b"/etc/hostname", b"r", f))
+        out.append(reopen(b"/job/data/o1", b"r", f))
+        out.append(reopen(None, b"r", f))
+        out.append(reopen(b"/job/data/o1", b"q", f))
+        line = ctypes.create_string_buffer(64)
+        out.append(libc.fgets(line, 64, f) is not None and line.value.decode())
+        sys.stderr.write(repr(out))
+        ''')
+    p = subprocess.run([sys.executable, "-c", code, str(local)], env=agent_env(agent, shadow),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    first = (export / "data" / "input.txt").read_text().splitlines(keepends=True)[0]
+    assert eval(p.stderr) == ["ok"] * 4 + ["ENOTSUP", "ENOTSUP", "ENOTSUP", "EINVAL", first]
+    assert [(export / "data" / n).read_text() for n in ("o1", "o2", "o3")] == \
+        ["to /job/data/o1\n", "to /job/data/o2\n", "to /job/data/o3\n"]
+    assert local.read_text() == f"to {local}\n"
+    for n in ("o1", "o2", "o3"):
+        (export / "data" / n).unlink()
+
+
 def test_remote_cwd_in_a_fork_of_a_fork_and_a_private_marker(agent, shadow, export):
     p = subprocess.run(["sh", "-c", "cd /job && x=$(mkdir lost | cat); mkdir kept; (cd data && (mkdir deep; pwd))"],
                        env=agent_env(agent, shadow), capture_output=True, text=True, timeout=60)
@@ -721,7 +764,8 @@ def test_descriptor_calls_found_by_later_conform_seeds(agent, shadow, export, tm
     fstatat (Linux 6.11 on; EFAULT without the flag), and glibc's utimensat refuses any NULL
     path with EINVAL.  The agent answered the local placeholder's stat, and changed times.
     Seed 323: glibc's opendir opens with O_NONBLOCK, which F_GETFL of dirfd() shows.  Seed
-    350: record locks and F_SETFL on an O_PATH descriptor are EBADF before the lock is read."""
+    350: record locks and F_SETFL on an O_PATH descriptor are EBADF before the lock is read.
+    Seed 351: freopen reads its mode before the path (EINVAL, not ENAMETOOLONG)."""
     differential(agent, shadow, export, tmp_path, r'''
         import struct
         os.chdir(B)
@@ -771,6 +815,13 @@ def test_descriptor_calls_found_by_later_conform_seeds(agent, shadow, export, tm
                 ("getdents", lambda: c(libc.getdents64(c(os.open(".", os.O_PATH)), buf, 64))),
                 ("dup", lambda: os.fstat(os.dup(path_fd)).st_size)):
             show(f"{name} on O_PATH", call)
+        libc.fopen.restype = libc.freopen.restype = ctypes.c_void_p
+        libc.freopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p]
+        long_name = (B + "/." * 2100 + "/data/input.txt").encode()
+        for mode in (b"q", b"r"):
+            stream = libc.fopen((B + "/data/input.txt").encode(), b"r")
+            show(f"freopen of a path over PATH_MAX, mode {mode}",
+                 lambda: c(-1 if libc.freopen(long_name, mode, stream) is None else 0))
         ''')
 
 
