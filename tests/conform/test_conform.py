@@ -209,9 +209,10 @@ def test_sandbox_is_exact_with_a_realistic_list(agents, tmp_path):
 # directory it may not search, as_nobody; 157: fexecve after a spawned writer exited; 177: a
 # POSIX lock over the same process's OFD lock; 323: F_GETFL of an opendir stream's descriptor;
 # 350: a lock asked of an O_PATH descriptor; 351: freopen's mode before its path; 352: a
-# forked child appending to a FIFO)
+# forked child appending to a FIFO; 417: fchownat of the current directory by ""; 420: linkat
+# by descriptor)
 @pytest.mark.parametrize("seed, ops", [(1, 1000), (2, 1000), (105, 1500), (106, 1500), (157, 1500), (177, 1500),
-                                       (323, 1500), (350, 1500), (351, 1500), (352, 1500)])
+                                       (323, 1500), (350, 1500), (351, 1500), (352, 1500), (417, 1500), (420, 1500)])
 def test_remote_has_no_unexpected_divergence(agents, seed, ops):
     """Issue 12: with --export the agent side works below /job; every divergence left is one
     remote.expected gives a reason (and the agent's answer) for, and the export is left as it

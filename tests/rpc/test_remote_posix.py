@@ -287,6 +287,8 @@ def test_freopen_of_a_stream_over_a_remote_file(agent, shadow, export, tmp_path)
     code = textwrap.dedent(r'''
         import ctypes, errno, sys
         libc = ctypes.CDLL(None, use_errno=True)
+        show("fchownat of the current directory", lambda: c(libc.fchownat(-100, b"", 0, 1, 0x1000)))
+        show("its group", lambda: os.stat(".").st_gid)
         libc.fopen.restype = libc.freopen.restype = ctypes.c_void_p
         libc.freopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p]
         libc.fputs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
@@ -765,7 +767,8 @@ def test_descriptor_calls_found_by_later_conform_seeds(agent, shadow, export, tm
     path with EINVAL.  The agent answered the local placeholder's stat, and changed times.
     Seed 323: glibc's opendir opens with O_NONBLOCK, which F_GETFL of dirfd() shows.  Seed
     350: record locks and F_SETFL on an O_PATH descriptor are EBADF before the lock is read.
-    Seed 351: freopen reads its mode before the path (EINVAL, not ENAMETOOLONG)."""
+    Seed 351: freopen reads its mode before the path (EINVAL, not ENAMETOOLONG).  Seed 417:
+    fchownat(AT_FDCWD, "", AT_EMPTY_PATH) changes the current directory itself."""
     differential(agent, shadow, export, tmp_path, r'''
         import struct
         os.chdir(B)
@@ -815,6 +818,8 @@ def test_descriptor_calls_found_by_later_conform_seeds(agent, shadow, export, tm
                 ("getdents", lambda: c(libc.getdents64(c(os.open(".", os.O_PATH)), buf, 64))),
                 ("dup", lambda: os.fstat(os.dup(path_fd)).st_size)):
             show(f"{name} on O_PATH", call)
+        show("fchownat of the current directory", lambda: c(libc.fchownat(-100, b"", 0, 1, 0x1000)))
+        show("its group", lambda: os.stat(".").st_gid)
         libc.fopen.restype = libc.freopen.restype = ctypes.c_void_p
         libc.freopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p]
         long_name = (B + "/." * 2100 + "/data/input.txt").encode()
