@@ -460,15 +460,23 @@ static int out_grow(bp_mp_writer *w, size_t need)
 
 /* The frame header and msgpack of [seq, STATUS_OK, [n, <bin32 of `len` bytes>]] up to the
  * payload, which the caller sends right after (from a file or a Python buffer). */
-static int envelope(conn *c, int64_t seq, int64_t n, uint64_t len)
+/* Start a successful pair reply, [seq, 0, [first, ...: the caller writes the pair's second item. */
+static bp_mp_writer *pair_reply_head(conn *c, int64_t seq, int64_t first)
 {
     bp_mp_writer *w = &c->out;
     w->len = HEADER;
+    w->error = 0;
     bp_mp_write_array(w, 3);
     bp_mp_write_int(w, seq);
     bp_mp_write_int(w, 0);
     bp_mp_write_array(w, 2);
-    bp_mp_write_int(w, n);
+    bp_mp_write_int(w, first);
+    return w;
+}
+
+static int envelope(conn *c, int64_t seq, int64_t n, uint64_t len)
+{
+    bp_mp_writer *w = pair_reply_head(c, seq, n);
     uint8_t bin32[5] = { 0xc6 };
     put32(bin32 + 1, (uint32_t)len);
     bp_mp_write_raw(w, bin32, sizeof bin32);
@@ -796,14 +804,7 @@ static int send_stat_reply(conn *c, int64_t seq, const struct stat *st)
     S(15, st->st_ctim.tv_nsec);
 #undef U
 #undef S
-    bp_mp_writer *w = &c->out;
-    w->len = HEADER;
-    w->error = 0;
-    bp_mp_write_array(w, 3);
-    bp_mp_write_int(w, seq);
-    bp_mp_write_int(w, 0);
-    bp_mp_write_array(w, 2);
-    bp_mp_write_int(w, 0);
+    bp_mp_writer *w = pair_reply_head(c, seq, 0);
     bp_mp_write_array(w, 16);
     for (int i = 0; i < 16; i++) {
         int m = c->stat_order[i];
@@ -824,13 +825,7 @@ static int send_data_reply(conn *c, int64_t seq, const uint8_t *data, size_t n)
         if (envelope(c, seq, (int64_t)n, n) < 0)
             return N_BROKEN;
     } else {
-        w->len = HEADER;
-        w->error = 0;
-        bp_mp_write_array(w, 3);
-        bp_mp_write_int(w, seq);
-        bp_mp_write_int(w, 0);
-        bp_mp_write_array(w, 2);
-        bp_mp_write_int(w, (int64_t)n);
+        pair_reply_head(c, seq, (int64_t)n);
         bp_mp_write_bin_header(w, (uint32_t)n);
         if (w->error)
             return (PyErr_NoMemory(), N_BROKEN);
