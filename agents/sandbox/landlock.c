@@ -94,13 +94,18 @@ static int beneath(const char *p, size_t pl, const char *d, size_t dl)
 
 /* Rights the list gives the real path p: the wanted place with the longest
  * path covering it (the later line for equal paths). */
-static uint64_t rights_at(const struct ll *ll, const char *p, size_t pl)
+static uint64_t want_rights(const struct want *w, int n, const char *p, size_t pl)
 {
     const struct want *best = NULL;
-    for (int i = 0; i < ll->n; i++)
-        if (beneath(p, pl, ll->w[i].path, ll->w[i].len) && (!best || ll->w[i].len >= best->len))
-            best = &ll->w[i];
+    for (int i = 0; i < n; i++)
+        if (beneath(p, pl, w[i].path, w[i].len) && (!best || w[i].len >= best->len))
+            best = &w[i];
     return best ? best->rights : 0;
+}
+
+static uint64_t rights_at(const struct ll *ll, const char *p, size_t pl)
+{
+    return want_rights(ll->w, ll->n, p, pl);
 }
 
 /* Is there a place strictly below p that must have less than r? */
@@ -119,19 +124,18 @@ static int narrower_below(const struct ll *ll, const char *p, size_t pl, uint64_
  * own wrapper of openat, opendir or readdir first, and the ruleset is built once per run, in
  * its first process's start, where every call counts (issue 11: under 0.3 ms). */
 
-/* Grant r through fd, a descriptor of the place; kind: 'd' a directory, 'f' not one, 0 unknown
- * (asked here). */
+/* Grant r through fd, a descriptor of the place; kind: 'd' a directory, 'f' not one, 0 unknown.
+ * The kernel refuses a directory's rights on a file (EINVAL), which is how an unknown kind is
+ * learnt: a failed call costs less than an fstat for every place. */
 static void add_rule_fd(struct ll *ll, int fd, int kind, uint64_t r)
 {
-    struct stat st;
-    if (kind == 'f' || (kind == 0 && sb_sys4(SYS_fstat, fd, (long)&st, 0, 0) == 0 &&
-                        !S_ISDIR(st.st_mode)))
+    if (kind == 'f')
         r &= LL_FILE;
     struct landlock_path_beneath_attr pb = { .allowed_access = r, .parent_fd = fd };
     long rc = r ? sb_sys4(SYS_landlock_add_rule, ll->ruleset, LANDLOCK_RULE_PATH_BENEATH,
                           (long)&pb, 0) : 0;
-    if (rc == -EINVAL && kind == 'd' && (r & LL_FILE) != r) {
-        /* no longer the directory the listing named: grant what a file may have */
+    if (rc == -EINVAL && kind != 'f' && (r & LL_FILE) != r) {
+        /* a file (or no longer the directory the listing named): what a file may have */
         pb.allowed_access = r & LL_FILE;
         rc = pb.allowed_access ? sb_sys4(SYS_landlock_add_rule, ll->ruleset,
                                          LANDLOCK_RULE_PATH_BENEATH, (long)&pb, 0) : 0;
@@ -323,8 +327,8 @@ static void want_put(struct want **w, int *n, int *cap, const char *place, uint6
     (*w)[j].restricts = restricts;
 }
 
-int sb_landlock_install(const struct sb_mounts *m, const char *private_dir, char *inexact,
-                        size_t inexact_size)
+int sb_landlock_install(const struct sb_mounts *m, const char *private_dir, const char *self_path,
+                        char *inexact, size_t inexact_size)
 {
     int abi = sb_landlock_abi();
     if (abi < 0)
@@ -339,27 +343,23 @@ int sb_landlock_install(const struct sb_mounts *m, const char *private_dir, char
 
     struct want *w = NULL;
     int n = 0, cap = 0, rc = 0, note_inexact_glob = 0;
-    char (*reals)[PATH_MAX] = malloc((size_t)m->n * PATH_MAX);
-    if (!reals)
-        return ENOMEM;
+    char real_place[PATH_MAX];          /* want_put keeps its own copy */
+    /* a PRIVATE line's real place is out of the program's reach, as a DENY place is: first, so
+     * that any line granting that same real place (a redirect's target) replaces this */
+    for (int i = 0; i < m->n; i++) {
+        const struct sb_entry *e = &m->e[i];
+        if (e->kind == SB_PRIVATE && !e->glob && e->plen > 1 &&
+            sb_prefix_real(m, e, real_place, sizeof real_place) == 0)
+            want_put(&w, &n, &cap, real_place, 0, 1);
+    }
     for (int i = 0; i < m->n; i++) {
         const struct sb_entry *e = &m->e[i];
         const char *real = e->prefix;
         uint64_t r = 0;
-        if (e->kind == SB_DENY || e->kind == SB_ENOENT) {
-            /* the real place is where the entry around it puts the prefix */
-            const struct sb_entry *up = NULL;
-            for (int j = 0; j < m->n; j++) {
-                const struct sb_entry *o = &m->e[j];
-                if (o->plen < e->plen && o->target && o->kind != SB_IDENTITY &&
-                    beneath(e->prefix, e->plen, o->prefix, o->plen) &&
-                    (!up || o->plen >= up->plen))
-                    up = o;
-            }
-            if (up && !e->glob && sb_lookup(m, e->prefix) == e &&
-                sb_translate(up, e->prefix, reals[i], PATH_MAX) == 0)
-                real = reals[i];
-        }
+        if ((e->kind == SB_DENY || e->kind == SB_ENOENT) && !e->glob &&
+            sb_lookup(m, e->prefix) == e &&
+            sb_prefix_real(m, e, real_place, sizeof real_place) == 0)
+            real = real_place;
         switch (e->kind) {
         case SB_IDENTITY:
             r = mode_rights(e->mode);
@@ -391,16 +391,16 @@ int sb_landlock_install(const struct sb_mounts *m, const char *private_dir, char
         if (e->glob)
             globfree(&g);
     }
-    free(reals);
-    if (private_dir && *private_dir) {
+    const char *slash = private_dir ? strrchr(private_dir, '/') : NULL;
+    size_t dl = slash ? (size_t)(slash - private_dir) : 0;
+    if (slash && want_rights(w, n, private_dir, dl ? dl : 1)) {
         /* other runs' private directories beside this one's: no access, whatever the list
          * grants around them (those made later get none anyway: see note_inexact).  Listed by
-         * hand rather than by glob(): the C library's listing costs this start more. */
-        const char *slash = strrchr(private_dir, '/');
-        size_t dl = slash ? (size_t)(slash - private_dir) : 0;
+         * hand rather than by glob(): the C library's listing costs this start more.  Where
+         * the list grants nothing (the real /tmp behind `/tmp PRIVATE`), nothing to list. */
         char dir[PATH_MAX];
         int d = -1;
-        if (slash && dl < sizeof dir) {
+        if (dl < sizeof dir) {
             memcpy(dir, private_dir, dl);
             dir[dl ? dl : 1] = '\0';
             if (!dl)
@@ -450,6 +450,16 @@ int sb_landlock_install(const struct sb_mounts *m, const char *private_dir, char
     for (int i = 0; i < n; i++)
         if (w[i].len > 1 && w[i].rights && !reached[i])
             grant(&ll, w[i].path, w[i].rights, 0);
+    if (self_path && *self_path) {
+        /* children load the agent by the name they were given, whatever the list says of the
+         * place it is in (the real /tmp behind `/tmp PRIVATE`, say).  A rule only adds, and the
+         * name is followed to the file, as the loader follows it. */
+        int fd = (int)sb_sys4(SYS_openat, AT_FDCWD, (long)self_path, O_PATH | O_CLOEXEC, 0);
+        if (fd >= 0) {
+            add_rule_fd(&ll, fd, 'f', LANDLOCK_ACCESS_FS_READ_FILE);
+            keep(&ll, fd);
+        }
+    }
     close_kept(&ll);
     free(reached);
     if (note_inexact_glob)

@@ -566,6 +566,23 @@ int sb_translate(const struct sb_entry *e, const char *vpath, char *out, size_t 
     return join(e->target, e->tlen, tmp, out, outsize);
 }
 
+int sb_prefix_real(const struct sb_mounts *m, const struct sb_entry *e, char *out, size_t outsize)
+{
+    const struct sb_entry *up = NULL;
+    for (int j = 0; j < m->n; j++) {
+        const struct sb_entry *o = &m->e[j];
+        if (o->plen < e->plen && o->target && o->kind != SB_IDENTITY && !o->glob &&
+            prefix_match(o->prefix, o->plen, e->prefix) && (!up || o->plen >= up->plen))
+            up = o;
+    }
+    if (up && !e->glob)
+        return sb_translate(up, e->prefix, out, outsize);
+    if (e->plen + 1 > outsize)
+        return ENAMETOOLONG;
+    memcpy(out, e->prefix, e->plen + 1);
+    return 0;
+}
+
 int sb_reverse(const struct sb_mounts *m, const char *real, char *out, size_t outsize)
 {
     const struct sb_entry *best = NULL;

@@ -40,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <poll.h>
 #include <pthread.h>
@@ -961,6 +962,13 @@ static int decimal(const char *s)
  * this runs in the start of every run's first process. */
 static int policy_find(void)
 {
+    /* A run that holds Landlock set no_new_privs, which no process can clear: without it this
+     * process is no child of such a run, and listing /proc/self/fd (its entries are made on
+     * demand, about 0.1 ms) would find nothing.  A child of a run without kernel enforcement
+     * that drops the policy's name this way starts a run of its own, as one that drops every
+     * BYPASS_* setting does (README, "Without Landlock"). */
+    if (sb_sys4(SYS_prctl, PR_GET_NO_NEW_PRIVS, 0, 0, 0) == 0)
+        return -1;
     int d = (int)sb_sys4(SYS_openat, AT_FDCWD, (long)"/proc/self/fd",
                          O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
     if (d < 0)
@@ -1056,7 +1064,8 @@ static int policy_install(int fd, char *text, char *err, size_t errsize)
 static void kernel_enforce(const struct sb_mounts *m)
 {
     char inexact[1024];
-    int rc = sb_landlock_install(m, g_private, inexact, sizeof inexact);
+    int rc = sb_landlock_install(m, g_private, bypass_self_path ? bypass_self_path() : NULL,
+                                 inexact, sizeof inexact);
     g_landlock = rc == 0;
     if (rc == ENOSYS || rc == EOPNOTSUPP)
         sb_msg("Landlock is not available here (%s): the list is enforced by the preload "
@@ -1141,6 +1150,34 @@ int sb_init_from_env(char *err, size_t errsize)
     return first_process_init(file, err, errsize, t0);
 }
 
+/* The run's private directory (g_private), in base when one is set.  Else in the real place of
+ * a PRIVATE line (the real /tmp behind `/tmp PRIVATE`), as systemd's PrivateTmp does: the
+ * program cannot name that place, so Landlock has nothing to split around it (one grant for the
+ * private directory instead of one per entry of every directory on the way to /var/tmp), other
+ * runs' directories there are out of reach with it, and the files land on the file system the
+ * program meant.  /var/tmp when no such place takes a directory.  NULL with errno on failure. */
+static char *make_private_dir(const struct sb_mounts *m, const char *base)
+{
+    if (base && *base) {
+        snprintf(g_private, sizeof g_private, "%s/bypass-private-XXXXXX", base);
+        return mkdtemp(g_private);
+    }
+    for (int i = 0; i < m->n; i++) {
+        const struct sb_entry *e = &m->e[i];
+        char real[PATH_MAX];
+        struct stat st;
+        if (e->kind != SB_PRIVATE || e->glob || e->plen == 1 ||
+            sb_prefix_real(m, e, real, sizeof real) != 0 || lstat(real, &st) != 0 ||
+            !S_ISDIR(st.st_mode))
+            continue;
+        int len = snprintf(g_private, sizeof g_private, "%s/bypass-private-XXXXXX", real);
+        if (len > 0 && (size_t)len < sizeof g_private && mkdtemp(g_private))
+            return g_private;
+    }
+    snprintf(g_private, sizeof g_private, "/var/tmp/bypass-private-XXXXXX");
+    return mkdtemp(g_private);
+}
+
 /* The run's first process: read the list and the settings, make the private directory, hold
  * the run with Landlock, seal the policy.  Apart, so that its large buffers do not deepen the
  * stack of every later process, which only reads the sealed policy. */
@@ -1175,12 +1212,9 @@ static __attribute__((noinline)) int first_process_init(const char *file, char *
         if (m.e[i].kind == SB_PRIVATE)
             has_private = 1;
     if (has_private) {
-        if (!base || !*base)
-            base = "/var/tmp";
-        snprintf(g_private, sizeof g_private, "%s/bypass-private-XXXXXX", base);
-        if (!mkdtemp(g_private)) {
+        if (!make_private_dir(&m, base)) {
             snprintf(err, errsize, "%s:0: error: cannot make a private directory in %s: %s",
-                     file, base, strerror(errno));
+                     file, base && *base ? base : "/var/tmp", strerror(errno));
             g_private[0] = '\0';
             goto fail;
         }

@@ -10,7 +10,7 @@
  *
  * Vocabulary
  *   virtual path  the path as the program sees it ("/tmp/a")
- *   real path     the path the kernel gets ("/var/tmp/bypass-x1y2/tmp/a")
+ *   real path     the path the kernel gets ("/tmp/bypass-private-x1y2/tmp/a")
  *   entry         one line of the mount list: prefix -> redirect, mode
  *
  * Nothing here is a security boundary: a static program or a raw syscall
@@ -61,7 +61,7 @@ extern "C" {
 /* Environment variables (documented in README.md). */
 #define SB_ENV_MOUNTS        "BYPASS_MOUNTS"             /* mount list file */
 #define SB_ENV_PRIVATE       "BYPASS_SANDBOX_PRIVATE"    /* private dir of this run (set by the first process) */
-#define SB_ENV_PRIVATE_BASE  "BYPASS_SANDBOX_PRIVATE_BASE" /* where private dirs are made (default /var/tmp) */
+#define SB_ENV_PRIVATE_BASE  "BYPASS_SANDBOX_PRIVATE_BASE" /* where private dirs are made (make_private_dir) */
 #define SB_ENV_CLEANUP       "BYPASS_SANDBOX_CLEANUP"    /* 0: keep the private dir (as KEEP_PRIVATE=1) */
 #define SB_ENV_KEEP_PRIVATE  "BYPASS_SANDBOX_KEEP_PRIVATE" /* 1: keep the private dir and say where */
 #define SB_ENV_ALLOW_STATIC  "BYPASS_SANDBOX_ALLOW_STATIC" /* 1: let static executables run */
@@ -132,6 +132,11 @@ int sb_mounts_parrot_differs(const struct sb_mounts *m, char *out, size_t outsiz
 /* Real path for a virtual path under entry e.  Returns 0 or ENAMETOOLONG. */
 int sb_translate(const struct sb_entry *e, const char *vpath, char *out, size_t outsize);
 
+/* The real place of e's own prefix: where the entry around it (the longest shorter prefix with
+ * a target) puts it, else the prefix itself.  A DENY, ENOENT or PRIVATE line names a place the
+ * program cannot reach there: the place Landlock keeps it from.  0 or ENAMETOOLONG. */
+int sb_prefix_real(const struct sb_mounts *m, const struct sb_entry *e, char *out, size_t outsize);
+
 /* Virtual path under which a real path is visible.  Returns 1 if found,
  * 0 if the real path is not visible through any entry (out = real path). */
 int sb_reverse(const struct sb_mounts *m, const char *real, char *out, size_t outsize);
@@ -157,11 +162,12 @@ void sb_copy(char *out, size_t outsize, const char *src);
 int sb_landlock_abi(void);
 /* Restrict this process and all it starts to the list (real paths, after
  * sb_private_attach); private_dir (or NULL): this run's, whose sibling
- * private directories of other runs get no access.  0, or an errno.
- * `inexact` receives the directories the ruleset could not express exactly
- * (comma separated; "" when none). */
-int sb_landlock_install(const struct sb_mounts *m, const char *private_dir, char *inexact,
-                        size_t inexact_size);
+ * private directories of other runs get no access; self_path (or NULL): the
+ * agent's file, which stays readable so that children can load it.  0, or an
+ * errno.  `inexact` receives the directories the ruleset could not express
+ * exactly (comma separated; "" when none). */
+int sb_landlock_install(const struct sb_mounts *m, const char *private_dir, const char *self_path,
+                        char *inexact, size_t inexact_size);
 /* Rules the last sb_landlock_install added (the start-up's account, `-d process`). */
 extern int sb_landlock_rules;
 

@@ -437,3 +437,98 @@ def test_names_below_a_directory_opened_without_o_directory(agent, work, kernel)
                                      "out/new ok 7", "below a file Not a directory"], \
         p.stdout + p.stderr
     assert (work / "ro/f").read_text() == "original\n"
+
+
+# ---------------------------------------------------------------- the default private directory
+
+def default_env(agent, work, **extra) -> dict[str, str]:
+    """The run's settings as a user gives them: the private directory where the agent puts it
+    by default, and removed at the end."""
+    env = sandbox_env(agent, work, **extra)
+    del env["BYPASS_SANDBOX_PRIVATE_BASE"], env["BYPASS_SANDBOX_KEEP_PRIVATE"]
+    return env
+
+
+def gone_soon(path: Path) -> bool:
+    """The run's helper removes the private directory once the first process has exited."""
+    for _ in range(200):
+        if not path.exists():
+            return True
+        time.sleep(0.025)
+    return False
+
+
+@pytest.fixture
+def real_tmp_file():
+    """A file in the real /tmp, which `/tmp PRIVATE` hides, and one to write there."""
+    d = Path(tempfile.mkdtemp(prefix="bypass-realtmp-", dir="/tmp"))
+    (d / "secret").write_text("needle in the real tmp\n")
+    (d / "w").write_text("original\n")
+    yield d
+    shutil.rmtree(d)
+
+
+@pytest.mark.parametrize("kernel", ["1", "0"])
+def test_the_private_tmp_lives_in_the_real_tmp_out_of_reach(agent, work, escape, real_tmp_file,
+                                                             kernel):
+    """By default `/tmp PRIVATE` makes its directory in the real /tmp, like systemd's PrivateTmp;
+    the real /tmp around it is out of reach of every process of the run, raw system calls
+    included (the control: without kernel enforcement they get through), and the directory
+    is removed when the run ends."""
+    secret, other = real_tmp_file / "secret", real_tmp_file / "w"
+    p = subprocess.run(["bash", "-c", f'echo "$BYPASS_SANDBOX_PRIVATE"; echo mine > /tmp/f; ls -A /tmp; '
+                                      f'{escape}/dyn raw {secret} {other}'],
+                       cwd=work, env=default_env(agent, work, BYPASS_SANDBOX_KERNEL_ENFORCEMENT=kernel),
+                       capture_output=True, text=True, timeout=60)
+    lines = p.stdout.split("\n")
+    private = Path(lines[0])
+    assert private.parent == Path("/tmp") and private.name.startswith("bypass-private-"), p.stdout
+    assert lines[1] == "f", p.stdout                   # the program sees its own /tmp only
+    if kernel == "1":
+        assert lines[2:4] == ["read Permission denied", "write Permission denied"], p.stdout + p.stderr
+        assert other.read_text() == "original\n"
+    else:
+        assert lines[2] == "read ok needle in the real tmp", p.stdout
+    assert gone_soon(private), f"{private} was left behind"
+
+
+def test_another_runs_default_private_directory_is_out_of_reach(agent, work, escape):
+    first = subprocess.Popen(["bash", "-c", 'echo "needle of $BYPASS_SANDBOX_PRIVATE" > /tmp/mine; '
+                                            'echo "$BYPASS_SANDBOX_PRIVATE"; read x'],
+                             env=default_env(agent, work), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work)
+    try:
+        private = Path(first.stdout.readline().strip())
+        mine = private / "tmp/mine"
+        assert mine.read_text().startswith("needle"), mine
+        p = subprocess.run([str(escape / "dyn"), "raw", str(mine), str(mine)], cwd=work,
+                           env=default_env(agent, work), capture_output=True, text=True, timeout=60)
+        assert p.stdout == "read Permission denied\nwrite Permission denied\n", p.stdout + p.stderr
+    finally:
+        first.communicate("\n", timeout=30)
+    assert gone_soon(private)
+
+
+def test_the_agent_loads_in_children_from_a_place_the_list_hides(agent, work, real_tmp_file):
+    """Children's loaders open the agent by its path: in the hidden real /tmp, they still can."""
+    hidden = real_tmp_file / "sandbox.so"
+    shutil.copy(agent, hidden)
+    env = default_env(agent, work, LD_PRELOAD=str(hidden))
+    p = subprocess.run(["bash", "-c", f"sh -c 'ls -A /tmp; cat {real_tmp_file}/secret'; echo rc=$?"],
+                       cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    assert "cannot be preloaded" not in p.stderr, p.stderr
+    assert p.stdout == "rc=1\n", p.stdout        # the child sees the private /tmp: empty
+    assert "No such file or directory" in p.stderr
+
+
+def test_without_a_place_for_it_the_private_directory_goes_to_var_tmp(agent, work):
+    """A PRIVATE line whose real place is missing: the private directory is made in /var/tmp."""
+    (work / "mounts-scratch.txt").write_text(f"/ rx\n/bypass-no-such-scratch PRIVATE\n{work}/out rwx\n")
+    p = subprocess.run(["bash", "-c", 'echo "$BYPASS_SANDBOX_PRIVATE"; echo x > /bypass-no-such-scratch/f; '
+                                      'cat /bypass-no-such-scratch/f'],
+                       cwd=work, env=default_env(agent, work, BYPASS_MOUNTS=str(work / "mounts-scratch.txt")),
+                       capture_output=True, text=True, timeout=60)
+    private, content = p.stdout.split("\n")[:2]
+    assert Path(private).parent == Path("/var/tmp") and content == "x", p.stdout + p.stderr
+    assert gone_soon(Path(private))
+    assert not os.path.exists("/bypass-no-such-scratch")
