@@ -45,6 +45,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -844,20 +845,6 @@ static void say_tamper(const char *name, const char *value)
     sb_msg("a program set %s=%s; the run's sealed policy is kept", name, value);
 }
 
-static int write_all(int fd, const char *s, size_t n)
-{
-    while (n) {
-        ssize_t k = write(fd, s, n);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            return -1;
-        s += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
 static void policy_keep(int fd)
 {
     g_policy_fd = fd;
@@ -882,26 +869,50 @@ static void env_strings(void)
     }
 }
 
+/* v in decimal, written backwards to end (its NUL): the start of the digits.  Not snprintf: the
+ * first process would fault in the C library's formatting code for this alone. */
+static char *decimal_text(unsigned long v, char *end)
+{
+    *end = '\0';
+    do
+        *--end = (char)('0' + v % 10);
+    while (v /= 10);
+    return end;
+}
+
 /* Seal the run's policy: header lines, a blank line, the mount list's text. */
 static int policy_make(const char *text, char *err, size_t errsize)
 {
-    char head[2 * PATH_MAX + 256];
-    int hl = snprintf(head, sizeof head,
-                      POLICY_MAGIC "file=%s\nprivate=%s\nowner=%d\nflags=%d%d%d%d%d%d\n\n",
-                      g_mounts_file, g_private, (int)g_private_owner, g_erofs, g_allow_static,
-                      g_cleanup, g_quiet, g_cache_on, g_landlock);
-    if (hl < 0 || (size_t)hl >= sizeof head || strchr(g_mounts_file, '\n') ||
-        strchr(g_private, '\n')) {
+    if (strchr(g_mounts_file, '\n') || strchr(g_private, '\n')) {
         snprintf(err, errsize, "%s:0: error: cannot seal the policy: unusual file names",
                  g_mounts_file);
         return -1;
     }
+    char owner[24];
+    char flags[] = { (char)('0' + g_erofs), (char)('0' + g_allow_static), (char)('0' + g_cleanup),
+                     (char)('0' + g_quiet), (char)('0' + g_cache_on), (char)('0' + g_landlock) };
+    /* the header's lines and the list, in one write */
+    struct iovec v[] = {
+        { POLICY_MAGIC "file=", sizeof POLICY_MAGIC - 1 + 5 }, { g_mounts_file, strlen(g_mounts_file) },
+        { "\nprivate=", 9 }, { g_private, strlen(g_private) }, { "\nowner=", 7 },
+        { NULL, 0 }, { "\nflags=", 7 }, { flags, sizeof flags }, { "\n\n", 2 },
+        { (void *)text, strlen(text) },
+    };
+    v[5].iov_base = decimal_text((unsigned long)(g_private_owner > 0 ? g_private_owner : 0),
+                                 owner + sizeof owner - 1);
+    v[5].iov_len = strlen(v[5].iov_base);
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++)
+        total += v[i].iov_len;
     int fd = memfd_create("bypass-sandbox-policy", MFD_ALLOW_SEALING);
-    long sealed = 0;
-    if (fd < 0 || write_all(fd, head, (size_t)hl) < 0 || write_all(fd, text, strlen(text)) < 0 ||
+    long sealed = 0, wrote = 0;
+    if (fd < 0 || (wrote = sb_sys4(SYS_writev, fd, (long)v, sizeof v / sizeof v[0], 0)) < 0 ||
+        (size_t)wrote != total ||
         (sealed = sb_sys4(SYS_fcntl, fd, F_ADD_SEALS, POLICY_SEALS, 0)) < 0) {
-        if (sealed < 0)
-            errno = (int)-sealed;
+        if (sealed < 0 || wrote < 0)
+            errno = (int)-(sealed < 0 ? sealed : wrote);
+        else if (fd >= 0)
+            errno = ENOSPC;             /* a short write to a memfd: out of memory for it */
         snprintf(err, errsize, "%s:0: error: cannot seal the policy: %s", g_mounts_file,
                  strerror(errno));
         if (fd >= 0)
@@ -916,8 +927,10 @@ static int policy_make(const char *text, char *err, size_t errsize)
         fd = hi;
     }
     policy_keep(fd);
-    env_strings();
-    setenv(SB_ENV_POLICY, g_env_policy + sizeof SB_ENV_POLICY, 1);
+    /* the number alone: the children's strings (env_strings) wait for a first child, as in
+     * every other process, and their pages with them */
+    char digits[24];
+    setenv(SB_ENV_POLICY, decimal_text((unsigned long)fd, digits + sizeof digits - 1), 1);
     return 0;
 }
 
