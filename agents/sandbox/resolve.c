@@ -131,9 +131,11 @@ static void sb_msg_to(int fd, const char *fmt, ...)
 
 /* ---- directory cache ------------------------------------------------------ */
 
-#define CACHE_SLOTS 4096u         /* 96 KB: few pages to fault in */
+#define CACHE_SLOTS 4096u         /* 96 KB, mapped once a process caches more than a few */
 #define CACHE_PROBE 8
 #define CACHE_ARENA (4u << 20)
+#define SMALL_SLOTS 64u           /* with its names, under one page of .bss */
+#define SMALL_ARENA 2048u
 
 struct cslot {
     uint64_t h;
@@ -142,8 +144,22 @@ struct cslot {
     uint32_t len;
 };
 
-static struct cslot *g_slots;
-static char *g_arena;
+/* A process starts on the small table: most processes of a run (a compiler, find, a shell's
+ * command) cache a few dozen directories, and the big table's slots, spread by the hash, cost
+ * a page fault each on first use.  Past half of the small table the big one is mapped and the
+ * cache starts over there (a new generation, so that no reader mixes the two). */
+struct ctab {
+    struct cslot *slots;
+    char *arena;
+    uint32_t mask, arena_size;
+};
+static struct {
+    struct cslot slots[SMALL_SLOTS];
+    char arena[SMALL_ARENA];
+} g_small __attribute__((aligned(64)));
+static struct ctab g_small_tab = { g_small.slots, g_small.arena, SMALL_SLOTS - 1, SMALL_ARENA };
+static struct ctab g_big_tab;
+static struct ctab *g_tab = &g_small_tab;
 static uint32_t g_arena_used, g_arena_gen, g_cache_count;
 static uint32_t g_gen = 1;
 static int g_cache_lock;
@@ -178,23 +194,22 @@ static inline void cache_unlock(void)
     __atomic_clear(&g_cache_lock, __ATOMIC_RELEASE);
 }
 
-/* Lock-free: slots are only filled while the lock is held, and a slot or the
- * arena is only reused after the generation moved on, which the reader
- * checks again after comparing. */
+/* Lock-free: slots are only filled while the lock is held, and a slot, the
+ * arena or the table is only reused or replaced after the generation moved
+ * on, which the reader checks again after comparing. */
 static int cache_has(uint64_t h, const char *r, size_t rl)
 {
     if (!g_cache_on)
         return 0;
-    struct cslot *slots = __atomic_load_n(&g_slots, __ATOMIC_ACQUIRE);
-    if (!slots)
-        return 0;
     uint32_t gen = __atomic_load_n(&g_gen, __ATOMIC_ACQUIRE);
+    const struct ctab *t = __atomic_load_n(&g_tab, __ATOMIC_ACQUIRE);
     h = fmix64(h);
     for (unsigned i = 0; i < CACHE_PROBE; i++) {
-        struct cslot *s = &slots[(h + i) & (CACHE_SLOTS - 1)];
+        struct cslot *s = &t->slots[(h + i) & t->mask];
         if (__atomic_load_n(&s->gen, __ATOMIC_ACQUIRE) != gen)
             return 0;
-        if (s->h == h && s->len == rl && memcmp(g_arena + s->off, r, rl) == 0) {
+        if (s->h == h && s->len == rl && s->off + rl <= t->arena_size &&
+            memcmp(t->arena + s->off, r, rl) == 0) {
             __atomic_thread_fence(__ATOMIC_ACQUIRE);
             return __atomic_load_n(&s->gen, __ATOMIC_RELAXED) == gen &&
                    __atomic_load_n(&g_gen, __ATOMIC_RELAXED) == gen;
@@ -203,47 +218,58 @@ static int cache_has(uint64_t h, const char *r, size_t rl)
     return 0;
 }
 
+/* The small table is full: map the big one and start over there.  0, or -1 (then the cache
+ * starts over in the small table). */
+static int cache_grow(void)
+{
+    void *a = mmap(NULL, CACHE_SLOTS * sizeof(struct cslot), PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *b = mmap(NULL, CACHE_ARENA, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (a == MAP_FAILED || b == MAP_FAILED) {
+        if (a != MAP_FAILED) munmap(a, CACHE_SLOTS * sizeof(struct cslot));
+        if (b != MAP_FAILED) munmap(b, CACHE_ARENA);
+        return -1;
+    }
+    g_big_tab = (struct ctab){ a, b, CACHE_SLOTS - 1, CACHE_ARENA };
+    __atomic_store_n(&g_tab, &g_big_tab, __ATOMIC_RELEASE);
+    return 0;
+}
+
 static void cache_add(uint64_t h, const char *r, size_t rl)
 {
     if (!g_cache_on || !cache_trylock())
         return;
-    if (!g_slots) {
-        void *a = mmap(NULL, CACHE_SLOTS * sizeof(struct cslot), PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        void *b = mmap(NULL, CACHE_ARENA, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (a == MAP_FAILED || b == MAP_FAILED) {
-            if (a != MAP_FAILED) munmap(a, CACHE_SLOTS * sizeof(struct cslot));
-            if (b != MAP_FAILED) munmap(b, CACHE_ARENA);
-            g_cache_on = 0;
-            cache_unlock();
-            return;
-        }
-        g_arena = b;
-        __atomic_store_n(&g_slots, (struct cslot *)a, __ATOMIC_RELEASE);
-    }
     uint32_t gen = __atomic_load_n(&g_gen, __ATOMIC_ACQUIRE);
     if (g_arena_gen != gen) {
         g_arena_gen = gen;
         g_arena_used = 0;
         g_cache_count = 0;
     }
-    if (g_arena_used + rl > CACHE_ARENA || g_cache_count >= CACHE_SLOTS / 2) {
-        /* full: start over */
+    struct ctab *t = g_tab;
+    if (g_arena_used + rl > t->arena_size || g_cache_count >= (t->mask + 1) / 2) {
+        /* full: a new generation (readers of the old one see it), in the big table if this
+         * was the small one */
         gen = __atomic_add_fetch(&g_gen, 1, __ATOMIC_ACQ_REL);
+        if (t == &g_small_tab && cache_grow() == 0)
+            t = &g_big_tab;
         g_arena_gen = gen;
         g_arena_used = 0;
         g_cache_count = 0;
+        if (rl > t->arena_size) {
+            cache_unlock();
+            return;
+        }
     }
     h = fmix64(h);
     for (unsigned i = 0; i < CACHE_PROBE; i++) {
-        struct cslot *s = &g_slots[(h + i) & (CACHE_SLOTS - 1)];
+        struct cslot *s = &t->slots[(h + i) & t->mask];
         if (s->gen == gen) {
-            if (s->h == h && s->len == rl && memcmp(g_arena + s->off, r, rl) == 0)
+            if (s->h == h && s->len == rl && memcmp(t->arena + s->off, r, rl) == 0)
                 break;
             continue;
         }
-        memcpy(g_arena + g_arena_used, r, rl);
+        memcpy(t->arena + g_arena_used, r, rl);
         s->gen = 0;                     /* invalid while being filled */
         __atomic_thread_fence(__ATOMIC_RELEASE);
         s->h = h;
