@@ -487,6 +487,11 @@ def test_the_private_tmp_lives_in_the_real_tmp_out_of_reach(agent, work, escape,
     if kernel == "1":
         assert lines[2:4] == ["read Permission denied", "write Permission denied"], p.stdout + p.stderr
         assert other.read_text() == "original\n"
+        # a static program, which sees real paths, is refused the real /tmp too
+        p = subprocess.run(["bash", "-c", f"{escape}/static raw {secret} {other}"], cwd=work,
+                           env=default_env(agent, work), capture_output=True, text=True, timeout=60)
+        assert p.stdout == "read Permission denied\nwrite Permission denied\n", p.stdout + p.stderr
+        assert other.read_text() == "original\n"
     else:
         assert lines[2] == "read ok needle in the real tmp", p.stdout
     assert gone_soon(private), f"{private} was left behind"
