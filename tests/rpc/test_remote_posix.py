@@ -844,7 +844,8 @@ def test_descriptor_calls_found_by_later_conform_seeds(agent, shadow, export, tm
         os.mkdir("gone")
         gone = os.open("gone", os.O_RDONLY | os.O_DIRECTORY)
         os.rmdir("gone")
-        show("getdents64 of a removed directory", lambda: c(libc.getdents64(gone, buf, 64)))
+        records = ctypes.create_string_buffer(4096)
+        show("getdents64 of a removed directory", lambda: c(libc.getdents64(gone, records, 4096)))
         show("its listing", lambda: [e.name for e in os.scandir(gone)])
         ''')
 
