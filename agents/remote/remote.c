@@ -2364,7 +2364,7 @@ static int freopen_probe(int remote, int dslot, const char *path, int flags)
     size_t len = strlen(path);
     if ((flags & O_CREAT) && len && path[len - 1] == '/')
         probe = flags & ~O_TRUNC;      /* a create with a trailing slash fails (EISDIR) */
-    int fd = remote ? rmt_open(dslot, path, probe, 0) : open(path, probe | O_NONBLOCK);
+    int fd = remote ? rmt_open(dslot, path, probe, 0) : open(path, probe | O_NONBLOCK, 0);
     if (fd >= 0) {
         if (remote)
             rmt_close(fd);
