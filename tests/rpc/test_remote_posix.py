@@ -777,7 +777,9 @@ def test_descriptor_calls_found_by_later_conform_seeds(agent, shadow, export, tm
     Seed 323: glibc's opendir opens with O_NONBLOCK, which F_GETFL of dirfd() shows.  Seed
     350: record locks and F_SETFL on an O_PATH descriptor are EBADF before the lock is read.
     Seed 351: freopen reads its mode before the path (EINVAL, not ENAMETOOLONG).  Seed 417:
-    fchownat(AT_FDCWD, "", AT_EMPTY_PATH) changes the current directory itself."""
+    fchownat(AT_FDCWD, "", AT_EMPTY_PATH) changes the current directory itself.  Seeds 25 and
+    108 (after conform's stream steps came): fchownat of an O_PATH descriptor by "", getdents
+    of a removed directory, fexecve of an O_PATH descriptor of a symlink."""
     differential(agent, shadow, export, tmp_path, r'''
         import struct
         os.chdir(B)
@@ -847,6 +849,20 @@ def test_descriptor_calls_found_by_later_conform_seeds(agent, shadow, export, tm
         records = ctypes.create_string_buffer(4096)
         show("getdents64 of a removed directory", lambda: c(libc.getdents64(gone, records, 4096)))
         show("its listing", lambda: [e.name for e in os.scandir(gone)])
+        # seed 108: fexecve of an O_PATH|O_NOFOLLOW descriptor of a symlink is ELOOP
+        os.chdir(B)
+        os.symlink("input.txt", "data/link")
+        def fexecve_status(fd):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.execve(fd, ["x"], {})
+                except OSError as e:
+                    os._exit(e.errno)
+                os._exit(0)
+            return errno.errorcode.get(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        show("fexecve of a symlink", lambda: fexecve_status(os.open("data/link", os.O_PATH | os.O_NOFOLLOW)))
+        os.unlink("data/link")
         ''')
 
 
