@@ -183,6 +183,7 @@ static void sync_maps(int fd);
 /* the standard streams while their descriptor is remote (see rmt_rebind_std) */
 static FILE *orig_std[3], *our_std[3];
 static FILE **std_slot(int fd);
+static void rebind_std(int fd, const char *mode);
 static void unbind_std(int fd);
 
 /* The slot of fd, its chunk allocated (NULL: out of memory or range; errno set). */
@@ -2355,11 +2356,47 @@ int rmt_is_remote_stream(FILE *stream)
     return stream && rmt_is_fd(stream->_fileno);
 }
 
+/* Would freopen's open of the path succeed?  Its error if not, found without creating or
+ * truncating (a local FIFO is asked without waiting for a peer). */
+static int freopen_probe(int remote, int dslot, const char *path, int flags)
+{
+    int probe = flags & ~(O_CREAT | O_EXCL | O_TRUNC);
+    size_t len = strlen(path);
+    if ((flags & O_CREAT) && len && path[len - 1] == '/')
+        probe = flags & ~O_TRUNC;      /* a create with a trailing slash fails (EISDIR) */
+    int fd = remote ? rmt_open(dslot, path, probe, 0) : open(path, probe | O_NONBLOCK, 0);
+    if (fd >= 0) {
+        if (remote)
+            rmt_close(fd);
+        else
+            close(fd);
+        return 0;
+    }
+    if (errno != ENOENT || !(flags & O_CREAT))
+        return -1;
+    if (remote)
+        return rmt_parent_ok(dslot, path) ? 0 : -1;
+    /* a new local file: its directory must be there */
+    char dir[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        return 0;
+    snprintf(dir, sizeof dir, "%.*s", (int)(slash - path + 1), path);
+    struct stat st;
+    if (stat(dir, &st) < 0)
+        return -1;
+    return 0;
+}
+
 FILE *rmt_freopen_remote_stream(int remote, int dslot, const char *path, const char *mode, FILE *stream)
 {
     int std = stream == stdin ? 0 : stream == stdout ? 1 : stream == stderr ? 2 : -1;
-    if (std < 0 || mode_flags(mode) < 0) {
-        if (std < 0)
+    int flags = mode_flags(mode);
+    if (flags < 0)
+        return NULL;
+    if (std < 0) {
+        /* the path's own error first, as for a stream that is not remote (rmt_freopen) */
+        if (freopen_probe(remote, dslot, path, flags) == 0)
             errno = ENOTSUP;
         return NULL;
     }
@@ -2391,17 +2428,8 @@ FILE *rmt_freopen(int dslot, const char *rpath, const char *mode, FILE *stream)
         return std < 0 ? freopen_failed(stream, errno) : NULL;
     if (std < 0) {
         /* Another stream cannot become remote (its FILE is glibc's, with glibc's own I/O):
-         * ENOTSUP, but the path's own error first, found without creating or truncating. */
-        int probe = flags & ~(O_CREAT | O_EXCL | O_TRUNC);
-        size_t len = strlen(rpath);
-        if ((flags & O_CREAT) && len && rpath[len - 1] == '/')
-            probe = flags & ~O_TRUNC;      /* a create with a trailing slash fails (EISDIR) */
-        int fd = rmt_open(dslot, rpath, probe, 0);
-        if (fd >= 0)
-            rmt_close(fd);
-        else if (errno != ENOENT || !(flags & O_CREAT) || !rmt_parent_ok(dslot, rpath))
-            return freopen_failed(stream, errno);
-        return freopen_failed(stream, ENOTSUP);
+         * ENOTSUP, but the path's own error first. */
+        return freopen_failed(stream, freopen_probe(1, dslot, rpath, flags) < 0 ? errno : ENOTSUP);
     }
     fflush(stream);
     int fd = rmt_open(dslot, rpath, flags, 0666);
@@ -2418,7 +2446,8 @@ FILE *rmt_freopen(int dslot, const char *rpath, const char *mode, FILE *stream)
         return NULL;
     }
     rmt_close(fd);
-    rmt_rebind_std(std);
+    char plain[3] = { mode[0], strchr(mode, '+') ? '+' : 0, 0 };
+    rebind_std(std, plain);          /* in freopen's mode: "w+" reads, "r+" writes */
     return *std_slot(std);
 }
 
@@ -2430,14 +2459,14 @@ static FILE **std_slot(int fd)
     return fd == 0 ? &stdin : fd == 1 ? &stdout : fd == 2 ? &stderr : NULL;
 }
 
-void rmt_rebind_std(int fd)
+static void rebind_std(int fd, const char *mode)
 {
     FILE **slot = std_slot(fd);
     if (!slot || !rmt_is_fd(fd) || in_vfork_child())
         return;
     if (fd > 0)
         fflush(*slot);
-    FILE *f = rmt_fdopen(fd, fd == 0 ? "r" : "w");
+    FILE *f = rmt_fdopen(fd, mode);
     if (!f)
         return;
     if (fd == 2)
@@ -2446,6 +2475,11 @@ void rmt_rebind_std(int fd)
         orig_std[fd] = *slot;
     our_std[fd] = f;
     *slot = f;
+}
+
+void rmt_rebind_std(int fd)
+{
+    rebind_std(fd, fd == 0 ? "r" : "w");
 }
 
 /* fd (0, 1 or 2) is no longer remote (bash restoring its stdout after `echo > file`): give
@@ -2553,9 +2587,12 @@ struct dirent *rmt_readdir(DIR *dir)
     if (d->pos >= d->len) {
         if (d->eof)
             return NULL;
+        int before = errno;
         ssize_t n = bypass_shadow_bypass_rx_getdents(d->fd, d->buf, sizeof d->buf);
         if (n <= 0) {
             d->eof = 1;
+            if (n < 0 && errno == ENOENT)
+                errno = before;     /* a removed directory: glibc's readdir ends, no error */
             return NULL;        /* errno tells an error from the end */
         }
         d->len = (size_t)n;

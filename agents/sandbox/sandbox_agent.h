@@ -240,7 +240,9 @@ static inline int sb_unix_map(int op, const struct sockaddr **addr, socklen_t *l
     memcpy(path, un->sun_path, max);
     path[max] = '\0';
     struct sb_result r;
-    int e = sb_resolve(op, AT_FDCWD, path, SB_NOFOLLOW, &r);
+    /* the kernel's own error where the walk fails on a path mapped to itself: bind of "loop/"
+     * (a symlink to itself) is EADDRINUSE there, the name exists, not the walk's ELOOP */
+    int e = sb_resolve(op, AT_FDCWD, path, SB_NOFOLLOW | SB_KERNEL_ERRS, &r);
     if (e || r.rel_ok)
         return e;
     size_t rl = strlen(r.rpath);

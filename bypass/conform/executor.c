@@ -457,6 +457,39 @@ static long spawn_and_read(const char *prog, char *const argv[], posix_spawn_fil
     return child_status(pid);
 }
 
+/* ---- streams ---- */
+
+static int stream_writes(const char *mode)
+{
+    return mode[0] != 'r' || strchr(mode, '+');
+}
+
+/* The step's alarm fires once: a composite step re-arms it before each call that can wait
+ * (an open or a read of a FIFO), else the second such call would wait for ever. */
+static void rearm(void)
+{
+    alarm(1);
+}
+
+/* What a program sees through a stream: the bytes it writes (flushed), then, if the mode
+ * reads, the file from its start. */
+static void stream_io(FILE *f, const char *mode, struct arg *d)
+{
+    if (stream_writes(mode)) {
+        size_t w = fwrite(d->str, 1, d->len, f);
+        int flushed = fflush(f);
+        putf("w=%zu flush=%d:%d ", w, flushed, flushed ? errno : 0);
+    }
+    if (mode[0] == 'r' || strchr(mode, '+')) {
+        char buf[512];
+        int sought = fseek(f, 0, SEEK_SET);
+        rearm();
+        size_t n = fread(buf, 1, sizeof buf, f);
+        putf("seek=%d r=%zu err=%d:", sought, n, ferror(f));
+        put(buf, n);
+    }
+}
+
 /* ---- the steps ---- */
 
 static void on_alarm(int sig)
@@ -689,6 +722,57 @@ static long run_step(const char *op, struct arg *a, int nargs)
             errno = e;
             return -1;
         }
+        return r;
+    }
+    if (!strcmp(op, "fopen_freopen")) {
+        /* a stream over a file of the tree, given a new file (or, path NULL, a new mode): bytes
+         * written before are left in its buffer, for freopen to flush to the old file */
+        FILE *f = fopen(S(0), S(1));
+        if (!f) {
+            put("fopen", 5);
+            return -1;
+        }
+        if (stream_writes(S(1)))
+            putf("w=%zu ", fwrite(S(4), 1, a[4].len, f));
+        rearm();
+        FILE *g = freopen(S(2), S(3), f);
+        if (!g) {
+            int e = errno;
+            put("freopen", 7);
+            fclose(f);          /* glibc's freopen left it closed: this frees it (EOF) */
+            errno = e;
+            return -1;
+        }
+        stream_io(g, S(3), &a[4]);
+        return fclose(g);
+    }
+    if (!strcmp(op, "freopen_std")) {
+        /* stdin, stdout or stderr sent to a file of the tree, used, then reopened again (another
+         * path, the same, NULL for a new mode, or a local one); then back to /dev/null and the
+         * descriptor the step found, so the steps after it see the usual table */
+        int std = I(0) == 0 ? 0 : I(0) == 1 ? 1 : 2;
+        FILE **slot = std == 0 ? &stdin : std == 1 ? &stdout : &stderr;
+        int saved = (int)syscall(SYS_fcntl, std, F_DUPFD_CLOEXEC, 900);
+        const char *paths[2] = {S(1), S(3)}, *modes[2] = {S(2), S(4)};
+        int e = 0;
+        r = 0;
+        for (int k = 0; k < 2 && r == 0; k++) {
+            rearm();
+            FILE *f = freopen(paths[k], modes[k], *slot);
+            if (!f) {
+                e = errno;
+                putf("%s", k ? "second" : "first");
+                r = -1;
+            } else {
+                stream_io(f, modes[k], &a[5]);
+            }
+        }
+        putf(" back=%d", freopen("/dev/null", std ? "w" : "r", *slot) != NULL);
+        if (saved >= 0) {
+            syscall(SYS_dup3, saved, std, 0);
+            syscall(SYS_close, saved);
+        }
+        errno = e;
         return r;
     }
     if (!strcmp(op, "fopen_write")) {

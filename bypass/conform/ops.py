@@ -192,6 +192,8 @@ NEST = (MAX_CWD_MOVES + 1) * CLIMB + 4
 SHELL_COMMANDS = [b"cat f", b"echo hi > n1", b"ls -a d", b"mkdir -p d/q && ls d", b"cat missing 2>&1",
                   b"cd d && pwd -P | sed 's|.*/||'", b"wc -c < d/f", b"printf x >> e; cat e"]
 STDIO_MODES = [b"r", b"r+", b"w", b"w+", b"a", b"a+", b"rx", b"we", b"re", b"q"]
+# A stream's first mode: mostly one that opens (fopen_freopen and freopen_std are about the reopen)
+STREAM_MODES = [b"r", b"r+", b"w", b"w+", b"a", b"a+", b"w+", b"r+", b"we", b"re", b"ax", b"q"]
 PATHCONF = {3: "_PC_NAME_MAX", 4: "_PC_PATH_MAX", 0: "_PC_LINK_MAX", 5: "_PC_PIPE_BUF"}
 
 # Set times are old (before 2001), so the engine can tell them from times the file system
@@ -309,7 +311,7 @@ class Generator:
             return Path(kind=self.rng.choice(["bad", "guard"]))
         if r < 0.15:
             return Path(bytes(self.rng.randrange(256) for _ in range(self.rng.choice([4096, 9000]))))
-        return Path(self.rng.choice([b"hello", b"x", b"0123456789", b"\x00\xff\x00", b"abc\n" * 3]))
+        return self.stream_data()
 
     def size(self) -> Num:
         return Num(self.rng.choice([0, 1, 5, 16, 100, 4096, 5000, 10000]))
@@ -342,6 +344,22 @@ class Generator:
     def template(self, suffix: int = 0) -> Path:
         base = self.rng.choice([b"tmpXXXXXX", b"d/tmpXXXXXX", b"missing/tmpXXXXXX", b"tmpXXX", b"ro/tmpXXXXXX"])
         return Path(base + (b".c" if suffix else b""))
+
+    def reopen_path(self, first: Path) -> Path:
+        """freopen's new path for a stream over `first`: the same file, NULL (the same file in a
+        new mode), a local path outside the work directory, or another name of the tree."""
+        r = self.rng.random()
+        if r < 0.3:
+            return first
+        if r < 0.45:
+            return Path(kind="null")
+        if r < 0.55:
+            return Path(b"/dev/null")
+        return self.path(0.4, pointer=False)
+
+    def stream_data(self) -> Path:
+        # fwrite copies in user space: an invalid pointer would fault before any call
+        return Path(self.rng.choice([b"hello", b"x", b"0123456789", b"\x00\xff\x00", b"abc\n" * 3]))
 
     def xname(self) -> Path:
         return Path(self.rng.choice([b"user.a", b"user.b", b"user.a", b"trusted.x", b"bogus"]))
@@ -519,6 +537,11 @@ _op("popen_read", 0.7)(lambda g: (Path(g.rng.choice(SHELL_COMMANDS)),))
 _op("fopen_read", 1.5)(lambda g: (g.path(0.1, pointer=False), Path(g.rng.choice(STDIO_MODES))))
 _op("fopen_write", 1)(lambda g: (g.path(0.5, pointer=False), Path(g.rng.choice(STDIO_MODES)), g.data()))
 _op("freopen_read", 0.5)(lambda g: (g.path(0.1, pointer=False), Path(g.rng.choice(STDIO_MODES))))
+_op("fopen_freopen", 1.5)(lambda g: (p := g.path(0.3, pointer=False), Path(g.rng.choice(STREAM_MODES)),
+                                  g.reopen_path(p), Path(g.rng.choice(STDIO_MODES)), g.stream_data()))
+_op("freopen_std", 1)(lambda g: (const(n := g.rng.choice([0, 1, 2]), ("stdin", "stdout", "stderr")[n]),
+                                 p := g.path(0.3, pointer=False), Path(g.rng.choice(STREAM_MODES)),
+                                 g.reopen_path(p), Path(g.rng.choice(STDIO_MODES)), g.stream_data()))
 _op("fdopen_read", 0.5)(lambda g: (g.fd(), Path(g.rng.choice([b"r", b"r+", b"w", b"a"]))))
 _op("tmpfile_rw", 0.3)(lambda g: (g.data(),))
 _op("mkstemp", 0.7)(lambda g: (g.template(), Num(0), Num(0)))
@@ -553,6 +576,7 @@ EXERCISES = {
     "rewinddir": ["rewinddir"], "splice_in": ["splice"], "splice_out": ["splice"], "tee_pipe": ["tee"],
     "vmsplice_pipe": ["vmsplice"], "tmpfile_rw": ["tmpfile", "fclose"], "popen_read": ["popen"],
     "fopen_read": ["fopen", "fclose"], "fopen_write": ["fopen", "fclose"], "freopen_read": ["freopen", "fclose"],
+    "fopen_freopen": ["fopen", "freopen", "fclose"], "freopen_std": ["freopen"],
     "fdopen_read": ["fdopen"], "spawn_cat": ["posix_spawn"], "spawn_pwd": ["posix_spawn"],
     "spawnp_cat": ["posix_spawnp"], "execve_child": ["execve"], "execv_child": ["execv"],
     "execvp_child": ["execvp"], "execvpe_child": ["execvpe"], "execveat_child": ["execveat"],

@@ -121,7 +121,10 @@ def _walk_in_root(rootfd: int, path: bytes, flags: int, mode: int, alias: bytes 
                 st = os.stat(name, dir_fd=stack[-1], follow_symlinks=False)
             except FileNotFoundError:
                 st = None
-            if st is not None and stat.S_ISLNK(st.st_mode) and not (last and flags & os.O_NOFOLLOW):
+            # O_CREAT|O_EXCL does not follow a last symlink either (the kernel: EEXIST)
+            exclusive = flags & (os.O_CREAT | os.O_EXCL) == os.O_CREAT | os.O_EXCL
+            if st is not None and stat.S_ISLNK(st.st_mode) and not (last and flags & os.O_NOFOLLOW or
+                                                                   last and exclusive):
                 links += 1
                 if links > _MAX_SYMLINKS:
                     raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))

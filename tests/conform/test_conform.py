@@ -184,7 +184,8 @@ def sandbox_unexpected(agents, mounts, workdir, seed) -> list:
     return unexpected
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+# (3: bind of "loop//", a symlink to itself: the kernel's EADDRINUSE, not the walk's ELOOP)
+@pytest.mark.parametrize("seed", [1, 3])
 def test_sandbox_is_exact_with_the_identity_list(agents, tmp_path, seed):
     """Issue 11: with `/ rwx` the program cannot tell the sandbox from the kernel; the only
     divergences allowed are the ones sandbox.expected gives a reason for."""
@@ -205,14 +206,20 @@ def test_sandbox_is_exact_with_a_realistic_list(agents, tmp_path):
         assert sandbox_unexpected(agents, mounts, Path(work) / "w", 1) == []
 
 
-# (105: a name relative to an O_PATH descriptor of a removed directory; 106: a user below a
-# directory it may not search, as_nobody; 157: fexecve after a spawned writer exited; 177: a
-# POSIX lock over the same process's OFD lock; 323: F_GETFL of an opendir stream's descriptor;
-# 350: a lock asked of an O_PATH descriptor; 351: freopen's mode before its path; 352: a
-# forked child appending to a FIFO; 417: fchownat of the current directory by ""; 420: linkat
-# by descriptor)
-@pytest.mark.parametrize("seed, ops", [(1, 1000), (2, 1000), (105, 1500), (106, 1500), (157, 1500), (177, 1500),
-                                       (323, 1500), (350, 1500), (351, 1500), (352, 1500), (417, 1500), (420, 1500)])
+# What each seed exercises (seeds after conform's stream steps came, which changed every
+# sequence; the shapes the earlier seeds were chosen for, found again): 12: a forked child
+# appending to a FIFO; 22: a user below a directory it may not search, as_nobody; 25: getdents
+# of a removed directory, fchownat of an O_PATH descriptor by "", a lock asked of an O_PATH
+# descriptor, freopen's mode before its path; 59: stdout reopened onto a FIFO, read and reopened
+# with NULL; 62: sendfile from a directory read to its end; 108: fexecve of an O_PATH descriptor
+# of a symlink; 120: F_GETFL of an opendir stream's descriptor (a dup of 3); 148: a name
+# relative to an O_PATH descriptor of a removed directory, fexecve after a spawned writer
+# exited, fchownat of the current directory by "", linkat by descriptor; 666: O_CREAT|O_EXCL of
+# a dangling symlink by a path near PATH_MAX; 4357: a POSIX lock over the same process's OFD
+# lock.  All: fopen_freopen and freopen_std of /job streams.
+@pytest.mark.parametrize("seed, ops", [(1, 1000), (2, 1000), (12, 1500), (22, 1500), (25, 1500), (59, 1500),
+                                       (62, 1500), (108, 1500), (120, 1500), (148, 1500), (666, 1500),
+                                       (4357, 1500)])
 def test_remote_has_no_unexpected_divergence(agents, seed, ops):
     """Issue 12: with --export the agent side works below /job; every divergence left is one
     remote.expected gives a reason (and the agent's answer) for, and the export is left as it

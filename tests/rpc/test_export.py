@@ -73,6 +73,18 @@ def test_create_through_a_dangling_symlink_stays_inside(root, tmp_path):
     assert (tmp_path / "root" / "newer").is_dir()
 
 
+def test_exclusive_create_does_not_follow_a_last_symlink(root, tmp_path):
+    """O_CREAT|O_EXCL on a dangling symlink is EEXIST, as the kernel answers, also by the walk
+    a path over PATH_MAX takes (conform seed 666: the walk made the symlink's target)."""
+    (tmp_path / "root" / "a" / "dangling").symlink_to("nowhere")
+    long = "/a" + "/." * 2100 + "/dangling"
+    for path in ("/a/dangling", long):
+        with pytest.raises(OSError) as e:
+            root.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        assert e.value.errno == errno.EEXIST, path
+    assert not (tmp_path / "root" / "a" / "nowhere").exists()
+
+
 @pytest.fixture(params=["openat2", "openat2-ctypes", "walk"])
 def aliased(request, tmp_path, monkeypatch):
     """A root that agents see as /job: absolute symlinks to /job/... lead back into it."""

@@ -282,7 +282,8 @@ def test_fifos_and_sockets_under_job_fail_clearly(agent, shadow, export):
 def test_freopen_of_a_stream_over_a_remote_file(agent, shadow, export, tmp_path):
     """A stream over a /job file is the agent's cookie stream, which glibc's freopen cannot
     reuse (it crashed): stdout made remote can be sent to another /job file or to a local one
-    and back; another such stream fails ENOTSUP and stays usable (agents/remote/README.md)."""
+    and back, in freopen's mode ("w+" reads back: conform's freopen_std); another such stream
+    fails ENOTSUP, after the new path's own error, and stays usable (agents/remote/README.md)."""
     local = tmp_path / "local.txt"
     code = textwrap.dedent(r'''
         import ctypes, errno, sys
@@ -292,6 +293,7 @@ def test_freopen_of_a_stream_over_a_remote_file(agent, shadow, export, tmp_path)
         libc.fputs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
         libc.fflush.argtypes = libc.fclose.argtypes = [ctypes.c_void_p]
         libc.fgets.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p]
+        libc.rewind.argtypes = [ctypes.c_void_p]
         stdout = ctypes.c_void_p.in_dll(libc, "stdout")
         def reopen(path, mode, stream):
             r = libc.freopen(path, mode, stream)
@@ -301,12 +303,19 @@ def test_freopen_of_a_stream_over_a_remote_file(agent, shadow, export, tmp_path)
             out.append(reopen(path, b"w", stdout))
             libc.fputs(b"to " + path + b"\n", stdout)
             libc.fflush(stdout)
+        line = ctypes.create_string_buffer(64)
+        out.append(reopen(b"/job/data/o4", b"w+", stdout))
+        libc.fputs(b"read back\n", stdout)
+        libc.fflush(stdout)
+        libc.rewind(stdout)
+        out.append(libc.fgets(line, 64, stdout) is not None and line.value.decode())
         f = libc.fopen(b"/job/data/input.txt", b"r")
         out.append(reopen(b"/etc/hostname", b"r", f))
         out.append(reopen(b"/job/data/o1", b"r", f))
         out.append(reopen(None, b"r", f))
         out.append(reopen(b"/job/data/o1", b"q", f))
-        line = ctypes.create_string_buffer(64)
+        out.append(reopen(b"/job/nowhere/o5", b"w", f))
+        out.append(reopen(sys.argv[1].encode() + b".d/o5", b"w", f))
         out.append(libc.fgets(line, 64, f) is not None and line.value.decode())
         sys.stderr.write(repr(out))
         ''')
@@ -314,11 +323,13 @@ def test_freopen_of_a_stream_over_a_remote_file(agent, shadow, export, tmp_path)
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     first = (export / "data" / "input.txt").read_text().splitlines(keepends=True)[0]
-    assert eval(p.stderr) == ["ok"] * 4 + ["ENOTSUP", "ENOTSUP", "ENOTSUP", "EINVAL", first]
-    assert [(export / "data" / n).read_text() for n in ("o1", "o2", "o3")] == \
-        ["to /job/data/o1\n", "to /job/data/o2\n", "to /job/data/o3\n"]
+    assert eval(p.stderr) == ["ok"] * 5 + ["read back\n"] + ["ENOTSUP", "ENOTSUP", "ENOTSUP", "EINVAL"] + \
+        ["ENOENT", "ENOENT", first]
+    assert [(export / "data" / n).read_text() for n in ("o1", "o2", "o3", "o4")] == \
+        ["to /job/data/o1\n", "to /job/data/o2\n", "to /job/data/o3\n", "read back\n"]
     assert local.read_text() == f"to {local}\n"
-    for n in ("o1", "o2", "o3"):
+    assert not (export / "nowhere").exists()
+    for n in ("o1", "o2", "o3", "o4"):
         (export / "data" / n).unlink()
 
 
@@ -766,7 +777,9 @@ def test_descriptor_calls_found_by_later_conform_seeds(agent, shadow, export, tm
     Seed 323: glibc's opendir opens with O_NONBLOCK, which F_GETFL of dirfd() shows.  Seed
     350: record locks and F_SETFL on an O_PATH descriptor are EBADF before the lock is read.
     Seed 351: freopen reads its mode before the path (EINVAL, not ENAMETOOLONG).  Seed 417:
-    fchownat(AT_FDCWD, "", AT_EMPTY_PATH) changes the current directory itself."""
+    fchownat(AT_FDCWD, "", AT_EMPTY_PATH) changes the current directory itself.  Seeds 25 and
+    108 (after conform's stream steps came): fchownat of an O_PATH descriptor by "", getdents
+    of a removed directory, fexecve of an O_PATH descriptor of a symlink."""
     differential(agent, shadow, export, tmp_path, r'''
         import struct
         os.chdir(B)
@@ -825,6 +838,31 @@ def test_descriptor_calls_found_by_later_conform_seeds(agent, shadow, export, tm
             stream = libc.fopen((B + "/data/input.txt").encode(), b"r")
             show(f"freopen of a path over PATH_MAX, mode {mode}",
                  lambda: c(-1 if libc.freopen(long_name, mode, stream) is None else 0))
+        # seed 25 (after conform's stream steps came): fchownat(O_PATH descriptor, "",
+        # AT_EMPTY_PATH) changes its file (fchown of it is EBADF); getdents64 of a removed
+        # directory is ENOENT, which glibc's readdir takes for the end
+        show("fchownat of an O_PATH descriptor", lambda: c(libc.fchownat(path_fd, b"", 0, 1, 0x1000)))
+        show("its file's group", lambda: os.stat("data/input.txt").st_gid)
+        os.mkdir("gone")
+        gone = os.open("gone", os.O_RDONLY | os.O_DIRECTORY)
+        os.rmdir("gone")
+        records = ctypes.create_string_buffer(4096)
+        show("getdents64 of a removed directory", lambda: c(libc.getdents64(gone, records, 4096)))
+        show("its listing", lambda: [e.name for e in os.scandir(gone)])
+        # seed 108: fexecve of an O_PATH|O_NOFOLLOW descriptor of a symlink is ELOOP
+        os.chdir(B)
+        os.symlink("input.txt", "data/link")
+        def fexecve_status(fd):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.execve(fd, ["x"], {})
+                except OSError as e:
+                    os._exit(e.errno)
+                os._exit(0)
+            return errno.errorcode.get(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        show("fexecve of a symlink", lambda: fexecve_status(os.open("data/link", os.O_PATH | os.O_NOFOLLOW)))
+        os.unlink("data/link")
         ''')
 
 
