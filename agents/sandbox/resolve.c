@@ -433,6 +433,12 @@ static int cwd_get(char *buf, size_t size, char *r, struct base *b)
 
 int sb_getcwd(char *buf, size_t size)
 {
+    /* The kernel's getcwd, which the program would have made natively, is the only one that
+     * knows the directory was removed meanwhile (by any path, by any process): ENOENT then.
+     * The name stays the virtual cwd's. */
+    char real[PATH_MAX];
+    if (sb_sys4(SYS_getcwd, (long)real, sizeof real, 0, 0) == -ENOENT)
+        return ENOENT;
     return cwd_get(buf, size, NULL, NULL);
 }
 

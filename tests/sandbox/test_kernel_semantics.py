@@ -190,3 +190,33 @@ def test_probe_case_through_a_redirect_matches_the_kernel(agent, probe, identity
     assert (sandboxed.returncode, sandboxed.stdout) == (native.returncode, native.stdout), \
         sandboxed.stderr
     assert tree(area / "real") == tree(area / "native")
+
+
+def test_getcwd_of_a_removed_directory_is_enoent(agent, identity_list):
+    """Conform seed 100: the cwd removed by its absolute path (or by another process) makes
+    getcwd fail ENOENT, as the kernel says; the agent's remembered cwd must not answer."""
+    code = textwrap.dedent("""
+        import os, subprocess
+        os.makedirs("d/sub")
+        top = os.getcwd()
+        os.chdir("d/sub")
+        out = [os.getcwd().rsplit("/", 2)[1:]]
+        os.rmdir(top + "/d/sub")
+        for _ in range(2):
+            try:
+                out.append(os.getcwd())
+            except OSError as e:
+                out.append(e.strerror)
+        os.chdir(top)
+        os.makedirs("e/sub")
+        os.chdir("e/sub")
+        subprocess.run(["/bin/rmdir", top + "/e/sub"], check=True)     # another process
+        try:
+            out.append(os.getcwd())
+        except OSError as e:
+            out.append(e.strerror)
+        print(out)
+    """)
+    native, sandboxed = both(agent, identity_list, [PY, "-c", code])
+    assert native[0] == 0 and "No such file or directory" in native[1], native
+    assert sandboxed == native
