@@ -510,8 +510,10 @@ static void fd_slot_put(int fd, const char *v, size_t l, const char *r, const st
     s->b = *b;
     s->b.notdir = notdir;
     s->b.vl = b->e ? b->vl : (unsigned)l;
-    if (b->e)
-        memcpy(fd_rbuf(fd), r, b->rl + 1);
+    if (b->e) {
+        memcpy(fd_rbuf(fd), r, b->rl);
+        fd_rbuf(fd)[b->rl] = '\0';
+    }
     __atomic_add_fetch(&s->seq, 1, __ATOMIC_ACQ_REL);
 }
 
@@ -594,13 +596,20 @@ void sb_fd_note_result(int fd, const struct sb_result *res, int dir)
 {
     size_t vl = strlen(res->vpath), rl = strlen(res->rpath);
     const char *r = res->rpath;
+    /* "dir/." opened: the walk kept the "/." for the kernel (ENOTDIR on a file), the
+     * descriptor is the directory before it */
+    if (dir && rl > 3 && memcmp(r + rl - 2, "/.", 2) == 0) {
+        rl -= 2;
+        if (vl > 3 && memcmp(res->vpath + vl - 2, "/.", 2) == 0)
+            vl -= 2;
+    }
     /* the walk's own answer only: not a /proc object, not the root, without the "/" or "/."
      * kept at the end for the kernel (sb_resolve), no glob entry to match again */
     if (fd < 0 || fd >= FD_MAX || !g_active || !res->entry || res->magic || g_has_globs ||
         vl < 2 || vl + 1 > FD_PATH || rl < 2 || rl + 1 > FD_PATH || r[0] != '/' ||
         r[rl - 1] == '/' || (r[rl - 1] == '.' && r[rl - 2] == '/') || res->vpath[vl - 1] == '/' ||
         memcmp(r, "/proc/", 6) == 0) {
-        if (dir)
+        if (dir == 1)
             sb_fd_note(fd, res->vpath);
         else
             sb_fd_forget(fd);           /* the kernel names it when asked (sb_fd_path) */

@@ -287,6 +287,9 @@ void sb_fd_note(int fd, const char *vpath);
 /* The same after an open checked by sb_resolve, from its answer; dir: opened as a
  * directory.  A file's descriptor is remembered too, so that fchmod, fchown, futimens...
  * find its place without asking the kernel (forgotten when that is not exact). */
+/* dir: 0 a file, 1 a directory, SB_DIR_BY_DOT a directory known only because its path ends in
+ * "/." (noted when the walk answered, else forgotten) */
+#define SB_DIR_BY_DOT 2
 void sb_fd_note_result(int fd, const struct sb_result *r, int dir);
 void sb_fd_forget(int fd);
 void sb_fd_forget_range(unsigned int lo, unsigned int hi);

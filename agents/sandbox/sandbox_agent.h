@@ -148,9 +148,19 @@ static inline int sb_open_no_links(int dirfd, const char *path, int flags, mode_
         int sb_dir_ = ((flags) & O_DIRECTORY) && ((flags) & O_TMPFILE) != O_TMPFILE; \
         if (sb_dir_ || ((flags) & O_ACCMODE) != O_RDONLY || ((flags) & O_CREAT)) \
             sb_fd_note_result((fd), (r), sb_dir_);                             \
+        else if (sb_ends_in_dot((r)->rpath))                                   \
+            sb_fd_note_result((fd), (r), SB_DIR_BY_DOT);                       \
         else                                                                   \
             sb_fd_forget(fd);                                                  \
     } while (0)
+
+/* A path whose last component is "." ("." itself, "dir/."): opened, it can only be a
+ * directory, and find, tar and many others open "." to come back to it with fchdir. */
+static inline int sb_ends_in_dot(const char *path)
+{
+    size_t l = strlen(path);
+    return l > 2 && path[l - 1] == '.' && path[l - 2] == '/';
+}
 
 /* Same for an fopen() mode string. */
 static inline int sb_fopen_op(const char *mode)

@@ -304,6 +304,34 @@ def test_redirect_and_reverse_translation(agent, work):
     assert "Invalid cross-device link" in p.stderr
 
 
+def test_a_remapped_directory_opened_by_its_dot(agent, work):
+    """A descriptor of "." (find's way back, with fchdir) in a redirected place and in the
+    private /tmp names the place as the program knows it, and what is made relative to it
+    lands where the list sends it."""
+    code = textwrap.dedent(f"""
+        import os
+        os.makedirs("/tmp/t/u")
+        out = []
+        for where, dot in [("{work}/data", "."), ("/tmp/t", "u/.")]:
+            os.chdir(where)
+            fd = os.open(dot, os.O_RDONLY)
+            os.chdir("/")
+            os.fchdir(fd)
+            out.append(os.getcwd())
+            with open("made", "w") as f:
+                f.write(where)
+            os.close(os.open("by-fd", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+            os.close(fd)
+        print(out)
+    """)
+    p = run(agent, work, [PY, "-c", code], check=True)
+    assert p.stdout.strip() == str([f"{work}/data", "/tmp/t/u"])
+    assert (work / "store/made").read_text() == f"{work}/data" and (work / "store/by-fd").exists()
+    private = private_tmp(work)
+    assert (private / "t/u/made").read_text() == "/tmp/t" and (private / "t/u/by-fd").exists()
+    assert not Path("/tmp/t/u/made").exists()
+
+
 # ---------------------------------------------------------------- exec
 
 @pytest.fixture(scope="module")

@@ -220,3 +220,46 @@ def test_getcwd_of_a_removed_directory_is_enoent(agent, identity_list):
     native, sandboxed = both(agent, identity_list, [PY, "-c", code])
     assert native[0] == 0 and "No such file or directory" in native[1], native
     assert sandboxed == native
+
+
+def test_a_directory_opened_by_its_dot_is_that_directory(agent, identity_list):
+    """find, tar and others open "." to come back with fchdir; the agent notes such a
+    descriptor as the directory before the "/." (the kernel accepted it, so it is one).  Through
+    a symlink, ".." and a removed directory, fchdir then getcwd, names relative to the
+    descriptor, and a file's "/." must answer as the kernel does."""
+    code = textwrap.dedent("""
+        import os
+        os.makedirs("d/sub/deeper")
+        os.symlink("d/sub", "L")
+        open("d/f", "w").close()
+        top = os.getcwd()
+        out = []
+        for path in [".", "L/.", "./L/.", "L/../.", "d/sub/deeper/.", top + "/L/.", "/.", "d/f/.", "gone/."]:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as e:
+                out.append((path, e.strerror))
+                continue
+            path = path.replace(top, "TOP")
+            os.fchdir(fd)
+            here = os.path.relpath(os.getcwd(), top)
+            try:
+                st = os.stat("deeper", dir_fd=fd, follow_symlinks=False).st_nlink
+            except OSError as e:
+                st = e.strerror
+            out.append((path, here, st, sorted(os.listdir("."))[:3]))
+            os.chdir(top)
+            os.close(fd)
+        os.makedirs("e/sub")
+        fd = os.open("e/sub/.", os.O_RDONLY)
+        os.rmdir("e/sub")
+        os.fchdir(fd)
+        try:
+            out.append(os.getcwd())
+        except OSError as e:
+            out.append(e.strerror)
+        print(out)
+    """)
+    native, sandboxed = both(agent, identity_list, [PY, "-c", code])
+    assert native[0] == 0 and "'d/sub'" in native[1] and "Not a directory" in native[1], native
+    assert sandboxed == native
