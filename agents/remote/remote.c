@@ -1434,6 +1434,18 @@ int rmt_rename(int od, const char *op, int nd, const char *np)
 /* link/rename whose new path could not be taken (EFAULT, ENAMETOOLONG, ""): the kernel looks
  * the old path up first (link: all of it; rename: its parent), and that error wins.  A local
  * old path goes to the kernel itself, which refuses the new path as well: nothing is done. */
+/* One name relative to the current directory ("a", "a/"): the kernel walks no directory to
+ * reach the place that holds it, so that place may even be removed. */
+static int one_name_in_cwd(int dirfd, const char *path)
+{
+    if (dirfd != AT_FDCWD || !path[0] || path[0] == '/')
+        return 0;
+    const char *s = strchr(path, '/');
+    while (s && *s == '/')
+        s++;
+    return !s || !*s;
+}
+
 int rmt_second_path_error(int is_link, int olddirfd, const char *oldpath, int old_remote, int dslot,
                           const char *rpath, int newdirfd, const char *newpath, int flags)
 {
@@ -1443,6 +1455,12 @@ int rmt_second_path_error(int is_link, int olddirfd, const char *oldpath, int ol
         if (!old_remote)
             return is_link ? linkat(olddirfd, oldpath, newdirfd, newpath, flags)
                            : renameat2(olddirfd, oldpath, newdirfd, newpath, (unsigned)flags);
+        /* rename looks up only the parents before it takes the second name: the cwd of a
+         * lone name is not looked at (conform remote seed 100: removed, EBADF from the second) */
+        if (!is_link && one_name_in_cwd(olddirfd, oldpath)) {
+            errno = e;
+            return -1;
+        }
         struct stat st;
         if (is_link ? rmt_stat(dslot, rpath, &st, (flags & AT_SYMLINK_FOLLOW) != 0) < 0 : !rmt_parent_ok(dslot, rpath))
             return -1;

@@ -962,8 +962,17 @@ def test_kernel_order_of_checks_found_by_conform(agent, shadow, export, tmp_path
         mm.close()
         omit = (ctypes.c_long * 4)(0, (1 << 30) - 2, 0, (1 << 30) - 2)      # UTIME_OMIT twice
         show("utimensat(AT_FDCWD, NULL, omit)", lambda: c(libc.utimensat(-100, None, omit, 0)))
+        os.makedirs("data/gone")
+        os.chdir("data/gone")
+        os.rmdir(B + "/data/gone")
+        show("rename a lone name in a removed cwd, bad new dirfd", lambda: os.rename("f", "y", dst_dir_fd=9999))
+        show("renameat2 EXCHANGE, the same", lambda: c(libc.renameat2(-100, b"f", -1, b"y", 2)))
+        show("rename a/b there, bad new dirfd", lambda: os.rename("a/b", "y", dst_dir_fd=9999))
+        os.chdir(B)
         ''')
     assert "linkat FOLLOW dangling: 'ENOENT'" in out and "splice into O_APPEND: 'EINVAL'" in out
+    assert "rename a lone name in a removed cwd, bad new dirfd: 'EBADF'" in out
+    assert "rename a/b there, bad new dirfd: 'ENOENT'" in out
 
 
 def test_current_directory_is_where_the_kernel_puts_it(agent, shadow, export, tmp_path):
