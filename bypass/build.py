@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,9 +171,13 @@ def _support_files(spec_path: Path) -> list[tuple[str, Path]]:
     return files
 
 
+def _toolchain_digest():
+    return hashlib.sha256(f"bypass {__version__} {COMPILE_FLAGS} {LINK_FLAGS} {os.environ.get('CC', '')}\n".encode())
+
+
 def fingerprint(spec_path: str | Path) -> str:
     spec_path = Path(spec_path)
-    digest = hashlib.sha256(f"bypass {__version__} {COMPILE_FLAGS} {LINK_FLAGS} {os.environ.get('CC', '')}\n".encode())
+    digest = _toolchain_digest()
     try:
         digest.update(spec_path.read_bytes())
     except OSError as exc:
@@ -195,7 +201,47 @@ def prebuild_shipped(package: Path) -> list[Path]:
             output = folder / f"{spec.stem}-{fingerprint(spec)}.so"
             print(f"bypass: building {output.name} …", file=sys.stderr, flush=True)
             built.append(build(spec, output, runtime_cache=Path(runtime)))
+    from .agents.sandbox.mounts import library      # `bypass run -m` checks a list with it
+    built.append(library(folder))
     return built
+
+
+def helper_name(name: str, sources: list[Path]) -> str:
+    """The file name of a helper library (helper_library): keyed, like an agent's, by the
+    toolchain and its sources' text, so a changed source is built anew."""
+    digest = _toolchain_digest()
+    for path in sources:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return f"{name}-{digest.hexdigest()[:20]}.so"
+
+
+def helper_library(name: str, sources: list[Path], folder: Path | None = None) -> Path:
+    """A small shared library of Bypass's own C that its Python loads with cffi (the sandbox's
+    mount-list parser), compiled with the agents' flags from the .c files of `sources` (the
+    headers count for the key). Taken from the prebuilt folder or the cache when there, else
+    compiled into the cache once per version of the sources; `folder`: compile into it instead."""
+    filename = helper_name(name, sources)
+    if folder is None:
+        for place in (PREBUILT_DIR, cache_dir()):
+            if (place / filename).exists():
+                return place / filename
+        folder = cache_dir()
+    compiler = find_compiler()
+    folder.mkdir(parents=True, exist_ok=True)
+    c_files = [str(p) for p in sources if p.suffix == ".c"]
+    # Written under another name and renamed: a second `bypass run` building the same library at
+    # once never loads half a file.  A name, not a file made first: the linker would keep that
+    # file's mode (0600), not the umask's.
+    partial = str(folder / f".{filename}.{os.getpid()}.{threading.get_ident()}.tmp")
+    # -fvisibility=default: an agent hides its functions from the program it is loaded into;
+    # this library exists to be called
+    done = subprocess.run([compiler, *COMPILE_FLAGS, "-fvisibility=default", *LINK_FLAGS, "-o", partial, *c_files],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        Path(partial).unlink(missing_ok=True)
+        raise BuildError(f"the C compiler rejected {' '.join(c_files)}:\n{done.stderr.strip()}")
+    os.replace(partial, folder / filename)
+    return folder / filename
 
 
 def part_names(plan: AgentPlan) -> list[str]:

@@ -18,8 +18,9 @@
  * wins.  Implicit entries come first: "/ rwx", and "rw" for /dev/null,
  * /dev/zero, /dev/full, /dev/random, /dev/urandom, /dev/tty and /dev/shm.
  *
- * mounts.py beside it is the Python mirror of this parser; keep them in step
- * (tests/sandbox/test_mounts.py compares the two).
+ * This is the only parser of the grammar: mounts.py beside it calls it (built
+ * as a small library, through cffi) so that `bypass run -m` reports a bad list
+ * before anything runs, in the words the agent would use.
  */
 #define _GNU_SOURCE
 #include "sandbox.h"

@@ -1,9 +1,9 @@
 """Mount lists for the sandbox agent (Parrot style), checked before a program starts.
 
-This is the Python mirror of the parser in ``agents/sandbox/mounts.c``: the agent parses the
-list again when it starts (it must not trust its environment), but ``bypass run -m`` calls
-:func:`load` first so that a bad list is reported before anything runs.  Keep the two in
-step; ``tests/sandbox/test_mounts.py`` feeds the same inputs to both.
+The grammar has one implementation, the parser in ``agents/sandbox/mounts.c``: the agent parses
+the list when it starts (it must not trust its environment), and ``bypass run -m`` calls
+:func:`load` first, which runs that same C (built as a small library, :func:`library`, and
+called through cffi) so that a bad list is reported before anything runs, in the agent's words.
 
 Grammar, one entry per line::
 
@@ -19,7 +19,7 @@ Grammar, one entry per line::
 
 For a path, the entry with the longest matching prefix governs; for equal prefixes the later
 line wins.  Implicit entries come first (line 0): ``/ rwx`` and ``rw`` for a few devices every
-program uses (:data:`IMPLICIT_DEVICES`).
+program uses (``/dev/null``, ``/dev/tty``, ``/dev/shm`` …; mounts.c names them).
 """
 
 from __future__ import annotations
@@ -29,16 +29,18 @@ import posixpath
 import shutil
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
-from ...errors import BypassError
+from ...errors import BuildError, BypassError
 
 __all__ = [
     "MountListError",
     "Entry",
-    "IMPLICIT_DEVICES",
     "parse",
     "load",
     "load_mounts",
+    "library",
     "lookup",
     "covers",
     "parrot_differs",
@@ -48,10 +50,21 @@ __all__ = [
 ]
 
 IDENTITY, REDIRECT, DENY, ENOENT, PRIVATE = "identity", "redirect", "DENY", "ENOENT", "PRIVATE"
-KEYWORDS = (DENY, ENOENT, PRIVATE)
-IMPLICIT_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty",
-                    "/dev/shm")
-_BLANKS = " \t\r\v\f"
+_KINDS = (IDENTITY, REDIRECT, DENY, ENOENT, PRIVATE)        # enum sb_kind's order
+
+# What Python needs of sandbox.h to call the parser (tests/sandbox/sandbox_lib.py builds on it).
+CDEF = """
+struct sb_entry { char *prefix; size_t plen; char *target; size_t tlen; int kind; int mode; int line; int glob; };
+struct sb_mounts { struct sb_entry *e; int n; char *file; };
+int sb_mounts_parse(struct sb_mounts *m, const char *text, const char *file, char *err, size_t errsize);
+int sb_mounts_load(struct sb_mounts *m, const char *file, char *err, size_t errsize);
+void sb_mounts_free(struct sb_mounts *m);
+"""
+LIBRARY = "sandbox-mounts"
+LIBRARY_SOURCES = [Path(__file__).with_name("mounts.c"), Path(__file__).with_name("sandbox.h")]
+# A message quotes at most two fields of one line, and the parser refuses lines of 2 * PATH_MAX
+# and more: this leaves room for both and the words around them, besides the file's name.
+_MESSAGE_ROOM = 3 * 4096
 
 
 class MountListError(BypassError):
@@ -72,115 +85,66 @@ class Entry:
     glob: bool = False     # prefix with *, ? or [: matched with fnmatch, as Parrot does
 
 
-def normalise(path: str) -> str:
-    """Lexical normalisation of an absolute path, as sb_normalise() does it."""
-    out: list[str] = []
-    for comp in path.split("/"):
-        if comp in ("", "."):
-            continue
-        if comp == "..":
-            if out:
-                out.pop()
-            continue
-        out.append(comp)
-    return "/" + "/".join(out)
+def library(folder: Path | None = None) -> Path:
+    """The parser of mounts.c as a shared library: prebuilt with the package, or compiled into
+    the agent cache once per version of its sources (bypass.build.helper_library)."""
+    from ...build import helper_library
+    return helper_library(LIBRARY, LIBRARY_SOURCES, folder)
 
 
-def _is_mode(tok: str) -> bool:
-    """Modes and keywords are read as Parrot reads them, in either case ("RX", "deny")."""
-    return tok == "-" or (tok != "" and all(c in "rwxRWX" for c in tok))
+@lru_cache(maxsize=1)
+def _parser():
+    import cffi
+
+    try:
+        path = library()
+    except BuildError as exc:
+        raise BuildError(f"cannot check the mount list: its parser (agents/sandbox/mounts.c) could not be "
+                         f"built: {exc}") from None
+    ffi = cffi.FFI()
+    ffi.cdef(CDEF)
+    return ffi, ffi.dlopen(str(path))
 
 
-def _mode(tok: str) -> str:
-    return "".join(c for c in "rwx" if c in tok.lower())
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="surrogateescape")
 
 
-def _is_glob(prefix: str) -> bool:
-    return any(c in prefix for c in "*?[")
-
-
-def _fields(line: str) -> list[str]:
-    out: list[str] = []
-    i, n = 0, len(line)
-    while True:
-        while i < n and line[i] in _BLANKS:
-            i += 1
-        if i >= n or line[i] == "#":
-            return out
-        j = i
-        while j < n and line[j] not in _BLANKS:
-            j += 1
-        out.append(line[i:j])
-        i = j
+def _run(file: str, call) -> list[Entry]:
+    """Entries of the list that call(lib, mounts, file, err) parses, or its MountListError."""
+    ffi, lib = _parser()
+    m = ffi.new("struct sb_mounts *")
+    name = os.fsencode(file)
+    err = ffi.new("char[]", len(name) + _MESSAGE_ROOM)
+    if call(lib, m, name, err) != 0:
+        # "file:line: error: message", where file is the name given: take line and message apart
+        line, _, message = ffi.string(err)[len(name) + 1:].partition(b": error: ")
+        raise MountListError(file, int(line), _text(message))
+    try:
+        entries = []
+        for e in m.e[0:m.n]:
+            target = None if e.target == ffi.NULL else _text(ffi.string(e.target))
+            mode = "".join(c for c, bit in (("r", 4), ("w", 2), ("x", 1)) if e.mode & bit)
+            entries.append(Entry(_text(ffi.string(e.prefix)), _KINDS[e.kind], target, mode, e.line, bool(e.glob)))
+        return entries
+    finally:
+        lib.sb_mounts_free(m)
 
 
 def parse(text: str, file: str = "<mounts>") -> list[Entry]:
     """Parse mount-list text; raise :class:`MountListError` on the first bad line."""
-    entries = [Entry("/", IDENTITY, "/", "rwx", 0)]
-    entries += [Entry(d, IDENTITY, d, "rw", 0) for d in IMPLICIT_DEVICES]
     if "\0" in text:
+        # the C parser reads a C string, which would end here in silence; its file reader refuses
+        # such a list, in these words
         raise MountListError(file, 0, "cannot read mount list: binary data (NUL byte)")
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        f = _fields(line)
-        if not f:
-            continue
-        if len(f) > 3:
-            raise MountListError(
-                file, lineno, "too many fields (expected: prefix redirect [mode], or prefix mode)")
-        if not f[0].startswith("/"):
-            raise MountListError(
-                file, lineno, f"relative prefix '{f[0]}' (prefixes must be absolute paths)")
-        if len(f) == 1:
-            raise MountListError(file, lineno, f"missing redirect or mode after prefix '{f[0]}'")
-        prefix = normalise(f[0])
-        what = f[1]
-        mode = "rwx"
-        target: str | None = None
-        if what.startswith("/"):
-            kind, target = REDIRECT, normalise(what)
-        elif what.upper() in KEYWORDS:
-            kind = what.upper()
-            if kind in (DENY, ENOENT):
-                mode = ""
-        elif _is_mode(what):
-            kind, target, mode = IDENTITY, prefix, _mode(what)
-            if len(f) == 3:
-                raise MountListError(file, lineno, f"unexpected '{f[2]}' after mode '{what}'")
-        elif "/" in what or what.startswith((".", "~")):
-            raise MountListError(
-                file, lineno, f"relative redirect '{what}' (redirects must be absolute paths)")
-        else:
-            raise MountListError(
-                file, lineno,
-                f"unknown keyword '{what}' (expected an absolute path, DENY, ENOENT, PRIVATE "
-                "or a mode from rwx)")
-        if len(f) == 3:
-            if kind in (DENY, ENOENT):
-                raise MountListError(file, lineno, f"{kind} takes no mode (got '{f[2]}')")
-            if not _is_mode(f[2]):
-                raise MountListError(file, lineno, f"bad mode '{f[2]}' (use letters from rwx, or '-')")
-            mode = _mode(f[2])
-        glob = _is_glob(prefix)
-        if glob and kind not in (IDENTITY, DENY, ENOENT):
-            raise MountListError(
-                file, lineno, f"glob prefix '{prefix}' can only DENY, hide (ENOENT) or set a mode")
-        entries.append(Entry(prefix, kind, target, mode, lineno, glob))
-    return entries
+    data = text.encode("utf-8", errors="surrogateescape")
+    return _run(file, lambda lib, m, name, err: lib.sb_mounts_parse(m, data, name, err, len(err)))
 
 
 def load(path: str | os.PathLike[str]) -> list[Entry]:
-    """Read and parse a mount-list file; unreadable files raise :class:`MountListError` too."""
-    file = os.fspath(path)
-    try:
-        with open(file, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise MountListError(file, 0, f"cannot read mount list: {exc.strerror}") from None
-    try:
-        text = data.decode("utf-8", errors="surrogateescape")
-    except Exception:  # pragma: no cover - surrogateescape does not fail
-        raise MountListError(file, 0, "cannot read mount list: undecodable") from None
-    return parse(text, file)
+    """Read and parse a mount-list file, as the agent does; unreadable files raise
+    :class:`MountListError` too."""
+    return _run(os.fspath(path), lambda lib, m, name, err: lib.sb_mounts_load(m, name, err, len(err)))
 
 
 def covers(entry: Entry, path: str) -> int:

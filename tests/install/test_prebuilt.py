@@ -11,7 +11,8 @@ from pathlib import Path
 
 from agentrun import AGENTS, ROOT, run
 import bypass.build
-from bypass.build import fingerprint
+from bypass.agents.sandbox import mounts
+from bypass.build import fingerprint, helper_name
 from bypass.cli import _parser
 from bypass.manpage import render
 
@@ -27,8 +28,9 @@ def test_wheel_carries_the_shipped_agents_and_run_uses_them(tmp_path, monkeypatc
     with zipfile.ZipFile(wheel) as archive:
         prebuilt = {Path(n).name for n in archive.namelist() if n.startswith("bypass/prebuilt/")}
         # the names are the fingerprints of the same specs in this checkout: the wheel's agents
-        # are the ones this Bypass would build
-        assert prebuilt == {f"{spec.stem}-{fingerprint(spec)}.so" for spec in SHIPPED}
+        # are the ones this Bypass would build; beside them the mount-list parser `bypass run -m` calls
+        parser = helper_name(mounts.LIBRARY, mounts.LIBRARY_SOURCES)
+        assert prebuilt == {f"{spec.stem}-{fingerprint(spec)}.so" for spec in SHIPPED} | {parser}
         archive.extractall(tmp_path / "unpacked", [n for n in archive.namelist() if n.startswith("bypass/prebuilt/")])
         [man] = [n for n in archive.namelist() if n.endswith("/data/share/man/man1/bypass.1")]
         assert archive.read(man).decode() == render()
@@ -43,6 +45,7 @@ def test_wheel_carries_the_shipped_agents_and_run_uses_them(tmp_path, monkeypatc
     monkeypatch.setattr(bypass.build, "PREBUILT_DIR", folder)
     monkeypatch.setenv("BYPASS_CACHE_DIR", str(tmp_path / "cache"))
     assert bypass.build.build_cached(AGENTS / "trace" / "trace.bypass") == trace
+    assert mounts.library() == folder / parser
     assert not (tmp_path / "cache").exists()
 
 

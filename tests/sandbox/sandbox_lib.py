@@ -6,20 +6,17 @@ import os
 import subprocess
 from pathlib import Path
 
+from bypass.agents.sandbox import mounts
+
 ROOT = Path(__file__).resolve().parents[2]
 SANDBOX = ROOT / "agents" / "sandbox"
 RUNTIME = ROOT / "bypass" / "runtime"           # memory.c: the pointer checks resolve.c makes
 PATH_MAX = 4096
 
-CDEF = """
-struct sb_entry { char *prefix; size_t plen; char *target; size_t tlen; int kind; int mode; int line; int glob; };
-struct sb_mounts { struct sb_entry *e; int n; char *file; };
+CDEF = mounts.CDEF + """
 struct sb_result { int err; const struct sb_entry *entry; int magic; int is_link; int rel_ok;
                    char vpath[8192]; char rpath[8192]; };
 struct sb_stats { unsigned long resolves, lstats, cache_hits, readlinks, fd_hits, fd_misses, memo_hits; };
-int sb_mounts_parse(struct sb_mounts *m, const char *text, const char *file, char *err, size_t errsize);
-int sb_mounts_load(struct sb_mounts *m, const char *file, char *err, size_t errsize);
-void sb_mounts_free(struct sb_mounts *m);
 const struct sb_entry *sb_lookup(const struct sb_mounts *m, const char *vpath);
 int sb_mounts_parrot_differs(const struct sb_mounts *m, char *out, size_t outsize);
 int sb_translate(const struct sb_entry *e, const char *vpath, char *out, size_t outsize);
@@ -85,16 +82,6 @@ class Sandbox:
         if rc != 0:
             return None, self.ffi.string(err).decode()
         return m, None
-
-    def entries(self, m):
-        out = []
-        kinds = {0: "identity", 1: "redirect", 2: "DENY", 3: "ENOENT", 4: "PRIVATE"}
-        for i in range(m.n):
-            e = m.e[i]
-            mode = "".join(c for c, b in (("r", 4), ("w", 2), ("x", 1)) if e.mode & b)
-            tgt = self.ffi.string(e.target).decode() if e.target != self.ffi.NULL else None
-            out.append((self.ffi.string(e.prefix).decode(), kinds[e.kind], tgt, mode, e.line))
-        return out
 
     def install(self, text: str, cwd: str | None = "/", private: str | None = None):
         m, err = self.parse(text)

@@ -1,12 +1,18 @@
-"""The mount-list parser: the C library and agents/sandbox/mounts.py must agree, and errors are clear."""
+"""The mount-list parser: one, in C (agents/sandbox/mounts.c), which the agent runs and
+agents/sandbox/mounts.py calls through cffi; its errors are clear.  Entry lookup and translation
+have a Python mirror, checked against the C."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
+import bypass.build
 from bypass.agents.sandbox import mounts
+from sandbox_lib import SANDBOX
 
 GOOD = """\
 # comment line
@@ -23,18 +29,30 @@ GOOD = """\
 """
 
 
-def test_c_and_python_agree_on_a_good_list(sb):
-    m, err = sb.parse(GOOD)
-    assert err is None
-    c_entries = sb.entries(m)
+IMPLICIT = [("/", "identity", "/", "rwx", 0)] + [
+    (d, "identity", d, "rw", 0)
+    for d in ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/shm")]
+
+
+def test_a_good_list():
     py_entries = [(e.prefix, e.kind, e.target, e.mode, e.line) for e in mounts.parse(GOOD)]
-    assert c_entries == py_entries
+    assert py_entries == IMPLICIT + [
+        ("/", "identity", "/", "rx", 2),
+        ("/tmp", "PRIVATE", None, "rwx", 3),
+        ("/home", "DENY", None, "", 4),
+        ("/etc/shadow", "ENOENT", None, "", 5),
+        ("/data", "redirect", "/scratch/job42/data", "rwx", 6),
+        ("/work/out", "identity", "/work/out", "rwx", 7),
+        ("/srv/a/c", "redirect", "/x/y", "r", 8),
+        ("/opt", "identity", "/opt", "", 9),
+        ("/tmp", "PRIVATE", None, "rw", 10),
+        ("/usr", "identity", "/usr", "r", 11),
+    ]
     # spot checks
     assert ("/srv/a/c", "redirect", "/x/y", "r", 8) in py_entries
     assert ("/work/out", "identity", "/work/out", "rwx", 7) in py_entries
     assert ("/opt", "identity", "/opt", "", 9) in py_entries
     assert py_entries[0] == ("/", "identity", "/", "rwx", 0)
-    sb.lib.sb_mounts_free(m)
 
 
 BAD = [
@@ -57,7 +75,9 @@ def test_errors_name_file_and_line(sb, text, line, needle):
         mounts.parse(text, "list.txt")
     py_msg = str(exc.value)
     assert py_msg.startswith(f"list.txt:{line}: error: ")
+    assert (exc.value.file, exc.value.line) == ("list.txt", line)
     assert needle in py_msg
+    # word for word what the agent says when it starts with that list
     m, c_msg = sb.parse(text, "list.txt")
     assert m is None
     assert c_msg == py_msg
@@ -151,7 +171,7 @@ def test_normalise(sb, inp, out):
     buf = sb.ffi.new("char[]", 4096)
     assert sb.lib.sb_normalise(inp.encode(), buf, 4096) == 0
     assert sb.ffi.string(buf).decode() == out
-    assert mounts.normalise(inp) == out
+    assert mounts.parse(f"{inp} rx\n")[-1].prefix == out
 
 
 PARROT = """\
@@ -167,17 +187,16 @@ PARROT = """\
 
 def test_parrot_syntax_is_read_as_parrot_reads_it(sb):
     """Case-insensitive modes and keywords; glob prefixes matched with fnmatch, component by
-    component; C and Python agree."""
+    component; C and Python look up alike."""
     m, err = sb.parse(PARROT)
     assert err is None, err
-    c_entries = sb.entries(m)
     py = mounts.parse(PARROT)
-    assert c_entries == [(e.prefix, e.kind, e.target, e.mode, e.line) for e in py]
-    assert [(e.prefix, e.kind, e.mode, e.glob) for e in py if e.line] == [
-        ("/", "identity", "rx", False), ("/home", "DENY", "", False),
-        ("/data/sec*", "DENY", "", True), ("/data/*/log", "ENOENT", "", True),
-        ("/opt", "identity", "rx", False), ("/srv/a", "identity", "rwx", False),
-        ("/srv", "identity", "r", False)]
+    assert [(e.prefix, e.kind, e.target, e.mode, e.line) for e in py if not e.line] == IMPLICIT
+    assert [(e.prefix, e.kind, e.target, e.mode, e.line, e.glob) for e in py if e.line] == [
+        ("/", "identity", "/", "rx", 1, False), ("/home", "DENY", None, "", 2, False),
+        ("/data/sec*", "DENY", None, "", 3, True), ("/data/*/log", "ENOENT", None, "", 4, True),
+        ("/opt", "identity", "/opt", "rx", 5, False), ("/srv/a", "identity", "/srv/a", "rwx", 6, False),
+        ("/srv", "identity", "/srv", "r", 7, False)]
     for path, line in [("/data/secret", 3), ("/data/secret/x/y", 3), ("/data/sec", 3),
                        ("/data/public", 1), ("/data/a/log", 4), ("/data/a/log/today", 4),
                        ("/data/a/b/log", 1), ("/data", 1), ("/home/me", 2), ("/srv/a/b", 6),
@@ -198,3 +217,46 @@ def test_where_parrot_would_decide_otherwise_is_named(sb):
     assert sb.ffi.string(buf).decode() == "line 6 (/srv/a) over line 7 (/srv)"
     sb.lib.sb_mounts_free(m)
     assert mounts.parrot_differs(mounts.parse("/ rx\n/home DENY\n/work rwx\n")) == []
+
+
+def test_the_parser_is_the_agents_c():
+    """What only the C parser does shows through mounts.parse: its limit on a line's length, and
+    its redirect targets made canonical (as the agent must, to translate kernel answers back)."""
+    with pytest.raises(mounts.MountListError) as exc:
+        mounts.parse("/a /" + "x" * 9000 + "\n", "list.txt")
+    assert str(exc.value) == "list.txt:1: error: line too long"
+    [*_, entry] = mounts.parse(f"/v {SANDBOX}/../sandbox/.\n")
+    assert entry.target == str(SANDBOX.resolve())
+
+
+def test_the_library_is_built_once_per_version_of_its_sources(tmp_path, monkeypatch):
+    monkeypatch.setattr(bypass.build, "PREBUILT_DIR", tmp_path / "prebuilt")
+    monkeypatch.setenv("BYPASS_CACHE_DIR", str(tmp_path / "cache"))
+    sources = [tmp_path / "mounts.c", tmp_path / "sandbox.h"]
+    for source, original in zip(sources, mounts.LIBRARY_SOURCES):
+        source.write_text(original.read_text())
+    first = bypass.build.helper_library("t", sources)
+    assert first == tmp_path / "cache" / bypass.build.helper_name("t", sources)
+    made = first.stat().st_mtime_ns
+    assert bypass.build.helper_library("t", sources) == first and first.stat().st_mtime_ns == made
+    sources[0].write_text(sources[0].read_text() + "/* another version */\n")
+    second = bypass.build.helper_library("t", sources)
+    assert second != first and second.exists()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted([first.name, second.name])
+    # the package's prebuilt copy is taken as it is: no compiler is looked for
+    (tmp_path / "prebuilt").mkdir()
+    second.rename(tmp_path / "prebuilt" / second.name)
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    assert bypass.build.helper_library("t", sources) == tmp_path / "prebuilt" / second.name
+    assert not second.exists()
+
+
+def test_a_parser_that_cannot_be_built_is_one_clear_line(tmp_path):
+    (tmp_path / "list.txt").write_text("/home DENY\n")
+    env = {**os.environ, "CC": "nosuchcc", "BYPASS_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "bypass.cli", "run", str(SANDBOX / "sandbox.bypass"),
+                           "-m", "list.txt", "--", "touch", "ran"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and not (tmp_path / "ran").exists()
+    assert done.stderr == ("bypass: cannot check the mount list: its parser (agents/sandbox/mounts.c) could not "
+                           "be built: CC=nosuchcc: no such compiler (not found on PATH); unset CC to use cc\n")
