@@ -36,7 +36,7 @@ def agents(tmp_path_factory):
     built = {}
     for name in ("wrong_unlink", "wrong_stat", "wrong_write"):
         built[name] = build(HERE / f"{name}.bypass", out / f"{name}.so")
-    for name in ("sandbox", "remote", "gass"):
+    for name in ("sandbox", "remote", "gass", "webfs"):
         built[name] = build(AGENTS / name / f"{name}.bypass", out / f"{name}.so")
     return built
 
@@ -257,6 +257,27 @@ def test_gass_is_exact_on_plain_paths(agents, tmp_path):
     result = report(done)
     assert done.returncode == 0, [i["title"] for i in result["items"] if not i["expected"]]
     assert result["items"] == [], [i["title"] for i in result["items"]]
+
+
+def test_webfs_is_exact_beside_its_mounts(agents, tmp_path):
+    """A webfs run mounts a tree at /software; every other path is the kernel's: not one
+    divergence with the mount in place (its server is never asked: nothing below /software is
+    named, and the port has no listener)."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (tmp_path / "w").mkdir()
+    done = conform(AGENTS / "webfs" / "webfs.bypass", "--agent", agents["webfs"], "--seed", 1, "--ops", 1500,
+                   "--set", "BYPASS_WEBFS_MOUNTS=/software=http://127.0.0.1:9/tree",
+                   "--set", f"BYPASS_WEBFS_CACHE={cache}", "--json", "--workdir", tmp_path / "w")
+    result = report(done)
+    assert done.returncode == 0, [i["title"] for i in result["items"] if not i["expected"]]
+    assert result["items"] == [], [i["title"] for i in result["items"]]
+    # the same settings do mount: the tree's server is asked, and cannot be reached
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BYPASS_")}
+    env.update(LD_PRELOAD=str(agents["webfs"]), BYPASS_WEBFS_MOUNTS="/software=http://127.0.0.1:9/tree",
+               BYPASS_WEBFS_CACHE=str(cache))
+    mounted = subprocess.run(["ls", "/software"], env=env, capture_output=True, text=True, timeout=60)
+    assert mounted.returncode != 0 and "Input/output error" in mounted.stderr, mounted.stderr
 
 
 def test_bad_input_is_refused(trace_agent, tmp_path):
