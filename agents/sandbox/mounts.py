@@ -25,7 +25,6 @@ program uses (``/dev/null``, ``/dev/tty``, ``/dev/shm`` …; mounts.c names them
 from __future__ import annotations
 
 import os
-import posixpath
 import shutil
 import struct
 from dataclasses import dataclass
@@ -41,10 +40,6 @@ __all__ = [
     "load",
     "load_mounts",
     "library",
-    "lookup",
-    "covers",
-    "parrot_differs",
-    "translate",
     "is_static_executable",
     "check_program",
 ]
@@ -145,69 +140,6 @@ def load(path: str | os.PathLike[str]) -> list[Entry]:
     """Read and parse a mount-list file, as the agent does; unreadable files raise
     :class:`MountListError` too."""
     return _run(os.fspath(path), lambda lib, m, name, err: lib.sb_mounts_load(m, name, err, len(err)))
-
-
-def covers(entry: Entry, path: str) -> int:
-    """Length of the part of ``path`` the entry covers (0: none); a glob prefix matches as many
-    components as it has, with fnmatch as Parrot does.  Mirrors sb_entry_covers()."""
-    prefix = entry.prefix
-    if not entry.glob:
-        if prefix == "/":
-            return 1
-        return len(prefix) if path == prefix or path.startswith(prefix + "/") else 0
-    k = prefix.count("/")
-    parts = path.split("/")
-    if len(parts) - 1 < k:
-        return 0
-    head = "/".join(parts[:k + 1])
-    return len(head) if _fnmatch_pathname(head, prefix) else 0
-
-
-def _fnmatch_pathname(name: str, pattern: str) -> bool:
-    """fnmatch with FNM_PATHNAME: wildcards never match '/'."""
-    import fnmatch
-    import re
-
-    names, pats = name.split("/"), pattern.split("/")
-    return len(names) == len(pats) and all(
-        re.fullmatch(fnmatch.translate(p), n, re.DOTALL) is not None for n, p in zip(names, pats))
-
-
-def lookup(entries: list[Entry], vpath: str) -> Entry:
-    """The entry governing an absolute normalised virtual path (longest prefix, later line)."""
-    best, best_len = entries[0], 0
-    for e in entries:
-        length = covers(e, vpath)
-        if length and length >= best_len:
-            best, best_len = e, length
-    return best
-
-
-def parrot_differs(entries: list[Entry]) -> list[tuple[Entry, Entry]]:
-    """(inner, outer) pairs where Parrot, which lets the later of two covering lines win, would
-    decide differently from the longest prefix.  Mirrors sb_mounts_parrot_differs()."""
-    def effect(e: Entry):
-        return (e.kind, e.mode, e.target if e.kind == REDIRECT else None,
-                e.line if e.kind == PRIVATE else None)
-
-    out = []
-    for i, inner in enumerate(entries):
-        for outer in entries[i + 1:]:
-            if (inner.line and not inner.glob and not outer.glob
-                    and len(outer.prefix) < len(inner.prefix) and covers(outer, inner.prefix)
-                    and effect(inner) != effect(outer)):
-                out.append((inner, outer))
-    return out
-
-
-def translate(entry: Entry, vpath: str) -> str | None:
-    """The real path of ``vpath`` under ``entry`` (None for DENY/ENOENT/unattached PRIVATE)."""
-    if entry.target is None:
-        return None
-    if entry.kind == IDENTITY:
-        return vpath
-    rest = vpath[len(entry.prefix):] if entry.prefix != "/" else (vpath if vpath != "/" else "")
-    return posixpath.join(entry.target, rest.lstrip("/")) if rest else entry.target
 
 
 load_mounts = load
