@@ -1900,12 +1900,29 @@ static __attribute__((noinline)) int follow_link(struct walk *w, int op, int las
 
 /* lstat of the program's own (dirfd, path[0..n)): the kernel walks a relative
  * path from the directory, which may be searchable where an ancestor is not. */
+/* The walk's lstat, made by the system call itself: through the C library's, every fork child
+ * that execs (its exec check is its first walk) would look the original up again, on pages of
+ * the loader and of the library's symbol tables that the fork left it to fault in anew. */
+static int walk_lstat_at(int dirfd, const char *path, struct stat *st)
+{
+#ifdef SYS_newfstatat
+    long rc = sb_sys4(SYS_newfstatat, dirfd, (long)path, (long)st, AT_SYMLINK_NOFOLLOW);
+    if (rc < 0) {
+        errno = (int)-rc;
+        return -1;
+    }
+    return 0;
+#else
+    return fstatat(dirfd, path, st, AT_SYMLINK_NOFOLLOW);
+#endif
+}
+
 static __attribute__((noinline)) int lstat_rel(int dirfd, const char *path, size_t n, struct stat *st)
 {
     char *pre = alloca(n + 1);
     memcpy(pre, path, n);
     pre[n] = '\0';
-    return fstatat(dirfd, pre, st, AT_SYMLINK_NOFOLLOW);
+    return walk_lstat_at(dirfd, pre, st);
 }
 
 /* A name an ENOENT entry hides must answer a change as a truly missing name
@@ -2181,7 +2198,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         }
         struct stat st;
         STAT_INC(lstats);
-        int sr = lstat(w.rl ? w.r : "/", &st);
+        int sr = walk_lstat_at(AT_FDCWD, w.rl ? w.r : "/", &st);
         struct rel_at rel = { dirfd, NULL, 0 };
         if (sr < 0 && (errno == EACCES || errno == ENAMETOOLONG) && (ident || relok) && !rem &&
             path[0] != '/')
