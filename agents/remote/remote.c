@@ -43,6 +43,7 @@ ssize_t bypass_shadow_bypass_rx_pread(int slot, void *buf, size_t count, off_t o
 ssize_t bypass_shadow_bypass_rx_write(int slot, const void *buf, size_t count);
 ssize_t bypass_shadow_bypass_rx_pwrite(int slot, const void *buf, size_t count, off_t offset);
 ssize_t bypass_shadow_bypass_rx_append(int slot, const void *buf, size_t count, off_t offset);
+ssize_t bypass_shadow_bypass_rx_badwrite(int slot, size_t count, off_t offset, int flags);
 ssize_t bypass_shadow_bypass_rx_mapwrite(int slot, const void *buf, size_t count, off_t offset);
 off_t bypass_shadow_bypass_rx_lseek(int slot, off_t offset, int whence);
 int bypass_shadow_bypass_rx_fstat(int slot, struct stat *st);
@@ -1205,12 +1206,37 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
     return got;
 }
 
+/* A write whose buffer faults from its first byte: the kernel fails it EFAULT, but only once
+ * its file system began the write (ext4 extends a file written past its end to the offset),
+ * so the shadow's kernel is made to fault the same way on the export's file.  An address the
+ * kernel refuses at once (its own half, a range wrapping over it), a buffer that faults later
+ * (the kernel writes what it could read: not told apart here) and a file the policy buffers
+ * stay EFAULT here.  off -1: at the file's offset. */
+static ssize_t unreadable_write(int fd, const void *buf, size_t n, off_t off, int flags)
+{
+    uintptr_t a = (uintptr_t)buf, last = a + n - 1;
+    errno = EFAULT;
+    if (!n || last < a || (last >= 4096 && bypass_bad_pointer((const void *)last)) || page_ok(a))
+        return -1;
+    pthread_mutex_lock(&lock);
+    struct rfile *r = get(fd);
+    int here = !r || pol_buffered(r->pol, r->flags, 1);
+    pthread_mutex_unlock(&lock);
+    if (here)
+        return -1;
+    settle_fd(fd);
+    ssize_t done = bypass_shadow_bypass_rx_badwrite(fd, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n,
+                                                    off, flags);
+    wrote();
+    return done;
+}
+
 ssize_t rmt_write(int fd, const void *buf, size_t n)
 {
     if (mode_bad(fd, 1))
         return -1;
     if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
-        return -1;
+        return unreadable_write(fd, buf, n, -1, 0);
     pthread_mutex_lock(&lock);
     struct rfile *r = get(fd);
     ssize_t done = -1;
@@ -1232,14 +1258,16 @@ ssize_t rmt_write(int fd, const void *buf, size_t n)
 }
 
 /* pread/pwrite's checks in the kernel's order: the offset before the descriptor, then its
- * access mode, then the buffer (as much of it as one call carries). */
+ * access mode, then the buffer (as much of it as one call carries): 2 for the buffer. */
 static int positional_bad(int fd, const void *buf, size_t n, off_t off, int writing)
 {
     if (off < 0) {
         errno = EINVAL;
         return 1;
     }
-    return mode_bad(fd, writing) || fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0;
+    if (mode_bad(fd, writing))
+        return 1;
+    return fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0 ? 2 : 0;
 }
 
 ssize_t rmt_pread(int fd, void *buf, size_t n, off_t off)
@@ -1254,8 +1282,9 @@ ssize_t rmt_pread(int fd, void *buf, size_t n, off_t off)
 
 ssize_t rmt_pwrite(int fd, const void *buf, size_t n, off_t off)
 {
-    if (positional_bad(fd, buf, n, off, 1))
-        return -1;
+    int bad = positional_bad(fd, buf, n, off, 1);
+    if (bad)
+        return bad == 2 ? unreadable_write(fd, buf, n, off, 0) : -1;
     settle_fd(fd);
     ssize_t done = bypass_shadow_bypass_rx_pwrite(fd, n ? buf : "", n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
     wrote();                     /* after: read-ahead filled meanwhile is stale too */
@@ -1827,6 +1856,8 @@ ssize_t rmt_iov(int fd, const struct iovec *iov, int iovcnt, off_t off, int flag
     total = 0;
     for (int i = 0; i < iovcnt; i++) {
         if (iov[i].iov_len && !range_ok((uintptr_t)iov[i].iov_base, iov[i].iov_len)) {
+            if (!total && writing)
+                return unreadable_write(fd, iov[i].iov_base, iov[i].iov_len, off, flags & RWF_APPEND);
             if (!total) {
                 errno = EFAULT;
                 return -1;
