@@ -143,6 +143,18 @@ def test_replay_of_a_report_and_of_a_script(agents, tmp_path):
     assert done.returncode == 2 and "unknown step 'frobnicate'" in done.stderr
 
 
+def test_paths_above_the_root_read_the_same_on_both_sides(trace_agent, tmp_path):
+    """A step that climbs above the root prints a directory of its side's nest (sandbox identity
+    seed 168: a spawned pwd in "up/.."): every directory of the nest reads the same, as the root
+    does, so the pass-through agent stays exact."""
+    script = tmp_path / "steps.txt"
+    script.write_text("1 spawn_pwd s:75702f2e2e\n2 chdir s:75702f2e2e\n3 getcwd 4096\n4 spawn_pwd s:2e2e2f2e2e\n")
+    (tmp_path / "w").mkdir()
+    result = report(conform(AGENTS / "trace" / "trace.bypass", "--agent", trace_agent, "--replay", script,
+                            "--json", "--workdir", tmp_path / "w"))
+    assert result["divergences"] == 0, [(i["title"], i["native"], i["agent"]) for i in result["items"]]
+
+
 def test_deterministic_for_a_seed(agents, tmp_path):
     runs = [report(conform(HERE / "wrong_stat.bypass", "--agent", agents["wrong_stat"], "--seed", 5, "--ops", 200,
                            "--json", "--workdir", tmp_path)) for _ in range(2)]
