@@ -1166,7 +1166,9 @@ def test_a_spawned_writer_that_exited_leaves_the_file_executable(agent, shadow, 
 def test_a_write_from_memory_that_faults_extends_the_file_as_the_kernel(agent, shadow, export, tmp_path):
     """A write whose buffer faults from its first byte fails EFAULT, but ext4 has by then
     extended a file written past its end to the write's offset (conform seed 208: a later read
-    saw the longer file natively).  An address of the kernel's half is refused before anything."""
+    saw the longer file natively).  An address of the kernel's half is refused before anything;
+    a buffer that faults further on writes what could be read, up to the page that cannot (and
+    a read fills what it can), where the agent read or wrote the unreadable page and crashed."""
     out = differential(agent, shadow, export, tmp_path, r'''
     libc.mmap.restype = ctypes.c_void_p
     libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
@@ -1193,5 +1195,21 @@ def test_a_write_from_memory_that_faults_extends_the_file_as_the_kernel(agent, s
     a = os.open(B + "/data/app", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     show("appending", lambda: c(libc.pwrite(a, NONE, 5, ctypes.c_long(4000))))
     show("appended size", lambda: os.fstat(a).st_size)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    two = libc.mmap(None, 8192, 3, 0x22, -1, 0)
+    ctypes.memset(two, ord("z"), 4096)
+    libc.mprotect(two + 4096, 4096, 0)                  # the second page unreadable
+    tail = ctypes.c_void_p(two + 4000)
+    show("pwrite that faults further on", lambda: c(libc.pwrite(fd, tail, 200, ctypes.c_long(10000))))
+    show("write that faults further on", lambda: (c(libc.write(fd, tail, 200)), where()))
+    iov3 = (iovec * 2)(iovec(tail.value, 200), iovec(NONE.value, 5))
+    show("writev that faults further on", lambda: (c(libc.writev(fd, iov3, 2)), where()))
+    show("bytes", lambda: os.pread(fd, 300, 9990))
+    show("pread that faults further on", lambda: (c(libc.pread(fd, tail, 200, ctypes.c_long(9990))),
+                                                  ctypes.string_at(tail, 20)))
+    os.lseek(fd, 9900, os.SEEK_SET)
+    show("read that faults further on", lambda: (c(libc.read(fd, tail, 200)), where()))
+    show("read that faults at once", lambda: (c(libc.read(fd, NONE, 5)), where()))
     ''')
     assert "read after it: 4797" in out and "sizes: (5000, 4800)" in out and "sizes after write: (6000, 6000)" in out
+    assert "pwrite that faults further on: 96" in out and "read that faults further on: (96, (10096, 9996))" in out
