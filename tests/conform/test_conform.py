@@ -155,6 +155,23 @@ def test_paths_above_the_root_read_the_same_on_both_sides(trace_agent, tmp_path)
     assert result["divergences"] == 0, [(i["title"], i["native"], i["agent"]) for i in result["items"]]
 
 
+def test_popen_read_of_a_long_output_waits_for_the_command(tmp_path):
+    """popen_read reads what its buffer holds: a command that writes more used to race pclose
+    (its last write failed EPIPE or not, as the scheduler had it: remote seed 365 flaked with a
+    cat of a 100 kB file).  The rest is drained, so the command's status is its own."""
+    from bypass.conform.engine import Oracle, Side, build_executor
+    from bypass.conform.ops import Step
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    sides = [Side(name, bytes(tmp_path / name), bytes(tmp_path / name), env) for name in ("native", "agent")]
+    oracle = Oracle(build_executor(), *sides)
+    try:
+        command = b"head -c 1000000 /dev/zero".hex()
+        for run in oracle.run([Step.parse(f"1 popen_read s:{command}")]):
+            assert run.results[1].ret == 0 and run.results[1].data == b"\0" * 65536, run.results[1].ret
+    finally:
+        oracle.close()
+
+
 def test_deterministic_for_a_seed(agents, tmp_path):
     runs = [report(conform(HERE / "wrong_stat.bypass", "--agent", agents["wrong_stat"], "--seed", 5, "--ops", 200,
                            "--json", "--workdir", tmp_path)) for _ in range(2)]
