@@ -25,6 +25,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -43,6 +44,7 @@ ssize_t bypass_shadow_bypass_rx_pread(int slot, void *buf, size_t count, off_t o
 ssize_t bypass_shadow_bypass_rx_write(int slot, const void *buf, size_t count);
 ssize_t bypass_shadow_bypass_rx_pwrite(int slot, const void *buf, size_t count, off_t offset);
 ssize_t bypass_shadow_bypass_rx_append(int slot, const void *buf, size_t count, off_t offset);
+ssize_t bypass_shadow_bypass_rx_badwrite(int slot, size_t count, off_t offset, int flags);
 ssize_t bypass_shadow_bypass_rx_mapwrite(int slot, const void *buf, size_t count, off_t offset);
 off_t bypass_shadow_bypass_rx_lseek(int slot, off_t offset, int whence);
 int bypass_shadow_bypass_rx_fstat(int slot, struct stat *st);
@@ -247,8 +249,38 @@ static int page_ok(uintptr_t a)
     return bypass_page_readable((const void *)a);
 }
 
-/* Can [p, p + n) be read (or written: a read-only page is not told apart)?  One mincore for
- * the whole range; the last range found good is remembered (a program reads into one buffer). */
+/* How much of [a, a + n) can be read, from a to the first page that cannot.  The kernel reads
+ * one byte of each page, up to 128 pages a call (process_vm_readv stops at the first it cannot
+ * read: a PROT_NONE page inside a buffer is found, where mincore only tells it is mapped);
+ * mincore where that is refused (seccomp, YAMA). */
+static size_t readable_prefix(uintptr_t a, size_t n)
+{
+    uintptr_t lo = a & ~(page_size - 1), hi = (a + n + page_size - 1) & ~(page_size - 1);
+    unsigned char sink[128];
+    struct iovec there[128];
+    int saved = errno;
+    for (uintptr_t at = lo; at < hi;) {
+        size_t k = 0;
+        for (; k < 128 && at + k * page_size < hi; k++)
+            there[k] = (struct iovec){ (void *)(at + k * page_size), 1 };
+        struct iovec here = { sink, k };
+        ssize_t got = process_vm_readv(getpid(), &here, 1, there, k, 0);
+        if (got < 0 && (errno == EPERM || errno == ENOSYS))
+            got = mincore((void *)at, k * page_size, sink) < 0 ? 0 : (ssize_t)k;
+        else if (got < 0)
+            got = 0;
+        at += (size_t)got * page_size;
+        if ((size_t)got < k) {
+            errno = saved;
+            return at > a ? at - a : 0;
+        }
+    }
+    errno = saved;
+    return n;
+}
+
+/* Can [p, p + n) be read (or written: a read-only page is not told apart)?  The last range
+ * found good is remembered (a program reads into one buffer). */
 static __thread uintptr_t ok_lo, ok_hi;
 
 static int range_ok(uintptr_t a, size_t n)
@@ -261,15 +293,10 @@ static int range_ok(uintptr_t a, size_t n)
         return 1;
     if (n <= page_size && (a & (page_size - 1)) + n <= page_size)
         return page_ok(a);
-    uintptr_t lo = a & ~(page_size - 1), hi = (a + n + page_size - 1) & ~(page_size - 1);
-    unsigned char vec[1024];
-    for (uintptr_t at = lo; at < hi; at += sizeof vec * page_size) {
-        size_t len = hi - at < sizeof vec * page_size ? hi - at : sizeof vec * page_size;
-        if (mincore((void *)at, len, vec) < 0)
-            return 0;
-    }
-    ok_lo = lo;
-    ok_hi = hi;
+    if (readable_prefix(a, n) < n)
+        return 0;
+    ok_lo = a & ~(page_size - 1);
+    ok_hi = (a + n + page_size - 1) & ~(page_size - 1);
     return 1;
 }
 
@@ -1152,12 +1179,33 @@ static int mode_bad(int fd, int writing)
     return 0;
 }
 
+/* A range the kernel refuses before it copies anything (access_ok): one that wraps or ends
+ * in the kernel's half. */
+static int kernel_refuses(const void *buf, size_t n)
+{
+    uintptr_t a = (uintptr_t)buf, last = a + n - 1;
+    return !n || last < a || (last >= 4096 && bypass_bad_pointer((const void *)last));
+}
+
+/* A read into memory that faults further on reads what fits before the first page that
+ * cannot be written, as the kernel does; from the first byte: EFAULT.  off -1: read. */
+static ssize_t unwritable_read(int fd, void *buf, size_t n, off_t off)
+{
+    size_t k = kernel_refuses(buf, n) ? 0
+             : readable_prefix((uintptr_t)buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n);
+    if (!k) {
+        errno = EFAULT;
+        return -1;
+    }
+    return off < 0 ? rmt_read(fd, buf, k) : rmt_pread(fd, buf, k, off);
+}
+
 ssize_t rmt_read(int fd, void *buf, size_t n)
 {
     if (mode_bad(fd, 0))
         return -1;
     if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
-        return -1;
+        return unwritable_read(fd, buf, n, -1);
     pthread_mutex_lock(&lock);
     struct rfile *r = get(fd);
     ssize_t got = -1;
@@ -1205,12 +1253,44 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
     return got;
 }
 
+static ssize_t append_write(int fd, const void *buf, size_t n, off_t off);
+
+/* A write whose buffer faults from its first byte: the kernel fails it EFAULT, but only once
+ * its file system began the write (ext4 extends a file written past its end to the offset),
+ * so the shadow's kernel is made to fault the same way on the export's file.  One that faults
+ * further on writes what could be read, up to the first page that cannot, as the kernel does.
+ * An address the kernel refuses at once (its own half, a range wrapping over it) and a file
+ * the policy buffers stay EFAULT here.  off -1: at the file's offset; flags: RWF_APPEND. */
+static ssize_t unreadable_write(int fd, const void *buf, size_t n, off_t off, int flags)
+{
+    errno = EFAULT;
+    if (kernel_refuses(buf, n))
+        return -1;
+    size_t k = readable_prefix((uintptr_t)buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n);
+    if (k) {
+        if (flags)
+            return append_write(fd, buf, k, off);
+        return off < 0 ? rmt_write(fd, buf, k) : rmt_pwrite(fd, buf, k, off);
+    }
+    pthread_mutex_lock(&lock);
+    struct rfile *r = get(fd);
+    int here = !r || pol_buffered(r->pol, r->flags, 1);
+    pthread_mutex_unlock(&lock);
+    if (here)
+        return -1;
+    settle_fd(fd);
+    ssize_t done = bypass_shadow_bypass_rx_badwrite(fd, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n,
+                                                    off, flags);
+    wrote();
+    return done;
+}
+
 ssize_t rmt_write(int fd, const void *buf, size_t n)
 {
     if (mode_bad(fd, 1))
         return -1;
     if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
-        return -1;
+        return unreadable_write(fd, buf, n, -1, 0);
     pthread_mutex_lock(&lock);
     struct rfile *r = get(fd);
     ssize_t done = -1;
@@ -1232,20 +1312,23 @@ ssize_t rmt_write(int fd, const void *buf, size_t n)
 }
 
 /* pread/pwrite's checks in the kernel's order: the offset before the descriptor, then its
- * access mode, then the buffer (as much of it as one call carries). */
+ * access mode, then the buffer (as much of it as one call carries): 2 for the buffer. */
 static int positional_bad(int fd, const void *buf, size_t n, off_t off, int writing)
 {
     if (off < 0) {
         errno = EINVAL;
         return 1;
     }
-    return mode_bad(fd, writing) || fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0;
+    if (mode_bad(fd, writing))
+        return 1;
+    return fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0 ? 2 : 0;
 }
 
 ssize_t rmt_pread(int fd, void *buf, size_t n, off_t off)
 {
-    if (positional_bad(fd, buf, n, off, 0))
-        return -1;
+    int bad = positional_bad(fd, buf, n, off, 0);
+    if (bad)
+        return bad == 2 ? unwritable_read(fd, buf, n, off) : -1;
     ssize_t got = bypass_shadow_bypass_rx_pread(fd, buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
     struct rfile *r = get(fd);
     count(fd, r, 0, got);
@@ -1254,8 +1337,9 @@ ssize_t rmt_pread(int fd, void *buf, size_t n, off_t off)
 
 ssize_t rmt_pwrite(int fd, const void *buf, size_t n, off_t off)
 {
-    if (positional_bad(fd, buf, n, off, 1))
-        return -1;
+    int bad = positional_bad(fd, buf, n, off, 1);
+    if (bad)
+        return bad == 2 ? unreadable_write(fd, buf, n, off, 0) : -1;
     settle_fd(fd);
     ssize_t done = bypass_shadow_bypass_rx_pwrite(fd, n ? buf : "", n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
     wrote();                     /* after: read-ahead filled meanwhile is stale too */
@@ -1845,6 +1929,8 @@ ssize_t rmt_iov(int fd, const struct iovec *iov, int iovcnt, off_t off, int flag
     total = 0;
     for (int i = 0; i < iovcnt; i++) {
         if (iov[i].iov_len && !range_ok((uintptr_t)iov[i].iov_base, iov[i].iov_len)) {
+            if (!total && writing)
+                return unreadable_write(fd, iov[i].iov_base, iov[i].iov_len, off, flags & RWF_APPEND);
             if (!total) {
                 errno = EFAULT;
                 return -1;

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import tree
-from .ops import OLD_TIMES, Step
+from .ops import NEST, OLD_TIMES, Step
 
 EXECUTOR_SOURCE = Path(__file__).resolve().parent / "executor.c"
 RUN_TIMEOUT = 20.0
@@ -124,9 +124,14 @@ _TIME = re.compile(rb"(atime|mtime)=(\d+)\.(\d+)")
 
 
 def _normalise(data: bytes, root: bytes) -> bytes:
-    """Paths of the run's root read the same on both sides, also when a small buffer cut one."""
-    parent = os.path.dirname(root)
-    data = data.replace(root, b"$ROOT").replace(parent, b"$PARENT")
+    """Paths of the run's root read the same on both sides, also when a small buffer cut one,
+    and so do the directories of its nest above it, which a step that climbs may print (each
+    side's nest has its own name): the nearest first, as each is a prefix of the one below."""
+    data = data.replace(root, b"$ROOT")
+    above = root
+    for level in range(1, NEST + 1):
+        above = os.path.dirname(above)
+        data = data.replace(above, b"$PARENT" if level == 1 else b"$ROOT" + b"/.." * level)
     for k in range(len(root) - 1, 0, -1):
         if data.endswith(root[:k]):
             data = data[:-k] + b"$ROOT[:%d]" % k

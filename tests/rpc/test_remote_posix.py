@@ -779,7 +779,8 @@ def test_descriptor_calls_found_by_later_conform_seeds(agent, shadow, export, tm
     Seed 351: freopen reads its mode before the path (EINVAL, not ENAMETOOLONG).  Seed 417:
     fchownat(AT_FDCWD, "", AT_EMPTY_PATH) changes the current directory itself.  Seeds 25 and
     108 (after conform's stream steps came): fchownat of an O_PATH descriptor by "", getdents
-    of a removed directory, fexecve of an O_PATH descriptor of a symlink."""
+    of a removed directory, fexecve of an O_PATH descriptor of a symlink.  Seed 260: futimens
+    with both times UTIME_OMIT is 0 before the descriptor is looked at (an O_PATH one too)."""
     differential(agent, shadow, export, tmp_path, r'''
         import struct
         os.chdir(B)
@@ -812,6 +813,9 @@ def test_descriptor_calls_found_by_later_conform_seeds(agent, shadow, export, tm
             show(f"{name} F_UNLCK on O_PATH", lambda: fcntl.fcntl(path_fd, cmd, unlocked))
         show("F_SETFL on O_PATH", lambda: fcntl.fcntl(path_fd, fcntl.F_SETFL, os.O_NONBLOCK))
         show("F_GETFL on O_PATH", lambda: hex(fcntl.fcntl(path_fd, fcntl.F_GETFL)))
+        OMIT = (1 << 30) - 2
+        show("futimens UTIME_OMIT twice on O_PATH", lambda: c(libc.futimens(path_fd, (ctypes.c_long * 4)(0, OMIT, 0, OMIT))))
+        show("futimens one time on O_PATH", lambda: c(libc.futimens(path_fd, (ctypes.c_long * 4)(0, OMIT, 5, 0))))
         # every descriptor call on an O_PATH descriptor: what the kernel allows, and EBADF
         buf = ctypes.create_string_buffer(64)
         for name, call in (
@@ -1166,3 +1170,55 @@ def test_a_spawned_writer_that_exited_leaves_the_file_executable(agent, shadow, 
         return errno.errorcode.get(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
     show("fexecve", run)
     ''')
+
+
+def test_a_write_from_memory_that_faults_extends_the_file_as_the_kernel(agent, shadow, export, tmp_path):
+    """A write whose buffer faults from its first byte fails EFAULT, but ext4 has by then
+    extended a file written past its end to the write's offset (conform seed 208: a later read
+    saw the longer file natively).  An address of the kernel's half is refused before anything;
+    a buffer that faults further on writes what could be read, up to the page that cannot (and
+    a read fills what it can), where the agent read or wrote the unreadable page and crashed."""
+    out = differential(agent, shadow, export, tmp_path, r'''
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    NONE = ctypes.c_void_p(libc.mmap(None, 4096, 0, 0x22, -1, 0))      # PROT_NONE, private anonymous
+    class iovec(ctypes.Structure):
+        _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+    iov = (iovec * 2)(iovec(NONE.value, 5), iovec(ctypes.cast(ctypes.c_char_p(b"abc"), ctypes.c_void_p).value, 3))
+    fd = os.open(B + "/data/grown", os.O_RDWR | os.O_CREAT, 0o644)
+    os.write(fd, b"abc")
+    where = lambda: (os.fstat(fd).st_size, os.lseek(fd, 0, os.SEEK_CUR))
+    show("pwrite past the end", lambda: (c(libc.pwrite(fd, NONE, 5, ctypes.c_long(4800))), where()))
+    show("read after it", lambda: len(os.read(fd, 8192)))
+    show("pwrite of NULL", lambda: c(libc.pwrite(fd, None, 5, ctypes.c_long(5000))))
+    show("pwrite of the kernel's half", lambda: c(libc.pwrite(fd, ctypes.c_void_p(1 << 47), 5, ctypes.c_long(9000))))
+    show("sizes", where)
+    os.lseek(fd, 6000, os.SEEK_SET)
+    show("write at a far offset", lambda: (c(libc.write(fd, NONE, 5)), where()))
+    show("sizes after write", where)
+    show("pwritev", lambda: c(libc.pwritev(fd, iov, 2, ctypes.c_long(7000))))
+    os.lseek(fd, 7500, os.SEEK_SET)
+    show("writev", lambda: c(libc.writev(fd, iov, 2)))
+    show("sizes after the vectors", where)
+    show("pwritev2 RWF_APPEND", lambda: c(libc.pwritev2(fd, iov, 2, ctypes.c_long(-1), 0x10)))
+    a = os.open(B + "/data/app", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    show("appending", lambda: c(libc.pwrite(a, NONE, 5, ctypes.c_long(4000))))
+    show("appended size", lambda: os.fstat(a).st_size)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    two = libc.mmap(None, 8192, 3, 0x22, -1, 0)
+    ctypes.memset(two, ord("z"), 4096)
+    libc.mprotect(two + 4096, 4096, 0)                  # the second page unreadable
+    tail = ctypes.c_void_p(two + 4000)
+    show("pwrite that faults further on", lambda: c(libc.pwrite(fd, tail, 200, ctypes.c_long(10000))))
+    show("write that faults further on", lambda: (c(libc.write(fd, tail, 200)), where()))
+    iov3 = (iovec * 2)(iovec(tail.value, 200), iovec(NONE.value, 5))
+    show("writev that faults further on", lambda: (c(libc.writev(fd, iov3, 2)), where()))
+    show("bytes", lambda: os.pread(fd, 300, 9990))
+    show("pread that faults further on", lambda: (c(libc.pread(fd, tail, 200, ctypes.c_long(9990))),
+                                                  ctypes.string_at(tail, 20)))
+    os.lseek(fd, 9900, os.SEEK_SET)
+    show("read that faults further on", lambda: (c(libc.read(fd, tail, 200)), where()))
+    show("read that faults at once", lambda: (c(libc.read(fd, NONE, 5)), where()))
+    ''')
+    assert "read after it: 4797" in out and "sizes: (5000, 4800)" in out and "sizes after write: (6000, 6000)" in out
+    assert "pwrite that faults further on: 96" in out and "read that faults further on: (96, (10096, 9996))" in out
