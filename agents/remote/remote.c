@@ -1133,13 +1133,20 @@ int rmt_dup_done(int oldfd, int newfd)
 
 /* ---- data ------------------------------------------------------------------------------------- */
 
+/* The part of a transfer of n bytes that one shadow call carries (a short count, as the kernel
+ * may give, beyond it). */
+static inline size_t carried(size_t n)
+{
+    return n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n;
+}
+
 /* One fetch from the shadow for a read of n bytes into dst: straight in when big, else through
  * the read-ahead buffer.  *asked: how many it asked for (fewer back: the end of the file).
  * Returns the bytes put into dst, or -1.  Under the lock. */
 static ssize_t fetch(int fd, struct rfile *r, char *dst, size_t n, size_t *asked)
 {
     if (n >= ra_max) {
-        *asked = n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n;
+        *asked = carried(n);
         return rx_read_into(fd, dst, *asked, *asked);
     }
     *asked = n;
@@ -1192,7 +1199,7 @@ static int kernel_refuses(const void *buf, size_t n)
 static ssize_t unwritable_read(int fd, void *buf, size_t n, off_t off)
 {
     size_t k = kernel_refuses(buf, n) ? 0
-             : readable_prefix((uintptr_t)buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n);
+             : readable_prefix((uintptr_t)buf, carried(n));
     if (!k) {
         errno = EFAULT;
         return -1;
@@ -1204,7 +1211,7 @@ ssize_t rmt_read(int fd, void *buf, size_t n)
 {
     if (mode_bad(fd, 0))
         return -1;
-    if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
+    if (fault(buf, carried(n)) < 0)
         return unwritable_read(fd, buf, n, -1);
     pthread_mutex_lock(&lock);
     struct rfile *r = get(fd);
@@ -1266,7 +1273,7 @@ static ssize_t unreadable_write(int fd, const void *buf, size_t n, off_t off, in
     errno = EFAULT;
     if (kernel_refuses(buf, n))
         return -1;
-    size_t k = readable_prefix((uintptr_t)buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n);
+    size_t k = readable_prefix((uintptr_t)buf, carried(n));
     if (k) {
         if (flags)
             return append_write(fd, buf, k, off);
@@ -1279,7 +1286,7 @@ static ssize_t unreadable_write(int fd, const void *buf, size_t n, off_t off, in
     if (here)
         return -1;
     settle_fd(fd);
-    ssize_t done = bypass_shadow_bypass_rx_badwrite(fd, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n,
+    ssize_t done = bypass_shadow_bypass_rx_badwrite(fd, carried(n),
                                                     off, flags);
     wrote();
     return done;
@@ -1289,7 +1296,7 @@ ssize_t rmt_write(int fd, const void *buf, size_t n)
 {
     if (mode_bad(fd, 1))
         return -1;
-    if (fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0)
+    if (fault(buf, carried(n)) < 0)
         return unreadable_write(fd, buf, n, -1, 0);
     pthread_mutex_lock(&lock);
     struct rfile *r = get(fd);
@@ -1302,7 +1309,7 @@ ssize_t rmt_write(int fd, const void *buf, size_t n)
     } else if (give_back(fd, r) == 0) {
         r->ra_next = RA_FIRST;
         /* synchronous: a write is reported done only once the shadow performed it */
-        done = bypass_shadow_bypass_rx_write(fd, n ? buf : "", n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n);
+        done = bypass_shadow_bypass_rx_write(fd, n ? buf : "", carried(n));
         wrote();
         offset_moved(r, (r->flags & O_APPEND) ? -1 : done);     /* appended: at an end only the shadow knows */
     }
@@ -1321,7 +1328,7 @@ static int positional_bad(int fd, const void *buf, size_t n, off_t off, int writ
     }
     if (mode_bad(fd, writing))
         return 1;
-    return fault(buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n) < 0 ? 2 : 0;
+    return fault(buf, carried(n)) < 0 ? 2 : 0;
 }
 
 ssize_t rmt_pread(int fd, void *buf, size_t n, off_t off)
@@ -1329,7 +1336,7 @@ ssize_t rmt_pread(int fd, void *buf, size_t n, off_t off)
     int bad = positional_bad(fd, buf, n, off, 0);
     if (bad)
         return bad == 2 ? unwritable_read(fd, buf, n, off) : -1;
-    ssize_t got = bypass_shadow_bypass_rx_pread(fd, buf, n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
+    ssize_t got = bypass_shadow_bypass_rx_pread(fd, buf, carried(n), off);
     struct rfile *r = get(fd);
     count(fd, r, 0, got);
     return got;
@@ -1341,7 +1348,7 @@ ssize_t rmt_pwrite(int fd, const void *buf, size_t n, off_t off)
     if (bad)
         return bad == 2 ? unreadable_write(fd, buf, n, off, 0) : -1;
     settle_fd(fd);
-    ssize_t done = bypass_shadow_bypass_rx_pwrite(fd, n ? buf : "", n > BYPASS_RPC_MAX_PAYLOAD ? BYPASS_RPC_MAX_PAYLOAD : n, off);
+    ssize_t done = bypass_shadow_bypass_rx_pwrite(fd, n ? buf : "", carried(n), off);
     wrote();                     /* after: read-ahead filled meanwhile is stale too */
     struct rfile *r = get(fd);
     count(fd, r, 1, done);
@@ -1515,9 +1522,6 @@ int rmt_rename(int od, const char *op, int nd, const char *np)
     return bypass_shadow_bypass_rx_rename(od, op, nd, np, 0);
 }
 
-/* link/rename whose new path could not be taken (EFAULT, ENAMETOOLONG, ""): the kernel looks
- * the old path up first (link: all of it; rename: its parent), and that error wins.  A local
- * old path goes to the kernel itself, which refuses the new path as well: nothing is done. */
 /* One name relative to the current directory ("a", "a/"): the kernel walks no directory to
  * reach the place that holds it, so that place may even be removed. */
 static int one_name_in_cwd(int dirfd, const char *path)
@@ -1530,6 +1534,9 @@ static int one_name_in_cwd(int dirfd, const char *path)
     return !s || !*s;
 }
 
+/* link/rename whose new path could not be taken (EFAULT, ENAMETOOLONG, ""): the kernel looks
+ * the old path up first (link: all of it; rename: its parent), and that error wins.  A local
+ * old path goes to the kernel itself, which refuses the new path as well: nothing is done. */
 int rmt_second_path_error(int is_link, int olddirfd, const char *oldpath, int old_remote, int dslot,
                           const char *rpath, int newdirfd, const char *newpath, int flags)
 {
