@@ -118,7 +118,7 @@ static int mode_bits(const char *t)
 {
     int m = 0;
     for (const char *c = t; *c; c++) {
-        int l = tolower((unsigned char)*c);
+        int l = *c | 0x20;              /* ASCII lower case: tolower reads a page of the C library's tables */
         if (l == 'r') m |= SB_R;
         else if (l == 'w') m |= SB_W;
         else if (l == 'x') m |= SB_X;
@@ -559,12 +559,9 @@ int sb_translate(const struct sb_entry *e, const char *vpath, char *out, size_t 
         return 0;
     }
     const char *rest = e->plen == 1 ? (vpath[1] ? vpath : "") : vpath + e->plen;
-    char tmp[PATH_MAX];
-    size_t rl = strlen(rest);
-    if (rl + 1 > sizeof tmp)
+    if (strlen(rest) + 1 > PATH_MAX)
         return ENAMETOOLONG;
-    memcpy(tmp, rest, rl + 1);
-    return join(e->target, e->tlen, tmp, out, outsize);
+    return join(e->target, e->tlen, rest, out, outsize);       /* join copies an aliased rest first */
 }
 
 int sb_prefix_real(const struct sb_mounts *m, const struct sb_entry *e, char *out, size_t outsize)
@@ -584,10 +581,20 @@ int sb_prefix_real(const struct sb_mounts *m, const struct sb_entry *e, char *ou
     return 0;
 }
 
+/* Does the virtual path e gives real lead back to e, or is it hidden behind a more specific
+ * entry?  Apart, with its buffer: sb_reverse runs deep in a first relative call (the cwd asked
+ * of the kernel), and most real paths lie below no mapped place, where it has nothing to join. */
+static __attribute__((noinline)) int reverses_to(const struct sb_mounts *m, const struct sb_entry *e,
+                                                const char *real)
+{
+    char cand[PATH_MAX];
+    const char *rest = e->tlen == 1 ? (real[1] ? real : "") : real + e->tlen;
+    return join(e->prefix, e->plen, rest, cand, sizeof cand) == 0 && sb_lookup(m, cand) == e;
+}
+
 int sb_reverse(const struct sb_mounts *m, const char *real, char *out, size_t outsize)
 {
     const struct sb_entry *best = NULL;
-    char cand[PATH_MAX];
     for (int i = 0; i < m->n; i++) {
         const struct sb_entry *e = &m->e[i];
         if (!e->target || e->kind == SB_DENY || e->kind == SB_ENOENT || e->glob)
@@ -596,10 +603,8 @@ int sb_reverse(const struct sb_mounts *m, const char *real, char *out, size_t ou
             continue;
         if (!prefix_match(e->target, e->tlen, real))
             continue;
-        const char *rest = e->tlen == 1 ? (real[1] ? real : "") : real + e->tlen;
-        if (join(e->prefix, e->plen, rest, cand, sizeof cand))
-            continue;
-        if (sb_lookup(m, cand) != e)    /* hidden behind a more specific entry */
+        int same = e->tlen == e->plen && memcmp(e->target, e->prefix, e->plen) == 0;
+        if (same ? sb_lookup(m, real) != e : !reverses_to(m, e, real))
             continue;
         best = e;
     }
@@ -611,9 +616,7 @@ int sb_reverse(const struct sb_mounts *m, const char *real, char *out, size_t ou
         return 0;
     }
     const char *rest = best->tlen == 1 ? (real[1] ? real : "") : real + best->tlen;
-    char tmp[PATH_MAX];
-    sb_copy(tmp, sizeof tmp, rest);
-    if (join(best->prefix, best->plen, tmp, out, outsize))
+    if (join(best->prefix, best->plen, rest, out, outsize))     /* real may be out: join moves it */
         return 0;
     return 1;
 }

@@ -62,22 +62,22 @@ extern void bypass_debug_write(unsigned subsystem, const char *fmt, ...) __attri
 #define SB_DEBUG_PROCESS (1u << 1)     /* BYPASS_DEBUG_PROCESS */
 #define SB_DEBUG_POLICY (1u << 4)      /* BYPASS_DEBUG_POLICY */
 
-static struct sb_mounts g_m;
-static int g_active;
-static int g_cache_on = 1;
-static int g_erofs;
-static int g_allow_static;
-static int g_quiet;
-static int g_cleanup;
-static int g_landlock;                  /* the run is held by a Landlock ruleset */
-static int g_landlock_wanted;
-static int g_has_globs;                 /* the list has a glob line (root_prepare) */
-static pid_t g_private_owner;
+static struct sb_mounts g_m SB_HOT;
+static int g_active SB_HOT;
+static int g_cache_on SB_HOT = 1;
+static int g_erofs SB_HOT;
+static int g_allow_static SB_HOT;
+static int g_quiet SB_HOT;
+static int g_cleanup SB_HOT;
+static int g_landlock SB_HOT;                  /* the run is held by a Landlock ruleset */
+static int g_landlock_wanted SB_HOT;
+static int g_has_globs SB_HOT;                 /* the list has a glob line (root_prepare) */
+static pid_t g_private_owner SB_HOT;
 /* A copy of stderr for the report at exit: programs such as coreutils close
  * fd 2 in their own exit handlers, which run before ours. */
-static int g_errfd = -1;
-static dev_t g_errdev;
-static ino_t g_errino;
+static int g_errfd SB_HOT = -1;
+static dev_t g_errdev SB_HOT;
+static ino_t g_errino SB_HOT;
 
 static void keep_stderr(void)
 {
@@ -96,15 +96,15 @@ static int report_fd(void)
         return g_errfd;
     return 2;
 }
-static char g_private[PATH_MAX];
+static char g_private[PATH_MAX] SB_LARGE;
 
 /* walk state of "/" (see root_prepare) */
-static const struct sb_entry *g_root_e;
-static char g_root_r[PATH_MAX];
-static size_t g_root_rl;
+static const struct sb_entry *g_root_e SB_HOT;
+static char g_root_r[PATH_MAX] SB_LARGE;
+static size_t g_root_rl SB_HOT;
 static uint64_t g_root_h;
 
-static struct sb_stats g_stats;
+static struct sb_stats g_stats SB_HOT;
 /* Plain increments: the counters are for tests and benchmarks, a lost update
  * under threads does not matter, a locked instruction per call would. */
 #define STAT_INC(f) (g_stats.f++)
@@ -156,13 +156,13 @@ struct ctab {
 static struct {
     struct cslot slots[SMALL_SLOTS];
     char arena[SMALL_ARENA];
-} g_small __attribute__((aligned(64)));
-static struct ctab g_small_tab = { g_small.slots, g_small.arena, SMALL_SLOTS - 1, SMALL_ARENA };
-static struct ctab g_big_tab;
+} g_small SB_LARGE __attribute__((aligned(64)));
+static struct ctab g_small_tab SB_HOT = { g_small.slots, g_small.arena, SMALL_SLOTS - 1, SMALL_ARENA };
+static struct ctab g_big_tab SB_HOT;
 static struct ctab *g_tab = &g_small_tab;
-static uint32_t g_arena_used, g_arena_gen, g_cache_count;
-static uint32_t g_gen = 1;
-static int g_cache_lock;
+static uint32_t g_arena_used SB_HOT, g_arena_gen SB_HOT, g_cache_count SB_HOT;
+static uint32_t g_gen SB_HOT = 1;
+static int g_cache_lock SB_HOT;
 
 /* Incremental string hash: cheap per byte (no multiply chain); mixed once
  * with fmix64 where a slot index is taken.  Hits are confirmed by comparing
@@ -316,24 +316,24 @@ static int base_compute(const char *v, size_t vl, char *r, struct base *b);
  * by an atfork handler); a chdir from another pid marks the child in
  * g_vfork_pid, whose relative paths then use the kernel's cwd, until the
  * parent, running again, sees a pid not its own there and clears it. */
-static pid_t g_pid;
-static pid_t g_vfork_pid;
+static pid_t g_pid SB_HOT;
+static pid_t g_vfork_pid SB_HOT;
 
 static void note_fork_child(void)
 {
-    g_pid = getpid();
+    g_pid = (pid_t)sb_sys4(SYS_getpid, 0, 0, 0, 0);     /* not getpid(): a page of the C library */
     g_vfork_pid = 0;
 }
 
 /* Each buffer holds the virtual cwd and, right after its NUL, its real path: one page for both
  * where they are short (two arrays cost every process that sets its cwd two page faults). */
-static char g_cwdbuf[2][2 * PATH_MAX];
-static struct base g_cwdbase[2];
-static unsigned g_cwd_seq;   /* (seq / 2) & 1 is the current buffer */
+static char g_cwdbuf[2][2 * PATH_MAX] SB_LARGE;
+static struct base g_cwdbase[2] SB_HOT;
+static unsigned g_cwd_seq SB_HOT;   /* (seq / 2) & 1 is the current buffer */
 /* Set by sb_install: the cwd is asked of the kernel where it is first needed, not at start,
  * so that a program that never names a relative path pays neither the getcwd nor the pages
  * of the buffers above.  A chdir seen by the agent makes it known. */
-static int g_cwd_unknown;
+static int g_cwd_unknown SB_HOT;
 
 void sb_set_cwd(const char *vpath)
 {
@@ -363,13 +363,29 @@ void sb_cwd_from_kernel(void)
         sb_set_cwd(v);
 }
 
+/* The kernel's cwd as a virtual path, reversed in the one buffer (PATH_MAX bytes): this runs
+ * deep in a first relative call (an open below the result of its check), where every buffer
+ * more is a page of stack more. */
+static int real_cwd_here(char *buf)
+{
+    long n = sb_sys4(SYS_getcwd, (long)buf, PATH_MAX, 0, 0);
+    if ((n >= 0 && buf[0] != '/') || n == -ENAMETOOLONG) {
+        if (!getcwd(buf, PATH_MAX))     /* the C library's own answer where the kernel has none */
+            return errno;
+    } else if (n < 0) {
+        return (int)-n;
+    }
+    if (g_active)
+        sb_reverse(&g_m, buf, buf, PATH_MAX);
+    return 0;
+}
+
 static int real_cwd_virtual(char *out, size_t size)
 {
     char real[PATH_MAX];
-    if (!getcwd(real, sizeof real))
-        return errno;
-    if (g_active)
-        sb_reverse(&g_m, real, real, sizeof real);
+    int rc = real_cwd_here(real);
+    if (rc)
+        return rc;
     if (strlen(real) + 1 > size)
         return ERANGE;
     strcpy(out, real);
@@ -390,7 +406,7 @@ static int cwd_get(char *buf, size_t size, char *r, struct base *b)
     }
     if (__builtin_expect(__atomic_load_n(&g_cwd_unknown, __ATOMIC_ACQUIRE), 0)) {
         char c[PATH_MAX];
-        int rc = real_cwd_virtual(c, sizeof c);
+        int rc = real_cwd_here(c);
         if (rc || (g_pid && getpid() != g_pid)) {
             /* the kernel cannot say (a removed cwd: its errno, asked again next time), or a
              * vfork child, whose answer must not become its parent's cwd */
@@ -437,8 +453,17 @@ int sb_getcwd(char *buf, size_t size)
      * knows the directory was removed meanwhile (by any path, by any process): ENOENT then.
      * The name stays the virtual cwd's. */
     char real[PATH_MAX];
-    if (sb_sys4(SYS_getcwd, (long)real, sizeof real, 0, 0) == -ENOENT)
+    long n = sb_sys4(SYS_getcwd, (long)real, sizeof real, 0, 0);
+    if (n == -ENOENT)
         return ENOENT;
+    /* a cwd not known yet is this answer: reversed here, not asked of the kernel again three
+     * calls deeper (each with a path buffer of its own on the stack, a page each) */
+    if (n > 0 && real[0] == '/' && __atomic_load_n(&g_cwd_unknown, __ATOMIC_ACQUIRE) &&
+        !__atomic_load_n(&g_vfork_pid, __ATOMIC_ACQUIRE) && (!g_pid || getpid() == g_pid)) {
+        if (g_active)
+            sb_reverse(&g_m, real, real, sizeof real);
+        sb_set_cwd(real);
+    }
     return cwd_get(buf, size, NULL, NULL);
 }
 
@@ -451,12 +476,12 @@ struct fdslot {
     unsigned len;
     struct base b;
 };
-static struct fdslot g_fds[FD_MAX];
+static struct fdslot g_fds[FD_MAX] SB_LARGE;
 /* FD_MAX * 2 * FD_PATH (virtual, real), mapped on first use.  Kept small so
  * that a program's few descriptors share a page or two; longer paths are not
  * kept (the kernel is asked through /proc instead). */
 #define FD_PATH 512
-static char *g_fdpaths;
+static char *g_fdpaths SB_HOT;
 
 static inline char *fd_vbuf(int fd) { return g_fdpaths + (size_t)fd * 2 * FD_PATH; }
 static inline char *fd_rbuf(int fd) { return fd_vbuf(fd) + FD_PATH; }
@@ -689,12 +714,12 @@ static int env_true(const char *name)
 }
 
 static void root_prepare(void);
-static int g_hides_names;
+static int g_hides_names SB_HOT;
 
 /* Read every setting at once, before the agent calls setenv(): some
  * programs (bash) replace getenv/setenv with their own, and after the first
  * setenv their getenv no longer sees the original environment. */
-static int g_settings_read;
+static int g_settings_read SB_HOT;
 static void read_settings(void)
 {
     const char *cv = getenv(SB_ENV_CACHE);
@@ -867,17 +892,17 @@ static int start_watcher(void)
 
 extern int bypass_fd_register(int *slot) __attribute__((weak));
 
-static int g_policy_fd = -1;
-static char g_mounts_file[PATH_MAX];
-static int g_tamper_said;
+static int g_policy_fd SB_HOT = -1;
+static char g_mounts_file[PATH_MAX] SB_LARGE;
+static int g_tamper_said SB_HOT;
 /* "NAME=value" of the variables the run fixes in its children's environment: written where a
  * child is about to start (env_strings), not at start-up, so that a process that starts none
  * pays neither the formatting nor the pages. */
-static char g_env_policy[64];
-static char g_env_mounts[PATH_MAX + 32];
-static char g_env_private[PATH_MAX + 32];
-static int g_env_policy_fd = -1;       /* the descriptor g_env_policy names */
-static int g_env_paths_ready;
+static char g_env_policy[64] SB_HOT;
+static char g_env_mounts[PATH_MAX + 32] SB_LARGE;
+static char g_env_private[PATH_MAX + 32] SB_LARGE;
+static int g_env_policy_fd SB_HOT = -1;       /* the descriptor g_env_policy names */
+static int g_env_paths_ready SB_HOT;
 
 static void say_tamper(const char *name, const char *value)
 {
@@ -1384,7 +1409,7 @@ static inline uint64_t walk_hash(struct walk *w)
 
 /* Which prefix lengths occur in the list: most components cannot end an
  * entry's prefix, and this answers that without scanning the list. */
-static uint64_t g_plen_bits[64];        /* 4096-bit filter */
+static uint64_t g_plen_bits[64] SB_HOT;  /* 4096-bit filter */
 
 static inline unsigned plen_key_of(size_t len, unsigned char last, unsigned char mid)
 {
@@ -1820,7 +1845,10 @@ struct memo {
     uint64_t h;
     char key[MEMO_MAX], v[MEMO_MAX], r[MEMO_MAX];
 };
-static struct memo g_memo[MEMO_SLOTS];
+static struct memo g_memo[MEMO_SLOTS] SB_LARGE;
+/* Nothing remembered yet: the first look is not a read of the slots' page (the zero page, a
+ * fault, and a second one when the first answer is written there). */
+static int g_memo_filled SB_HOT;
 
 static inline struct memo *memo_slot(const char *path, size_t klen)
 {
@@ -1831,6 +1859,8 @@ static inline struct memo *memo_slot(const char *path, size_t klen)
 
 static int memo_get(const char *path, size_t klen, struct walk *w, int *ident)
 {
+    if (!__atomic_load_n(&g_memo_filled, __ATOMIC_ACQUIRE))
+        return 0;
     struct memo *m = memo_slot(path, klen);
     unsigned s1 = __atomic_load_n(&m->seq, __ATOMIC_ACQUIRE);
     if ((s1 & 1) || m->klen != klen || m->gen != __atomic_load_n(&g_gen, __ATOMIC_ACQUIRE) ||
@@ -1879,6 +1909,8 @@ static void memo_put(const char *path, size_t klen, uint32_t gen, const struct w
     m->ident = ident;
     __atomic_add_fetch(&m->seq, 1, __ATOMIC_ACQ_REL);
     __atomic_clear(&m->lock, __ATOMIC_RELEASE);
+    if (!__atomic_load_n(&g_memo_filled, __ATOMIC_RELAXED))
+        __atomic_store_n(&g_memo_filled, 1, __ATOMIC_RELEASE);
 }
 
 /* Follow the symlink the walk stands on: rem becomes target + rest. */
@@ -2003,7 +2035,7 @@ int sb_name_verdict(int op, int dirfd, const char *name)
         return -1;
     /* the name to its NUL, within the page just found readable (the rare name that runs into
      * the next page is left to sb_resolve, which checks that page too) */
-    static size_t page;
+    static size_t page SB_HOT;
     if (__builtin_expect(!page, 0))
         page = (size_t)sysconf(_SC_PAGESIZE);
     size_t room = page - ((uintptr_t)name & (page - 1));
@@ -2138,8 +2170,9 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
     uint32_t gen0 = __atomic_load_n(&g_gen, __ATOMIC_ACQUIRE);
     int memo = path[0] == '/' && !trailing && g_cache_on;
     if (memo) {
-        const char *last_slash = strrchr(path, '/');
-        klen = (size_t)(last_slash - path);
+        klen = plen;                    /* the last slash; not strrchr, a page of code in a fork child */
+        while (path[--klen] != '/')
+            ;
         memo = klen > 1;
         if (memo && memo_get(path, klen, &w, &ident)) {
             STAT_INC(memo_hits);
@@ -2688,7 +2721,7 @@ int sb_find_program(const void *fa, const char *file, struct sb_result *r)
 /* ---- listings ---------------------------------------------------------- */
 
 
-int sb_listings_filtered;
+int sb_listings_filtered SB_HOT;
 
 int sb_name_hidden(int fd, const char *name)
 {
@@ -2717,16 +2750,21 @@ int sb_name_hidden(int fd, const char *name)
 /* ---- environment of children ------------------------------------------------ */
 
 /* The run's own "NAME=value" when entry sets one of the variables the run fixes. */
+/* Does entry name the variable of "NAME=value"?  By hand: a fork child runs this before its
+ * exec, where each C library function would be a page of code to fault in again. */
+static int same_variable(const char *entry, const char *fixed)
+{
+    while (*fixed && *fixed != '=' && *entry == *fixed)
+        entry++, fixed++;
+    return *fixed == '=' && *entry == '=';
+}
+
 static const char *forced_entry(const char *entry)
 {
     const char *fixed[3] = { g_env_policy, g_env_mounts, g_private[0] ? g_env_private : NULL };
-    for (int i = 0; i < 3; i++) {
-        if (!fixed[i])
-            continue;
-        size_t nl = strcspn(fixed[i], "=") + 1;
-        if (strncmp(entry, fixed[i], nl) == 0)
+    for (int i = 0; i < 3; i++)
+        if (fixed[i] && same_variable(entry, fixed[i]))
             return fixed[i];
-    }
     return NULL;
 }
 
@@ -2734,8 +2772,9 @@ char *const *sb_env_fix(char *const *envp, char **room, size_t n)
 {
     if (!g_active || g_policy_fd < 0)
         return envp;
-    /* whatever the program did to the descriptor's flags, the child inherits it */
-    fcntl(g_policy_fd, F_SETFD, 0);
+    /* whatever the program did to the descriptor's flags, the child inherits it (a raw call:
+     * by name, a fork child would reach the agent's own fcntl and look the real one up) */
+    sb_sys4(SYS_fcntl, g_policy_fd, F_SETFD, 0, 0);
     env_strings();
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
@@ -2763,7 +2802,7 @@ void sb_environ_fix(void)
 {
     if (!g_active || g_policy_fd < 0)
         return;
-    fcntl(g_policy_fd, F_SETFD, 0);
+    sb_sys4(SYS_fcntl, g_policy_fd, F_SETFD, 0, 0);
     env_strings();
     char *fixed[3] = { g_env_policy, g_env_mounts, g_private[0] ? g_env_private : NULL };
     for (int i = 0; i < 3; i++) {

@@ -31,6 +31,12 @@
  * reaches first), would cost more than the call: the exec check in a fork child, the Landlock
  * ruleset's walk.  Hand-written for x86-64 (no errno, no page of the C library touched);
  * other architectures take libc's syscall(). */
+/* Small state every process touches: in .data, on the page the loader writes anyway (see
+ * BYPASS_HOT in the runtime's header). */
+#define SB_HOT __attribute__((section(".data.bypass_hot"), aligned(8)))
+/* A large buffer: after .bss (see BYPASS_LARGE in the runtime's header). */
+#define SB_LARGE __attribute__((section(".lbss.bypass")))
+
 static inline long sb_sys4(long nr, long a, long b, long c, long d)
 {
 #if defined(__x86_64__)

@@ -20,22 +20,29 @@
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <alloca.h>
+
+/* A check's result (16 KB) on the stack from where the action needs it on: in the entry's own
+ * frame it put every call 16 KB deeper, those answered before any check too (an inactive
+ * agent, a tree walk's quick verdict), whose real function then ran on stack pages the
+ * program itself never touches, a page fault each in every process. */
+#define SB_RESULT_NEW() ((struct sb_result *)alloca(sizeof(struct sb_result)))
 
 /* Resolve `var` (a path parameter of the action) for operation `op` and
  * replace it with the real path (unless the path, relative to a directory
  * descriptor the agent opened, already reaches it); on refusal return
  * `failval` with errno. */
 #define SB_MAP(op, dirfd, var, flags, failval)                                 \
-    struct sb_result sb_r_##var;                                               \
+    struct sb_result *sb_r_##var = SB_RESULT_NEW();                            \
     do {                                                                       \
         int sb_e_ = sb_resolve((op), (dirfd), (var), (flags) | SB_KERNEL_ERRS,  \
-                               &sb_r_##var);                                   \
+                               sb_r_##var);                                    \
         if (sb_e_) {                                                           \
             errno = sb_e_;                                                     \
             return failval;                                                    \
         }                                                                      \
-        if (!sb_r_##var.rel_ok)                                                \
-            (var) = sb_r_##var.rpath;                                          \
+        if (!sb_r_##var->rel_ok)                                               \
+            (var) = sb_r_##var->rpath;                                         \
     } while (0)
 
 /* A call that hands the program's (dirfd, var) to the kernel unchanged when allowed: the quick
@@ -105,7 +112,7 @@ static inline int sb_open_einval(int flags)
  * more on "/" (no extra system call per process otherwise). */
 static inline int sb_open_no_links(int dirfd, const char *path, int flags, mode_t mode)
 {
-    static int have_openat2;            /* 0 not yet known, 1 yes, -1 no */
+    static int have_openat2 SB_HOT;     /* 0 not yet known, 1 yes, -1 no */
     struct sb_open_how {
         unsigned long long flags, mode, resolve;
     } how;

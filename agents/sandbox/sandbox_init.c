@@ -17,7 +17,7 @@ __attribute__((constructor(102))) void sb_agent_init(void)
     bypass_guard_enter();
     /* static, and written only on failure: a buffer this size on the stack would deepen every
      * process's start by a page */
-    static char err[PATH_MAX + 256];
+    static char err[PATH_MAX + 256] SB_LARGE;
     if (sb_init_from_env(err, sizeof err) < 0) {
         size_t n = strlen(err);
         if (n < sizeof err - 1)

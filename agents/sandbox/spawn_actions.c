@@ -38,7 +38,7 @@ struct spawn_list {
     struct spawn_fd fds[SPAWN_FDS];
 };
 
-static struct spawn_list g_lists[SPAWN_LISTS];
+static struct spawn_list g_lists[SPAWN_LISTS] SB_LARGE;
 static int g_lists_lock;
 static int g_lists_lost;        /* a list's descriptor changes went unrecorded (no room) */
 

@@ -26,6 +26,16 @@
 /* Actions and next-layer calls are inlined into each entry point, where the entry is a
  * constant: the dispatch on it then disappears from the hot path. */
 #define BYPASS_INLINE __attribute__((always_inline))
+/* Small state every process of a run touches (settings, flags, the real functions' addresses).
+ * In .data, which is small: it all shares the page where .bss begins, which the loader writes
+ * anyway (it zeroes the rest of that page), so it costs no page fault of its own.  In .bss it
+ * sat after the large buffers, on two pages a process read (the zero page) and then wrote:
+ * four faults.  The explicit alignment keeps GCC from raising an array's to 32. */
+#define BYPASS_HOT __attribute__((section(".data.bypass_hot"), aligned(8)))
+/* A large buffer (a path, a table): in .lbss, which the linker puts after .bss.  What .bss then
+ * holds is small and shares that same page (the C runtime's flag that a library's destructors
+ * ran, among others: read and then written at exit, two faults on a page of its own). */
+#define BYPASS_LARGE __attribute__((section(".lbss.bypass")))
 
 /* Which symbol versions to ask dlvsym for depends on the architecture (see knowledge `since`). */
 #if defined(__x86_64__)

@@ -28,7 +28,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-unsigned bypass_debug_mask;
+unsigned bypass_debug_mask BYPASS_HOT;
 
 static const struct {
     const char *name;
@@ -41,7 +41,7 @@ static const struct {
 };
 
 static int debug_fd = -1;        /* -1: stderr (no file) or one open per line (debug_path) */
-static char debug_path[1024];
+static char debug_path[1024] BYPASS_LARGE;
 
 static unsigned parse_names(const char *list)
 {

@@ -30,8 +30,8 @@
  * again: 260 system calls for one find of 2,000 files, 56 with 64 slots.  Slots are written
  * and read whole (relaxed atomics); a torn race only costs a question asked again. */
 #define OK_PAGES 64
-static uintptr_t ok_pages[OK_PAGES];
-static unsigned page_shift;       /* log2 of the page size, found at the first check */
+static uintptr_t ok_pages[OK_PAGES] BYPASS_HOT;
+static unsigned page_shift BYPASS_HOT;       /* log2 of the page size, found at the first check */
 
 static inline unsigned shift(void)
 {
@@ -45,26 +45,43 @@ static inline unsigned shift(void)
  * cheap system call, without the pid and the page-table walk of process_vm_readv.  Trusted once
  * the kernel has answered EFAULT for its own half of the address space (an unexpected set size
  * would answer EINVAL for every page alike): 1 yes, -1 no, 0 not yet known. */
-static int sigmask_probe_ok;
+static int sigmask_probe_ok BYPASS_HOT;
 #define KERNEL_SIGSET_BYTES ((_NSIG - 1) / 8)
 
+/* The probe's answer, or -errno.  Made by the instruction itself on x86-64: the C library's
+ * syscall() and errno are two more pages of its code for a fork child to fault in before its
+ * exec (the exec check probes the program's path). */
 static long sigmask_probe(uintptr_t page)
 {
-    return syscall(SYS_rt_sigprocmask, -1, (void *)page, NULL, KERNEL_SIGSET_BYTES);
+#if defined(__x86_64__)
+    register long r10 __asm__("r10") = KERNEL_SIGSET_BYTES;
+    long ret;
+    __asm__ volatile("syscall" : "=a"(ret) : "a"((long)SYS_rt_sigprocmask), "D"(-1L), "S"(page), "d"(0L), "r"(r10)
+                     : "rcx", "r11", "memory");
+    return ret;
+#else
+    int saved = errno;
+    long ret = syscall(SYS_rt_sigprocmask, -1, (void *)page, NULL, KERNEL_SIGSET_BYTES);
+    if (ret < 0)
+        ret = -errno;
+    errno = saved;
+    return ret;
+#endif
 }
 
 static int ask_kernel(uintptr_t page, uintptr_t *slot)
 {
-    int saved = errno, ok = 1;
+    int ok = 1;
     int trusted = __atomic_load_n(&sigmask_probe_ok, __ATOMIC_RELAXED);
     if (__builtin_expect(trusted == 0, 0)) {
-        trusted = sigmask_probe((uintptr_t)0 - 4096) < 0 && errno == EFAULT ? 1 : -1;
+        trusted = sigmask_probe((uintptr_t)0 - 4096) == -EFAULT ? 1 : -1;
         __atomic_store_n(&sigmask_probe_ok, trusted, __ATOMIC_RELAXED);
     }
-    long rc = trusted > 0 ? sigmask_probe(page) : -1;
-    if (trusted > 0 && rc < 0 && (errno == EINVAL || errno == EFAULT)) {
-        ok = errno == EINVAL;
+    long rc = trusted > 0 ? sigmask_probe(page) : 0;
+    if (trusted > 0 && (rc == -EINVAL || rc == -EFAULT)) {
+        ok = rc == -EINVAL;
     } else {
+        int saved = errno;
         /* Reading one byte of the page through the kernel tells mapped and readable (PROT_NONE
          * included) without faulting; mincore, where that is refused (seccomp, YAMA), tells
          * mapped. */
@@ -75,8 +92,8 @@ static int ask_kernel(uintptr_t page, uintptr_t *slot)
             ok = 0;
         else if (got < 0 && mincore((void *)page, 1, &byte) < 0)
             ok = 0;
+        errno = saved;
     }
-    errno = saved;
     if (ok)
         __atomic_store_n(slot, page, __ATOMIC_RELAXED);
     return ok;
@@ -104,7 +121,12 @@ int bypass_string_readable(const char *s)
         if (!page_ok(at, sh))
             return 0;
         size_t room = ((uintptr_t)1 << sh) - (at & (((uintptr_t)1 << sh) - 1));
-        if (memchr((const void *)at, 0, room))
+        /* to the NUL by hand, not memchr: paths are short, and in a fork child about to exec
+         * the C library's memchr would be one more page of code to fault in */
+        const char *c = (const char *)at, *end = c + room;
+        while (c < end && *c)
+            c++;
+        if (c < end)
             return 1;
         at += room;
         if (bypass_bad_pointer((const void *)at))

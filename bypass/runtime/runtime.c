@@ -34,8 +34,8 @@ void bypass_guard_leave(void) { bypass_depth--; }
  * before its first fork, and its children find them here.  Only names every C library has: a
  * failed lookup would leave a message for the program's dlerror(). */
 static const char *const prefork_names[] = {"execve", "execvpe", "readlink"};
-static void *prefork_found[sizeof prefork_names / sizeof prefork_names[0]];
-static int prefork_done;
+static void *prefork_found[sizeof prefork_names / sizeof prefork_names[0]] BYPASS_HOT;
+static int prefork_done BYPASS_HOT;
 
 static void prefork_resolve(void)
 {
@@ -48,34 +48,46 @@ static void prefork_resolve(void)
     errno = saved_errno;
 }
 
+/* Found in the fork child, whose path to its exec should touch no page of the C library it
+ * can avoid: names compared by hand, errno left alone. */
+static int same_name(const char *a, const char *b)
+{
+    while (*a && *a == *b)
+        a++, b++;
+    return *a == *b;
+}
+
 static void *prefork_lookup(const char *name)
 {
     if (!__atomic_load_n(&prefork_done, __ATOMIC_ACQUIRE))
         return NULL;
     for (size_t i = 0; i < sizeof prefork_names / sizeof prefork_names[0]; i++)
-        if (strcmp(name, prefork_names[i]) == 0)
+        if (same_name(name, prefork_names[i]))
             return prefork_found[i];
     return NULL;
 }
 
 void *bypass_resolve_slow(void **slot, const char *name, const char *version)
 {
-    int saved_errno = errno;
-    void *found = version ? dlvsym(RTLD_NEXT, name, version) : prefork_lookup(name);
-    if (!found && !version)
-        found = dlsym(RTLD_NEXT, name);
-    if (!found && version)
-        found = dlsym(RTLD_NEXT, name);
+    void *found = version ? NULL : prefork_lookup(name);
+    if (!found) {
+        int saved_errno = errno;
+        found = version ? dlvsym(RTLD_NEXT, name, version) : NULL;
+        if (!found)
+            found = dlsym(RTLD_NEXT, name);
+        errno = saved_errno;
+    }
     /* Two threads may race here; both find the same address, so the second store is harmless. */
     if (found)
         __atomic_store_n(slot, found, __ATOMIC_RELEASE);
     if (BYPASS_DEBUG_ON(BYPASS_DEBUG_RESOLVE)) {
+        int saved_errno = errno;
         Dl_info info;
         int known = found && dladdr(found, &info) && info.dli_fname;
         bypass_debug_write(BYPASS_DEBUG_RESOLVE, "%s%s%s -> %s", name, version ? "@" : "", version ? version : "",
                            found ? (known ? info.dli_fname : "?") : "not found (ENOSYS)");
+        errno = saved_errno;
     }
-    errno = saved_errno;
     return found;
 }
 
@@ -117,12 +129,12 @@ void bypass_log(const char *fmt, ...)
 #define SETTINGS_BYTES 16384
 #define SETTINGS_MAX 64
 
-static char settings_text[SETTINGS_BYTES];       /* "NAME=value\0NAME=value\0…" */
-static const char *settings[SETTINGS_MAX];
-static size_t settings_count;
-static char self_path[4096];
-static int runtime_ready;
-static int runtime_state;               /* 0 not started, 1 capturing, 2 captured */
+static char settings_text[SETTINGS_BYTES] BYPASS_LARGE;       /* "NAME=value\0NAME=value\0…" */
+static const char *settings[SETTINGS_MAX] BYPASS_HOT;
+static size_t settings_count BYPASS_HOT;
+static char self_path[4096] BYPASS_LARGE;
+static int runtime_ready BYPASS_HOT;
+static int runtime_state BYPASS_HOT;               /* 0 not started, 1 capturing, 2 captured */
 
 static int starts_with(const char *s, const char *prefix)
 {
@@ -130,6 +142,27 @@ static int starts_with(const char *s, const char *prefix)
         if (*s++ != *prefix++)
             return 0;
     return 1;
+}
+
+/* strncmp(a, b, n) == 0 and strcspn(entry, "="), by hand for the same reason, and because a fork
+ * child runs them between fork and exec, where each C library function is a page of code to
+ * fault in again. */
+static int same_prefix(const char *a, const char *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (a[i] != b[i])
+            return 0;
+        else if (!a[i])
+            return 1;
+    return 1;
+}
+
+static size_t name_length(const char *entry)
+{
+    size_t n = 0;
+    while (entry[n] && entry[n] != '=')
+        n++;
+    return n;
 }
 
 /* Compared by hand, as the once below is done by hand: every process of a run comes here at
@@ -143,7 +176,7 @@ static int is_setting(const char *entry)
 /* Where the agent was loaded from, asked of the loader where a child is about to start (not
  * at start-up: dladdr searches the symbol tables, and most processes start nothing).  Two
  * threads may ask at once; they write the same bytes. */
-static int self_path_known;
+static int self_path_known BYPASS_HOT;
 
 static const char *self_path_get(void)
 {
@@ -213,7 +246,7 @@ const char *bypass_getenv(const char *name)
     ensure_ready();
     size_t length = strlen(name);
     for (size_t i = 0; i < settings_count; i++)
-        if (strncmp(settings[i], name, length) == 0 && settings[i][length] == '=')
+        if (same_prefix(settings[i], name, length) && settings[i][length] == '=')
             return settings[i] + length + 1;
     return NULL;
 }
@@ -227,9 +260,9 @@ const char *bypass_self_path(void)
 /* ------------------------------------------------------------------ the agent's descriptors */
 
 #define AGENT_FDS_MAX 16
-static int *agent_fds[AGENT_FDS_MAX];
-static int agent_fds_used;       /* slots ever filled: lets close() skip the scan in most agents */
-static pthread_mutex_t agent_fds_lock = PTHREAD_MUTEX_INITIALIZER;
+static int *agent_fds[AGENT_FDS_MAX] BYPASS_HOT;
+static int agent_fds_used BYPASS_HOT;       /* slots ever filled: lets close() skip the scan in most agents */
+static pthread_mutex_t agent_fds_lock BYPASS_HOT = PTHREAD_MUTEX_INITIALIZER;
 
 int bypass_fd_register(int *slot)
 {
@@ -377,7 +410,7 @@ int bypass_hook_dup3(int (*real)(int, int, int), int oldfd, int newfd, int flags
 static const char *env_value(char *const *envp, const char *name, size_t length)
 {
     for (char *const *entry = envp; entry && *entry; entry++)
-        if (strncmp(*entry, name, length) == 0 && (*entry)[length] == '=')
+        if (same_prefix(*entry, name, length) && (*entry)[length] == '=')
             return *entry + length + 1;
     return NULL;
 }
@@ -389,8 +422,10 @@ static int list_has(const char *list, const char *item)
     if (length == 0)
         return 1;
     for (const char *at = list; at && *at;) {
-        const char *end = at + strcspn(at, ": ");
-        if ((size_t)(end - at) == length && strncmp(at, item, length) == 0)
+        const char *end = at;
+        while (*end && *end != ':' && *end != ' ')
+            end++;
+        if ((size_t)(end - at) == length && same_prefix(at, item, length))
             return 1;
         at = *end ? end + 1 : end;
     }
@@ -431,8 +466,8 @@ static char *const *env_repair(char *const *envp, char **out, char *preload, siz
     int need_preload = self_path[0] && !(current && list_has(current, self_path));
     size_t missing = 0;
     for (size_t i = 0; i < settings_count; i++) {
-        size_t length = strcspn(settings[i], "=");
-        if (strncmp(settings[i], "LD_PRELOAD=", 11) != 0 && !env_value(envp, settings[i], length))
+        size_t length = name_length(settings[i]);
+        if (!starts_with(settings[i], "LD_PRELOAD=") && !env_value(envp, settings[i], length))
             missing++;
     }
     if (!need_preload && missing == 0)
@@ -440,7 +475,7 @@ static char *const *env_repair(char *const *envp, char **out, char *preload, siz
 
     size_t count = 0;
     for (char *const *entry = envp; entry && *entry; entry++)
-        if (!(need_preload && strncmp(*entry, "LD_PRELOAD=", 11) == 0))
+        if (!(need_preload && starts_with(*entry, "LD_PRELOAD=")))
             out[count++] = *entry;
     if (need_preload) {
         const char *startup = bypass_getenv("LD_PRELOAD");
@@ -449,8 +484,8 @@ static char *const *env_repair(char *const *envp, char **out, char *preload, siz
         out[count++] = preload;
     }
     for (size_t i = 0; i < settings_count; i++) {
-        size_t length = strcspn(settings[i], "=");
-        if (strncmp(settings[i], "LD_PRELOAD=", 11) != 0 && !env_value(envp, settings[i], length))
+        size_t length = name_length(settings[i]);
+        if (!starts_with(settings[i], "LD_PRELOAD=") && !env_value(envp, settings[i], length))
             out[count++] = (char *)settings[i];
     }
     out[count] = NULL;
