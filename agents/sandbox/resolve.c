@@ -63,7 +63,7 @@ extern void bypass_debug_write(unsigned subsystem, const char *fmt, ...) __attri
 #define SB_DEBUG_POLICY (1u << 4)      /* BYPASS_DEBUG_POLICY */
 
 static struct sb_mounts g_m SB_HOT;
-static int g_active SB_HOT;
+int sb_g_active SB_HOT;   /* a list is installed (sandbox.h) */
 static int g_cache_on SB_HOT = 1;
 static int g_erofs SB_HOT;
 static int g_allow_static SB_HOT;
@@ -347,7 +347,7 @@ void sb_set_cwd(const char *vpath)
     struct base *b = &g_cwdbase[idx];
     b->vl = (unsigned)strlen(g_cwdbuf[idx]);
     b->e = NULL;
-    if (g_active && vpath[0] == '/' &&
+    if (sb_g_active && vpath[0] == '/' &&
         base_compute(g_cwdbuf[idx], b->vl, g_cwdbuf[idx] + b->vl + 1, b) != 0)
         b->e = NULL;
     __atomic_store_n(&g_cwd_seq, s + 2, __ATOMIC_RELEASE);
@@ -375,7 +375,7 @@ static int real_cwd_here(char *buf)
     } else if (n < 0) {
         return (int)-n;
     }
-    if (g_active)
+    if (sb_g_active)
         sb_reverse(&g_m, buf, buf, PATH_MAX);
     return 0;
 }
@@ -460,7 +460,7 @@ int sb_getcwd(char *buf, size_t size)
      * calls deeper (each with a path buffer of its own on the stack, a page each) */
     if (n > 0 && real[0] == '/' && __atomic_load_n(&g_cwd_unknown, __ATOMIC_ACQUIRE) &&
         !__atomic_load_n(&g_vfork_pid, __ATOMIC_ACQUIRE) && (!g_pid || getpid() == g_pid)) {
-        if (g_active)
+        if (sb_g_active)
             sb_reverse(&g_m, real, real, sizeof real);
         sb_set_cwd(real);
     }
@@ -475,7 +475,11 @@ struct fdslot {
     unsigned seq;
     unsigned len;
     struct base b;
+    unsigned quick;             /* a plain name up to this long may be looked up as given */
 };
+
+/* The quick verdict's room for a directory slot (see sb_name_verdict), found when it is filled. */
+static unsigned quick_lookup_room(const struct base *b, const char *v);
 static struct fdslot g_fds[FD_MAX] SB_LARGE;
 /* FD_MAX * 2 * FD_PATH (virtual, real), mapped on first use.  Kept small so
  * that a program's few descriptors share a page or two; longer paths are not
@@ -514,7 +518,7 @@ void sb_fd_note(int fd, const char *vpath)
     struct base b;
     b.e = NULL;
     if (l + 1 <= FD_PATH && vpath[0] == '/' &&
-        (!g_active || (base_compute(vpath, l, r, &b) == 0 && b.rl + 1 <= FD_PATH)))
+        (!sb_g_active || (base_compute(vpath, l, r, &b) == 0 && b.rl + 1 <= FD_PATH)))
         fd_slot_put(fd, vpath, l, r, &b, 0);
     else
         sb_fd_forget(fd);
@@ -535,6 +539,7 @@ static void fd_slot_put(int fd, const char *v, size_t l, const char *r, const st
     s->b = *b;
     s->b.notdir = notdir;
     s->b.vl = b->e ? b->vl : (unsigned)l;
+    s->quick = notdir ? 0 : quick_lookup_room(&s->b, v);
     if (b->e) {
         memcpy(fd_rbuf(fd), r, b->rl);
         fd_rbuf(fd)[b->rl] = '\0';
@@ -630,7 +635,7 @@ void sb_fd_note_result(int fd, const struct sb_result *res, int dir)
     }
     /* the walk's own answer only: not a /proc object, not the root, without the "/" or "/."
      * kept at the end for the kernel (sb_resolve), no glob entry to match again */
-    if (fd < 0 || fd >= FD_MAX || !g_active || !res->entry || res->magic || g_has_globs ||
+    if (fd < 0 || fd >= FD_MAX || !sb_g_active || !res->entry || res->magic || g_has_globs ||
         vl < 2 || vl + 1 > FD_PATH || rl < 2 || rl + 1 > FD_PATH || r[0] != '/' ||
         r[rl - 1] == '/' || (r[rl - 1] == '.' && r[rl - 2] == '/') || res->vpath[vl - 1] == '/' ||
         memcmp(r, "/proc/", 6) == 0) {
@@ -688,7 +693,7 @@ int sb_fd_path(int fd, char *out, size_t outsize)
         return rc;
     if (real[0] != '/')
         return ENOTDIR;
-    if (g_active)
+    if (sb_g_active)
         sb_reverse(&g_m, real, out, outsize);
     else
         sb_copy(out, outsize, real);
@@ -738,11 +743,11 @@ static void read_settings(void)
 
 void sb_install(struct sb_mounts *m, const char *cwd)
 {
-    if (g_active)
+    if (sb_g_active)
         sb_mounts_free(&g_m);
     g_m = *m;
     memset(m, 0, sizeof *m);
-    g_active = 1;
+    sb_g_active = 1;
     root_prepare();
     __atomic_store_n(&sb_listings_filtered, g_hides_names, __ATOMIC_RELEASE);
     sb_cache_flush();
@@ -761,21 +766,17 @@ void sb_install(struct sb_mounts *m, const char *cwd)
 void sb_uninstall(void)
 {
     g_root_e = NULL;
-    if (g_active)
+    if (sb_g_active)
         sb_mounts_free(&g_m);
-    g_active = 0;
+    sb_g_active = 0;
     __atomic_store_n(&sb_listings_filtered, 0, __ATOMIC_RELEASE);
     sb_cache_flush();
 }
 
-int sb_active(void)
-{
-    return g_active;
-}
 
 const struct sb_mounts *sb_current(void)
 {
-    return g_active ? &g_m : NULL;
+    return sb_g_active ? &g_m : NULL;
 }
 
 const char *sb_private_dir(void)
@@ -1166,7 +1167,7 @@ static void kernel_enforce(const struct sb_mounts *m)
  * fork child (where it would be made again for every exec, on copied pages). */
 static void before_fork(void)
 {
-    if (g_active && g_policy_fd >= 0)
+    if (sb_g_active && g_policy_fd >= 0)
         env_strings();
     if (bypass_self_path)
         bypass_self_path();
@@ -2028,9 +2029,30 @@ static inline unsigned char joined_at(const char *base, size_t bl, const char *n
     return (unsigned char)(i < bl ? base[i] : i == bl ? '/' : name[i - bl - 1]);
 }
 
+/* A directory's names may be looked up as the program gives them when the directory's entry
+ * allows a lookup and hides nothing, and no entry of the list starts below it (so none starts
+ * at a name): the same for every plain name, so answered once, when its slot is filled, and
+ * each fstatat of a tree walk then only looks at the name.  0 where the walk must decide. */
+static unsigned quick_lookup_room(const struct base *b, const char *v)
+{
+    const struct sb_entry *e = b->e;
+    if (!e || entry_hides(e) || v[0] != '/' || check_entry(e, SB_OP_LOOKUP) != 0 || g_has_globs)
+        return 0;
+    size_t vl = b->vl;
+    for (int i = 0; i < g_m.n; i++) {
+        const struct sb_entry *o = &g_m.e[i];
+        if (o->plen > vl && (vl == 1 || (o->prefix[vl] == '/' && memcmp(o->prefix, v, vl) == 0)))
+            return 0;
+    }
+    size_t used = (vl > b->rl ? vl : b->rl) + 2;
+    if (used + 1 >= PATH_MAX)
+        return 0;
+    return PATH_MAX - used < NAME_MAX ? (unsigned)(PATH_MAX - used) : NAME_MAX;
+}
+
 int sb_name_verdict(int op, int dirfd, const char *name)
 {
-    if (!g_active || dirfd < 0 || dirfd >= FD_MAX || !g_fdpaths || g_has_globs ||
+    if (!sb_g_active || dirfd < 0 || dirfd >= FD_MAX || !g_fdpaths || g_has_globs ||
         (&bypass_debug_mask && (bypass_debug_mask & SB_DEBUG_POLICY)) || !bypass_page_readable(name))
         return -1;
     /* the name to its NUL, within the page just found readable (the rare name that runs into
@@ -2045,6 +2067,14 @@ int sb_name_verdict(int op, int dirfd, const char *name)
         return -1;
     const struct fdslot *s = &g_fds[dirfd];
     unsigned s1 = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
+    if (op == SB_OP_LOOKUP && !(s1 & 1) && s->len && nl <= s->quick) {
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&s->seq, __ATOMIC_ACQUIRE) == s1) {
+            STAT_INC(resolves);
+            STAT_INC(fd_hits);
+            return 0;
+        }
+    }
     const struct sb_entry *e = s->b.e;
     size_t bl = s->b.vl;
     const char *base = fd_vbuf(dirfd);
@@ -2100,7 +2130,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
         res->vpath[0] = res->rpath[0] = '\0';
         return 0;
     }
-    if (!g_active) {
+    if (!sb_g_active) {
         sb_copy(res->rpath, sizeof res->rpath, path);
         sb_copy(res->vpath, sizeof res->vpath, path);
         return 0;
@@ -2388,7 +2418,7 @@ int sb_resolve_rename(int olddirfd, const char *oldpath, int newdirfd, const cha
     rc = sb_resolve(SB_OP_CREATE, newdirfd, newpath, SB_NOFOLLOW | SB_KERNEL_ERRS, rn);
     if (rc)
         return rc;
-    if (g_active && crosses(ro->entry, rn->entry))
+    if (sb_g_active && crosses(ro->entry, rn->entry))
         return rn->err = EXDEV;
     sb_cache_flush();
     return 0;
@@ -2405,14 +2435,14 @@ int sb_resolve_link(int olddirfd, const char *oldpath, int newdirfd, const char 
     rc = sb_resolve(SB_OP_CREATE, newdirfd, newpath, SB_NOFOLLOW | SB_KERNEL_ERRS, rn);
     if (rc)
         return rc;
-    if (g_active && crosses(ro->entry, rn->entry))
+    if (sb_g_active && crosses(ro->entry, rn->entry))
         return rn->err = EXDEV;
     return 0;
 }
 
 int sb_reverse_inplace(char *buf, size_t size)
 {
-    if (!g_active || buf[0] != '/')
+    if (!sb_g_active || buf[0] != '/')
         return 0;
     char tmp[PATH_MAX];
     sb_reverse(&g_m, buf, tmp, sizeof tmp);
@@ -2428,7 +2458,7 @@ ssize_t sb_readlink(const struct sb_result *r, char *buf, size_t size)
     char out[PATH_MAX];
     if (!r->rpath[0])
         return -EFAULT;                 /* an unreadable path (sb_resolve) */
-    if (g_active && strncmp(r->rpath, "/proc/", 6) == 0) {
+    if (sb_g_active && strncmp(r->rpath, "/proc/", 6) == 0) {
         pid_t pid;
         int kind, fd;
         if (proc_magic(r->rpath, &pid, &kind, &fd)) {
@@ -2554,7 +2584,7 @@ static __attribute__((noinline)) int shebang_is_static(char *head, ssize_t n, in
     /* the interpreter must be allowed to run too (a relative one is found from the
      * cwd, as the kernel does); the kernel runs it by its real path */
     struct sb_result r;
-    if (g_active) {
+    if (sb_g_active) {
         if (sb_resolve(SB_OP_EXEC, AT_FDCWD, s, 0, &r) != 0) {
             if (why)
                 snprintf(why, whysize, "%s", s);
@@ -2665,7 +2695,7 @@ static __attribute__((noinline)) int loader_program_check(const char *program, c
 
 int sb_loader_check(const char *program, char *const *argv)
 {
-    if (!g_active || sb_string_unreadable(program) || sb_unreadable(argv) || !argv[0] ||
+    if (!sb_g_active || sb_string_unreadable(program) || sb_unreadable(argv) || !argv[0] ||
         !is_loader_name(program))
         return 0;
     return loader_program_check(program, argv);
@@ -2770,7 +2800,7 @@ static const char *forced_entry(const char *entry)
 
 char *const *sb_env_fix(char *const *envp, char **room, size_t n)
 {
-    if (!g_active || g_policy_fd < 0)
+    if (!sb_g_active || g_policy_fd < 0)
         return envp;
     /* whatever the program did to the descriptor's flags, the child inherits it (a raw call:
      * by name, a fork child would reach the agent's own fcntl and look the real one up) */
@@ -2800,7 +2830,7 @@ char *const *sb_env_fix(char *const *envp, char **room, size_t n)
 
 void sb_environ_fix(void)
 {
-    if (!g_active || g_policy_fd < 0)
+    if (!sb_g_active || g_policy_fd < 0)
         return;
     sb_sys4(SYS_fcntl, g_policy_fd, F_SETFD, 0, 0);
     env_strings();

@@ -256,7 +256,9 @@ int sb_init_from_env(char *err, size_t errsize);
  * derived from the real cwd). */
 void sb_install(struct sb_mounts *m, const char *cwd);
 void sb_uninstall(void);
-int sb_active(void);
+/* Read by every wrapper first: a variable of the agent (hidden), not a call into resolve.c. */
+extern int sb_g_active;
+static inline int sb_active(void) { return sb_g_active; }
 const struct sb_mounts *sb_current(void);
 
 /* The core question.  Returns 0 (r->rpath is the path to use) or an errno

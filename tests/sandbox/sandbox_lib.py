@@ -26,7 +26,6 @@ int sb_normalise(const char *in, char *out, size_t outsize);
 int sb_init_from_env(char *err, size_t errsize);
 void sb_install(struct sb_mounts *m, const char *cwd);
 void sb_uninstall(void);
-int sb_active(void);
 const struct sb_mounts *sb_current(void);
 int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result *r);
 int sb_check(const struct sb_entry *e, int op);
