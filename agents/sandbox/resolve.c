@@ -2200,9 +2200,7 @@ int sb_resolve(int op, int dirfd, const char *path, int flags, struct sb_result 
     uint32_t gen0 = __atomic_load_n(&g_gen, __ATOMIC_ACQUIRE);
     int memo = path[0] == '/' && !trailing && g_cache_on;
     if (memo) {
-        klen = plen;                    /* the last slash; not strrchr, a page of code in a fork child */
-        while (path[--klen] != '/')
-            ;
+        klen = (size_t)(strrchr(path, '/') - path);
         memo = klen > 1;
         if (memo && memo_get(path, klen, &w, &ident)) {
             STAT_INC(memo_hits);

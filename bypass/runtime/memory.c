@@ -121,12 +121,7 @@ int bypass_string_readable(const char *s)
         if (!page_ok(at, sh))
             return 0;
         size_t room = ((uintptr_t)1 << sh) - (at & (((uintptr_t)1 << sh) - 1));
-        /* to the NUL by hand, not memchr: paths are short, and in a fork child about to exec
-         * the C library's memchr would be one more page of code to fault in */
-        const char *c = (const char *)at, *end = c + room;
-        while (c < end && *c)
-            c++;
-        if (c < end)
+        if (memchr((const void *)at, 0, room))
             return 1;
         at += room;
         if (bypass_bad_pointer((const void *)at))
