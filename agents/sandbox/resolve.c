@@ -610,6 +610,7 @@ void sb_fd_dup(int oldfd, int newfd)
     __atomic_add_fetch(&s->seq, 1, __ATOMIC_ACQ_REL);
     s->len = l;
     s->b = o->b;
+    s->quick = o->quick;
     memcpy(fd_vbuf(newfd), fd_vbuf(oldfd), l + 1);
     if (s->b.e)
         memcpy(fd_rbuf(newfd), fd_rbuf(oldfd), s->b.rl + 1);

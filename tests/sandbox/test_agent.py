@@ -332,6 +332,30 @@ def test_a_remapped_directory_opened_by_its_dot(agent, work):
     assert not Path("/tmp/t/u/made").exists()
 
 
+def test_a_tree_walks_quick_answer_follows_its_descriptor_through_dup2(agent, work):
+    """fstatat(fd, name) below a directory with no entry under it is answered from what the
+    descriptor's slot learnt when it was opened; a dup2 of a directory that has entries below
+    it (gone/, an ENOENT place) onto that descriptor must bring its own answer, not keep the
+    old one (it did: the hidden name was seen)."""
+    code = textwrap.dedent(f"""
+        import errno, os
+        def look(fd, name):
+            try:
+                os.stat(name, dir_fd=fd, follow_symlinks=False)
+                return "seen"
+            except OSError as e:
+                return errno.errorcode[e.errno]
+        leaf = os.open("{work}/out", os.O_RDONLY | os.O_DIRECTORY)
+        top = os.open("{work}", os.O_RDONLY | os.O_DIRECTORY)
+        seen = [look(top, "gone"), look(leaf, "nothing-here"), look(top, "store")]
+        os.dup2(top, leaf)
+        seen += [look(leaf, "gone"), look(leaf, "store")]
+        print(seen)
+    """)
+    p = run(agent, work, [PY, "-c", code], check=True)
+    assert p.stdout.strip() == str(["ENOENT", "ENOENT", "seen", "ENOENT", "seen"]), p.stdout + p.stderr
+
+
 # ---------------------------------------------------------------- exec
 
 @pytest.fixture(scope="module")
