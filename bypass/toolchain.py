@@ -47,9 +47,10 @@ def runtime_headers() -> list[Path]:
 
 
 # Start-up cost of every process that loads an agent (each page fault ~2 us here): one
-# variable per section and the linker's sort by alignment put the small variables together,
-# after the large buffers, so a process touches one or two pages of them instead of one page per
-# buffer they sat between; -z noseparate-code maps code and constants as one segment (two mmaps
+# variable per section and the linker's sort by alignment keep the small variables together
+# (the hottest are in .data and the large buffers in .lbss, see BYPASS_HOT and BYPASS_LARGE in
+# the runtime's header), so a process touches one page of them instead of one page per buffer
+# they sat between; -z noseparate-code maps code and constants as one segment (two mmaps
 # per process instead of four).  -z now binds the agent's calls into the C library when it is
 # loaded: with lazy binding, a fork child's first call of a function its parent never called
 # (the exec check's) ran the loader's lookup there, faulting in pages of every object's symbol

@@ -35,7 +35,11 @@
  * BYPASS_HOT in the runtime's header). */
 #define SB_HOT __attribute__((section(".data.bypass_hot"), aligned(8)))
 /* A large buffer: after .bss (see BYPASS_LARGE in the runtime's header). */
+#if defined(__x86_64__)
 #define SB_LARGE __attribute__((section(".lbss.bypass")))
+#else
+#define SB_LARGE
+#endif
 
 static inline long sb_sys4(long nr, long a, long b, long c, long d)
 {

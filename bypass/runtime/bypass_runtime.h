@@ -34,8 +34,13 @@
 #define BYPASS_HOT __attribute__((section(".data.bypass_hot"), aligned(8)))
 /* A large buffer (a path, a table): in .lbss, which the linker puts after .bss.  What .bss then
  * holds is small and shares that same page (the C runtime's flag that a library's destructors
- * ran, among others: read and then written at exit, two faults on a page of its own). */
+ * ran, among others: read and then written at exit, two faults on a page of its own).  .lbss is
+ * x86-64's (GCC makes it NOBITS there only); elsewhere the buffers stay in .bss. */
+#if defined(__x86_64__)
 #define BYPASS_LARGE __attribute__((section(".lbss.bypass")))
+#else
+#define BYPASS_LARGE
+#endif
 
 /* Which symbol versions to ask dlvsym for depends on the architecture (see knowledge `since`). */
 #if defined(__x86_64__)
