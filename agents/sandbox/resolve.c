@@ -453,17 +453,8 @@ int sb_getcwd(char *buf, size_t size)
      * knows the directory was removed meanwhile (by any path, by any process): ENOENT then.
      * The name stays the virtual cwd's. */
     char real[PATH_MAX];
-    long n = sb_sys4(SYS_getcwd, (long)real, sizeof real, 0, 0);
-    if (n == -ENOENT)
+    if (sb_sys4(SYS_getcwd, (long)real, sizeof real, 0, 0) == -ENOENT)
         return ENOENT;
-    /* a cwd not known yet is this answer: reversed here, not asked of the kernel again three
-     * calls deeper (each with a path buffer of its own on the stack, a page each) */
-    if (n > 0 && real[0] == '/' && __atomic_load_n(&g_cwd_unknown, __ATOMIC_ACQUIRE) &&
-        !__atomic_load_n(&g_vfork_pid, __ATOMIC_ACQUIRE) && (!g_pid || getpid() == g_pid)) {
-        if (sb_g_active)
-            sb_reverse(&g_m, real, real, sizeof real);
-        sb_set_cwd(real);
-    }
     return cwd_get(buf, size, NULL, NULL);
 }
 
@@ -2778,7 +2769,6 @@ int sb_name_hidden(int fd, const char *name)
 
 /* ---- environment of children ------------------------------------------------ */
 
-/* The run's own "NAME=value" when entry sets one of the variables the run fixes. */
 /* Does entry name the variable of "NAME=value"?  By hand: a fork child runs this before its
  * exec, where each C library function would be a page of code to fault in again. */
 static int same_variable(const char *entry, const char *fixed)
@@ -2788,6 +2778,7 @@ static int same_variable(const char *entry, const char *fixed)
     return *fixed == '=' && *entry == '=';
 }
 
+/* The run's own "NAME=value" when entry sets one of the variables the run fixes. */
 static const char *forced_entry(const char *entry)
 {
     const char *fixed[3] = { g_env_policy, g_env_mounts, g_private[0] ? g_env_private : NULL };

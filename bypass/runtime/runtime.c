@@ -48,13 +48,33 @@ static void prefork_resolve(void)
     errno = saved_errno;
 }
 
-/* Found in the fork child, whose path to its exec should touch no page of the C library it
- * can avoid: names compared by hand, errno left alone. */
-static int same_name(const char *a, const char *b)
+/* String compares by hand (prefix, strncmp(a, b, n) == 0, strcspn(entry, "=")): every process
+ * of a run reads its settings with them at start, and a fork child runs them between fork and
+ * exec; each C library function would be one more page of code to fault in there. */
+static int starts_with(const char *s, const char *prefix)
 {
-    while (*a && *a == *b)
-        a++, b++;
-    return *a == *b;
+    while (*prefix)
+        if (*s++ != *prefix++)
+            return 0;
+    return 1;
+}
+
+static int same_prefix(const char *a, const char *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (a[i] != b[i])
+            return 0;
+        else if (!a[i])
+            return 1;
+    return 1;
+}
+
+static size_t name_length(const char *entry)
+{
+    size_t n = 0;
+    while (entry[n] && entry[n] != '=')
+        n++;
+    return n;
 }
 
 static void *prefork_lookup(const char *name)
@@ -62,7 +82,7 @@ static void *prefork_lookup(const char *name)
     if (!__atomic_load_n(&prefork_done, __ATOMIC_ACQUIRE))
         return NULL;
     for (size_t i = 0; i < sizeof prefork_names / sizeof prefork_names[0]; i++)
-        if (same_name(name, prefork_names[i]))
+        if (same_prefix(name, prefork_names[i], SIZE_MAX))   /* in a fork child: not strcmp */
             return prefork_found[i];
     return NULL;
 }
@@ -135,35 +155,6 @@ static size_t settings_count BYPASS_HOT;
 static char self_path[4096] BYPASS_LARGE;
 static int runtime_ready BYPASS_HOT;
 static int runtime_state BYPASS_HOT;               /* 0 not started, 1 capturing, 2 captured */
-
-static int starts_with(const char *s, const char *prefix)
-{
-    while (*prefix)
-        if (*s++ != *prefix++)
-            return 0;
-    return 1;
-}
-
-/* strncmp(a, b, n) == 0 and strcspn(entry, "="), by hand for the same reason, and because a fork
- * child runs them between fork and exec, where each C library function is a page of code to
- * fault in again. */
-static int same_prefix(const char *a, const char *b, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (a[i] != b[i])
-            return 0;
-        else if (!a[i])
-            return 1;
-    return 1;
-}
-
-static size_t name_length(const char *entry)
-{
-    size_t n = 0;
-    while (entry[n] && entry[n] != '=')
-        n++;
-    return n;
-}
 
 /* Compared by hand, as the once below is done by hand: every process of a run comes here at
  * start, and the C library's strncmp and pthread_once are pages a process like /bin/true
